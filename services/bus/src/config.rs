@@ -1,0 +1,157 @@
+//! Bus configuration, shared by every service's YAML file under the key `nats`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The smallest duplicate window Gatehouse accepts: a proxy retrying a publish within it must
+/// be deduplicated by `Nats-Msg-Id`, so the window must outlast any retry.
+pub const MIN_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Environment variable that overrides the NATS token, so the YAML file holds no secret.
+pub const TOKEN_ENV: &str = "GATEHOUSE_NATS_TOKEN";
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    /// `nats://host:4222` (comma-separated for a cluster).
+    pub url: String,
+    /// A NATS `.creds` file (JWT + NKey), for operator-mode deployments.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// CA bundle for `tls://` servers; setting it requires TLS.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// How long a publish may wait for its JetStream ack. Past it the request is refused (503).
+    #[serde(default = "default_publish_timeout", with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(default)]
+    pub stream: StreamSettings,
+}
+
+impl BusConfig {
+    /// A config for `url` with every other setting at its default.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            credentials_file: None,
+            ca_file: None,
+            publish_timeout: default_publish_timeout(),
+            connect_timeout: default_connect_timeout(),
+            stream: StreamSettings::default(),
+        }
+    }
+
+    /// The NATS token, from the environment only.
+    pub fn token(&self) -> Option<String> {
+        std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty())
+    }
+
+    /// Checks the settings that protect the invariants.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.stream.duplicate_window < MIN_DUPLICATE_WINDOW {
+            return Err(format!(
+                "nats.stream.duplicate_window is {}, but it must be at least {} so that a retried \
+                 publish is recognised as a duplicate",
+                humantime::format_duration(self.stream.duplicate_window),
+                humantime::format_duration(MIN_DUPLICATE_WINDOW),
+            ));
+        }
+        if self.stream.replicas == 0 || self.stream.replicas > 5 {
+            return Err("nats.stream.replicas must be between 1 and 5".into());
+        }
+        if self.publish_timeout.is_zero() {
+            return Err("nats.publish_timeout must be greater than zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// What the `GATEHOUSE` stream must look like.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSettings {
+    #[serde(default = "default_stream_name")]
+    pub name: String,
+    /// JetStream replicas (1 for a single server, 3 for a production cluster).
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    #[serde(default = "default_duplicate_window", with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    /// Upper bound on stored bytes; when reached, new publishes are refused (discard-new), so the
+    /// proxy fails closed instead of the stream silently dropping old events. `None`: unlimited.
+    #[serde(default)]
+    pub max_bytes: Option<i64>,
+    /// How long events stay in the stream. The ledger is the long-term store; this only has to
+    /// outlast an evidence outage. Events older than this are gone from the stream, and an
+    /// evidence service that comes back later raises a gap alarm for them.
+    #[serde(default = "default_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            name: default_stream_name(),
+            replicas: default_replicas(),
+            duplicate_window: default_duplicate_window(),
+            max_bytes: None,
+            max_age: default_max_age(),
+        }
+    }
+}
+
+fn default_stream_name() -> String {
+    "GATEHOUSE".into()
+}
+fn default_replicas() -> usize {
+    1
+}
+fn default_duplicate_window() -> Duration {
+    MIN_DUPLICATE_WINDOW
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+fn default_publish_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_satisfy_the_invariants() {
+        let c: BusConfig = yaml_free_parse(r#"{"url": "nats://127.0.0.1:4222"}"#);
+        assert_eq!(c.stream.name, "GATEHOUSE");
+        assert_eq!(c.stream.duplicate_window, MIN_DUPLICATE_WINDOW);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn a_short_duplicate_window_is_refused() {
+        let c: BusConfig = yaml_free_parse(
+            r#"{"url": "nats://x", "stream": {"duplicate_window": "30s"}}"#,
+        );
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("at least 2m"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let r: Result<BusConfig, _> =
+            serde_json::from_str(r#"{"url": "nats://x", "strem": {}}"#);
+        assert!(r.is_err());
+    }
+
+    fn yaml_free_parse(json: &str) -> BusConfig {
+        serde_json::from_str(json).unwrap()
+    }
+}

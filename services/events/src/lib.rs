@@ -1,0 +1,24 @@
+//! The Gatehouse wire contract: every event any service publishes, as Rust types.
+//!
+//! Module map:
+//! - [`envelope`]: the CloudEvents 1.0 envelope (structured JSON mode), ids, sources, subjects.
+//! - [`request`]: payloads of the request lifecycle (`request.received`, `request.denied`,
+//!   `request.forwarded`, `response.completed`) and the types they share.
+//! - [`schema`] (feature `schema`): validates encoded events against the JSON Schemas in
+//!   `schemas/events/`, which are the contract other languages read.
+//!
+//! The JSON Schemas are written by hand, not generated from these types, so the test that
+//! validates emitted events against them checks the Rust side against an independent statement
+//! of the contract.
+#![forbid(unsafe_code)]
+
+pub mod envelope;
+pub mod request;
+#[cfg(feature = "schema")]
+pub mod schema;
+
+pub use envelope::{Envelope, EventId, Payload, SUBJECT_PREFIX};
+pub use request::{
+    BodyDigest, Decision, DecisionAction, DenialReason, Identity, RequestDenied, RequestForwarded,
+    RequestInfo, RequestReceived, ResponseCompleted, ResponseOutcome, Source,
+};

@@ -1,0 +1,187 @@
+//! Every event type round-trips through its hand-written schema, and the schemas are strict
+//! enough to catch a drifted field.
+
+use gatehouse_events::envelope::source;
+use gatehouse_events::schema::{SchemaError, SchemaSet, default_dir};
+use gatehouse_events::*;
+
+fn schemas() -> SchemaSet {
+    SchemaSet::load(&default_dir()).expect("schemas compile")
+}
+
+fn request_id() -> String {
+    EventId::new().to_string()
+}
+
+fn received(rid: &str) -> Envelope<RequestReceived> {
+    Envelope::new(
+        &source("proxy", "replica-1"),
+        rid,
+        RequestReceived {
+            request_id: rid.to_owned(),
+            identity: Some(Identity {
+                issuer: "https://issuer.example".into(),
+                subject: "ci-deployer".into(),
+                principal: "ci-deployer".into(),
+                registered: true,
+                owner: Some("alice@example.com".into()),
+                team: Some("platform".into()),
+                purpose: Some("deploys apps".into()),
+                groups: vec!["deployers".into()],
+            }),
+            source: Source {
+                ip: "127.0.0.1".into(),
+                port: 50123,
+                forwarded_for: vec![],
+            },
+            user_agent: Some("kubectl/v1.32.4".into()),
+            method: "GET".into(),
+            path: "/api/v1/namespaces/apps/pods".into(),
+            query: Some("limit=500".into()),
+            request: RequestInfo {
+                is_resource_request: true,
+                path: "/api/v1/namespaces/apps/pods".into(),
+                verb: "list".into(),
+                api_prefix: "api".into(),
+                api_group: String::new(),
+                api_version: "v1".into(),
+                namespace: "apps".into(),
+                resource: "pods".into(),
+                subresource: String::new(),
+                name: String::new(),
+            },
+            decision: Decision {
+                action: DecisionAction::Allow,
+                rule: Some("deployer-apps".into()),
+                reason: "rule deployer-apps allows it".into(),
+            },
+            body: None,
+        },
+    )
+}
+
+#[test]
+fn every_type_has_a_schema() {
+    let set = schemas();
+    let mut types: Vec<_> = set.event_types().collect();
+    types.sort();
+    assert_eq!(
+        types,
+        [
+            "dev.gatehouse.request.denied.v1",
+            "dev.gatehouse.request.forwarded.v1",
+            "dev.gatehouse.request.received.v1",
+            "dev.gatehouse.response.completed.v1",
+        ]
+    );
+}
+
+#[test]
+fn samples_of_every_type_validate() {
+    let set = schemas();
+    let rid = request_id();
+    let src = source("proxy", "replica-1");
+    set.validate(&received(&rid).to_bytes().unwrap()).unwrap();
+
+    let mut unauthenticated = received(&rid);
+    unauthenticated.data.identity = None;
+    unauthenticated.data.request = RequestInfo {
+        is_resource_request: false,
+        path: "/version".into(),
+        verb: "get".into(),
+        ..RequestInfo::default()
+    };
+    unauthenticated.data.decision = Decision {
+        action: DecisionAction::Deny,
+        rule: None,
+        reason: "no bearer token".into(),
+    };
+    unauthenticated.data.body = Some(BodyDigest::of(b"{}"));
+    set.validate(&unauthenticated.to_bytes().unwrap()).unwrap();
+
+    let denied = Envelope::new(
+        &src,
+        &rid,
+        RequestDenied {
+            request_id: rid.clone(),
+            reason: DenialReason::Policy,
+            status: 403,
+            message: "no rule allows it".into(),
+            rule: None,
+        },
+    );
+    set.validate(&denied.to_bytes().unwrap()).unwrap();
+
+    let forwarded = Envelope::new(
+        &src,
+        &rid,
+        RequestForwarded {
+            request_id: rid.clone(),
+            upstream: "https://127.0.0.1:6443".into(),
+            impersonated_user: "ci-deployer".into(),
+            impersonated_groups: vec!["deployers".into()],
+        },
+    );
+    set.validate(&forwarded.to_bytes().unwrap()).unwrap();
+
+    let completed = Envelope::new(
+        &src,
+        &rid,
+        ResponseCompleted {
+            request_id: rid.clone(),
+            status: 200,
+            outcome: ResponseOutcome::ClientDisconnected,
+            body: BodyDigest::of(b"{\"kind\":\"PodList\"}"),
+            duration_ms: 1.25,
+            masked_fields: 0,
+        },
+    );
+    set.validate(&completed.to_bytes().unwrap()).unwrap();
+}
+
+fn violations(set: &SchemaSet, value: serde_json::Value) -> Vec<String> {
+    match set.validate(&serde_json::to_vec(&value).unwrap()) {
+        Err(SchemaError::Invalid { violations, .. }) => violations,
+        other => panic!("expected schema violations, got {other:?}"),
+    }
+}
+
+#[test]
+fn schemas_catch_drift() {
+    let set = schemas();
+    let good = serde_json::to_value(received(&request_id())).unwrap();
+
+    let mut extra_attribute = good.clone();
+    extra_attribute["traceparent"] = "00-abc".into();
+    assert!(!violations(&set, extra_attribute).is_empty());
+
+    let mut extra_data_field = good.clone();
+    extra_data_field["data"]["token"] = "eyJ...".into();
+    assert!(!violations(&set, extra_data_field).is_empty());
+
+    let mut bad_id = good.clone();
+    bad_id["id"] = "not-a-ulid".into();
+    assert!(!violations(&set, bad_id).is_empty());
+
+    let mut local_time = good.clone();
+    local_time["time"] = "2026-11-22T12:00:00+01:00".into();
+    assert!(!violations(&set, local_time).is_empty());
+
+    let mut bad_verb = good.clone();
+    bad_verb["data"]["request"]["verb"] = "frobnicate".into();
+    assert!(!violations(&set, bad_verb).is_empty());
+
+    let mut missing_decision = good.clone();
+    missing_decision["data"]
+        .as_object_mut()
+        .unwrap()
+        .remove("decision");
+    assert!(!violations(&set, missing_decision).is_empty());
+
+    let mut unknown_type = good;
+    unknown_type["type"] = "dev.gatehouse.request.teleported.v1".into();
+    assert!(matches!(
+        set.validate(&serde_json::to_vec(&unknown_type).unwrap()),
+        Err(SchemaError::UnknownType(_))
+    ));
+}

@@ -1,0 +1,243 @@
+//! The durable consumer that feeds the ledger, in stream order, exactly once.
+//!
+//! Each round takes whatever messages are ready (up to `batch_max`), turns the new ones into
+//! entries, appends them in one synced write batch together with the last applied sequence,
+//! and only then acks (ack-all up to the last message). So:
+//! - a crash before the write loses nothing: unacked messages are redelivered;
+//! - a crash after the write but before the ack causes redeliveries, which are recognised by
+//!   their stream sequence (at or below the stored last sequence) and skipped;
+//! - a sequence that jumps ahead is first filled from the stream by direct reads; whatever the
+//!   stream no longer has is recorded as a gap and raised as an alarm, never skipped silently.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use futures::StreamExt;
+use gatehouse_bus::{Bus, DurableConsumer};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Gap, Head, Ledger, LedgerError, NewEntry};
+
+/// Counters a caller (metrics, tests, logs) can read while ingestion runs.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    pub appended: std::sync::atomic::AtomicU64,
+    pub redeliveries_skipped: std::sync::atomic::AtomicU64,
+    pub gaps: std::sync::atomic::AtomicU64,
+    pub batches: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Bus(#[from] gatehouse_bus::BusError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("JetStream consumer: {0}")]
+    Consumer(String),
+}
+
+/// Feeds a [`Ledger`] from the durable consumer until cancelled.
+pub struct Ingestor {
+    bus: Bus,
+    ledger: Arc<Mutex<Ledger>>,
+    consumer: DurableConsumer,
+    batch_max: usize,
+    stats: Arc<IngestStats>,
+}
+
+impl Ingestor {
+    pub fn new(
+        bus: Bus,
+        ledger: Arc<Mutex<Ledger>>,
+        consumer: DurableConsumer,
+        batch_max: usize,
+    ) -> Self {
+        Self {
+            bus,
+            ledger,
+            consumer,
+            batch_max: batch_max.max(1),
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<IngestStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled; the batch in hand is finished first. Transient NATS
+    /// errors are retried; a ledger write error is retried too (nothing is acked meanwhile).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), IngestError> {
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            match self.consume(&shutdown).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, retry_in = ?backoff, "evidence ingestion interrupted");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn consume(&self, shutdown: &CancellationToken) -> Result<(), IngestError> {
+        let consumer: PullConsumer = self.bus.durable_consumer(&self.consumer).await?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(self.batch_max)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| IngestError::Consumer(e.to_string()))?;
+        let mut chunks = messages.ready_chunks(self.batch_max);
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                chunk = chunks.next() => chunk,
+            };
+            let Some(chunk) = chunk else {
+                return Err(IngestError::Consumer("the message stream ended".into()));
+            };
+            let mut delivered = Vec::with_capacity(chunk.len());
+            for item in chunk {
+                match item {
+                    Ok(m) => delivered.push(m),
+                    // Missed heartbeats and the like: the stream recovers by itself.
+                    Err(e) => tracing::warn!(error = %e, "JetStream consumer hiccup"),
+                }
+            }
+            if delivered.is_empty() {
+                continue;
+            }
+            self.apply(&delivered).await?;
+            if let Some(last) = delivered.last() {
+                last.ack()
+                    .await
+                    .map_err(|e| IngestError::Consumer(format!("ack failed: {e}")))?;
+            }
+        }
+    }
+
+    /// Appends the new messages of one delivery to the ledger.
+    async fn apply(&self, delivered: &[async_nats::jetstream::Message]) -> Result<(), IngestError> {
+        let head = self.head()?;
+        let mut expected = head.last_sequence + 1;
+        let mut entries = Vec::new();
+        let mut gaps = Vec::new();
+        for message in delivered {
+            let info = message
+                .info()
+                .map_err(|e| IngestError::Consumer(e.to_string()))?;
+            let sequence = info.stream_sequence;
+            if sequence < expected {
+                self.stats
+                    .redeliveries_skipped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            }
+            if sequence > expected {
+                self.fill(expected, sequence, &mut entries, &mut gaps)
+                    .await?;
+            }
+            entries.push(NewEntry {
+                stream_sequence: sequence,
+                received_at: nanos(info.published),
+                event: message.payload.to_vec(),
+            });
+            expected = sequence + 1;
+        }
+        if entries.is_empty() && gaps.is_empty() {
+            return Ok(());
+        }
+        let count = entries.len() as u64;
+        let gap_count = gaps.len() as u64;
+        let ledger = self.ledger.clone();
+        let head = tokio::task::spawn_blocking(move || {
+            let mut ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
+            ledger.append(&entries, &gaps)
+        })
+        .await
+        .map_err(|e| IngestError::Consumer(format!("ledger writer task failed: {e}")))??;
+        let stats = &self.stats;
+        stats
+            .appended
+            .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+        stats
+            .gaps
+            .fetch_add(gap_count, std::sync::atomic::Ordering::Relaxed);
+        stats
+            .batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(
+            appended = count,
+            entries = head.next_index,
+            last_sequence = head.last_sequence,
+            "ledger batch committed"
+        );
+        Ok(())
+    }
+
+    /// Reads sequences `from..to` straight from the stream; what it no longer has is a gap.
+    async fn fill(
+        &self,
+        from: u64,
+        to: u64,
+        entries: &mut Vec<NewEntry>,
+        gaps: &mut Vec<Gap>,
+    ) -> Result<(), IngestError> {
+        let mut missing_since: Option<u64> = None;
+        for sequence in from..to {
+            match self.bus.stored_message(sequence).await? {
+                Some(message) => {
+                    if let Some(first) = missing_since.take() {
+                        gaps.push(alarm(first, sequence - 1));
+                    }
+                    entries.push(NewEntry {
+                        stream_sequence: sequence,
+                        received_at: nanos(message.time),
+                        event: message.payload.to_vec(),
+                    });
+                }
+                None => {
+                    missing_since.get_or_insert(sequence);
+                }
+            }
+        }
+        if let Some(first) = missing_since {
+            gaps.push(alarm(first, to - 1));
+        }
+        Ok(())
+    }
+
+    fn head(&self) -> Result<Head, IngestError> {
+        Ok(self.ledger.lock().unwrap_or_else(|p| p.into_inner()).head())
+    }
+}
+
+/// Logs the alarm for a gap and returns its record.
+fn alarm(first: u64, last: u64) -> Gap {
+    tracing::error!(
+        alarm = "ledger_gap",
+        first_missing_sequence = first,
+        last_missing_sequence = last,
+        "ALARM: events are missing from the stream and cannot be recorded in the ledger"
+    );
+    Gap {
+        first,
+        last,
+        detected_at: nanos(time::OffsetDateTime::now_utc()),
+    }
+}
+
+fn nanos(t: time::OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX)
+}

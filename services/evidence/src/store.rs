@@ -1,0 +1,447 @@
+//! The ledger's RocksDB store.
+//!
+//! Layout (column families; byte formats in `schemas/ledger.md`):
+//! - `entries`: key = index as u64 big-endian; value = entry_hash (32 bytes) ‖ entry encoding.
+//! - `meta`: `format` → `gatehouse.ledger.v1`; `head` → next_index u64 BE ‖ head_hash 32 bytes ‖
+//!   last_stream_sequence u64 BE; `gap/` ‖ first missing sequence u64 BE → last missing sequence
+//!   u64 BE ‖ detected_at i64 BE (nanoseconds).
+//!
+//! Atomicity and durability: [`Ledger::append`] writes the new entries, any gap records and the
+//! new head in **one** `WriteBatch` with `sync = true`. After it returns `Ok`, all of them survive
+//! a crash or power loss; if it fails or the process dies during it, none of them are visible on
+//! restart. Because the last applied stream sequence lives in the same batch as the entries, a
+//! redelivered event is recognised after any crash and never appended twice.
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, DBCompressionType, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions,
+};
+
+use crate::entry::{DecodeError, Entry, EventTooLarge, GENESIS_HASH, Hash, entry_hash};
+
+pub const CF_ENTRIES: &str = "entries";
+pub const CF_META: &str = "meta";
+pub const FORMAT: &[u8] = b"gatehouse.ledger.v1";
+
+const KEY_FORMAT: &[u8] = b"format";
+const KEY_HEAD: &[u8] = b"head";
+const GAP_PREFIX: &[u8] = b"gap/";
+
+/// The RocksDB directory inside a service's data directory.
+pub fn ledger_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("ledger")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("RocksDB at {path}: {source}")]
+    Db {
+        path: PathBuf,
+        source: rocksdb::Error,
+    },
+    #[error("creating {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} lacks the column family {name}")]
+    MissingColumnFamily { path: PathBuf, name: &'static str },
+    #[error("no ledger at {0} (expected a RocksDB directory made by gatehouse evidence)")]
+    Missing(PathBuf),
+    #[error("{path} is not a Gatehouse ledger (format {found:?})")]
+    WrongFormat { path: PathBuf, found: String },
+    #[error("the ledger head record is damaged ({0} bytes)")]
+    BadHead(usize),
+    #[error("entry {index}: {source}")]
+    Decode { index: u64, source: DecodeError },
+    #[error(transparent)]
+    TooLarge(#[from] EventTooLarge),
+    #[error(
+        "refusing to append stream sequence {sequence} after {last}: sequences must increase"
+    )]
+    OutOfOrder { sequence: u64, last: u64 },
+    #[error("the ledger was opened read-only")]
+    ReadOnly,
+}
+
+/// Where the chain ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// The index the next entry gets; also the number of entries.
+    pub next_index: u64,
+    /// entry_hash of the last entry ([`GENESIS_HASH`] when empty).
+    pub hash: Hash,
+    /// The last JetStream sequence applied (0 when empty).
+    pub last_sequence: u64,
+}
+
+impl Head {
+    const LEN: usize = 8 + 32 + 8;
+
+    fn encode(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[..8].copy_from_slice(&self.next_index.to_be_bytes());
+        out[8..40].copy_from_slice(&self.hash);
+        out[40..].copy_from_slice(&self.last_sequence.to_be_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, LedgerError> {
+        if bytes.len() != Self::LEN {
+            return Err(LedgerError::BadHead(bytes.len()));
+        }
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(&bytes[8..40]);
+        Ok(Self {
+            next_index: be_u64(&bytes[..8]),
+            hash,
+            last_sequence: be_u64(&bytes[40..]),
+        })
+    }
+}
+
+impl Default for Head {
+    fn default() -> Self {
+        Self {
+            next_index: 0,
+            hash: GENESIS_HASH,
+            last_sequence: 0,
+        }
+    }
+}
+
+/// An event to append, as the consumer received it.
+#[derive(Clone, Debug)]
+pub struct NewEntry {
+    pub stream_sequence: u64,
+    /// When JetStream stored it, nanoseconds since the Unix epoch.
+    pub received_at: i64,
+    pub event: Vec<u8>,
+}
+
+/// Stream sequences the consumer expected but the stream no longer had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gap {
+    pub first: u64,
+    pub last: u64,
+    pub detected_at: i64,
+}
+
+/// One stored entry as read back: the hash that was stored, and the stored encoding.
+#[derive(Clone, Debug)]
+pub struct StoredEntry {
+    /// The key as an index; `None` if the key is not 8 bytes (something foreign was written).
+    pub key: Option<u64>,
+    pub stored_hash: Hash,
+    pub encoding: Vec<u8>,
+}
+
+/// The hash-linked ledger.
+pub struct Ledger {
+    db: DB,
+    path: PathBuf,
+    head: Head,
+    read_only: bool,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("path", &self.path)
+            .field("head", &self.head)
+            .finish()
+    }
+}
+
+impl Ledger {
+    /// Opens (creating if needed) the ledger under `data_dir/ledger` for appending.
+    pub fn open(data_dir: &Path) -> Result<Self, LedgerError> {
+        let path = ledger_dir(data_dir);
+        std::fs::create_dir_all(&path).map_err(|source| LedgerError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let mut opts = db_options();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let db = DB::open_cf_descriptors(&opts, &path, column_families())
+            .map_err(|source| LedgerError::Db {
+                path: path.clone(),
+                source,
+            })?;
+        let mut ledger = Self {
+            db,
+            path,
+            head: Head::default(),
+            read_only: false,
+        };
+        ledger.check_or_write_format()?;
+        ledger.head = ledger.read_head()?;
+        Ok(ledger)
+    }
+
+    /// Opens an existing ledger without taking the writer's lock, for verification and export
+    /// while `gatehouse evidence` keeps running. Sees the state as of opening.
+    pub fn open_read_only(data_dir: &Path) -> Result<Self, LedgerError> {
+        let path = ledger_dir(data_dir);
+        if !path.join("CURRENT").exists() {
+            return Err(LedgerError::Missing(path));
+        }
+        let db = DB::open_cf_descriptors_read_only(&db_options(), &path, column_families(), false)
+            .map_err(|source| LedgerError::Db {
+                path: path.clone(),
+                source,
+            })?;
+        let mut ledger = Self {
+            db,
+            path,
+            head: Head::default(),
+            read_only: true,
+        };
+        ledger.check_or_write_format()?;
+        ledger.head = ledger.read_head()?;
+        Ok(ledger)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The head as of the last append (or opening).
+    pub fn head(&self) -> Head {
+        self.head
+    }
+
+    /// Appends `entries` (stream sequences strictly increasing and above the head's) and records
+    /// `gaps`, atomically and durably: see the module docs. Returns the new head.
+    pub fn append(&mut self, entries: &[NewEntry], gaps: &[Gap]) -> Result<Head, LedgerError> {
+        if self.read_only {
+            return Err(LedgerError::ReadOnly);
+        }
+        let entries_cf = self.cf(CF_ENTRIES)?;
+        let meta_cf = self.cf(CF_META)?;
+        let mut head = self.head;
+        let mut batch = WriteBatch::default();
+        for new in entries {
+            if new.stream_sequence <= head.last_sequence {
+                return Err(LedgerError::OutOfOrder {
+                    sequence: new.stream_sequence,
+                    last: head.last_sequence,
+                });
+            }
+            let entry = Entry {
+                index: head.next_index,
+                stream_sequence: new.stream_sequence,
+                received_at: new.received_at,
+                previous_hash: head.hash,
+                event: new.event.clone(),
+            };
+            let encoding = entry.encode()?;
+            let hash = entry_hash(&encoding);
+            let mut value = Vec::with_capacity(32 + encoding.len());
+            value.extend_from_slice(&hash);
+            value.extend_from_slice(&encoding);
+            batch.put_cf(&entries_cf, head.next_index.to_be_bytes(), value);
+            head = Head {
+                next_index: head.next_index + 1,
+                hash,
+                last_sequence: new.stream_sequence,
+            };
+        }
+        for gap in gaps {
+            let mut key = GAP_PREFIX.to_vec();
+            key.extend_from_slice(&gap.first.to_be_bytes());
+            let mut value = gap.last.to_be_bytes().to_vec();
+            value.extend_from_slice(&gap.detected_at.to_be_bytes());
+            batch.put_cf(&meta_cf, key, value);
+            head.last_sequence = head.last_sequence.max(gap.last);
+        }
+        batch.put_cf(&meta_cf, KEY_HEAD, head.encode());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo).map_err(|source| LedgerError::Db {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.head = head;
+        Ok(head)
+    }
+
+    /// Stored entries from `from` on, in key order.
+    pub fn entries(
+        &self,
+        from: u64,
+    ) -> Result<impl Iterator<Item = Result<StoredEntry, LedgerError>> + '_, LedgerError> {
+        let cf = self.cf(CF_ENTRIES)?;
+        let start = from.to_be_bytes();
+        let path = self.path.clone();
+        Ok(self
+            .db
+            .iterator_cf(&cf, IteratorMode::From(&start, Direction::Forward))
+            .map(move |item| {
+                let (key, value) = item.map_err(|source| LedgerError::Db {
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok(parse_stored(&key, &value))
+            }))
+    }
+
+    /// The entry at `index`, decoded, or `None`.
+    pub fn entry(&self, index: u64) -> Result<Option<Entry>, LedgerError> {
+        let cf = self.cf(CF_ENTRIES)?;
+        let Some(value) = self
+            .db
+            .get_cf(&cf, index.to_be_bytes())
+            .map_err(|source| LedgerError::Db {
+                path: self.path.clone(),
+                source,
+            })?
+        else {
+            return Ok(None);
+        };
+        let stored = parse_stored(&index.to_be_bytes(), &value);
+        Entry::decode(&stored.encoding)
+            .map(Some)
+            .map_err(|source| LedgerError::Decode { index, source })
+    }
+
+    /// Every gap alarm recorded so far.
+    pub fn gaps(&self) -> Result<Vec<Gap>, LedgerError> {
+        let cf = self.cf(CF_META)?;
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(&cf, IteratorMode::From(GAP_PREFIX, Direction::Forward))
+        {
+            let (key, value) = item.map_err(|source| LedgerError::Db {
+                path: self.path.clone(),
+                source,
+            })?;
+            let Some(first) = key.strip_prefix(GAP_PREFIX) else {
+                break;
+            };
+            if first.len() == 8 && value.len() == 16 {
+                out.push(Gap {
+                    first: be_u64(first),
+                    last: be_u64(&value[..8]),
+                    detected_at: be_u64(&value[8..]) as i64,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves everything from the write-ahead log into checksummed table files; called on
+    /// shutdown so a stopped ledger is entirely in SST files.
+    pub fn flush(&self) -> Result<(), LedgerError> {
+        if self.read_only {
+            return Ok(());
+        }
+        for name in [CF_ENTRIES, CF_META] {
+            let cf = self.cf(name)?;
+            self.db.flush_cf(&cf).map_err(|source| LedgerError::Db {
+                path: self.path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, LedgerError> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| LedgerError::MissingColumnFamily {
+                path: self.path.clone(),
+                name,
+            })
+    }
+
+    fn read_head(&self) -> Result<Head, LedgerError> {
+        let cf = self.cf(CF_META)?;
+        match self
+            .db
+            .get_cf(&cf, KEY_HEAD)
+            .map_err(|source| LedgerError::Db {
+                path: self.path.clone(),
+                source,
+            })? {
+            Some(bytes) => Head::decode(&bytes),
+            None => Ok(Head::default()),
+        }
+    }
+
+    fn check_or_write_format(&self) -> Result<(), LedgerError> {
+        let cf = self.cf(CF_META)?;
+        let found = self
+            .db
+            .get_cf(&cf, KEY_FORMAT)
+            .map_err(|source| LedgerError::Db {
+                path: self.path.clone(),
+                source,
+            })?;
+        match found {
+            Some(f) if f == FORMAT => Ok(()),
+            Some(f) => Err(LedgerError::WrongFormat {
+                path: self.path.clone(),
+                found: String::from_utf8_lossy(&f).into_owned(),
+            }),
+            None if self.read_only => Err(LedgerError::WrongFormat {
+                path: self.path.clone(),
+                found: "none".into(),
+            }),
+            None => {
+                let mut wo = WriteOptions::default();
+                wo.set_sync(true);
+                self.db
+                    .put_cf_opt(&cf, KEY_FORMAT, FORMAT, &wo)
+                    .map_err(|source| LedgerError::Db {
+                        path: self.path.clone(),
+                        source,
+                    })
+            }
+        }
+    }
+}
+
+fn db_options() -> Options {
+    let mut opts = Options::default();
+    // Refuse to open on detected corruption rather than quietly skipping it.
+    opts.set_paranoid_checks(true);
+    opts
+}
+
+fn column_families() -> Vec<ColumnFamilyDescriptor> {
+    let mut entries = Options::default();
+    entries.set_compression_type(DBCompressionType::Lz4);
+    vec![
+        ColumnFamilyDescriptor::new(CF_ENTRIES, entries),
+        ColumnFamilyDescriptor::new(CF_META, Options::default()),
+    ]
+}
+
+/// Splits a stored value into the stored hash and the encoding. A value too short to hold a
+/// hash keeps an all-zero hash and whatever bytes it has, so verification reports it.
+fn parse_stored(key: &[u8], value: &[u8]) -> StoredEntry {
+    let key = (key.len() == 8).then(|| be_u64(key));
+    let mut stored_hash = [0u8; 32];
+    let encoding = if value.len() >= 32 {
+        stored_hash.copy_from_slice(&value[..32]);
+        value[32..].to_vec()
+    } else {
+        value.to_vec()
+    };
+    StoredEntry {
+        key,
+        stored_hash,
+        encoding,
+    }
+}
+
+fn be_u64(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[..8]);
+    u64::from_be_bytes(b)
+}

@@ -1,0 +1,207 @@
+//! Re-walking the chain: `gatehouse ledger verify`.
+//!
+//! Every entry is decoded and re-hashed from its stored bytes, and each must sit at the key of
+//! its own index and link to the hash of the entry before it. The walk stops at the first entry
+//! that fails and names it; a changed, removed, reordered or inserted entry always fails at the
+//! first index it affects.
+
+use std::fmt;
+
+use crate::entry::{Entry, GENESIS_HASH, Hash, entry_hash};
+use crate::store::{Gap, Ledger, LedgerError};
+
+/// A chain that holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub entries: u64,
+    pub head_hash: Hash,
+    pub last_sequence: u64,
+    /// Stream sequences the evidence service found missing from the stream when it ingested
+    /// (alarms raised at the time, not chain damage).
+    pub gaps: Vec<Gap>,
+}
+
+/// The first thing wrong with the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Broken {
+    /// The first index that does not verify.
+    pub index: u64,
+    pub problem: Problem,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// No entry is stored at this index, though later ones are (or the head says there are).
+    Missing,
+    /// The entry stored here says it belongs at another index (moved or reordered).
+    WrongIndex { claimed: u64 },
+    /// The stored bytes are not an entry encoding.
+    Undecodable(String),
+    /// The entry's contents do not hash to the hash stored with it (changed in place).
+    HashMismatch { stored: Hash, computed: Hash },
+    /// The entry does not link to the one before it (one before it changed, was inserted or
+    /// reordered).
+    BrokenLink { expected: Hash, found: Hash },
+    /// Stream sequences must increase along the chain.
+    SequenceNotIncreasing { previous: u64, found: u64 },
+    /// There are entries past the head the ledger recorded (inserted at the end).
+    BeyondHead { head_entries: u64 },
+    /// The chain ends at a different hash than the recorded head (truncated or rewritten).
+    HeadMismatch { recorded: Hash, computed: Hash },
+    /// A key that is not an 8-byte index was found among the entries.
+    ForeignKey,
+    /// RocksDB could not read the entry (checksum mismatch or other corruption).
+    Storage(String),
+}
+
+impl fmt::Display for Broken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = self.index;
+        match &self.problem {
+            Problem::Missing => write!(f, "entry {i} is missing"),
+            Problem::WrongIndex { claimed } => write!(
+                f,
+                "entry {i} holds the entry for index {claimed} (entries were moved or reordered)"
+            ),
+            Problem::Undecodable(e) => write!(f, "entry {i} is not a valid entry: {e}"),
+            Problem::HashMismatch { stored, computed } => write!(
+                f,
+                "entry {i} was changed: its contents hash to {} but {} is stored",
+                hex::encode(computed),
+                hex::encode(stored)
+            ),
+            Problem::BrokenLink { expected, found } => write!(
+                f,
+                "entry {i} does not link to entry {}: it names previous hash {}, the chain has {} \
+                 (an entry was changed, inserted or reordered)",
+                i.wrapping_sub(1),
+                hex::encode(found),
+                hex::encode(expected)
+            ),
+            Problem::SequenceNotIncreasing { previous, found } => write!(
+                f,
+                "entry {i} has stream sequence {found}, not above the previous entry's {previous}"
+            ),
+            Problem::BeyondHead { head_entries } => write!(
+                f,
+                "entry {i} lies beyond the recorded head ({head_entries} entries): it was inserted"
+            ),
+            Problem::HeadMismatch { recorded, computed } => write!(
+                f,
+                "the chain ends before index {i} at {} but the recorded head is {} (entries were \
+                 removed or rewritten)",
+                hex::encode(computed),
+                hex::encode(recorded)
+            ),
+            Problem::ForeignKey => write!(f, "a foreign key was written after entry {i}"),
+            Problem::Storage(e) => write!(f, "entry {i} cannot be read: {e}"),
+        }
+    }
+}
+
+/// Walks the whole chain.
+pub fn verify(ledger: &Ledger) -> Result<Result<Verified, Broken>, LedgerError> {
+    verify_with_progress(ledger, |_| {})
+}
+
+/// Walks the whole chain, calling `progress` with the number of entries checked so far every
+/// few thousand entries.
+pub fn verify_with_progress(
+    ledger: &Ledger,
+    mut progress: impl FnMut(u64),
+) -> Result<Result<Verified, Broken>, LedgerError> {
+    let head = ledger.head();
+    let mut expected_index = 0u64;
+    let mut chain: Hash = GENESIS_HASH;
+    let mut last_sequence = 0u64;
+    let broken = |index, problem| Ok(Err(Broken { index, problem }));
+
+    for item in ledger.entries(0)? {
+        let stored = match item {
+            Ok(s) => s,
+            Err(LedgerError::Db { source, .. }) => {
+                return broken(expected_index, Problem::Storage(source.to_string()));
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(key) = stored.key else {
+            return broken(expected_index, Problem::ForeignKey);
+        };
+        if key != expected_index {
+            return broken(expected_index, Problem::Missing);
+        }
+        if key >= head.next_index {
+            return broken(
+                key,
+                Problem::BeyondHead {
+                    head_entries: head.next_index,
+                },
+            );
+        }
+        let entry = match Entry::decode(&stored.encoding) {
+            Ok(e) => e,
+            Err(e) => return broken(key, Problem::Undecodable(e.to_string())),
+        };
+        if entry.index != key {
+            return broken(
+                key,
+                Problem::WrongIndex {
+                    claimed: entry.index,
+                },
+            );
+        }
+        let computed = entry_hash(&stored.encoding);
+        if computed != stored.stored_hash {
+            return broken(
+                key,
+                Problem::HashMismatch {
+                    stored: stored.stored_hash,
+                    computed,
+                },
+            );
+        }
+        if entry.previous_hash != chain {
+            return broken(
+                key,
+                Problem::BrokenLink {
+                    expected: chain,
+                    found: entry.previous_hash,
+                },
+            );
+        }
+        if entry.stream_sequence <= last_sequence {
+            return broken(
+                key,
+                Problem::SequenceNotIncreasing {
+                    previous: last_sequence,
+                    found: entry.stream_sequence,
+                },
+            );
+        }
+        chain = computed;
+        last_sequence = entry.stream_sequence;
+        expected_index += 1;
+        if expected_index % 4096 == 0 {
+            progress(expected_index);
+        }
+    }
+    if expected_index < head.next_index {
+        return broken(expected_index, Problem::Missing);
+    }
+    if chain != head.hash {
+        return broken(
+            expected_index,
+            Problem::HeadMismatch {
+                recorded: head.hash,
+                computed: chain,
+            },
+        );
+    }
+    progress(expected_index);
+    Ok(Ok(Verified {
+        entries: expected_index,
+        head_hash: chain,
+        last_sequence: head.last_sequence,
+        gaps: ledger.gaps()?,
+    }))
+}

@@ -1,0 +1,192 @@
+//! Response bodies: streamed frame by frame to the client, never buffered whole, while their
+//! size and BLAKE3 digest are taken on the way through. When the stream ends — completely, with
+//! an upstream error, or because the client went away — the completion hook fires exactly once
+//! with what the client actually received.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use gatehouse_events::{BodyDigest, ResponseOutcome};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+
+/// Error type of response bodies sent to clients.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every response body the proxy sends.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// What the client received, reported once the body is over.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub outcome: ResponseOutcome,
+    pub body: BodyDigest,
+}
+
+/// Called once, when the body ends or is dropped.
+pub type OnComplete = Box<dyn FnOnce(Delivered) + Send>;
+
+/// Wraps a body, digesting the bytes that pass through.
+pub struct RecordedBody<B> {
+    inner: B,
+    hasher: blake3::Hasher,
+    bytes: u64,
+    on_complete: Option<OnComplete>,
+    /// The body had nothing to send from the start (HEAD, 204, 304): servers may drop such a
+    /// body without polling it, and that is a complete response, not an abandoned one.
+    empty: bool,
+}
+
+impl<B: Body> RecordedBody<B> {
+    pub fn new(inner: B, on_complete: OnComplete) -> Self {
+        let empty = inner.is_end_stream();
+        Self {
+            inner,
+            hasher: blake3::Hasher::new(),
+            bytes: 0,
+            on_complete: Some(on_complete),
+            empty,
+        }
+    }
+}
+
+impl<B> RecordedBody<B> {
+    fn finish(&mut self, outcome: ResponseOutcome) {
+        if let Some(hook) = self.on_complete.take() {
+            hook(Delivered {
+                outcome,
+                body: BodyDigest {
+                    bytes: self.bytes,
+                    blake3: self.hasher.finalize().to_hex().to_string(),
+                },
+            });
+        }
+    }
+}
+
+impl<B> Body for RecordedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.hasher.update(data);
+                    this.bytes += data.len() as u64;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.finish(ResponseOutcome::UpstreamError);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.finish(ResponseOutcome::Complete);
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for RecordedBody<B> {
+    fn drop(&mut self) {
+        // Dropped before the end: the client disconnected (or the server is shutting down).
+        let outcome = if self.empty {
+            ResponseOutcome::Complete
+        } else {
+            ResponseOutcome::ClientDisconnected
+        };
+        self.finish(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+    use std::sync::{Arc, Mutex};
+
+    fn recorder() -> (OnComplete, Arc<Mutex<Vec<Delivered>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        (Box::new(move |d| sink.lock().unwrap().push(d)), seen)
+    }
+
+    #[tokio::test]
+    async fn a_complete_body_is_digested_once() {
+        let (hook, seen) = recorder();
+        let chunks = futures::stream::iter(vec![
+            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"hello "))),
+            Ok(Frame::data(Bytes::from_static(b"world"))),
+        ]);
+        let body = RecordedBody::new(StreamBody::new(chunks), hook);
+        let collected = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&collected[..], b"hello world");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].outcome, ResponseOutcome::Complete);
+        assert_eq!(seen[0].body, BodyDigest::of(b"hello world"));
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_midway_is_a_disconnect() {
+        let (hook, seen) = recorder();
+        let chunks = futures::stream::iter(vec![
+            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"partial"))),
+            Ok(Frame::data(Bytes::from_static(b"never read"))),
+        ]);
+        let mut body = RecordedBody::new(StreamBody::new(chunks), hook);
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.data_ref().unwrap(), &Bytes::from_static(b"partial"));
+        drop(body);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].outcome, ResponseOutcome::ClientDisconnected);
+        assert_eq!(seen[0].body, BodyDigest::of(b"partial"));
+    }
+
+    #[tokio::test]
+    async fn an_upstream_error_is_recorded_as_such() {
+        let (hook, seen) = recorder();
+        let chunks = futures::stream::iter(vec![
+            Ok(Frame::data(Bytes::from_static(b"abc"))),
+            Err(std::io::Error::other("reset")),
+        ]);
+        let body = RecordedBody::new(StreamBody::new(chunks), hook);
+        assert!(body.collect().await.is_err());
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].outcome, ResponseOutcome::UpstreamError);
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_dropped_unpolled_is_complete() {
+        let (hook, seen) = recorder();
+        drop(RecordedBody::new(http_body_util::Empty::<Bytes>::new(), hook));
+        assert_eq!(seen.lock().unwrap()[0].outcome, ResponseOutcome::Complete);
+
+        let (hook, seen) = recorder();
+        let pending = StreamBody::new(futures::stream::pending::<Result<Frame<Bytes>, std::io::Error>>());
+        drop(RecordedBody::new(pending, hook));
+        assert_eq!(seen.lock().unwrap()[0].outcome, ResponseOutcome::ClientDisconnected);
+    }
+}

@@ -1,0 +1,295 @@
+//! The forward phase: the request goes to the API server as the caller, with the proxy's own
+//! credential.
+//!
+//! [`Upstream::send`] takes a [`Permitted`] (policy allowed it) and an [`Acked`]
+//! (`request.received` is in JetStream) by value, so nothing reaches the cluster without both.
+//! The caller's `Authorization` and every `Impersonate-*` header are removed; the proxy's
+//! bearer token and `Impersonate-User` / `Impersonate-Group` for the mapped identity are set,
+//! so the cluster's RBAC decides as it would for the caller.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gatehouse_events::{Identity, RequestInfo};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, Uri, Version};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use crate::config::UpstreamConfig;
+use crate::http_client::{self, HttpsClient};
+use crate::policy::Permitted;
+use crate::record::Acked;
+
+/// How often the token file is re-read: projected service-account tokens rotate under us.
+const TOKEN_REREAD: Duration = Duration::from_secs(60);
+
+/// Headers that describe one hop, not the request.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("the request could not be built: {0}")]
+    Build(String),
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+enum TokenSource {
+    None,
+    File(PathBuf),
+    Env(String),
+}
+
+struct Token {
+    source: TokenSource,
+    /// The `Authorization` value (marked sensitive) and when it was read.
+    current: std::sync::Mutex<Option<(HeaderValue, Instant)>>,
+}
+
+impl Token {
+    fn header(&self) -> Result<Option<HeaderValue>, UpstreamError> {
+        if matches!(self.source, TokenSource::None) {
+            return Ok(None);
+        }
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((value, read_at)) = current.as_ref()
+            && read_at.elapsed() < TOKEN_REREAD
+        {
+            return Ok(Some(value.clone()));
+        }
+        let raw = match &self.source {
+            TokenSource::None => return Ok(None),
+            TokenSource::File(path) => std::fs::read_to_string(path).map_err(|e| {
+                UpstreamError::Build(format!(
+                    "the proxy's upstream token file {} cannot be read: {e}",
+                    path.display()
+                ))
+            })?,
+            TokenSource::Env(name) => std::env::var(name).map_err(|_| {
+                UpstreamError::Build(format!("the environment variable {name} holds no token"))
+            })?,
+        };
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", raw.trim())).map_err(|_| {
+            UpstreamError::Build("the proxy's upstream token is not a valid header value".into())
+        })?;
+        value.set_sensitive(true);
+        *current = Some((value.clone(), Instant::now()));
+        Ok(Some(value))
+    }
+}
+
+/// The Kubernetes API server the proxy forwards to.
+pub struct Upstream {
+    url: String,
+    /// scheme + authority of `url`.
+    origin: String,
+    /// Path prefix of `url` (for API servers behind a path-routing front), without trailing `/`.
+    base_path: String,
+    client: HttpsClient<Full<Bytes>>,
+    token: Token,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("url", &self.url).finish()
+    }
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
+        let uri: Uri = config
+            .url
+            .parse()
+            .map_err(|e| format!("upstream.url {:?}: {e}", config.url))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            return Err(format!("upstream.url {:?} needs a scheme and host", config.url));
+        };
+        let tls = http_client::client_tls(config.ca_file.as_deref(), config.ca_file.is_none())
+            .map_err(|e| format!("upstream: {e}"))?;
+        let token = Token {
+            source: match (&config.token_file, &config.token_env) {
+                (Some(_), Some(_)) => {
+                    return Err("upstream: set token_file or token_env, not both".into());
+                }
+                (Some(path), None) => TokenSource::File(path.clone()),
+                (None, Some(name)) => TokenSource::Env(name.clone()),
+                (None, None) => TokenSource::None,
+            },
+            current: std::sync::Mutex::new(None),
+        };
+        // Read once now so a missing credential fails at start-up, not on the first request.
+        token.header().map_err(|e| e.to_string())?;
+        Ok(Self {
+            url: config.url.trim_end_matches('/').to_owned(),
+            origin: format!("{scheme}://{authority}"),
+            base_path: uri.path().trim_end_matches('/').to_owned(),
+            client: http_client::https_client(tls, config.connect_timeout),
+            token,
+        })
+    }
+
+    /// The API server's URL, as recorded in `request.forwarded`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Sends a permitted, recorded request upstream as `identity`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn send(
+        &self,
+        _permit: Permitted,
+        _recorded: Acked,
+        identity: &Identity,
+        info: &RequestInfo,
+        query: Option<&str>,
+        mut parts: http::request::Parts,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let target = match query {
+            Some(q) => format!("{}{}{}?{q}", self.origin, self.base_path, info.path),
+            None => format!("{}{}{}", self.origin, self.base_path, info.path),
+        };
+        parts.uri = target
+            .parse()
+            .map_err(|e| UpstreamError::Build(format!("upstream URI: {e}")))?;
+        // The client negotiates HTTP/2 with the API server by ALPN on its own.
+        parts.version = Version::HTTP_11;
+        prepare_headers(&mut parts.headers, self.token.header()?, identity)?;
+        let request = Request::from_parts(parts, Full::new(body));
+        self.client
+            .request(request)
+            .await
+            .map_err(|e| UpstreamError::Unreachable(describe_client_error(&e)))
+    }
+}
+
+/// Replaces the caller's credentials and impersonation with the proxy's.
+fn prepare_headers(
+    headers: &mut HeaderMap,
+    authorization: Option<HeaderValue>,
+    identity: &Identity,
+) -> Result<(), UpstreamError> {
+    strip_hop_by_hop(headers);
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(header::HOST);
+    // The body was read whole; the client sets the length of what it sends.
+    headers.remove(header::CONTENT_LENGTH);
+    let impersonation: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("impersonate-"))
+        .cloned()
+        .collect();
+    for name in impersonation {
+        headers.remove(name);
+    }
+    if let Some(value) = authorization {
+        headers.insert(header::AUTHORIZATION, value);
+    }
+    let bad = |what: &str| UpstreamError::Build(format!("{what} is not a valid header value"));
+    headers.insert(
+        HeaderName::from_static("impersonate-user"),
+        HeaderValue::from_str(&identity.principal).map_err(|_| bad("the principal"))?,
+    );
+    for group in &identity.groups {
+        headers.append(
+            HeaderName::from_static("impersonate-group"),
+            HeaderValue::from_str(group).map_err(|_| bad("a group name"))?,
+        );
+    }
+    Ok(())
+}
+
+/// Removes hop-by-hop headers, including any the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_credentials_and_impersonation_are_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer caller-token".parse().unwrap());
+        h.insert("impersonate-user", "system:admin".parse().unwrap());
+        h.append("impersonate-group", "system:masters".parse().unwrap());
+        h.insert("impersonate-extra-scopes", "all".parse().unwrap());
+        h.insert("impersonate-uid", "0".parse().unwrap());
+        h.insert(header::CONNECTION, "keep-alive, x-secret-hop".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert(header::ACCEPT, "application/json".parse().unwrap());
+        h.insert(header::CONTENT_LENGTH, "12".parse().unwrap());
+        let identity = Identity {
+            issuer: "i".into(),
+            subject: "s".into(),
+            principal: "ci-deployer".into(),
+            registered: true,
+            owner: None,
+            team: None,
+            purpose: None,
+            groups: vec!["deployers".into(), "ci".into()],
+        };
+        prepare_headers(&mut h, Some("Bearer proxy".parse().unwrap()), &identity).unwrap();
+        assert_eq!(h[header::AUTHORIZATION], "Bearer proxy");
+        assert_eq!(h["impersonate-user"], "ci-deployer");
+        let groups: Vec<_> = h.get_all("impersonate-group").iter().collect();
+        assert_eq!(groups, ["deployers", "ci"]);
+        assert!(!h.contains_key("impersonate-extra-scopes"));
+        assert!(!h.contains_key("impersonate-uid"));
+        assert!(!h.contains_key(header::CONNECTION));
+        assert!(!h.contains_key("x-secret-hop"));
+        assert!(!h.contains_key(header::CONTENT_LENGTH));
+        assert_eq!(h[header::ACCEPT], "application/json");
+    }
+
+    #[test]
+    fn an_unrepresentable_principal_is_an_error_not_a_panic() {
+        let mut h = HeaderMap::new();
+        let identity = Identity {
+            issuer: "i".into(),
+            subject: "s".into(),
+            principal: "bad\nname".into(),
+            registered: true,
+            owner: None,
+            team: None,
+            purpose: None,
+            groups: vec![],
+        };
+        assert!(prepare_headers(&mut h, None, &identity).is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! The record phase: the events of one request, published in order.
+//!
+//! `request.received` is awaited to its JetStream ack, and only that ack makes an [`Acked`],
+//! which forwarding requires. Later events (`request.denied`, `request.forwarded`,
+//! `response.completed`) are sent on the same connection right away — so the stream stores
+//! them in order — and their acks are awaited off the request's path; a lost ack is logged as
+//! an error with the event id.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use gatehouse_bus::{Bus, PendingAck, PublishError};
+use gatehouse_events::{
+    BodyDigest, Decision, Envelope, Identity, Payload, RequestDenied, RequestForwarded,
+    RequestReceived, ResponseCompleted,
+};
+
+use crate::body::Delivered;
+use crate::pipeline::RequestContext;
+use crate::rescue::Rejection;
+
+/// Proof that a request's `request.received` event was acked by JetStream.
+#[derive(Debug)]
+pub struct Acked {
+    sequence: u64,
+}
+
+impl Acked {
+    /// The stream sequence `request.received` was stored at.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+}
+
+/// Publishes the events of requests.
+#[derive(Clone)]
+pub struct Recorder {
+    bus: Bus,
+    source: Arc<str>,
+    /// Events sent but never acked (lost to a NATS failure after the request was admitted).
+    unacked: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl Recorder {
+    pub fn new(bus: Bus, source: String) -> Self {
+        Self {
+            bus,
+            source: source.into(),
+            unacked: Arc::default(),
+        }
+    }
+
+    /// Events whose ack never came.
+    pub fn unacked(&self) -> u64 {
+        self.unacked.load(Ordering::Relaxed)
+    }
+
+    /// Publishes `request.received` and waits for the ack.
+    pub async fn received(
+        &self,
+        ctx: &RequestContext,
+        decision: Decision,
+        body: Option<BodyDigest>,
+    ) -> Result<Acked, PublishError> {
+        let event = Envelope::new(
+            &self.source,
+            &ctx.id,
+            RequestReceived {
+                request_id: ctx.id.clone(),
+                identity: ctx.identity.clone(),
+                source: ctx.source(),
+                user_agent: ctx.user_agent.clone(),
+                method: ctx.method.clone(),
+                path: ctx.raw_path.clone(),
+                query: ctx.query.clone(),
+                request: ctx.info.clone(),
+                decision,
+                body,
+            },
+        );
+        let ack = self.bus.publish(&event).await?;
+        Ok(Acked {
+            sequence: ack.sequence,
+        })
+    }
+
+    /// Records that the request was refused.
+    pub async fn denied(&self, ctx: &RequestContext, rejection: &Rejection) {
+        let event = Envelope::new(
+            &self.source,
+            &ctx.id,
+            RequestDenied {
+                request_id: ctx.id.clone(),
+                reason: rejection.denial_reason(),
+                status: rejection.status().as_u16(),
+                message: rejection.message(),
+                rule: rejection.rule(),
+            },
+        );
+        self.send(event).await;
+    }
+
+    /// Records that the request went upstream as `user` with `groups`.
+    pub async fn forwarded(&self, ctx: &RequestContext, upstream: &str, identity: &Identity) {
+        let event = Envelope::new(
+            &self.source,
+            &ctx.id,
+            RequestForwarded {
+                request_id: ctx.id.clone(),
+                upstream: upstream.to_owned(),
+                impersonated_user: identity.principal.clone(),
+                impersonated_groups: identity.groups.clone(),
+            },
+        );
+        self.send(event).await;
+    }
+
+    /// Records what the client received. Called from the body's completion hook, which cannot
+    /// wait, so the send happens on a task of its own.
+    pub fn completed(&self, request_id: String, status: u16, duration_ms: f64, delivered: Delivered) {
+        let event = Envelope::new(
+            &self.source,
+            &request_id,
+            ResponseCompleted {
+                request_id: request_id.clone(),
+                status,
+                outcome: delivered.outcome,
+                body: delivered.body,
+                duration_ms,
+                masked_fields: 0,
+            },
+        );
+        let recorder = self.clone();
+        tokio::spawn(async move { recorder.send(event).await });
+    }
+
+    /// Sends now; awaits the ack in the background.
+    async fn send<P: Payload + Send + 'static>(&self, event: Envelope<P>) {
+        let id = event.id.clone();
+        let name = P::NAME;
+        match self.bus.enqueue(&event).await {
+            Ok(pending) => {
+                let unacked = self.unacked.clone();
+                tokio::spawn(await_ack(pending, id, name, unacked));
+            }
+            Err(e) => {
+                self.unacked.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(event = name, event_id = %id, error = %e, "event could not be sent");
+            }
+        }
+    }
+}
+
+async fn await_ack(pending: PendingAck, id: String, name: &'static str, unacked: Arc<AtomicU64>) {
+    if let Err(e) = pending.wait().await {
+        unacked.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(event = name, event_id = %id, error = %e, "event was not acked");
+    }
+}

@@ -1,0 +1,255 @@
+//! A local OIDC issuer: discovery + JWKS over plain HTTP on loopback, ES256 tokens.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::Router;
+use axum::routing::get;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rcgen::KeyPair;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const KEY_FILE: &str = "issuer-key.pem";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerError {
+    #[error("key generation failed: {0}")]
+    Key(#[from] rcgen::Error),
+    #[error("the signing key is not a P-256 key")]
+    NotP256,
+    #[error("signing failed: {0}")]
+    Jwt(#[from] jsonwebtoken::errors::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    File(#[from] crate::pki::PkiError),
+}
+
+/// An ES256 (P-256) signing key with a kid.
+pub struct IssuerKeys {
+    pkcs8_pem: String,
+    encoding: EncodingKey,
+    x: String,
+    y: String,
+    kid: String,
+}
+
+impl std::fmt::Debug for IssuerKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuerKeys")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Clone for IssuerKeys {
+    fn clone(&self) -> Self {
+        Self {
+            pkcs8_pem: self.pkcs8_pem.clone(),
+            encoding: self.encoding.clone(),
+            x: self.x.clone(),
+            y: self.y.clone(),
+            kid: self.kid.clone(),
+        }
+    }
+}
+
+impl IssuerKeys {
+    pub fn generate() -> Result<Self, IssuerError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        Self::from_key_pair(&key)
+    }
+
+    /// Persists the PKCS#8 PEM (0600) in dir so tokens survive restarts.
+    pub fn load_or_generate(dir: &Path) -> Result<Self, IssuerError> {
+        let path = dir.join(KEY_FILE);
+        if path.exists() {
+            let pem = fs::read_to_string(&path)?;
+            let key = KeyPair::from_pem(&pem)?;
+            return Self::from_key_pair(&key);
+        }
+        let keys = Self::generate()?;
+        fs::create_dir_all(dir)?;
+        crate::pki::write_private(&path, &keys.pkcs8_pem)?;
+        Ok(keys)
+    }
+
+    fn from_key_pair(key: &KeyPair) -> Result<Self, IssuerError> {
+        if !key.is_compatible(&rcgen::PKCS_ECDSA_P256_SHA256) {
+            return Err(IssuerError::NotP256);
+        }
+        // Uncompressed SEC1 point: 0x04 || x || y.
+        let raw = key.public_key_raw();
+        if raw.len() != 65 || raw[0] != 0x04 {
+            return Err(IssuerError::NotP256);
+        }
+        let x = URL_SAFE_NO_PAD.encode(&raw[1..33]);
+        let y = URL_SAFE_NO_PAD.encode(&raw[33..65]);
+        let pkcs8_pem = key.serialize_pem();
+        let encoding = EncodingKey::from_ec_pem(pkcs8_pem.as_bytes())?;
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(json!({
+            "kty": "EC", "crv": "P-256", "x": x, "y": y,
+        }))
+        .map_err(jsonwebtoken::errors::Error::from)?;
+        // RFC 7638 thumbprint: stable across restarts for the same key.
+        let kid = jwk.thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256)?;
+        Ok(Self {
+            pkcs8_pem,
+            encoding,
+            x,
+            y,
+            kid,
+        })
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub fn jwks(&self) -> Value {
+        json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "x": self.x, "y": self.y,
+            "kid": self.kid, "alg": "ES256", "use": "sig",
+        }]})
+    }
+
+    /// Signs arbitrary claims as a compact JWS with header {alg: ES256, typ: JWT, kid}.
+    pub fn sign(&self, claims: &Value) -> Result<String, IssuerError> {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        Ok(jsonwebtoken::encode(&header, claims, &self.encoding)?)
+    }
+}
+
+/// A running issuer on loopback; stops on drop or `shutdown()`.
+pub struct Issuer {
+    url: String,
+    keys: IssuerKeys,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Issuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issuer").field("url", &self.url).finish()
+    }
+}
+
+impl Issuer {
+    pub async fn start(
+        keys: IssuerKeys,
+        listener: tokio::net::TcpListener,
+    ) -> Result<Self, IssuerError> {
+        let addr = listener.local_addr()?;
+        let url = format!("http://{addr}");
+        let discovery = Arc::new(json!({
+            "issuer": url,
+            "jwks_uri": format!("{url}/jwks.json"),
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+            "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "groups"],
+        }));
+        let jwks = Arc::new(keys.jwks());
+        let app = Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                get(move || {
+                    let d = discovery.clone();
+                    async move { Json((*d).clone()) }
+                }),
+            )
+            .route(
+                "/jwks.json",
+                get(move || {
+                    let j = jwks.clone();
+                    async move { Json((*j).clone()) }
+                }),
+            );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "issuer server stopped with an error");
+            }
+        });
+        Ok(Self {
+            url,
+            keys,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// Exactly the `iss` it mints.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn keys(&self) -> &IssuerKeys {
+        &self.keys
+    }
+
+    /// Mints a token: iss, sub, aud, groups, iat = nbf = now, exp = now + ttl, jti.
+    pub fn mint(
+        &self,
+        subject: &str,
+        audience: &str,
+        groups: &[&str],
+        ttl: Duration,
+    ) -> Result<String, IssuerError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let claims = json!({
+            "iss": self.url,
+            "sub": subject,
+            "aud": audience,
+            "groups": groups,
+            "iat": now,
+            "nbf": now,
+            "exp": now.saturating_add(ttl.as_secs()),
+            "jti": ulid::Ulid::new().to_string(),
+        });
+        self.keys.sign(&claims)
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            // Keep-alive connections would hold graceful shutdown open; bound the wait.
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Issuer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
