@@ -1,1 +1,438 @@
+//! Support for Gatehouse's integration tests.
+//!
+//! A [`TestBed`] is the same [`Stack`] `gatehouse up --sandbox` runs — a real `nats-server`
+//! (its own port and store), the Kubernetes sandbox, the demo OIDC issuer, the evidence
+//! service on RocksDB and the proxy — in a temporary directory, plus what a test needs to drive
+//! it: real kubectl with per-identity kubeconfigs, raw HTTPS requests with any token, and the
+//! events on the stream. [`TestBed::finish`] checks what every test must leave behind: every
+//! event valid against its schema, the ledger holding exactly the events the stream holds, and
+//! the chain verifying.
 #![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use gatehouse::up::Stack;
+use gatehouse_bus::{Bus, BusConfig};
+use gatehouse_events::schema::{SchemaSet, default_dir};
+use gatehouse_evidence::Ledger;
+use gatehouse_evidence::verify;
+use gatehouse_proxy::http_client::{HttpsClient, client_tls, https_client};
+use gatehouse_sandbox::RecordedRequest;
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// How long a test waits for something that should happen promptly.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Polls `check` until it returns `Some`, or fails after `deadline` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if start.elapsed() > deadline {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Test logs go to the test's output; `RUST_LOG=debug` for more.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,async_nats=error".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// One event as stored in the stream.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub sequence: u64,
+    pub bytes: Bytes,
+    pub value: Value,
+}
+
+impl Event {
+    /// The short name: `request.received` for `dev.gatehouse.request.received.v1`.
+    pub fn name(&self) -> &str {
+        self.value["type"]
+            .as_str()
+            .and_then(|t| t.strip_prefix("dev.gatehouse."))
+            .and_then(|t| t.rsplit_once(".v").map(|(name, _)| name))
+            .unwrap_or("")
+    }
+
+    pub fn subject(&self) -> &str {
+        self.value["subject"].as_str().unwrap_or("")
+    }
+
+    pub fn data(&self) -> &Value {
+        &self.value["data"]
+    }
+}
+
+/// kubectl's exit status and output.
+#[derive(Debug)]
+pub struct KubectlOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A raw HTTPS response from the proxy.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub request_id: Option<String>,
+    /// The body exactly as received.
+    pub bytes: Bytes,
+    /// The body parsed as JSON (`Null` if it is not JSON).
+    pub body: Value,
+}
+
+pub struct TestBed {
+    stack: Option<Stack>,
+    /// Holds the data directory; dropped (deleted) with the test bed.
+    _dir: TempDir,
+    /// kubectl's HOME and discovery cache, so nothing leaks between tests or from the host.
+    home: TempDir,
+    /// A separate NATS client for reading the stream.
+    reader: Bus,
+    client: HttpsClient<Full<Bytes>>,
+    schemas: SchemaSet,
+}
+
+impl TestBed {
+    /// Starts a complete stack in a fresh temporary directory.
+    pub async fn start() -> Result<Self> {
+        init_logging();
+        let dir = tempfile::Builder::new()
+            .prefix("gatehouse-test-")
+            .tempdir()?;
+        let home = tempfile::Builder::new()
+            .prefix("gatehouse-kubectl-")
+            .tempdir()?;
+        let stack = Stack::start(dir.path(), None, "127.0.0.1:0".parse()?).await?;
+        let reader = Bus::connect(
+            &BusConfig::new(stack.nats_url.clone()),
+            "gatehouse-test-reader",
+        )
+        .await?;
+        let tls = client_tls(Some(&stack.dir.join("tls").join("ca.pem")), false)?;
+        Ok(Self {
+            stack: Some(stack),
+            _dir: dir,
+            home,
+            reader,
+            client: https_client(tls, Duration::from_secs(5)),
+            schemas: SchemaSet::load(&default_dir())?,
+        })
+    }
+
+    pub fn stack(&self) -> &Stack {
+        self.stack.as_ref().expect("the stack is running")
+    }
+
+    pub fn stack_mut(&mut self) -> &mut Stack {
+        self.stack.as_mut().expect("the stack is running")
+    }
+
+    /// A token from the demo issuer for `principal`, valid for an hour.
+    pub fn mint(&self, principal: &str) -> Result<String> {
+        Ok(self.stack().issuer.mint(
+            principal,
+            gatehouse::demo::AUDIENCE,
+            &[],
+            Duration::from_secs(3600),
+        )?)
+    }
+
+    /// Signs arbitrary claims with the demo issuer's real key.
+    pub fn sign(&self, claims: &Value) -> Result<String> {
+        Ok(self.stack().issuer.keys().sign(claims)?)
+    }
+
+    /// The demo issuer's URL (the `iss` it mints).
+    pub fn issuer_url(&self) -> String {
+        self.stack().issuer.url().to_owned()
+    }
+
+    /// Runs kubectl through the proxy as `principal` (a token from the demo issuer).
+    pub async fn kubectl(&self, principal: &str, args: &[&str]) -> Result<KubectlOutput> {
+        let token = self.mint(principal)?;
+        self.kubectl_with_token(principal, &token, args).await
+    }
+
+    /// Runs kubectl through the proxy with any token.
+    pub async fn kubectl_with_token(
+        &self,
+        name: &str,
+        token: &str,
+        args: &[&str],
+    ) -> Result<KubectlOutput> {
+        let kubeconfig = self.stack().write_kubeconfig(name, token, "apps")?;
+        self.run_kubectl(kubeconfig, args, None).await
+    }
+
+    /// Runs kubectl with `stdin` piped in (for `-f -`).
+    pub async fn kubectl_stdin(
+        &self,
+        principal: &str,
+        args: &[&str],
+        stdin: &str,
+    ) -> Result<KubectlOutput> {
+        let token = self.mint(principal)?;
+        let kubeconfig = self.stack().write_kubeconfig(principal, &token, "apps")?;
+        self.run_kubectl(kubeconfig, args, Some(stdin)).await
+    }
+
+    async fn run_kubectl(
+        &self,
+        kubeconfig: PathBuf,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<KubectlOutput> {
+        let cache = self.home.path().join("cache");
+        let mut command = tokio::process::Command::new("kubectl");
+        command
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(["--request-timeout", "30s"])
+            .args(args)
+            .env("HOME", self.home.path())
+            .env_remove("KUBECONFIG")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .context("running kubectl (is it on PATH?)")?;
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            use tokio::io::AsyncWriteExt;
+            pipe.write_all(text.as_bytes()).await?;
+        }
+        let output = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+            .await
+            .map_err(|_| anyhow!("kubectl {args:?} did not finish within 90s"))??;
+        Ok(KubectlOutput {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
+    }
+
+    /// Sends one HTTPS request to the proxy. `authorization` is the whole header value.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: Option<&str>,
+        body: Option<&str>,
+    ) -> Result<Reply> {
+        let mut builder = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.stack().proxy_url()))
+            .header("accept", "application/json");
+        if let Some(value) = authorization {
+            builder = builder.header("authorization", value);
+        }
+        if body.is_some() {
+            builder = builder.header("content-type", "application/json");
+        }
+        let request = builder.body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))?;
+        let response = self.client.request(request).await?;
+        let status = response.status().as_u16();
+        let request_id = response
+            .headers()
+            .get(gatehouse_proxy::rescue::REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Reply {
+            status,
+            request_id,
+            bytes,
+            body,
+        })
+    }
+
+    /// `request` with a bearer token.
+    pub async fn get(&self, path: &str, token: &str) -> Result<Reply> {
+        self.request("GET", path, Some(&format!("Bearer {token}")), None)
+            .await
+    }
+
+    /// Everything the sandbox (the cluster) has received so far.
+    pub fn sandbox_requests(&self) -> Vec<RecordedRequest> {
+        self.stack().sandbox.requests()
+    }
+
+    /// Every event in the stream, in order.
+    pub async fn events(&self) -> Result<Vec<Event>> {
+        self.reader
+            .read_all()
+            .await?
+            .into_iter()
+            .map(|(sequence, bytes)| {
+                let value = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("event {sequence} is not JSON"))?;
+                Ok(Event {
+                    sequence,
+                    bytes,
+                    value,
+                })
+            })
+            .collect()
+    }
+
+    /// Waits until the events of `request_id` include every name in `names`, and returns them
+    /// in stream order.
+    pub async fn events_of(&self, request_id: &str, names: &[&str]) -> Result<Vec<Event>> {
+        eventually(
+            &format!("events {names:?} of request {request_id}"),
+            DEADLINE,
+            || async {
+                let events: Vec<Event> = self
+                    .events()
+                    .await
+                    .ok()?
+                    .into_iter()
+                    .filter(|e| e.subject() == request_id)
+                    .collect();
+                names
+                    .iter()
+                    .all(|n| events.iter().any(|e| e.name() == *n))
+                    .then_some(events)
+            },
+        )
+        .await
+    }
+
+    /// The `request.received` events so far, newest last.
+    pub async fn received(&self) -> Result<Vec<Event>> {
+        Ok(self
+            .events()
+            .await?
+            .into_iter()
+            .filter(|e| e.name() == "request.received")
+            .collect())
+    }
+
+    /// Checks what every test must leave behind, then stops the stack:
+    /// - every event on the stream validates against its JSON Schema;
+    /// - every request that was received has its outcome recorded (denied, or forwarded and
+    ///   completed);
+    /// - the ledger holds exactly the stream's events, byte for byte, in stream order;
+    /// - the chain verifies.
+    ///
+    /// Returns the data directory's ledger path owner, so a test can go on to tamper with it.
+    pub async fn finish(mut self) -> Result<Finished> {
+        let events = self.events().await?;
+        for event in &events {
+            self.schemas
+                .validate(&event.bytes)
+                .with_context(|| format!("event {} ({})", event.sequence, event.name()))?;
+        }
+        // Let in-flight completions land, then check each request's story is whole.
+        let events = eventually(
+            "every request's outcome to be recorded",
+            DEADLINE,
+            || async {
+                let events = self.events().await.ok()?;
+                let received: Vec<&Event> = events
+                    .iter()
+                    .filter(|e| e.name() == "request.received")
+                    .collect();
+                received
+                    .iter()
+                    .all(|r| {
+                        let mine: Vec<&str> = events
+                            .iter()
+                            .filter(|e| e.subject() == r.subject())
+                            .map(Event::name)
+                            .collect();
+                        mine.contains(&"request.denied")
+                            || (mine.contains(&"request.forwarded")
+                                && mine.contains(&"response.completed"))
+                    })
+                    .then_some(events)
+            },
+        )
+        .await?;
+        for event in &events {
+            self.schemas
+                .validate(&event.bytes)
+                .with_context(|| format!("event {} ({})", event.sequence, event.name()))?;
+        }
+
+        let stack = self.stack.take().expect("the stack is running");
+        let dir = stack.dir.clone();
+        let head = stack.stop().await?;
+        let ledger = Ledger::open_read_only(&dir)?;
+        let last = events.last().map_or(0, |e| e.sequence);
+        if head.last_sequence != last || head.next_index != events.len() as u64 {
+            bail!(
+                "the ledger holds {} entries up to sequence {}, the stream {} events up to {}",
+                head.next_index,
+                head.last_sequence,
+                events.len(),
+                last
+            );
+        }
+        for (index, event) in events.iter().enumerate() {
+            let entry = ledger
+                .entry(index as u64)?
+                .ok_or_else(|| anyhow!("ledger entry {index} is missing"))?;
+            if entry.stream_sequence != event.sequence || entry.event != event.bytes.as_ref() {
+                bail!(
+                    "ledger entry {index} differs from stream event {}",
+                    event.sequence
+                );
+            }
+        }
+        match verify::verify(&ledger)? {
+            Ok(verified) if verified.entries == events.len() as u64 => {}
+            Ok(verified) => bail!(
+                "verify saw {} entries, expected {}",
+                verified.entries,
+                events.len()
+            ),
+            Err(broken) => bail!("the ledger does not verify: {broken}"),
+        }
+        drop(ledger);
+        Ok(Finished {
+            events,
+            data_dir: dir,
+            _dir: self._dir,
+        })
+    }
+}
+
+/// What is left after [`TestBed::finish`]: the events and the stopped stack's data directory.
+pub struct Finished {
+    pub events: Vec<Event>,
+    pub data_dir: PathBuf,
+    _dir: TempDir,
+}

@@ -137,17 +137,15 @@ mod tests {
 
     #[test]
     fn a_short_duplicate_window_is_refused() {
-        let c: BusConfig = yaml_free_parse(
-            r#"{"url": "nats://x", "stream": {"duplicate_window": "30s"}}"#,
-        );
+        let c: BusConfig =
+            yaml_free_parse(r#"{"url": "nats://x", "stream": {"duplicate_window": "30s"}}"#);
         let err = c.validate().unwrap_err();
         assert!(err.contains("at least 2m"), "{err}");
     }
 
     #[test]
     fn unknown_fields_are_refused() {
-        let r: Result<BusConfig, _> =
-            serde_json::from_str(r#"{"url": "nats://x", "strem": {}}"#);
+        let r: Result<BusConfig, _> = serde_json::from_str(r#"{"url": "nats://x", "strem": {}}"#);
         assert!(r.is_err());
     }
 

@@ -88,7 +88,9 @@ impl Bus {
 fn desired_config(settings: &StreamSettings) -> stream::Config {
     stream::Config {
         name: settings.name.clone(),
-        description: Some("Gatehouse events: every request, hold, vote, decision and response".into()),
+        description: Some(
+            "Gatehouse events: every request, hold, vote, decision and response".into(),
+        ),
         subjects: vec![SUBJECTS.to_owned()],
         storage: StorageType::File,
         retention: RetentionPolicy::Limits,

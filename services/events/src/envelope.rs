@@ -110,9 +110,7 @@ pub fn now_rfc3339() -> String {
 pub fn format_rfc3339(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
     // Truncate to microseconds: nanoseconds add noise and some parsers reject 9 digits.
-    let t = t
-        .replace_nanosecond(t.microsecond() * 1_000)
-        .unwrap_or(t);
+    let t = t.replace_nanosecond(t.microsecond() * 1_000).unwrap_or(t);
     t.format(&Rfc3339).unwrap_or_default()
 }
 

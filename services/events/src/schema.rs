@@ -107,10 +107,11 @@ impl SchemaSet {
                 path: path.clone(),
                 source,
             })?;
-            let schema: Value = serde_json::from_str(&text).map_err(|source| SchemaError::Parse {
-                path: path.clone(),
-                source,
-            })?;
+            let schema: Value =
+                serde_json::from_str(&text).map_err(|source| SchemaError::Parse {
+                    path: path.clone(),
+                    source,
+                })?;
             let validator = jsonschema::options()
                 .should_validate_formats(true)
                 .with_retriever(DirRetriever {

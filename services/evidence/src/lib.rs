@@ -34,28 +34,87 @@ pub enum EvidenceError {
     Ingest(#[from] ingest::IngestError),
 }
 
-/// Runs the evidence service until `shutdown` is cancelled, then flushes the ledger so that it
-/// is entirely in checksummed table files.
+/// An open evidence service: the ledger and the bus, ready to ingest.
+pub struct Evidence {
+    config: EvidenceConfig,
+    ledger: Arc<Mutex<Ledger>>,
+    bus: Bus,
+}
+
+impl std::fmt::Debug for Evidence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Evidence")
+            .field("head", &self.head())
+            .finish()
+    }
+}
+
+impl Evidence {
+    /// Validates the configuration, opens (or creates) the ledger, connects to NATS and makes
+    /// sure the stream exists.
+    pub async fn open(config: EvidenceConfig) -> Result<Self, EvidenceError> {
+        config.validate().map_err(EvidenceError::Config)?;
+        let ledger = Ledger::open(&config.data_dir)?;
+        let head = ledger.head();
+        tracing::info!(
+            ledger = %ledger.path().display(),
+            entries = head.next_index,
+            last_sequence = head.last_sequence,
+            "ledger open"
+        );
+        let bus = Bus::connect(&config.nats, "gatehouse-evidence").await?;
+        bus.ensure_stream(&config.nats.stream).await?;
+        Ok(Self {
+            config,
+            ledger: Arc::new(Mutex::new(ledger)),
+            bus,
+        })
+    }
+
+    /// The ledger's head right now.
+    pub fn head(&self) -> Head {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner()).head()
+    }
+
+    /// Ingests until `shutdown` is cancelled, then flushes the ledger so that all of it is in
+    /// checksummed table files.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), EvidenceError> {
+        let consumer = DurableConsumer::new(self.config.consumer.clone(), "gatehouse.>");
+        let ingestor = ingest::Ingestor::new(
+            self.bus.clone(),
+            self.ledger.clone(),
+            consumer,
+            self.config.batch_max,
+        );
+        let result = ingestor.run(shutdown).await;
+        self.bus.flush().await;
+        let ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        ledger.flush()?;
+        let head = ledger.head();
+        tracing::info!(
+            entries = head.next_index,
+            last_sequence = head.last_sequence,
+            "ledger closed"
+        );
+        result.map_err(EvidenceError::from)
+    }
+
+    /// Waits until the ledger holds everything the stream held when called, or `timeout`
+    /// passes. Returns whether it caught up.
+    pub async fn catch_up(&self, timeout: std::time::Duration) -> Result<bool, EvidenceError> {
+        let target = self.bus.last_sequence().await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.head().last_sequence < target {
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok(true)
+    }
+}
+
+/// Runs the evidence service until `shutdown` is cancelled.
 pub async fn run(config: EvidenceConfig, shutdown: CancellationToken) -> Result<(), EvidenceError> {
-    config.validate().map_err(EvidenceError::Config)?;
-    let ledger = Ledger::open(&config.data_dir)?;
-    let head = ledger.head();
-    tracing::info!(
-        ledger = %ledger.path().display(),
-        entries = head.next_index,
-        last_sequence = head.last_sequence,
-        "ledger open"
-    );
-    let ledger = Arc::new(Mutex::new(ledger));
-    let bus = Bus::connect(&config.nats, "gatehouse-evidence").await?;
-    bus.ensure_stream(&config.nats.stream).await?;
-    let consumer = DurableConsumer::new(config.consumer.clone(), "gatehouse.>");
-    let ingestor = ingest::Ingestor::new(bus.clone(), ledger.clone(), consumer, config.batch_max);
-    let result = ingestor.run(shutdown).await;
-    bus.flush().await;
-    let ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
-    ledger.flush()?;
-    let head = ledger.head();
-    tracing::info!(entries = head.next_index, last_sequence = head.last_sequence, "ledger closed");
-    result.map_err(EvidenceError::from)
+    Evidence::open(config).await?.run(shutdown).await
 }

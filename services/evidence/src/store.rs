@@ -58,9 +58,7 @@ pub enum LedgerError {
     Decode { index: u64, source: DecodeError },
     #[error(transparent)]
     TooLarge(#[from] EventTooLarge),
-    #[error(
-        "refusing to append stream sequence {sequence} after {last}: sequences must increase"
-    )]
+    #[error("refusing to append stream sequence {sequence} after {last}: sequences must increase")]
     OutOfOrder { sequence: u64, last: u64 },
     #[error("the ledger was opened read-only")]
     ReadOnly,
@@ -166,11 +164,12 @@ impl Ledger {
         let mut opts = db_options();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let db = DB::open_cf_descriptors(&opts, &path, column_families())
-            .map_err(|source| LedgerError::Db {
+        let db = DB::open_cf_descriptors(&opts, &path, column_families()).map_err(|source| {
+            LedgerError::Db {
                 path: path.clone(),
                 source,
-            })?;
+            }
+        })?;
         let mut ledger = Self {
             db,
             path,
@@ -261,10 +260,12 @@ impl Ledger {
         batch.put_cf(&meta_cf, KEY_HEAD, head.encode());
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        self.db.write_opt(batch, &wo).map_err(|source| LedgerError::Db {
-            path: self.path.clone(),
-            source,
-        })?;
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(|source| LedgerError::Db {
+                path: self.path.clone(),
+                source,
+            })?;
         self.head = head;
         Ok(head)
     }
@@ -292,13 +293,13 @@ impl Ledger {
     /// The entry at `index`, decoded, or `None`.
     pub fn entry(&self, index: u64) -> Result<Option<Entry>, LedgerError> {
         let cf = self.cf(CF_ENTRIES)?;
-        let Some(value) = self
-            .db
-            .get_cf(&cf, index.to_be_bytes())
-            .map_err(|source| LedgerError::Db {
-                path: self.path.clone(),
-                source,
-            })?
+        let Some(value) =
+            self.db
+                .get_cf(&cf, index.to_be_bytes())
+                .map_err(|source| LedgerError::Db {
+                    path: self.path.clone(),
+                    source,
+                })?
         else {
             return Ok(None);
         };

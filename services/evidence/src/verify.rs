@@ -181,7 +181,7 @@ pub fn verify_with_progress(
         chain = computed;
         last_sequence = entry.stream_sequence;
         expected_index += 1;
-        if expected_index % 4096 == 0 {
+        if expected_index.is_multiple_of(4096) {
             progress(expected_index);
         }
     }

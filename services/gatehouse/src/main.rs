@@ -1,1 +1,145 @@
-fn main() {}
+//! The `gatehouse` command line.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gatehouse::ledger::VerifyOutcome;
+use gatehouse::up::UpOptions;
+use gatehouse::{LogFormat, init_logging, load_yaml, shutdown_on_signal};
+
+/// Gatehouse governs how machines reach Kubernetes: authenticated, least-privileged, recorded.
+#[derive(Debug, Parser)]
+#[command(name = "gatehouse", version)]
+struct Cli {
+    /// Log format (default: json for services, text for everything else).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The gateway in front of the Kubernetes API server.
+    Proxy {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Appends every event to the hash-linked ledger.
+    Evidence {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Everything in one process. With --sandbox: a local Kubernetes sandbox, OIDC issuer and
+    /// NATS too, and kubeconfigs for demo identities.
+    Up {
+        /// Run against the built-in Kubernetes sandbox with demo identities.
+        #[arg(long)]
+        sandbox: bool,
+        /// Holds NATS's store, the ledger, certificates, configs and kubeconfigs.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Use this NATS server (JetStream enabled) instead of starting nats-server.
+        #[arg(long, value_name = "URL")]
+        nats_url: Option<String>,
+        /// Where the proxy listens.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+    /// Inspect the evidence ledger.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCommand {
+    /// Re-walk the hash chain; exit 0 if it holds, 1 naming the first bad entry if not.
+    Verify {
+        /// The evidence service's data directory (the ledger is DIR/ledger).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let service = matches!(
+        cli.command,
+        Command::Proxy { .. } | Command::Evidence { .. }
+    );
+    init_logging(cli.log_format.unwrap_or(if service {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    }));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Proxy { config } => {
+            let config: gatehouse_proxy::ProxyConfig = load_yaml(&config)?;
+            let proxy = gatehouse_proxy::Proxy::build(config).await?;
+            proxy.serve(shutdown_on_signal()).await;
+        }
+        Command::Evidence { config } => {
+            let config: gatehouse_evidence::EvidenceConfig = load_yaml(&config)?;
+            gatehouse_evidence::run(config, shutdown_on_signal()).await?;
+        }
+        Command::Up {
+            sandbox,
+            data_dir,
+            nats_url,
+            listen,
+        } => {
+            if !sandbox {
+                anyhow::bail!(
+                    "gatehouse up needs --sandbox for now; against a real cluster, run \
+                     `gatehouse proxy --config FILE` and `gatehouse evidence --config FILE`"
+                );
+            }
+            let invocation =
+                std::env::var("GATEHOUSE_INVOCATION").unwrap_or_else(|_| "gatehouse".into());
+            let options = UpOptions {
+                data_dir,
+                nats_url,
+                listen,
+                invocation,
+            };
+            gatehouse::up::run_sandbox(options, shutdown_on_signal()).await?;
+        }
+        Command::Ledger {
+            command: LedgerCommand::Verify { data_dir, json },
+        } => {
+            return Ok(match gatehouse::ledger::verify(&data_dir, json)? {
+                VerifyOutcome::Holds => ExitCode::SUCCESS,
+                VerifyOutcome::Broken => ExitCode::from(1),
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -347,15 +347,18 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthnError> {
     Ok(token)
 }
 
+/// A JWT's header or claims, decoded but not verified.
+type Unverified = Map<String, Value>;
+
 /// Decodes header and claims without verifying anything, to choose issuer, key and algorithm.
-fn peek(token: &str) -> Result<(Map<String, Value>, Map<String, Value>), AuthnError> {
+fn peek(token: &str) -> Result<(Unverified, Unverified), AuthnError> {
     let mut parts = token.split('.');
     let (Some(header), Some(claims), Some(_signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(AuthnError::Malformed);
     };
-    let decode = |part: &str| -> Result<Map<String, Value>, AuthnError> {
+    let decode = |part: &str| -> Result<Unverified, AuthnError> {
         let bytes = URL_SAFE_NO_PAD
             .decode(part)
             .map_err(|_| AuthnError::Malformed)?;
@@ -375,9 +378,10 @@ fn map_error(kind: &ErrorKind) -> AuthnError {
         ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
             AuthnError::DisallowedAlgorithm(String::new())
         }
-        ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
-            AuthnError::Malformed
-        }
+        ErrorKind::InvalidToken
+        | ErrorKind::Base64(_)
+        | ErrorKind::Json(_)
+        | ErrorKind::Utf8(_) => AuthnError::Malformed,
         _ => AuthnError::Invalid,
     }
 }
@@ -417,10 +421,7 @@ fn map_claims(
 
 /// Caller-controlled text made safe for messages and logs: printable and at most 100 chars.
 fn printable(s: &str) -> String {
-    s.chars()
-        .filter(|c| !c.is_control())
-        .take(100)
-        .collect()
+    s.chars().filter(|c| !c.is_control()).take(100).collect()
 }
 
 #[cfg(test)]
@@ -438,7 +439,10 @@ mod tests {
         assert_eq!(bearer_token(&HeaderMap::new()), Err(AuthnError::NoToken));
         assert_eq!(bearer_token(&headers("Bearer abc")), Ok("abc"));
         assert_eq!(bearer_token(&headers("bearer abc")), Ok("abc"));
-        assert_eq!(bearer_token(&headers("Basic dXNlcjpwYXNz")), Err(AuthnError::NotBearer));
+        assert_eq!(
+            bearer_token(&headers("Basic dXNlcjpwYXNz")),
+            Err(AuthnError::NotBearer)
+        );
         assert_eq!(bearer_token(&headers("Bearer ")), Err(AuthnError::NoToken));
         let mut two = headers("Bearer a");
         two.append(http::header::AUTHORIZATION, "Bearer b".parse().unwrap());
@@ -447,7 +451,11 @@ mod tests {
 
     #[test]
     fn hmac_and_none_are_never_allowed() {
-        assert!(parse_algorithms(&["HS256".into()]).unwrap_err().contains("HMAC"));
+        assert!(
+            parse_algorithms(&["HS256".into()])
+                .unwrap_err()
+                .contains("HMAC")
+        );
         assert!(parse_algorithms(&["none".into()]).is_err());
         assert!(parse_algorithms(&[]).is_err());
         assert_eq!(
@@ -469,7 +477,12 @@ mod tests {
             principal_prefix: "github:".into(),
             groups: "groups".into(),
         };
-        let v = map_claims("https://token.actions.githubusercontent.com", &mapping, &claims).unwrap();
+        let v = map_claims(
+            "https://token.actions.githubusercontent.com",
+            &mapping,
+            &claims,
+        )
+        .unwrap();
         assert_eq!(v.principal, "github:acme/app");
         assert_eq!(v.subject, "repo:acme/app:ref:refs/heads/main");
         assert_eq!(v.groups, vec!["ci", "deployers"]);

@@ -28,30 +28,23 @@ pub struct Delivered {
 pub type OnComplete = Box<dyn FnOnce(Delivered) + Send>;
 
 /// Wraps a body, digesting the bytes that pass through.
-pub struct RecordedBody<B> {
+pub struct RecordedBody<B: Body> {
     inner: B,
     hasher: blake3::Hasher,
     bytes: u64,
     on_complete: Option<OnComplete>,
-    /// The body had nothing to send from the start (HEAD, 204, 304): servers may drop such a
-    /// body without polling it, and that is a complete response, not an abandoned one.
-    empty: bool,
 }
 
 impl<B: Body> RecordedBody<B> {
     pub fn new(inner: B, on_complete: OnComplete) -> Self {
-        let empty = inner.is_end_stream();
         Self {
             inner,
             hasher: blake3::Hasher::new(),
             bytes: 0,
             on_complete: Some(on_complete),
-            empty,
         }
     }
-}
 
-impl<B> RecordedBody<B> {
     fn finish(&mut self, outcome: ResponseOutcome) {
         if let Some(hook) = self.on_complete.take() {
             hook(Delivered {
@@ -107,10 +100,12 @@ where
     }
 }
 
-impl<B> Drop for RecordedBody<B> {
+impl<B: Body> Drop for RecordedBody<B> {
     fn drop(&mut self) {
-        // Dropped before the end: the client disconnected (or the server is shutting down).
-        let outcome = if self.empty {
+        // Servers stop polling a body once its declared length has been sent (and never poll
+        // an empty one), so a body at its end when dropped was delivered whole. Anything else
+        // was abandoned: the client disconnected, or the server is shutting down.
+        let outcome = if self.inner.is_end_stream() {
             ResponseOutcome::Complete
         } else {
             ResponseOutcome::ClientDisconnected
@@ -178,15 +173,40 @@ mod tests {
         assert_eq!(seen[0].outcome, ResponseOutcome::UpstreamError);
     }
 
+    /// What hyper does with a Content-Length body: sends the last frame, sees the body at its
+    /// end, and drops it without polling for the end.
+    #[tokio::test]
+    async fn a_sized_body_dropped_after_its_last_frame_is_complete() {
+        let (hook, seen) = recorder();
+        let mut body = RecordedBody::new(
+            http_body_util::Full::new(Bytes::from_static(b"all of it")),
+            hook,
+        );
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.data_ref().unwrap(), &Bytes::from_static(b"all of it"));
+        drop(body);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0].outcome, ResponseOutcome::Complete);
+        assert_eq!(seen[0].body, BodyDigest::of(b"all of it"));
+    }
+
     #[tokio::test]
     async fn an_empty_body_dropped_unpolled_is_complete() {
         let (hook, seen) = recorder();
-        drop(RecordedBody::new(http_body_util::Empty::<Bytes>::new(), hook));
+        drop(RecordedBody::new(
+            http_body_util::Empty::<Bytes>::new(),
+            hook,
+        ));
         assert_eq!(seen.lock().unwrap()[0].outcome, ResponseOutcome::Complete);
 
         let (hook, seen) = recorder();
-        let pending = StreamBody::new(futures::stream::pending::<Result<Frame<Bytes>, std::io::Error>>());
+        let pending = StreamBody::new(futures::stream::pending::<
+            Result<Frame<Bytes>, std::io::Error>,
+        >());
         drop(RecordedBody::new(pending, hook));
-        assert_eq!(seen.lock().unwrap()[0].outcome, ResponseOutcome::ClientDisconnected);
+        assert_eq!(
+            seen.lock().unwrap()[0].outcome,
+            ResponseOutcome::ClientDisconnected
+        );
     }
 }

@@ -113,7 +113,10 @@ impl Upstream {
             .parse()
             .map_err(|e| format!("upstream.url {:?}: {e}", config.url))?;
         let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
-            return Err(format!("upstream.url {:?} needs a scheme and host", config.url));
+            return Err(format!(
+                "upstream.url {:?} needs a scheme and host",
+                config.url
+            ));
         };
         let tls = http_client::client_tls(config.ca_file.as_deref(), config.ca_file.is_none())
             .map_err(|e| format!("upstream: {e}"))?;
@@ -245,12 +248,18 @@ mod tests {
     #[test]
     fn caller_credentials_and_impersonation_are_replaced() {
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, "Bearer caller-token".parse().unwrap());
+        h.insert(
+            header::AUTHORIZATION,
+            "Bearer caller-token".parse().unwrap(),
+        );
         h.insert("impersonate-user", "system:admin".parse().unwrap());
         h.append("impersonate-group", "system:masters".parse().unwrap());
         h.insert("impersonate-extra-scopes", "all".parse().unwrap());
         h.insert("impersonate-uid", "0".parse().unwrap());
-        h.insert(header::CONNECTION, "keep-alive, x-secret-hop".parse().unwrap());
+        h.insert(
+            header::CONNECTION,
+            "keep-alive, x-secret-hop".parse().unwrap(),
+        );
         h.insert("x-secret-hop", "1".parse().unwrap());
         h.insert(header::ACCEPT, "application/json".parse().unwrap());
         h.insert(header::CONTENT_LENGTH, "12".parse().unwrap());

@@ -137,8 +137,15 @@ identities:
 
     #[test]
     fn bad_registries_are_refused() {
-        assert!(Registry::from_yaml("identities:\n  - principal: x\n    owner: ''\n    team: t\n    purpose: p\n").is_err());
-        let dup = format!("{YAML}  - principal: ci-deployer\n    owner: b\n    team: t\n    purpose: p\n");
+        assert!(
+            Registry::from_yaml(
+                "identities:\n  - principal: x\n    owner: ''\n    team: t\n    purpose: p\n"
+            )
+            .is_err()
+        );
+        let dup = format!(
+            "{YAML}  - principal: ci-deployer\n    owner: b\n    team: t\n    purpose: p\n"
+        );
         assert!(Registry::from_yaml(&dup).unwrap_err().contains("twice"));
         assert!(Registry::from_yaml("identities:\n  - principal: x\n    ownr: a\n").is_err());
     }

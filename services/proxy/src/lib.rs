@@ -72,19 +72,21 @@ impl Proxy {
     /// exists, and binds the listener. Fails with a message naming the file or setting at fault.
     pub async fn build(config: ProxyConfig) -> Result<Self, ProxyError> {
         config.validate().map_err(ProxyError::Config)?;
-        let registry = identity::Registry::from_yaml(&read(&config.identities, "identity registry")?)
-            .map_err(|message| ProxyError::File {
-                what: "identity registry",
-                path: config.identities.display().to_string(),
-                message,
+        let registry =
+            identity::Registry::from_yaml(&read(&config.identities, "identity registry")?)
+                .map_err(|message| ProxyError::File {
+                    what: "identity registry",
+                    path: config.identities.display().to_string(),
+                    message,
+                })?;
+        let policy =
+            policy::Policy::from_yaml(&read(&config.policy, "policy")?).map_err(|message| {
+                ProxyError::File {
+                    what: "policy",
+                    path: config.policy.display().to_string(),
+                    message,
+                }
             })?;
-        let policy = policy::Policy::from_yaml(&read(&config.policy, "policy")?).map_err(|message| {
-            ProxyError::File {
-                what: "policy",
-                path: config.policy.display().to_string(),
-                message,
-            }
-        })?;
         let tls = server::server_tls(&config.tls.cert_file, &config.tls.key_file)
             .map_err(ProxyError::Startup)?;
         let upstream = forward::Upstream::new(&config.upstream).map_err(ProxyError::Startup)?;
@@ -94,10 +96,8 @@ impl Proxy {
         let replica = config.replica_name();
         let bus = Bus::connect(&config.nats, &format!("gatehouse-proxy-{replica}")).await?;
         bus.ensure_stream(&config.nats.stream).await?;
-        let recorder = record::Recorder::new(
-            bus,
-            gatehouse_events::envelope::source("proxy", &replica),
-        );
+        let recorder =
+            record::Recorder::new(bus, gatehouse_events::envelope::source("proxy", &replica));
         let listener = server::bind(config.listen)
             .await
             .map_err(ProxyError::Startup)?;

@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use gatehouse_events::{BodyDigest, Decision as RecordedDecision, DecisionAction, Identity, RequestInfo, Source};
+use gatehouse_events::{
+    BodyDigest, Decision as RecordedDecision, DecisionAction, Identity, RequestInfo, Source,
+};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -105,7 +107,11 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Handles one request end to end. Never fails: every refusal is a `Status` response.
-    pub async fn handle(self: Arc<Self>, request: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
         let mut ctx = RequestContext::new(&request, peer);
         let (parts, body) = request.into_parts();
 
@@ -225,7 +231,11 @@ impl Pipeline {
     }
 
     /// Streams the API server's response back, recording `response.completed` at its end.
-    fn stream_back(&self, ctx: &RequestContext, response: Response<Incoming>) -> Response<ProxyBody> {
+    fn stream_back(
+        &self,
+        ctx: &RequestContext,
+        response: Response<Incoming>,
+    ) -> Response<ProxyBody> {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         if let Ok(id) = HeaderValue::from_str(&ctx.id) {

@@ -261,11 +261,13 @@ fn validate_rule(rule: &Rule) -> Result<(), String> {
         return Err("every rule needs a non-empty id".into());
     }
     if rule.verbs.is_empty() {
-        return Err(at("verbs must not be empty (use [\"*\"] for every verb)".into()));
+        return Err(at(
+            "verbs must not be empty (use [\"*\"] for every verb)".into()
+        ));
     }
     if rule.resources.is_none() && rule.non_resource_urls.is_none() {
         return Err(at(
-            "a rule needs resources, non_resource_urls, or both".into(),
+            "a rule needs resources, non_resource_urls, or both".into()
         ));
     }
     for verb in &rule.verbs {
@@ -293,7 +295,9 @@ fn validate_rule(rule: &Rule) -> Result<(), String> {
     if let Some(urls) = &rule.non_resource_urls
         && let Some(bad) = urls.iter().find(|u| !u.starts_with('/') && *u != "*")
     {
-        return Err(at(format!("non_resource_urls entry {bad:?} must start with '/'")));
+        return Err(at(format!(
+            "non_resource_urls entry {bad:?} must start with '/'"
+        )));
     }
     Ok(())
 }
@@ -381,16 +385,28 @@ rules:
     fn first_match_wins_and_default_denies() {
         let p = Policy::from_yaml(DEMO).unwrap();
         let ci = who("ci-deployer", &[]);
-        assert_eq!(decide(&p, &ci, "GET", "/api/v1/namespaces/apps/secrets/db").unwrap(), "deployer-apps");
-        assert_eq!(decide(&p, &ci, "DELETE", "/api/v1/namespaces/apps/pods/web").unwrap(), "deployer-apps");
+        assert_eq!(
+            decide(&p, &ci, "GET", "/api/v1/namespaces/apps/secrets/db").unwrap(),
+            "deployer-apps"
+        );
+        assert_eq!(
+            decide(&p, &ci, "DELETE", "/api/v1/namespaces/apps/pods/web").unwrap(),
+            "deployer-apps"
+        );
         let d = decide(&p, &ci, "GET", "/api/v1/namespaces/prod/secrets/db").unwrap_err();
         assert_eq!(d.rule.as_deref(), Some("deployer-no-secrets"));
         assert_eq!(
             d.message,
             "ci-deployer may not get secrets \"db\" in namespace \"prod\": denied by rule deployer-no-secrets (secrets stay in apps)"
         );
-        assert_eq!(decide(&p, &ci, "GET", "/api/v1/namespaces/prod/pods").unwrap(), "deployer-read");
-        assert_eq!(decide(&p, &ci, "GET", "/api/v1/namespaces").unwrap(), "deployer-read");
+        assert_eq!(
+            decide(&p, &ci, "GET", "/api/v1/namespaces/prod/pods").unwrap(),
+            "deployer-read"
+        );
+        assert_eq!(
+            decide(&p, &ci, "GET", "/api/v1/namespaces").unwrap(),
+            "deployer-read"
+        );
         let d = decide(&p, &ci, "DELETE", "/api/v1/namespaces/prod/pods/x").unwrap_err();
         assert_eq!(d.rule, None);
         assert_eq!(
@@ -405,7 +421,10 @@ rules:
         let p = Policy::from_yaml(DEMO).unwrap();
         let anyone = who("readonly-bot", &[]);
         assert_eq!(decide(&p, &anyone, "GET", "/version").unwrap(), "discovery");
-        assert_eq!(decide(&p, &anyone, "GET", "/apis/apps/v1").unwrap(), "discovery");
+        assert_eq!(
+            decide(&p, &anyone, "GET", "/apis/apps/v1").unwrap(),
+            "discovery"
+        );
         assert!(decide(&p, &anyone, "POST", "/api").is_err());
         // /api/v1/pods is a resource request; the discovery glob must not allow it.
         assert!(decide(&p, &anyone, "GET", "/api/v1/pods").is_err());
@@ -451,11 +470,22 @@ rules:
     #[test]
     fn bad_policies_are_refused_with_a_reason() {
         let err = |yaml: &str| Policy::from_yaml(yaml).unwrap_err();
-        assert!(err("rules:\n  - id: a\n    action: allow\n    verbs: [get]\n").contains("resources"));
-        assert!(err("rules:\n  - id: a\n    action: allow\n    verbs: [gett]\n    resources: [pods]\n").contains("unknown verb"));
-        assert!(err("rules:\n  - id: a\n    action: permit\n    verbs: [get]\n    resources: [pods]\n").contains("line 3"));
+        assert!(
+            err("rules:\n  - id: a\n    action: allow\n    verbs: [get]\n").contains("resources")
+        );
+        assert!(
+            err("rules:\n  - id: a\n    action: allow\n    verbs: [gett]\n    resources: [pods]\n")
+                .contains("unknown verb")
+        );
+        assert!(
+            err("rules:\n  - id: a\n    action: permit\n    verbs: [get]\n    resources: [pods]\n")
+                .contains("line 3")
+        );
         assert!(err("rules:\n  - id: a\n    action: allow\n    verbs: [get]\n    resources: [pods]\n    namespace: [x]\n").contains("namespace"));
-        assert!(err("rules:\n  - id: a\n    action: allow\n    verbs: [get]\n    resources: []\n").contains("never match"));
+        assert!(
+            err("rules:\n  - id: a\n    action: allow\n    verbs: [get]\n    resources: []\n")
+                .contains("never match")
+        );
         assert!(err("rules:\n  - id: a\n    action: allow\n    verbs: [get]\n    resources: [pods]\n  - id: a\n    action: deny\n    verbs: [get]\n    resources: [pods]\n").contains("twice"));
     }
 }

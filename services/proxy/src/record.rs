@@ -125,7 +125,13 @@ impl Recorder {
 
     /// Records what the client received. Called from the body's completion hook, which cannot
     /// wait, so the send happens on a task of its own.
-    pub fn completed(&self, request_id: String, status: u16, duration_ms: f64, delivered: Delivered) {
+    pub fn completed(
+        &self,
+        request_id: String,
+        status: u16,
+        duration_ms: f64,
+        delivered: Delivered,
+    ) {
         let event = Envelope::new(
             &self.source,
             &request_id,

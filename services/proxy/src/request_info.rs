@@ -104,13 +104,11 @@ pub fn parse(method: &str, raw_path: &str, query: Option<&str>) -> Result<Reques
         .to_owned();
     }
 
-    if rest[0] == "namespaces" {
-        if rest.len() > 1 {
-            info.namespace = rest[1].to_owned();
-            // `namespaces/{ns}/status` and `/finalize` are subresources of the namespace itself.
-            if rest.len() > 2 && rest[2] != "status" && rest[2] != "finalize" {
-                rest = &rest[2..];
-            }
+    if rest[0] == "namespaces" && rest.len() > 1 {
+        info.namespace = rest[1].to_owned();
+        // `namespaces/{ns}/status` and `/finalize` are subresources of the namespace itself.
+        if rest.len() > 2 && rest[2] != "status" && rest[2] != "finalize" {
+            rest = &rest[2..];
         }
     }
 
@@ -307,8 +305,8 @@ mod tests {
     fn table_of_real_paths() {
         assert!(TABLE.len() >= 40);
         for &(method, path, query, resource, verb, group, version, ns, res, sub, name) in TABLE {
-            let info = parse(method, path, query)
-                .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+            let info =
+                parse(method, path, query).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
             let got = (
                 info.is_resource_request,
                 info.verb.as_str(),
@@ -331,10 +329,22 @@ mod tests {
     #[test]
     fn paths_are_normalised_canonically() {
         let p = |path| parse("GET", path, None).unwrap().path;
-        assert_eq!(p("//api//v1/namespaces/apps/pods/"), "/api/v1/namespaces/apps/pods");
-        assert_eq!(p("/api/v1/namespaces/ap%70s/pods"), "/api/v1/namespaces/apps/pods");
-        assert_eq!(p("/api/v1/namespaces/apps%2Fsecrets"), "/api/v1/namespaces/apps/secrets");
-        assert_eq!(p("/api/v1/namespaces/apps/pods/a%20b"), "/api/v1/namespaces/apps/pods/a%20b");
+        assert_eq!(
+            p("//api//v1/namespaces/apps/pods/"),
+            "/api/v1/namespaces/apps/pods"
+        );
+        assert_eq!(
+            p("/api/v1/namespaces/ap%70s/pods"),
+            "/api/v1/namespaces/apps/pods"
+        );
+        assert_eq!(
+            p("/api/v1/namespaces/apps%2Fsecrets"),
+            "/api/v1/namespaces/apps/secrets"
+        );
+        assert_eq!(
+            p("/api/v1/namespaces/apps/pods/a%20b"),
+            "/api/v1/namespaces/apps/pods/a%20b"
+        );
         assert_eq!(
             p("/apis/rbac.authorization.k8s.io/v1/clusterroles/system:aggregate-to-edit"),
             "/apis/rbac.authorization.k8s.io/v1/clusterroles/system:aggregate-to-edit"
@@ -345,14 +355,25 @@ mod tests {
     #[test]
     fn ambiguous_requests_are_refused() {
         assert_eq!(
-            parse("GET", "/api/v1/namespaces/apps/../kube-system/secrets", None),
+            parse(
+                "GET",
+                "/api/v1/namespaces/apps/../kube-system/secrets",
+                None
+            ),
             Err(ParseError::DotSegment)
         );
         assert_eq!(
-            parse("GET", "/api/v1/namespaces/apps/%2e%2e/kube-system/secrets", None),
+            parse(
+                "GET",
+                "/api/v1/namespaces/apps/%2e%2e/kube-system/secrets",
+                None
+            ),
             Err(ParseError::DotSegment)
         );
-        assert_eq!(parse("GET", "/api/v1/%ff", None), Err(ParseError::BadEncoding));
+        assert_eq!(
+            parse("GET", "/api/v1/%ff", None),
+            Err(ParseError::BadEncoding)
+        );
         assert_eq!(
             parse("GET", "/api/v1/pods", Some("watch=1;fieldSelector=x")),
             Err(ParseError::SemicolonInQuery)
@@ -371,7 +392,10 @@ mod tests {
     fn field_selector_names_only_exact_valid_names() {
         assert_eq!(exact_name("metadata.name=web"), Some("web".into()));
         assert_eq!(exact_name("metadata.name==web"), Some("web".into()));
-        assert_eq!(exact_name("status.phase=Running,metadata.name=web"), Some("web".into()));
+        assert_eq!(
+            exact_name("status.phase=Running,metadata.name=web"),
+            Some("web".into())
+        );
         assert_eq!(exact_name("metadata.name!=web"), None);
         assert_eq!(exact_name("metadata.name=a/b"), None);
         assert_eq!(exact_name("metadata.name=.."), None);

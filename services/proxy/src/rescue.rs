@@ -23,9 +23,13 @@ pub enum Rejection {
     BadRequest(String),
     Unauthenticated(AuthnError),
     /// A valid token for a principal the registry does not know.
-    UnknownIdentity { principal: String },
+    UnknownIdentity {
+        principal: String,
+    },
     Policy(Denial),
-    BodyTooLarge { limit: usize },
+    BodyTooLarge {
+        limit: usize,
+    },
     /// `request.received` was not acked; nothing was forwarded.
     NatsUnavailable(PublishError),
     /// Allowed, but the API server could not be reached.
@@ -91,9 +95,9 @@ impl Rejection {
             Rejection::BodyTooLarge { limit } => {
                 format!("the request body is larger than the {limit}-byte limit")
             }
-            Rejection::NatsUnavailable(e) => format!(
-                "the audit trail is unavailable ({e}); the request was not forwarded"
-            ),
+            Rejection::NatsUnavailable(e) => {
+                format!("the audit trail is unavailable ({e}); the request was not forwarded")
+            }
             Rejection::UpstreamUnavailable(e) => {
                 format!("the Kubernetes API server is unavailable: {e}")
             }
@@ -101,7 +105,11 @@ impl Rejection {
     }
 
     /// The `Status` response for this refusal.
-    pub fn into_response(&self, request_id: &str, info: Option<&RequestInfo>) -> Response<ProxyBody> {
+    pub fn into_response(
+        &self,
+        request_id: &str,
+        info: Option<&RequestInfo>,
+    ) -> Response<ProxyBody> {
         let status = self.status();
         let mut details = serde_json::Map::new();
         if let Some(info) = info.filter(|i| i.is_resource_request) {
@@ -128,7 +136,10 @@ impl Rejection {
         );
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Ok(id) = HeaderValue::from_str(request_id) {
             headers.insert(REQUEST_ID_HEADER, id);
         }
@@ -157,8 +168,8 @@ mod tests {
             rule: Some("no-secrets".into()),
             message: "ci-deployer may not get secrets".into(),
         });
-        let info = crate::request_info::parse("GET", "/api/v1/namespaces/prod/secrets/db", None)
-            .unwrap();
+        let info =
+            crate::request_info::parse("GET", "/api/v1/namespaces/prod/secrets/db", None).unwrap();
         let response = rejection.into_response("01J00000000000000000000000", Some(&info));
         assert_eq!(response.status(), 403);
         assert_eq!(
@@ -169,7 +180,10 @@ mod tests {
         assert_eq!(status["kind"], "Status");
         assert_eq!(status["reason"], "Forbidden");
         assert_eq!(status["code"], 403);
-        assert_eq!(status["message"], "gatehouse: ci-deployer may not get secrets");
+        assert_eq!(
+            status["message"],
+            "gatehouse: ci-deployer may not get secrets"
+        );
         assert_eq!(status["details"]["name"], "db");
         assert_eq!(status["details"]["kind"], "secrets");
     }
@@ -197,6 +211,9 @@ mod tests {
         assert_eq!(response.status(), 401);
         assert!(response.headers().contains_key(header::WWW_AUTHENTICATE));
         let status = body_json(response).await;
-        assert_eq!(status["message"], "gatehouse: authentication failed: the token has expired");
+        assert_eq!(
+            status["message"],
+            "gatehouse: authentication failed: the token has expired"
+        );
     }
 }

@@ -266,7 +266,7 @@ mod der {
         let (tag, value, _) = tlv(&subject[pos + OID_CN.len()..])?;
         let text = std::str::from_utf8(value).ok()?.to_owned();
         match tag {
-            0x13 => rcgen::PrintableString::try_from(text)
+            0x13 => rcgen::string::PrintableString::try_from(text)
                 .ok()
                 .map(DnValue::PrintableString),
             _ => Some(DnValue::Utf8String(text)),
@@ -277,6 +277,7 @@ mod der {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::client::danger::ServerCertVerifier;
 
     #[test]
     fn ca_round_trips_through_disk_and_still_signs_verifiable_leaves() {
@@ -294,7 +295,9 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         // A leaf issued by the reloaded CA must chain to the original CA certificate.
-        let leaf = second.issue_server_cert(&["127.0.0.1", "localhost"]).unwrap();
+        let leaf = second
+            .issue_server_cert(&["127.0.0.1", "localhost"])
+            .unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots
             .add(CertificateDer::from_pem_slice(first.cert_pem().as_bytes()).unwrap())
@@ -307,12 +310,24 @@ mod tests {
         let leaf_der = CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap();
         let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
         verifier
-            .verify_server_cert(&leaf_der, &[], &name, &[], rustls_pki_types::UnixTime::now())
+            .verify_server_cert(
+                &leaf_der,
+                &[],
+                &name,
+                &[],
+                rustls_pki_types::UnixTime::now(),
+            )
             .unwrap();
         let other = rustls_pki_types::ServerName::try_from("example.com").unwrap();
         assert!(
             verifier
-                .verify_server_cert(&leaf_der, &[], &other, &[], rustls_pki_types::UnixTime::now())
+                .verify_server_cert(
+                    &leaf_der,
+                    &[],
+                    &other,
+                    &[],
+                    rustls_pki_types::UnixTime::now()
+                )
                 .is_err()
         );
         server_tls_config(&leaf.cert_pem, &leaf.key_pem).unwrap();

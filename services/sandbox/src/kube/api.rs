@@ -60,7 +60,12 @@ pub(crate) fn negotiate(accept: Option<&str>, include: IncludeObject) -> Output 
         if !matches!(mt.as_str(), "application/json" | "*/*" | "application/*") {
             continue;
         }
-        let get = |k: &str| params.iter().find(|(pk, _)| pk == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            params
+                .iter()
+                .find(|(pk, _)| pk == k)
+                .map(|(_, v)| v.as_str())
+        };
         let version = get("v").unwrap_or("v1");
         match get("as") {
             None => return Output::Json,
@@ -140,10 +145,10 @@ fn decode_object(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
         "application/yaml" | "application/x-yaml" | "text/yaml" => {
             let text = std::str::from_utf8(body)
                 .map_err(|_| ApiError::bad_request("the request body is not UTF-8"))?;
-            yaml_serde::from_str(text).map_err(|e| {
-                ApiError::bad_request(format!("error decoding YAML: {e}"))
-            })?
+            yaml_serde::from_str(text)
+                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
         }
+        super::protobuf::MEDIA_TYPE => super::protobuf::decode(body)?,
         "" | "application/json" | "*/*" => serde_json::from_slice(body).map_err(|e| {
             ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
         })?,
@@ -194,7 +199,7 @@ pub(crate) async fn dispatch(
     if !route.subresource.is_empty() && !def.has_subresource(&route.subresource) {
         return Err(ApiError::no_route());
     }
-    if !def.namespaced && !route.namespace.is_empty() && def.name != "namespaces" {
+    if !def.namespaced && route.in_namespace {
         return Err(ApiError::no_route());
     }
     if def.namespaced && route.namespace.is_empty() && !route.name.is_empty() {
@@ -205,10 +210,16 @@ pub(crate) async fn dispatch(
         "log" => route.verb == "get",
         _ => matches!(route.verb, "get" | "update" | "patch"),
     };
-    if !allowed || (route.verb == "create" && (def.namespaced && route.namespace.is_empty())) {
+    let misplaced = match route.verb {
+        "create" => !route.name.is_empty() || (def.namespaced && route.namespace.is_empty()),
+        "update" | "patch" => route.name.is_empty(),
+        _ => false,
+    };
+    if !allowed || misplaced {
         return Err(ApiError::method_not_allowed());
     }
-    let include = IncludeObject::parse(query.get("includeObject")).map_err(ApiError::bad_request)?;
+    let include =
+        IncludeObject::parse(query.get("includeObject")).map_err(ApiError::bad_request)?;
     let accept = req
         .headers()
         .get(header::ACCEPT)
@@ -246,12 +257,28 @@ pub(crate) async fn dispatch(
         "update" => {
             let body = read_body(req.into_body()).await?;
             let obj = decode_object(&body, &content_type)?;
-            update(state, def, &ns, &route, UpdateBody::Put(obj), query, &output)
+            update(
+                state,
+                def,
+                &ns,
+                &route,
+                UpdateBody::Put(obj),
+                query,
+                &output,
+            )
         }
         "patch" => {
             let kind = PatchKind::from_content_type(&content_type)?;
             let body = read_body(req.into_body()).await?;
-            update(state, def, &ns, &route, UpdateBody::Patch(kind, body), query, &output)
+            update(
+                state,
+                def,
+                &ns,
+                &route,
+                UpdateBody::Patch(kind, body),
+                query,
+                &output,
+            )
         }
         "delete" => {
             let body = read_body(req.into_body()).await?;
@@ -344,8 +371,7 @@ fn list(
             ns: last_ns,
             name: last_name,
         };
-        let encoded = serde_json::to_vec(&token)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let encoded = serde_json::to_vec(&token).map_err(|e| ApiError::internal(e.to_string()))?;
         meta["continue"] = json!(URL_SAFE_NO_PAD.encode(encoded));
         meta["remainingItemCount"] = json!(remaining);
     }
@@ -362,7 +388,9 @@ fn list(
             "metadata": meta,
             "items": items.iter().map(|o| partial(o, version)).collect::<Vec<_>>(),
         }),
-        Output::Table { version, include } => table::render(def.name, &items, *include, version, meta),
+        Output::Table { version, include } => {
+            table::render(def.name, &items, *include, version, meta)
+        }
     };
     Ok(json_response(200, &body))
 }
@@ -494,19 +522,25 @@ fn delete(
         .ok_or_else(|| ApiError::not_found(def.name, name))?;
     if let Some(p) = &opts.preconditions {
         let uid = existing["metadata"]["uid"].as_str().unwrap_or_default();
-        let rv = existing["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+        let rv = existing["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default();
         if let Some(want) = p.uid.as_deref().filter(|u| *u != uid) {
             return Err(ApiError::conflict(
                 def.name,
                 name,
-                &format!("Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"),
+                &format!(
+                    "Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"
+                ),
             ));
         }
         if let Some(want) = p.resource_version.as_deref().filter(|v| *v != rv) {
             return Err(ApiError::conflict(
                 def.name,
                 name,
-                &format!("Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rv}"),
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rv}"
+                ),
             ));
         }
     }
@@ -526,6 +560,13 @@ fn delete(
                 store.remove(key.0, &key.1, &key.2);
             }
         }
+        if def.name == "pods" {
+            // Graceful deletion is observable as a MODIFIED (Terminating) before the DELETED.
+            let mut terminating = removed.clone();
+            terminating["metadata"]["deletionTimestamp"] = json!(objects::now_rfc3339());
+            terminating["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            store.replace(def.name, terminating);
+        }
         if let Some(r) = store.remove(def.name, ns, name) {
             removed = r;
         }
@@ -535,8 +576,13 @@ fn delete(
         let uid = removed["metadata"]["uid"].as_str().unwrap_or_default();
         return Ok(json_response(200, &status::success(def.name, name, uid)));
     }
-    removed["metadata"]["deletionTimestamp"] = json!(objects::now_rfc3339());
+    if removed["metadata"].get("deletionTimestamp").is_none() {
+        removed["metadata"]["deletionTimestamp"] = json!(objects::now_rfc3339());
+    }
     if def.name == "namespaces" {
+        if !removed["status"].is_object() {
+            removed["status"] = json!({});
+        }
         removed["status"]["phase"] = json!("Terminating");
     } else {
         removed["metadata"]["deletionGracePeriodSeconds"] = json!(0);
@@ -574,7 +620,9 @@ fn delete_collection(
     drop(store);
     let meta = json!({"resourceVersion": rv.to_string()});
     let body = match output {
-        Output::Table { version, include } => table::render(def.name, &items, *include, version, meta),
+        Output::Table { version, include } => {
+            table::render(def.name, &items, *include, version, meta)
+        }
         _ => json!({
             "kind": def.list_kind(),
             "apiVersion": "v1",
@@ -585,14 +633,23 @@ fn delete_collection(
     Ok(json_response(200, &body))
 }
 
-fn pod_log(state: &Arc<State>, ns: &str, name: &str, query: &Query) -> Result<Response<Body>, ApiError> {
+fn pod_log(
+    state: &Arc<State>,
+    ns: &str,
+    name: &str,
+    query: &Query,
+) -> Result<Response<Body>, ApiError> {
     let store = state.store();
     let pod = store
         .get("pods", ns, name)
         .ok_or_else(|| ApiError::not_found("pods", name))?;
     let containers: Vec<String> = pod["spec"]["containers"]
         .as_array()
-        .map(|cs| cs.iter().filter_map(|c| c["name"].as_str().map(str::to_owned)).collect())
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     let container = match query.get("container") {
         Some(c) if !c.is_empty() => {
@@ -611,17 +668,18 @@ fn pod_log(state: &Arc<State>, ns: &str, name: &str, query: &Query) -> Result<Re
             )));
         }
     };
-    let started = pod["status"]["startTime"].as_str().unwrap_or_default().to_owned();
+    let started = pod["status"]["startTime"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     drop(store);
     let text = format!(
         "{started} sandbox: container {container} of pod {ns}/{name} started\n\
          {started} sandbox: listening on :8080\n"
     );
     let mut r = Response::new(Body::from(text));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain"),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     Ok(r)
 }
 
@@ -691,9 +749,10 @@ fn watch(
     let send_initial = query.flag("sendInitialEvents");
     let since = match query.get("resourceVersion") {
         None | Some("") | Some("0") => None,
-        Some(rv) => Some(rv.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(format!("invalid resource version: {rv:?}"))
-        })?),
+        Some(rv) => Some(
+            rv.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?,
+        ),
     };
     let filter = WatchFilter {
         resource: def.name,
@@ -746,7 +805,10 @@ fn watch(
             if initial_end {
                 meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
             }
-            event_line("BOOKMARK", json!({"kind": def.kind, "apiVersion": "v1", "metadata": meta}))
+            event_line(
+                "BOOKMARK",
+                json!({"kind": def.kind, "apiVersion": "v1", "metadata": meta}),
+            )
         };
         if bookmarks && tx.send(bookmark(last_rv, send_initial)).await.is_err() {
             return;
@@ -759,7 +821,8 @@ fn watch(
             }
             last_rv = change.rv;
         }
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
         loop {
             tokio::select! {
                 received = rx.recv() => match received {
@@ -823,9 +886,15 @@ mod tests {
             }
         );
         let discovery = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
-        assert_eq!(negotiate(Some(discovery), IncludeObject::Metadata), Output::Json);
         assert_eq!(
-            negotiate(Some("application/vnd.kubernetes.protobuf, */*"), IncludeObject::Metadata),
+            negotiate(Some(discovery), IncludeObject::Metadata),
+            Output::Json
+        );
+        assert_eq!(
+            negotiate(
+                Some("application/vnd.kubernetes.protobuf, */*"),
+                IncludeObject::Metadata
+            ),
             Output::Json
         );
         assert_eq!(
@@ -833,7 +902,9 @@ mod tests {
                 Some("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"),
                 IncludeObject::Metadata
             ),
-            Output::Metadata { version: "v1".into() }
+            Output::Metadata {
+                version: "v1".into()
+            }
         );
         assert_eq!(negotiate(None, IncludeObject::Metadata), Output::Json);
     }

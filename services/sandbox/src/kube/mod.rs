@@ -6,12 +6,14 @@
 //! - `resources.rs`: the served resource types and discovery documents.
 //! - `store.rs`: objects, resourceVersions, change history and broadcast for watches.
 //! - `objects.rs`: per-type decoding, validation, defaults and the demo seed.
-//! - `selector.rs`, `patch.rs`, `table.rs`, `openapi.rs`, `status.rs`: wire-format helpers.
+//! - `selector.rs`, `patch.rs`, `table.rs`, `openapi.rs`, `status.rs`: wire-format helpers;
+//!   `protobuf.rs` decodes the protobuf bodies client-go's typed clients send.
 
 mod api;
 mod objects;
 mod openapi;
 mod patch;
+mod protobuf;
 pub(crate) mod resources;
 mod selector;
 mod status;
@@ -271,6 +273,14 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         Err(e) => error_response(&e),
     };
     if let Some(r) = lock(&state.records).get_mut(index) {
+        tracing::debug!(
+            method = %r.method,
+            path = %r.path,
+            query = r.query.as_deref().unwrap_or_default(),
+            user = who.effective_user.as_deref().unwrap_or_default(),
+            status = response.status().as_u16(),
+            "sandbox request"
+        );
         r.authenticated_user = who.authenticated_user;
         r.impersonated_user = who.impersonated_user;
         r.impersonated_groups = who.impersonated_groups;
@@ -354,9 +364,13 @@ fn impersonate(
     headers: &HeaderMap,
     who: &mut Who,
 ) -> Result<UserInfo, ApiError> {
-    let user = header_values(headers, "impersonate-user")?.into_iter().next();
+    let user = header_values(headers, "impersonate-user")?
+        .into_iter()
+        .next();
     let groups = header_values(headers, "impersonate-group")?;
-    let uid = header_values(headers, "impersonate-uid")?.into_iter().next();
+    let uid = header_values(headers, "impersonate-uid")?
+        .into_iter()
+        .next();
     let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for name in headers.keys() {
         if let Some(key) = name.as_str().strip_prefix("impersonate-extra-") {
@@ -406,7 +420,10 @@ fn impersonate(
     {
         Some((ns, sa)) => {
             check("", "serviceaccounts", "", ns, sa)?;
-            for g in ["system:serviceaccounts".to_owned(), format!("system:serviceaccounts:{ns}")] {
+            for g in [
+                "system:serviceaccounts".to_owned(),
+                format!("system:serviceaccounts:{ns}"),
+            ] {
                 if !new_groups.contains(&g) {
                     new_groups.push(g);
                 }
@@ -458,6 +475,8 @@ pub(crate) struct ResourceRoute {
     pub resource: String,
     pub subresource: String,
     pub namespace: String,
+    /// The path had the `/namespaces/{ns}/{resource}` form (not a namespace object's own path).
+    pub in_namespace: bool,
     pub name: String,
     /// The name RBAC sees: also set for list/watch pinned by `fieldSelector=metadata.name=`.
     pub authz_name: String,
@@ -497,11 +516,13 @@ fn route(method: &Method, path: &str, query: &Query) -> Result<Route, ApiError> 
         parts.remove(0);
     }
     let mut namespace = String::new();
+    let mut in_namespace = false;
     if parts.first().is_some_and(|p| p == "namespaces") && parts.len() > 1 {
         namespace = parts[1].clone();
         // /namespaces/{ns}/{resource}/..., unless the third part is a namespace subresource.
         if parts.len() > 2 && !matches!(parts[2].as_str(), "status" | "finalize") {
             parts.drain(0..2);
+            in_namespace = true;
         }
     }
     if parts.is_empty() || parts.len() > 3 || parts.iter().any(String::is_empty) {
@@ -541,6 +562,7 @@ fn route(method: &Method, path: &str, query: &Query) -> Result<Route, ApiError> 
         resource,
         subresource,
         namespace,
+        in_namespace,
         name,
         authz_name,
     }))

@@ -44,10 +44,18 @@ pub fn now_rfc3339() -> String {
 
 /// A random RFC 4122 version-4 style UID.
 pub fn new_uid() -> String {
-    let r = ulid::Ulid::new().random() ^ (u128::from(ulid::Ulid::new().timestamp_ms()) << 80);
+    // Two ULIDs' 80 random bits each: their timestamp bits would make UIDs look alike.
+    let r = (ulid::Ulid::new().random() << 48) ^ ulid::Ulid::new().random();
     let r = (r & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
     let h = format!("{r:032x}");
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// kube's generateName suffix alphabet (no vowels, no confusable characters).
@@ -244,7 +252,12 @@ pub fn prune_unknown_fields(def: &ResourceDef, obj: &mut Value) -> Vec<String> {
                 if let Some(Value::Array(cs)) = spec.get_mut(list) {
                     for (i, c) in cs.iter_mut().enumerate() {
                         if let Some(c) = c.as_object_mut() {
-                            prune(c, CONTAINER_FIELDS, &format!("spec.{list}[{i}]."), &mut unknown);
+                            prune(
+                                c,
+                                CONTAINER_FIELDS,
+                                &format!("spec.{list}[{i}]."),
+                                &mut unknown,
+                            );
                         }
                     }
                 }
@@ -265,7 +278,10 @@ pub fn check_unknown(
     if unknown.is_empty() {
         return Ok(vec![]);
     }
-    let rendered: Vec<String> = unknown.iter().map(|f| format!("unknown field {f:?}")).collect();
+    let rendered: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field {f:?}"))
+        .collect();
     match fv {
         FieldValidation::Ignore => Ok(vec![]),
         FieldValidation::Warn => Ok(rendered),
@@ -292,12 +308,58 @@ pub fn check_type(def: &ResourceDef, obj: &mut Value) -> Result<(), ApiError> {
         )));
     };
     let kind = map.get("kind").and_then(Value::as_str).unwrap_or(def.kind);
-    let version = map.get("apiVersion").and_then(Value::as_str).unwrap_or("v1");
+    let version = map
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("v1");
     if kind != def.kind || version != "v1" {
         return Err(ApiError::bad_request(format!(
             "{kind} in version {version:?} cannot be handled as a {}: the object kind or version does not match the request",
             def.kind
         )));
+    }
+    // What decoding into the Go struct would refuse: wrong JSON types for object-valued fields.
+    let type_error = |field: &str, v: &Value| {
+        let found = match v {
+            Value::Array(_) => "array",
+            Value::String(_) => "string",
+            Value::Number(_) => "number",
+            Value::Bool(_) => "bool",
+            _ => "value",
+        };
+        ApiError::bad_request(format!(
+            "{kind} in version \"v1\" cannot be handled as a {kind}: json: cannot unmarshal {found} into Go struct field {kind}.{field} of type object",
+            kind = def.kind
+        ))
+    };
+    for field in [
+        "spec",
+        "status",
+        "data",
+        "binaryData",
+        "stringData",
+        "involvedObject",
+        "source",
+    ] {
+        if let Some(v) = map.get(field)
+            && !v.is_object()
+            && !v.is_null()
+        {
+            return Err(type_error(field, v));
+        }
+    }
+    if let Some(Value::Object(meta)) = map.get("metadata") {
+        for field in ["labels", "annotations"] {
+            match meta.get(field) {
+                None | Some(Value::Null) => {}
+                Some(Value::Object(m)) => {
+                    if let Some((_, v)) = m.iter().find(|(_, v)| !v.is_string()) {
+                        return Err(type_error(&format!("metadata.{field}"), v));
+                    }
+                }
+                Some(v) => return Err(type_error(&format!("metadata.{field}"), v)),
+            }
+        }
     }
     map.insert("kind".into(), json!(def.kind));
     map.insert("apiVersion".into(), json!("v1"));
@@ -357,7 +419,11 @@ pub fn prepare_create(
     } else {
         m.remove("namespace");
     }
-    let name = m.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let name = m
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let generate = m
         .get("generateName")
         .and_then(Value::as_str)
@@ -480,10 +546,16 @@ fn pod_defaults(obj: &mut Value, old: Option<&Value>, store: &mut Store) -> Vec<
             let name = c["name"].as_str().unwrap_or_default().to_owned();
             let image = c["image"].as_str().unwrap_or_default().to_owned();
             if name.is_empty() {
-                errors.push(FieldError::required(&format!("spec.containers[{i}].name"), ""));
+                errors.push(FieldError::required(
+                    &format!("spec.containers[{i}].name"),
+                    "",
+                ));
             }
             if image.is_empty() {
-                errors.push(FieldError::required(&format!("spec.containers[{i}].image"), ""));
+                errors.push(FieldError::required(
+                    &format!("spec.containers[{i}].image"),
+                    "",
+                ));
             }
             let tag = image.rsplit('/').next().unwrap_or_default();
             let pull = if !tag.contains(':') || tag.ends_with(":latest") {
@@ -495,7 +567,7 @@ fn pod_defaults(obj: &mut Value, old: Option<&Value>, store: &mut Store) -> Vec<
             set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
             set_default(c, "terminationMessagePolicy", json!("File"));
             set_default(c, "resources", json!({}));
-            if let Some(ports) = c["ports"].as_array_mut() {
+            if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
                 for p in ports {
                     set_default(p, "protocol", json!("TCP"));
                 }
@@ -523,7 +595,8 @@ fn pod_defaults(obj: &mut Value, old: Option<&Value>, store: &mut Store) -> Vec<
         None => format!("10.244.0.{}", 2 + store.next_counter() % 250),
     };
     let has_requests = spec["containers"].as_array().is_some_and(|cs| {
-        cs.iter().any(|c| c["resources"].as_object().is_some_and(|r| !r.is_empty()))
+        cs.iter()
+            .any(|c| c["resources"].as_object().is_some_and(|r| !r.is_empty()))
     });
     let condition = |t: &str| json!({"type": t, "status": "True", "lastProbeTime": null, "lastTransitionTime": started});
     obj["status"] = json!({
@@ -560,7 +633,10 @@ fn service_defaults(obj: &mut Value, old: Option<&Value>, store: &mut Store) -> 
             let ip = old
                 .and_then(|o| o["spec"]["clusterIP"].as_str())
                 .map(str::to_owned)
-                .unwrap_or_else(|| format!("10.96.{}.{}", store.next_counter() / 250, 1 + store.next_counter() % 250));
+                .unwrap_or_else(|| {
+                    let n = store.next_counter();
+                    format!("10.96.{}.{}", n / 250, 1 + n % 250)
+                });
             spec["clusterIP"] = json!(ip);
         }
         let ip = spec["clusterIP"].clone();
@@ -576,7 +652,9 @@ fn service_defaults(obj: &mut Value, old: Option<&Value>, store: &mut Store) -> 
                         Some(port) if (1..=65535).contains(&port) => {
                             set_default(p, "targetPort", json!(port));
                         }
-                        _ => errors.push(FieldError::required(&format!("spec.ports[{i}].port"), "")),
+                        _ => {
+                            errors.push(FieldError::required(&format!("spec.ports[{i}].port"), ""))
+                        }
                     }
                 }
             }
@@ -656,7 +734,9 @@ pub fn prepare_update(
             "the name of the object ({new_name}) does not match the name on the URL ({name})"
         )));
     }
-    let ns = existing["metadata"]["namespace"].as_str().unwrap_or_default();
+    let ns = existing["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default();
     if let Some(new_ns) = new["metadata"]["namespace"].as_str()
         && !new_ns.is_empty()
         && new_ns != ns
@@ -665,7 +745,9 @@ pub fn prepare_update(
             "the namespace of the provided object does not match the namespace sent on the request",
         ));
     }
-    let current_rv = existing["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+    let current_rv = existing["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default();
     if let Some(rv) = new["metadata"]["resourceVersion"].as_str()
         && !rv.is_empty()
         && rv != current_rv
@@ -680,7 +762,9 @@ pub fn prepare_update(
         return Err(ApiError::conflict(
             def.name,
             &name,
-            &format!("Precondition failed: UID in precondition: {new_uid}, UID in object meta: {uid}"),
+            &format!(
+                "Precondition failed: UID in precondition: {new_uid}, UID in object meta: {uid}"
+            ),
         ));
     }
     let mut result = if subresource == "status" {
@@ -698,7 +782,14 @@ pub fn prepare_update(
     };
     {
         let m = meta(&mut result)?;
-        for k in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "generation"] {
+        for k in [
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "generation",
+        ] {
             match existing["metadata"].get(k) {
                 Some(v) => {
                     m.insert(k.into(), v.clone());
@@ -736,7 +827,10 @@ fn seed_object(store: &mut Store, resource: &str, mut obj: Value) {
     let Some(def) = resources::by_name(resource) else {
         return;
     };
-    let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
+    let ns = obj["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     if prepare_create(def, &mut obj, &ns, FieldValidation::Ignore, store).is_ok() {
         if store.get(def.name, &ns, name_of(&obj)).is_none() {
             store.insert(def.name, obj);
@@ -781,7 +875,14 @@ fn event(ns: &str, pod: &str, n: usize, reason: &str, message: &str) -> Value {
 
 /// The demo cluster: namespaces, pods, configmaps, secrets, services and pod events.
 pub fn seed(store: &mut Store) {
-    for ns in ["default", "kube-system", "kube-public", "kube-node-lease", "apps", "prod"] {
+    for ns in [
+        "default",
+        "kube-system",
+        "kube-public",
+        "kube-node-lease",
+        "apps",
+        "prod",
+    ] {
         seed_object(store, "namespaces", json!({"metadata": {"name": ns}}));
         namespace_created(store, ns);
     }
@@ -790,31 +891,76 @@ pub fn seed(store: &mut Store) {
         pod("apps", "web", "web", "nginx:1.27"),
         pod("apps", "worker", "worker", "busybox:1.36"),
         pod("prod", "api", "api", "ghcr.io/example/api:2.4.1"),
-        pod("prod", "payments", "payments", "ghcr.io/example/payments:1.9.0"),
-        pod("kube-system", "coredns", "coredns", "registry.k8s.io/coredns/coredns:v1.11.3"),
-        pod("kube-system", "kube-proxy", "kube-proxy", "registry.k8s.io/kube-proxy:v1.32.0"),
+        pod(
+            "prod",
+            "payments",
+            "payments",
+            "ghcr.io/example/payments:1.9.0",
+        ),
+        pod(
+            "kube-system",
+            "coredns",
+            "coredns",
+            "registry.k8s.io/coredns/coredns:v1.11.3",
+        ),
+        pod(
+            "kube-system",
+            "kube-proxy",
+            "kube-proxy",
+            "registry.k8s.io/kube-proxy:v1.32.0",
+        ),
     ];
     for p in pods {
-        let ns = p["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
+        let ns = p["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let name = name_of(&p).to_owned();
-        let image = p["spec"]["containers"][0]["image"].as_str().unwrap_or_default().to_owned();
+        let image = p["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         seed_object(store, "pods", p);
+        let uid = store
+            .get("pods", &ns, &name)
+            .map(|p| p["metadata"]["uid"].clone())
+            .unwrap_or_default();
         for (i, (reason, message)) in [
-            ("Scheduled", format!("Successfully assigned {ns}/{name} to {NODE_NAME}")),
-            ("Pulled", format!("Container image \"{image}\" already present on machine")),
+            (
+                "Scheduled",
+                format!("Successfully assigned {ns}/{name} to {NODE_NAME}"),
+            ),
+            (
+                "Pulled",
+                format!("Container image \"{image}\" already present on machine"),
+            ),
             ("Created", "Created container".to_owned()),
             ("Started", "Started container".to_owned()),
         ]
         .into_iter()
         .enumerate()
         {
-            seed_object(store, "events", event(&ns, &name, i + 1, reason, &message));
+            let mut ev = event(&ns, &name, i + 1, reason, &message);
+            ev["involvedObject"]["uid"] = uid.clone();
+            seed_object(store, "events", ev);
         }
     }
     for (ns, name, data) in [
-        ("apps", "web-config", json!({"LOG_LEVEL": "info", "LISTEN_ADDR": ":8080"})),
-        ("prod", "api-config", json!({"LOG_LEVEL": "warn", "REGION": "eu-west-1"})),
-        ("kube-system", "coredns", json!({"Corefile": ".:53 {\n    forward . /etc/resolv.conf\n}\n"})),
+        (
+            "apps",
+            "web-config",
+            json!({"LOG_LEVEL": "info", "LISTEN_ADDR": ":8080"}),
+        ),
+        (
+            "prod",
+            "api-config",
+            json!({"LOG_LEVEL": "warn", "REGION": "eu-west-1"}),
+        ),
+        (
+            "kube-system",
+            "coredns",
+            json!({"Corefile": ".:53 {\n    forward . /etc/resolv.conf\n}\n"}),
+        ),
     ] {
         seed_object(
             store,
@@ -870,7 +1016,14 @@ mod tests {
     fn create_fills_metadata_defaults_and_generates_names() {
         let mut store = Store::new();
         let mut obj = json!({"metadata": {"generateName": "web-"}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}});
-        let warnings = prepare_create(def("pods"), &mut obj, "apps", FieldValidation::Strict, &mut store).unwrap();
+        let warnings = prepare_create(
+            def("pods"),
+            &mut obj,
+            "apps",
+            FieldValidation::Strict,
+            &mut store,
+        )
+        .unwrap();
         assert!(warnings.is_empty());
         let name = name_of(&obj);
         assert!(name.starts_with("web-") && name.len() == 9, "{name}");
@@ -887,24 +1040,91 @@ mod tests {
     fn create_rejects_bad_input() {
         let mut store = Store::new();
         let mut no_name = json!({"data": {}});
-        let e = prepare_create(def("configmaps"), &mut no_name, "apps", FieldValidation::Warn, &mut store).unwrap_err();
+        let e = prepare_create(
+            def("configmaps"),
+            &mut no_name,
+            "apps",
+            FieldValidation::Warn,
+            &mut store,
+        )
+        .unwrap_err();
         assert_eq!(e.code, 422);
-        assert_eq!(e.message, "ConfigMap \"\" is invalid: metadata.name: Required value: name or generateName is required");
+        assert_eq!(
+            e.message,
+            "ConfigMap \"\" is invalid: metadata.name: Required value: name or generateName is required"
+        );
         let mut bad = json!({"metadata": {"name": "Bad_Name"}});
-        let e = prepare_create(def("configmaps"), &mut bad, "apps", FieldValidation::Warn, &mut store).unwrap_err();
+        let e = prepare_create(
+            def("configmaps"),
+            &mut bad,
+            "apps",
+            FieldValidation::Warn,
+            &mut store,
+        )
+        .unwrap_err();
         assert!(e.message.starts_with("ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain"));
         let mut wrong_ns = json!({"metadata": {"name": "x", "namespace": "prod"}});
-        let e = prepare_create(def("configmaps"), &mut wrong_ns, "apps", FieldValidation::Warn, &mut store).unwrap_err();
+        let e = prepare_create(
+            def("configmaps"),
+            &mut wrong_ns,
+            "apps",
+            FieldValidation::Warn,
+            &mut store,
+        )
+        .unwrap_err();
         assert_eq!(e.code, 400);
         let mut wrong_kind = json!({"kind": "Secret", "metadata": {"name": "x"}});
-        assert_eq!(prepare_create(def("configmaps"), &mut wrong_kind, "apps", FieldValidation::Warn, &mut store).unwrap_err().code, 400);
+        assert_eq!(
+            prepare_create(
+                def("configmaps"),
+                &mut wrong_kind,
+                "apps",
+                FieldValidation::Warn,
+                &mut store
+            )
+            .unwrap_err()
+            .code,
+            400
+        );
         let mut not_object = json!([1, 2]);
-        assert_eq!(prepare_create(def("configmaps"), &mut not_object, "apps", FieldValidation::Warn, &mut store).unwrap_err().code, 400);
+        assert_eq!(
+            prepare_create(
+                def("configmaps"),
+                &mut not_object,
+                "apps",
+                FieldValidation::Warn,
+                &mut store
+            )
+            .unwrap_err()
+            .code,
+            400
+        );
         let mut no_containers = json!({"metadata": {"name": "p"}, "spec": {}});
-        let e = prepare_create(def("pods"), &mut no_containers, "apps", FieldValidation::Warn, &mut store).unwrap_err();
-        assert_eq!(e.message, "Pod \"p\" is invalid: spec.containers: Required value");
+        let e = prepare_create(
+            def("pods"),
+            &mut no_containers,
+            "apps",
+            FieldValidation::Warn,
+            &mut store,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.message,
+            "Pod \"p\" is invalid: spec.containers: Required value"
+        );
         let mut bad_b64 = json!({"metadata": {"name": "s"}, "data": {"k": "%%%"}});
-        assert_eq!(prepare_create(def("secrets"), &mut bad_b64, "apps", FieldValidation::Warn, &mut store).unwrap_err().code, 400);
+        assert_eq!(
+            prepare_create(
+                def("secrets"),
+                &mut bad_b64,
+                "apps",
+                FieldValidation::Warn,
+                &mut store
+            )
+            .unwrap_err()
+            .code,
+            400
+        );
     }
 
     #[test]
@@ -912,28 +1132,77 @@ mod tests {
         let mut store = Store::new();
         let body = json!({"metadata": {"name": "c", "bogus": 1}, "data": {}, "extra": true});
         let mut strict = body.clone();
-        let e = prepare_create(def("configmaps"), &mut strict, "apps", FieldValidation::Strict, &mut store).unwrap_err();
+        let e = prepare_create(
+            def("configmaps"),
+            &mut strict,
+            "apps",
+            FieldValidation::Strict,
+            &mut store,
+        )
+        .unwrap_err();
         assert_eq!(e.code, 400);
         assert_eq!(
             e.message,
             "ConfigMap in version \"v1\" cannot be handled as a ConfigMap: strict decoding error: unknown field \"extra\", unknown field \"metadata.bogus\""
         );
         let mut warn = body.clone();
-        let w = prepare_create(def("configmaps"), &mut warn, "apps", FieldValidation::Warn, &mut store).unwrap();
-        assert_eq!(w, vec!["unknown field \"extra\"", "unknown field \"metadata.bogus\""]);
+        let w = prepare_create(
+            def("configmaps"),
+            &mut warn,
+            "apps",
+            FieldValidation::Warn,
+            &mut store,
+        )
+        .unwrap();
+        assert_eq!(
+            w,
+            vec![
+                "unknown field \"extra\"",
+                "unknown field \"metadata.bogus\""
+            ]
+        );
         assert!(warn.get("extra").is_none(), "unknown fields are dropped");
         let mut ignore = body;
-        assert!(prepare_create(def("configmaps"), &mut ignore, "apps", FieldValidation::Ignore, &mut store).unwrap().is_empty());
+        assert!(
+            prepare_create(
+                def("configmaps"),
+                &mut ignore,
+                "apps",
+                FieldValidation::Ignore,
+                &mut store
+            )
+            .unwrap()
+            .is_empty()
+        );
         let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i", "imagee": "x"}]}});
-        let e = prepare_create(def("pods"), &mut pod, "apps", FieldValidation::Strict, &mut store).unwrap_err();
-        assert!(e.message.ends_with("unknown field \"spec.containers[0].imagee\""), "{}", e.message);
+        let e = prepare_create(
+            def("pods"),
+            &mut pod,
+            "apps",
+            FieldValidation::Strict,
+            &mut store,
+        )
+        .unwrap_err();
+        assert!(
+            e.message
+                .ends_with("unknown field \"spec.containers[0].imagee\""),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
     fn secrets_fold_string_data() {
         let mut store = Store::new();
         let mut s = json!({"metadata": {"name": "s"}, "stringData": {"password": "hunter2"}, "data": {"a": "Yg=="}});
-        prepare_create(def("secrets"), &mut s, "apps", FieldValidation::Strict, &mut store).unwrap();
+        prepare_create(
+            def("secrets"),
+            &mut s,
+            "apps",
+            FieldValidation::Strict,
+            &mut store,
+        )
+        .unwrap();
         assert_eq!(s["data"]["password"], STANDARD.encode("hunter2"));
         assert_eq!(s["data"]["a"], "Yg==");
         assert!(s.get("stringData").is_none());
@@ -944,20 +1213,62 @@ mod tests {
     fn updates_check_versions_and_keep_identity() {
         let mut store = Store::new();
         let mut cm = json!({"metadata": {"name": "c"}, "data": {"a": "1"}});
-        prepare_create(def("configmaps"), &mut cm, "apps", FieldValidation::Strict, &mut store).unwrap();
+        prepare_create(
+            def("configmaps"),
+            &mut cm,
+            "apps",
+            FieldValidation::Strict,
+            &mut store,
+        )
+        .unwrap();
         let cm = store.insert("configmaps", cm);
         let mut stale = cm.clone();
         stale["metadata"]["resourceVersion"] = json!("1");
-        let e = prepare_update(def("configmaps"), "", &cm, stale, FieldValidation::Strict, false, &mut store).unwrap_err();
+        let e = prepare_update(
+            def("configmaps"),
+            "",
+            &cm,
+            stale,
+            FieldValidation::Strict,
+            false,
+            &mut store,
+        )
+        .unwrap_err();
         assert_eq!(e.code, 409);
-        let mut fresh = json!({"metadata": {"name": "c", "uid": cm["metadata"]["uid"]}, "data": {"a": "2"}});
+        let mut fresh =
+            json!({"metadata": {"name": "c", "uid": cm["metadata"]["uid"]}, "data": {"a": "2"}});
         fresh["metadata"]["creationTimestamp"] = json!("2000-01-01T00:00:00Z");
-        let (out, _) = prepare_update(def("configmaps"), "", &cm, fresh, FieldValidation::Strict, false, &mut store).unwrap();
+        let (out, _) = prepare_update(
+            def("configmaps"),
+            "",
+            &cm,
+            fresh,
+            FieldValidation::Strict,
+            false,
+            &mut store,
+        )
+        .unwrap();
         assert_eq!(out["data"]["a"], "2");
-        assert_eq!(out["metadata"]["creationTimestamp"], cm["metadata"]["creationTimestamp"]);
+        assert_eq!(
+            out["metadata"]["creationTimestamp"],
+            cm["metadata"]["creationTimestamp"]
+        );
         assert_eq!(out["metadata"]["namespace"], "apps");
         let renamed = json!({"metadata": {"name": "other"}});
-        assert_eq!(prepare_update(def("configmaps"), "", &cm, renamed, FieldValidation::Strict, false, &mut store).unwrap_err().code, 400);
+        assert_eq!(
+            prepare_update(
+                def("configmaps"),
+                "",
+                &cm,
+                renamed,
+                FieldValidation::Strict,
+                false,
+                &mut store
+            )
+            .unwrap_err()
+            .code,
+            400
+        );
     }
 
     #[test]
@@ -966,7 +1277,10 @@ mod tests {
         seed(&mut store);
         for ns in ["default", "kube-system", "kube-public", "apps", "prod"] {
             assert!(store.get("namespaces", "", ns).is_some(), "{ns}");
-            assert!(store.get("serviceaccounts", ns, "default").is_some(), "{ns}");
+            assert!(
+                store.get("serviceaccounts", ns, "default").is_some(),
+                "{ns}"
+            );
         }
         let secret = store.get("secrets", "apps", "db-credentials").unwrap();
         assert!(secret["data"]["password"].is_string());

@@ -28,7 +28,8 @@ fn api_v1() -> Value {
             format!("/api/v1/{}/{{name}}", r.name)
         };
         let gvk = json!({"group": "", "version": "v1", "kind": r.kind});
-        let schema_ref = json!({"$ref": format!("#/components/schemas/io.k8s.api.core.v1.{}", r.kind)});
+        let schema_ref =
+            json!({"$ref": format!("#/components/schemas/io.k8s.api.core.v1.{}", r.kind)});
         let body_schema = json!({"schema": {"type": "object"}});
         paths.insert(
             item,
@@ -121,11 +122,20 @@ mod tests {
     #[test]
     fn every_kind_has_a_patch_with_field_validation() {
         let docs = Docs::build();
-        assert!(docs.root["paths"]["api/v1"]["serverRelativeURL"].as_str().unwrap().ends_with(&docs.hash));
+        assert!(
+            docs.root["paths"]["api/v1"]["serverRelativeURL"]
+                .as_str()
+                .unwrap()
+                .ends_with(&docs.hash)
+        );
         for r in RESOURCES {
             let found = docs.api_v1["paths"].as_object().unwrap().values().any(|p| {
                 p["patch"]["x-kubernetes-group-version-kind"]["kind"] == r.kind
-                    && p["patch"]["parameters"].as_array().unwrap().iter().any(|q| q["name"] == "fieldValidation" && q["in"] == "query")
+                    && p["patch"]["parameters"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|q| q["name"] == "fieldValidation" && q["in"] == "query")
             });
             assert!(found, "{}", r.kind);
         }

@@ -52,11 +52,16 @@ pub fn apply(kind: PatchKind, original: &Value, body: &[u8]) -> Result<Value, Ap
         }
         PatchKind::Json => {
             let ops: json_patch::Patch = serde_json::from_value(patch).map_err(|e| {
-                ApiError::bad_request(format!("the server rejected our request due to an error in our request: {e}"))
+                ApiError::bad_request(format!(
+                    "the server rejected our request due to an error in our request: {e}"
+                ))
             })?;
             let mut doc = original.clone();
-            json_patch::patch(&mut doc, &ops)
-                .map_err(|e| ApiError::unprocessable(format!("the server rejected our request due to an error in our request: {e}")))?;
+            json_patch::patch(&mut doc, &ops).map_err(|e| {
+                ApiError::unprocessable(format!(
+                    "the server rejected our request due to an error in our request: {e}"
+                ))
+            })?;
             Ok(doc)
         }
         PatchKind::Strategic => {
@@ -79,12 +84,21 @@ enum ListStrategy {
 
 /// kube's patch strategies for the lists of the core/v1 types, by field name and context.
 fn list_strategy(path: &[String], field: &str) -> ListStrategy {
-    let in_container = path
-        .iter()
-        .any(|p| matches!(p.as_str(), "containers" | "initContainers" | "ephemeralContainers"));
+    let in_container = path.iter().any(|p| {
+        matches!(
+            p.as_str(),
+            "containers" | "initContainers" | "ephemeralContainers"
+        )
+    });
     match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes"
-        | "imagePullSecrets" | "secrets" | "resourceClaims" => ListStrategy::MergeKey("name"),
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "secrets"
+        | "resourceClaims" => ListStrategy::MergeKey("name"),
         "ports" if in_container => ListStrategy::MergeKey("containerPort"),
         "ports" if path.last().is_some_and(|p| p == "spec") => ListStrategy::MergeKey("port"),
         "volumeMounts" => ListStrategy::MergeKey("mountPath"),
@@ -263,7 +277,10 @@ fn merge_keyed_list(
     merge_key: &str,
     path: &mut Vec<String>,
 ) -> Result<Vec<Value>, String> {
-    if patch.iter().any(|p| patch_directive(p) == Some("replace") && is_patch_only(p)) {
+    if patch
+        .iter()
+        .any(|p| patch_directive(p) == Some("replace") && is_patch_only(p))
+    {
         return Ok(patch
             .iter()
             .filter(|p| !is_patch_only(p))
@@ -281,7 +298,9 @@ fn merge_keyed_list(
             continue;
         }
         let Some(key_value) = p.get(merge_key) else {
-            return Err(format!("map: {item} does not contain declared merge key: {merge_key}"));
+            return Err(format!(
+                "map: {item} does not contain declared merge key: {merge_key}"
+            ));
         };
         let pos = current
             .iter()
@@ -359,12 +378,30 @@ mod tests {
     fn delete_and_replace_directives() {
         let pod = json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}],
                                   "volumes": [{"name": "v", "emptyDir": {}}]}});
-        let out = smp(pod.clone(), json!({"spec": {"containers": [{"name": "b", "$patch": "delete"}]}}));
-        assert_eq!(out["spec"]["containers"], json!([{"name": "a", "image": "x"}]));
-        let out = smp(pod.clone(), json!({"spec": {"containers": [{"name": "c", "image": "z"}, {"$patch": "replace"}]}}));
-        assert_eq!(out["spec"]["containers"], json!([{"name": "c", "image": "z"}]));
-        let out = smp(pod.clone(), json!({"spec": {"$patch": "replace", "containers": [{"name": "only", "image": "i"}]}}));
-        assert_eq!(out, json!({"spec": {"containers": [{"name": "only", "image": "i"}]}}));
+        let out = smp(
+            pod.clone(),
+            json!({"spec": {"containers": [{"name": "b", "$patch": "delete"}]}}),
+        );
+        assert_eq!(
+            out["spec"]["containers"],
+            json!([{"name": "a", "image": "x"}])
+        );
+        let out = smp(
+            pod.clone(),
+            json!({"spec": {"containers": [{"name": "c", "image": "z"}, {"$patch": "replace"}]}}),
+        );
+        assert_eq!(
+            out["spec"]["containers"],
+            json!([{"name": "c", "image": "z"}])
+        );
+        let out = smp(
+            pod.clone(),
+            json!({"spec": {"$patch": "replace", "containers": [{"name": "only", "image": "i"}]}}),
+        );
+        assert_eq!(
+            out,
+            json!({"spec": {"containers": [{"name": "only", "image": "i"}]}})
+        );
         let out = smp(pod, json!({"spec": {"volumes": {"$patch": "delete"}}}));
         assert!(out["spec"].get("volumes").is_none());
     }
@@ -372,22 +409,40 @@ mod tests {
     #[test]
     fn ports_use_the_right_key_and_maps_merge() {
         let svc = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"ports": [{"port": 80, "name": "http"}, {"port": 443, "name": "https"}]}});
-        let out = smp(svc, json!({"metadata": {"labels": {"b": null, "c": "3"}}, "spec": {"ports": [{"port": 443, "targetPort": 8443}]}}));
+        let out = smp(
+            svc,
+            json!({"metadata": {"labels": {"b": null, "c": "3"}}, "spec": {"ports": [{"port": 443, "targetPort": 8443}]}}),
+        );
         assert_eq!(out["metadata"]["labels"], json!({"a": "1", "c": "3"}));
-        assert_eq!(out["spec"]["ports"], json!([{"port": 80, "name": "http"}, {"port": 443, "name": "https", "targetPort": 8443}]));
+        assert_eq!(
+            out["spec"]["ports"],
+            json!([{"port": 80, "name": "http"}, {"port": 443, "name": "https", "targetPort": 8443}])
+        );
         let pod = json!({"spec": {"containers": [{"name": "c", "ports": [{"containerPort": 80}], "volumeMounts": [{"mountPath": "/a", "name": "v"}]}]}});
-        let out = smp(pod, json!({"spec": {"containers": [{"name": "c", "ports": [{"containerPort": 81}], "volumeMounts": [{"mountPath": "/a", "readOnly": true}]}]}}));
-        assert_eq!(out["spec"]["containers"][0]["ports"], json!([{"containerPort": 80}, {"containerPort": 81}]));
-        assert_eq!(out["spec"]["containers"][0]["volumeMounts"], json!([{"mountPath": "/a", "name": "v", "readOnly": true}]));
+        let out = smp(
+            pod,
+            json!({"spec": {"containers": [{"name": "c", "ports": [{"containerPort": 81}], "volumeMounts": [{"mountPath": "/a", "readOnly": true}]}]}}),
+        );
+        assert_eq!(
+            out["spec"]["containers"][0]["ports"],
+            json!([{"containerPort": 80}, {"containerPort": 81}])
+        );
+        assert_eq!(
+            out["spec"]["containers"][0]["volumeMounts"],
+            json!([{"mountPath": "/a", "name": "v", "readOnly": true}])
+        );
     }
 
     #[test]
     fn primitive_lists_retain_keys_and_unknown_lists_replace() {
         let obj = json!({"metadata": {"finalizers": ["a", "b"]}, "spec": {"args": ["x", "y"], "strategy": {"type": "Recreate", "rollingUpdate": {"maxSurge": 1}}}});
-        let out = smp(obj, json!({
-            "metadata": {"finalizers": ["c"], "$deleteFromPrimitiveList/finalizers": ["a"]},
-            "spec": {"args": ["z"], "strategy": {"$retainKeys": ["type"], "type": "RollingUpdate"}}
-        }));
+        let out = smp(
+            obj,
+            json!({
+                "metadata": {"finalizers": ["c"], "$deleteFromPrimitiveList/finalizers": ["a"]},
+                "spec": {"args": ["z"], "strategy": {"$retainKeys": ["type"], "type": "RollingUpdate"}}
+            }),
+        );
         assert_eq!(out["metadata"]["finalizers"], json!(["b", "c"]));
         assert_eq!(out["spec"]["args"], json!(["z"]));
         assert_eq!(out["spec"]["strategy"], json!({"type": "RollingUpdate"}));
@@ -395,27 +450,59 @@ mod tests {
 
     #[test]
     fn missing_merge_key_is_an_error() {
-        let err = strategic_merge(&json!({}), json!({"spec": {"containers": [{"image": "x"}]}}).as_object().unwrap());
+        let err = strategic_merge(
+            &json!({}),
+            json!({"spec": {"containers": [{"image": "x"}]}})
+                .as_object()
+                .unwrap(),
+        );
         assert!(err.is_err());
     }
 
     #[test]
     fn content_types() {
-        assert_eq!(PatchKind::from_content_type("application/merge-patch+json; charset=utf-8").unwrap(), PatchKind::Merge);
-        assert_eq!(PatchKind::from_content_type("application/json-patch+json").unwrap(), PatchKind::Json);
-        assert_eq!(PatchKind::from_content_type("application/strategic-merge-patch+json").unwrap(), PatchKind::Strategic);
-        assert_eq!(PatchKind::from_content_type("application/apply-patch+yaml").unwrap_err().code, 415);
+        assert_eq!(
+            PatchKind::from_content_type("application/merge-patch+json; charset=utf-8").unwrap(),
+            PatchKind::Merge
+        );
+        assert_eq!(
+            PatchKind::from_content_type("application/json-patch+json").unwrap(),
+            PatchKind::Json
+        );
+        assert_eq!(
+            PatchKind::from_content_type("application/strategic-merge-patch+json").unwrap(),
+            PatchKind::Strategic
+        );
+        assert_eq!(
+            PatchKind::from_content_type("application/apply-patch+yaml")
+                .unwrap_err()
+                .code,
+            415
+        );
     }
 
     #[test]
     fn json_and_merge_patches() {
         let doc = json!({"data": {"a": "1"}});
-        let out = apply(PatchKind::Json, &doc, br#"[{"op":"add","path":"/data/b","value":"2"}]"#).unwrap();
+        let out = apply(
+            PatchKind::Json,
+            &doc,
+            br#"[{"op":"add","path":"/data/b","value":"2"}]"#,
+        )
+        .unwrap();
         assert_eq!(out, json!({"data": {"a": "1", "b": "2"}}));
-        let err = apply(PatchKind::Json, &doc, br#"[{"op":"test","path":"/data/a","value":"9"}]"#).unwrap_err();
+        let err = apply(
+            PatchKind::Json,
+            &doc,
+            br#"[{"op":"test","path":"/data/a","value":"9"}]"#,
+        )
+        .unwrap_err();
         assert_eq!(err.code, 422);
         let out = apply(PatchKind::Merge, &doc, br#"{"data":{"a":null,"c":"3"}}"#).unwrap();
         assert_eq!(out, json!({"data": {"c": "3"}}));
-        assert_eq!(apply(PatchKind::Merge, &doc, b"not json").unwrap_err().code, 400);
+        assert_eq!(
+            apply(PatchKind::Merge, &doc, b"not json").unwrap_err().code,
+            400
+        );
     }
 }

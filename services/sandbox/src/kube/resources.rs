@@ -39,7 +39,9 @@ pub static RESOURCES: &[ResourceDef] = &[
         kind: "Namespace",
         namespaced: false,
         short_names: &["ns"],
-        verbs: &["create", "delete", "get", "list", "patch", "update", "watch"],
+        verbs: &[
+            "create", "delete", "get", "list", "patch", "update", "watch",
+        ],
         subresources: &["status"],
         fields: &["spec", "status"],
         field_labels: &["status.phase"],
@@ -112,7 +114,11 @@ pub static RESOURCES: &[ResourceDef] = &[
         short_names: &["sa"],
         verbs: ALL_VERBS,
         subresources: &[],
-        fields: &["secrets", "imagePullSecrets", "automountServiceAccountToken"],
+        fields: &[
+            "secrets",
+            "imagePullSecrets",
+            "automountServiceAccountToken",
+        ],
         field_labels: &[],
         delete_returns_object: false,
     },
@@ -183,10 +189,6 @@ pub static RESOURCES: &[ResourceDef] = &[
 
 pub fn by_name(name: &str) -> Option<&'static ResourceDef> {
     RESOURCES.iter().find(|r| r.name == name)
-}
-
-pub fn by_kind(kind: &str) -> Option<&'static ResourceDef> {
-    RESOURCES.iter().find(|r| r.kind == kind)
 }
 
 impl ResourceDef {

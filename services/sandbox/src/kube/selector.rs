@@ -225,8 +225,9 @@ impl Parser {
                     Some(t) => return Err(format!("found {t:?}, expected: identifier")),
                 };
                 if matches!(op, LabelOp::GreaterThan | LabelOp::LessThan) {
-                    v.parse::<i64>()
-                        .map_err(|_| format!("for 'Gt', 'Lt' operators, the value must be an integer: {v:?}"))?;
+                    v.parse::<i64>().map_err(|_| {
+                        format!("for 'Gt', 'Lt' operators, the value must be an integer: {v:?}")
+                    })?;
                 } else {
                     validate_value(&v)?;
                 }
@@ -294,18 +295,18 @@ impl LabelSelector {
         Ok(Self { requirements })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.requirements.is_empty()
-    }
-
     pub fn matches(&self, labels: Option<&Map<String, Value>>) -> bool {
         self.requirements.iter().all(|r| {
             let value = labels.and_then(|l| l.get(&r.key)).and_then(Value::as_str);
             match r.op {
                 LabelOp::Exists => value.is_some(),
                 LabelOp::DoesNotExist => value.is_none(),
-                LabelOp::Equals | LabelOp::In => value.is_some_and(|v| r.values.iter().any(|x| x == v)),
-                LabelOp::NotEquals | LabelOp::NotIn => !value.is_some_and(|v| r.values.iter().any(|x| x == v)),
+                LabelOp::Equals | LabelOp::In => {
+                    value.is_some_and(|v| r.values.iter().any(|x| x == v))
+                }
+                LabelOp::NotEquals | LabelOp::NotIn => {
+                    !value.is_some_and(|v| r.values.iter().any(|x| x == v))
+                }
                 LabelOp::GreaterThan | LabelOp::LessThan => {
                     let (Some(v), Some(bound)) = (
                         value.and_then(|v| v.parse::<i64>().ok()),
@@ -313,7 +314,11 @@ impl LabelSelector {
                     ) else {
                         return false;
                     };
-                    if r.op == LabelOp::GreaterThan { v > bound } else { v < bound }
+                    if r.op == LabelOp::GreaterThan {
+                        v > bound
+                    } else {
+                        v < bound
+                    }
                 }
             }
         })
@@ -364,7 +369,11 @@ fn unescape(s: &str) -> Result<String, String> {
         if c == '\\' {
             match chars.next() {
                 Some(e @ ('\\' | ',' | '=')) => out.push(e),
-                Some(e) => return Err(format!("invalid field selector: invalid escape sequence: \\{e}")),
+                Some(e) => {
+                    return Err(format!(
+                        "invalid field selector: invalid escape sequence: \\{e}"
+                    ));
+                }
                 None => return Err("invalid field selector: unterminated escape sequence".into()),
             }
         } else {
@@ -376,11 +385,14 @@ fn unescape(s: &str) -> Result<String, String> {
 
 /// Finds the first unescaped operator in a term.
 fn split_term(term: &str) -> Option<(String, &'static str, String)> {
-    let bytes = term.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' {
-            i += 2;
+    let mut escaped = false;
+    for (i, c) in term.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        if c == '\\' {
+            escaped = true;
             continue;
         }
         for op in ["!=", "==", "="] {
@@ -388,7 +400,6 @@ fn split_term(term: &str) -> Option<(String, &'static str, String)> {
                 return Some((term[..i].to_owned(), op, term[i + op.len()..].to_owned()));
             }
         }
-        i += 1;
     }
     None
 }
@@ -404,7 +415,9 @@ impl FieldSelector {
                 continue;
             }
             let Some((field, op, value)) = split_term(&term) else {
-                return Err(format!("invalid selector: '{input}'; can't understand '{term}'"));
+                return Err(format!(
+                    "invalid selector: '{input}'; can't understand '{term}'"
+                ));
             };
             requirements.push(FieldRequirement {
                 field: unescape(field.trim())?,
@@ -464,8 +477,10 @@ mod tests {
 
     #[test]
     fn parses_every_operator() {
-        let s = LabelSelector::parse("app=web, tier==front,env!=prod,zone in (a, b),team notin (x),has,!gone,n>3,m<9")
-            .unwrap();
+        let s = LabelSelector::parse(
+            "app=web, tier==front,env!=prod,zone in (a, b),team notin (x),has,!gone,n>3,m<9",
+        )
+        .unwrap();
         let ops: Vec<_> = s.requirements.iter().map(|r| r.op.clone()).collect();
         assert_eq!(
             ops,
@@ -511,7 +526,18 @@ mod tests {
     fn rejects_garbage() {
         // An empty value is valid: it selects the empty label value.
         assert!(LabelSelector::parse("app=").is_ok());
-        for bad in ["=x", "app in", "app in ()", "app in (a", "a,,b", "a b", "Bad Key=x", "n>x", "a=b,", "a=-x"] {
+        for bad in [
+            "=x",
+            "app in",
+            "app in ()",
+            "app in (a",
+            "a,,b",
+            "a b",
+            "Bad Key=x",
+            "n>x",
+            "a=b,",
+            "a=-x",
+        ] {
             assert!(LabelSelector::parse(bad).is_err(), "{bad} should not parse");
         }
     }
@@ -523,11 +549,36 @@ mod tests {
         assert_eq!(f.requirements.len(), 2);
         assert!(f.matches(&obj));
         assert_eq!(f.single_name(), Some("a,b"));
-        assert!(FieldSelector::parse("metadata.namespace==apps").unwrap().matches(&obj));
-        assert!(FieldSelector::parse("spec.hostNetwork=false").unwrap().matches(&obj));
-        assert!(FieldSelector::parse("source=kubelet").unwrap().matches(&obj));
-        assert!(!FieldSelector::parse("metadata.namespace=prod").unwrap().matches(&obj));
+        assert!(
+            FieldSelector::parse("metadata.namespace==apps")
+                .unwrap()
+                .matches(&obj)
+        );
+        assert!(
+            FieldSelector::parse("spec.hostNetwork=false")
+                .unwrap()
+                .matches(&obj)
+        );
+        assert!(
+            FieldSelector::parse("source=kubelet")
+                .unwrap()
+                .matches(&obj)
+        );
+        assert!(
+            !FieldSelector::parse("metadata.namespace=prod")
+                .unwrap()
+                .matches(&obj)
+        );
         assert!(FieldSelector::parse("nonsense").is_err());
+        // Multi-byte characters around escapes must not split a char.
+        assert_eq!(
+            FieldSelector::parse("metadata.name=é\\,ü")
+                .unwrap()
+                .requirements[0]
+                .value,
+            "é,ü"
+        );
+        assert!(FieldSelector::parse("\\é=x").is_err());
         assert!(FieldSelector::parse(r"a=b\x").is_err());
     }
 }

@@ -64,7 +64,10 @@ impl ApiError {
         } else if name.is_empty() {
             format!("{} is forbidden: {reason}", qualified(group, resource))
         } else {
-            format!("{} {name:?} is forbidden: {reason}", qualified(group, resource))
+            format!(
+                "{} {name:?} is forbidden: {reason}",
+                qualified(group, resource)
+            )
         };
         Self::new(403, "Forbidden", message).with_details(details(name, group, resource))
     }
@@ -75,8 +78,12 @@ impl ApiError {
     }
 
     pub fn no_route() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
-            .with_details(json!({}))
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+        .with_details(json!({}))
     }
 
     pub fn method_not_allowed() -> Self {
@@ -89,8 +96,12 @@ impl ApiError {
     }
 
     pub fn already_exists(resource: &str, name: &str) -> Self {
-        Self::new(409, "AlreadyExists", format!("{resource} {name:?} already exists"))
-            .with_details(details(name, "", resource))
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{resource} {name:?} already exists"),
+        )
+        .with_details(details(name, "", resource))
     }
 
     pub fn conflict(resource: &str, name: &str, why: &str) -> Self {
@@ -144,7 +155,12 @@ impl ApiError {
             .collect();
         let mut d = details(name, "", kind);
         d["causes"] = Value::Array(causes_json);
-        Self::new(422, "Invalid", format!("{kind} {name:?} is invalid: {summary}")).with_details(d)
+        Self::new(
+            422,
+            "Invalid",
+            format!("{kind} {name:?} is invalid: {summary}"),
+        )
+        .with_details(d)
     }
 
     pub fn unprocessable(message: impl Into<String>) -> Self {
@@ -205,15 +221,6 @@ impl FieldError {
         }
     }
 
-    pub fn forbidden(field: &str, detail: &str) -> Self {
-        Self {
-            field: field.into(),
-            reason: "FieldValueForbidden",
-            value: None,
-            detail: detail.into(),
-        }
-    }
-
     fn type_text(&self) -> &'static str {
         match self.reason {
             "FieldValueRequired" => "Required value",
@@ -269,7 +276,10 @@ mod tests {
             ApiError::forbidden("authentication.k8s.io", "uids", "1", "r").message,
             r#"uids.authentication.k8s.io "1" is forbidden: r"#
         );
-        assert_eq!(ApiError::not_found("pods", "x").message, r#"pods "x" not found"#);
+        assert_eq!(
+            ApiError::not_found("pods", "x").message,
+            r#"pods "x" not found"#
+        );
         assert_eq!(
             ApiError::stale("configmaps", "x").message,
             "Operation cannot be fulfilled on configmaps \"x\": the object has been modified; please apply your changes to the latest version and try again"
@@ -277,7 +287,11 @@ mod tests {
         let invalid = ApiError::invalid(
             "ConfigMap",
             "Bad",
-            &[FieldError::invalid("metadata.name", "Bad", "must be lowercase")],
+            &[FieldError::invalid(
+                "metadata.name",
+                "Bad",
+                "must be lowercase",
+            )],
         );
         assert_eq!(
             invalid.message,

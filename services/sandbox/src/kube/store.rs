@@ -22,16 +22,6 @@ pub enum ChangeType {
     Deleted,
 }
 
-impl ChangeType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChangeType::Added => "ADDED",
-            ChangeType::Modified => "MODIFIED",
-            ChangeType::Deleted => "DELETED",
-        }
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct Change {
     pub rv: u64,
@@ -98,7 +88,11 @@ impl Store {
         resource: &'static str,
         namespace: Option<&'a str>,
     ) -> impl Iterator<Item = (&'a Key, &'a Value)> + 'a {
-        let start = (resource, namespace.unwrap_or_default().to_owned(), String::new());
+        let start = (
+            resource,
+            namespace.unwrap_or_default().to_owned(),
+            String::new(),
+        );
         self.objects
             .range(start..)
             .take_while(move |(k, _)| k.0 == resource && namespace.is_none_or(|ns| k.1 == ns))
@@ -221,10 +215,21 @@ mod tests {
         let a = s.insert("pods", obj("a", "x"));
         let b = s.insert("pods", obj("b", "y"));
         s.insert("configmaps", obj("a", "z"));
-        let a_rv: u64 = a["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
-        let b_rv: u64 = b["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+        let a_rv: u64 = a["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let b_rv: u64 = b["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(start < a_rv && a_rv < b_rv);
-        let pods_a: Vec<_> = s.list("pods", Some("a")).map(|(k, _)| k.2.clone()).collect();
+        let pods_a: Vec<_> = s
+            .list("pods", Some("a"))
+            .map(|(k, _)| k.2.clone())
+            .collect();
         assert_eq!(pods_a, vec!["x"]);
         assert_eq!(s.list("pods", None).count(), 2);
         let since = s.changes_since(a_rv).unwrap();

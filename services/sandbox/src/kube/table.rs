@@ -33,7 +33,12 @@ struct Column {
     description: &'static str,
 }
 
-const fn col(name: &'static str, kind: &'static str, priority: u8, description: &'static str) -> Column {
+const fn col(
+    name: &'static str,
+    kind: &'static str,
+    priority: u8,
+    description: &'static str,
+) -> Column {
     Column {
         name,
         kind,
@@ -61,56 +66,194 @@ fn columns(resource: &str) -> Vec<Column> {
     match resource {
         "pods" => vec![
             NAME,
-            col("Ready", "string", 0, "The aggregate readiness state of this pod for accepting traffic."),
-            col("Status", "string", 0, "The aggregate status of the containers in this pod."),
-            col("Restarts", "string", 0, "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted."),
+            col(
+                "Ready",
+                "string",
+                0,
+                "The aggregate readiness state of this pod for accepting traffic.",
+            ),
+            col(
+                "Status",
+                "string",
+                0,
+                "The aggregate status of the containers in this pod.",
+            ),
+            col(
+                "Restarts",
+                "string",
+                0,
+                "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+            ),
             AGE,
             col("IP", "string", 1, "podIP address allocated to the pod."),
-            col("Node", "string", 1, "NodeName is a request to schedule this pod onto a specific node."),
-            col("Nominated Node", "string", 1, "nominatedNodeName is set only when this pod preempts other pods on the node."),
-            col("Readiness Gates", "string", 1, "If specified, all readiness gates will be evaluated for pod readiness."),
+            col(
+                "Node",
+                "string",
+                1,
+                "NodeName is a request to schedule this pod onto a specific node.",
+            ),
+            col(
+                "Nominated Node",
+                "string",
+                1,
+                "nominatedNodeName is set only when this pod preempts other pods on the node.",
+            ),
+            col(
+                "Readiness Gates",
+                "string",
+                1,
+                "If specified, all readiness gates will be evaluated for pod readiness.",
+            ),
         ],
-        "configmaps" => vec![NAME, col("Data", "integer", 0, "Data contains the configuration data."), AGE],
+        "configmaps" => vec![
+            NAME,
+            col(
+                "Data",
+                "integer",
+                0,
+                "Data contains the configuration data.",
+            ),
+            AGE,
+        ],
         "secrets" => vec![
             NAME,
-            col("Type", "string", 0, "Used to facilitate programmatic handling of secret data."),
+            col(
+                "Type",
+                "string",
+                0,
+                "Used to facilitate programmatic handling of secret data.",
+            ),
             col("Data", "integer", 0, "Data contains the secret data."),
             AGE,
         ],
-        "namespaces" => vec![NAME, col("Status", "string", 0, "The status of the namespace"), AGE],
+        "namespaces" => vec![
+            NAME,
+            col("Status", "string", 0, "The status of the namespace"),
+            AGE,
+        ],
         "services" => vec![
             NAME,
-            col("Type", "string", 0, "type determines how the Service is exposed."),
-            col("Cluster-IP", "string", 0, "clusterIP is the IP address of the service."),
-            col("External-IP", "string", 0, "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service."),
-            col("Port(s)", "string", 0, "The list of ports that are exposed by this service."),
+            col(
+                "Type",
+                "string",
+                0,
+                "type determines how the Service is exposed.",
+            ),
+            col(
+                "Cluster-IP",
+                "string",
+                0,
+                "clusterIP is the IP address of the service.",
+            ),
+            col(
+                "External-IP",
+                "string",
+                0,
+                "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service.",
+            ),
+            col(
+                "Port(s)",
+                "string",
+                0,
+                "The list of ports that are exposed by this service.",
+            ),
             AGE,
-            col("Selector", "string", 1, "Route service traffic to pods with label keys and values matching this selector."),
+            col(
+                "Selector",
+                "string",
+                1,
+                "Route service traffic to pods with label keys and values matching this selector.",
+            ),
         ],
         "serviceaccounts" => vec![
             NAME,
-            col("Secrets", "integer", 0, "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use."),
+            col(
+                "Secrets",
+                "integer",
+                0,
+                "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use.",
+            ),
             AGE,
         ],
         "events" => vec![
-            col("Last Seen", "string", 0, "The time at which the most recent occurrence of this event was recorded."),
-            col("Type", "string", 0, "Type of this event (Normal, Warning), new types could be added in the future."),
-            col("Reason", "string", 0, "This should be a short, machine understandable string that gives the reason for the transition into the object's current status."),
-            col("Object", "string", 0, "The object that this event is about."),
-            col("Subobject", "string", 1, "The subobject that this event is about."),
+            col(
+                "Last Seen",
+                "string",
+                0,
+                "The time at which the most recent occurrence of this event was recorded.",
+            ),
+            col(
+                "Type",
+                "string",
+                0,
+                "Type of this event (Normal, Warning), new types could be added in the future.",
+            ),
+            col(
+                "Reason",
+                "string",
+                0,
+                "This should be a short, machine understandable string that gives the reason for the transition into the object's current status.",
+            ),
+            col(
+                "Object",
+                "string",
+                0,
+                "The object that this event is about.",
+            ),
+            col(
+                "Subobject",
+                "string",
+                1,
+                "The subobject that this event is about.",
+            ),
             col("Source", "string", 1, "The component reporting this event."),
-            col("Message", "string", 0, "A human-readable description of the status of this operation."),
-            col("First Seen", "string", 1, "The time at which the event was first recorded."),
-            col("Count", "string", 1, "The number of times this event has occurred."),
-            Column { priority: 1, ..NAME },
+            col(
+                "Message",
+                "string",
+                0,
+                "A human-readable description of the status of this operation.",
+            ),
+            col(
+                "First Seen",
+                "string",
+                1,
+                "The time at which the event was first recorded.",
+            ),
+            col(
+                "Count",
+                "string",
+                1,
+                "The number of times this event has occurred.",
+            ),
+            Column {
+                priority: 1,
+                ..NAME
+            },
         ],
         "resourcequotas" => vec![
             NAME,
             AGE,
-            col("Request", "string", 0, "Request represents a minimum amount of cpu/memory that a container may consume."),
-            col("Limit", "string", 0, "Limits control the maximum amount of cpu/memory that a container may use independent of contention on the node."),
+            col(
+                "Request",
+                "string",
+                0,
+                "Request represents a minimum amount of cpu/memory that a container may consume.",
+            ),
+            col(
+                "Limit",
+                "string",
+                0,
+                "Limits control the maximum amount of cpu/memory that a container may use independent of contention on the node.",
+            ),
         ],
-        "limitranges" => vec![NAME, Column { name: "Created At", kind: "date", ..AGE }],
+        "limitranges" => vec![
+            NAME,
+            Column {
+                name: "Created At",
+                kind: "date",
+                ..AGE
+            },
+        ],
         _ => vec![NAME, AGE],
     }
 }
@@ -127,11 +270,19 @@ fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
 }
 
 fn or_none(v: &str) -> String {
-    if v.is_empty() { "<none>".into() } else { v.into() }
+    if v.is_empty() {
+        "<none>".into()
+    } else {
+        v.into()
+    }
 }
 
 fn count(v: &Value, field: &str) -> Value {
-    json!(v.get(field).and_then(Value::as_object).map_or(0, |m| m.len()) as i64)
+    json!(
+        v.get(field)
+            .and_then(Value::as_object)
+            .map_or(0, |m| m.len()) as i64
+    )
 }
 
 fn age(ts: &str, now: OffsetDateTime) -> String {
@@ -153,7 +304,11 @@ pub fn human_duration(seconds: i64) -> String {
     let minutes = seconds / 60;
     if minutes < 10 {
         let s = seconds % 60;
-        return if s == 0 { format!("{minutes}m") } else { format!("{minutes}m{s}s") };
+        return if s == 0 {
+            format!("{minutes}m")
+        } else {
+            format!("{minutes}m{s}s")
+        };
     }
     if minutes < 180 {
         return format!("{minutes}m");
@@ -161,14 +316,22 @@ pub fn human_duration(seconds: i64) -> String {
     let hours = minutes / 60;
     if hours < 8 {
         let m = minutes % 60;
-        return if m == 0 { format!("{hours}h") } else { format!("{hours}h{m}m") };
+        return if m == 0 {
+            format!("{hours}h")
+        } else {
+            format!("{hours}h{m}m")
+        };
     }
     if hours < 48 {
         return format!("{hours}h");
     }
     if hours < 24 * 8 {
         let h = hours % 24;
-        return if h == 0 { format!("{}d", hours / 24) } else { format!("{}d{h}h", hours / 24) };
+        return if h == 0 {
+            format!("{}d", hours / 24)
+        } else {
+            format!("{}d{h}h", hours / 24)
+        };
     }
     if hours < 24 * 365 * 2 {
         return format!("{}d", hours / 24);
@@ -189,10 +352,19 @@ fn cells(resource: &str, o: &Value, now: OffsetDateTime) -> Vec<Value> {
     let created = age(s(o, &["metadata", "creationTimestamp"]), now);
     match resource {
         "pods" => {
-            let statuses = o["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
+            let statuses = o["status"]["containerStatuses"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             let total = o["spec"]["containers"].as_array().map_or(0, Vec::len);
-            let ready = statuses.iter().filter(|c| c["ready"].as_bool() == Some(true)).count();
-            let restarts: i64 = statuses.iter().filter_map(|c| c["restartCount"].as_i64()).sum();
+            let ready = statuses
+                .iter()
+                .filter(|c| c["ready"].as_bool() == Some(true))
+                .count();
+            let restarts: i64 = statuses
+                .iter()
+                .filter_map(|c| c["restartCount"].as_i64())
+                .sum();
             let mut status = s(o, &["status", "phase"]).to_owned();
             if !s(o, &["status", "reason"]).is_empty() {
                 status = s(o, &["status", "reason"]).to_owned();
@@ -213,10 +385,16 @@ fn cells(resource: &str, o: &Value, now: OffsetDateTime) -> Vec<Value> {
             ]
         }
         "configmaps" => {
-            let n = count(o, "data").as_i64().unwrap_or(0) + count(o, "binaryData").as_i64().unwrap_or(0);
+            let n = count(o, "data").as_i64().unwrap_or(0)
+                + count(o, "binaryData").as_i64().unwrap_or(0);
             vec![name, json!(n), json!(created)]
         }
-        "secrets" => vec![name, json!(s(o, &["type"])), count(o, "data"), json!(created)],
+        "secrets" => vec![
+            name,
+            json!(s(o, &["type"])),
+            count(o, "data"),
+            json!(created),
+        ],
         "namespaces" => vec![name, json!(s(o, &["status", "phase"])), json!(created)],
         "services" => {
             let ports: Vec<String> = o["spec"]["ports"]
@@ -239,7 +417,11 @@ fn cells(resource: &str, o: &Value, now: OffsetDateTime) -> Vec<Value> {
                 .unwrap_or_default();
             let mut selector: Vec<String> = o["spec"]["selector"]
                 .as_object()
-                .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect())
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect()
+                })
                 .unwrap_or_default();
             selector.sort();
             vec![
@@ -257,23 +439,34 @@ fn cells(resource: &str, o: &Value, now: OffsetDateTime) -> Vec<Value> {
             vec![name, json!(n), json!(created)]
         }
         "events" => {
-            let last = [s(o, &["lastTimestamp"]), s(o, &["eventTime"]), s(o, &["metadata", "creationTimestamp"])]
-                .into_iter()
-                .find(|t| !t.is_empty())
-                .unwrap_or_default();
-            let first = [s(o, &["firstTimestamp"]), s(o, &["eventTime"]), s(o, &["metadata", "creationTimestamp"])]
-                .into_iter()
-                .find(|t| !t.is_empty())
-                .unwrap_or_default();
+            let last = [
+                s(o, &["lastTimestamp"]),
+                s(o, &["eventTime"]),
+                s(o, &["metadata", "creationTimestamp"]),
+            ]
+            .into_iter()
+            .find(|t| !t.is_empty())
+            .unwrap_or_default();
+            let first = [
+                s(o, &["firstTimestamp"]),
+                s(o, &["eventTime"]),
+                s(o, &["metadata", "creationTimestamp"]),
+            ]
+            .into_iter()
+            .find(|t| !t.is_empty())
+            .unwrap_or_default();
             let object = format!(
                 "{}/{}",
                 s(o, &["involvedObject", "kind"]).to_ascii_lowercase(),
                 s(o, &["involvedObject", "name"])
             );
-            let source = [s(o, &["source", "component"]), s(o, &["reportingComponent"])]
-                .into_iter()
-                .find(|t| !t.is_empty())
-                .unwrap_or_default();
+            let source = [
+                s(o, &["source", "component"]),
+                s(o, &["reportingComponent"]),
+            ]
+            .into_iter()
+            .find(|t| !t.is_empty())
+            .unwrap_or_default();
             vec![
                 json!(age(last, now)),
                 json!(s(o, &["type"])),
@@ -351,11 +544,22 @@ mod tests {
             "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "node-1"},
             "status": {"phase": "Running", "podIP": "10.0.0.9", "containerStatuses": [{"ready": true, "restartCount": 2}, {"ready": false, "restartCount": 1}]}
         });
-        let t = render("pods", &[pod], IncludeObject::Metadata, "v1", json!({"resourceVersion": "9"}));
+        let t = render(
+            "pods",
+            &[pod],
+            IncludeObject::Metadata,
+            "v1",
+            json!({"resourceVersion": "9"}),
+        );
         assert_eq!(t["kind"], "Table");
         assert_eq!(t["apiVersion"], "meta.k8s.io/v1");
         assert_eq!(t["metadata"]["resourceVersion"], "9");
-        let names: Vec<&str> = t["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
         assert_eq!(&names[..5], &["Name", "Ready", "Status", "Restarts", "Age"]);
         assert_eq!(t["columnDefinitions"][0]["format"], "name");
         assert_eq!(t["columnDefinitions"][5]["priority"], 1);
@@ -369,20 +573,41 @@ mod tests {
         assert_eq!(row["object"]["kind"], "PartialObjectMetadata");
         assert_eq!(row["object"]["metadata"]["name"], "web");
         assert!(row["object"].get("spec").is_none());
-        assert_eq!(row["cells"].as_array().unwrap().len(), t["columnDefinitions"].as_array().unwrap().len());
+        assert_eq!(
+            row["cells"].as_array().unwrap().len(),
+            t["columnDefinitions"].as_array().unwrap().len()
+        );
     }
 
     #[test]
     fn include_object_modes_and_other_resources() {
         let cm = json!({"metadata": {"name": "c", "creationTimestamp": "2020-01-01T00:00:00Z"}, "data": {"a": "1", "b": "2"}});
-        let t = render("configmaps", std::slice::from_ref(&cm), IncludeObject::None, "v1", json!({}));
+        let t = render(
+            "configmaps",
+            std::slice::from_ref(&cm),
+            IncludeObject::None,
+            "v1",
+            json!({}),
+        );
         assert!(t["rows"][0].get("object").is_none());
         assert_eq!(t["rows"][0]["cells"][1], 2);
-        let t = render("configmaps", std::slice::from_ref(&cm), IncludeObject::Object, "v1beta1", json!({}));
+        let t = render(
+            "configmaps",
+            std::slice::from_ref(&cm),
+            IncludeObject::Object,
+            "v1beta1",
+            json!({}),
+        );
         assert_eq!(t["rows"][0]["object"], cm);
         assert_eq!(t["apiVersion"], "meta.k8s.io/v1beta1");
         for r in super::super::resources::RESOURCES {
-            let t = render(r.name, std::slice::from_ref(&cm), IncludeObject::None, "v1", json!({}));
+            let t = render(
+                r.name,
+                std::slice::from_ref(&cm),
+                IncludeObject::None,
+                "v1",
+                json!({}),
+            );
             assert_eq!(
                 t["rows"][0]["cells"].as_array().unwrap().len(),
                 t["columnDefinitions"].as_array().unwrap().len(),

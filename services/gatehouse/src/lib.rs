@@ -1,0 +1,78 @@
+//! The `gatehouse` binary's library: what composes the services into commands.
+//!
+//! Module map:
+//! - [`up`]: `gatehouse up --sandbox`, every service plus the test bed in one process.
+//! - [`ledger`]: `gatehouse ledger verify`.
+//! - [`nats_server`]: a local `nats-server` with JetStream (for `up` and for tests).
+//! - [`demo`]: the demo identities and policy `up` starts with.
+//! - [`kubeconfig`]: kubeconfig files for the demo identities.
+//!
+//! `main.rs` holds only the command line; everything it runs lives here so tests can drive it.
+#![forbid(unsafe_code)]
+
+pub mod demo;
+pub mod kubeconfig;
+pub mod ledger;
+pub mod nats_server;
+pub mod up;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+/// Reads a YAML configuration file. Errors name the file and the line.
+pub fn load_yaml<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading configuration {}", path.display()))?;
+    yaml_serde::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("configuration {}: {e}", path.display()))
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, for log pipelines.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Installs the global subscriber; the level comes from `GATEHOUSE_LOG` (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.compact().try_init(),
+    };
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = tokio::signal::ctrl_c().await;
+                    cancel.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        cancel.cancel();
+    });
+    token
+}

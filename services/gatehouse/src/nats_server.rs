@@ -1,0 +1,198 @@
+//! A local `nats-server` with JetStream, for `gatehouse up` and for tests.
+//!
+//! Started on a port the server picks itself (`-p -1`), which it reports in a ports file, so
+//! nothing depends on a fixed port. Stopped with SIGTERM (JetStream flushes its store) and
+//! killed outright if it lingers, or when the handle is dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+/// Environment variable naming the `nats-server` binary, instead of searching `PATH`.
+pub const NATS_SERVER_ENV: &str = "GATEHOUSE_NATS_SERVER";
+
+const START_DEADLINE: Duration = Duration::from_secs(20);
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatsServerError {
+    #[error(
+        "nats-server was not found on PATH. Install it (Debian/Ubuntu: `apt-get install nats-server`), \
+         set {NATS_SERVER_ENV} to its path, or pass --nats-url to use a running NATS with JetStream"
+    )]
+    NotFound,
+    #[error("preparing {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("starting {binary}: {source}")]
+    Spawn {
+        binary: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("nats-server did not report its port within {0:?}; see {1}")]
+    NoPort(Duration, PathBuf),
+    #[error("nats-server exited during start-up ({status}); see {log}")]
+    Exited { status: String, log: PathBuf },
+}
+
+/// A running `nats-server`.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    url: String,
+    store_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts `nats-server -js` with its store (and its log, `nats-server.log`) under `store_dir`,
+    /// on a port the server picks.
+    pub async fn start(store_dir: &Path) -> Result<Self, NatsServerError> {
+        Self::spawn(store_dir, None).await
+    }
+
+    /// Stops the server and starts it again on the same port with the same store, as an
+    /// operator's restart would; connected clients reconnect by themselves.
+    pub async fn restart(&mut self) -> Result<(), NatsServerError> {
+        self.stop().await;
+        let port = self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok());
+        *self = Self::spawn(&self.store_dir.clone(), port).await?;
+        Ok(())
+    }
+
+    async fn spawn(store_dir: &Path, port: Option<u16>) -> Result<Self, NatsServerError> {
+        let binary = find_binary().ok_or(NatsServerError::NotFound)?;
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| NatsServerError::Io { path, source }
+        };
+        let ports_dir = store_dir.join("ports");
+        std::fs::create_dir_all(&ports_dir).map_err(io(&ports_dir))?;
+        let log = store_dir.join("nats-server.log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(io(&log))?;
+        let log_err = log_file.try_clone().map_err(io(&log))?;
+        let jetstream_dir = store_dir.join("jetstream");
+        let mut child = Command::new(&binary)
+            .arg("--jetstream")
+            .arg("--store_dir")
+            .arg(&jetstream_dir)
+            .args(["--addr", "127.0.0.1", "--port"])
+            .arg(port.map_or_else(|| "-1".to_owned(), |p| p.to_string()))
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log_file))
+            .stderr(Stdio::from(log_err))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| NatsServerError::Spawn {
+                binary: binary.clone(),
+                source,
+            })?;
+        let pid = child.id().unwrap_or_default();
+        let ports_file = ports_dir.join(format!(
+            "{}_{pid}.ports",
+            binary
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("nats-server")
+        ));
+        let deadline = Instant::now() + START_DEADLINE;
+        let url = loop {
+            if let Some(status) = child.try_wait().ok().flatten() {
+                return Err(NatsServerError::Exited {
+                    status: status.to_string(),
+                    log,
+                });
+            }
+            if let Some(url) = read_client_url(&ports_file) {
+                break url;
+            }
+            if Instant::now() > deadline {
+                return Err(NatsServerError::NoPort(START_DEADLINE, log));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        Ok(Self {
+            child: Some(child),
+            url,
+            store_dir: store_dir.to_owned(),
+            log,
+        })
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// Stops the server gracefully (SIGTERM), killing it if it does not exit in time.
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pid) = child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+        if tokio::time::timeout(STOP_DEADLINE, child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// The client URL nats-server wrote into its ports file, once it is there and complete.
+fn read_client_url(ports_file: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(ports_file).ok()?;
+    let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
+    ports
+        .get("nats")
+        .or_else(|| ports.get("client"))
+        .and_then(|v| v.as_array())
+        .and_then(|urls| urls.first())
+        .and_then(|u| u.as_str())
+        .map(str::to_owned)
+}
+
+/// `$GATEHOUSE_NATS_SERVER`, else `nats-server` on `PATH`.
+pub fn find_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(NATS_SERVER_ENV) {
+        let path = PathBuf::from(path);
+        return path.is_file().then_some(path);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file())
+}

@@ -1,0 +1,405 @@
+//! `gatehouse up --sandbox --data-dir DIR`: the whole path on one machine, in one process.
+//!
+//! Layout of DIR:
+//! ```text
+//! nats/         nats-server's JetStream store and log (when gatehouse starts it)
+//! ledger/       the evidence ledger (RocksDB)
+//! tls/          the demo CA and the proxy's and sandbox's certificates
+//! issuer/       the demo OIDC issuer's signing key
+//! sandbox/      the proxy's token for the sandbox
+//! config/       identities.yaml and policy.yaml (kept, edit them), proxy.yaml and
+//!               evidence.yaml (rewritten at every start: ports change)
+//! kubeconfigs/  one kubeconfig per demo identity, plus sandbox-admin (straight to the sandbox)
+//! ```
+//!
+//! Start order: NATS, PKI, sandbox, issuer, evidence, proxy, kubeconfigs. Stop order: proxy
+//! (drains), evidence (after catching up with the stream, so the ledger holds every event of
+//! the session), sandbox, issuer, NATS.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use std::sync::Arc;
+
+use gatehouse_evidence::{Evidence, EvidenceConfig, EvidenceError};
+use gatehouse_proxy::{Proxy, ProxyConfig};
+use gatehouse_sandbox::issuer::{Issuer, IssuerKeys};
+use gatehouse_sandbox::pki::{LocalCa, server_tls_config};
+use gatehouse_sandbox::rbac::RbacConfig;
+use gatehouse_sandbox::{Sandbox, SandboxConfig, SandboxHandle};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::demo::{self, AUDIENCE, IDENTITIES};
+use crate::kubeconfig;
+use crate::load_yaml;
+use crate::nats_server::NatsServer;
+
+/// How long demo tokens live. Long enough for an afternoon; kubeconfigs are rewritten at start.
+const TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
+
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub data_dir: PathBuf,
+    /// Use this NATS (with JetStream) instead of starting nats-server.
+    pub nats_url: Option<String>,
+    /// Where the proxy listens.
+    pub listen: SocketAddr,
+    /// How to run this binary, for the instructions printed (the wrapper script sets it).
+    pub invocation: String,
+}
+
+/// Every part of the sandbox deployment, running. Tests drive the same stack `up` runs.
+pub struct Stack {
+    /// The data directory (absolute).
+    pub dir: PathBuf,
+    /// The nats-server `up` started, if it started one.
+    pub nats_server: Option<NatsServer>,
+    pub nats_url: String,
+    /// The demo CA (PEM) that signed the proxy's and sandbox's certificates.
+    pub ca_pem: String,
+    pub sandbox: SandboxHandle,
+    /// A token that reaches the sandbox directly as `sandbox-admin` (system:masters).
+    pub admin_token: String,
+    pub issuer: Issuer,
+    pub evidence: Arc<Evidence>,
+    pub proxy_addr: SocketAddr,
+    evidence_stop: CancellationToken,
+    evidence_task: JoinHandle<Result<(), EvidenceError>>,
+    proxy_stop: CancellationToken,
+    proxy_task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack")
+            .field("dir", &self.dir)
+            .field("proxy_addr", &self.proxy_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stack {
+    /// Starts NATS (unless `nats_url`), PKI, sandbox, issuer, evidence and proxy, in that order.
+    pub async fn start(
+        data_dir: &Path,
+        nats_url: Option<&str>,
+        listen: SocketAddr,
+    ) -> Result<Self> {
+        let dir = absolute(data_dir)?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+
+        let mut nats_server = None;
+        let nats_url = match nats_url {
+            Some(url) => url.to_owned(),
+            None => {
+                let server = NatsServer::start(&dir.join("nats")).await?;
+                let url = server.url().to_owned();
+                nats_server = Some(server);
+                url
+            }
+        };
+
+        let tls_dir = dir.join("tls");
+        let ca = LocalCa::load_or_generate(&tls_dir, "Gatehouse demo CA")?;
+        let ca_pem = ca.cert_pem();
+        let ca_file = tls_dir.join("ca.pem");
+        std::fs::write(&ca_file, &ca_pem).context("writing the CA certificate")?;
+        let sans = ["127.0.0.1", "localhost", "::1"];
+        let proxy_cert = ca.issue_server_cert(&sans)?;
+        let (proxy_cert_file, proxy_key_file) =
+            (tls_dir.join("proxy.pem"), tls_dir.join("proxy-key.pem"));
+        std::fs::write(&proxy_cert_file, &proxy_cert.cert_pem)
+            .context("writing the proxy certificate")?;
+        kubeconfig::write_private(&proxy_key_file, &proxy_cert.key_pem)
+            .context("writing the proxy key")?;
+
+        let proxy_token = random_token();
+        let admin_token = random_token();
+        let proxy_token_file = dir.join("sandbox").join("proxy.token");
+        kubeconfig::write_private(&proxy_token_file, &proxy_token)
+            .context("writing the proxy's sandbox token")?;
+        let sandbox_cert = ca.issue_server_cert(&sans)?;
+        let sandbox = Sandbox::start(
+            SandboxConfig {
+                rbac: RbacConfig::demo(&proxy_token, &admin_token),
+                seed: true,
+            },
+            TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("binding the sandbox")?,
+            server_tls_config(&sandbox_cert.cert_pem, &sandbox_cert.key_pem)?,
+        )
+        .await?;
+
+        let keys = IssuerKeys::load_or_generate(&dir.join("issuer"))?;
+        let issuer = Issuer::start(
+            keys,
+            TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("binding the issuer")?,
+        )
+        .await?;
+
+        let config_dir = dir.join("config");
+        std::fs::create_dir_all(&config_dir)?;
+        let identities_file =
+            keep_or_write(&config_dir.join("identities.yaml"), demo::IDENTITIES_YAML)?;
+        let policy_file = keep_or_write(&config_dir.join("policy.yaml"), demo::POLICY_YAML)?;
+
+        let evidence_file = config_dir.join("evidence.yaml");
+        std::fs::write(
+            &evidence_file,
+            format!(
+                "# Written by `gatehouse up`; run the same service alone with\n\
+                 #   gatehouse evidence --config {evidence}\n\
+                 data_dir: {data}\n\
+                 nats:\n  url: {nats_url}\n",
+                evidence = evidence_file.display(),
+                data = yaml_str(&dir),
+            ),
+        )?;
+        let evidence_config: EvidenceConfig = load_yaml(&evidence_file)?;
+        let evidence = Arc::new(Evidence::open(evidence_config).await?);
+        let evidence_stop = CancellationToken::new();
+        let evidence_task = tokio::spawn({
+            let evidence = evidence.clone();
+            let stop = evidence_stop.clone();
+            async move { evidence.run(stop).await }
+        });
+
+        let proxy_file = config_dir.join("proxy.yaml");
+        std::fs::write(
+            &proxy_file,
+            format!(
+                "# Written by `gatehouse up`; run the same proxy alone with\n\
+                 #   gatehouse proxy --config {proxy}\n\
+                 listen: \"{listen}\"\n\
+                 replica: up\n\
+                 tls:\n  cert_file: {cert}\n  key_file: {key}\n\
+                 upstream:\n  url: {upstream}\n  ca_file: {ca}\n  token_file: {token}\n\
+                 nats:\n  url: {nats_url}\n\
+                 issuers:\n  - issuer: {issuer}\n    audiences: [{AUDIENCE}]\n\
+                 identities: {identities}\n\
+                 policy: {policy}\n",
+                proxy = proxy_file.display(),
+                cert = yaml_str(&proxy_cert_file),
+                key = yaml_str(&proxy_key_file),
+                upstream = sandbox.url(),
+                ca = yaml_str(&ca_file),
+                token = yaml_str(&proxy_token_file),
+                issuer = issuer.url(),
+                identities = yaml_str(&identities_file),
+                policy = yaml_str(&policy_file),
+            ),
+        )?;
+        let proxy_config: ProxyConfig = load_yaml(&proxy_file)?;
+        let proxy = Proxy::build(proxy_config).await?;
+        let proxy_addr = proxy.local_addr();
+        let proxy_stop = CancellationToken::new();
+        let proxy_task = tokio::spawn(proxy.serve(proxy_stop.clone()));
+
+        Ok(Self {
+            dir,
+            nats_server,
+            nats_url,
+            ca_pem,
+            sandbox,
+            admin_token,
+            issuer,
+            evidence,
+            proxy_addr,
+            evidence_stop,
+            evidence_task,
+            proxy_stop,
+            proxy_task,
+        })
+    }
+
+    /// `https://127.0.0.1:PORT` of the proxy.
+    pub fn proxy_url(&self) -> String {
+        format!("https://{}", self.proxy_addr)
+    }
+
+    /// Writes `kubeconfigs/<name>.kubeconfig` pointing at the proxy with `token`.
+    pub fn write_kubeconfig(&self, name: &str, token: &str, namespace: &str) -> Result<PathBuf> {
+        let path = self
+            .dir
+            .join("kubeconfigs")
+            .join(format!("{name}.kubeconfig"));
+        let text = kubeconfig::render(
+            "gatehouse",
+            &self.proxy_url(),
+            &self.ca_pem,
+            name,
+            token,
+            namespace,
+        );
+        kubeconfig::write_private(&path, &text)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Mints a demo token for `principal` and writes its kubeconfig.
+    pub fn demo_kubeconfig(&self, principal: &str, namespace: &str) -> Result<PathBuf> {
+        let token = self.issuer.mint(principal, AUDIENCE, &[], TOKEN_TTL)?;
+        self.write_kubeconfig(principal, &token, namespace)
+    }
+
+    /// Stops the proxy (draining), then the evidence service once the ledger has caught up
+    /// with the stream, then the sandbox, the issuer and NATS. Returns the ledger's head.
+    pub async fn stop(self) -> Result<gatehouse_evidence::Head> {
+        self.proxy_stop.cancel();
+        let _ = self.proxy_task.await;
+        match self.evidence.catch_up(Duration::from_secs(15)).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "the ledger did not catch up within 15s; `gatehouse evidence` resumes from where it stopped"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not check the ledger's progress"),
+        }
+        self.evidence_stop.cancel();
+        let evidence_result = self
+            .evidence_task
+            .await
+            .context("the evidence task failed")?;
+        self.sandbox.shutdown().await;
+        self.issuer.shutdown().await;
+        if let Some(mut server) = self.nats_server {
+            server.stop().await;
+        }
+        evidence_result?;
+        Ok(self.evidence.head())
+    }
+}
+
+/// Runs the sandbox stack until `shutdown` is cancelled, then stops it in order.
+pub async fn run_sandbox(options: UpOptions, shutdown: CancellationToken) -> Result<()> {
+    let stack = Stack::start(
+        &options.data_dir,
+        options.nats_url.as_deref(),
+        options.listen,
+    )
+    .await?;
+    for identity in IDENTITIES {
+        stack.demo_kubeconfig(identity.principal, identity.namespace)?;
+    }
+    let admin = kubeconfig::render(
+        "sandbox",
+        &stack.sandbox.url(),
+        &stack.ca_pem,
+        "sandbox-admin",
+        &stack.admin_token,
+        "default",
+    );
+    kubeconfig::write_private(
+        &stack
+            .dir
+            .join("kubeconfigs")
+            .join("sandbox-admin.kubeconfig"),
+        &admin,
+    )?;
+    print_guide(&options, &stack);
+
+    shutdown.cancelled().await;
+    eprintln!("\nStopping: draining the proxy, then letting the ledger record the last events…");
+    let head = stack.stop().await?;
+    eprintln!(
+        "Stopped. The ledger holds {} entries. Check it with:\n  {} ledger verify --data-dir {}",
+        head.next_index,
+        options.invocation,
+        options.data_dir.display()
+    );
+    Ok(())
+}
+
+fn print_guide(options: &UpOptions, stack: &Stack) {
+    let dir = &stack.dir;
+    let (proxy, sandbox, issuer, nats) = (
+        stack.proxy_url(),
+        stack.sandbox.url(),
+        stack.issuer.url(),
+        &stack.nats_url,
+    );
+    let kc = |p: &str| {
+        dir.join("kubeconfigs")
+            .join(format!("{p}.kubeconfig"))
+            .display()
+            .to_string()
+    };
+    let mut guide = format!(
+        "\nGatehouse is up (sandbox mode). Data: {data}\n\n\
+         \x20 proxy    {proxy}   <- kubectl talks to this\n\
+         \x20 sandbox  {sandbox}   (the Kubernetes API behind it)\n\
+         \x20 issuer   {issuer}    (demo OIDC issuer)\n\
+         \x20 nats     {nats}     (JetStream; every event is acked here first)\n\
+         \x20 ledger   {ledger}\n\n\
+         Kubeconfigs:\n",
+        data = dir.display(),
+        ledger = dir.join("ledger").display(),
+    );
+    for identity in IDENTITIES {
+        guide.push_str(&format!(
+            "  {:<14} {}\n  {:<14} {}\n",
+            identity.principal,
+            kc(identity.principal),
+            "",
+            identity.summary
+        ));
+    }
+    guide.push_str(&format!(
+        "\nTry:\n\
+         \x20 export KUBECONFIG={ci}\n\
+         \x20 kubectl get pods                                  # allowed: CI reads apps\n\
+         \x20 kubectl create configmap demo --from-literal=k=v  # allowed: CI changes apps\n\
+         \x20 kubectl delete configmap demo                     # allowed\n\
+         \x20 kubectl get secrets -n prod                       # denied by Gatehouse policy\n\
+         \x20 kubectl get pods -n prod                          # allowed: CI reads elsewhere\n\
+         \x20 kubectl --kubeconfig {ro} get pods -n prod\n\
+         \x20 kubectl --kubeconfig {ro} get configmaps -n kube-system   # Gatehouse allows it; the cluster's RBAC refuses\n\
+         \x20 kubectl --kubeconfig {ro} get secrets -n apps             # denied by Gatehouse policy\n\
+         \x20 kubectl --kubeconfig {intruder} get pods                  # unknown identity: denied\n\n\
+         Policy: {policy}  Identities: {identities}  (edit, then restart)\n\
+         Stop with Ctrl-C, then check the evidence:\n\
+         \x20 {invocation} ledger verify --data-dir {data}\n",
+        ci = kc("ci-deployer"),
+        ro = kc("readonly-bot"),
+        intruder = kc("intruder"),
+        policy = dir.join("config/policy.yaml").display(),
+        identities = dir.join("config/identities.yaml").display(),
+        invocation = options.invocation,
+        data = options.data_dir.display(),
+    ));
+    println!("{guide}");
+}
+
+/// Writes `contents` unless the file exists (the user may have edited it). Returns the path.
+fn keep_or_write(path: &Path, contents: &str) -> Result<PathBuf> {
+    if !path.exists() {
+        std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(path.to_owned())
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(path.to_owned());
+    }
+    Ok(std::env::current_dir()
+        .context("reading the current directory")?
+        .join(path))
+}
+
+/// A path as a double-quoted YAML string.
+fn yaml_str(path: &Path) -> String {
+    serde_json::to_string(&path.display().to_string()).unwrap_or_default()
+}
+
+/// 32 random bytes, hex: a bearer token for the sandbox.
+fn random_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+}
