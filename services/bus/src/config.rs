@@ -60,6 +60,13 @@ impl BusConfig {
                 humantime::format_duration(MIN_DUPLICATE_WINDOW),
             ));
         }
+        if self.stream.max_age < self.stream.duplicate_window {
+            return Err(format!(
+                "nats.stream.max_age ({}) must be at least the duplicate window ({})",
+                humantime::format_duration(self.stream.max_age),
+                humantime::format_duration(self.stream.duplicate_window),
+            ));
+        }
         if self.stream.replicas == 0 || self.stream.replicas > 5 {
             return Err("nats.stream.replicas must be between 1 and 5".into());
         }
@@ -141,6 +148,12 @@ mod tests {
             yaml_free_parse(r#"{"url": "nats://x", "stream": {"duplicate_window": "30s"}}"#);
         let err = c.validate().unwrap_err();
         assert!(err.contains("at least 2m"), "{err}");
+    }
+
+    #[test]
+    fn events_must_outlive_the_duplicate_window() {
+        let c: BusConfig = yaml_free_parse(r#"{"url": "nats://x", "stream": {"max_age": "1m"}}"#);
+        assert!(c.validate().unwrap_err().contains("max_age"));
     }
 
     #[test]

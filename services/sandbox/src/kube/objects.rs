@@ -577,6 +577,17 @@ fn pod_defaults(obj: &mut Value, old: Option<&Value>, store: &mut Store) -> Vec<
             } else {
                 format!("docker.io/library/{image}")
             };
+            // An unchanged container keeps its status, so no-op updates stay no-ops.
+            let previous = old
+                .and_then(|o| o["status"]["containerStatuses"].as_array())
+                .and_then(|ss| {
+                    ss.iter()
+                        .find(|s| s["name"] == name.as_str() && s["image"] == full_image.as_str())
+                });
+            if let Some(previous) = previous {
+                container_statuses.push(previous.clone());
+                continue;
+            }
             container_statuses.push(json!({
                 "name": name,
                 "image": full_image,
@@ -589,6 +600,14 @@ fn pod_defaults(obj: &mut Value, old: Option<&Value>, store: &mut Store) -> Vec<
                 "lastState": {},
             }));
         }
+    }
+    // Same containers: the status (possibly set through pods/status) stands as it is.
+    if let Some(o) = old
+        && o["status"].is_object()
+        && o["spec"]["containers"] == spec["containers"]
+    {
+        obj["status"] = o["status"].clone();
+        return errors;
     }
     let pod_ip = match old.and_then(|o| o["status"]["podIP"].as_str()) {
         Some(ip) => ip.to_owned(),
@@ -805,16 +824,6 @@ pub fn prepare_update(
         let errors = default_and_validate(def, &mut result, Some(existing), store)?;
         if !errors.is_empty() {
             return Err(ApiError::invalid(def.kind, &name, &errors));
-        }
-        // A pod keeps its status (with defaults recomputed from the new spec).
-        if def.name == "pods"
-            && let Some(old_status) = existing.get("status")
-            && old_status.get("phase").is_some()
-        {
-            let mut status = result["status"].clone();
-            status["podIP"] = old_status["podIP"].clone();
-            status["podIPs"] = old_status["podIPs"].clone();
-            result["status"] = status;
         }
     }
     if let Some(obj) = result.as_object_mut() {
@@ -1268,6 +1277,49 @@ mod tests {
             .unwrap_err()
             .code,
             400
+        );
+    }
+
+    #[test]
+    fn pod_updates_keep_status_and_a_no_op_is_identical() {
+        let mut store = Store::new();
+        let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "nginx:1"}]}});
+        prepare_create(
+            def("pods"),
+            &mut pod,
+            "apps",
+            FieldValidation::Strict,
+            &mut store,
+        )
+        .unwrap();
+        let pod = store.insert("pods", pod);
+        let (same, _) = prepare_update(
+            def("pods"),
+            "",
+            &pod,
+            pod.clone(),
+            FieldValidation::Strict,
+            false,
+            &mut store,
+        )
+        .unwrap();
+        assert_eq!(same, pod);
+        let mut changed = pod.clone();
+        changed["spec"]["containers"][0]["image"] = json!("nginx:2");
+        let (out, _) = prepare_update(
+            def("pods"),
+            "",
+            &pod,
+            changed,
+            FieldValidation::Strict,
+            false,
+            &mut store,
+        )
+        .unwrap();
+        assert_eq!(out["status"]["podIP"], pod["status"]["podIP"]);
+        assert_eq!(
+            out["status"]["containerStatuses"][0]["image"],
+            "docker.io/library/nginx:2"
         );
     }
 

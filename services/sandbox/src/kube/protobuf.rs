@@ -242,6 +242,9 @@ fn schema_for(kind: &str) -> Option<&'static [Field]> {
     })
 }
 
+/// Converts a map entry's value bytes to JSON.
+type Convert = fn(&[u8]) -> Result<Value, String>;
+
 enum Raw<'a> {
     Varint(u64),
     Bytes(&'a [u8]),
@@ -368,7 +371,7 @@ fn message(buf: &[u8], schema: &[Field]) -> Result<Map<String, Value>, String> {
         let Some(field) = schema.iter().find(|f| f.num == num) else {
             continue;
         };
-        let map_value: Option<fn(&[u8]) -> Result<Value, String>> = match field.ty {
+        let map_value: Option<Convert> = match field.ty {
             Ty::StrMap => Some(|b| Ok(json!(text(b)?))),
             Ty::BytesMap => Some(|b| Ok(json!(STANDARD.encode(b)))),
             Ty::QuantityMap => Some(quantity),

@@ -1,0 +1,157 @@
+//! The `gatehouse` binary as a user runs it: exit codes and messages.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use gatehouse_evidence::Ledger;
+use gatehouse_evidence::store::{CF_ENTRIES, NewEntry, ledger_dir};
+
+fn gatehouse(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(args)
+        .env("GATEHOUSE_LOG", "error")
+        .output()
+        .expect("the gatehouse binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn ledger_with(dir: &Path, entries: u64) {
+    let mut ledger = Ledger::open(dir).unwrap();
+    let batch: Vec<NewEntry> = (1..=entries)
+        .map(|seq| NewEntry {
+            stream_sequence: seq,
+            received_at: seq as i64,
+            event: format!(r#"{{"n":{seq}}}"#).into_bytes(),
+        })
+        .collect();
+    ledger.append(&batch, &[]).unwrap();
+    ledger.flush().unwrap();
+}
+
+#[test]
+fn verify_exits_zero_on_a_sound_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    ledger_with(dir.path(), 20);
+    let out = gatehouse(&[
+        "ledger",
+        "verify",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("ledger verify: OK"), "{stdout}");
+    assert!(stdout.contains("entries        20"), "{stdout}");
+
+    let json = gatehouse(&[
+        "ledger",
+        "verify",
+        "--json",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["entries"], 20);
+}
+
+#[test]
+fn verify_exits_one_naming_the_tampered_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    ledger_with(dir.path(), 20);
+    {
+        let path = ledger_dir(dir.path());
+        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).unwrap();
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, cfs).unwrap();
+        let cf = db.cf_handle(CF_ENTRIES).unwrap();
+        let mut value = db.get_cf(&cf, 13u64.to_be_bytes()).unwrap().unwrap();
+        let last = value.len() - 2;
+        value[last] = b'9';
+        db.put_cf(&cf, 13u64.to_be_bytes(), value).unwrap();
+    }
+    let out = gatehouse(&[
+        "ledger",
+        "verify",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("ledger verify: FAILED at entry 13"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("entry 13 was changed"), "{stderr}");
+
+    let json = gatehouse(&[
+        "ledger",
+        "verify",
+        "--json",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(json.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["first_bad_index"], 13);
+}
+
+#[test]
+fn verify_without_a_ledger_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gatehouse(&[
+        "ledger",
+        "verify",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("no ledger at"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_configuration_is_refused_naming_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.yaml");
+    let out = gatehouse(&["proxy", "--config", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("reading configuration"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let bad = dir.path().join("evidence.yaml");
+    std::fs::write(
+        &bad,
+        "data_dir: /tmp/x\nnats:\n  url: nats://127.0.0.1:4222\nbatch_maximum: 5\n",
+    )
+    .unwrap();
+    let out = gatehouse(&["evidence", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("evidence.yaml") && stderr.contains("batch_maximum"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("line 4"), "{stderr}");
+}
+
+#[test]
+fn up_without_sandbox_explains_what_to_run_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gatehouse(&["up", "--data-dir", dir.path().to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("gatehouse proxy --config"),
+        "{}",
+        text(&out.stderr)
+    );
+}
