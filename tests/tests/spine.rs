@@ -146,7 +146,7 @@ async fn kubectl_works_through_the_proxy() -> Result {
     let applied = bed
         .kubectl_stdin(
             "ci-deployer",
-            &["apply", "--validate=false", "-f", "-"],
+            &["apply", "-f", "-"],
             &manifest.replace("blue", "green"),
         )
         .await?;

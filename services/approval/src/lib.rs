@@ -1,1 +1,14 @@
+//! `gatehouse approval`: just-in-time approvals for held requests.
+//!
+//! Module map:
+//! - [`tally`]: counting the votes on one hold: quorum, any deny, expiry, no self-approval,
+//!   only named approvers, idempotent repeats.
+//!
+//! The holds consumer, the decisions it publishes and the Slack, Teams and Discord front ends
+//! arrive with issue 4 and drive [`tally::Tally`]; the rules live here so every platform counts
+//! the same way.
 #![forbid(unsafe_code)]
+
+pub mod tally;
+
+pub use tally::{Hold, Outcome, Refusal, Tally, Vote, Voter};
