@@ -279,3 +279,25 @@ fn a_directory_that_is_not_a_ledger_is_refused() {
         Err(LedgerError::Missing(_))
     ));
 }
+
+/// Every column family is written in a table format old RocksDB tools read (Debian's `ldb` is
+/// 7.8), so auditors are not bound to this build to open the ledger.
+#[test]
+fn every_column_family_uses_the_portable_table_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = build(dir.path());
+    ledger.flush().unwrap();
+    drop(ledger);
+    let options = std::fs::read_dir(ledger_dir(dir.path()))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("OPTIONS-"))
+        .max_by_key(|e| e.file_name())
+        .expect("an OPTIONS file");
+    let text = std::fs::read_to_string(options.path()).unwrap();
+    let versions: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("format_version="))
+        .collect();
+    assert_eq!(versions, ["5", "5", "5"], "default, entries, meta");
+}
