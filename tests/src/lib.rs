@@ -188,6 +188,27 @@ impl TestBed {
         self.run_kubectl(kubeconfig, args, None).await
     }
 
+    /// Starts kubectl through the proxy as `principal` without waiting for it (for `-w`), with
+    /// its stdout piped. Killed when dropped.
+    pub fn kubectl_spawn(&self, principal: &str, args: &[&str]) -> Result<tokio::process::Child> {
+        let token = self.mint(principal)?;
+        let kubeconfig = self.stack().write_kubeconfig(principal, &token, "apps")?;
+        Ok(tokio::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.home.path().join("cache"))
+            .args(args)
+            .env("HOME", self.home.path())
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("running kubectl")?)
+    }
+
     /// Runs kubectl with `stdin` piped in (for `-f -`).
     pub async fn kubectl_stdin(
         &self,
@@ -250,12 +271,26 @@ impl TestBed {
         authorization: Option<&str>,
         body: Option<&str>,
     ) -> Result<Reply> {
+        let headers: Vec<(&str, &str)> = authorization
+            .map(|value| vec![("authorization", value)])
+            .unwrap_or_default();
+        self.request_with(method, path, &headers, body).await
+    }
+
+    /// Sends one HTTPS request to the proxy with the given headers (repeats allowed).
+    pub async fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Result<Reply> {
         let mut builder = http::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.stack().proxy_url()))
             .header("accept", "application/json");
-        if let Some(value) = authorization {
-            builder = builder.header("authorization", value);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
         }
         if body.is_some() {
             builder = builder.header("content-type", "application/json");

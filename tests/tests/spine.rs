@@ -118,6 +118,67 @@ async fn an_allowed_request_is_recorded_then_forwarded_as_the_caller() -> Result
     Ok(())
 }
 
+/// A caller cannot choose whom the proxy impersonates: its own `Impersonate-*` headers (and
+/// `kubectl --as`) are dropped, and the cluster sees the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_cannot_impersonate_anyone_else() -> Result {
+    let bed = TestBed::start().await?;
+    let token = bed.mint("ci-deployer")?;
+    let bearer = format!("Bearer {token}");
+    let reply = bed
+        .request_with(
+            "GET",
+            "/api/v1/namespaces/kube-system/configmaps",
+            &[
+                ("authorization", bearer.as_str()),
+                ("impersonate-user", "sandbox-admin"),
+                ("impersonate-group", "system:masters"),
+                ("impersonate-group", "system:authenticated"),
+                ("Impersonate-Extra-Scopes", "everything"),
+            ],
+            None,
+        )
+        .await?;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let seen = bed
+        .sandbox_requests()
+        .into_iter()
+        .find(|r| r.path == "/api/v1/namespaces/kube-system/configmaps")
+        .expect("the request reached the cluster");
+    assert_eq!(seen.impersonated_user.as_deref(), Some("ci-deployer"));
+    assert_eq!(seen.impersonated_groups, vec!["deployers".to_owned()]);
+    assert!(
+        !seen
+            .header_names
+            .iter()
+            .any(|h| h == "impersonate-extra-scopes")
+    );
+
+    // kubectl --as is the same header, and gets the same treatment: readonly-bot may not
+    // touch apps' configmaps, ci-deployer may, and the cluster sees ci-deployer.
+    let out = bed
+        .kubectl(
+            "ci-deployer",
+            &[
+                "--as=readonly-bot",
+                "create",
+                "configmap",
+                "as-test",
+                "--from-literal=a=b",
+            ],
+        )
+        .await?;
+    assert!(out.success, "{}", out.stderr);
+    let created = bed
+        .sandbox_requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.path == "/api/v1/namespaces/apps/configmaps")
+        .expect("the create reached the cluster");
+    assert_eq!(created.impersonated_user.as_deref(), Some("ci-deployer"));
+    bed.finish().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_works_through_the_proxy() -> Result {
     let bed = TestBed::start().await?;
@@ -592,6 +653,107 @@ async fn when_nats_is_down_nothing_is_forwarded() -> Result {
     })
     .await?;
     bed.finish().await?;
+    Ok(())
+}
+
+/// A hung NATS (frozen, connection still open) cannot ack: the proxy waits out its publish
+/// timeout, refuses, and forwards nothing. When NATS wakes up, the late events still tell a
+/// consistent story (checked by `finish`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_nats_cannot_ack_in_time_nothing_is_forwarded() -> Result {
+    let bed = TestBed::start().await?;
+    let token = bed.mint("ci-deployer")?;
+    assert_eq!(
+        bed.get("/api/v1/namespaces/apps/pods", &token)
+            .await?
+            .status,
+        200
+    );
+    let before = bed.sandbox_requests().len();
+
+    let nats = bed.stack().nats_server.as_ref().expect("nats-server");
+    nats.pause();
+    let started = std::time::Instant::now();
+    let reply = bed.get("/api/v1/namespaces/apps/pods", &token).await;
+    nats.resume();
+    let reply = reply?;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    let message = reply.body["message"].as_str().unwrap_or("");
+    assert!(message.contains("no JetStream ack within"), "{message}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(2),
+        "refused before the publish timeout"
+    );
+    assert_eq!(
+        bed.sandbox_requests().len(),
+        before,
+        "forwarded without an ack"
+    );
+
+    // Once NATS answers again, so does the proxy.
+    assert_eq!(
+        bed.get("/api/v1/namespaces/apps/pods", &token)
+            .await?
+            .status,
+        200
+    );
+    let finished = bed.finish().await?;
+    let refused = reply.request_id.expect("request id");
+    let story: Vec<&str> = finished
+        .events
+        .iter()
+        .filter(|e| e.subject() == refused)
+        .map(|e| e.name())
+        .collect();
+    assert!(!story.contains(&"request.forwarded"), "{story:?}");
+    Ok(())
+}
+
+/// Watches stream through the proxy as they happen, and a client that leaves is recorded as
+/// having left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_stream_and_disconnects_are_recorded() -> Result {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let bed = TestBed::start().await?;
+    let mut watch = bed.kubectl_spawn("ci-deployer", &["get", "configmaps", "-w", "-o", "name"])?;
+    let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    // The initial list arrives first...
+    let first = tokio::time::timeout(DEADLINE, lines.next_line()).await??;
+    assert_eq!(first.as_deref(), Some("configmap/web-config"));
+    // ...then a change made while the response is still open.
+    let created = bed
+        .kubectl(
+            "ci-deployer",
+            &["create", "configmap", "live", "--from-literal=a=b"],
+        )
+        .await?;
+    assert!(created.success, "{}", created.stderr);
+    let seen = tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await? {
+            if line == "configmap/live" {
+                return anyhow::Ok(true);
+            }
+        }
+        Ok(false)
+    })
+    .await??;
+    assert!(seen, "the watch did not deliver the change while open");
+    watch.kill().await?;
+
+    let finished = bed.finish().await?;
+    let watch_request = finished
+        .events
+        .iter()
+        .find(|e| e.name() == "request.received" && e.data()["request"]["verb"] == "watch")
+        .expect("the watch was recorded");
+    let completed = finished
+        .events
+        .iter()
+        .find(|e| e.name() == "response.completed" && e.subject() == watch_request.subject())
+        .expect("the watch's end was recorded");
+    assert_eq!(completed.data()["outcome"], "client_disconnected");
+    assert!(completed.data()["body"]["bytes"].as_u64().unwrap_or(0) > 0);
     Ok(())
 }
 

@@ -164,6 +164,23 @@ impl NatsServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open but nothing is answered, as with a
+    /// hung or overloaded server. [`NatsServer::resume`] undoes it.
+    pub fn pause(&self) {
+        self.signal(Signal::SIGSTOP);
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: Signal) {
+        if let Some(pid) = self.child.as_ref().and_then(Child::id) {
+            let _ = kill(Pid::from_raw(pid as i32), signal);
+        }
+    }
+
     /// Kills the server at once (SIGKILL), as a crash would.
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

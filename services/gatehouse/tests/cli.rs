@@ -155,3 +155,27 @@ fn up_without_sandbox_explains_what_to_run_instead() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn up_without_nats_server_says_how_to_get_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args([
+            "up",
+            "--sandbox",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .env(
+            "GATEHOUSE_NATS_SERVER",
+            dir.path().join("no-such-nats-server"),
+        )
+        .env("GATEHOUSE_LOG", "error")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("nats-server was not found"), "{stderr}");
+    assert!(stderr.contains("apt-get install nats-server"), "{stderr}");
+    assert!(stderr.contains("--nats-url"), "{stderr}");
+}
