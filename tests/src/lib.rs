@@ -193,20 +193,31 @@ impl TestBed {
     pub fn kubectl_spawn(&self, principal: &str, args: &[&str]) -> Result<tokio::process::Child> {
         let token = self.mint(principal)?;
         let kubeconfig = self.stack().write_kubeconfig(principal, &token, "apps")?;
-        Ok(tokio::process::Command::new("kubectl")
+        self.kubectl_command(&kubeconfig, args)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("running kubectl (is it on PATH?)")
+    }
+
+    /// kubectl with this test bed's kubeconfig, HOME and discovery cache, output piped.
+    fn kubectl_command(
+        &self,
+        kubeconfig: &std::path::Path,
+        args: &[&str],
+    ) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new("kubectl");
+        command
             .arg("--kubeconfig")
-            .arg(&kubeconfig)
+            .arg(kubeconfig)
             .arg("--cache-dir")
             .arg(self.home.path().join("cache"))
             .args(args)
             .env("HOME", self.home.path())
             .env_remove("KUBECONFIG")
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("running kubectl")?)
+            .kill_on_drop(true);
+        command
     }
 
     /// Runs kubectl with `stdin` piped in (for `-f -`).
@@ -227,26 +238,15 @@ impl TestBed {
         args: &[&str],
         stdin: Option<&str>,
     ) -> Result<KubectlOutput> {
-        let cache = self.home.path().join("cache");
-        let mut command = tokio::process::Command::new("kubectl");
-        command
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .arg("--cache-dir")
-            .arg(&cache)
-            .args(["--request-timeout", "30s"])
-            .args(args)
-            .env("HOME", self.home.path())
-            .env_remove("KUBECONFIG")
+        let mut request_timeout = vec!["--request-timeout", "30s"];
+        request_timeout.extend_from_slice(args);
+        let mut child = self
+            .kubectl_command(&kubeconfig, &request_timeout)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
                 Stdio::null()
             })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command
             .spawn()
             .context("running kubectl (is it on PATH?)")?;
         if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
