@@ -58,6 +58,21 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// A valid event (a `request.forwarded` for a bot), for tests that need events on the stream.
+pub fn sample_event(n: usize) -> gatehouse_events::Envelope<gatehouse_events::RequestForwarded> {
+    let id = gatehouse_events::EventId::new().to_string();
+    gatehouse_events::Envelope::new(
+        &gatehouse_events::envelope::source("proxy", "test"),
+        &id,
+        gatehouse_events::RequestForwarded {
+            request_id: id.clone(),
+            upstream: "https://127.0.0.1:6443".into(),
+            impersonated_user: format!("bot-{n}"),
+            impersonated_groups: vec![],
+        },
+    )
+}
+
 /// One event as stored in the stream.
 #[derive(Debug, Clone)]
 pub struct Event {

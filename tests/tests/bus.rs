@@ -5,8 +5,7 @@ use std::time::Duration;
 use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
 use gatehouse::nats_server::NatsServer;
 use gatehouse_bus::{Bus, BusConfig, DurableConsumer};
-use gatehouse_events::{Envelope, RequestForwarded};
-use gatehouse_tests::init_logging;
+use gatehouse_tests::{init_logging, sample_event};
 
 type Result = anyhow::Result<()>;
 
@@ -16,20 +15,6 @@ async fn server() -> anyhow::Result<(tempfile::TempDir, NatsServer, BusConfig)> 
     let nats = NatsServer::start(&dir.path().join("nats")).await?;
     let config = BusConfig::new(nats.url());
     Ok((dir, nats, config))
-}
-
-fn event() -> Envelope<RequestForwarded> {
-    let id = gatehouse_events::EventId::new().to_string();
-    Envelope::new(
-        &gatehouse_events::envelope::source("proxy", "test"),
-        &id,
-        RequestForwarded {
-            request_id: id.clone(),
-            upstream: "https://127.0.0.1:6443".into(),
-            impersonated_user: "ci-deployer".into(),
-            impersonated_groups: vec![],
-        },
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,13 +77,13 @@ async fn a_republished_event_is_stored_once() -> Result {
     let (_dir, _nats, config) = server().await?;
     let bus = Bus::connect(&config, "test").await?;
     bus.ensure_stream(&config.stream).await?;
-    let e = event();
+    let e = sample_event(0);
     let first = bus.publish(&e).await?;
     let retry = bus.publish(&e).await?;
     assert!(!first.duplicate);
     assert!(retry.duplicate, "the event id is the Nats-Msg-Id");
     assert_eq!(first.sequence, retry.sequence);
-    let other = bus.publish(&event()).await?;
+    let other = bus.publish(&sample_event(0)).await?;
     assert_eq!(other.sequence, first.sequence + 1);
     let stored = bus.read_all().await?;
     assert_eq!(stored.len(), 2);
@@ -119,7 +104,7 @@ async fn publishing_to_a_stopped_server_fails_fast() -> Result {
     )
     .await?;
     let started = std::time::Instant::now();
-    let err = bus.publish(&event()).await.unwrap_err();
+    let err = bus.publish(&sample_event(0)).await.unwrap_err();
     assert!(
         matches!(err, gatehouse_bus::PublishError::Disconnected),
         "{err}"
@@ -136,7 +121,7 @@ async fn a_durable_consumer_keeps_its_position() -> Result {
     let bus = Bus::connect(&config, "test").await?;
     bus.ensure_stream(&config.stream).await?;
     for _ in 0..3 {
-        bus.publish(&event()).await?;
+        bus.publish(&sample_event(0)).await?;
     }
     let spec = DurableConsumer::new("reader", "gatehouse.>");
     let consumer = bus.durable_consumer(&spec).await?;

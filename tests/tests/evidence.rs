@@ -6,34 +6,19 @@ use std::time::Duration;
 
 use gatehouse::nats_server::NatsServer;
 use gatehouse_bus::{Bus, BusConfig};
-use gatehouse_events::{Envelope, RequestForwarded};
 use gatehouse_evidence::store::NewEntry;
 use gatehouse_evidence::verify::verify;
 use gatehouse_evidence::{Evidence, EvidenceConfig, Ledger};
-use gatehouse_tests::{DEADLINE, init_logging};
+use gatehouse_tests::{DEADLINE, init_logging, sample_event};
 use tokio_util::sync::CancellationToken;
 
 type Result = anyhow::Result<()>;
-
-fn event(n: usize) -> Envelope<RequestForwarded> {
-    let id = gatehouse_events::EventId::new().to_string();
-    Envelope::new(
-        &gatehouse_events::envelope::source("proxy", "test"),
-        &id,
-        RequestForwarded {
-            request_id: id.clone(),
-            upstream: "https://127.0.0.1:6443".into(),
-            impersonated_user: format!("bot-{n}"),
-            impersonated_groups: vec![],
-        },
-    )
-}
 
 async fn publish(bus: &Bus, count: usize) -> anyhow::Result<()> {
     // Send them all, then await the acks: a burst, as a busy proxy makes.
     let mut pending = Vec::with_capacity(count);
     for n in 0..count {
-        pending.push(bus.enqueue(&event(n)).await?);
+        pending.push(bus.enqueue(&sample_event(n)).await?);
     }
     for p in pending {
         p.wait().await?;

@@ -170,15 +170,7 @@ impl Ledger {
                 source,
             }
         })?;
-        let mut ledger = Self {
-            db,
-            path,
-            head: Head::default(),
-            read_only: false,
-        };
-        ledger.check_or_write_format()?;
-        ledger.head = ledger.read_head()?;
-        Ok(ledger)
+        Self::finish_open(db, path, false)
     }
 
     /// Opens an existing ledger without taking the writer's lock, for verification and export
@@ -193,15 +185,28 @@ impl Ledger {
                 path: path.clone(),
                 source,
             })?;
+        Self::finish_open(db, path, true)
+    }
+
+    /// Checks (or, for a new ledger, writes) the format marker and loads the head.
+    fn finish_open(db: DB, path: PathBuf, read_only: bool) -> Result<Self, LedgerError> {
         let mut ledger = Self {
             db,
             path,
             head: Head::default(),
-            read_only: true,
+            read_only,
         };
         ledger.check_or_write_format()?;
         ledger.head = ledger.read_head()?;
         Ok(ledger)
+    }
+
+    /// Maps a RocksDB error to one naming this ledger.
+    fn db_error(&self) -> impl Fn(rocksdb::Error) -> LedgerError + '_ {
+        |source| LedgerError::Db {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -260,12 +265,7 @@ impl Ledger {
         batch.put_cf(&meta_cf, KEY_HEAD, head.encode());
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        self.db
-            .write_opt(batch, &wo)
-            .map_err(|source| LedgerError::Db {
-                path: self.path.clone(),
-                source,
-            })?;
+        self.db.write_opt(batch, &wo).map_err(self.db_error())?;
         self.head = head;
         Ok(head)
     }
@@ -293,13 +293,10 @@ impl Ledger {
     /// The entry at `index`, decoded, or `None`.
     pub fn entry(&self, index: u64) -> Result<Option<Entry>, LedgerError> {
         let cf = self.cf(CF_ENTRIES)?;
-        let Some(value) =
-            self.db
-                .get_cf(&cf, index.to_be_bytes())
-                .map_err(|source| LedgerError::Db {
-                    path: self.path.clone(),
-                    source,
-                })?
+        let Some(value) = self
+            .db
+            .get_cf(&cf, index.to_be_bytes())
+            .map_err(self.db_error())?
         else {
             return Ok(None);
         };
@@ -317,10 +314,7 @@ impl Ledger {
             .db
             .iterator_cf(&cf, IteratorMode::From(GAP_PREFIX, Direction::Forward))
         {
-            let (key, value) = item.map_err(|source| LedgerError::Db {
-                path: self.path.clone(),
-                source,
-            })?;
+            let (key, value) = item.map_err(self.db_error())?;
             let Some(first) = key.strip_prefix(GAP_PREFIX) else {
                 break;
             };
@@ -343,10 +337,7 @@ impl Ledger {
         }
         for name in [CF_ENTRIES, CF_META] {
             let cf = self.cf(name)?;
-            self.db.flush_cf(&cf).map_err(|source| LedgerError::Db {
-                path: self.path.clone(),
-                source,
-            })?;
+            self.db.flush_cf(&cf).map_err(self.db_error())?;
         }
         Ok(())
     }
@@ -362,13 +353,7 @@ impl Ledger {
 
     fn read_head(&self) -> Result<Head, LedgerError> {
         let cf = self.cf(CF_META)?;
-        match self
-            .db
-            .get_cf(&cf, KEY_HEAD)
-            .map_err(|source| LedgerError::Db {
-                path: self.path.clone(),
-                source,
-            })? {
+        match self.db.get_cf(&cf, KEY_HEAD).map_err(self.db_error())? {
             Some(bytes) => Head::decode(&bytes),
             None => Ok(Head::default()),
         }
@@ -376,13 +361,7 @@ impl Ledger {
 
     fn check_or_write_format(&self) -> Result<(), LedgerError> {
         let cf = self.cf(CF_META)?;
-        let found = self
-            .db
-            .get_cf(&cf, KEY_FORMAT)
-            .map_err(|source| LedgerError::Db {
-                path: self.path.clone(),
-                source,
-            })?;
+        let found = self.db.get_cf(&cf, KEY_FORMAT).map_err(self.db_error())?;
         match found {
             Some(f) if f == FORMAT => Ok(()),
             Some(f) => Err(LedgerError::WrongFormat {
@@ -398,10 +377,7 @@ impl Ledger {
                 wo.set_sync(true);
                 self.db
                     .put_cf_opt(&cf, KEY_FORMAT, FORMAT, &wo)
-                    .map_err(|source| LedgerError::Db {
-                        path: self.path.clone(),
-                        source,
-                    })
+                    .map_err(self.db_error())
             }
         }
     }

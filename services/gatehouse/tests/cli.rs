@@ -7,11 +7,16 @@ use gatehouse_evidence::Ledger;
 use gatehouse_evidence::store::{CF_ENTRIES, NewEntry, ledger_dir};
 
 fn gatehouse(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(args)
-        .env("GATEHOUSE_LOG", "error")
-        .output()
-        .expect("the gatehouse binary runs")
+    gatehouse_with_env(args, &[])
+}
+
+fn gatehouse_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+    command.args(args).env("GATEHOUSE_LOG", "error");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().expect("the gatehouse binary runs")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -159,20 +164,16 @@ fn up_without_sandbox_explains_what_to_run_instead() {
 #[test]
 fn up_without_nats_server_says_how_to_get_it() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args([
+    let missing = dir.path().join("no-such-nats-server");
+    let out = gatehouse_with_env(
+        &[
             "up",
             "--sandbox",
             "--data-dir",
             dir.path().to_str().unwrap(),
-        ])
-        .env(
-            "GATEHOUSE_NATS_SERVER",
-            dir.path().join("no-such-nats-server"),
-        )
-        .env("GATEHOUSE_LOG", "error")
-        .output()
-        .unwrap();
+        ],
+        &[("GATEHOUSE_NATS_SERVER", missing.as_os_str())],
+    );
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("nats-server was not found"), "{stderr}");
