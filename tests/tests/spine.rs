@@ -154,6 +154,28 @@ async fn callers_cannot_impersonate_anyone_else() -> Result {
             .any(|h| h == "impersonate-extra-scopes")
     );
 
+    // A properly signed token claiming Kubernetes' own groups does not get them upstream.
+    let greedy = bed.sign(&json!({
+        "iss": bed.issuer_url(), "sub": "ci-deployer", "aud": "gatehouse",
+        "iat": now() - 10, "nbf": now() - 10, "exp": now() + 600,
+        "groups": ["system:masters", "release-managers"],
+    }))?;
+    assert_eq!(
+        bed.get("/api/v1/namespaces/apps/secrets", &greedy)
+            .await?
+            .status,
+        200
+    );
+    let seen = bed
+        .sandbox_requests()
+        .into_iter()
+        .find(|r| r.path == "/api/v1/namespaces/apps/secrets")
+        .expect("the request reached the cluster");
+    assert_eq!(
+        seen.impersonated_groups,
+        vec!["release-managers".to_owned(), "deployers".to_owned()]
+    );
+
     // kubectl --as is the same header, and gets the same treatment: readonly-bot may not
     // touch apps' configmaps, ci-deployer may, and the cluster sees ci-deployer.
     let out = bed

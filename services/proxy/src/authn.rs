@@ -402,15 +402,17 @@ fn map_claims(
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| AuthnError::NoPrincipal(mapping.principal.clone()))?;
-    let groups = match claims.get(&mapping.groups) {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
-        Some(Value::String(one)) => vec![one.clone()],
+    let claimed: Vec<&str> = match claims.get(&mapping.groups) {
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+        Some(Value::String(one)) => vec![one.as_str()],
         _ => Vec::new(),
     };
+    let groups = claimed
+        .into_iter()
+        // Kubernetes' own groups (system:masters is cluster-admin) are never a token's to claim.
+        .filter(|g| !g.starts_with("system:"))
+        .map(|g| format!("{}{g}", mapping.groups_prefix))
+        .collect();
     Ok(Verified {
         issuer: issuer.to_owned(),
         subject,
@@ -476,6 +478,7 @@ mod tests {
             principal: "repository".into(),
             principal_prefix: "github:".into(),
             groups: "groups".into(),
+            groups_prefix: String::new(),
         };
         let v = map_claims(
             "https://token.actions.githubusercontent.com",
@@ -495,6 +498,24 @@ mod tests {
             map_claims("i", &missing, &claims),
             Err(AuthnError::NoPrincipal("email".into()))
         );
+    }
+
+    #[test]
+    fn kubernetes_system_groups_are_never_taken_from_a_token() {
+        let claims: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "sub": "bot",
+            "groups": ["system:masters", "system:nodes", "ops"],
+        }))
+        .unwrap();
+        let v = map_claims("i", &ClaimMapping::default(), &claims).unwrap();
+        assert_eq!(v.groups, vec!["ops"]);
+
+        let prefixed = ClaimMapping {
+            groups_prefix: "idp:".into(),
+            ..ClaimMapping::default()
+        };
+        let v = map_claims("i", &prefixed, &claims).unwrap();
+        assert_eq!(v.groups, vec!["idp:ops"]);
     }
 
     #[test]

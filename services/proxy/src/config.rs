@@ -95,8 +95,14 @@ pub struct ClaimMapping {
     #[serde(default)]
     pub principal_prefix: String,
     /// The claim holding groups (an array of strings, or one string); absent claim = no groups.
+    /// Groups named `system:…` are Kubernetes' own and are never taken from a token: they would
+    /// be impersonated upstream (`system:masters` is cluster-admin).
     #[serde(default = "default_groups_claim")]
     pub groups: String,
+    /// Prepended to every group from the token, e.g. `github:`, so an issuer's group names
+    /// cannot collide with the cluster's.
+    #[serde(default)]
+    pub groups_prefix: String,
 }
 
 impl Default for ClaimMapping {
@@ -105,6 +111,7 @@ impl Default for ClaimMapping {
             principal: default_principal_claim(),
             principal_prefix: String::new(),
             groups: default_groups_claim(),
+            groups_prefix: String::new(),
         }
     }
 }

@@ -131,7 +131,15 @@ impl Proxy {
 
     /// Serves until `shutdown` is cancelled, then drains open requests.
     pub async fn serve(self, shutdown: CancellationToken) {
+        let pipeline = self.pipeline.clone();
         server::serve(self.listener, self.tls, self.pipeline, shutdown).await;
+        let lost = pipeline.recorder.unacked();
+        if lost > 0 {
+            tracing::error!(
+                events = lost,
+                "events sent after their request was admitted were never acked; see the error lines with their ids"
+            );
+        }
     }
 }
 
