@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use gatehouse_evidence::Ledger;
 use gatehouse_evidence::verify::{self, Verified};
+use gatehouse_evidence::{Ledger, LedgerError};
 use serde_json::json;
 
 /// What `ledger verify` found, for the exit code.
@@ -16,7 +16,25 @@ pub enum VerifyOutcome {
 /// Opens the ledger read-only (safe while `gatehouse evidence` runs), walks it, prints a
 /// summary (or JSON), and says whether the chain holds.
 pub fn verify(data_dir: &Path, as_json: bool) -> anyhow::Result<VerifyOutcome> {
-    let ledger = Ledger::open_read_only(data_dir)?;
+    let ledger = match Ledger::open_read_only(data_dir) {
+        Ok(ledger) => ledger,
+        // Nothing there: the wrong directory, not evidence that fails.
+        Err(e @ LedgerError::Missing(_)) => return Err(e.into()),
+        // A ledger whose files cannot even be opened (deleted, truncated, edited) does not verify.
+        Err(e) => {
+            if as_json {
+                println!(
+                    "{}",
+                    json!({ "ok": false, "problem": format!("the ledger cannot be opened: {e}") })
+                );
+            } else {
+                eprintln!("ledger verify: FAILED: the ledger cannot be opened");
+                eprintln!("  {e}");
+                eprintln!("  see runbooks/ledger-verify-failed.md");
+            }
+            return Ok(VerifyOutcome::Broken);
+        }
+    };
     let result = verify::verify(&ledger)?;
     let path = ledger.path().display().to_string();
     match result {

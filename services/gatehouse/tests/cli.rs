@@ -180,3 +180,27 @@ fn up_without_nats_server_says_how_to_get_it() {
     assert!(stderr.contains("apt-get install nats-server"), "{stderr}");
     assert!(stderr.contains("--nats-url"), "{stderr}");
 }
+
+#[test]
+fn a_ledger_whose_files_were_removed_does_not_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    ledger_with(dir.path(), 20);
+    let table = std::fs::read_dir(ledger_dir(dir.path()))
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().ends_with(".sst"))
+        .expect("a table file");
+    std::fs::remove_file(table.path()).unwrap();
+    let out = gatehouse(&[
+        "ledger",
+        "verify",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("FAILED: the ledger cannot be opened"),
+        "{stderr}"
+    );
+}
