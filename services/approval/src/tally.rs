@@ -84,10 +84,6 @@ impl Tally {
         }
     }
 
-    pub fn hold(&self) -> &Hold {
-        &self.hold
-    }
-
     /// The current votes, voter by voter.
     pub fn votes(&self) -> &[(String, Vote)] {
         &self.votes

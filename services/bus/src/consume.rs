@@ -62,25 +62,35 @@ impl Bus {
             })
     }
 
-    /// Reads one stored message by stream sequence, or `None` if the stream no longer has it.
+    /// Reads stored messages by stream sequence, `None` for each the stream no longer has.
     /// Consumers use it to fill a hole in what they were delivered before calling it a gap.
-    pub async fn stored_message(&self, sequence: u64) -> Result<Option<StreamMessage>, BusError> {
+    pub async fn stored_messages(
+        &self,
+        sequences: std::ops::Range<u64>,
+    ) -> Result<Vec<(u64, Option<StreamMessage>)>, BusError> {
         let stream = self.stream_handle().await?;
-        match stream.get_raw_message(sequence).await {
-            Ok(m) => Ok(Some(m)),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(BusError::Stream {
-                stream: self.stream.clone(),
-                message: format!("reading sequence {sequence}: {e}"),
-            }),
+        let mut out = Vec::with_capacity(sequences.end.saturating_sub(sequences.start) as usize);
+        for sequence in sequences {
+            let message = match stream.get_raw_message(sequence).await {
+                Ok(m) => Some(m),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound
+                    ) =>
+                {
+                    None
+                }
+                Err(e) => {
+                    return Err(BusError::Stream {
+                        stream: self.stream.clone(),
+                        message: format!("reading sequence {sequence}: {e}"),
+                    });
+                }
+            };
+            out.push((sequence, message));
         }
+        Ok(out)
     }
 
     /// The sequence of the last message in the stream (0 when empty).

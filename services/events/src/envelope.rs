@@ -114,24 +114,6 @@ pub fn format_rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
-/// The envelope fields every reader needs, without decoding `data`.
-#[derive(Clone, Debug, Deserialize)]
-pub struct Header {
-    pub id: String,
-    #[serde(rename = "type")]
-    pub event_type: String,
-    pub subject: String,
-    pub source: String,
-    pub time: String,
-}
-
-impl Header {
-    /// Reads the envelope attributes of an encoded event.
-    pub fn parse(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,9 +144,9 @@ mod tests {
         assert!(ulid::Ulid::from_string(&e.id).is_ok());
         assert!(e.time.ends_with('Z'), "{}", e.time);
         assert_eq!(e.source, "gatehouse/proxy/r1");
-        let header = Header::parse(&e.to_bytes().unwrap()).unwrap();
-        assert_eq!(header.id, e.id);
-        assert_eq!(header.event_type, "dev.gatehouse.request.forwarded.v1");
+        let decoded: serde_json::Value = serde_json::from_slice(&e.to_bytes().unwrap()).unwrap();
+        assert_eq!(decoded["id"], e.id.as_str());
+        assert_eq!(decoded["type"], "dev.gatehouse.request.forwarded.v1");
     }
 
     #[test]

@@ -19,15 +19,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::{Gap, Head, Ledger, LedgerError, NewEntry};
 
-/// Counters a caller (metrics, tests, logs) can read while ingestion runs.
-#[derive(Debug, Default)]
-pub struct IngestStats {
-    pub appended: std::sync::atomic::AtomicU64,
-    pub redeliveries_skipped: std::sync::atomic::AtomicU64,
-    pub gaps: std::sync::atomic::AtomicU64,
-    pub batches: std::sync::atomic::AtomicU64,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error(transparent)]
@@ -44,7 +35,6 @@ pub struct Ingestor {
     ledger: Arc<Mutex<Ledger>>,
     consumer: DurableConsumer,
     batch_max: usize,
-    stats: Arc<IngestStats>,
 }
 
 impl Ingestor {
@@ -59,12 +49,7 @@ impl Ingestor {
             ledger,
             consumer,
             batch_max: batch_max.max(1),
-            stats: Arc::default(),
         }
-    }
-
-    pub fn stats(&self) -> Arc<IngestStats> {
-        self.stats.clone()
     }
 
     /// Runs until `shutdown` is cancelled; the batch in hand is finished first. Transient NATS
@@ -139,9 +124,7 @@ impl Ingestor {
                 .map_err(|e| IngestError::Consumer(e.to_string()))?;
             let sequence = info.stream_sequence;
             if sequence < expected {
-                self.stats
-                    .redeliveries_skipped
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Already in the ledger: a redelivery after a crash or a late ack.
                 continue;
             }
             if sequence > expected {
@@ -158,8 +141,7 @@ impl Ingestor {
         if entries.is_empty() && gaps.is_empty() {
             return Ok(());
         }
-        let count = entries.len() as u64;
-        let gap_count = gaps.len() as u64;
+        let count = entries.len();
         let ledger = self.ledger.clone();
         let head = tokio::task::spawn_blocking(move || {
             let mut ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
@@ -167,16 +149,6 @@ impl Ingestor {
         })
         .await
         .map_err(|e| IngestError::Consumer(format!("ledger writer task failed: {e}")))??;
-        let stats = &self.stats;
-        stats
-            .appended
-            .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
-        stats
-            .gaps
-            .fetch_add(gap_count, std::sync::atomic::Ordering::Relaxed);
-        stats
-            .batches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(
             appended = count,
             entries = head.next_index,
@@ -195,8 +167,8 @@ impl Ingestor {
         gaps: &mut Vec<Gap>,
     ) -> Result<(), IngestError> {
         let mut missing_since: Option<u64> = None;
-        for sequence in from..to {
-            match self.bus.stored_message(sequence).await? {
+        for (sequence, stored) in self.bus.stored_messages(from..to).await? {
+            match stored {
                 Some(message) => {
                     if let Some(first) = missing_since.take() {
                         gaps.push(alarm(first, sequence - 1));

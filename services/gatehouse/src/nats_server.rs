@@ -47,7 +47,6 @@ pub struct NatsServer {
     child: Option<Child>,
     url: String,
     store_dir: PathBuf,
-    log: PathBuf,
 }
 
 impl NatsServer {
@@ -131,21 +130,12 @@ impl NatsServer {
             child: Some(child),
             url,
             store_dir: store_dir.to_owned(),
-            log,
         })
     }
 
     /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> &str {
         &self.url
-    }
-
-    pub fn store_dir(&self) -> &Path {
-        &self.store_dir
-    }
-
-    pub fn log(&self) -> &Path {
-        &self.log
     }
 
     /// Stops the server gracefully (SIGTERM), killing it if it does not exit in time.
@@ -178,13 +168,6 @@ impl NatsServer {
     fn signal(&self, signal: Signal) {
         if let Some(pid) = self.child.as_ref().and_then(Child::id) {
             let _ = kill(Pid::from_raw(pid as i32), signal);
-        }
-    }
-
-    /// Kills the server at once (SIGKILL), as a crash would.
-    pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
         }
     }
 }
