@@ -20,6 +20,7 @@ pub mod config;
 pub mod forward;
 pub mod http_client;
 pub mod identity;
+pub mod mask;
 pub mod pipeline;
 pub mod policy;
 pub mod record;
