@@ -4,6 +4,8 @@
 //! - [`envelope`]: the CloudEvents 1.0 envelope (structured JSON mode), ids, sources, subjects.
 //! - [`request`]: payloads of the request lifecycle (`request.received`, `request.denied`,
 //!   `request.forwarded`, `response.completed`) and the types they share.
+//! - [`session`]: payloads of exec / attach / port-forward sessions (`session.started`,
+//!   `session.data`, `session.ended`).
 //! - [`schema`] (feature `schema`): validates encoded events against the JSON Schemas in
 //!   `schemas/events/`, which are the contract other languages read.
 //!
@@ -16,9 +18,15 @@ pub mod envelope;
 pub mod request;
 #[cfg(feature = "schema")]
 pub mod schema;
+pub mod session;
 
 pub use envelope::{Envelope, EventId, Payload, SUBJECT_PREFIX};
 pub use request::{
-    BodyDigest, Decision, DecisionAction, DenialReason, Identity, RequestDenied, RequestForwarded,
-    RequestInfo, RequestReceived, ResponseCompleted, ResponseOutcome, Source,
+    BodyDigest, BodyEncoding, Decision, DecisionAction, DenialReason, Identity, RecordLevel,
+    RecordedBody, RequestDenied, RequestForwarded, RequestInfo, RequestReceived, ResponseCompleted,
+    ResponseOutcome, Source,
+};
+pub use session::{
+    SessionChannel, SessionData, SessionEnd, SessionEnded, SessionKind, SessionStarted,
+    TerminalSize,
 };

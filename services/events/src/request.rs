@@ -4,6 +4,9 @@
 //! `request.denied`, or `request.forwarded` followed by `response.completed`. The event
 //! `subject` of all of them is the request id, which is also carried in `data.request_id`.
 
+use std::collections::BTreeMap;
+
+use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::Payload;
@@ -26,6 +29,11 @@ pub struct Identity {
     pub purpose: Option<String>,
     /// Groups from the token and the registry, impersonated upstream.
     pub groups: Vec<String>,
+    /// Claims the issuer's mapping singled out (GitHub `ref`, `environment`, `workflow`;
+    /// Kubernetes `namespace`, `pod`, …), so a reviewer can tell a main-branch deploy from a
+    /// pull-request build.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// Where the request came from. `forwarded_for` is what the client claimed and is not trusted.
@@ -98,6 +106,110 @@ impl BodyDigest {
     }
 }
 
+/// How much of a request policy asks to record, as Kubernetes audit levels do.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordLevel {
+    /// Who, what, when, the decision and digests; no bodies.
+    #[default]
+    Metadata,
+    /// Also the (masked) request body.
+    Request,
+    /// Also the (masked) response body.
+    RequestResponse,
+}
+
+impl RecordLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Metadata => "metadata",
+            Self::Request => "request",
+            Self::RequestResponse => "request-response",
+        }
+    }
+}
+
+/// How [`RecordedBody::data`] holds the bytes.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyEncoding {
+    /// UTF-8 text (JSON, YAML, plain text), as is.
+    Text,
+    /// Anything else, base64 (standard alphabet, padded).
+    Base64,
+    /// Not recorded: the body needed masking but is in a form that cannot be masked (for
+    /// example protobuf). Only the digest is kept.
+    Omitted,
+}
+
+/// A body kept in an event, after masking, cut at the configured size.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RecordedBody {
+    pub content_type: Option<String>,
+    pub encoding: BodyEncoding,
+    /// The first bytes of the masked body (at most the configured limit; text is cut on a
+    /// character boundary).
+    pub data: String,
+    /// True if `data` is shorter than the whole masked body.
+    pub truncated: bool,
+    /// Size and digest of the whole masked body.
+    pub whole: BodyDigest,
+}
+
+impl RecordedBody {
+    /// Keeps at most `limit` bytes of an already-masked body.
+    pub fn capture(
+        content_type: Option<&str>,
+        masked: &[u8],
+        whole: BodyDigest,
+        limit: usize,
+    ) -> Self {
+        let content_type = content_type.map(|c| c.chars().take(200).collect());
+        match std::str::from_utf8(masked) {
+            Ok(text) => {
+                let mut end = text.len().min(limit);
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                Self {
+                    content_type,
+                    encoding: BodyEncoding::Text,
+                    data: text[..end].to_owned(),
+                    truncated: end < text.len(),
+                    whole,
+                }
+            }
+            // A body cut mid-character is still text; only bytes that are not UTF-8 before
+            // the cut make it binary.
+            Err(e) if e.error_len().is_none() && e.valid_up_to() >= masked.len().min(limit) => {
+                Self::capture(content_type.as_deref(), &masked[..e.valid_up_to()], whole, limit)
+            }
+            Err(_) => {
+                let end = masked.len().min(limit);
+                Self {
+                    content_type,
+                    encoding: BodyEncoding::Base64,
+                    data: base64::engine::general_purpose::STANDARD.encode(&masked[..end]),
+                    truncated: end < masked.len(),
+                    whole,
+                }
+            }
+        }
+    }
+
+    /// A body that could not be masked: its digest only.
+    pub fn omitted(content_type: Option<&str>, whole: BodyDigest) -> Self {
+        Self {
+            content_type: content_type.map(|c| c.chars().take(200).collect()),
+            encoding: BodyEncoding::Omitted,
+            data: String::new(),
+            truncated: true,
+            whole,
+        }
+    }
+}
+
 /// `request.received`: published and acked before the request goes anywhere.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -114,8 +226,13 @@ pub struct RequestReceived {
     pub query: Option<String>,
     pub request: RequestInfo,
     pub decision: Decision,
-    /// The request body, when one was read (requests that are denied are not read).
+    /// The request body as the client sent it, when one was read (requests that are denied
+    /// before policy are not read).
     pub body: Option<BodyDigest>,
+    /// The record level policy chose for this request.
+    pub record: RecordLevel,
+    /// The masked request body, at record level `request` and above.
+    pub content: Option<RecordedBody>,
 }
 
 impl Payload for RequestReceived {
@@ -198,6 +315,9 @@ pub struct ResponseCompleted {
     /// Milliseconds from the request's arrival to the end of the response body.
     pub duration_ms: f64,
     pub masked_fields: u64,
+    /// The masked response body as sent, at record level `request-response`; its `whole`
+    /// digest equals `body`.
+    pub content: Option<RecordedBody>,
 }
 
 impl Payload for ResponseCompleted {

@@ -28,6 +28,7 @@ fn received(rid: &str) -> Envelope<RequestReceived> {
                 team: Some("platform".into()),
                 purpose: Some("deploys apps".into()),
                 groups: vec!["deployers".into()],
+                attributes: [("environment".to_owned(), "prod".to_owned())].into(),
             }),
             source: Source {
                 ip: "127.0.0.1".into(),
@@ -56,6 +57,8 @@ fn received(rid: &str) -> Envelope<RequestReceived> {
                 reason: "rule deployer-apps allows it".into(),
             },
             body: None,
+            record: RecordLevel::Metadata,
+            content: None,
         },
     )
 }
@@ -72,6 +75,9 @@ fn every_type_has_a_schema() {
             "dev.gatehouse.request.forwarded.v1",
             "dev.gatehouse.request.received.v1",
             "dev.gatehouse.response.completed.v1",
+            "dev.gatehouse.session.data.v1",
+            "dev.gatehouse.session.ended.v1",
+            "dev.gatehouse.session.started.v1",
         ]
     );
 }
@@ -98,6 +104,23 @@ fn samples_of_every_type_validate() {
     };
     unauthenticated.data.body = Some(BodyDigest::of(b"{}"));
     set.validate(&unauthenticated.to_bytes().unwrap()).unwrap();
+
+    let mut recorded = received(&rid);
+    let body = br#"{"kind":"ConfigMap","data":{"a":"b"}}"#;
+    recorded.data.record = RecordLevel::Request;
+    recorded.data.body = Some(BodyDigest::of(body));
+    recorded.data.content = Some(RecordedBody::capture(
+        Some("application/json"),
+        body,
+        BodyDigest::of(body),
+        16,
+    ));
+    set.validate(&recorded.to_bytes().unwrap()).unwrap();
+    recorded.data.content = Some(RecordedBody::omitted(
+        Some("application/vnd.kubernetes.protobuf"),
+        BodyDigest::of(b"k8s\0"),
+    ));
+    set.validate(&recorded.to_bytes().unwrap()).unwrap();
 
     let denied = Envelope::new(
         &src,
@@ -134,9 +157,89 @@ fn samples_of_every_type_validate() {
             body: BodyDigest::of(b"{\"kind\":\"PodList\"}"),
             duration_ms: 1.25,
             masked_fields: 0,
+            content: Some(RecordedBody::capture(
+                None,
+                &[0xff, 0x00, 0x01],
+                BodyDigest::of(&[0xff, 0x00, 0x01]),
+                2,
+            )),
         },
     );
     set.validate(&completed.to_bytes().unwrap()).unwrap();
+
+    let sid = request_id();
+    let started = Envelope::new(
+        &src,
+        &sid,
+        SessionStarted {
+            session_id: sid.clone(),
+            request_id: rid.clone(),
+            kind: SessionKind::Exec,
+            transport: "websocket".into(),
+            protocol: "v5.channel.k8s.io".into(),
+            principal: "ci-deployer".into(),
+            namespace: "apps".into(),
+            pod: "web-0".into(),
+            container: None,
+            command: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            tty: true,
+            stdin: true,
+            ports: vec![],
+        },
+    );
+    set.validate(&started.to_bytes().unwrap()).unwrap();
+    for (seq, channel, port, resize) in [
+        (0, SessionChannel::Resize, None, Some(TerminalSize { width: 80, height: 24 })),
+        (1, SessionChannel::Stdout, None, None),
+        (2, SessionChannel::PortOut, Some(8080), None),
+    ] {
+        let data = Envelope::new(
+            &src,
+            &sid,
+            SessionData {
+                session_id: sid.clone(),
+                seq,
+                at_ms: 3.5,
+                channel,
+                port,
+                offset: 0,
+                data: "aGk=".into(),
+                masked: 0,
+                resize,
+            },
+        );
+        set.validate(&data.to_bytes().unwrap()).unwrap();
+    }
+    let ended = Envelope::new(
+        &src,
+        &sid,
+        SessionEnded {
+            session_id: sid.clone(),
+            request_id: rid.clone(),
+            end: SessionEnd::Closed,
+            exit_code: Some(3),
+            message: Some("command terminated with non-zero exit code".into()),
+            duration_ms: 10.0,
+            chunks: 3,
+            bytes_from_client: 10,
+            bytes_from_upstream: 20,
+        },
+    );
+    set.validate(&ended.to_bytes().unwrap()).unwrap();
+}
+
+#[test]
+fn recorded_bodies_are_cut_on_character_boundaries() {
+    let text = "héllo".as_bytes();
+    let cut = RecordedBody::capture(None, text, BodyDigest::of(text), 2);
+    assert_eq!(cut.encoding, BodyEncoding::Text);
+    assert_eq!(cut.data, "h");
+    assert!(cut.truncated);
+    let whole = RecordedBody::capture(None, text, BodyDigest::of(text), 100);
+    assert_eq!((whole.data.as_str(), whole.truncated), ("héllo", false));
+    let binary = RecordedBody::capture(None, &[0xff, 1, 2, 3], BodyDigest::of(&[0xff]), 3);
+    assert_eq!((binary.encoding, binary.data.as_str()), (BodyEncoding::Base64, "/wEC"));
+    assert!(binary.truncated);
 }
 
 fn violations(set: &SchemaSet, value: serde_json::Value) -> Vec<String> {
@@ -177,6 +280,13 @@ fn schemas_catch_drift() {
         .unwrap()
         .remove("decision");
     assert!(!violations(&set, missing_decision).is_empty());
+
+    let mut base64_data = good.clone();
+    base64_data["data"]["content"] = serde_json::json!({
+        "content_type": null, "encoding": "omitted", "data": "c2VjcmV0", "truncated": true,
+        "whole": {"bytes": 6, "blake3": "0".repeat(64)}
+    });
+    assert!(!violations(&set, base64_data).is_empty(), "omitted bodies carry no data");
 
     let mut unknown_type = good;
     unknown_type["type"] = "dev.gatehouse.request.teleported.v1".into();

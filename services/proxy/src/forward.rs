@@ -272,6 +272,7 @@ mod tests {
             team: None,
             purpose: None,
             groups: vec!["deployers".into(), "ci".into()],
+            attributes: Default::default(),
         };
         prepare_headers(&mut h, Some("Bearer proxy".parse().unwrap()), &identity).unwrap();
         assert_eq!(h[header::AUTHORIZATION], "Bearer proxy");
@@ -298,6 +299,7 @@ mod tests {
             team: None,
             purpose: None,
             groups: vec![],
+            attributes: Default::default(),
         };
         assert!(prepare_headers(&mut h, None, &identity).is_err());
     }

@@ -92,6 +92,7 @@ impl Registry {
             team: entry.map(|e| e.team.clone()),
             purpose: entry.map(|e| e.purpose.clone()),
             groups,
+            attributes: Default::default(),
         }
     }
 }

@@ -371,6 +371,7 @@ rules:
             team: None,
             purpose: None,
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            attributes: Default::default(),
         }
     }
 

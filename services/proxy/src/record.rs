@@ -84,6 +84,8 @@ impl Recorder {
                 request: ctx.info.clone(),
                 decision,
                 body,
+                record: gatehouse_events::RecordLevel::Metadata,
+                content: None,
             },
         );
         let ack = self.bus.publish(&event).await?;
@@ -142,6 +144,7 @@ impl Recorder {
                 body: delivered.body,
                 duration_ms,
                 masked_fields: 0,
+                content: None,
             },
         );
         let recorder = self.clone();
