@@ -3,6 +3,7 @@
 //! Module map:
 //! - [`up`]: `gatehouse up --sandbox`, every service plus the test bed in one process.
 //! - [`ledger`]: `gatehouse ledger verify`.
+//! - [`replay`]: `gatehouse replay`, a recorded session as text or asciicast v2.
 //! - [`nats_server`]: a local `nats-server` with JetStream (for `up` and for tests).
 //! - [`demo`]: the demo identities and policy `up` starts with.
 //! - [`kubeconfig`]: kubeconfig files for the demo identities.
@@ -14,6 +15,7 @@ pub mod demo;
 pub mod kubeconfig;
 pub mod ledger;
 pub mod nats_server;
+pub mod replay;
 pub mod up;
 
 use std::path::Path;

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gatehouse::ledger::VerifyOutcome;
 use gatehouse::up::UpOptions;
@@ -48,6 +49,21 @@ enum Command {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+    },
+    /// Print a recorded exec / attach / port-forward session from the ledger, or export it as
+    /// asciicast v2. Exits 1 if chunks of the session are missing.
+    Replay {
+        /// The session id (the `subject` of its session.* events).
+        session_id: String,
+        /// The evidence service's data directory (the ledger is DIR/ledger).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Write an asciicast v2 file (play it with `asciinema play FILE`) instead of printing.
+        #[arg(long, value_name = "FILE")]
+        asciicast: Option<PathBuf>,
+        /// Include what was typed (stdin).
+        #[arg(long)]
+        input: bool,
     },
     /// Inspect the evidence ledger.
     Ledger {
@@ -131,6 +147,36 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 invocation,
             };
             gatehouse::up::run_sandbox(options, shutdown_on_signal()).await?;
+        }
+        Command::Replay {
+            session_id,
+            data_dir,
+            asciicast,
+            input,
+        } => {
+            let recording = gatehouse::replay::load(&data_dir, &session_id)?;
+            let options = gatehouse::replay::ReplayOptions { input };
+            let complete = recording.missing.is_empty();
+            match asciicast {
+                Some(path) => {
+                    let file = std::fs::File::create(&path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    let mut out = std::io::BufWriter::new(file);
+                    gatehouse::replay::asciicast(&recording, options, &mut out)?;
+                    eprintln!(
+                        "wrote {} ({} chunks){}",
+                        path.display(),
+                        recording.chunks.len(),
+                        if complete { "" } else { "; chunks are MISSING" }
+                    );
+                }
+                None => {
+                    gatehouse::replay::print(&recording, options, &mut std::io::stdout().lock())?;
+                }
+            }
+            if !complete {
+                return Ok(ExitCode::from(1));
+            }
         }
         Command::Ledger {
             command: LedgerCommand::Verify { data_dir, json },
