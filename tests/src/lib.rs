@@ -100,6 +100,25 @@ impl Event {
     }
 }
 
+/// The Python interpreter that has the `kubernetes` client (`deploy/local/setup` installs it
+/// into a virtualenv beside the build cache).
+pub fn python() -> Result<PathBuf> {
+    let venv = std::env::var_os("GATEHOUSE_VENV")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/gatehouse/venv"))
+        })
+        .context("HOME is not set")?;
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        bail!(
+            "{} is missing: run deploy/local/setup to install the Python kubernetes client",
+            python.display()
+        );
+    }
+    Ok(python)
+}
+
 /// kubectl's exit status and output.
 #[derive(Debug)]
 pub struct KubectlOutput {
@@ -233,6 +252,43 @@ impl TestBed {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         command
+    }
+
+    /// A kubeconfig for `principal` with a fresh token from the demo issuer.
+    pub fn kubeconfig(&self, principal: &str) -> Result<PathBuf> {
+        let token = self.mint(principal)?;
+        self.stack().write_kubeconfig(principal, &token, "apps")
+    }
+
+    /// kubectl as `principal`, not yet started: for tests that need their own stdio or
+    /// environment (a pseudo-terminal, `KUBECTL_*` switches).
+    pub fn kubectl_command_as(
+        &self,
+        principal: &str,
+        args: &[&str],
+    ) -> Result<tokio::process::Command> {
+        let kubeconfig = self.kubeconfig(principal)?;
+        Ok(self.kubectl_command(&kubeconfig, args))
+    }
+
+    /// The full kubectl command line as `principal` (program first), for wrapping kubectl in
+    /// another program such as `script`, which gives it a pseudo-terminal.
+    pub fn kubectl_argv(&self, principal: &str, args: &[&str]) -> Result<Vec<String>> {
+        let kubeconfig = self.kubeconfig(principal)?;
+        let mut argv = vec![
+            "kubectl".to_owned(),
+            "--kubeconfig".to_owned(),
+            kubeconfig.display().to_string(),
+            "--cache-dir".to_owned(),
+            self.home.path().join("cache").display().to_string(),
+        ];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        Ok(argv)
+    }
+
+    /// kubectl's HOME for this test bed.
+    pub fn home(&self) -> &std::path::Path {
+        self.home.path()
     }
 
     /// Runs kubectl with `stdin` piped in (for `-f -`).

@@ -6,10 +6,15 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
 use gatehouse_events::{BodyDigest, ResponseOutcome};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
+
+use crate::mask::Masker;
 
 /// Error type of response bodies sent to clients.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -22,6 +27,8 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 pub struct Delivered {
     pub outcome: ResponseOutcome,
     pub body: BodyDigest,
+    /// The first bytes sent, when the body is captured for the record.
+    pub captured: Option<Bytes>,
 }
 
 /// Called once, when the body ends or is dropped.
@@ -32,6 +39,8 @@ pub struct RecordedBody<B: Body> {
     inner: B,
     hasher: blake3::Hasher,
     bytes: u64,
+    /// The first bytes, kept for record level `request-response`, and how many to keep.
+    capture: Option<(BytesMut, usize)>,
     on_complete: Option<OnComplete>,
 }
 
@@ -41,8 +50,15 @@ impl<B: Body> RecordedBody<B> {
             inner,
             hasher: blake3::Hasher::new(),
             bytes: 0,
+            capture: None,
             on_complete: Some(on_complete),
         }
+    }
+
+    /// Also keeps the first `limit` bytes (plus one, to tell a cut body from a whole one).
+    pub fn capturing(mut self, limit: usize) -> Self {
+        self.capture = Some((BytesMut::new(), limit));
+        self
     }
 
     fn finish(&mut self, outcome: ResponseOutcome) {
@@ -53,6 +69,7 @@ impl<B: Body> RecordedBody<B> {
                     bytes: self.bytes,
                     blake3: self.hasher.finalize().to_hex().to_string(),
                 },
+                captured: self.capture.take().map(|(kept, _)| kept.freeze()),
             });
         }
     }
@@ -77,6 +94,12 @@ where
                 if let Some(data) = frame.data_ref() {
                     this.hasher.update(data);
                     this.bytes += data.len() as u64;
+                    if let Some((kept, limit)) = &mut this.capture
+                        && kept.len() < *limit
+                    {
+                        let room = *limit - kept.len();
+                        kept.extend_from_slice(&data[..data.len().min(room)]);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -111,6 +134,91 @@ impl<B: Body> Drop for RecordedBody<B> {
             ResponseOutcome::ClientDisconnected
         };
         self.finish(outcome);
+    }
+}
+
+/// Masks a response body as it streams: each upstream frame goes through the [`Masker`], and
+/// whatever it can already emit is passed on. A body that cannot be masked (malformed JSON,
+/// protobuf) ends in an error, so the client gets a cut response and never unmasked bytes.
+pub struct MaskingBody<B> {
+    inner: B,
+    masker: Masker,
+    out: BytesMut,
+    done: bool,
+    /// Shared with the completion hook: how many values were masked.
+    masked: Arc<AtomicU64>,
+}
+
+impl<B> MaskingBody<B> {
+    pub fn new(inner: B, masker: Masker, masked: Arc<AtomicU64>) -> Self {
+        Self {
+            inner,
+            masker,
+            out: BytesMut::new(),
+            done: false,
+            masked,
+        }
+    }
+}
+
+impl<B> Body for MaskingBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        // Trailers carry nothing to mask and nothing a client of the API needs.
+                        continue;
+                    };
+                    if let Err(e) = this.masker.push(&data, &mut this.out) {
+                        this.done = true;
+                        tracing::warn!(error = %e, "response cannot be masked; cutting it");
+                        return Poll::Ready(Some(Err(Box::new(e))));
+                    }
+                    this.masked
+                        .store(this.masker.masked_fields(), Ordering::Relaxed);
+                    if !this.out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(this.out.split().freeze()))));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    if let Err(e) = this.masker.finish(&mut this.out) {
+                        tracing::warn!(error = %e, "response cannot be masked; cutting it");
+                        return Poll::Ready(Some(Err(Box::new(e))));
+                    }
+                    this.masked
+                        .store(this.masker.masked_fields(), Ordering::Relaxed);
+                    if !this.out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(this.out.split().freeze()))));
+                    }
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.out.is_empty()
     }
 }
 
