@@ -21,6 +21,7 @@ pub mod forward;
 pub mod http_client;
 pub mod identity;
 pub mod mask;
+pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod record;
