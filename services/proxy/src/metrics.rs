@@ -542,7 +542,10 @@ mod tests {
         let m = Metrics::new();
         m.clone().token_cache(false);
         assert_eq!(
-            sample(&m.render().unwrap(), "gatehouse_proxy_token_cache_misses_total"),
+            sample(
+                &m.render().unwrap(),
+                "gatehouse_proxy_token_cache_misses_total"
+            ),
             Some(1.0)
         );
     }
