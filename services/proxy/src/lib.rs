@@ -48,6 +48,8 @@ pub use metrics::Metrics;
 
 /// How long `/readyz` may wait for the API server's own `/readyz`.
 const UPSTREAM_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the admin server gets to finish its last answers at exit.
+const ADMIN_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a readiness outcome is reused, so frequent probes do not hammer the API server.
 const READINESS_CACHE: Duration = Duration::from_secs(2);
 
@@ -210,7 +212,8 @@ impl Proxy {
             );
         }
         background.cancel();
-        let _ = admin.await;
+        // A scraper holding a connection open must not hold up the exit.
+        let _ = tokio::time::timeout(ADMIN_STOP_TIMEOUT, admin).await;
         let _ = cert_watch.await;
     }
 }
