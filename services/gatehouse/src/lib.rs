@@ -7,6 +7,7 @@
 //! - [`nats_server`]: a local `nats-server` with JetStream (for `up` and for tests).
 //! - [`demo`]: the demo identities and policy `up` starts with.
 //! - [`kubeconfig`]: kubeconfig files for the demo identities.
+//! - [`logging`]: JSON log lines with span fields (the request id) at the top level.
 //!
 //! `main.rs` holds only the command line; everything it runs lives here so tests can drive it.
 #![forbid(unsafe_code)]
@@ -14,6 +15,7 @@
 pub mod demo;
 pub mod kubeconfig;
 pub mod ledger;
+pub mod logging;
 pub mod nats_server;
 pub mod replay;
 pub mod up;
@@ -23,6 +25,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Reads a YAML configuration file. Errors name the file and the line.
 pub fn load_yaml<T: DeserializeOwned>(path: &Path) -> Result<T> {
@@ -42,16 +45,25 @@ pub enum LogFormat {
 }
 
 /// Installs the global subscriber; the level comes from `GATEHOUSE_LOG` (default `info`).
+/// The format is chosen by `--log-format` or `GATEHOUSE_LOG_FORMAT` (see `main.rs`). JSON lines
+/// carry span fields at the top level, so `request_id` is a key on every line logged while a
+/// request is handled.
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.compact().try_init(),
-    };
+    // Already installed (tests call this more than once): keep the first.
+    match format {
+        LogFormat::Json => {
+            let _ = logging::json_subscriber(filter, std::io::stderr).try_init();
+        }
+        LogFormat::Text => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .compact()
+                .try_init();
+        }
+    }
 }
 
 /// A token cancelled on Ctrl-C or SIGTERM.

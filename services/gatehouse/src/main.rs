@@ -16,7 +16,7 @@ use gatehouse::{LogFormat, init_logging, load_yaml, shutdown_on_signal};
 #[command(name = "gatehouse", version)]
 struct Cli {
     /// Log format (default: json for services, text for everything else).
-    #[arg(long, global = true, value_enum)]
+    #[arg(long, global = true, value_enum, env = "GATEHOUSE_LOG_FORMAT")]
     log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,

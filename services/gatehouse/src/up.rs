@@ -67,6 +67,8 @@ pub struct Stack {
     pub issuer: Issuer,
     pub evidence: Arc<Evidence>,
     pub proxy_addr: SocketAddr,
+    /// The proxy's admin port (`/healthz`, `/readyz`, `/metrics`), plain HTTP on loopback.
+    pub proxy_admin_addr: SocketAddr,
     evidence_stop: CancellationToken,
     evidence_task: JoinHandle<Result<(), EvidenceError>>,
     proxy_stop: CancellationToken,
@@ -178,6 +180,7 @@ impl Stack {
                 "# Written by `gatehouse up`; run the same proxy alone with\n\
                  #   gatehouse proxy --config {proxy}\n\
                  listen: \"{listen}\"\n\
+                 admin_listen: \"127.0.0.1:0\"\n\
                  replica: up\n\
                  tls:\n  cert_file: {cert}\n  key_file: {key}\n\
                  upstream:\n  url: {upstream}\n  ca_file: {ca}\n  token_file: {token}\n\
@@ -199,6 +202,7 @@ impl Stack {
         let proxy_config: ProxyConfig = load_yaml(&proxy_file)?;
         let proxy = Proxy::build(proxy_config).await?;
         let proxy_addr = proxy.local_addr();
+        let proxy_admin_addr = proxy.admin_addr();
         let proxy_stop = CancellationToken::new();
         let proxy_task = tokio::spawn(proxy.serve(proxy_stop.clone()));
 
@@ -212,6 +216,7 @@ impl Stack {
             issuer,
             evidence,
             proxy_addr,
+            proxy_admin_addr,
             evidence_stop,
             evidence_task,
             proxy_stop,
@@ -222,6 +227,11 @@ impl Stack {
     /// `https://127.0.0.1:PORT` of the proxy.
     pub fn proxy_url(&self) -> String {
         format!("https://{}", self.proxy_addr)
+    }
+
+    /// `http://127.0.0.1:PORT` of the proxy's admin port.
+    pub fn proxy_admin_url(&self) -> String {
+        format!("http://{}", self.proxy_admin_addr)
     }
 
     /// Writes `kubeconfigs/<name>.kubeconfig` pointing at the proxy with `token`.
@@ -318,8 +328,9 @@ pub async fn run_sandbox(options: UpOptions, shutdown: CancellationToken) -> Res
 
 fn print_guide(options: &UpOptions, stack: &Stack) {
     let dir = &stack.dir;
-    let (proxy, sandbox, issuer, nats) = (
+    let (proxy, admin, sandbox, issuer, nats) = (
         stack.proxy_url(),
+        stack.proxy_admin_url(),
         stack.sandbox.url(),
         stack.issuer.url(),
         &stack.nats_url,
@@ -333,6 +344,7 @@ fn print_guide(options: &UpOptions, stack: &Stack) {
     let mut guide = format!(
         "\nGatehouse is up (sandbox mode). Data: {data}\n\n\
          \x20 proxy    {proxy}   <- kubectl talks to this\n\
+         \x20 admin    {admin}    (proxy /healthz /readyz /metrics)\n\
          \x20 sandbox  {sandbox}   (the Kubernetes API behind it)\n\
          \x20 issuer   {issuer}    (demo OIDC issuer)\n\
          \x20 nats     {nats}     (JetStream; every event is acked here first)\n\

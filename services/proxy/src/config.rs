@@ -16,6 +16,11 @@ use serde::Deserialize;
 pub struct ProxyConfig {
     /// Where kubectl and other clients connect (HTTPS).
     pub listen: SocketAddr,
+    /// The admin port: `/healthz`, `/readyz`, `/metrics` over plain HTTP. The default,
+    /// `127.0.0.1:9090`, is reachable only from inside the pod; set `0.0.0.0:9090` (or the pod
+    /// IP) for kubelet `httpGet` probes and Prometheus, and keep it off public networks.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
     /// Names this replica in events (`gatehouse/proxy/<replica>`); defaults to the host name.
     #[serde(default)]
     pub replica: Option<String>,
@@ -42,11 +47,21 @@ pub struct ServerTlsConfig {
     pub key_file: PathBuf,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+/// The API server and the proxy's own credential for it, given one of three ways:
+///
+/// - explicitly: `url` with `ca_file` and `token_file` or `token_env`;
+/// - `kubeconfig: PATH` (and optionally `context`): server, CA, token or client certificate from
+///   a kubeconfig file, as `kubectl config view --raw` writes it;
+/// - `in_cluster: true`: the pod's service account (`KUBERNETES_SERVICE_HOST` / `_PORT`, the
+///   token and CA under `service_account_dir`).
+///
+/// Tokens from files are re-read every minute, so projected tokens can rotate.
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// The API server, e.g. `https://10.0.0.1:6443`.
-    pub url: String,
+    #[serde(default)]
+    pub url: Option<String>,
     /// CA bundle that signed the API server's certificate. Without it, public roots are used.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -56,8 +71,96 @@ pub struct UpstreamConfig {
     /// Environment variable holding the token instead of a file.
     #[serde(default)]
     pub token_env: Option<String>,
+    /// A kubeconfig file naming the API server and the proxy's credential.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use; defaults to its `current-context`.
+    #[serde(default)]
+    pub context: Option<String>,
+    /// Use the pod's service account.
+    #[serde(default)]
+    pub in_cluster: bool,
+    /// Where the service account's `token` and `ca.crt` are mounted (with `in_cluster`).
+    #[serde(default)]
+    pub service_account_dir: Option<PathBuf>,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+}
+
+impl UpstreamConfig {
+    /// The explicit form: `url` with an optional CA file and token file.
+    pub fn explicit(url: impl Into<String>) -> Self {
+        Self {
+            url: Some(url.into()),
+            connect_timeout: default_connect_timeout(),
+            ..Self::default()
+        }
+    }
+
+    /// Checks that exactly one way of naming the API server is used, and only its own settings.
+    pub fn validate(&self) -> Result<(), String> {
+        let chosen: Vec<&str> = [
+            ("url", self.url.is_some()),
+            ("kubeconfig", self.kubeconfig.is_some()),
+            ("in_cluster", self.in_cluster),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        match chosen.as_slice() {
+            [] => {
+                return Err(
+                    "upstream: name the API server with one of url (plus ca_file and \
+                     token_file or token_env), kubeconfig (a kubeconfig file) or in_cluster: true \
+                     (the pod's service account)"
+                        .into(),
+                );
+            }
+            [_] => {}
+            several => {
+                return Err(format!(
+                    "upstream: url, kubeconfig and in_cluster are alternatives; set exactly one \
+                     (found {})",
+                    several.join(" and ")
+                ));
+            }
+        }
+        let explicit_only = [
+            ("ca_file", self.ca_file.is_some()),
+            ("token_file", self.token_file.is_some()),
+            ("token_env", self.token_env.is_some()),
+        ];
+        if self.url.is_none()
+            && let Some((name, _)) = explicit_only.iter().find(|(_, set)| *set)
+        {
+            return Err(format!(
+                "upstream.{name} goes with upstream.url; with kubeconfig or in_cluster the CA and \
+                 credential come from there"
+            ));
+        }
+        if self.context.is_some() && self.kubeconfig.is_none() {
+            return Err(
+                "upstream.context names a kubeconfig context; set upstream.kubeconfig".into(),
+            );
+        }
+        if self.service_account_dir.is_some() && !self.in_cluster {
+            return Err("upstream.service_account_dir goes with upstream.in_cluster: true".into());
+        }
+        if let Some(url) = &self.url {
+            if self.token_file.is_some() && self.token_env.is_some() {
+                return Err("upstream: set token_file or token_env, not both".into());
+            }
+            let uri: http::Uri = url
+                .parse()
+                .map_err(|e| format!("upstream.url {url:?}: {e}"))?;
+            if uri.scheme_str() != Some("https") {
+                return Err(format!(
+                    "upstream.url {url:?} must be https: the proxy sends its own credential there"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -116,6 +219,9 @@ impl Default for ClaimMapping {
     }
 }
 
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
 fn default_max_request_body() -> usize {
     3 * 1024 * 1024
 }
@@ -149,17 +255,7 @@ impl ProxyConfig {
     /// Checks what can be checked without touching the network or other files.
     pub fn validate(&self) -> Result<(), String> {
         self.nats.validate()?;
-        let upstream: http::Uri = self
-            .upstream
-            .url
-            .parse()
-            .map_err(|e| format!("upstream.url {:?}: {e}", self.upstream.url))?;
-        if upstream.scheme_str() != Some("https") {
-            return Err(format!(
-                "upstream.url {:?} must be https: the proxy sends its own credential there",
-                self.upstream.url
-            ));
-        }
+        self.upstream.validate()?;
         if self.issuers.is_empty() {
             return Err("issuers: at least one token issuer is required".into());
         }

@@ -7,20 +7,25 @@
 //! bearer token and `Impersonate-User` / `Impersonate-Group` for the mapped identity are set,
 //! so the cluster's RBAC decides as it would for the caller.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gatehouse_events::{Identity, RequestInfo};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, Uri, Version};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper_rustls::FixedServerNameResolver;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::ServerName;
 
 use crate::config::UpstreamConfig;
-use crate::http_client::{self, HttpsClient};
+use crate::http_client::HttpsClient;
 use crate::policy::Permitted;
 use crate::record::Acked;
+use crate::upstream_config::{self, Credential, ResolvedUpstream};
 
 /// How often the token file is re-read: projected service-account tokens rotate under us.
 const TOKEN_REREAD: Duration = Duration::from_secs(60);
@@ -45,41 +50,43 @@ pub enum UpstreamError {
     Unreachable(String),
 }
 
-enum TokenSource {
-    None,
-    File(PathBuf),
-    Env(String),
-}
-
+/// The proxy's `Authorization` header for the API server, re-read from its file or variable
+/// every [`TOKEN_REREAD`].
 struct Token {
-    source: TokenSource,
+    source: Credential,
     /// The `Authorization` value (marked sensitive) and when it was read.
     current: std::sync::Mutex<Option<(HeaderValue, Instant)>>,
 }
 
 impl Token {
     fn header(&self) -> Result<Option<HeaderValue>, UpstreamError> {
-        if matches!(self.source, TokenSource::None) {
+        if matches!(self.source, Credential::None) {
             return Ok(None);
         }
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((value, read_at)) = current.as_ref()
-            && read_at.elapsed() < TOKEN_REREAD
+            && (read_at.elapsed() < TOKEN_REREAD || matches!(self.source, Credential::Inline(_)))
         {
             return Ok(Some(value.clone()));
         }
         let raw = match &self.source {
-            TokenSource::None => return Ok(None),
-            TokenSource::File(path) => std::fs::read_to_string(path).map_err(|e| {
+            Credential::None => return Ok(None),
+            Credential::File(path) => std::fs::read_to_string(path).map_err(|e| {
                 UpstreamError::Build(format!(
                     "the proxy's upstream token file {} cannot be read: {e}",
                     path.display()
                 ))
             })?,
-            TokenSource::Env(name) => std::env::var(name).map_err(|_| {
+            Credential::Env(name) => std::env::var(name).map_err(|_| {
                 UpstreamError::Build(format!("the environment variable {name} holds no token"))
             })?,
+            Credential::Inline(token) => token.to_string(),
         };
+        if raw.trim().is_empty() {
+            return Err(UpstreamError::Build(
+                "the proxy's upstream token is empty".into(),
+            ));
+        }
         let mut value = HeaderValue::from_str(&format!("Bearer {}", raw.trim())).map_err(|_| {
             UpstreamError::Build("the proxy's upstream token is not a valid header value".into())
         })?;
@@ -107,39 +114,84 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
+    /// The API server of `config`: explicit, from a kubeconfig, or in-cluster.
     pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
-        let uri: Uri = config
+        let resolved = upstream_config::resolve(config)?;
+        Self::from_resolved(&resolved, config.connect_timeout)
+    }
+
+    /// Builds the client for an already resolved API server and credential.
+    pub fn from_resolved(
+        resolved: &ResolvedUpstream,
+        connect_timeout: Duration,
+    ) -> Result<Self, String> {
+        let uri: Uri = resolved
             .url
             .parse()
-            .map_err(|e| format!("upstream.url {:?}: {e}", config.url))?;
-        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            .map_err(|e| format!("upstream URL {:?}: {e}", resolved.url))?;
+        let (Some("https"), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
             return Err(format!(
-                "upstream.url {:?} needs a scheme and host",
-                config.url
+                "upstream URL {:?} needs https:// and a host",
+                resolved.url
             ));
         };
-        let tls = http_client::client_tls(config.ca_file.as_deref(), config.ca_file.is_none())
-            .map_err(|e| format!("upstream: {e}"))?;
+        let tls = resolved.client_tls()?;
+        let server_name = resolved
+            .tls_server_name
+            .as_deref()
+            .map(|name| {
+                ServerName::try_from(name.to_owned())
+                    .map_err(|_| format!("upstream tls-server-name {name:?} is not a host name"))
+            })
+            .transpose()?;
         let token = Token {
-            source: match (&config.token_file, &config.token_env) {
-                (Some(_), Some(_)) => {
-                    return Err("upstream: set token_file or token_env, not both".into());
-                }
-                (Some(path), None) => TokenSource::File(path.clone()),
-                (None, Some(name)) => TokenSource::Env(name.clone()),
-                (None, None) => TokenSource::None,
-            },
+            source: resolved.credential.clone(),
             current: std::sync::Mutex::new(None),
         };
         // Read once now so a missing credential fails at start-up, not on the first request.
         token.header().map_err(|e| e.to_string())?;
         Ok(Self {
-            url: config.url.trim_end_matches('/').to_owned(),
-            origin: format!("{scheme}://{authority}"),
+            url: resolved.url.trim_end_matches('/').to_owned(),
+            origin: format!("https://{authority}"),
             base_path: uri.path().trim_end_matches('/').to_owned(),
-            client: http_client::https_client(tls, config.connect_timeout),
+            client: upstream_client(tls, connect_timeout, server_name),
             token,
         })
+    }
+
+    /// Asks the API server's `/readyz` with the proxy's credential (no impersonation): `Ok` if
+    /// it answers 2xx within `timeout`, else a reason fit for a readiness report.
+    pub async fn probe(&self, timeout: Duration) -> Result<(), String> {
+        let check = async {
+            let url = format!("{}{}/readyz", self.origin, self.base_path);
+            let mut request = Request::get(url)
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| format!("building the probe: {e}"))?;
+            if let Some(value) = self.token.header().map_err(|e| e.to_string())? {
+                request.headers_mut().insert(header::AUTHORIZATION, value);
+            }
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| describe_client_error(&e))?;
+            let status = response.status();
+            // Drain a little so the connection can be reused; the body itself does not matter.
+            let _ = http_body_util::Limited::new(response.into_body(), 64 * 1024)
+                .collect()
+                .await;
+            match status.as_u16() {
+                200..=299 => Ok(()),
+                401 | 403 => Err(format!(
+                    "the API server refused the proxy's credential (HTTP {})",
+                    status.as_u16()
+                )),
+                code => Err(format!("the API server's /readyz answered HTTP {code}")),
+            }
+        };
+        tokio::time::timeout(timeout, check)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
     }
 
     /// The API server's URL, as recorded in `request.forwarded`.
@@ -175,6 +227,29 @@ impl Upstream {
             .await
             .map_err(|e| UpstreamError::Unreachable(describe_client_error(&e)))
     }
+}
+
+/// A pooled HTTPS-only client (HTTP/2 by ALPN), verifying the server as `server_name` if given.
+fn upstream_client(
+    tls: rustls::ClientConfig,
+    connect_timeout: Duration,
+    server_name: Option<ServerName<'static>>,
+) -> HttpsClient<Full<Bytes>> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only();
+    let builder = match server_name {
+        Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
+        None => builder,
+    };
+    let connector = builder.enable_http1().enable_http2().wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector)
 }
 
 /// Replaces the caller's credentials and impersonation with the proxy's.

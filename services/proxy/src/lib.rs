@@ -12,8 +12,12 @@
 //! - [`body`]: streamed response bodies, digested on the way through.
 //! - [`rescue`]: refusals as Kubernetes `Status` responses.
 //! - [`config`], [`http_client`]: configuration and outbound HTTPS.
+//! - [`upstream_config`]: the API server from explicit settings, a kubeconfig or in-cluster.
+//! - [`serving_cert`]: the serving certificate, reloaded when its files change.
+//! - [`admin`], [`metrics`]: `/healthz`, `/readyz`, `/metrics` on the admin port.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod authn;
 pub mod body;
 pub mod config;
@@ -21,21 +25,33 @@ pub mod forward;
 pub mod http_client;
 pub mod identity;
 pub mod mask;
+pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod record;
 pub mod request_info;
 pub mod rescue;
 pub mod server;
+pub mod serving_cert;
+pub mod upstream_config;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use gatehouse_bus::Bus;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::ProxyConfig;
+pub use metrics::Metrics;
+
+/// How long `/readyz` may wait for the API server's own `/readyz`.
+const UPSTREAM_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the admin server gets to finish its last answers at exit.
+const ADMIN_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a readiness outcome is reused, so frequent probes do not hammer the API server.
+const READINESS_CACHE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -57,13 +73,17 @@ pub enum ProxyError {
 pub struct Proxy {
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    serving_cert: Arc<serving_cert::ServingCert>,
     pipeline: Arc<pipeline::Pipeline>,
+    metrics: Metrics,
+    admin: admin::Admin,
 }
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proxy")
             .field("addr", &self.listener.local_addr().ok())
+            .field("admin", &self.admin.local_addr())
             .finish()
     }
 }
@@ -88,8 +108,10 @@ impl Proxy {
                     message,
                 }
             })?;
-        let tls = server::server_tls(&config.tls.cert_file, &config.tls.key_file)
-            .map_err(ProxyError::Startup)?;
+        let serving_cert =
+            serving_cert::ServingCert::load(&config.tls.cert_file, &config.tls.key_file)
+                .map_err(ProxyError::Startup)?;
+        let tls = server::server_tls(serving_cert.clone()).map_err(ProxyError::Startup)?;
         let upstream = forward::Upstream::new(&config.upstream).map_err(ProxyError::Startup)?;
         let authenticator = authn::Authenticator::new(&config.issuers)
             .await
@@ -97,29 +119,58 @@ impl Proxy {
         let replica = config.replica_name();
         let bus = Bus::connect(&config.nats, &format!("gatehouse-proxy-{replica}")).await?;
         bus.ensure_stream(&config.nats.stream).await?;
+        let nats = bus.clone();
         let recorder =
             record::Recorder::new(bus, gatehouse_events::envelope::source("proxy", &replica));
         let listener = server::bind(config.listen)
             .await
             .map_err(ProxyError::Startup)?;
+        let metrics = Metrics::new();
+        let pipeline = Arc::new(pipeline::Pipeline {
+            authenticator,
+            registry,
+            policy,
+            recorder,
+            upstream,
+            max_request_body: config.max_request_body,
+            metrics: metrics.clone(),
+        });
+        let checks = vec![
+            admin::Check::new("nats", move || {
+                let connected = nats.is_connected();
+                async move {
+                    connected
+                        .then_some(())
+                        .ok_or_else(|| "not connected to NATS".to_owned())
+                }
+            }),
+            admin::Check::new("upstream", {
+                let pipeline = pipeline.clone();
+                move || {
+                    let pipeline = pipeline.clone();
+                    async move { pipeline.upstream.probe(UPSTREAM_PROBE_TIMEOUT).await }
+                }
+            })
+            .cached(READINESS_CACHE),
+        ];
+        let admin = admin::Admin::bind(config.admin_listen, metrics.clone(), checks)
+            .await
+            .map_err(ProxyError::Startup)?;
         tracing::info!(
             listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            upstream = %upstream.url(),
-            identities = registry.len(),
-            rules = policy.rules().len(),
+            admin = %admin.local_addr(),
+            upstream = %pipeline.upstream.url(),
+            identities = pipeline.registry.len(),
+            rules = pipeline.policy.rules().len(),
             "proxy ready"
         );
         Ok(Self {
             listener,
             tls,
-            pipeline: Arc::new(pipeline::Pipeline {
-                authenticator,
-                registry,
-                policy,
-                recorder,
-                upstream,
-                max_request_body: config.max_request_body,
-            }),
+            serving_cert,
+            pipeline,
+            metrics,
+            admin,
         })
     }
 
@@ -130,9 +181,28 @@ impl Proxy {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    /// Serves until `shutdown` is cancelled, then drains open requests.
+    /// Where `/healthz`, `/readyz` and `/metrics` answer (plain HTTP).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr()
+    }
+
+    /// The proxy's metrics (shared handles: clones count into the same registry).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains open requests. The admin port answers
+    /// throughout, with `/readyz` failing from the moment `shutdown` is cancelled; the serving
+    /// certificate is reloaded when its files change.
     pub async fn serve(self, shutdown: CancellationToken) {
         let pipeline = self.pipeline.clone();
+        let background = CancellationToken::new();
+        let admin = tokio::spawn(self.admin.serve(shutdown.clone(), background.clone()));
+        let cert_watch = tokio::spawn(self.serving_cert.watch(
+            serving_cert::POLL_INTERVAL,
+            self.metrics.clone(),
+            background.clone(),
+        ));
         server::serve(self.listener, self.tls, self.pipeline, shutdown).await;
         let lost = pipeline.recorder.unacked();
         if lost > 0 {
@@ -141,6 +211,10 @@ impl Proxy {
                 "events sent after their request was admitted were never acked; see the error lines with their ids"
             );
         }
+        background.cancel();
+        // A scraper holding a connection open must not hold up the exit.
+        let _ = tokio::time::timeout(ADMIN_STOP_TIMEOUT, admin).await;
+        let _ = cert_watch.await;
     }
 }
 

@@ -103,6 +103,7 @@ pub struct Pipeline {
     pub(crate) recorder: Recorder,
     pub(crate) upstream: Upstream,
     pub(crate) max_request_body: usize,
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl Pipeline {
@@ -113,6 +114,7 @@ impl Pipeline {
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
         let mut ctx = RequestContext::new(&request, peer);
+        tracing::Span::current().record("request_id", ctx.id.as_str());
         let (parts, body) = request.into_parts();
 
         let admission = self.admit(&mut ctx, &parts.headers, body).await;
@@ -245,10 +247,12 @@ impl Pipeline {
         let request_id = ctx.id.clone();
         let status = parts.status.as_u16();
         let started = ctx.started;
+        let (metrics, verb) = (self.metrics.clone(), ctx.info.verb.clone());
         let body = RecordedBody::new(
             body,
             Box::new(move |delivered| {
                 let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+                metrics.request_finished(&verb, "allow", status, duration_ms / 1000.0);
                 recorder.completed(request_id, status, duration_ms, delivered);
             }),
         );
@@ -266,6 +270,12 @@ impl Pipeline {
             reason = ?rejection.denial_reason(),
             elapsed_ms = ctx.elapsed_ms(),
             "request refused"
+        );
+        self.metrics.request_finished(
+            &ctx.info.verb,
+            "deny",
+            rejection.status().as_u16(),
+            ctx.started.elapsed().as_secs_f64(),
         );
         self.recorder.denied(ctx, &rejection).await;
         let info = ctx.info.is_resource_request.then_some(&ctx.info);

@@ -2,7 +2,6 @@
 //! drain on shutdown.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,35 +9,27 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::pipeline::Pipeline;
+use crate::serving_cert::ServingCert;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests (watches included) get to finish after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A rustls server config from PEM files, offering h2 and http/1.1.
-pub fn server_tls(cert_file: &Path, key_file: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|e| format!("reading certificate {}: {e}", cert_file.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{} holds no certificate", cert_file.display()));
-    }
-    let key = PrivateKeyDer::from_pem_file(key_file)
-        .map_err(|e| format!("reading private key {}: {e}", key_file.display()))?;
+/// A rustls server config presenting `cert` (reloaded as its files change), offering h2 and
+/// http/1.1.
+pub fn server_tls(cert: Arc<ServingCert>) -> Result<Arc<rustls::ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("certificate and key do not make a TLS identity: {e}"))?;
+        .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -85,7 +76,10 @@ pub async fn serve(
             };
             let service = service_fn(move |request| {
                 let pipeline = pipeline.clone();
+                // The pipeline fills in request_id; every line logged inside carries it.
+                let span = tracing::info_span!("request", request_id = tracing::field::Empty);
                 async move { Ok::<_, std::convert::Infallible>(pipeline.handle(request, peer).await) }
+                    .instrument(span)
             });
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(connection.into_owned()).await {
