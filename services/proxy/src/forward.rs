@@ -104,6 +104,9 @@ pub struct Upstream {
     /// Path prefix of `url` (for API servers behind a path-routing front), without trailing `/`.
     base_path: String,
     client: HttpsClient<Full<Bytes>>,
+    /// HTTP/1.1 only: exec, attach and port-forward upgrade the connection, which HTTP/2
+    /// cannot do.
+    upgrade_client: HttpsClient<Full<Bytes>>,
     token: Token,
 }
 
@@ -154,7 +157,8 @@ impl Upstream {
             url: resolved.url.trim_end_matches('/').to_owned(),
             origin: format!("https://{authority}"),
             base_path: uri.path().trim_end_matches('/').to_owned(),
-            client: upstream_client(tls, connect_timeout, server_name),
+            client: upstream_client(tls.clone(), connect_timeout, server_name.clone(), true),
+            upgrade_client: upstream_client(tls, connect_timeout, server_name, false),
             token,
         })
     }
@@ -229,11 +233,50 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// Sends a permitted, recorded upgrade request (exec, attach, port-forward) upstream as
+    /// `identity` over HTTP/1.1, keeping `Connection: Upgrade` and `Upgrade` so the API server
+    /// can switch protocols. The caller takes the upgraded connection from the response.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn send_upgrade(
+        &self,
+        _permit: Permitted,
+        _recorded: Acked,
+        identity: &Identity,
+        info: &RequestInfo,
+        query: Option<&str>,
+        mut parts: http::request::Parts,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let upgrade = parts.headers.get(header::UPGRADE).cloned().ok_or_else(|| {
+            UpstreamError::Build("an upgrade request without an Upgrade header".into())
+        })?;
+        let target = match query {
+            Some(q) => format!("{}{}{}?{q}", self.origin, self.base_path, info.path),
+            None => format!("{}{}{}", self.origin, self.base_path, info.path),
+        };
+        parts.uri = target
+            .parse()
+            .map_err(|e| UpstreamError::Build(format!("upstream URI: {e}")))?;
+        parts.version = Version::HTTP_11;
+        prepare_headers(&mut parts.headers, self.token.header()?, identity)?;
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        parts.headers.insert(header::UPGRADE, upgrade);
+        let request = Request::from_parts(parts, Full::new(Bytes::new()));
+        self.upgrade_client
+            .request(request)
+            .await
+            .map_err(|e| UpstreamError::Unreachable(describe_client_error(&e)))
+    }
+}
+
 /// A pooled HTTPS-only client (HTTP/2 by ALPN), verifying the server as `server_name` if given.
 fn upstream_client(
     tls: rustls::ClientConfig,
     connect_timeout: Duration,
     server_name: Option<ServerName<'static>>,
+    http2: bool,
 ) -> HttpsClient<Full<Bytes>> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -246,7 +289,11 @@ fn upstream_client(
         Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
         None => builder,
     };
-    let connector = builder.enable_http1().enable_http2().wrap_connector(http);
+    let connector = if http2 {
+        builder.enable_http1().enable_http2().wrap_connector(http)
+    } else {
+        builder.enable_http1().wrap_connector(http)
+    };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .build(connector)
