@@ -4,6 +4,7 @@
 //! environment variable named by `upstream.token_env`), the NATS token from
 //! `GATEHOUSE_NATS_TOKEN`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,6 +30,9 @@ pub struct ProxyConfig {
     pub nats: BusConfig,
     /// Token issuers whose JWTs are accepted.
     pub issuers: Vec<IssuerConfig>,
+    /// The cache of tokens that verified (see [`TokenCacheConfig`]).
+    #[serde(default)]
+    pub token_cache: TokenCacheConfig,
     /// The identity registry (YAML file): principal → owner, team, purpose, extra groups.
     pub identities: PathBuf,
     /// The policy (YAML file).
@@ -45,6 +49,80 @@ pub struct ServerTlsConfig {
     pub cert_file: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
+    /// PEM CA bundle for client certificates (mTLS). When set, the server asks every client for
+    /// a certificate (without requiring one); a certificate that verifies against this bundle
+    /// authenticates a request that carries no `Authorization` header.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// How a client certificate becomes a principal and groups.
+    #[serde(default)]
+    pub client_certs: ClientCertMapping,
+}
+
+/// How a verified client certificate becomes a principal and groups.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertMapping {
+    /// Where the principal comes from: `common-name` (the subject CN, as Kubernetes does),
+    /// `uri-san` (the first URI subject alternative name, e.g. a SPIFFE id) or `dns-san` (the
+    /// first DNS subject alternative name).
+    #[serde(default)]
+    pub principal: CertPrincipal,
+    /// Prepended to the principal, e.g. `x509:`.
+    #[serde(default)]
+    pub principal_prefix: String,
+    /// Which subject attributes become groups: `organization` (O, as Kubernetes does) and/or
+    /// `organizational-unit` (OU). `system:` groups are dropped, as for tokens.
+    #[serde(default = "default_cert_groups")]
+    pub groups: Vec<CertGroups>,
+    /// Prepended to every group from the certificate.
+    #[serde(default)]
+    pub groups_prefix: String,
+}
+
+impl Default for ClientCertMapping {
+    fn default() -> Self {
+        Self {
+            principal: CertPrincipal::default(),
+            principal_prefix: String::new(),
+            groups: default_cert_groups(),
+            groups_prefix: String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertPrincipal {
+    #[default]
+    CommonName,
+    UriSan,
+    DnsSan,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertGroups {
+    Organization,
+    OrganizationalUnit,
+}
+
+/// The cache of verified tokens: a token seen again skips its signature check until it
+/// expires (with the same leeway as an uncached check).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCacheConfig {
+    /// Most tokens kept; 0 turns the cache off.
+    #[serde(default = "default_token_cache_entries")]
+    pub max_entries: usize,
+}
+
+impl Default for TokenCacheConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: default_token_cache_entries(),
+        }
+    }
 }
 
 /// The API server and the proxy's own credential for it, given one of three ways:
@@ -169,7 +247,8 @@ pub struct IssuerConfig {
     /// The exact `iss` of accepted tokens. Keys come from its OIDC discovery document unless
     /// `jwks_file` is set.
     pub issuer: String,
-    /// A static JWKS file to use instead of discovery (re-read when an unknown `kid` shows up).
+    /// A static JWKS file to use instead of discovery (re-read on the refresh schedule and when
+    /// an unknown `kid` shows up).
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
     /// CA bundle for the issuer's HTTPS endpoints, if not publicly trusted.
@@ -183,40 +262,61 @@ pub struct IssuerConfig {
     /// Clock skew tolerated on `exp` and `nbf`.
     #[serde(default = "default_leeway", with = "humantime_serde")]
     pub leeway: Duration,
+    /// How often the keys are reloaded (±10% jitter), so a key the issuer removed stops
+    /// verifying without a restart. At least 10s.
+    #[serde(default = "default_refresh_interval", with = "humantime_serde")]
+    pub refresh_interval: Duration,
     #[serde(default)]
     pub claims: ClaimMapping,
 }
 
-/// How a verified token's claims become a principal and groups.
-#[derive(Clone, Debug, Deserialize)]
+/// How a verified token's claims become a principal, groups and attributes.
+///
+/// A `preset` fills in every field for a well-known issuer; any field set here overrides the
+/// preset's. Claim references name a top-level claim; if no top-level claim has that exact
+/// name, a reference with `/` is a path into nested objects (`kubernetes.io/namespace`). A
+/// value with `{…}` is a template instead: `"{repository}@{environment|ref}"` puts claims
+/// together, `|` taking the first of several claims that is present.
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimMapping {
-    /// The claim naming the principal.
-    #[serde(default = "default_principal_claim")]
-    pub principal: String,
+    /// `generic` (default: `sub`, `groups`), `kubernetes` (projected service-account tokens)
+    /// or `github-actions` (GitHub Actions OIDC tokens).
+    #[serde(default)]
+    pub preset: ClaimPreset,
+    /// The claim naming the principal, or a template over claims.
+    #[serde(default)]
+    pub principal: Option<String>,
     /// Prepended to the principal, e.g. `github:` to keep issuers' names apart.
     #[serde(default)]
-    pub principal_prefix: String,
-    /// The claim holding groups (an array of strings, or one string); absent claim = no groups.
-    /// Groups named `system:…` are Kubernetes' own and are never taken from a token: they would
-    /// be impersonated upstream (`system:masters` is cluster-admin).
-    #[serde(default = "default_groups_claim")]
-    pub groups: String,
+    pub principal_prefix: Option<String>,
+    /// The claim holding groups (an array of strings, or one string); absent claim = no groups;
+    /// `""` = none. Groups named `system:…` are Kubernetes' own and are never taken from a
+    /// token: they would be impersonated upstream (`system:masters` is cluster-admin).
+    #[serde(default)]
+    pub groups: Option<String>,
     /// Prepended to every group from the token, e.g. `github:`, so an issuer's group names
     /// cannot collide with the cluster's.
     #[serde(default)]
-    pub groups_prefix: String,
+    pub groups_prefix: Option<String>,
+    /// Templates that each add one group when their claims are present (replaces the
+    /// preset's list).
+    #[serde(default)]
+    pub derived_groups: Option<Vec<String>>,
+    /// Extra claims kept with the identity, name → claim or template (added to the preset's;
+    /// an empty value removes one of the preset's).
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
 }
 
-impl Default for ClaimMapping {
-    fn default() -> Self {
-        Self {
-            principal: default_principal_claim(),
-            principal_prefix: String::new(),
-            groups: default_groups_claim(),
-            groups_prefix: String::new(),
-        }
-    }
+/// A ready-made [`ClaimMapping`] for a kind of issuer.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClaimPreset {
+    #[default]
+    Generic,
+    Kubernetes,
+    GithubActions,
 }
 
 fn default_admin_listen() -> SocketAddr {
@@ -234,12 +334,20 @@ fn default_algorithms() -> Vec<String> {
 fn default_leeway() -> Duration {
     Duration::from_secs(30)
 }
-fn default_principal_claim() -> String {
-    "sub".into()
+fn default_refresh_interval() -> Duration {
+    Duration::from_secs(300)
 }
-fn default_groups_claim() -> String {
-    "groups".into()
+fn default_token_cache_entries() -> usize {
+    10_000
 }
+fn default_cert_groups() -> Vec<CertGroups> {
+    vec![CertGroups::Organization]
+}
+
+/// Least and most time between scheduled key reloads: often enough for rotation, rarely
+/// enough not to load an issuer.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+const MAX_REFRESH_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
 impl ProxyConfig {
     /// The `source` replica name.
@@ -277,10 +385,106 @@ impl ProxyConfig {
             }
             crate::authn::parse_algorithms(&issuer.algorithms)
                 .map_err(|e| format!("issuer {}: {e}", issuer.issuer))?;
+            if !(MIN_REFRESH_INTERVAL..=MAX_REFRESH_INTERVAL).contains(&issuer.refresh_interval) {
+                return Err(format!(
+                    "issuer {}: refresh_interval must be between 10s and 24h",
+                    issuer.issuer
+                ));
+            }
+            crate::authn::ClaimRules::from_config(&issuer.claims)
+                .map_err(|e| format!("issuer {}: claims.{e}", issuer.issuer))?;
+        }
+        if self
+            .issuers
+            .iter()
+            .enumerate()
+            .any(|(i, a)| self.issuers[..i].iter().any(|b| b.issuer == a.issuer))
+        {
+            return Err("issuers: an issuer is listed twice".into());
+        }
+        let certs = &self.tls.client_certs;
+        for (field, prefix) in [
+            ("principal_prefix", &certs.principal_prefix),
+            ("groups_prefix", &certs.groups_prefix),
+        ] {
+            if prefix.starts_with("system:") {
+                return Err(format!(
+                    "tls.client_certs.{field}: names beginning with system: are Kubernetes' own"
+                ));
+            }
         }
         if self.max_request_body == 0 {
             return Err("max_request_body must be greater than zero".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> ProxyConfig {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/config/proxy.example.yaml"
+        );
+        yaml_serde::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_example_shows_presets_mtls_and_the_cache() {
+        let config = example();
+        config.validate().unwrap();
+        assert_eq!(config.issuers[0].claims.preset, ClaimPreset::GithubActions);
+        assert_eq!(config.issuers[1].claims.preset, ClaimPreset::Kubernetes);
+        assert_eq!(config.issuers[1].refresh_interval, Duration::from_secs(300));
+        assert!(config.tls.client_ca_file.is_some());
+        assert_eq!(config.tls.client_certs.principal, CertPrincipal::CommonName);
+        assert_eq!(config.token_cache.max_entries, 10_000);
+    }
+
+    #[test]
+    fn bad_claim_mappings_and_intervals_are_refused_with_a_clear_message() {
+        let mut config = example();
+        config.issuers[0].claims.principal = Some("{repository@{environment}".into());
+        let e = config.validate().unwrap_err();
+        assert!(
+            e.starts_with(
+                "issuer https://token.actions.githubusercontent.com: claims.principal: template"
+            ),
+            "{e}"
+        );
+
+        let mut config = example();
+        config.issuers[1].refresh_interval = Duration::from_secs(1);
+        assert!(config.validate().unwrap_err().contains("refresh_interval"));
+
+        let mut config = example();
+        config.tls.client_certs.groups_prefix = "system:".into();
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("tls.client_certs.groups_prefix")
+        );
+
+        let mut config = example();
+        let first = config.issuers[0].clone();
+        config.issuers.push(first);
+        assert!(config.validate().unwrap_err().contains("listed twice"));
+
+        let e = yaml_serde::from_str::<IssuerConfig>(
+            "issuer: https://i\naudiences: [a]\nclaims: {preset: gitlab}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown variant `gitlab`"), "{e}");
+        let e = yaml_serde::from_str::<ServerTlsConfig>(
+            "cert_file: a\nkey_file: b\nclient_certs: {principal: email}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("common-name"), "{e}");
     }
 }

@@ -4,7 +4,7 @@
 //! - [`server`]: the HTTPS listener (rustls, h2 + http/1.1) and graceful drain.
 //! - [`pipeline`]: parse → authenticate → identify → authorize → record → forward → stream.
 //! - [`request_info`]: method + path → Kubernetes verb, group, version, resource, namespace, name.
-//! - [`authn`]: bearer JWTs verified against OIDC discovery / JWKS.
+//! - [`authn`]: bearer JWTs verified against OIDC discovery / JWKS, or mTLS client certificates.
 //! - [`identity`]: the registry that makes a principal accountable (owner, team, purpose).
 //! - [`policy`]: ordered allow / deny rules, first match wins, default deny; makes [`policy::Permitted`].
 //! - [`record`]: the request's events on JetStream; makes [`record::Acked`].
@@ -111,11 +111,13 @@ impl Proxy {
         let serving_cert =
             serving_cert::ServingCert::load(&config.tls.cert_file, &config.tls.key_file)
                 .map_err(ProxyError::Startup)?;
-        let tls = server::server_tls(serving_cert.clone()).map_err(ProxyError::Startup)?;
+        let tls = server::server_tls(serving_cert.clone(), config.tls.client_ca_file.as_deref())
+            .map_err(ProxyError::Startup)?;
         let upstream = forward::Upstream::new(&config.upstream).map_err(ProxyError::Startup)?;
-        let authenticator = authn::Authenticator::new(&config.issuers)
-            .await
-            .map_err(ProxyError::Config)?;
+        let authenticator =
+            authn::Authenticator::new(&config.issuers, authn::AuthnOptions::from_config(&config))
+                .await
+                .map_err(ProxyError::Config)?;
         let replica = config.replica_name();
         let bus = Bus::connect(&config.nats, &format!("gatehouse-proxy-{replica}")).await?;
         bus.ensure_stream(&config.nats.stream).await?;

@@ -32,6 +32,7 @@ use crate::policy::{Decision, Permitted, Policy};
 use crate::record::Recorder;
 use crate::request_info;
 use crate::rescue::{REQUEST_ID_HEADER, Rejection};
+use crate::server::PeerCertificate;
 
 /// What the proxy knows about one request as it moves through the phases.
 #[derive(Debug)]
@@ -50,6 +51,8 @@ pub struct RequestContext {
     /// path, so the refusal is still recorded).
     pub info: RequestInfo,
     pub identity: Option<Identity>,
+    /// The connection's verified client certificate (mTLS), if any.
+    pub client_cert: Option<PeerCertificate>,
 }
 
 impl RequestContext {
@@ -72,6 +75,7 @@ impl RequestContext {
                 ..RequestInfo::default()
             },
             identity: None,
+            client_cert: request.extensions().get::<PeerCertificate>().cloned(),
         }
     }
 
@@ -188,7 +192,7 @@ impl Pipeline {
             .map_err(|e| Rejection::BadRequest(e.to_string()))?;
         let token = self
             .authenticator
-            .authenticate(headers)
+            .authenticate(headers, ctx.client_cert.as_ref().map(PeerCertificate::der))
             .await
             .map_err(Rejection::Unauthenticated)?;
         let identity = self.registry.resolve(&token);

@@ -1,14 +1,25 @@
 //! The HTTPS listener: TLS (rustls, ALPN h2 and http/1.1), one task per connection, graceful
 //! drain on shutdown.
+//!
+//! With a client CA configured the server asks every client for a certificate but does not
+//! require one; a certificate that verifies against the CA is attached to each request of its
+//! connection as a [`PeerCertificate`] extension, which only this module can put there (a
+//! client cannot forge it with a header).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -21,17 +32,54 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests (watches included) get to finish after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The verified client certificate (leaf) of the connection a request came on.
+#[derive(Clone, Debug)]
+pub struct PeerCertificate(Arc<CertificateDer<'static>>);
+
+impl PeerCertificate {
+    pub fn der(&self) -> &CertificateDer<'static> {
+        &self.0
+    }
+}
+
 /// A rustls server config presenting `cert` (reloaded as its files change), offering h2 and
-/// http/1.1.
-pub fn server_tls(cert: Arc<ServingCert>) -> Result<Arc<rustls::ServerConfig>, String> {
+/// http/1.1. With `client_ca_file`, clients are asked for a certificate verified against it
+/// (and may still connect without one).
+pub fn server_tls(
+    cert: Arc<ServingCert>,
+    client_ca_file: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_cert_resolver(cert);
+        .map_err(|e| e.to_string())?;
+    let builder = match client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(path) => builder.with_client_cert_verifier(client_verifier(path, provider)?),
+    };
+    let mut config = builder.with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Verifies client certificates against the CA bundle at `path`, letting clients without one
+/// through (they must then bring a bearer token).
+fn client_verifier(
+    path: &Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| format!("reading client CA {}: {e}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(cas);
+    if added == 0 {
+        return Err(format!("{} holds no usable CA certificate", path.display()));
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| format!("client CA {}: {e}", path.display()))
 }
 
 /// Accepts connections until `shutdown`, then stops accepting and drains.
@@ -41,6 +89,29 @@ pub async fn serve(
     pipeline: Arc<Pipeline>,
     shutdown: CancellationToken,
 ) {
+    serve_with(
+        listener,
+        tls,
+        move |request, peer| pipeline.clone().handle(request, peer),
+        shutdown,
+    )
+    .await;
+}
+
+/// [`serve`] with any request handler; each request carries its connection's
+/// [`PeerCertificate`], if the client presented one.
+pub async fn serve_with<H, F, B>(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    handler: H,
+    shutdown: CancellationToken,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
@@ -59,7 +130,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let pipeline = pipeline.clone();
+        let handler = handler.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -74,12 +145,20 @@ pub async fn serve(
                     return;
                 }
             };
-            let service = service_fn(move |request| {
-                let pipeline = pipeline.clone();
+            let client_cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|leaf| PeerCertificate(Arc::new(leaf.clone().into_owned())));
+            let service = service_fn(move |mut request: Request<Incoming>| {
+                if let Some(cert) = &client_cert {
+                    request.extensions_mut().insert(cert.clone());
+                }
                 // The pipeline fills in request_id; every line logged inside carries it.
                 let span = tracing::info_span!("request", request_id = tracing::field::Empty);
-                async move { Ok::<_, std::convert::Infallible>(pipeline.handle(request, peer).await) }
-                    .instrument(span)
+                let response = handler(request, peer);
+                async move { Ok::<_, std::convert::Infallible>(response.await) }.instrument(span)
             });
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(connection.into_owned()).await {

@@ -315,7 +315,7 @@ mod tests {
         std::fs::write(&cert_file, &old_cert).unwrap();
         std::fs::write(&key_file, &old_key).unwrap();
         let serving = ServingCert::load(&cert_file, &key_file).unwrap();
-        let server = crate::server::server_tls(serving.clone()).unwrap();
+        let server = crate::server::server_tls(serving.clone(), None).unwrap();
         let client = ca.client();
 
         let mut before = connect(&server, &client).await;
@@ -343,7 +343,7 @@ mod tests {
         std::fs::write(&cert_file, &good_cert).unwrap();
         std::fs::write(&key_file, &good_key).unwrap();
         let serving = ServingCert::load(&cert_file, &key_file).unwrap();
-        let server = crate::server::server_tls(serving.clone()).unwrap();
+        let server = crate::server::server_tls(serving.clone(), None).unwrap();
 
         // A certificate with someone else's key.
         let (other_cert, _) = ca.leaf();
