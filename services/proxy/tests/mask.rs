@@ -115,7 +115,10 @@ fn run(
         masker.push(piece, &mut out)?;
     }
     masker.finish(&mut out)?;
-    Ok((String::from_utf8(out.to_vec()).unwrap(), masker.masked_fields()))
+    Ok((
+        String::from_utf8(out.to_vec()).unwrap(),
+        masker.masked_fields(),
+    ))
 }
 
 fn mask(profile: Option<Arc<Profile>>, target: MaskTarget, input: &str) -> (Value, u64) {
@@ -140,10 +143,7 @@ fn decode_b64(s: &Value) -> Vec<u8> {
 fn same_shape(a: &Value, b: &Value) {
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
-            assert_eq!(
-                x.keys().collect::<Vec<_>>(),
-                y.keys().collect::<Vec<_>>()
-            );
+            assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>());
             for (k, v) in x {
                 same_shape(v, &y[k]);
             }
@@ -195,11 +195,7 @@ fn the_last_applied_annotation_stays_valid_json_with_its_values_masked() {
 #[test]
 fn a_secret_is_recognised_by_kind_whatever_the_request() {
     // A Secret in a response for some other resource (e.g. a `kind: List`).
-    let (v, n) = mask(
-        Some(app_profile()),
-        target("configmaps", false),
-        SECRET,
-    );
+    let (v, n) = mask(Some(app_profile()), target("configmaps", false), SECRET);
     assert_eq!(v["data"]["password"], MASKED_BASE64);
     assert!(n >= 2);
     assert_absent(&v.to_string(), SECRET_VALUES);
@@ -327,8 +323,7 @@ fn a_mixed_list_decides_per_item_by_kind() {
 fn kind_after_data_is_looked_ahead_for() {
     // Unstructured objects (custom resources, `kubectl` output) have keys in sorted order, so
     // `data` comes before `kind`.
-    let secret =
-        r#"{"apiVersion":"v1","data":{"a":"c2VjcmV0LWFhYWFhYQ=="},"kind":"Secret","metadata":{"name":"x"}}"#;
+    let secret = r#"{"apiVersion":"v1","data":{"a":"c2VjcmV0LWFhYWFhYQ=="},"kind":"Secret","metadata":{"name":"x"}}"#;
     let custom = r#"{"apiVersion":"example.com/v1","data":{"a":"visible-value"},"kind":"Widget","metadata":{"name":"x"}}"#;
     for chunk in [1, 5, 1024] {
         let (out, n) = run(None, target("widgets", false), secret.as_bytes(), chunk).unwrap();
@@ -339,8 +334,13 @@ fn kind_after_data_is_looked_ahead_for() {
         assert_eq!(n, 0);
     }
     // No kind at all: treated as a Secret, to fail safe.
-    let (out, n) = run(None, target("widgets", false), br#"{"data":{"a":"bm8ta2luZA=="}}"#, 3)
-        .unwrap();
+    let (out, n) = run(
+        None,
+        target("widgets", false),
+        br#"{"data":{"a":"bm8ta2luZA=="}}"#,
+        3,
+    )
+    .unwrap();
     assert_eq!(out, format!(r#"{{"data":{{"a":"{MASKED_BASE64}"}}}}"#));
     assert_eq!(n, 1);
 }
@@ -455,14 +455,21 @@ fn selected_numbers_booleans_objects_and_arrays_keep_their_types() {
 #[test]
 fn wildcards_and_indices() {
     let p = profile(ProfileSpec {
-        paths: vec!["spec.*.secret".into(), "spec.list[1]".into(), "data.*".into()],
+        paths: vec![
+            "spec.*.secret".into(),
+            "spec.list[1]".into(),
+            "data.*".into(),
+        ],
         ..Default::default()
     });
     let body = r#"{"kind":"Widget","spec":{"a":{"secret":"s1-aaaaaa","open":"o"},"b":[{"secret":"s2-bbbbbb"}],"list":["zero","one","two"]},"data":{"x":"d1-cccccc"}}"#;
     let (v, n) = mask(Some(p), target("widgets", false), body);
     assert_eq!(v["spec"]["a"], json!({"secret": MASKED_TEXT, "open": "o"}));
     // `*` also stands for any element, `[1]` for one.
-    assert_eq!(v["spec"]["b"][0]["secret"], "s2-bbbbbb", "b.secret is b[0].secret, not matched");
+    assert_eq!(
+        v["spec"]["b"][0]["secret"], "s2-bbbbbb",
+        "b.secret is b[0].secret, not matched"
+    );
     assert_eq!(v["spec"]["list"], json!(["zero", MASKED_TEXT, "two"]));
     assert_eq!(v["data"]["x"], MASKED_TEXT);
     assert_eq!(n, 3);
@@ -493,8 +500,13 @@ fn named_values_accept_custom_fields_and_an_array_path() {
     });
     let body = r#"{"kind":"Task","spec":{"params":[{"key":"secret","val":"v-1111111"},{"val":"v-2222222","key":"secret"},{"key":"public","val":"v-3333333"},{"key":"secret"},{"val":"v-4444444"}]}}"#;
     for chunk in [1, 3, 4096] {
-        let (out, n) = run(Some(p.clone()), target("tasks", false), body.as_bytes(), chunk)
-            .unwrap();
+        let (out, n) = run(
+            Some(p.clone()),
+            target("tasks", false),
+            body.as_bytes(),
+            chunk,
+        )
+        .unwrap();
         let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(
             v["spec"]["params"],
@@ -601,7 +613,8 @@ fn output_is_the_same_however_the_input_is_chunked() {
         (
             None,
             target("widgets", false),
-            r#"{"apiVersion":"v1","data":{"a":"c2VjcmV0LWFhYWFhYQ=="},"kind":"Secret"}"#.to_string(),
+            r#"{"apiVersion":"v1","data":{"a":"c2VjcmV0LWFhYWFhYQ=="},"kind":"Secret"}"#
+                .to_string(),
         ),
     ];
     for (p, t, input) in cases {
@@ -653,7 +666,11 @@ fn a_long_list_is_streamed_not_held() {
     }
     masker.finish(&mut out).unwrap();
     assert_eq!(masker.masked_fields(), 2000);
-    assert!(!std::str::from_utf8(&out).unwrap().contains("v-secret-value"));
+    assert!(
+        !std::str::from_utf8(&out)
+            .unwrap()
+            .contains("v-secret-value")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -669,22 +686,62 @@ fn malformed_input_fails_and_the_error_holds_no_body_bytes() {
     let cases: &[(&[u8], bool, Check)] = &[
         (b"k8s\x00\x0a\x0c\x0a\x02v1\x12\x06Secret", false, not_json),
         (b"<html>hunter2</html>", true, not_json),
-        (br#"{"kind":"Secret","data":{"a":"aHVudGVyMg=="}"#, false, truncated),
-        (br#"{"kind":"Secret","data":{"a":"aHVudGVy"#, true, truncated),
-        (br#"{"kind":"Secret"} {"data":{"a":"aHVudGVyMg=="}}"#, false, trailing),
-        (br#"{"kind":"Secret","data":{"a" "aHVudGVyMg=="}}"#, false, malformed),
-        (br#"{"kind":"Secret","data":{"a":aHVudGVyMg==}}"#, true, malformed),
-        (br#"{"kind":"Secret","data":["aHVudGVyMg==",]}"#, false, malformed),
-        (br#"{"data":{"a":"aHVudGVyMg=="},"kind":"Sec"#, false, truncated),
-        (br#"{"data":{"a":"aHVudGVyMg=="},"kind" 1}"#, false, malformed),
-        (br#"{"type":"ADDED","object":{"kind":"Secret"}}}"#, true, malformed),
+        (
+            br#"{"kind":"Secret","data":{"a":"aHVudGVyMg=="}"#,
+            false,
+            truncated,
+        ),
+        (
+            br#"{"kind":"Secret","data":{"a":"aHVudGVy"#,
+            true,
+            truncated,
+        ),
+        (
+            br#"{"kind":"Secret"} {"data":{"a":"aHVudGVyMg=="}}"#,
+            false,
+            trailing,
+        ),
+        (
+            br#"{"kind":"Secret","data":{"a" "aHVudGVyMg=="}}"#,
+            false,
+            malformed,
+        ),
+        (
+            br#"{"kind":"Secret","data":{"a":aHVudGVyMg==}}"#,
+            true,
+            malformed,
+        ),
+        (
+            br#"{"kind":"Secret","data":["aHVudGVyMg==",]}"#,
+            false,
+            malformed,
+        ),
+        (
+            br#"{"data":{"a":"aHVudGVyMg=="},"kind":"Sec"#,
+            false,
+            truncated,
+        ),
+        (
+            br#"{"data":{"a":"aHVudGVyMg=="},"kind" 1}"#,
+            false,
+            malformed,
+        ),
+        (
+            br#"{"type":"ADDED","object":{"kind":"Secret"}}}"#,
+            true,
+            malformed,
+        ),
     ];
     for (input, watch, expected) in cases {
         for chunk in [1, 4, 1024] {
             let err = run(None, target("pods", *watch), input, chunk)
                 .err()
                 .unwrap_or_else(|| panic!("{:?} was accepted", String::from_utf8_lossy(input)));
-            assert!(expected(&err), "{:?}: {err:?}", String::from_utf8_lossy(input));
+            assert!(
+                expected(&err),
+                "{:?}: {err:?}",
+                String::from_utf8_lossy(input)
+            );
             let message = err.to_string();
             for fragment in ["hunter2", "aHVudGVy", "Secret", "html", "k8s"] {
                 assert!(!message.contains(fragment), "{message}");
@@ -713,8 +770,14 @@ fn nothing_unmasked_is_emitted_before_an_error() {
 
 #[test]
 fn an_empty_body_is_fine() {
-    assert_eq!(run(None, secrets(false), b"", 1).unwrap(), (String::new(), 0));
-    assert_eq!(run(None, secrets(true), b"\n", 1).unwrap(), ("\n".to_string(), 0));
+    assert_eq!(
+        run(None, secrets(false), b"", 1).unwrap(),
+        (String::new(), 0)
+    );
+    assert_eq!(
+        run(None, secrets(true), b"\n", 1).unwrap(),
+        ("\n".to_string(), 0)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -726,7 +789,10 @@ fn needs_masking_only_where_something_could_be_masked() {
     let empty = profile(ProfileSpec::default());
     assert!(needs_masking(None, &secrets(false)));
     assert!(needs_masking(None, &secrets(true)));
-    assert!(needs_masking(None, &MaskTarget::new("secrets", "example.com", false)));
+    assert!(needs_masking(
+        None,
+        &MaskTarget::new("secrets", "example.com", false)
+    ));
     assert!(!needs_masking(None, &target("pods", false)));
     assert!(!needs_masking(None, &target("", false)));
     assert!(!needs_masking(Some(&empty), &target("pods", false)));
@@ -784,8 +850,13 @@ mod random {
 
     /// A value no fixture text could contain by accident.
     fn secret_value(rng: &mut StdRng, n: usize) -> String {
-        let bytes: Vec<u8> = (0..rng.random_range(12..40)).map(|_| rng.random()).collect();
-        format!("S{n}x{}", base64::engine::general_purpose::STANDARD.encode(bytes))
+        let bytes: Vec<u8> = (0..rng.random_range(12..40))
+            .map(|_| rng.random())
+            .collect();
+        format!(
+            "S{n}x{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        )
     }
 
     fn shuffled_object(rng: &mut StdRng, members: Vec<(String, Value)>) -> String {
@@ -857,7 +928,12 @@ mod random {
             }
             2 => {
                 let events: Vec<String> = (0..rng.random_range(1..5))
-                    .map(|_| format!(r#"{{"type":"ADDED","object":{}}}"#, secret(rng, values, true)))
+                    .map(|_| {
+                        format!(
+                            r#"{{"type":"ADDED","object":{}}}"#,
+                            secret(rng, values, true)
+                        )
+                    })
                     .collect();
                 (events.join("\n") + "\n", target("secrets", true))
             }
@@ -883,7 +959,10 @@ mod random {
                     .map(|_| secret(rng, values, true))
                     .collect();
                 (
-                    format!(r#"{{"kind":"List","apiVersion":"v1","items":[{}]}}"#, items.join(",")),
+                    format!(
+                        r#"{{"kind":"List","apiVersion":"v1","items":[{}]}}"#,
+                        items.join(",")
+                    ),
                     target("widgets", false),
                 )
             }
@@ -900,10 +979,17 @@ mod random {
             let (out, n) = run(None, t.clone(), input.as_bytes(), chunk)
                 .unwrap_or_else(|e| panic!("round {round}: {e}\n{input}"));
             // Every value is masked where it stands, and again in the last-applied copy.
-            assert!(n as usize >= values.len(), "round {round}: {n} < {}", values.len());
+            assert!(
+                n as usize >= values.len(),
+                "round {round}: {n} < {}",
+                values.len()
+            );
             // Neither raw nor JSON-escaped (as inside the last-applied annotation).
             for v in &values {
-                assert!(!out.contains(v.as_str()), "round {round}: {v} leaked\n{out}");
+                assert!(
+                    !out.contains(v.as_str()),
+                    "round {round}: {v} leaked\n{out}"
+                );
                 let escaped = Value::String(v.clone()).to_string();
                 assert!(!out.contains(escaped.trim_matches('"')));
             }

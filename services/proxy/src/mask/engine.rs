@@ -286,12 +286,7 @@ enum Found {
 
 impl Lookahead {
     /// `Ok(None)`: more input needed.
-    fn step(
-        &mut self,
-        buf: &[u8],
-        eof: bool,
-        target: &[u8],
-    ) -> Result<Option<Found>, LexError> {
+    fn step(&mut self, buf: &[u8], eof: bool, target: &[u8]) -> Result<Option<Found>, LexError> {
         loop {
             let tok = match lex::next(buf, self.pos, eof, &mut self.hint)? {
                 Lexed::Token(t) => t,
@@ -324,8 +319,12 @@ impl Lookahead {
                 (LaState::Key, Tok::Str) => {
                     let key = lex::decode(&buf[tok.start..tok.end], tok.escaped)
                         .map_err(|e| LexError::Bad(tok.start, e))?;
-                    let stop = matches!(self.goal, Goal::Kind { stop_at_lists: true })
-                        && (key == "items" || key == "rows");
+                    let stop = matches!(
+                        self.goal,
+                        Goal::Kind {
+                            stop_at_lists: true
+                        }
+                    ) && (key == "items" || key == "rows");
                     LaState::Colon(if key.as_bytes() == target {
                         KeyClass::Target
                     } else if stop {
@@ -574,11 +573,7 @@ impl Engine {
                             .is_some_and(|n| n.matching.is_match(name)),
                         _ => false,
                     };
-                    *decision = if matched {
-                        Decision::Yes
-                    } else {
-                        Decision::No
-                    };
+                    *decision = if matched { Decision::Yes } else { Decision::No };
                 }
             }
         }
@@ -783,11 +778,9 @@ impl Engine {
                     }
                     Entry::KeyMap { spec } => {
                         if frame.obj {
-                            let k = std::str::from_utf8(key).map_err(|_| {
-                                MaskError::Malformed {
-                                    offset: *base + tok.start as u64,
-                                    reason: "invalid UTF-8 in a key",
-                                }
+                            let k = std::str::from_utf8(key).map_err(|_| MaskError::Malformed {
+                                offset: *base + tok.start as u64,
+                                reason: "invalid UTF-8 in a key",
                             })?;
                             if p.keys[usize::from(spec)].is_match(k) {
                                 plan.mask = Some(Flavor::Text);
@@ -893,12 +886,7 @@ impl Engine {
                             ..
                         })
                     );
-                    self.start_lookahead(
-                        tok,
-                        Goal::Kind {
-                            stop_at_lists: top,
-                        },
-                    );
+                    self.start_lookahead(tok, Goal::Kind { stop_at_lists: top });
                     return Ok(());
                 }
                 Some(secret) => {
@@ -1029,8 +1017,7 @@ impl Engine {
 
     /// Writes the input up to `tok`, then `with` in its place.
     fn replace(&mut self, cx: &mut Cx<'_>, tok: Token, with: &[u8]) {
-        cx.out
-            .extend_from_slice(&self.buf[self.emitted..tok.start]);
+        cx.out.extend_from_slice(&self.buf[self.emitted..tok.start]);
         cx.out.extend_from_slice(with);
         self.emitted = tok.end;
         self.masked += 1;
@@ -1057,11 +1044,7 @@ impl Engine {
                         .named
                         .get(usize::from(*spec))
                         .is_some_and(|n| n.matching.is_match(&text));
-                    *decision = if matched {
-                        Decision::Yes
-                    } else {
-                        Decision::No
-                    };
+                    *decision = if matched { Decision::Yes } else { Decision::No };
                 }
             }
         }
@@ -1117,7 +1100,12 @@ impl Engine {
     /// The last-applied annotation holds the whole object as JSON text: mask inside it with a
     /// nested engine, so it stays valid JSON. If it is not JSON, a Secret's is masked whole and
     /// anything else gets the patterns.
-    fn on_last_applied(&mut self, cx: &mut Cx<'_>, tok: Token, text: &str) -> Result<(), MaskError> {
+    fn on_last_applied(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tok: Token,
+        text: &str,
+    ) -> Result<(), MaskError> {
         let kind = self
             .stack
             .iter()

@@ -202,7 +202,10 @@ pub fn mask_value(
     single.watch = false;
     let mut engine = engine::Engine::new(single.is_core_secrets(), false);
     let mut out = BytesMut::with_capacity(text.len());
-    let mut cx = engine::Cx { profile, out: &mut out };
+    let mut cx = engine::Cx {
+        profile,
+        out: &mut out,
+    };
     if engine
         .push(&mut cx, &text)
         .and_then(|()| engine.finish(&mut cx))

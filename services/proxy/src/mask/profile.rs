@@ -226,8 +226,7 @@ impl Profile {
             for p in &spec.patterns {
                 each.push(Regex::new(p).map_err(|e| fail(format!("pattern {p:?}: {e}")))?);
             }
-            let set = RegexSet::new(&spec.patterns)
-                .map_err(|e| fail(format!("patterns: {e}")))?;
+            let set = RegexSet::new(&spec.patterns).map_err(|e| fail(format!("patterns: {e}")))?;
             Some(Patterns { set, each })
         };
         Ok(Profile {
@@ -323,10 +322,7 @@ pub(crate) fn parse_path(path: &str) -> Result<Vec<Seg>, String> {
                 if !need_key {
                     return Err(format!("expected '.' or '[' at byte {i}"));
                 }
-                let end = s[i..]
-                    .find(['.', '['])
-                    .map(|j| i + j)
-                    .unwrap_or(s.len());
+                let end = s[i..].find(['.', '[']).map(|j| i + j).unwrap_or(s.len());
                 let key = &s[i..end];
                 if key.contains([']', '"', '\'']) {
                     return Err(format!(
@@ -423,10 +419,7 @@ mod tests {
             },
         );
         let err = MaskSet::compile(&specs).unwrap_err();
-        assert!(
-            err.contains("\"app\"") && err.contains("spec..x"),
-            "{err}"
-        );
+        assert!(err.contains("\"app\"") && err.contains("spec..x"), "{err}");
 
         specs.insert(
             "app".to_string(),
@@ -436,7 +429,10 @@ mod tests {
             },
         );
         let err = MaskSet::compile(&specs).unwrap_err();
-        assert!(err.contains("\"app\"") && err.contains("(unclosed"), "{err}");
+        assert!(
+            err.contains("\"app\"") && err.contains("(unclosed"),
+            "{err}"
+        );
 
         specs.insert(
             "app".to_string(),
@@ -451,7 +447,10 @@ mod tests {
             },
         );
         let err = MaskSet::compile(&specs).unwrap_err();
-        assert!(err.contains("named_values[0]") && err.contains("regex"), "{err}");
+        assert!(
+            err.contains("named_values[0]") && err.contains("regex"),
+            "{err}"
+        );
 
         specs.insert(
             "app".to_string(),
@@ -495,10 +494,7 @@ mod tests {
         };
         let p = Profile::compile("p", &spec).unwrap();
         let pt = p.patterns.as_ref().unwrap();
-        assert_eq!(
-            pt.apply("1abcdef2").as_deref(),
-            Some("1gatehouse:maskedf2")
-        );
+        assert_eq!(pt.apply("1abcdef2").as_deref(), Some("1gatehouse:maskedf2"));
         assert_eq!(
             pt.apply("abc abc").as_deref(),
             Some("gatehouse:masked gatehouse:masked")
