@@ -355,6 +355,21 @@ fn an_unstructured_list_streams_its_items() {
     assert_eq!(n, 1);
 }
 
+#[test]
+fn an_object_with_items_before_its_kind_still_gets_its_paths() {
+    // Sorted keys put `items` before `kind`: until `kind` arrives the body may be a list, so
+    // its items are read both as objects and as part of the object the paths start from.
+    let p = profile(ProfileSpec {
+        paths: vec!["items[*].password".into(), "spec.token".into()],
+        ..Default::default()
+    });
+    let body = r#"{"apiVersion":"example.com/v1","items":[{"password":"pw-in-items-1","user":"u"},{"spec":{"token":"tok-in-item-2"}}],"kind":"Vault","metadata":{"name":"v"}}"#;
+    let (v, n) = mask(Some(p), target("vaults", false), body);
+    assert_eq!(v["items"][0], json!({"password": MASKED_TEXT, "user": "u"}));
+    assert_eq!(v["items"][1]["spec"]["token"], MASKED_TEXT);
+    assert_eq!(n, 2);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Profiles.
 

@@ -834,34 +834,43 @@ impl Engine {
                     kind: item.into(),
                     top: false,
                 };
+                // Paths of a body that only looked like a list (see `open`) go on inside.
+                if frame.states.0 == frame.states.1 {
+                    return;
+                }
+                plan.fallback = Role::Plain;
             }
             Role::Elements => {
                 plan.role = Role::Object {
                     kind: Kind::Unresolved,
                     top: false,
                 };
+                return;
             }
-            Role::Rows => plan.role = Role::Row,
-            Role::Envelope | Role::Event | Role::Row => {}
+            Role::Rows => {
+                plan.role = Role::Row;
+                return;
+            }
+            Role::Envelope | Role::Event | Role::Row => return,
             Role::Plain | Role::Object { .. } | Role::Meta | Role::Annotations => {
                 plan.role = Role::Plain;
                 plan.fallback = Role::Plain;
-                let Some(p) = cx.profile else { return };
-                for i in frame.states.0..frame.states.1 {
-                    match arena[i as usize] {
-                        Entry::Path { rule, seg } => {
-                            let r = &p.rules[usize::from(rule)];
-                            if r.segs[usize::from(seg)].matches_index(index) {
-                                advance(p, arena, plan, rule, seg + 1);
-                            }
-                        }
-                        Entry::Named { spec, .. } => arena.push(Entry::Named {
-                            spec,
-                            decision: Decision::Unknown,
-                        }),
-                        Entry::KeyMap { .. } => {}
+            }
+        }
+        let Some(p) = cx.profile else { return };
+        for i in frame.states.0..frame.states.1 {
+            match arena[i as usize] {
+                Entry::Path { rule, seg } => {
+                    let r = &p.rules[usize::from(rule)];
+                    if r.segs[usize::from(seg)].matches_index(index) {
+                        advance(p, arena, plan, rule, seg + 1);
                     }
                 }
+                Entry::Named { spec, .. } => arena.push(Entry::Named {
+                    spec,
+                    decision: Decision::Unknown,
+                }),
+                Entry::KeyMap { .. } => {}
             }
         }
     }
@@ -971,7 +980,10 @@ impl Engine {
         } else {
             match role {
                 Role::Object { .. } => {
-                    self.arena.truncate(start);
+                    // A fresh start for every profile path; states carried in are kept only
+                    // for the items of a top-level body that had `items` before its `kind`
+                    // (sorted keys): it may be a list, or an object with an `items` field, so
+                    // both readings are masked.
                     if let Some(p) = cx.profile {
                         for rule in 0..p.rules.len() {
                             self.arena.push(Entry::Path {
@@ -981,8 +993,8 @@ impl Engine {
                         }
                     }
                 }
-                Role::Meta | Role::Annotations | Role::Plain => {}
-                Role::Envelope | Role::Event | Role::Items(_) | Role::Rows | Role::Row => {
+                Role::Meta | Role::Annotations | Role::Plain | Role::Items(_) => {}
+                Role::Envelope | Role::Event | Role::Rows | Role::Row => {
                     self.arena.truncate(start);
                 }
                 Role::Elements => self.arena.truncate(start),

@@ -244,7 +244,8 @@ use serde::Deserialize;
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileSpec {
-    /// Field paths whose values are masked. Dotted keys; `*` is any key; `[*]` any element.
+    /// Field paths whose values are masked. Dotted keys; `*` is any key (or any element);
+    /// `[*]` any element, `[2]` one element; `["example.com/key"]` a key holding dots.
     #[serde(default)]
     pub paths: Vec<String>,
     /// Name/value pairs (env vars): mask `value` where the sibling `name` matches.
@@ -261,12 +262,15 @@ pub struct ProfileSpec {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NamedValueSpec {
-    /// Path of the objects (array elements) holding the pair.
+    /// Path of the objects (array elements) holding the pair; a path ending at the array
+    /// itself means each of its elements.
     pub path: String,
-    /// Regex on the name field.
+    /// Regex on the name field. A missing or non-string name does not match.
     pub matching: String,
+    /// The field holding the name (default `name`).
     #[serde(default = "default_name_field")]
     pub name_field: String,
+    /// The field whose value is masked (default `value`).
     #[serde(default = "default_value_field")]
     pub value_field: String,
 }
@@ -274,7 +278,7 @@ pub struct NamedValueSpec {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct KeySpec {
-    /// Path of the map.
+    /// Path of the map (an object; the values of its matching keys are masked).
     pub path: String,
     /// Regex on the key.
     pub matching: String,
@@ -285,4 +289,61 @@ fn default_name_field() -> String {
 }
 fn default_value_field() -> String {
     "value".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// The YAML shape in the module docs parses, compiles and masks what it says.
+    #[test]
+    fn the_documented_policy_shape_parses_and_compiles() {
+        let yaml = r#"
+app-secrets:
+  paths: ["data.*", "spec.template.spec.containers[*].env[*].value"]
+  named_values:
+    - path: "spec.containers[*].env[*]"
+      matching: "(?i)(password|token|key)"
+  keys:
+    - path: "data"
+      matching: "(?i)(password|token|key)"
+  patterns: ["(?i)bearer [a-z0-9._~+/-]+=*"]
+"#;
+        let specs: BTreeMap<String, ProfileSpec> = yaml_serde::from_str(yaml).unwrap();
+        let spec = &specs["app-secrets"];
+        assert_eq!(spec.named_values[0].name_field, "name");
+        assert_eq!(spec.named_values[0].value_field, "value");
+        let set = MaskSet::compile(&specs).unwrap();
+        let profile = set.get("app-secrets").unwrap();
+        assert_eq!(
+            mask_text(Some(&profile), "Authorization: Bearer abc=="),
+            "Authorization: gatehouse:masked"
+        );
+        let mut pod = serde_json::json!({"kind": "Pod", "spec": {"containers": [
+            {"env": [{"name": "API_KEY", "value": "k-123"}, {"name": "MODE", "value": "m"}]}
+        ]}});
+        assert_eq!(
+            mask_value(
+                Some(&profile),
+                &MaskTarget::new("pods", "", false),
+                &mut pod
+            ),
+            1
+        );
+        assert_eq!(pod["spec"]["containers"][0]["env"][1]["value"], "m");
+
+        let unknown: Result<BTreeMap<String, ProfileSpec>, _> =
+            yaml_serde::from_str("p:\n  pathz: [\"a\"]\n");
+        assert!(unknown.is_err(), "unknown fields are refused");
+    }
+
+    #[test]
+    fn the_base64_marker_is_the_base64_of_the_text_marker() {
+        use base64::Engine as _;
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD.encode(MASKED_TEXT),
+            MASKED_BASE64
+        );
+    }
 }

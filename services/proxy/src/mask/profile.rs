@@ -3,7 +3,7 @@
 //!
 //! - [`MaskSet`]: every profile of a policy, by name.
 //! - [`Profile`]: one compiled profile.
-//! - Path grammar: see [`parse_path`].
+//! - `parse_path`: the path grammar (also described in the [`super`] module docs).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
