@@ -685,7 +685,8 @@ impl Engine {
                 reason,
             }
         })?;
-        let key = key.as_bytes();
+        let key_text: &str = &key;
+        let key = key_text.as_bytes();
         plan.reset(arena.len());
         let Some(frame) = stack.last().copied() else {
             return Ok(());
@@ -777,14 +778,8 @@ impl Engine {
                         }
                     }
                     Entry::KeyMap { spec } => {
-                        if frame.obj {
-                            let k = std::str::from_utf8(key).map_err(|_| MaskError::Malformed {
-                                offset: *base + tok.start as u64,
-                                reason: "invalid UTF-8 in a key",
-                            })?;
-                            if p.keys[usize::from(spec)].is_match(k) {
-                                plan.mask = Some(Flavor::Text);
-                            }
+                        if frame.obj && p.keys[usize::from(spec)].is_match(key_text) {
+                            plan.mask = Some(Flavor::Text);
                         }
                     }
                     Entry::Named { spec, decision } => {
@@ -994,10 +989,9 @@ impl Engine {
                     }
                 }
                 Role::Meta | Role::Annotations | Role::Plain | Role::Items(_) => {}
-                Role::Envelope | Role::Event | Role::Rows | Role::Row => {
+                Role::Envelope | Role::Event | Role::Rows | Role::Row | Role::Elements => {
                     self.arena.truncate(start);
                 }
-                Role::Elements => self.arena.truncate(start),
             }
         }
         self.stack.push(Frame {
