@@ -625,6 +625,7 @@ fn output_is_the_same_however_the_input_is_chunked() {
             target("pods", false),
             POD_LIST.to_string(),
         ),
+        (None, target("pods", false), POD_LIST.to_string()),
         (
             None,
             target("widgets", false),
@@ -746,6 +747,14 @@ fn malformed_input_fails_and_the_error_holds_no_body_bytes() {
             true,
             malformed,
         ),
+        // Inside parts no rule looks into, JSON is checked just as strictly.
+        (br#"{"kind":"Pod","spec":{"a" 1}}"#, false, malformed),
+        (br#"{"kind":"Pod","spec":{"a":[1,]}}"#, false, malformed),
+        (br#"{"kind":"Pod","spec":{"a":[1}}}"#, false, malformed),
+        (br#"{"kind":"Pod","spec":{"a":{"b":1]}}"#, false, malformed),
+        (br#"{"kind":"Pod","spec":{"a":[tru]}}"#, false, malformed),
+        (br#"{"kind":"Pod","spec":{"a":[1,2"#, false, truncated),
+        (br#"[{"a":1}}"#, true, malformed),
     ];
     for (input, watch, expected) in cases {
         for chunk in [1, 4, 1024] {

@@ -382,6 +382,11 @@ pub(crate) struct Engine {
     finished: bool,
     /// A token has been read: from then on bad input is malformed JSON, not "not JSON".
     seen_token: bool,
+    /// Inside a container where no rule can apply: tokens are checked and copied, nothing
+    /// more. `skim_stack` holds the open containers (true: object).
+    skimming: bool,
+    skim_stack: Vec<bool>,
+    skim_expect: Expect,
 }
 
 impl Engine {
@@ -406,6 +411,9 @@ impl Engine {
             failed: None,
             finished: false,
             seen_token: false,
+            skimming: false,
+            skim_stack: Vec::new(),
+            skim_expect: Expect::Value,
         }
     }
 
@@ -441,7 +449,7 @@ impl Engine {
             return Ok(());
         }
         let result = self.run(cx, true).and_then(|()| {
-            if self.stack.is_empty() && self.lookahead.is_none() {
+            if self.stack.is_empty() && self.lookahead.is_none() && !self.skimming {
                 Ok(())
             } else {
                 Err(MaskError::Truncated {
@@ -511,12 +519,70 @@ impl Engine {
             if self.lookahead.is_some() && !self.step_lookahead(cx, eof)? {
                 return Ok(());
             }
+            if self.skimming {
+                if !self.skim(eof)? {
+                    return Ok(());
+                }
+                continue;
+            }
             let tok = match lex::next(&self.buf, self.pos, eof, &mut self.hint) {
                 Ok(Lexed::Token(t)) => t,
                 Ok(Lexed::More | Lexed::End) => return Ok(()),
                 Err(e) => return Err(self.lex_error(e)),
             };
             self.on_token(cx, tok)?;
+        }
+    }
+
+    /// Checks and passes over the tokens of a container no rule looks into (most of a pod's
+    /// `spec` and `status` when there are no patterns); true once it has closed. As strict as
+    /// the full walk, only without roles, plans and profile state.
+    fn skim(&mut self, eof: bool) -> Result<bool, MaskError> {
+        loop {
+            let tok = match lex::next(&self.buf, self.pos, eof, &mut self.hint) {
+                Ok(Lexed::Token(t)) => t,
+                Ok(Lexed::More | Lexed::End) => return Ok(false),
+                Err(e) => return Err(self.lex_error(e)),
+            };
+            let obj = self.skim_stack.last().copied().unwrap_or(false);
+            self.skim_expect = match (self.skim_expect, tok.kind) {
+                (Expect::KeyOrEnd | Expect::CommaOrEnd, Tok::ObjEnd) if obj => {
+                    self.skim_stack.pop();
+                    Expect::CommaOrEnd
+                }
+                (Expect::ValueOrEnd | Expect::CommaOrEnd, Tok::ArrEnd) if !obj => {
+                    self.skim_stack.pop();
+                    Expect::CommaOrEnd
+                }
+                (Expect::KeyOrEnd | Expect::Key, Tok::Str) => Expect::Colon,
+                (Expect::Colon, Tok::Colon) => Expect::Value,
+                (Expect::CommaOrEnd, Tok::Comma) => {
+                    if obj {
+                        Expect::Key
+                    } else {
+                        Expect::Value
+                    }
+                }
+                (Expect::Value | Expect::ValueOrEnd, Tok::ObjStart) => {
+                    self.skim_stack.push(true);
+                    Expect::KeyOrEnd
+                }
+                (Expect::Value | Expect::ValueOrEnd, Tok::ArrStart) => {
+                    self.skim_stack.push(false);
+                    Expect::ValueOrEnd
+                }
+                (Expect::Value | Expect::ValueOrEnd, k) if k.starts_value() => Expect::CommaOrEnd,
+                _ => return Err(self.malformed(tok.start, "unexpected token")),
+            };
+            self.pos = tok.end;
+            if self.skim_stack.is_empty() {
+                // The container is over: it was one value of its parent.
+                self.skimming = false;
+                if self.stack.is_empty() {
+                    self.docs += 1;
+                }
+                return Ok(true);
+            }
         }
     }
 
@@ -994,6 +1060,22 @@ impl Engine {
                 }
             }
         }
+        if plan.mask.is_none()
+            && matches!(role, Role::Plain | Role::Envelope)
+            && self.arena.len() == start
+            && !cx.profile.is_some_and(Profile::has_patterns)
+        {
+            self.skim_stack.clear();
+            self.skim_stack.push(obj);
+            self.skim_expect = if obj {
+                Expect::KeyOrEnd
+            } else {
+                Expect::ValueOrEnd
+            };
+            self.skimming = true;
+            self.plan.ready = false;
+            return;
+        }
         self.stack.push(Frame {
             obj,
             expect: if obj {
@@ -1036,6 +1118,21 @@ impl Engine {
         if !needs_text {
             if let Some(flavor) = self.plan.mask {
                 self.mask_string(cx, tok, flavor);
+            }
+            return Ok(());
+        }
+        if self.plan.special == Special::None && self.plan.captures.is_empty() {
+            // Only the patterns: look at the text in place; allocate only on a match.
+            let Some(patterns) = cx.profile.and_then(|p| p.patterns.as_ref()) else {
+                return Ok(());
+            };
+            let masked = {
+                let text = lex::decode(&self.buf[tok.start..tok.end], tok.escaped)
+                    .map_err(|reason| self.malformed(tok.start, reason))?;
+                patterns.apply(&text)
+            };
+            if let Some(masked) = masked {
+                self.put_masked_text(cx, tok, &masked);
             }
             return Ok(());
         }
@@ -1087,20 +1184,25 @@ impl Engine {
     }
 
     fn apply_patterns(&mut self, cx: &mut Cx<'_>, tok: Token, text: &str) -> Result<(), MaskError> {
-        let Some(patterns) = cx.profile.and_then(|p| p.patterns.as_ref()) else {
-            return Ok(());
-        };
-        let Some(masked) = patterns.apply(text) else {
-            return Ok(());
-        };
+        if let Some(masked) = cx
+            .profile
+            .and_then(|p| p.patterns.as_ref())
+            .and_then(|p| p.apply(text))
+        {
+            self.put_masked_text(cx, tok, &masked);
+        }
+        Ok(())
+    }
+
+    /// Writes a string whose pattern matches were masked.
+    fn put_masked_text(&mut self, cx: &mut Cx<'_>, tok: Token, masked: &str) {
         if self.plan.b64 {
             // Text spliced into base64 would no longer decode: mask the whole value.
             self.mask_string(cx, tok, Flavor::Base64);
-            return Ok(());
+            return;
         }
-        let encoded = json_string(&masked);
+        let encoded = json_string(masked);
         self.replace(cx, tok, encoded.as_bytes());
-        Ok(())
     }
 
     /// The last-applied annotation holds the whole object as JSON text: mask inside it with a
