@@ -4,7 +4,9 @@
 //! which are replaced in place. Nothing is parsed into a tree: the engine keeps a stack of the
 //! containers it is inside ([`Frame`]), what each one is ([`Role`]: a Kubernetes object, its
 //! metadata, a list's `items`, a table's `rows`, a watch event...), and which profile paths are
-//! still live there (an arena of [`Entry`]s, one range per frame).
+//! still live there (an arena of [`Entry`]s, one range per frame). A container where no rule
+//! can apply (no live path, no mask, no patterns: most of a pod's `spec` and `status`) is
+//! skimmed: its tokens are still checked as strictly, but without any of that bookkeeping.
 //!
 //! Two decisions can depend on something later in the same object:
 //! - whether `data` / `stringData` belong to a Secret, when `kind` comes after them (unstructured
