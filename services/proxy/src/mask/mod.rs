@@ -18,7 +18,225 @@
 //! ```
 //!
 //! Paths are relative to each Kubernetes object: a single object, every item of a list, the
-//! `object` of every watch event, and the `object` of every `Table` row.
+//! `object` of every watch event, and the `object` of every `Table` row. Path grammar: keys
+//! separated by `.`; `*` is any key (or any element of an array); `[*]` is any element, `[2]` one
+//! element; `["example.com/key"]` is a key holding dots. A leading `.` is allowed.
+//!
+//! # What is masked, and into what
+//!
+//! - Always, in every Secret — an object of `kind: Secret`, every object when the request is
+//!   for `secrets` in the core group, and (to fail safe) an object with no `kind` at all: each
+//!   value of `data` becomes [`MASKED_BASE64`] (still valid base64, so clients decode it) and
+//!   each value of `stringData` becomes [`MASKED_TEXT`].
+//! - The `kubectl.kubernetes.io/last-applied-configuration` annotation of any object holds the
+//!   object again as JSON text: the same rules are applied inside it and it stays valid JSON.
+//!   If a Secret's annotation is not valid JSON, it is masked whole.
+//! - A value a profile selects (by path, by `keys`, or by `named_values`): a string becomes
+//!   [`MASKED_TEXT`] ([`MASKED_BASE64`] in a base64 map: Secret `data`, ConfigMap
+//!   `binaryData`); a number becomes `0`; a boolean becomes `false`; `null` stays `null`. An
+//!   object or array selected is masked scalar by scalar, keeping its shape.
+//! - A `patterns` match inside any string value is replaced in place by [`MASKED_TEXT`]
+//!   (in a base64 map the whole value is masked instead). Keys are never masked.
+//! - `named_values` whose path ends at an array apply to each element; the `name` may come
+//!   before or after the `value` in the object.
+//!
+//! # Shapes
+//!
+//! A single object; a list (`items[*]`, the kind of each item inferred from the list's kind,
+//! e.g. `SecretList`, or read from the item for `kind: List`); a watch stream (newline-delimited
+//! `{"type": ..., "object": {...}}` events, including `BOOKMARK` and `ERROR`); a `Table`
+//! (`rows[*].object`, whether a full object or `PartialObjectMetadata`; a watch of tables has a
+//! `Table` as each event's object). Table `cells` get the patterns only: for `secrets`,
+//! kube-apiserver's table columns are Name, Type, Data (the *number* of keys) and Age, so no
+//! cell carries a value; a custom resource's printer column that shows a masked field would
+//! (columns do not say which field they print), so such fields should also be covered by a
+//! pattern, or the table's rule should not allow the resource.
+//!
+//! # Streaming
+//!
+//! [`Masker`] is fed the body chunk by chunk and writes masked output as it goes; it holds
+//! only unfinished tokens, and at most one object while it looks ahead for a `kind` or `name`
+//! that comes after the value it decides. Anything that is not JSON (protobuf, truncated or
+//! malformed JSON) is an error, after which nothing more is emitted: the caller must cut the
+//! response. Error messages never contain body bytes.
+//!
+//! Module map:
+//! - [`profile`]: compiling [`ProfileSpec`]s into [`Profile`]s ([`MaskSet`]).
+//! - `engine`: the streaming copy-through masker.
+//! - `lex`: the JSON tokenizer under it.
+
+mod engine;
+mod lex;
+pub mod profile;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+pub use profile::{MaskSet, Profile};
+
+/// What a masked text value becomes.
+pub const MASKED_TEXT: &str = "gatehouse:masked";
+/// What a masked base64 value becomes: `base64("gatehouse:masked")`.
+pub const MASKED_BASE64: &str = "Z2F0ZWhvdXNlOm1hc2tlZA==";
+/// The annotation `kubectl apply` keeps the whole applied object in.
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// What the response (or request body) being masked is for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MaskTarget {
+    /// The request's resource (`secrets`, `pods`...); empty for non-resource requests.
+    pub resource: String,
+    /// The request's API group; empty for the core group.
+    pub api_group: String,
+    /// The body is a watch stream (newline-delimited events) rather than one document.
+    pub watch: bool,
+}
+
+impl MaskTarget {
+    pub fn new(resource: impl Into<String>, api_group: impl Into<String>, watch: bool) -> Self {
+        MaskTarget {
+            resource: resource.into(),
+            api_group: api_group.into(),
+            watch,
+        }
+    }
+
+    /// Core-group `secrets`: every object in the body is treated as a Secret.
+    pub fn is_core_secrets(&self) -> bool {
+        self.resource == "secrets" && (self.api_group.is_empty() || self.api_group == "core")
+    }
+}
+
+/// Why a body could not be masked. Never holds body bytes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MaskError {
+    #[error("the body is not JSON (protobuf and other encodings cannot be masked)")]
+    NotJson,
+    #[error("malformed JSON at byte {offset}: {reason}")]
+    Malformed { offset: u64, reason: &'static str },
+    #[error("the JSON body ends early, at byte {offset}")]
+    Truncated { offset: u64 },
+    #[error("unexpected data after the JSON document, at byte {offset}")]
+    TrailingData { offset: u64 },
+    #[error("the masker was fed after it finished")]
+    Finished,
+}
+
+/// Whether a JSON response for `target` must go through a [`Masker`]; false means its bytes
+/// can be copied as they are.
+///
+/// True for `secrets` (any group: a Secret is recognised by its `kind` as well) and whenever a
+/// non-empty profile applies. Other resources without a profile are false: no built-in
+/// resource other than `secrets` returns Secret objects (lists, tables and watches of a
+/// resource hold only that resource, and `kind: List` is assembled by clients, not served).
+/// Only for JSON bodies: text subresources (`log`) and streams (`exec`, `attach`,
+/// `portforward`) need [`mask_text`] on their text instead; a `proxy` subresource's body is
+/// whatever the proxied server sends and cannot be masked as JSON.
+pub fn needs_masking(profile: Option<&Profile>, target: &MaskTarget) -> bool {
+    target.resource == "secrets" || profile.is_some_and(|p| !p.is_empty())
+}
+
+/// Masks a response body as it streams.
+///
+/// Feed each chunk to [`push`](Masker::push) and send what it appends to `out`; call
+/// [`finish`](Masker::finish) at the end of the body. Any error means the body could not be
+/// masked: stop sending (cut the response) and do not feed the masker again — it repeats the
+/// error.
+#[derive(Debug)]
+pub struct Masker {
+    profile: Option<Arc<Profile>>,
+    engine: engine::Engine,
+}
+
+impl Masker {
+    pub fn new(profile: Option<Arc<Profile>>, target: MaskTarget) -> Self {
+        Masker {
+            engine: engine::Engine::new(target.is_core_secrets(), target.watch),
+            profile,
+        }
+    }
+
+    /// Masks `chunk`, appending to `out` everything that can be sent so far.
+    pub fn push(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), MaskError> {
+        let mut cx = engine::Cx {
+            profile: self.profile.as_deref(),
+            out,
+        };
+        self.engine.push(&mut cx, chunk)
+    }
+
+    /// The body is over: appends the rest to `out`, or fails if the JSON is incomplete. An
+    /// empty body is fine.
+    pub fn finish(&mut self, out: &mut BytesMut) -> Result<(), MaskError> {
+        let mut cx = engine::Cx {
+            profile: self.profile.as_deref(),
+            out,
+        };
+        self.engine.finish(&mut cx)
+    }
+
+    /// Values masked so far (a string with several pattern matches counts once).
+    pub fn masked_fields(&self) -> u64 {
+        self.engine.masked()
+    }
+}
+
+/// Masks a JSON value already in memory (a request body), with the same rules as [`Masker`];
+/// returns the number of values masked. Should masking ever fail, the whole value is replaced
+/// by [`MASKED_TEXT`] (counted as one) rather than left unmasked.
+pub fn mask_value(
+    profile: Option<&Profile>,
+    target: &MaskTarget,
+    value: &mut serde_json::Value,
+) -> u64 {
+    let fail_closed = |value: &mut serde_json::Value| {
+        *value = serde_json::Value::String(MASKED_TEXT.into());
+        1
+    };
+    let Ok(text) = serde_json::to_vec(value) else {
+        return fail_closed(value);
+    };
+    let mut single = target.clone();
+    single.watch = false;
+    let mut engine = engine::Engine::new(single.is_core_secrets(), false);
+    let mut out = BytesMut::with_capacity(text.len());
+    let mut cx = engine::Cx {
+        profile,
+        out: &mut out,
+    };
+    if engine
+        .push(&mut cx, &text)
+        .and_then(|()| engine.finish(&mut cx))
+        .is_err()
+    {
+        return fail_closed(value);
+    }
+    let masked = engine.masked();
+    if masked == 0 {
+        return 0;
+    }
+    match serde_json::from_slice(&out) {
+        Ok(v) => {
+            *value = v;
+            masked
+        }
+        Err(_) => fail_closed(value),
+    }
+}
+
+/// Applies a profile's `patterns` to free text (exec session output, log lines); without a
+/// profile or patterns the text is returned as it is.
+pub fn mask_text<'t>(profile: Option<&Profile>, text: &'t str) -> Cow<'t, str> {
+    match profile
+        .and_then(|p| p.patterns.as_ref())
+        .and_then(|p| p.apply(text))
+    {
+        Some(masked) => Cow::Owned(masked),
+        None => Cow::Borrowed(text),
+    }
+}
 
 use serde::Deserialize;
 
@@ -26,7 +244,8 @@ use serde::Deserialize;
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileSpec {
-    /// Field paths whose values are masked. Dotted keys; `*` is any key; `[*]` any element.
+    /// Field paths whose values are masked. Dotted keys; `*` is any key (or any element);
+    /// `[*]` any element, `[2]` one element; `["example.com/key"]` a key holding dots.
     #[serde(default)]
     pub paths: Vec<String>,
     /// Name/value pairs (env vars): mask `value` where the sibling `name` matches.
@@ -43,12 +262,15 @@ pub struct ProfileSpec {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NamedValueSpec {
-    /// Path of the objects (array elements) holding the pair.
+    /// Path of the objects (array elements) holding the pair; a path ending at the array
+    /// itself means each of its elements.
     pub path: String,
-    /// Regex on the name field.
+    /// Regex on the name field. A missing or non-string name does not match.
     pub matching: String,
+    /// The field holding the name (default `name`).
     #[serde(default = "default_name_field")]
     pub name_field: String,
+    /// The field whose value is masked (default `value`).
     #[serde(default = "default_value_field")]
     pub value_field: String,
 }
@@ -56,7 +278,7 @@ pub struct NamedValueSpec {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct KeySpec {
-    /// Path of the map.
+    /// Path of the map (an object; the values of its matching keys are masked).
     pub path: String,
     /// Regex on the key.
     pub matching: String,
@@ -67,4 +289,61 @@ fn default_name_field() -> String {
 }
 fn default_value_field() -> String {
     "value".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// The YAML shape in the module docs parses, compiles and masks what it says.
+    #[test]
+    fn the_documented_policy_shape_parses_and_compiles() {
+        let yaml = r#"
+app-secrets:
+  paths: ["data.*", "spec.template.spec.containers[*].env[*].value"]
+  named_values:
+    - path: "spec.containers[*].env[*]"
+      matching: "(?i)(password|token|key)"
+  keys:
+    - path: "data"
+      matching: "(?i)(password|token|key)"
+  patterns: ["(?i)bearer [a-z0-9._~+/-]+=*"]
+"#;
+        let specs: BTreeMap<String, ProfileSpec> = yaml_serde::from_str(yaml).unwrap();
+        let spec = &specs["app-secrets"];
+        assert_eq!(spec.named_values[0].name_field, "name");
+        assert_eq!(spec.named_values[0].value_field, "value");
+        let set = MaskSet::compile(&specs).unwrap();
+        let profile = set.get("app-secrets").unwrap();
+        assert_eq!(
+            mask_text(Some(&profile), "Authorization: Bearer abc=="),
+            "Authorization: gatehouse:masked"
+        );
+        let mut pod = serde_json::json!({"kind": "Pod", "spec": {"containers": [
+            {"env": [{"name": "API_KEY", "value": "k-123"}, {"name": "MODE", "value": "m"}]}
+        ]}});
+        assert_eq!(
+            mask_value(
+                Some(&profile),
+                &MaskTarget::new("pods", "", false),
+                &mut pod
+            ),
+            1
+        );
+        assert_eq!(pod["spec"]["containers"][0]["env"][1]["value"], "m");
+
+        let unknown: Result<BTreeMap<String, ProfileSpec>, _> =
+            yaml_serde::from_str("p:\n  pathz: [\"a\"]\n");
+        assert!(unknown.is_err(), "unknown fields are refused");
+    }
+
+    #[test]
+    fn the_base64_marker_is_the_base64_of_the_text_marker() {
+        use base64::Engine as _;
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD.encode(MASKED_TEXT),
+            MASKED_BASE64
+        );
+    }
 }
