@@ -28,7 +28,7 @@ use crate::authn::Authenticator;
 use crate::body::{ProxyBody, RecordedBody};
 use crate::forward::{Upstream, strip_hop_by_hop};
 use crate::identity::Registry;
-use crate::policy::{Decision, Permitted, Policy};
+use crate::policy::{Decision, Permitted, PolicyInput, SharedPolicy};
 use crate::record::Recorder;
 use crate::request_info;
 use crate::rescue::{REQUEST_ID_HEADER, Rejection};
@@ -99,7 +99,7 @@ struct Admitted {
 pub struct Pipeline {
     pub(crate) authenticator: Authenticator,
     pub(crate) registry: Registry,
-    pub(crate) policy: Policy,
+    pub(crate) policy: SharedPolicy,
     pub(crate) recorder: Recorder,
     pub(crate) upstream: Upstream,
     pub(crate) max_request_body: usize,
@@ -198,8 +198,18 @@ impl Pipeline {
                 principal: identity.principal,
             });
         }
-        let permit = match self.policy.decide(&identity, &ctx.info) {
+        // TODO(lead): pass the exec command and, for writes, the body and content type.
+        let permit = match self
+            .policy
+            .current()
+            .decide(&PolicyInput::new(&identity, &ctx.info))
+        {
             Decision::Allow(permit) => permit,
+            Decision::Hold(hold) => {
+                return Err(Rejection::Policy(
+                    hold.refuse("approvals are not available yet, so it is denied"),
+                ));
+            }
             Decision::Deny(denial) => return Err(Rejection::Policy(denial)),
         };
         let body = self.read_body(headers, body).await?;
