@@ -198,12 +198,21 @@ impl Pipeline {
                 principal: identity.principal,
             });
         }
-        // TODO(lead): pass the exec command and, for writes, the body and content type.
-        let permit = match self
-            .policy
-            .current()
-            .decide(&PolicyInput::new(&identity, &ctx.info))
-        {
+        // An exec's command is its repeated `command` query parameters, in order.
+        // TODO(lead): for writes, pass the body and content type too (read before policy).
+        let command: Vec<String> = if ctx.info.verb == "exec" {
+            form_urlencoded::parse(ctx.query.as_deref().unwrap_or("").as_bytes())
+                .filter(|(key, _)| key == "command")
+                .map(|(_, value)| value.into_owned())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let input = PolicyInput {
+            command: &command,
+            ..PolicyInput::new(&identity, &ctx.info)
+        };
+        let permit = match self.policy.current().decide(&input) {
             Decision::Allow(permit) => permit,
             Decision::Hold(hold) => {
                 return Err(Rejection::Policy(
