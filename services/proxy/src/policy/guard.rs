@@ -31,8 +31,10 @@
 //!   `ruby`, `awk '…'`) count as shells, as do `su`, `script`, `sudo -s`, bare `chroot DIR` and
 //!   bare `nsenter`;
 //! - a command it cannot see through — `$(…)`, backticks, `$VAR` as a command, a shell
-//!   running a script file, inline interpreter code — is *opaque*: deny and approve rules
-//!   with `program` or `shell` match it, allow rules do not.
+//!   running a script file or reading commands from a terminal or stdin, inline interpreter
+//!   code — is *opaque*: deny and approve rules with `program` or `shell` match it, allow
+//!   rules do not (so an allow rule cannot let an interactive shell through with `program:`;
+//!   allow shells, if you must, with a rule that has no `commands:`).
 //!
 //! What a deny-list cannot catch: a renamed or copied shell binary, or a program that starts a
 //! shell on its own (an editor's `:!sh`). Where that matters, allow the few commands a caller
@@ -290,10 +292,9 @@ fn shell_arguments(args: &[&str], depth: usize, out: &mut CommandAnalysis) {
         out.opaque = true;
         return;
     }
-    if expecting_script {
-        // `sh -c` with nothing after it.
-        out.opaque = true;
-    }
+    // `sh -c` with nothing after it, or a shell reading commands from a terminal or stdin:
+    // anything may run.
+    out.opaque = true;
 }
 
 /// After a wrapper every word counts as a program; the first shell, interpreter or wrapper
@@ -309,6 +310,7 @@ fn wrapped(program: &str, args: &[&str], depth: usize, out: &mut CommandAnalysis
         if arg.starts_with('-') || arg.starts_with('+') || is_assignment(arg) {
             if program == "sudo" && matches!(*arg, "-s" | "-i" | "--shell" | "--login") {
                 out.shell = true;
+                out.opaque = true;
             }
             // `env -S "sh -c x"` / `env --split-string=...`: a command line in one word.
             if program == "env" {
@@ -347,6 +349,7 @@ fn wrapped(program: &str, args: &[&str], depth: usize, out: &mut CommandAnalysis
     };
     if bare {
         out.shell = true;
+        out.opaque = true;
     }
 }
 
@@ -559,6 +562,8 @@ impl CommandEntry {
                 return Err(
                     "the command is opaque; an allow rule needs to see every program".to_owned(),
                 );
+            } else if analysis.programs.is_empty() {
+                return Err("it runs no program that can be seen".to_owned());
             } else if let Some(p) = analysis.programs.iter().find(|p| !listed(p)) {
                 return Err(format!("it runs {p}, not listed in program [{}]", names()));
             } else {
@@ -1001,10 +1006,12 @@ mod tests {
         let a = analysis(&[
             "sh",
             "-c",
-            "cd /tmp && s''h; echo \"done\" | tee x > /dev/null",
+            "cd /tmp && s''h -c id; echo \"done\" | tee x > /dev/null",
         ]);
-        assert_eq!(a.programs, ["sh", "cd", "sh", "echo", "tee"]);
+        assert_eq!(a.programs, ["sh", "cd", "sh", "id", "echo", "tee"]);
         assert!(!a.opaque);
+        // A nested shell reading stdin may run anything.
+        assert!(analysis(&["sh", "-c", "cd /tmp && s''h"]).opaque);
         let a = analysis(&["sh", "-c", "if true; then rm -rf /data; fi"]);
         assert!(a.programs.contains(&"rm".to_owned()), "{a:?}");
         let a = analysis(&["bash", "-c", "X=rm; $X -rf /"]);
@@ -1016,8 +1023,40 @@ mod tests {
         let a = analysis(&["bash", "-o", "pipefail", "-c", "ls | wc -l"]);
         assert_eq!(a.programs, ["bash", "ls", "wc"]);
         assert!(!a.opaque, "{a:?}");
+        let a = analysis(&["bash"]);
+        assert!(
+            a.shell && a.opaque,
+            "an interactive shell may run anything: {a:?}"
+        );
+        let a = analysis(&["A=1"]);
+        assert!(a.programs.is_empty(), "{a:?}");
         let a = analysis(&["eval", "rm", "-rf", "/"]);
         assert!(a.programs.contains(&"rm".to_owned()), "{a:?}");
+    }
+
+    #[test]
+    fn odd_command_lines_do_not_panic_and_deep_nesting_is_opaque() {
+        for words in [
+            &[""][..],
+            &["/"],
+            &["sh", "-c", "'unterminated"],
+            &["sh", "-c", "\\"],
+            &["sh", "-c", "\"x"],
+            &["sh", "-c", "ä; ö | 🐚"],
+            &["sh", "-c", ">"],
+            &["env", "-S"],
+            &["sudo", "--", "$"],
+        ] {
+            analyze_command(&argv(words));
+        }
+        let mut nested: Vec<&str> = Vec::new();
+        for _ in 0..20 {
+            nested.push("env");
+        }
+        nested.push("ls");
+        assert!(analysis(&nested).opaque);
+        let deep = (0..20).fold("ls".to_owned(), |inner, _| format!("sh -c {inner:?}"));
+        assert!(analysis(&["sh", "-c", &deep]).opaque);
     }
 
     fn guard(entries: Vec<CommandEntry>) -> CommandGuard {
@@ -1056,6 +1095,14 @@ mod tests {
         assert!(!check(&allow_ls, false, &["sh", "-c", "ls"]));
         assert!(!check(&allow_ls, false, &["env", "ls"]));
         assert!(!check(&allow_ls, false, &[]));
+        assert!(!check(&allow_ls, false, &["A=1"]), "no visible program");
+        let deny_rm = guard(vec![program(&["rm"])]);
+        assert!(
+            check(&deny_rm, true, &["bash"]),
+            "an interactive shell may run rm"
+        );
+        assert!(check(&deny_rm, true, &["sh", "-c", "cd /; rm -rf x"]));
+        assert!(!check(&deny_rm, true, &["sh", "-c", "ls"]));
 
         let arg0 = guard(vec![CommandEntry {
             program: None,

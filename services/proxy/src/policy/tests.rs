@@ -805,6 +805,16 @@ fn a_changed_file_is_swapped_in_and_a_bad_one_is_refused() {
     }
     assert_eq!(shared.failed_reloads(), 1);
 
+    // Reverted to the policy in force: no error any more, nothing reloaded.
+    std::fs::write(&path, V2).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shared.last_error().is_some() {
+        assert!(Instant::now() < deadline, "the error stayed");
+        assert_eq!(watcher.poll(), Reload::Unchanged);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(shared.generation(), 2);
+
     // Fixed by an editor-style replace (write elsewhere, rename over).
     let tmp = dir.path().join(".policy.yaml.swp");
     std::fs::write(&tmp, V1).unwrap();

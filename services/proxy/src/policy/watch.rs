@@ -259,7 +259,15 @@ impl Watcher {
         self.unreadable = None;
         self.fingerprint = now;
         let hash = blake3::hash(text.as_bytes());
-        if hash == self.applied || Some(hash) == self.refused {
+        if hash == self.applied {
+            self.settling = None;
+            if self.refused.take().is_some() || self.shared.last_error().is_some() {
+                // Back to the policy in force: nothing is wrong any more.
+                self.shared.set_error(None);
+            }
+            return Reload::Unchanged;
+        }
+        if Some(hash) == self.refused {
             self.settling = None;
             return Reload::Unchanged;
         }
