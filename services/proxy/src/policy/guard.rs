@@ -1049,10 +1049,7 @@ mod tests {
         ] {
             analyze_command(&argv(words));
         }
-        let mut nested: Vec<&str> = Vec::new();
-        for _ in 0..20 {
-            nested.push("env");
-        }
+        let mut nested = vec!["env"; 20];
         nested.push("ls");
         assert!(analysis(&nested).opaque);
         let deep = (0..20).fold("ls".to_owned(), |inner, _| format!("sh -c {inner:?}"));
