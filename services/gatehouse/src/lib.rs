@@ -18,8 +18,8 @@ pub mod kubeconfig;
 pub mod ledger;
 pub mod logging;
 pub mod nats_server;
-pub mod replay;
 pub mod policy_cmd;
+pub mod replay;
 pub mod up;
 
 use std::path::Path;

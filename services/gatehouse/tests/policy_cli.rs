@@ -47,6 +47,12 @@ fn check_passes_the_shipped_policies() {
     let demo = file(dir.path(), "demo.yaml", gatehouse::demo::POLICY_YAML);
     let out = gatehouse(&["policy", "check", s(&demo)]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout)
+            .contains("info[exec-without-command-guard]: rule deployer-sessions-apps allows exec"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
@@ -232,7 +238,7 @@ fn explain_sees_through_shell_tricks_in_the_command() {
             "pods",
             "web",
             "-n",
-            "apps",
+            "prod",
             "--command",
         ];
         args.extend_from_slice(command);
@@ -251,7 +257,7 @@ fn explain_sees_through_shell_tricks_in_the_command() {
     );
     let stdout = run(&["ls", "-la"]);
     assert!(
-        stdout.contains("decision: allow by rule deployer-exec-apps"),
+        stdout.contains("decision: allow by rule deployer-exec-elsewhere"),
         "{stdout}"
     );
     let stdout = run(&["rm", "-rf", "/"]);
