@@ -209,15 +209,15 @@ fn explain_names_the_deciding_rule_and_why_the_others_missed() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("6. deployer-apps (line 65) [allow] no match: namespace prod is not in namespaces [apps]"),
+        stdout.contains("7. deployer-apps (line 73) [allow] no match: namespace prod is not in namespaces [apps]"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("7. deployer-no-secrets-elsewhere (line 74) [deny] MATCH"),
+        stdout.contains("8. deployer-no-secrets-elsewhere (line 82) [deny] MATCH"),
         "{stdout}"
     );
     assert!(
-        !stdout.contains("8. "),
+        !stdout.contains("9. "),
         "stops at the deciding rule: {stdout}"
     );
 }
@@ -323,7 +323,7 @@ fn explain_reads_a_body_file_and_the_identity_registry() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("3. no-cluster-admin-bindings (line 31) [deny] no match: body: body[0] does not hold: no value at roleRef.name matches"),
+        stdout.contains("4. no-cluster-admin-bindings (line 40) [deny] no match: body: body[0] does not hold: no value at roleRef.name matches"),
         "{stdout}"
     );
 
