@@ -49,12 +49,76 @@ identities:
 "#;
 
 pub const POLICY_YAML: &str = r#"# Gatehouse policy: ordered rules, first match wins, default deny.
+# `gatehouse policy check FILE` lints it; `gatehouse policy explain` says which rule decides a
+# request and why (see deploy/config/policy.example.yaml for every field).
+defaults:
+  record: metadata
+
+mask_profiles:
+  app-secrets:
+    named_values:
+      - path: "spec.containers[*].env[*]"
+        matching: "(?i)(password|token|secret)"
+    keys:
+      - path: "data"
+        matching: "(?i)(password|token|secret)"
+
 rules:
   - id: discovery
     description: every registered identity may read API discovery and version
     action: allow
     verbs: [get]
     non_resource_urls: ["/api", "/api/*", "/apis", "/apis/*", "/version", "/openapi/*"]
+
+  - id: deployer-sessions-apps
+    description: CI may open shells, attach and port-forward in apps, its own namespace
+    action: allow
+    identities: [ci-deployer]
+    verbs: [exec, attach, portforward]
+    resources: [pods/exec, pods/attach, pods/portforward]
+    namespaces: [apps]
+    record: request
+
+  - id: no-shells
+    description: nobody else gets a shell, however it is spelled (sh, /bin/sh, env sh, busybox sh, sh -c)
+    action: deny
+    verbs: [exec]
+    resources: [pods/exec]
+    commands:
+      - shell: true
+
+  - id: no-cluster-admin-bindings
+    description: nobody binds cluster-admin through Gatehouse
+    action: deny
+    verbs: [create, update, patch]
+    api_groups: [rbac.authorization.k8s.io]
+    resources: [rolebindings, clusterrolebindings]
+    body:
+      - path: roleRef.name
+        matching: "^cluster-admin$"
+
+  - id: deployer-exec-elsewhere
+    description: outside apps, CI may run a few diagnostics, never a shell
+    action: allow
+    identities: [ci-deployer]
+    verbs: [exec]
+    resources: [pods/exec]
+    commands:
+      - program: [ls, cat, date, echo, id, ps, hostname]
+
+  - id: deployer-scale-prod
+    description: scaling prod needs a platform lead's approval
+    action: approve
+    identities: [ci-deployer]
+    verbs: [update, patch]
+    api_groups: [apps]
+    resources: [deployments/scale]
+    namespaces: [prod]
+    approval:
+      approver_groups: [platform-leads]
+      quorum: 1
+      hold_timeout: 10m
+      grant_window: 30m
 
   - id: deployer-apps
     description: CI deploys into apps
@@ -63,6 +127,7 @@ rules:
     verbs: [get, list, watch, create, update, patch, delete]
     resources: ["*"]
     namespaces: [apps]
+    mask: app-secrets
 
   - id: deployer-no-secrets-elsewhere
     description: secrets outside apps are not CI's business
@@ -102,6 +167,117 @@ mod tests {
         let registry = gatehouse_proxy::identity::Registry::from_yaml(IDENTITIES_YAML).unwrap();
         assert_eq!(registry.len(), 2);
         let policy = gatehouse_proxy::policy::Policy::from_yaml(POLICY_YAML).unwrap();
-        assert_eq!(policy.rules().len(), 6);
+        assert_eq!(policy.rules().len(), 11);
+        let findings = gatehouse_proxy::policy::lint(&policy);
+        let codes: Vec<&str> = findings.iter().map(|f| f.code).collect();
+        // CI's own namespace is a sandbox: shells there are deliberate.
+        assert_eq!(codes, ["exec-without-command-guard"], "{findings:?}");
+    }
+
+    fn decide(
+        principal: &str,
+        verb: &str,
+        resource: &str,
+        namespace: &str,
+        command: &[&str],
+    ) -> Option<String> {
+        use gatehouse_proxy::policy::{Decision, PolicyInput};
+        let policy = gatehouse_proxy::policy::Policy::from_yaml(POLICY_YAML).unwrap();
+        let identity = gatehouse_events::Identity {
+            issuer: "demo".into(),
+            subject: principal.into(),
+            principal: principal.into(),
+            registered: true,
+            owner: None,
+            team: None,
+            purpose: None,
+            groups: vec![],
+            attributes: Default::default(),
+        };
+        let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+        let (resource, group) = resource.split_once('.').unwrap_or((resource, ""));
+        let request = gatehouse_events::RequestInfo {
+            is_resource_request: true,
+            verb: verb.into(),
+            api_group: group.into(),
+            namespace: namespace.into(),
+            resource: resource.into(),
+            subresource: subresource.into(),
+            name: "web".into(),
+            ..Default::default()
+        };
+        let command: Vec<String> = command.iter().map(|c| c.to_string()).collect();
+        let input = PolicyInput {
+            command: &command,
+            ..PolicyInput::new(&identity, &request)
+        };
+        match policy.decide(&input) {
+            Decision::Allow(p) => Some(format!("allow {}", p.rule())),
+            Decision::Hold(h) => Some(format!("hold {}", h.rule())),
+            Decision::Deny(d) => d.rule.map(|r| format!("deny {r}")),
+        }
+    }
+
+    #[test]
+    fn demo_guardrails_and_holds() {
+        let shell = decide(
+            "ci-deployer",
+            "exec",
+            "pods/exec",
+            "apps",
+            &["sh", "-c", "exit 3"],
+        );
+        assert_eq!(shell.as_deref(), Some("allow deployer-sessions-apps"));
+        let shell = decide(
+            "ci-deployer",
+            "exec",
+            "pods/exec",
+            "prod",
+            &["/bin/sh", "-c", "id"],
+        );
+        assert_eq!(shell.as_deref(), Some("deny no-shells"));
+        let shell = decide(
+            "readonly-bot",
+            "exec",
+            "pods/exec",
+            "apps",
+            &["busybox", "sh"],
+        );
+        assert_eq!(shell.as_deref(), Some("deny no-shells"));
+        let ls = decide("ci-deployer", "exec", "pods/exec", "prod", &["ls", "/"]);
+        assert_eq!(ls.as_deref(), Some("allow deployer-exec-elsewhere"));
+        let rm = decide(
+            "ci-deployer",
+            "exec",
+            "pods/exec",
+            "prod",
+            &["rm", "-rf", "/"],
+        );
+        assert_eq!(rm, None);
+        let forward = decide(
+            "ci-deployer",
+            "portforward",
+            "pods/portforward",
+            "apps",
+            &[],
+        );
+        assert_eq!(forward.as_deref(), Some("allow deployer-sessions-apps"));
+        let scale = decide(
+            "ci-deployer",
+            "patch",
+            "deployments.apps/scale",
+            "prod",
+            &[],
+        );
+        assert_eq!(scale.as_deref(), Some("hold deployer-scale-prod"));
+        // What the spine tests rely on.
+        let secrets = decide("ci-deployer", "list", "secrets", "prod", &[]);
+        assert_eq!(
+            secrets.as_deref(),
+            Some("deny deployer-no-secrets-elsewhere")
+        );
+        assert_eq!(decide("ci-deployer", "delete", "pods", "prod", &[]), None);
+        let pods = decide("ci-deployer", "get", "pods", "apps", &[]);
+        assert_eq!(pods.as_deref(), Some("allow deployer-apps"));
     }
 }

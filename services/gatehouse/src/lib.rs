@@ -4,6 +4,7 @@
 //! - [`up`]: `gatehouse up --sandbox`, every service plus the test bed in one process.
 //! - [`ledger`]: `gatehouse ledger verify`.
 //! - [`replay`]: `gatehouse replay`, a recorded session as text or asciicast v2.
+//! - [`policy_cmd`]: `gatehouse policy check` and `gatehouse policy explain`.
 //! - [`nats_server`]: a local `nats-server` with JetStream (for `up` and for tests).
 //! - [`demo`]: the demo identities and policy `up` starts with.
 //! - [`kubeconfig`]: kubeconfig files for the demo identities.
@@ -17,6 +18,7 @@ pub mod kubeconfig;
 pub mod ledger;
 pub mod logging;
 pub mod nats_server;
+pub mod policy_cmd;
 pub mod replay;
 pub mod up;
 

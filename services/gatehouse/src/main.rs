@@ -70,6 +70,11 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Check a policy file, or explain which rule decides a request.
+    Policy {
+        #[command(subcommand)]
+        command: gatehouse::policy_cmd::PolicyCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +183,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
+        Command::Policy { command } => return gatehouse::policy_cmd::run(command),
         Command::Ledger {
             command: LedgerCommand::Verify { data_dir, json },
         } => {

@@ -34,5 +34,6 @@ fn identities_and_policy_examples_are_valid() {
         gatehouse_proxy::identity::Registry::from_yaml(&read("identities.example.yaml")).unwrap();
     assert_eq!(registry.len(), 2);
     let policy = gatehouse_proxy::policy::Policy::from_yaml(&read("policy.example.yaml")).unwrap();
-    assert_eq!(policy.rules().len(), 5);
+    assert_eq!(policy.rules().len(), 10);
+    assert_eq!(gatehouse_proxy::policy::lint(&policy), vec![]);
 }

@@ -6,7 +6,8 @@
 //! - [`request_info`]: method + path → Kubernetes verb, group, version, resource, namespace, name.
 //! - [`authn`]: bearer JWTs verified against OIDC discovery / JWKS, or mTLS client certificates.
 //! - [`identity`]: the registry that makes a principal accountable (owner, team, purpose).
-//! - [`policy`]: ordered allow / deny rules, first match wins, default deny; makes [`policy::Permitted`].
+//! - [`policy`]: ordered allow / deny / approve rules, first match wins, default deny; makes
+//!   [`policy::Permitted`]; reloaded when its file changes.
 //! - [`record`]: the request's events on JetStream; makes [`record::Acked`].
 //! - [`forward`]: to the API server with the proxy's credential, impersonating the caller.
 //! - [`body`]: streamed response bodies, digested on the way through.
@@ -77,6 +78,7 @@ pub struct Proxy {
     pipeline: Arc<pipeline::Pipeline>,
     metrics: Metrics,
     admin: admin::Admin,
+    policy_watcher: policy::Watcher,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -100,14 +102,9 @@ impl Proxy {
                     path: config.identities.display().to_string(),
                     message,
                 })?;
-        let policy =
-            policy::Policy::from_yaml(&read(&config.policy, "policy")?).map_err(|message| {
-                ProxyError::File {
-                    what: "policy",
-                    path: config.policy.display().to_string(),
-                    message,
-                }
-            })?;
+        let policy_watcher = policy::Watcher::load(&config.policy)
+            .map_err(|e| ProxyError::Startup(e.to_string()))?;
+        let policy = policy_watcher.shared();
         let serving_cert =
             serving_cert::ServingCert::load(&config.tls.cert_file, &config.tls.key_file)
                 .map_err(ProxyError::Startup)?;
@@ -128,6 +125,20 @@ impl Proxy {
             .await
             .map_err(ProxyError::Startup)?;
         let metrics = Metrics::new();
+        metrics.policy_generation(policy.generation());
+        let policy_watcher = policy_watcher.with_observer({
+            let metrics = metrics.clone();
+            Arc::new(move |reload: &policy::Reload| match reload {
+                policy::Reload::Loaded { generation, .. } => {
+                    metrics.policy_reloads(true);
+                    metrics.policy_generation(*generation);
+                }
+                policy::Reload::Refused { .. } | policy::Reload::Unreadable { .. } => {
+                    metrics.policy_reloads(false)
+                }
+                policy::Reload::Unchanged | policy::Reload::Settling => {}
+            })
+        });
         let pipeline = Arc::new(pipeline::Pipeline {
             authenticator,
             registry,
@@ -163,7 +174,7 @@ impl Proxy {
             admin = %admin.local_addr(),
             upstream = %pipeline.upstream.url(),
             identities = pipeline.registry.len(),
-            rules = pipeline.policy.rules().len(),
+            rules = pipeline.policy.current().rules().len(),
             "proxy ready"
         );
         Ok(Self {
@@ -173,6 +184,7 @@ impl Proxy {
             pipeline,
             metrics,
             admin,
+            policy_watcher,
         })
     }
 
@@ -195,7 +207,7 @@ impl Proxy {
 
     /// Serves until `shutdown` is cancelled, then drains open requests. The admin port answers
     /// throughout, with `/readyz` failing from the moment `shutdown` is cancelled; the serving
-    /// certificate is reloaded when its files change.
+    /// certificate and the policy are reloaded when their files change.
     pub async fn serve(self, shutdown: CancellationToken) {
         let pipeline = self.pipeline.clone();
         let background = CancellationToken::new();
@@ -205,6 +217,8 @@ impl Proxy {
             self.metrics.clone(),
             background.clone(),
         ));
+        // Reloads swap the policy for new requests; requests in flight keep theirs.
+        let policy_watch = self.policy_watcher.spawn(background.clone());
         server::serve(self.listener, self.tls, self.pipeline, shutdown).await;
         let lost = pipeline.recorder.unacked();
         if lost > 0 {
@@ -217,6 +231,7 @@ impl Proxy {
         // A scraper holding a connection open must not hold up the exit.
         let _ = tokio::time::timeout(ADMIN_STOP_TIMEOUT, admin).await;
         let _ = cert_watch.await;
+        let _ = policy_watch.await;
     }
 }
 

@@ -28,7 +28,7 @@ use crate::authn::Authenticator;
 use crate::body::{ProxyBody, RecordedBody};
 use crate::forward::{Upstream, strip_hop_by_hop};
 use crate::identity::Registry;
-use crate::policy::{Decision, Permitted, Policy};
+use crate::policy::{Decision, Permitted, PolicyInput, SharedPolicy};
 use crate::record::Recorder;
 use crate::request_info;
 use crate::rescue::{REQUEST_ID_HEADER, Rejection};
@@ -103,7 +103,7 @@ struct Admitted {
 pub struct Pipeline {
     pub(crate) authenticator: Authenticator,
     pub(crate) registry: Registry,
-    pub(crate) policy: Policy,
+    pub(crate) policy: SharedPolicy,
     pub(crate) recorder: Recorder,
     pub(crate) upstream: Upstream,
     pub(crate) max_request_body: usize,
@@ -202,8 +202,27 @@ impl Pipeline {
                 principal: identity.principal,
             });
         }
-        let permit = match self.policy.decide(&identity, &ctx.info) {
+        // An exec's command is its repeated `command` query parameters, in order.
+        // TODO(lead): for writes, pass the body and content type too (read before policy).
+        let command: Vec<String> = if ctx.info.verb == "exec" {
+            form_urlencoded::parse(ctx.query.as_deref().unwrap_or("").as_bytes())
+                .filter(|(key, _)| key == "command")
+                .map(|(_, value)| value.into_owned())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let input = PolicyInput {
+            command: &command,
+            ..PolicyInput::new(&identity, &ctx.info)
+        };
+        let permit = match self.policy.current().decide(&input) {
             Decision::Allow(permit) => permit,
+            Decision::Hold(hold) => {
+                return Err(Rejection::Policy(
+                    hold.refuse("approvals are not available yet, so it is denied"),
+                ));
+            }
             Decision::Deny(denial) => return Err(Rejection::Policy(denial)),
         };
         let body = self.read_body(headers, body).await?;
