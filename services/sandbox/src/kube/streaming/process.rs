@@ -24,6 +24,8 @@ use super::Options;
 use super::session::{Outcome, Output, Streams};
 
 const READ_CHUNK: usize = 32 * 1024;
+/// How long a terminal session waits for the client's first size before starting at 80x24.
+const INITIAL_SIZE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Resolves `program` like execvp: a path is taken as is, a bare name is looked up in PATH.
 fn resolve(program: &str) -> Option<PathBuf> {
@@ -174,12 +176,22 @@ async fn exec_tty(
     let Streams { stdin, resize, out } = streams;
     let internal =
         |e: String| Outcome::Internal(format!("error executing command in container: {e}"));
-    let pair = match native_pty_system().openpty(PtySize {
+    // kubectl sends its terminal's size as soon as the streams are up; start the program at
+    // that size rather than resizing it just after it may have looked.
+    let mut resize = resize;
+    let mut initial = PtySize {
         rows: 24,
         cols: 80,
         pixel_width: 0,
         pixel_height: 0,
-    }) {
+    };
+    if let Some(sizes) = resize.as_mut()
+        && let Ok(Some(size)) = tokio::time::timeout(INITIAL_SIZE_WAIT, sizes.recv()).await
+    {
+        initial.rows = size.height;
+        initial.cols = size.width;
+    }
+    let pair = match native_pty_system().openpty(initial) {
         Ok(p) => p,
         Err(e) => return internal(format!("allocating a terminal: {e}")),
     };
@@ -239,7 +251,6 @@ async fn exec_tty(
     });
     let wait = tokio::task::spawn_blocking(move || child.wait());
     let mut stdin = stdin;
-    let mut resize = resize;
     loop {
         tokio::select! {
             data = out_rx.recv() => match data {
@@ -382,14 +393,14 @@ impl MainProcesses {
         tokio::spawn(async move {
             let feed = async {
                 while let Some(msg) = stdin_rx.recv().await {
-                    match (msg, pipe_in.as_mut()) {
-                        (StdinMessage::Data(d), Some(p)) => {
-                            if p.write_all(&d).await.is_err() {
-                                pipe_in = None;
-                            }
-                        }
-                        (StdinMessage::Close, _) => pipe_in = None,
-                        _ => {}
+                    let keep = match (msg, pipe_in.as_mut()) {
+                        (StdinMessage::Data(d), Some(p)) => p.write_all(&d).await.is_ok(),
+                        (StdinMessage::Data(_), None) => false,
+                        (StdinMessage::Close, _) => false,
+                    };
+                    if !keep {
+                        // Dropping the pipe is the process's end of input.
+                        pipe_in = None;
                     }
                 }
                 std::future::pending::<()>().await;

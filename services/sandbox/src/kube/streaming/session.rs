@@ -385,7 +385,8 @@ where
             while let Some(Ok(message)) = source.next().await {
                 match message {
                     WsMessage::Binary(b) => {
-                        if to_tunnel.write_all(&b).await.is_err() {
+                        let written = to_tunnel.write_all(&b).await;
+                        if written.is_err() {
                             break;
                         }
                     }

@@ -236,12 +236,12 @@ where
                             .insert(stream_id);
                     }
                     Frame::Ping { id } => {
-                        if reader_sender
+                        // Echo the client's ping: that is the reply.
+                        let echoed = reader_sender
                             .tx
                             .send(Command::Frame(Frame::Ping { id }))
-                            .await
-                            .is_err()
-                        {
+                            .await;
+                        if echoed.is_err() {
                             break 'conn;
                         }
                     }
