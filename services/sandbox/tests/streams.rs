@@ -372,7 +372,11 @@ async fn attach_shares_the_main_process_over_spdy() {
 
 /// A TCP echo server on a free loopback port.
 async fn echo_server() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    echo_server_on("127.0.0.1").await
+}
+
+async fn echo_server_on(host: &str) -> u16 {
+    let listener = TcpListener::bind((host, 0)).await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
@@ -386,11 +390,16 @@ async fn echo_server() -> u16 {
     port
 }
 
-/// Starts `kubectl port-forward` to `remote` on a kubectl-chosen local port; returns the
-/// running kubectl and the local port it announced.
-async fn port_forward(c: &Cluster, t: Transport, remote: u16) -> (tokio::process::Child, u16) {
+/// Starts `kubectl port-forward` to `remote` of `pod` (in apps) on a kubectl-chosen local
+/// port; returns the running kubectl and the local port it announced.
+async fn port_forward(
+    c: &Cluster,
+    t: Transport,
+    pod: &str,
+    remote: u16,
+) -> (tokio::process::Child, u16) {
     let target = format!(":{remote}");
-    let mut child = command(c, t, &["port-forward", "-n", "apps", "web", &target])
+    let mut child = command(c, t, &["port-forward", "-n", "apps", pod, &target])
         .spawn()
         .expect("spawn port-forward");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
@@ -429,7 +438,7 @@ async fn round_trip(local: u16, payload: &[u8]) -> Vec<u8> {
 async fn port_forward_reaches_a_local_port(t: Transport) {
     let c = start().await;
     let remote = echo_server().await;
-    let (mut kubectl, local) = port_forward(&c, t, remote).await;
+    let (mut kubectl, local) = port_forward(&c, t, "web", remote).await;
     // Several connections over the one upgraded connection, one of them large.
     for i in 0..3 {
         let payload = format!("ping {i}\n").repeat(if i == 1 { 40_000 } else { 1 });
@@ -450,6 +459,25 @@ async fn port_forward_reaches_a_local_port_over_websocket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn port_forward_reaches_a_local_port_over_spdy() {
     port_forward_reaches_a_local_port(Transport::Spdy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_honours_the_forward_host_annotation() {
+    let c = start().await;
+    // Another loopback address: nothing listens on the same port of 127.0.0.1.
+    let remote = echo_server_on("127.0.0.2").await;
+    let manifest = c.write_file(
+        "elsewhere.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: elsewhere\n  namespace: apps\n  \
+             annotations:\n    {}: 127.0.0.2\nspec:\n  containers:\n  - name: c\n    image: nginx\n",
+            gatehouse_sandbox::kube::FORWARD_HOST_ANNOTATION
+        ),
+    );
+    c.kubectl_ok(&["apply", "-f", &manifest]).await;
+    let (mut kubectl, local) = port_forward(&c, Transport::WebSocket, "elsewhere", remote).await;
+    assert_eq!(round_trip(local, b"over there").await, b"over there");
+    kubectl.kill().await.expect("kill port-forward");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,9 +33,9 @@ pub enum Kind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Transport {
     /// `Upgrade: websocket` with the negotiated `Sec-WebSocket-Protocol` (use
-    /// [`Subprotocol::V4Channel`] when none was negotiated: the server then speaks binary
-    /// channels, as for `channel.k8s.io`). [`Subprotocol::SpdyTunnelPortForward`] means SPDY
-    /// frames inside binary messages.
+    /// [`Subprotocol::Channel`] when the response names none: the server then speaks binary
+    /// channels with a plain-text error channel). [`Subprotocol::SpdyTunnelPortForward`] means
+    /// SPDY frames inside binary messages.
     WebSocket(Subprotocol),
     /// `Upgrade: SPDY/3.1` with the negotiated `X-Stream-Protocol-Version`.
     Spdy(Subprotocol),

@@ -39,6 +39,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+pub use streaming::FORWARD_HOST_ANNOTATION;
+
 use crate::rbac::{self, RbacConfig, UserInfo};
 use status::ApiError;
 use store::Store;
