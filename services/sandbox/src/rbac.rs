@@ -218,8 +218,12 @@ impl RbacConfig {
         for r in crate::kube::resources::RESOURCES {
             if r.name != "secrets" {
                 ci_read_resources.push(r.name.to_owned());
+                // Like kube's view role: reading never includes exec, attach or port-forward
+                // (a GET on those subresources opens a shell).
                 for sub in r.subresources {
-                    ci_read_resources.push(format!("{}/{}", r.name, sub));
+                    if !matches!(*sub, "exec" | "attach" | "portforward") {
+                        ci_read_resources.push(format!("{}/{}", r.name, sub));
+                    }
                 }
             }
         }
@@ -613,6 +617,12 @@ bindings:
         assert!(cfg.allows(&ci, &Request::resource("get", "pods/log", "prod", "x")));
         assert!(!cfg.allows(&ci, &Request::resource("get", "secrets", "prod", "x")));
         assert!(!cfg.allows(&ci, &Request::resource("create", "pods", "prod", "")));
+        for sub in ["pods/exec", "pods/attach", "pods/portforward"] {
+            assert!(!cfg.allows(&ci, &Request::resource("get", sub, "prod", "api")));
+            assert!(cfg.allows(&ci, &Request::resource("create", sub, "apps", "web")));
+            assert!(cfg.allows(&admin, &Request::resource("create", sub, "prod", "api")));
+            assert!(cfg.allows(&admin, &Request::resource("get", sub, "prod", "api")));
+        }
     }
 
     #[test]

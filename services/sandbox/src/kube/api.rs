@@ -29,6 +29,8 @@ const MAX_BODY: usize = 3 * 1024 * 1024;
 /// Default watch length when the client sets no timeoutSeconds (kube picks 30–60 minutes).
 const DEFAULT_WATCH: Duration = Duration::from_secs(1800);
 const BOOKMARK_EVERY: Duration = Duration::from_secs(30);
+/// How often a followed log without a running main process gets a line.
+const LOG_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// The representation the client asked for in `Accept`.
 #[derive(Clone, Debug, PartialEq)]
@@ -208,15 +210,23 @@ pub(crate) async fn dispatch(
     let allowed = match route.subresource.as_str() {
         "" => def.supports(route.verb),
         "log" => route.verb == "get",
+        "exec" | "attach" | "portforward" => matches!(route.verb, "get" | "create"),
         _ => matches!(route.verb, "get" | "update" | "patch"),
     };
     let misplaced = match route.verb {
+        "create" if !route.subresource.is_empty() => route.name.is_empty(),
         "create" => !route.name.is_empty() || (def.namespaced && route.namespace.is_empty()),
         "update" | "patch" => route.name.is_empty(),
         _ => false,
     };
     if !allowed || misplaced {
         return Err(ApiError::method_not_allowed());
+    }
+    if matches!(
+        route.subresource.as_str(),
+        "exec" | "attach" | "portforward"
+    ) {
+        return super::streaming::serve(state, &route, req).await;
     }
     let include =
         IncludeObject::parse(query.get("includeObject")).map_err(ApiError::bad_request)?;
@@ -677,10 +687,63 @@ fn pod_log(
         "{started} sandbox: container {container} of pod {ns}/{name} started\n\
          {started} sandbox: listening on :8080\n"
     );
-    let mut r = Response::new(Body::from(text));
+    let body = if query.flag("follow") {
+        follow_log(state, format!("{ns}/{name}/{container}"), text)
+    } else {
+        Body::from(text)
+    };
+    let mut r = Response::new(body);
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     Ok(r)
+}
+
+/// `follow=true`: the log so far, then, until the client goes away (or the sandbox stops),
+/// the output of the container's main process when one runs (see pods/attach) and otherwise a
+/// heartbeat line every [`LOG_HEARTBEAT`].
+fn follow_log(state: &Arc<State>, key: String, head: String) -> Body {
+    let (tx, body_rx) = mpsc::channel::<Bytes>(16);
+    let mut stop = state.stop.clone();
+    let processes = state.processes.clone();
+    tokio::spawn(async move {
+        if tx.send(Bytes::from(head)).await.is_err() {
+            return;
+        }
+        let mut output = None;
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + LOG_HEARTBEAT, LOG_HEARTBEAT);
+        let mut beat = 0u64;
+        loop {
+            if output.is_none() {
+                output = processes.subscribe(&key);
+            }
+            tokio::select! {
+                chunk = async { output.as_mut()?.next().await }, if output.is_some() => match chunk {
+                    Some(chunk) => {
+                        if tx.send(chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => output = None,
+                },
+                _ = ticker.tick() => {
+                    beat += 1;
+                    let now = time::OffsetDateTime::now_utc()
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default();
+                    let line = format!("{now} sandbox: heartbeat {beat}\n");
+                    if tx.send(Bytes::from(line)).await.is_err() {
+                        return;
+                    }
+                }
+                _ = super::streaming::until_true(&mut stop) => return,
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    Body::from_stream(futures::stream::unfold(body_rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<Bytes, Infallible>(b), rx))
+    }))
 }
 
 /// What a watcher wants to see.

@@ -3,6 +3,7 @@
 //!
 //! - `mod.rs`: server lifecycle, request recording, authentication, impersonation, routing.
 //! - `api.rs`: the verbs (get/list/watch/create/update/patch/delete/deletecollection, pods/log).
+//! - `streaming/`: pods/exec, pods/attach, pods/portforward over WebSocket and SPDY/3.1.
 //! - `resources.rs`: the served resource types and discovery documents.
 //! - `store.rs`: objects, resourceVersions, change history and broadcast for watches.
 //! - `objects.rs`: per-type decoding, validation, defaults and the demo seed.
@@ -18,6 +19,7 @@ pub(crate) mod resources;
 mod selector;
 mod status;
 mod store;
+mod streaming;
 mod table;
 
 use std::collections::{BTreeMap, HashMap};
@@ -36,6 +38,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
+
+pub use streaming::FORWARD_HOST_ANNOTATION;
 
 use crate::rbac::{self, RbacConfig, UserInfo};
 use status::ApiError;
@@ -85,6 +89,8 @@ pub(crate) struct State {
     stop: watch::Receiver<bool>,
     addr: SocketAddr,
     openapi: openapi::Docs,
+    /// Attach targets: one local main process per pod container.
+    processes: Arc<streaming::MainProcesses>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -120,6 +126,7 @@ impl Sandbox {
             stop: stop_rx.clone(),
             addr,
             openapi: openapi::Docs::build(),
+            processes: Arc::new(streaming::MainProcesses::new(stop_rx.clone())),
         });
         let task = tokio::spawn(accept_loop(
             listener,

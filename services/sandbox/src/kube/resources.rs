@@ -54,7 +54,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         namespaced: true,
         short_names: &["po"],
         verbs: ALL_VERBS,
-        subresources: &["log", "status"],
+        subresources: &["attach", "exec", "log", "portforward", "status"],
         fields: &["spec", "status"],
         field_labels: &[
             "spec.nodeName",
@@ -260,15 +260,18 @@ pub fn api_resource_list() -> Value {
         }
         resources.push(entry);
         for sub in r.subresources {
-            let verbs: &[&str] = match *sub {
-                "log" => &["get"],
-                _ => &["get", "patch", "update"],
+            let (verbs, kind): (&[&str], &str) = match *sub {
+                "log" => (&["get"], "Pod"),
+                "attach" => (&["create", "get"], "PodAttachOptions"),
+                "exec" => (&["create", "get"], "PodExecOptions"),
+                "portforward" => (&["create", "get"], "PodPortForwardOptions"),
+                _ => (&["get", "patch", "update"], r.kind),
             };
             resources.push(json!({
                 "name": format!("{}/{}", r.name, sub),
                 "singularName": "",
                 "namespaced": r.namespaced,
-                "kind": if *sub == "log" { "Pod" } else { r.kind },
+                "kind": kind,
                 "verbs": verbs,
             }));
         }

@@ -38,6 +38,8 @@ pub struct Cluster {
 
 pub struct Output {
     pub success: bool,
+    /// The exit code (None when killed by a signal).
+    pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
@@ -132,7 +134,7 @@ pub fn kubectl_available() -> bool {
 }
 
 impl Cluster {
-    fn kubectl_command(&self, args: &[&str]) -> tokio::process::Command {
+    pub fn kubectl_command(&self, args: &[&str]) -> tokio::process::Command {
         assert!(
             kubectl_available(),
             "these tests need the real kubectl on PATH"
@@ -159,6 +161,7 @@ impl Cluster {
             .expect("kubectl output");
         Output {
             success: out.status.success(),
+            code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
