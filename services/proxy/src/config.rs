@@ -40,6 +40,10 @@ pub struct ProxyConfig {
     /// Largest request body accepted (bytes). The API server's own limit is 3 MiB.
     #[serde(default = "default_max_request_body")]
     pub max_request_body: usize,
+    /// Largest request or response body kept in an event at record levels `request` and
+    /// `request-response`; longer bodies are cut, with the digest of the whole kept.
+    #[serde(default = "default_record_body_limit")]
+    pub record_body_limit: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -321,6 +325,9 @@ pub enum ClaimPreset {
 
 fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn default_record_body_limit() -> usize {
+    64 * 1024
 }
 fn default_max_request_body() -> usize {
     3 * 1024 * 1024

@@ -33,6 +33,7 @@ pub mod record;
 pub mod request_info;
 pub mod rescue;
 pub mod server;
+pub mod session;
 pub mod serving_cert;
 pub mod upstream_config;
 
@@ -146,6 +147,7 @@ impl Proxy {
             recorder,
             upstream,
             max_request_body: config.max_request_body,
+            record_body_limit: config.record_body_limit,
             metrics: metrics.clone(),
         });
         let checks = vec![

@@ -14,22 +14,26 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
 use gatehouse_events::{
-    BodyDigest, Decision as RecordedDecision, DecisionAction, Identity, RequestInfo, Source,
+    BodyDigest, Decision as RecordedDecision, DecisionAction, Identity, RecordLevel,
+    RecordedBody, RequestInfo, ResponseOutcome, SessionEnd, Source,
 };
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::authn::Authenticator;
-use crate::body::{ProxyBody, RecordedBody};
+use crate::body::{Delivered, MaskingBody, ProxyBody, RecordedBody as RecordingBody};
+use crate::mask::{self, MaskTarget, Masker, Profile};
+use crate::session::{self, SessionLog, SessionRequest};
 use crate::forward::{Upstream, strip_hop_by_hop};
 use crate::identity::Registry;
 use crate::policy::{Decision, Permitted, PolicyInput, SharedPolicy};
-use crate::record::Recorder;
+use crate::record::{Acked, Recorder};
 use crate::request_info;
 use crate::rescue::{REQUEST_ID_HEADER, Rejection};
 use crate::server::PeerCertificate;
@@ -97,6 +101,18 @@ struct Admitted {
     permit: Permitted,
     identity: Identity,
     body: Bytes,
+    /// The mask profile the permitting rule names, compiled.
+    profile: Option<Arc<Profile>>,
+}
+
+/// What admission learned, whatever it decided: the body (read before policy, so body
+/// guardrails can see it) and how much of the request to record.
+#[derive(Default)]
+struct Seen {
+    body: Option<Bytes>,
+    content_type: Option<String>,
+    record: RecordLevel,
+    profile: Option<Arc<Profile>>,
 }
 
 /// Everything the phases need; shared by all connections.
@@ -107,11 +123,20 @@ pub struct Pipeline {
     pub(crate) recorder: Recorder,
     pub(crate) upstream: Upstream,
     pub(crate) max_request_body: usize,
+    /// Largest body kept in an event at record levels `request` and `request-response`.
+    pub(crate) record_body_limit: usize,
     pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl Pipeline {
     /// Handles one request end to end. Never fails: every refusal is a `Status` response.
+    ///
+    /// ```text
+    /// admit (parse → authenticate → identify → read body → authorize)
+    ///   → RECORD request.received (acked)
+    ///   → refuse, or forward → mask → stream back → record response.completed
+    ///                 └ upgrade → relay the session, recording each chunk
+    /// ```
     pub async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
@@ -119,29 +144,36 @@ impl Pipeline {
     ) -> Response<ProxyBody> {
         let mut ctx = RequestContext::new(&request, peer);
         tracing::Span::current().record("request_id", ctx.id.as_str());
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        // Taken before the request goes anywhere: the client's side of an upgrade.
+        let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
 
-        let admission = self.admit(&mut ctx, &parts.headers, body).await;
-        let (decision, body_digest) = match &admission {
-            Ok(admitted) => (
-                RecordedDecision {
-                    action: DecisionAction::Allow,
-                    rule: Some(admitted.permit.rule().to_owned()),
-                    reason: format!("allowed by rule {}", admitted.permit.rule()),
-                },
-                (!admitted.body.is_empty()).then(|| BodyDigest::of(&admitted.body)),
-            ),
-            Err(rejection) => (
-                RecordedDecision {
-                    action: DecisionAction::Deny,
-                    rule: rejection.rule(),
-                    reason: rejection.message(),
-                },
-                None,
-            ),
+        let mut seen = Seen::default();
+        let admission = self.admit(&mut ctx, &parts.headers, body, &mut seen).await;
+        let decision = match &admission {
+            Ok(admitted) => RecordedDecision {
+                action: DecisionAction::Allow,
+                rule: Some(admitted.permit.rule().to_owned()),
+                reason: format!("allowed by rule {}", admitted.permit.rule()),
+            },
+            Err(rejection) => RecordedDecision {
+                action: DecisionAction::Deny,
+                rule: rejection.rule(),
+                reason: rejection.message(),
+            },
         };
+        let body_digest = seen
+            .body
+            .as_ref()
+            .filter(|b| !b.is_empty())
+            .map(|b| BodyDigest::of(b));
+        let content = self.request_content(&ctx, &seen);
 
-        let acked = match self.recorder.received(&ctx, decision, body_digest).await {
+        let acked = match self
+            .recorder
+            .received(&ctx, decision, body_digest, seen.record, content)
+            .await
+        {
             Ok(acked) => acked,
             Err(e) => {
                 tracing::error!(request_id = %ctx.id, error = %e, "request.received not acked; refusing");
@@ -152,7 +184,23 @@ impl Pipeline {
             Ok(admitted) => admitted,
             Err(rejection) => return self.refuse(&ctx, rejection).await,
         };
+        if is_upgrade(&parts.headers) {
+            return self
+                .open_session(&ctx, admitted, acked, parts, on_upgrade)
+                .await;
+        }
 
+        let target = MaskTarget::new(
+            ctx.info.resource.clone(),
+            ctx.info.api_group.clone(),
+            ctx.info.verb == "watch",
+        );
+        let masking = returns_objects(&ctx.info)
+            && mask::needs_masking(admitted.profile.as_deref(), &target);
+        if masking {
+            ask_for_plain_json(&mut parts.headers);
+        }
+        let record = admitted.permit.record();
         let upstream_response = match self
             .upstream
             .send(
@@ -177,16 +225,19 @@ impl Pipeline {
         self.recorder
             .forwarded(&ctx, self.upstream.url(), &admitted.identity)
             .await;
-        self.stream_back(&ctx, upstream_response)
+        let masker = masking.then(|| Masker::new(admitted.profile.clone(), target));
+        self.stream_back(&ctx, upstream_response, masker, record)
     }
 
-    /// Parse, authenticate, identify, authorize, read the body. No I/O beyond the client's
-    /// body and the issuers' keys.
+    /// Parse, authenticate, identify, read the body, authorize. No I/O beyond the client's
+    /// body and the issuers' keys. What it learns on the way goes into `seen`, so a refusal
+    /// is recorded as fully as an admission.
     async fn admit(
         &self,
         ctx: &mut RequestContext,
         headers: &HeaderMap,
         body: Incoming,
+        seen: &mut Seen,
     ) -> Result<Admitted, Rejection> {
         ctx.info = request_info::parse(&ctx.method, &ctx.raw_path, ctx.query.as_deref())
             .map_err(|e| Rejection::BadRequest(e.to_string()))?;
@@ -202,8 +253,12 @@ impl Pipeline {
                 principal: identity.principal,
             });
         }
+        // Read before policy so body guardrails see what would be forwarded; only for
+        // authenticated, registered callers.
+        let body = self.read_body(headers, body).await?;
+        seen.body = Some(body.clone());
+        seen.content_type = header_text(headers, http::header::CONTENT_TYPE.as_str());
         // An exec's command is its repeated `command` query parameters, in order.
-        // TODO(lead): for writes, pass the body and content type too (read before policy).
         let command: Vec<String> = if ctx.info.verb == "exec" {
             form_urlencoded::parse(ctx.query.as_deref().unwrap_or("").as_bytes())
                 .filter(|(key, _)| key == "command")
@@ -212,24 +267,38 @@ impl Pipeline {
         } else {
             Vec::new()
         };
+        let policy = self.policy.current();
         let input = PolicyInput {
             command: &command,
+            body: (!body.is_empty()).then_some(&body[..]),
+            content_type: seen.content_type.as_deref(),
             ..PolicyInput::new(&identity, &ctx.info)
         };
-        let permit = match self.policy.current().decide(&input) {
-            Decision::Allow(permit) => permit,
-            Decision::Hold(hold) => {
-                return Err(Rejection::Policy(
-                    hold.refuse("approvals are not available yet, so it is denied"),
-                ));
+        let (permit, mask) = match policy.decide(&input) {
+            Decision::Allow(permit) => {
+                let mask = permit.mask().map(str::to_owned);
+                (permit, mask)
             }
-            Decision::Deny(denial) => return Err(Rejection::Policy(denial)),
+            Decision::Hold(hold) => {
+                seen.record = hold.record();
+                seen.profile = hold.mask().and_then(|m| policy.compiled_mask(m));
+                return Err(Rejection::Policy(hold.refuse(
+                    "approvals are not available on this proxy, so it is denied",
+                )));
+            }
+            Decision::Deny(denial) => {
+                seen.record = policy.default_record();
+                return Err(Rejection::Policy(denial));
+            }
         };
-        let body = self.read_body(headers, body).await?;
+        let profile = mask.and_then(|m| policy.compiled_mask(&m));
+        seen.record = permit.record();
+        seen.profile = profile.clone();
         Ok(Admitted {
             permit,
             identity,
             body,
+            profile,
         })
     }
 
@@ -255,31 +324,249 @@ impl Pipeline {
         }
     }
 
-    /// Streams the API server's response back, recording `response.completed` at its end.
+    /// The masked request body for the record, at level `request` and above. A JSON body is
+    /// masked like a response; a body that needs masking but is not JSON (protobuf, YAML, a
+    /// JSON Patch of a Secret) is recorded by digest only.
+    fn request_content(&self, ctx: &RequestContext, seen: &Seen) -> Option<RecordedBody> {
+        if seen.record == RecordLevel::Metadata {
+            return None;
+        }
+        let body = seen.body.as_ref().filter(|b| !b.is_empty())?;
+        let content_type = seen.content_type.as_deref();
+        let target = MaskTarget::new(ctx.info.resource.clone(), ctx.info.api_group.clone(), false);
+        let needs = mask::needs_masking(seen.profile.as_deref(), &target);
+        let json_object =
+            content_type.is_none_or(|c| c.contains("json") && !c.contains("json-patch"));
+        if json_object && let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(body) {
+            if needs || value.get("kind").and_then(|k| k.as_str()) == Some("Secret") {
+                mask::mask_value(seen.profile.as_deref(), &target, &mut value);
+            }
+            let masked = serde_json::to_vec(&value).ok()?;
+            return Some(RecordedBody::capture(
+                content_type,
+                &masked,
+                BodyDigest::of(&masked),
+                self.record_body_limit,
+            ));
+        }
+        if needs || looks_like_a_secret(body) {
+            return Some(RecordedBody::omitted(content_type, BodyDigest::of(body)));
+        }
+        Some(RecordedBody::capture(
+            content_type,
+            body,
+            BodyDigest::of(body),
+            self.record_body_limit,
+        ))
+    }
+
+    /// Streams the API server's response back — masked if policy says so — recording
+    /// `response.completed` at its end.
     fn stream_back(
         &self,
         ctx: &RequestContext,
         response: Response<Incoming>,
+        masker: Option<Masker>,
+        record: RecordLevel,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         if let Ok(id) = HeaderValue::from_str(&ctx.id) {
             parts.headers.insert(REQUEST_ID_HEADER, id);
         }
+        let masked = Arc::new(AtomicU64::new(0));
+        let body: ProxyBody = match masker {
+            None => body.map_err(Into::into).boxed_unsync(),
+            Some(masker) => {
+                let content_type = header_text(&parts.headers, "content-type").unwrap_or_default();
+                if !content_type.is_empty() && !content_type.contains("json") {
+                    // Protobuf or anything else despite asking for JSON: withhold it.
+                    tracing::warn!(request_id = %ctx.id, content_type, "response needs masking but is not JSON");
+                    let status = Rejection::Unmaskable(content_type).into_response(&ctx.id, None);
+                    return self.record_response(ctx, status, record, masked);
+                }
+                // Masking changes the length.
+                parts.headers.remove(http::header::CONTENT_LENGTH);
+                MaskingBody::new(body, masker, masked.clone()).boxed_unsync()
+            }
+        };
+        self.record_response(ctx, Response::from_parts(parts, body), record, masked)
+    }
+
+    /// Wraps a response so `response.completed` (with the masked body at level
+    /// `request-response`) is recorded when its body ends.
+    fn record_response(
+        &self,
+        ctx: &RequestContext,
+        response: Response<ProxyBody>,
+        record: RecordLevel,
+        masked: Arc<AtomicU64>,
+    ) -> Response<ProxyBody> {
+        let (parts, body) = response.into_parts();
         let recorder = self.recorder.clone();
         let request_id = ctx.id.clone();
         let status = parts.status.as_u16();
         let started = ctx.started;
+        let content_type = header_text(&parts.headers, "content-type");
+        let limit = self.record_body_limit;
         let (metrics, verb) = (self.metrics.clone(), ctx.info.verb.clone());
-        let body = RecordedBody::new(
+        let mut body = RecordingBody::new(
             body,
             Box::new(move |delivered| {
                 let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+                let masked_fields = masked.load(Ordering::Relaxed);
                 metrics.request_finished(&verb, "allow", status, duration_ms / 1000.0);
-                recorder.completed(request_id, status, duration_ms, delivered);
+                metrics.masked_fields(masked_fields);
+                let content = delivered.captured.as_ref().map(|kept| {
+                    let mut content = RecordedBody::capture(
+                        content_type.as_deref(),
+                        kept,
+                        delivered.body.clone(),
+                        limit,
+                    );
+                    content.truncated |= delivered.body.bytes > kept.len() as u64;
+                    content
+                });
+                recorder.completed(
+                    request_id,
+                    status,
+                    duration_ms,
+                    delivered,
+                    masked_fields,
+                    content,
+                );
             }),
         );
+        if record == RecordLevel::RequestResponse {
+            body = body.capturing(limit);
+        }
         Response::from_parts(parts, body.boxed_unsync())
+    }
+
+    /// Forwards an exec / attach / port-forward upgrade and, once both sides have switched
+    /// protocols, relays and records the session.
+    async fn open_session(
+        &self,
+        ctx: &RequestContext,
+        admitted: Admitted,
+        acked: Acked,
+        parts: http::request::Parts,
+        on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<ProxyBody> {
+        let Some(request) = SessionRequest::from_request(&ctx.info, ctx.query.as_deref()) else {
+            let why = "only exec, attach and port-forward may upgrade the connection";
+            return self.refuse(ctx, Rejection::BadRequest(why.into())).await;
+        };
+        let Some(on_upgrade) = on_upgrade else {
+            let why = "an upgrade needs HTTP/1.1";
+            return self.refuse(ctx, Rejection::BadRequest(why.into())).await;
+        };
+        let upstream_response = match self
+            .upstream
+            .send_upgrade(
+                admitted.permit,
+                acked,
+                &admitted.identity,
+                &ctx.info,
+                ctx.query.as_deref(),
+                parts,
+            )
+            .await
+        {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.id, error = %e, "upstream upgrade failed");
+                return self
+                    .refuse(ctx, Rejection::UpstreamUnavailable(e.to_string()))
+                    .await;
+            }
+        };
+        self.recorder
+            .forwarded(ctx, self.upstream.url(), &admitted.identity)
+            .await;
+        if upstream_response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            // The API server said no (RBAC, no such pod): its Status goes back as it is.
+            return self.stream_back(ctx, upstream_response, None, RecordLevel::Metadata);
+        }
+        let Some((transport, transport_name, protocol)) =
+            session::negotiated_transport(upstream_response.headers())
+        else {
+            let status = Rejection::Unmaskable("an unknown stream protocol".into())
+                .into_response(&ctx.id, None);
+            return self.record_response(ctx, status, RecordLevel::Metadata, Arc::default());
+        };
+        let log = match SessionLog::start(
+            self.recorder.clone(),
+            &ctx.id,
+            &admitted.identity.principal,
+            &request,
+            transport_name,
+            &protocol,
+            admitted.profile.clone(),
+        )
+        .await
+        {
+            Ok(log) => log,
+            Err(e) => {
+                tracing::error!(request_id = %ctx.id, error = %e, "session.started not acked; refusing");
+                let status = Rejection::NatsUnavailable(e).into_response(&ctx.id, None);
+                return self.record_response(ctx, status, RecordLevel::Metadata, Arc::default());
+            }
+        };
+        let mut response = Response::new(
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        for name in UPGRADE_HEADERS {
+            for value in upstream_response.headers().get_all(name) {
+                response.headers_mut().append(name, value.clone());
+            }
+        }
+        if let Ok(id) = HeaderValue::from_str(&ctx.id) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, id);
+        }
+        let (recorder, metrics) = (self.recorder.clone(), self.metrics.clone());
+        let (request_id, started, verb) = (ctx.id.clone(), ctx.started, ctx.info.verb.clone());
+        let session_id = log.id().to_owned();
+        tracing::info!(request_id = %ctx.id, session_id, kind = ?request.kind, transport = transport_name, protocol, "session started");
+        tokio::spawn(async move {
+            let _active = metrics.session_opened();
+            let upstream_io = hyper::upgrade::on(upstream_response).await;
+            let client_io = on_upgrade.await;
+            let end = match (client_io, upstream_io) {
+                (Ok(client), Ok(upstream)) => {
+                    session::relay(log, request.kind, transport, &request.ports, client, upstream)
+                        .await
+                }
+                (client, upstream) => {
+                    tracing::warn!(
+                        session_id,
+                        client_ok = client.is_ok(),
+                        upstream_ok = upstream.is_ok(),
+                        "an upgraded connection could not be taken over"
+                    );
+                    log.abandon().await
+                }
+            };
+            let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+            metrics.request_finished(&verb, "allow", 101, duration_ms / 1000.0);
+            let outcome = match end {
+                SessionEnd::Closed => ResponseOutcome::Complete,
+                SessionEnd::ClientDisconnected => ResponseOutcome::ClientDisconnected,
+                SessionEnd::UpstreamError | SessionEnd::Terminated => {
+                    ResponseOutcome::UpstreamError
+                }
+            };
+            let delivered = Delivered {
+                outcome,
+                body: BodyDigest::of(b""),
+                captured: None,
+            };
+            recorder.completed(request_id, 101, duration_ms, delivered, 0, None);
+        });
+        response
     }
 
     /// Records the refusal and answers it.
@@ -304,6 +591,64 @@ impl Pipeline {
         let info = ctx.info.is_resource_request.then_some(&ctx.info);
         rejection.into_response(&ctx.id, info)
     }
+}
+
+/// Headers of a 101 answer the client needs to finish its side of the upgrade.
+const UPGRADE_HEADERS: [&str; 5] = [
+    "connection",
+    "upgrade",
+    "sec-websocket-accept",
+    "sec-websocket-protocol",
+    "x-stream-protocol-version",
+];
+
+/// Whether the client asks to switch protocols (`Connection: Upgrade` and an `Upgrade`).
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(http::header::UPGRADE)
+        && headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Whether a response to this request is Kubernetes objects in JSON (and so can be masked):
+/// not logs, exec streams or proxied traffic.
+fn returns_objects(info: &RequestInfo) -> bool {
+    info.is_resource_request
+        && !matches!(
+            info.subresource.as_str(),
+            "log" | "exec" | "attach" | "portforward" | "proxy"
+        )
+}
+
+/// A masked response must come back as plain JSON: no protobuf, no gzip.
+fn ask_for_plain_json(headers: &mut HeaderMap) {
+    let accepted: Vec<String> = headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|media| !media.is_empty() && !media.contains("protobuf"))
+        .map(str::to_owned)
+        .collect();
+    let accept = if accepted.is_empty() {
+        "application/json".to_owned()
+    } else {
+        accepted.join(", ")
+    };
+    headers.remove(http::header::ACCEPT);
+    if let Ok(value) = HeaderValue::from_str(&accept) {
+        headers.insert(http::header::ACCEPT, value);
+    }
+    headers.remove(http::header::ACCEPT_ENCODING);
+}
+
+/// A non-JSON body that says it is a Secret (protobuf carries the kind as plain bytes).
+fn looks_like_a_secret(body: &[u8]) -> bool {
+    body.windows(6).any(|w| w == b"Secret")
 }
 
 fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {

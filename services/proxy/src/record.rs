@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use gatehouse_bus::{Bus, PendingAck, PublishError};
 use gatehouse_events::{
-    BodyDigest, Decision, Envelope, Identity, Payload, RequestDenied, RequestForwarded,
-    RequestReceived, ResponseCompleted,
+    BodyDigest, Decision, Envelope, Identity, Payload, RecordLevel, RecordedBody, RequestDenied,
+    RequestForwarded, RequestReceived, ResponseCompleted,
 };
 
 use crate::body::Delivered;
@@ -58,6 +58,15 @@ impl Recorder {
         }
     }
 
+    /// Where events say they come from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub(crate) fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
     /// Events whose ack never came.
     pub fn unacked(&self) -> u64 {
         self.unacked.load(Ordering::Relaxed)
@@ -69,6 +78,8 @@ impl Recorder {
         ctx: &RequestContext,
         decision: Decision,
         body: Option<BodyDigest>,
+        record: RecordLevel,
+        content: Option<RecordedBody>,
     ) -> Result<Acked, PublishError> {
         let event = Envelope::new(
             &self.source,
@@ -84,8 +95,8 @@ impl Recorder {
                 request: ctx.info.clone(),
                 decision,
                 body,
-                record: gatehouse_events::RecordLevel::Metadata,
-                content: None,
+                record,
+                content,
             },
         );
         let ack = self.bus.publish(&event).await?;
@@ -133,6 +144,8 @@ impl Recorder {
         status: u16,
         duration_ms: f64,
         delivered: Delivered,
+        masked_fields: u64,
+        content: Option<RecordedBody>,
     ) {
         let event = Envelope::new(
             &self.source,
@@ -143,8 +156,8 @@ impl Recorder {
                 outcome: delivered.outcome,
                 body: delivered.body,
                 duration_ms,
-                masked_fields: 0,
-                content: None,
+                masked_fields,
+                content,
             },
         );
         let recorder = self.clone();

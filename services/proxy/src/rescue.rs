@@ -34,6 +34,8 @@ pub enum Rejection {
     NatsUnavailable(PublishError),
     /// Allowed, but the API server could not be reached.
     UpstreamUnavailable(String),
+    /// The API server answered in a form that cannot be masked; its answer is withheld.
+    Unmaskable(String),
 }
 
 impl Rejection {
@@ -46,6 +48,7 @@ impl Rejection {
             Rejection::NatsUnavailable(_) | Rejection::UpstreamUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Rejection::Unmaskable(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -59,6 +62,7 @@ impl Rejection {
             Rejection::NatsUnavailable(_) | Rejection::UpstreamUnavailable(_) => {
                 "ServiceUnavailable"
             }
+            Rejection::Unmaskable(_) => "InternalError",
         }
     }
 
@@ -70,7 +74,9 @@ impl Rejection {
             Rejection::UnknownIdentity { .. } => DenialReason::UnknownIdentity,
             Rejection::Policy(_) => DenialReason::Policy,
             Rejection::NatsUnavailable(_) => DenialReason::NatsUnavailable,
-            Rejection::UpstreamUnavailable(_) => DenialReason::UpstreamUnavailable,
+            Rejection::UpstreamUnavailable(_) | Rejection::Unmaskable(_) => {
+                DenialReason::UpstreamUnavailable
+            }
         }
     }
 
@@ -101,6 +107,9 @@ impl Rejection {
             Rejection::UpstreamUnavailable(e) => {
                 format!("the Kubernetes API server is unavailable: {e}")
             }
+            Rejection::Unmaskable(what) => format!(
+                "the API server's answer ({what}) cannot be masked as policy requires, so it is withheld"
+            ),
         }
     }
 

@@ -1,7 +1,7 @@
 //! From text to [`Policy`]: the shape first (serde, first error only), then every value checked
 //! and compiled, collecting every problem with its line and column.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,13 +142,20 @@ pub(crate) fn load(text: &str) -> Result<Policy, LoadError> {
         text,
         found: Vec::new(),
     };
-    for name in file.mask_profiles.keys() {
+    let mut masks = BTreeMap::new();
+    for (name, spec) in &file.mask_profiles {
+        let at = DocPath(vec![super::locate::Step::Key("mask_profiles".into())]);
         if name.trim().is_empty() {
-            problems.add(
-                "bad-mask-profile",
-                DocPath(vec![super::locate::Step::Key("mask_profiles".into())]),
-                "a mask profile needs a non-empty name",
-            );
+            problems.add("bad-mask-profile", at, "a mask profile needs a non-empty name");
+            continue;
+        }
+        // Compiled here, so a bad path or regex refuses the file (and a reload keeps the old
+        // policy) instead of failing a request later.
+        match crate::mask::Profile::compile(name, spec) {
+            Ok(profile) => {
+                masks.insert(name.clone(), Arc::new(profile));
+            }
+            Err(message) => problems.add("bad-mask-profile", at.key(name), message),
         }
     }
     let default_record = file.defaults.record.unwrap_or_default();
@@ -198,6 +205,7 @@ pub(crate) fn load(text: &str) -> Result<Policy, LoadError> {
     Ok(Policy {
         rules,
         mask_profiles: file.mask_profiles,
+        masks,
         default_record,
         source: Arc::from(text),
     })

@@ -236,6 +236,8 @@ pub enum Decision {
 pub struct Policy {
     pub(crate) rules: Vec<Rule>,
     pub(crate) mask_profiles: BTreeMap<String, ProfileSpec>,
+    /// The same profiles, compiled.
+    pub(crate) masks: BTreeMap<String, Arc<crate::mask::Profile>>,
     pub(crate) default_record: RecordLevel,
     /// The text it was loaded from, to find lines for lint and explain.
     pub(crate) source: Arc<str>,
@@ -259,6 +261,11 @@ impl Policy {
     /// The profile a [`Permitted::mask`] names.
     pub fn mask_profile(&self, name: &str) -> Option<&ProfileSpec> {
         self.mask_profiles.get(name)
+    }
+
+    /// The compiled profile a [`Permitted::mask`] names.
+    pub fn compiled_mask(&self, name: &str) -> Option<Arc<crate::mask::Profile>> {
+        self.masks.get(name).cloned()
     }
 
     /// The record level of rules that do not set one.
