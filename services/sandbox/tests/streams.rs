@@ -573,3 +573,113 @@ async fn streaming_subresources_follow_rbac() {
         );
     }
 }
+
+/// WebSocket port-forward with channel framing (what non-kubectl clients use): the `ports`
+/// query picks the ports, each gets data channel 2i and error channel 2i+1, and the server
+/// opens both with the port in two little-endian bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_with_websocket_channels() {
+    use futures::{SinkExt, StreamExt};
+    use gatehouse_streams::channel::{self, ChannelMessage, Subprotocol};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let c = start().await;
+    let remote = echo_server().await;
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::pem::PemObject::from_pem_slice(c.ca_pem.as_bytes()).expect("ca der"))
+        .expect("root");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = TcpStream::connect(c.sandbox.addr()).await.expect("connect");
+    let server_name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let stream = connector.connect(server_name, tcp).await.expect("tls");
+    let url = format!(
+        "wss://{}/api/v1/namespaces/apps/pods/web/portforward?ports={remote}&ports={closed}",
+        c.sandbox.addr()
+    );
+    let mut request = url.into_client_request().expect("request");
+    let h = request.headers_mut();
+    h.insert(
+        "authorization",
+        format!("Bearer {}", common::ADMIN_TOKEN)
+            .parse()
+            .expect("header"),
+    );
+    h.insert(
+        "sec-websocket-protocol",
+        "v4.channel.k8s.io".parse().expect("header"),
+    );
+    let (mut ws, response) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .expect("websocket upgrade");
+    assert_eq!(
+        response.headers()["sec-websocket-protocol"],
+        "v4.channel.k8s.io"
+    );
+    let protocol = Subprotocol::V4Channel;
+    let mut next = async || loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("a message in time")
+            .expect("open")
+            .expect("message");
+        if let Message::Binary(b) = m {
+            let decoded = channel::decode(protocol, &gatehouse_streams::ws::Message::Binary(b));
+            if let Ok(Some(ChannelMessage::Data { channel, payload })) = decoded {
+                return (channel, payload.to_vec());
+            }
+        }
+    };
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(next().await);
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (0, remote.to_le_bytes().to_vec()),
+            (1, remote.to_le_bytes().to_vec()),
+            (2, closed.to_le_bytes().to_vec()),
+            (3, closed.to_le_bytes().to_vec()),
+        ]
+    );
+    // The closed port reports the kubelet's error on its error channel.
+    let (ch, error) = next().await;
+    assert_eq!(ch, 3);
+    let error = String::from_utf8_lossy(&error).into_owned();
+    assert!(
+        error.starts_with(&format!("error forwarding port {closed} to pod web, uid ")),
+        "{error}"
+    );
+    let ping = channel::encode(protocol, 0, b"ping over channels");
+    let gatehouse_streams::ws::Message::Binary(ping) = ping else {
+        panic!("binary protocol");
+    };
+    ws.send(Message::Binary(ping)).await.expect("send");
+    let mut echoed = Vec::new();
+    while echoed.len() < b"ping over channels".len() {
+        let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("echo in time")
+            .expect("open")
+            .expect("message");
+        if let Message::Binary(b) = m {
+            assert_eq!(b[0], 0, "echo arrives on the first port's data channel");
+            echoed.extend_from_slice(&b[1..]);
+        }
+    }
+    assert_eq!(echoed, b"ping over channels");
+    let _ = ws.close(None).await;
+}

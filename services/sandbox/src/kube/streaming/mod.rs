@@ -9,7 +9,8 @@
 //! - `session.rs`: exec/attach over WebSocket (`v5`/`v4`/`channel.k8s.io`) and over SPDY.
 //! - `spdy_conn.rs`: a small SPDY/3.1 server connection (streams, replies, pings).
 //! - `process.rs`: exec processes (pipes or a pseudo-terminal) and the shared main processes.
-//! - `portforward.rs`: SPDY port-forward, directly or tunneled in WebSocket.
+//! - `portforward.rs`: SPDY port-forward (directly or tunneled in WebSocket), and WebSocket
+//!   port-forward with channel framing (`v4.channel.k8s.io` and the `ports` query).
 //!
 //! Negotiation follows kube: WebSocket picks the first subprotocol the client offers that the
 //! server speaks; SPDY picks the first `X-Stream-Protocol-Version` the client offers that the
@@ -52,6 +53,12 @@ const WS_REMOTE_COMMAND: &[Subprotocol] = &[
     Subprotocol::V4Base64Channel,
     Subprotocol::Channel,
     Subprotocol::Base64Channel,
+];
+/// WebSocket port-forward: SPDY tunneled (kubectl), or channel framing (other clients).
+const WS_PORT_FORWARD: &[Subprotocol] = &[
+    Subprotocol::SpdyTunnelPortForward,
+    Subprotocol::V4Channel,
+    Subprotocol::V4Base64Channel,
 ];
 /// SPDY remote-command versions, like the kubelet's (v5 is a WebSocket-only addition).
 const SPDY_REMOTE_COMMAND: &[Subprotocol] = &[
@@ -215,7 +222,26 @@ enum Work {
         host: String,
         pod: String,
         uid: String,
+        /// The `ports` query (WebSocket channel port-forward only).
+        ports: Vec<u16>,
     },
+}
+
+/// The `ports` query values (each may be a comma-separated list), as kube parses them.
+fn parse_ports(raw: Option<&str>) -> Result<Vec<u16>, ApiError> {
+    let mut ports = Vec::new();
+    for value in query_all(raw, "ports") {
+        for p in value.split(',') {
+            let port = p
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| ApiError::bad_request(format!("unable to parse {p:?} as a port")))?;
+            ports.push(port);
+        }
+    }
+    Ok(ports)
 }
 
 /// Serves `pods/{exec,attach,portforward}` (verbs get and create, like kube).
@@ -308,6 +334,7 @@ pub(crate) async fn serve(
                     .as_str()
                     .unwrap_or_default()
                     .to_owned(),
+                ports: parse_ports(raw)?,
             },
         }
     };
@@ -322,13 +349,13 @@ pub(crate) async fn serve(
     match upgrade {
         Upgrade::WebSocket { key, offered } => {
             let supported: &[Subprotocol] = match kind {
-                Kind::PortForward => &[Subprotocol::SpdyTunnelPortForward],
+                Kind::PortForward => WS_PORT_FORWARD,
                 _ => WS_REMOTE_COMMAND,
             };
             let protocol = match negotiate(&offered, supported) {
                 Some(p) => p,
                 // No subprotocol at all means binary channels, as in kube.
-                None if offered.is_empty() && kind != Kind::PortForward => Subprotocol::Channel,
+                None if offered.is_empty() => Subprotocol::Channel,
                 None => {
                     return Err(ApiError::bad_request(format!(
                         "unable to upgrade websocket connection: requested protocol(s) are not supported: {offered:?}; supports {:?}",
@@ -336,6 +363,19 @@ pub(crate) async fn serve(
                     )));
                 }
             };
+            if let Work::PortForward { ports, .. } = &work
+                && protocol != Subprotocol::SpdyTunnelPortForward
+            {
+                // Channel framing: data 2i and error 2i+1 per port, all within one byte.
+                if ports.is_empty() {
+                    return Err(ApiError::bad_request(
+                        "query parameter \"ports\" is required",
+                    ));
+                }
+                if ports.len() > 127 {
+                    return Err(ApiError::bad_request("at most 127 ports per connection"));
+                }
+            }
             let accept =
                 tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
             let h = response.headers_mut();
@@ -368,9 +408,20 @@ pub(crate) async fn serve(
                 )
                 .await;
                 match work {
-                    Work::PortForward { host, pod, uid } => {
+                    Work::PortForward { host, pod, uid, .. }
+                        if protocol == Subprotocol::SpdyTunnelPortForward =>
+                    {
                         let io = session::websocket_tunnel(ws);
                         portforward::serve(io, host, pod, uid, stop).await;
+                    }
+                    Work::PortForward {
+                        host,
+                        pod,
+                        uid,
+                        ports,
+                    } => {
+                        let target = portforward::Target { host, pod, uid };
+                        portforward::serve_websocket(ws, protocol, ports, target, stop).await;
                     }
                     other => {
                         let (options, handler) = handler(other, processes);
@@ -406,7 +457,7 @@ pub(crate) async fn serve(
                 };
                 let io = TokioIo::new(upgraded);
                 match work {
-                    Work::PortForward { host, pod, uid } => {
+                    Work::PortForward { host, pod, uid, .. } => {
                         portforward::serve(io, host, pod, uid, stop).await;
                     }
                     other => {

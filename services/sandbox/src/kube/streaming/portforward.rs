@@ -1,4 +1,5 @@
-//! SPDY port-forward (`portforward.k8s.io`), as the kubelet serves it.
+//! Port-forward, as the kubelet serves it: SPDY (`portforward.k8s.io`, also tunneled in
+//! WebSocket) and WebSocket channel framing ([`serve_websocket`]).
 //!
 //! For each forwarded connection the client opens an error stream and a data stream with the
 //! same `requestid` and a `port` header. The sandbox then connects to `host:port` (host from
@@ -10,11 +11,19 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use gatehouse_streams::channel::{self, ChannelMessage, Subprotocol};
+use gatehouse_streams::ws;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use super::session;
 use super::spdy_conn::{self, Incoming, Sender};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -138,4 +147,145 @@ async fn forward(
     }
     sender.fin(data_id).await;
     sender.fin(error.id).await;
+}
+
+/// Where a WebSocket port-forward connects, and how errors name the pod.
+pub(crate) struct Target {
+    pub host: String,
+    pub pod: String,
+    pub uid: String,
+}
+
+/// WebSocket port-forward with channel framing, as the kubelet serves it: each requested port
+/// `i` gets one TCP connection, data on channel `2i` and errors on `2i+1`; the server opens
+/// both channels with the port as two little-endian bytes. The session ends when every
+/// connection has ended (or the client closes).
+pub(crate) async fn serve_websocket<S>(
+    ws: WebSocketStream<S>,
+    protocol: Subprotocol,
+    ports: Vec<u16>,
+    target: Target,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut source) = ws.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<(u8, Bytes)>(32);
+    let mut inbound = Vec::with_capacity(ports.len());
+    let mut forwards = JoinSet::new();
+    for (i, &port) in ports.iter().enumerate() {
+        // At most 127 ports (checked before the upgrade), so the channels fit in a byte.
+        let data_channel = u8::try_from(2 * i).unwrap_or(u8::MAX - 1);
+        for ch in [data_channel, data_channel + 1] {
+            let _ = out_tx
+                .send((ch, Bytes::copy_from_slice(&port.to_le_bytes())))
+                .await;
+        }
+        let (tx, rx) = mpsc::channel::<Bytes>(16);
+        inbound.push(tx);
+        forwards.spawn(forward_channel(
+            out_tx.clone(),
+            rx,
+            format!("{}:{port}", target.host),
+            data_channel,
+            format!(
+                "error forwarding port {port} to pod {}, uid {}",
+                target.pod, target.uid
+            ),
+        ));
+    }
+    drop(out_tx);
+    let reader = async {
+        while let Some(Ok(message)) = source.next().await {
+            let message = match message {
+                WsMessage::Binary(b) => ws::Message::Binary(b),
+                WsMessage::Text(t) => ws::Message::Text(Bytes::copy_from_slice(t.as_bytes())),
+                WsMessage::Close(_) => break,
+                _ => continue,
+            };
+            if let Ok(Some(ChannelMessage::Data { channel, payload })) =
+                channel::decode(protocol, &message)
+                && channel % 2 == 0
+                && let Some(tx) = inbound.get(usize::from(channel / 2))
+            {
+                let _ = tx.send(payload).await;
+            }
+        }
+    };
+    // Ends when every forward has dropped its sender.
+    let writer = async {
+        while let Some((ch, data)) = out_rx.recv().await {
+            let m = session::to_tungstenite(channel::encode(protocol, ch, &data));
+            if sink.send(m).await.is_err() {
+                return;
+            }
+        }
+        let close = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        let _ = sink.send(WsMessage::Close(Some(close))).await;
+    };
+    tokio::select! {
+        _ = writer => {}
+        _ = reader => {}
+        _ = super::until_true(&mut stop) => {}
+    }
+    forwards.abort_all();
+}
+
+/// One port of a WebSocket port-forward.
+async fn forward_channel(
+    out: mpsc::Sender<(u8, Bytes)>,
+    mut from_client: mpsc::Receiver<Bytes>,
+    address: String,
+    data_channel: u8,
+    context: String,
+) {
+    let connected = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&address)).await
+    {
+        Ok(Ok(tcp)) => Ok(tcp),
+        Ok(Err(e)) => Err(format!("dial tcp {address}: connect: {e}")),
+        Err(_) => Err(format!("dial tcp {address}: i/o timeout")),
+    };
+    let tcp = match connected {
+        Ok(tcp) => tcp,
+        Err(why) => {
+            let _ = out
+                .send((data_channel + 1, Bytes::from(format!("{context}: {why}"))))
+                .await;
+            return;
+        }
+    };
+    let (mut from_target, mut to_target) = tcp.into_split();
+    let upload = async move {
+        while let Some(bytes) = from_client.recv().await {
+            if to_target.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = to_target.shutdown().await;
+        std::future::pending::<()>().await;
+    };
+    let download = async {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match from_target.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if out
+                        .send((data_channel, Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = download => {}
+        _ = upload => {}
+    }
 }

@@ -117,7 +117,7 @@ pub(crate) type Handler =
 /// How long the client gets to open the streams it announced (kubelet: 30s).
 const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn to_tungstenite(m: ws::Message) -> WsMessage {
+pub(crate) fn to_tungstenite(m: ws::Message) -> WsMessage {
     match m {
         ws::Message::Text(t) => match String::from_utf8(t.to_vec()) {
             Ok(s) => WsMessage::text(s),
