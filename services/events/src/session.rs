@@ -47,7 +47,7 @@ impl Payload for SessionStarted {
 }
 
 /// The stream a chunk travelled on.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionChannel {
     Stdin,

@@ -235,13 +235,14 @@ impl SessionLog {
         if channel == SessionChannel::Error && state.status.len() < MAX_STATUS {
             state.status.extend_from_slice(&chunk.data);
         }
+        let seq = state.seq;
         let offset = state.offsets.entry((channel, port)).or_default();
         let event = Envelope::new(
             self.recorder.source(),
             &self.session_id,
             SessionData {
                 session_id: self.session_id.clone(),
-                seq: state.seq,
+                seq,
                 at_ms: self.started.elapsed().as_secs_f64() * 1000.0,
                 channel,
                 port,
@@ -280,6 +281,13 @@ impl SessionLog {
                 }
             }
         }
+    }
+
+    /// Ends a session whose connections could not be taken over.
+    pub async fn abandon(&self) -> SessionEnd {
+        self.end(SessionEnd::Terminated, 0, 0, SessionKind::Attach)
+            .await;
+        SessionEnd::Terminated
     }
 
     async fn end(&self, end: SessionEnd, from_client: u64, from_upstream: u64, kind: SessionKind) {
@@ -335,7 +343,7 @@ pub async fn relay(
     ports: &[u16],
     client: Upgraded,
     upstream: Upgraded,
-) {
+) -> SessionEnd {
     let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
     let (upstream_read, upstream_write) = tokio::io::split(TokioIo::new(upstream));
     let streams_kind = match kind {
@@ -399,6 +407,7 @@ pub async fn relay(
         kind,
     )
     .await;
+    end
 }
 
 fn joined(result: Result<Finish, tokio::task::JoinError>) -> Finish {
