@@ -23,6 +23,14 @@ fn session_events<'e>(events: &'e [Event], name: &str) -> Vec<&'e Event> {
     events.iter().filter(|e| e.name() == name).collect()
 }
 
+fn data_ports(events: &[Event]) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| e.name() == "session.data" && e.data()["channel"] == "portin")
+        .filter_map(|e| e.data()["port"].as_u64())
+        .collect()
+}
+
 fn chunk_text(events: &[&Event], channel: &str) -> String {
     let mut bytes = Vec::new();
     for e in events {
@@ -142,6 +150,8 @@ async fn a_tty_session_is_recorded_and_exports_as_asciicast() -> Result {
         .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
         .collect::<Vec<_>>()
         .join(" ");
+    // A terminal of a known size, so the recorded resize can be checked.
+    let line = format!("stty cols 100 rows 30; {line}");
     // `script` gives kubectl a pseudo-terminal, so it asks for a TTY as a person's would.
     let mut child = tokio::process::Command::new("script")
         .args(["-q", "-e", "-c", &line, "/dev/null"])
@@ -180,7 +190,8 @@ async fn a_tty_session_is_recorded_and_exports_as_asciicast() -> Result {
     let session_id = started[0].data()["session_id"].as_str().unwrap().to_owned();
     let data = session_events(&finished.events, "session.data");
     assert!(
-        data.iter().any(|e| e.data()["channel"] == "resize" && e.data()["resize"]["width"].as_u64() > Some(0)),
+        data.iter().any(|e| e.data()["channel"] == "resize"
+            && e.data()["resize"] == serde_json::json!({"width": 100, "height": 30})),
         "the terminal size was recorded"
     );
     assert_eq!(session_events(&finished.events, "session.ended")[0].data()["exit_code"], 5);
@@ -280,7 +291,12 @@ async fn port_forward_reaches_a_real_port(spdy: bool) -> Result {
     let finished = bed.finish().await?;
     let started = session_events(&finished.events, "session.started");
     assert_eq!(started[0].data()["kind"], "portforward");
-    assert_eq!(started[0].data()["ports"], serde_json::json!([port]));
+    // kubectl names the port in each stream's headers, not in the request's query.
+    let ports = data_ports(&finished.events);
+    assert!(
+        !ports.is_empty() && ports.iter().all(|p| *p == u64::from(port)),
+        "chunks name the pod port: {ports:?}"
+    );
     let data = session_events(&finished.events, "session.data");
     assert!(
         data.iter()

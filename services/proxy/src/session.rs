@@ -283,6 +283,12 @@ impl SessionLog {
         }
     }
 
+    /// Whether the error channel has carried a complete status.
+    async fn has_status(&self) -> bool {
+        let state = self.state.lock().await;
+        !state.status.is_empty() && streams::exit_status(&state.status).is_some()
+    }
+
     /// Ends a session whose connections could not be taken over.
     pub async fn abandon(&self) -> SessionEnd {
         self.end(SessionEnd::Terminated, 0, 0, SessionKind::Attach)
@@ -292,8 +298,10 @@ impl SessionLog {
 
     async fn end(&self, end: SessionEnd, from_client: u64, from_upstream: u64, kind: SessionKind) {
         let state = self.state.lock().await;
-        // Only an exec has an exit status; an attach or port-forward that ended has none.
-        let status = (kind == SessionKind::Exec && end == SessionEnd::Closed)
+        // Only an exec has an exit status, and only once its error channel said something or
+        // the stream closed normally (an empty error channel is success).
+        let status = (kind == SessionKind::Exec
+            && (!state.status.is_empty() || end == SessionEnd::Closed))
             .then(|| streams::exit_status(&state.status))
             .flatten();
         let event = Envelope::new(
@@ -382,12 +390,14 @@ pub async fn relay(
         done = &mut to_client => (within_grace(to_upstream).await, joined(done)),
     };
     let _ = ack_watch.await;
+    // An exec that delivered its exit status finished, whichever side hung up first.
+    let finished = kind == SessionKind::Exec && log.has_status().await;
     let end = if inbound == Finish::Unrecorded
         || outbound == Finish::Unrecorded
         || log.abort.is_cancelled()
     {
         SessionEnd::Terminated
-    } else if outbound == Finish::Eof {
+    } else if finished || outbound == Finish::Eof {
         SessionEnd::Closed
     } else if inbound == Finish::Eof || inbound == Finish::Broken {
         SessionEnd::ClientDisconnected

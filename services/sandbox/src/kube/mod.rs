@@ -338,8 +338,12 @@ impl Query {
         self.0.get(key).map(String::as_str)
     }
 
+    /// Go's `strconv.ParseBool` spellings of true (the Python client sends `watch=True`).
     pub(crate) fn flag(&self, key: &str) -> bool {
-        matches!(self.get(key), Some("true" | "1"))
+        matches!(
+            self.get(key),
+            Some("true" | "1" | "t" | "T" | "TRUE" | "True")
+        )
     }
 }
 
