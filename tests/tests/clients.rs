@@ -6,7 +6,9 @@ use std::process::Stdio;
 use futures::{StreamExt, TryStreamExt};
 use gatehouse_tests::{DEADLINE, TestBed, python};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
 
@@ -128,19 +130,27 @@ async fn the_kube_crate_works_through_the_proxy() -> Result {
         )
         .await?;
     assert_eq!(patched.data.unwrap()["k"], "patched");
-    maps.delete("from-kube-rs", &DeleteParams::default()).await?;
+    maps.delete("from-kube-rs", &DeleteParams::default())
+        .await?;
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "apps");
     let secret = secrets.get("db-credentials").await?;
     for (key, value) in secret.data.unwrap_or_default() {
-        assert_eq!(value.0, MASKED, "secret key {key} reached the client unmasked");
+        assert_eq!(
+            value.0, MASKED,
+            "secret key {key} reached the client unmasked"
+        );
     }
 
     let prod: Api<Secret> = Api::namespaced(client, "prod");
     match prod.get("api-keys").await {
         Err(kube::Error::Api(status)) => {
             assert_eq!(status.code, 403);
-            assert!(status.message.starts_with("gatehouse:"), "{}", status.message);
+            assert!(
+                status.message.starts_with("gatehouse:"),
+                "{}",
+                status.message
+            );
         }
         other => panic!("expected a 403 Status, got {other:?}"),
     }

@@ -66,7 +66,11 @@ async fn exec_records_outputs_and_exit_code(spdy: bool) -> Result {
     let output = tokio::time::timeout(DEADLINE, command.stdin(Stdio::null()).output()).await??;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(3), "stdout {stdout} stderr {stderr}");
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "stdout {stdout} stderr {stderr}"
+    );
     assert!(stdout.contains("out-line"), "{stdout}");
     assert!(stderr.contains("err-line"), "{stderr}");
 
@@ -85,8 +89,15 @@ async fn exec_records_outputs_and_exit_code(spdy: bool) -> Result {
     let data = session_events(&finished.events, "session.data");
     assert!(chunk_text(&data, "stdout").contains("out-line"));
     assert!(chunk_text(&data, "stderr").contains("err-line"));
-    let seqs: Vec<u64> = data.iter().map(|e| e.data()["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "chunks in order, no gaps");
+    let seqs: Vec<u64> = data
+        .iter()
+        .map(|e| e.data()["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (0..seqs.len() as u64).collect::<Vec<_>>(),
+        "chunks in order, no gaps"
+    );
     let ended = session_events(&finished.events, "session.ended");
     assert_eq!(ended.len(), 1);
     assert_eq!(ended[0].data()["exit_code"], 3);
@@ -96,9 +107,16 @@ async fn exec_records_outputs_and_exit_code(spdy: bool) -> Result {
     let recording = replay::load(&finished.data_dir, &session_id)?;
     assert!(recording.missing.is_empty());
     let mut transcript = Vec::new();
-    assert!(replay::print(&recording, ReplayOptions::default(), &mut transcript)?);
+    assert!(replay::print(
+        &recording,
+        ReplayOptions::default(),
+        &mut transcript
+    )?);
     let transcript = String::from_utf8(transcript)?;
-    assert!(transcript.contains("out-line") && transcript.contains("err-line"), "{transcript}");
+    assert!(
+        transcript.contains("out-line") && transcript.contains("err-line"),
+        "{transcript}"
+    );
     assert!(transcript.contains("exit code 3"), "{transcript}");
     assert!(transcript.contains("ci-deployer"), "{transcript}");
     Ok(())
@@ -144,7 +162,10 @@ async fn exec_stdin_is_recorded_before_it_reaches_the_pod() -> Result {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tty_session_is_recorded_and_exports_as_asciicast() -> Result {
     let bed = TestBed::start().await?;
-    let argv = bed.kubectl_argv("ci-deployer", &["exec", "-it", "web", "-n", "apps", "--", "sh"])?;
+    let argv = bed.kubectl_argv(
+        "ci-deployer",
+        &["exec", "-it", "web", "-n", "apps", "--", "sh"],
+    )?;
     let line = argv
         .iter()
         .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
@@ -194,7 +215,10 @@ async fn a_tty_session_is_recorded_and_exports_as_asciicast() -> Result {
             && e.data()["resize"] == serde_json::json!({"width": 100, "height": 30})),
         "the terminal size was recorded"
     );
-    assert_eq!(session_events(&finished.events, "session.ended")[0].data()["exit_code"], 5);
+    assert_eq!(
+        session_events(&finished.events, "session.ended")[0].data()["exit_code"],
+        5
+    );
 
     let recording = replay::load(&finished.data_dir, &session_id)?;
     let mut cast = Vec::new();
@@ -204,8 +228,9 @@ async fn a_tty_session_is_recorded_and_exports_as_asciicast() -> Result {
     let header: serde_json::Value = serde_json::from_str(lines.next().unwrap())?;
     assert_eq!(header["version"], 2);
     assert!(header["width"].as_u64() > Some(0));
-    let events: Vec<serde_json::Value> =
-        lines.map(serde_json::from_str).collect::<std::result::Result<_, _>>()?;
+    let events: Vec<serde_json::Value> = lines
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?;
     let mut last = 0.0;
     for e in &events {
         let at = e[0].as_f64().unwrap();
@@ -277,13 +302,20 @@ async fn port_forward_reaches_a_real_port(spdy: bool) -> Result {
     drop(socket);
 
     let reader = &bed;
-    eventually("the port-forward data to be recorded", DEADLINE, || async move {
-        let events = reader.events().await.ok()?;
-        let data: Vec<&Event> = events.iter().filter(|e| e.name() == "session.data").collect();
-        (chunk_text(&data, "portout").contains("ping-through-gatehouse")
-            && chunk_text(&data, "portin").contains("ping-through-gatehouse"))
-        .then_some(())
-    })
+    eventually(
+        "the port-forward data to be recorded",
+        DEADLINE,
+        || async move {
+            let events = reader.events().await.ok()?;
+            let data: Vec<&Event> = events
+                .iter()
+                .filter(|e| e.name() == "session.data")
+                .collect();
+            (chunk_text(&data, "portout").contains("ping-through-gatehouse")
+                && chunk_text(&data, "portin").contains("ping-through-gatehouse"))
+            .then_some(())
+        },
+    )
     .await?;
     child.kill().await?;
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;

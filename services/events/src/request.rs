@@ -183,7 +183,12 @@ impl RecordedBody {
             // A body cut mid-character is still text; only bytes that are not UTF-8 before
             // the cut make it binary.
             Err(e) if e.error_len().is_none() && e.valid_up_to() >= masked.len().min(limit) => {
-                Self::capture(content_type.as_deref(), &masked[..e.valid_up_to()], whole, limit)
+                Self::capture(
+                    content_type.as_deref(),
+                    &masked[..e.valid_up_to()],
+                    whole,
+                    limit,
+                )
             }
             Err(_) => {
                 let end = masked.len().min(limit);

@@ -189,7 +189,15 @@ fn samples_of_every_type_validate() {
     );
     set.validate(&started.to_bytes().unwrap()).unwrap();
     for (seq, channel, port, resize) in [
-        (0, SessionChannel::Resize, None, Some(TerminalSize { width: 80, height: 24 })),
+        (
+            0,
+            SessionChannel::Resize,
+            None,
+            Some(TerminalSize {
+                width: 80,
+                height: 24,
+            }),
+        ),
         (1, SessionChannel::Stdout, None, None),
         (2, SessionChannel::PortOut, Some(8080), None),
     ] {
@@ -238,7 +246,10 @@ fn recorded_bodies_are_cut_on_character_boundaries() {
     let whole = RecordedBody::capture(None, text, BodyDigest::of(text), 100);
     assert_eq!((whole.data.as_str(), whole.truncated), ("héllo", false));
     let binary = RecordedBody::capture(None, &[0xff, 1, 2, 3], BodyDigest::of(&[0xff]), 3);
-    assert_eq!((binary.encoding, binary.data.as_str()), (BodyEncoding::Base64, "/wEC"));
+    assert_eq!(
+        (binary.encoding, binary.data.as_str()),
+        (BodyEncoding::Base64, "/wEC")
+    );
     assert!(binary.truncated);
 }
 
@@ -286,7 +297,10 @@ fn schemas_catch_drift() {
         "content_type": null, "encoding": "omitted", "data": "c2VjcmV0", "truncated": true,
         "whole": {"bytes": 6, "blake3": "0".repeat(64)}
     });
-    assert!(!violations(&set, base64_data).is_empty(), "omitted bodies carry no data");
+    assert!(
+        !violations(&set, base64_data).is_empty(),
+        "omitted bodies carry no data"
+    );
 
     let mut unknown_type = good;
     unknown_type["type"] = "dev.gatehouse.request.teleported.v1".into();

@@ -33,8 +33,8 @@ pub mod record;
 pub mod request_info;
 pub mod rescue;
 pub mod server;
-pub mod session;
 pub mod serving_cert;
+pub mod session;
 pub mod upstream_config;
 
 use std::net::SocketAddr;

@@ -19,8 +19,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use gatehouse_events::{
-    BodyDigest, Decision as RecordedDecision, DecisionAction, Identity, RecordLevel,
-    RecordedBody, RequestInfo, ResponseOutcome, SessionEnd, Source,
+    BodyDigest, Decision as RecordedDecision, DecisionAction, Identity, RecordLevel, RecordedBody,
+    RequestInfo, ResponseOutcome, SessionEnd, Source,
 };
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Limited};
@@ -28,15 +28,15 @@ use hyper::body::Incoming;
 
 use crate::authn::Authenticator;
 use crate::body::{Delivered, MaskingBody, ProxyBody, RecordedBody as RecordingBody};
-use crate::mask::{self, MaskTarget, Masker, Profile};
-use crate::session::{self, SessionLog, SessionRequest};
 use crate::forward::{Upstream, strip_hop_by_hop};
 use crate::identity::Registry;
+use crate::mask::{self, MaskTarget, Masker, Profile};
 use crate::policy::{Decision, Permitted, PolicyInput, SharedPolicy};
 use crate::record::{Acked, Recorder};
 use crate::request_info;
 use crate::rescue::{REQUEST_ID_HEADER, Rejection};
 use crate::server::PeerCertificate;
+use crate::session::{self, SessionLog, SessionRequest};
 
 /// What the proxy knows about one request as it moves through the phases.
 #[derive(Debug)]
@@ -195,8 +195,8 @@ impl Pipeline {
             ctx.info.api_group.clone(),
             ctx.info.verb == "watch",
         );
-        let masking = returns_objects(&ctx.info)
-            && mask::needs_masking(admitted.profile.as_deref(), &target);
+        let masking =
+            returns_objects(&ctx.info) && mask::needs_masking(admitted.profile.as_deref(), &target);
         if masking {
             ask_for_plain_json(&mut parts.headers);
         }
@@ -537,8 +537,15 @@ impl Pipeline {
             let client_io = on_upgrade.await;
             let end = match (client_io, upstream_io) {
                 (Ok(client), Ok(upstream)) => {
-                    session::relay(log, request.kind, transport, &request.ports, client, upstream)
-                        .await
+                    session::relay(
+                        log,
+                        request.kind,
+                        transport,
+                        &request.ports,
+                        client,
+                        upstream,
+                    )
+                    .await
                 }
                 (client, upstream) => {
                     tracing::warn!(

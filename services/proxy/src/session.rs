@@ -73,7 +73,9 @@ impl SessionRequest {
                 "tty" => request.tty = truthy(&value),
                 "stdin" => request.stdin = truthy(&value),
                 "ports" => request.ports.extend(
-                    value.split(',').filter_map(|p| p.trim().parse::<u16>().ok()),
+                    value
+                        .split(',')
+                        .filter_map(|p| p.trim().parse::<u16>().ok()),
                 ),
                 _ => {}
             }
@@ -503,7 +505,10 @@ async fn pump(
 /// Awaits output acks in order; a failure stops the session.
 fn ack_watcher(
     log: Arc<SessionLog>,
-) -> (mpsc::UnboundedSender<PendingAck>, tokio::task::JoinHandle<()>) {
+) -> (
+    mpsc::UnboundedSender<PendingAck>,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, mut rx) = mpsc::unbounded_channel::<PendingAck>();
     let task = tokio::spawn(async move {
         while let Some(ack) = rx.recv().await {
@@ -525,7 +530,7 @@ mod tests {
         RequestInfo {
             is_resource_request: true,
             path: format!("/api/v1/namespaces/apps/pods/web-0/{subresource}"),
-            verb: subresource.replace("portforward", "portforward"),
+            verb: subresource.to_owned(),
             api_prefix: "api".into(),
             api_version: "v1".into(),
             namespace: "apps".into(),

@@ -146,7 +146,11 @@ pub(crate) fn load(text: &str) -> Result<Policy, LoadError> {
     for (name, spec) in &file.mask_profiles {
         let at = DocPath(vec![super::locate::Step::Key("mask_profiles".into())]);
         if name.trim().is_empty() {
-            problems.add("bad-mask-profile", at, "a mask profile needs a non-empty name");
+            problems.add(
+                "bad-mask-profile",
+                at,
+                "a mask profile needs a non-empty name",
+            );
             continue;
         }
         // Compiled here, so a bad path or regex refuses the file (and a reload keeps the old
