@@ -200,6 +200,56 @@ impl TestBed {
         Ok(self.stack().issuer.keys().sign(claims)?)
     }
 
+    /// A GitHub Actions-shaped token from the second demo issuer for workflow runs of
+    /// `repository` (`owner/name`) in `environment` (if any) on `git_ref`.
+    pub fn mint_github(
+        &self,
+        repository: &str,
+        environment: Option<&str>,
+        git_ref: &str,
+    ) -> Result<String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        let owner = repository.split('/').next().unwrap_or(repository);
+        let subject = match environment {
+            Some(env) => format!("repo:{repository}:environment:{env}"),
+            None => format!("repo:{repository}:ref:{git_ref}"),
+        };
+        let mut claims = serde_json::json!({
+            "iss": self.stack().ci_issuer.url(),
+            "aud": gatehouse::demo::AUDIENCE,
+            "sub": subject,
+            "repository": repository,
+            "repository_owner": owner,
+            "ref": git_ref,
+            "ref_type": "branch",
+            "workflow": "deploy",
+            "job_workflow_ref": format!("{repository}/.github/workflows/deploy.yml@{git_ref}"),
+            "event_name": "push",
+            "actor": "octocat",
+            "run_id": "4242",
+            "sha": "0123456789abcdef0123456789abcdef01234567",
+            "iat": now,
+            "nbf": now,
+            "exp": now + 600,
+        });
+        if let Some(env) = environment {
+            claims["environment"] = env.into();
+        }
+        Ok(self.stack().ci_issuer.keys().sign(&claims)?)
+    }
+
+    /// GET on the proxy's admin port (plain HTTP): (status, body).
+    pub async fn admin_get(&self, path: &str) -> Result<(u16, String)> {
+        let client = https_client::<Full<Bytes>>(client_tls(None, true)?, Duration::from_secs(5));
+        let url = format!("{}{path}", self.stack().proxy_admin_url());
+        let response = client.get(url.parse()?).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8(body.to_vec())?))
+    }
+
     /// The demo issuer's URL (the `iss` it mints).
     pub fn issuer_url(&self) -> String {
         self.stack().issuer.url().to_owned()

@@ -1,23 +1,8 @@
 //! Operations, end to end: the proxy's admin port in the same stack `gatehouse up` runs.
 
-use std::time::Duration;
-
-use bytes::Bytes;
-use gatehouse_proxy::http_client::{client_tls, https_client};
 use gatehouse_tests::{DEADLINE, TestBed, eventually};
-use http_body_util::{BodyExt, Full};
 
 type Result = anyhow::Result<()>;
-
-/// GET on the admin port: (status, body).
-async fn admin_get(bed: &TestBed, path: &str) -> anyhow::Result<(u16, String)> {
-    let client = https_client::<Full<Bytes>>(client_tls(None, true)?, Duration::from_secs(5));
-    let url = format!("{}{path}", bed.stack().proxy_admin_url());
-    let response = client.get(url.parse()?).await?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8(body.to_vec())?))
-}
 
 /// The value of the series `series` (name and labels exactly) in an exposition.
 fn sample(text: &str, series: &str) -> Option<f64> {
@@ -30,11 +15,11 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 async fn the_admin_port_reports_readiness_and_counts_requests() -> Result {
     let mut bed = TestBed::start().await?;
 
-    let (status, body) = admin_get(&bed, "/readyz").await?;
+    let (status, body) = bed.admin_get("/readyz").await?;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("[+]nats ok\n"), "{body}");
     assert!(body.contains("[+]upstream ok\n"), "{body}");
-    assert_eq!(admin_get(&bed, "/healthz").await?, (200, "ok".to_owned()));
+    assert_eq!(bed.admin_get("/healthz").await?, (200, "ok".to_owned()));
 
     let allowed = bed
         .kubectl("ci-deployer", &["get", "configmaps", "-n", "apps"])
@@ -49,7 +34,7 @@ async fn the_admin_port_reports_readiness_and_counts_requests() -> Result {
     let allow = r#"gatehouse_proxy_requests_total{verb="list",decision="allow",code="200"}"#;
     let deny = r#"gatehouse_proxy_requests_total{verb="list",decision="deny",code="403"}"#;
     let metrics = eventually("both requests to be counted", DEADLINE, || async {
-        let (_, text) = admin_get(&bed, "/metrics").await.ok()?;
+        let (_, text) = bed.admin_get("/metrics").await.ok()?;
         (sample(&text, allow).is_some_and(|n| n >= 1.0)
             && sample(&text, deny).is_some_and(|n| n >= 1.0))
         .then_some(text)
@@ -64,7 +49,7 @@ async fn the_admin_port_reports_readiness_and_counts_requests() -> Result {
     if let Some(nats) = bed.stack_mut().nats_server.as_mut() {
         nats.stop().await;
         let body = eventually("readyz to report NATS down", DEADLINE, || async {
-            let (status, body) = admin_get(&bed, "/readyz").await.ok()?;
+            let (status, body) = bed.admin_get("/readyz").await.ok()?;
             (status == 503).then_some(body)
         })
         .await?;
@@ -73,7 +58,7 @@ async fn the_admin_port_reports_readiness_and_counts_requests() -> Result {
             "{body}"
         );
         assert!(body.ends_with("readyz check failed\n"), "{body}");
-        assert_eq!(admin_get(&bed, "/healthz").await?.0, 200);
+        assert_eq!(bed.admin_get("/healthz").await?.0, 200);
     }
     Ok(())
 }

@@ -45,6 +45,13 @@ identities:
     team: observability
     purpose: Reads cluster state for dashboards
     groups: [readers]
+  # A GitHub Actions workflow, from the second (GitHub-shaped) demo issuer: only its `prod`
+  # environment is registered, so the same workflow on a pull request is denied.
+  - principal: github:acme/deploy@prod
+    owner: carol@example.com
+    team: platform
+    purpose: The acme/deploy workflow's prod environment deploys apps
+    groups: [deployers]
 # `intruder` has a valid token from the demo issuer but is deliberately absent.
 "#;
 
@@ -156,6 +163,16 @@ rules:
     groups: [readers]
     verbs: [get, list, watch]
     resources: ["*"]
+
+  - id: github-deploy-apps
+    description: the acme/deploy workflow, prod environment only, deploys into apps
+    action: allow
+    identities: ["github:acme/deploy@prod"]
+    verbs: [get, list, watch, create, update, patch]
+    resources: ["*"]
+    namespaces: [apps]
+    mask: app-secrets
+    record: request
 "#;
 
 #[cfg(test)]
@@ -165,9 +182,9 @@ mod tests {
     #[test]
     fn demo_files_parse() {
         let registry = gatehouse_proxy::identity::Registry::from_yaml(IDENTITIES_YAML).unwrap();
-        assert_eq!(registry.len(), 2);
+        assert_eq!(registry.len(), 3);
         let policy = gatehouse_proxy::policy::Policy::from_yaml(POLICY_YAML).unwrap();
-        assert_eq!(policy.rules().len(), 11);
+        assert_eq!(policy.rules().len(), 12);
         let findings = gatehouse_proxy::policy::lint(&policy);
         let codes: Vec<&str> = findings.iter().map(|f| f.code).collect();
         // CI's own namespace is a sandbox: shells there are deliberate.

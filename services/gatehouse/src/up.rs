@@ -65,6 +65,8 @@ pub struct Stack {
     /// A token that reaches the sandbox directly as `sandbox-admin` (system:masters).
     pub admin_token: String,
     pub issuer: Issuer,
+    /// The second, GitHub-Actions-shaped issuer.
+    pub ci_issuer: Issuer,
     pub evidence: Arc<Evidence>,
     pub proxy_addr: SocketAddr,
     /// The proxy's admin port (`/healthz`, `/readyz`, `/metrics`), plain HTTP on loopback.
@@ -145,6 +147,15 @@ impl Stack {
                 .context("binding the issuer")?,
         )
         .await?;
+        // A second issuer shaped like GitHub Actions' (its tokens carry `repository`, `ref`,
+        // `environment`, …), so the demo shows several issuers and claim presets at once.
+        let ci_issuer = Issuer::start(
+            IssuerKeys::load_or_generate(&dir.join("issuer-ci"))?,
+            TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("binding the CI issuer")?,
+        )
+        .await?;
 
         let config_dir = dir.join("config");
         std::fs::create_dir_all(&config_dir)?;
@@ -186,6 +197,9 @@ impl Stack {
                  upstream:\n  url: {upstream}\n  ca_file: {ca}\n  token_file: {token}\n\
                  nats:\n  url: {nats_url}\n\
                  issuers:\n  - issuer: {issuer}\n    audiences: [{AUDIENCE}]\n\
+                 \x20 - issuer: {ci_issuer}\n    audiences: [{AUDIENCE}]\n\
+                 \x20   claims:\n      preset: github-actions\n\
+                 \x20     principal: \"{{repository}}@{{environment|ref}}\"\n\
                  identities: {identities}\n\
                  policy: {policy}\n",
                 proxy = proxy_file.display(),
@@ -195,6 +209,7 @@ impl Stack {
                 ca = yaml_str(&ca_file),
                 token = yaml_str(&proxy_token_file),
                 issuer = issuer.url(),
+                ci_issuer = ci_issuer.url(),
                 identities = yaml_str(&identities_file),
                 policy = yaml_str(&policy_file),
             ),
@@ -214,6 +229,7 @@ impl Stack {
             sandbox,
             admin_token,
             issuer,
+            ci_issuer,
             evidence,
             proxy_addr,
             proxy_admin_addr,
@@ -278,6 +294,7 @@ impl Stack {
             .context("the evidence task failed")?;
         self.sandbox.shutdown().await;
         self.issuer.shutdown().await;
+        self.ci_issuer.shutdown().await;
         if let Some(mut server) = self.nats_server {
             server.stop().await;
         }
@@ -374,7 +391,7 @@ fn print_guide(options: &UpOptions, stack: &Stack) {
          \x20 kubectl --kubeconfig {ro} get configmaps -n kube-system   # Gatehouse allows it; the cluster's RBAC refuses\n\
          \x20 kubectl --kubeconfig {ro} get secrets -n apps             # denied by Gatehouse policy\n\
          \x20 kubectl --kubeconfig {intruder} get pods                  # unknown identity: denied\n\n\
-         Policy: {policy}  Identities: {identities}  (edit, then restart)\n\
+         Policy: {policy} (reloaded when saved)  Identities: {identities} (edit, then restart)\n\
          Stop with Ctrl-C, then check the evidence:\n\
          \x20 {invocation} ledger verify --data-dir {data}\n",
         ci = kc("ci-deployer"),

@@ -131,7 +131,9 @@ impl IssuerKeys {
 /// A running issuer on loopback; stops on drop or `shutdown()`.
 pub struct Issuer {
     url: String,
-    keys: IssuerKeys,
+    /// The published keys; the first one signs. Shared with the JWKS endpoint so a rotation
+    /// shows up there at once.
+    keys: Arc<std::sync::RwLock<Vec<IssuerKeys>>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -157,7 +159,8 @@ impl Issuer {
             "id_token_signing_alg_values_supported": ["ES256"],
             "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "groups"],
         }));
-        let jwks = Arc::new(keys.jwks());
+        let keys = Arc::new(std::sync::RwLock::new(vec![keys]));
+        let published = keys.clone();
         let app = Router::new()
             .route(
                 "/.well-known/openid-configuration",
@@ -169,8 +172,13 @@ impl Issuer {
             .route(
                 "/jwks.json",
                 get(move || {
-                    let j = jwks.clone();
-                    async move { Json((*j).clone()) }
+                    let all: Vec<Value> = published
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .flat_map(|k| k.jwks()["keys"].as_array().cloned().unwrap_or_default())
+                        .collect();
+                    async move { Json(json!({ "keys": all })) }
                 }),
             );
         let (stop, stopped) = oneshot::channel::<()>();
@@ -197,8 +205,22 @@ impl Issuer {
         &self.url
     }
 
-    pub fn keys(&self) -> &IssuerKeys {
-        &self.keys
+    /// The key that signs now.
+    pub fn keys(&self) -> IssuerKeys {
+        self.keys.read().unwrap_or_else(|p| p.into_inner())[0].clone()
+    }
+
+    /// Rotates the signing key: a new key signs from now on and is published first. With
+    /// `keep_old`, the old keys stay published (tokens they signed keep verifying); without,
+    /// they are withdrawn at once, as after a key compromise.
+    pub fn rotate(&self, keep_old: bool) -> Result<IssuerKeys, IssuerError> {
+        let new = IssuerKeys::generate()?;
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        if !keep_old {
+            keys.clear();
+        }
+        keys.insert(0, new.clone());
+        Ok(new)
     }
 
     /// Mints a token: iss, sub, aud, groups, iat = nbf = now, exp = now + ttl, jti.
@@ -223,7 +245,7 @@ impl Issuer {
             "exp": now.saturating_add(ttl.as_secs()),
             "jti": ulid::Ulid::new().to_string(),
         });
-        self.keys.sign(&claims)
+        self.keys().sign(&claims)
     }
 
     pub async fn shutdown(mut self) {

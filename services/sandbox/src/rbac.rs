@@ -304,6 +304,16 @@ impl RbacConfig {
                     ],
                 },
                 Binding {
+                    // The demo GitHub Actions workflow (prod environment) deploys into apps.
+                    subjects: vec![user("github:acme/deploy@prod")],
+                    rules: vec![Rule {
+                        verbs: strings(&["*"]),
+                        resources: strings(&["*"]),
+                        namespaces: Some(strings(&["apps"])),
+                        ..Rule::default()
+                    }],
+                },
+                Binding {
                     subjects: vec![user("readonly-bot")],
                     rules: vec![
                         // Enumerated namespaces: RBAC has no "all but", only RoleBindings per namespace.

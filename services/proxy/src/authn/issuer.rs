@@ -80,13 +80,17 @@ impl TrustedIssuer {
             .is_some_and(|keys| keys.contains(Some(kid), fingerprint))
     }
 
-    /// Reloads the keys; unless `force`, not if that was tried within the unknown-key gap.
+    /// Reloads the keys. Unknown-kid reloads (`force` false) happen at most once per gap, so
+    /// tokens with made-up kids cannot hammer the issuer; scheduled and start-up loads
+    /// (`force`) do not count towards it, so a rotation right after one is still seen at once.
     pub async fn refresh(&self, force: bool) -> Result<(), String> {
         let mut last = self.last_refresh.lock().await;
-        if !force && last.is_some_and(|t| t.elapsed() < self.unknown_key_gap) {
-            return Ok(());
+        if !force {
+            if last.is_some_and(|t| t.elapsed() < self.unknown_key_gap) {
+                return Ok(());
+            }
+            *last = Some(Instant::now());
         }
-        *last = Some(Instant::now());
         let jwks = self.load().await?;
         let (set, skipped) = KeySet::prepare(&jwks);
         if !skipped.is_empty() {
