@@ -45,6 +45,20 @@ async fn the_admin_port_reports_readiness_and_counts_requests() -> Result {
         "{metrics}"
     );
 
+    // The same token twice: the second is a token-cache hit, and the metric says so.
+    let token = bed.mint("readonly-bot")?;
+    for _ in 0..2 {
+        let reply = bed.get("/api/v1/namespaces/apps/pods", &token).await?;
+        assert_eq!(reply.status, 200);
+    }
+    eventually("the token-cache hit to be counted", DEADLINE, || async {
+        let (_, text) = bed.admin_get("/metrics").await.ok()?;
+        sample(&text, "gatehouse_proxy_token_cache_hits_total")
+            .is_some_and(|n| n >= 1.0)
+            .then_some(())
+    })
+    .await?;
+
     // NATS gone: not ready, naming why; still alive.
     if let Some(nats) = bed.stack_mut().nats_server.as_mut() {
         nats.stop().await;

@@ -221,6 +221,11 @@ impl Proxy {
         ));
         // Reloads swap the policy for new requests; requests in flight keep theirs.
         let policy_watch = self.policy_watcher.spawn(background.clone());
+        let totals = tokio::spawn(sync_totals(
+            pipeline.clone(),
+            self.metrics.clone(),
+            background.clone(),
+        ));
         server::serve(self.listener, self.tls, self.pipeline, shutdown).await;
         let lost = pipeline.recorder.unacked();
         if lost > 0 {
@@ -234,6 +239,24 @@ impl Proxy {
         let _ = tokio::time::timeout(ADMIN_STOP_TIMEOUT, admin).await;
         let _ = cert_watch.await;
         let _ = policy_watch.await;
+        let _ = totals.await;
+    }
+}
+
+/// Copies counters kept elsewhere (the token cache's, the recorder's) into the metrics, once
+/// a second, until `stop`.
+async fn sync_totals(
+    pipeline: Arc<pipeline::Pipeline>,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
+    loop {
+        let cache = pipeline.authenticator.cache_stats();
+        metrics.sync_totals(cache.hits, cache.misses, pipeline.recorder.unacked());
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
     }
 }
 

@@ -323,6 +323,21 @@ impl Metrics {
         }
     }
 
+    /// Brings the token-cache and unacked-event counters up to totals counted elsewhere
+    /// (counters only go up, so only the difference is added).
+    pub fn sync_totals(&self, cache_hits: u64, cache_misses: u64, unacked: u64) {
+        for (counter, total) in [
+            (&self.token_cache_hits, cache_hits),
+            (&self.token_cache_misses, cache_misses),
+            (&self.events_unacked, unacked),
+        ] {
+            let behind = total.saturating_sub(counter.get());
+            if behind > 0 {
+                counter.inc_by(behind);
+            }
+        }
+    }
+
     /// A policy reload was attempted.
     pub fn policy_reloads(&self, ok: bool) {
         self.policy_reloads
