@@ -245,11 +245,7 @@ impl Proxy {
 
 /// Copies counters kept elsewhere (the token cache's, the recorder's) into the metrics, once
 /// a second, until `stop`.
-async fn sync_totals(
-    pipeline: Arc<pipeline::Pipeline>,
-    metrics: Metrics,
-    stop: CancellationToken,
-) {
+async fn sync_totals(pipeline: Arc<pipeline::Pipeline>, metrics: Metrics, stop: CancellationToken) {
     loop {
         let cache = pipeline.authenticator.cache_stats();
         metrics.sync_totals(cache.hits, cache.misses, pipeline.recorder.unacked());
