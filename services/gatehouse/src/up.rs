@@ -390,10 +390,16 @@ fn print_guide(options: &UpOptions, stack: &Stack) {
          \x20 kubectl --kubeconfig {ro} get pods -n prod\n\
          \x20 kubectl --kubeconfig {ro} get configmaps -n kube-system   # Gatehouse allows it; the cluster's RBAC refuses\n\
          \x20 kubectl --kubeconfig {ro} get secrets -n apps             # denied by Gatehouse policy\n\
-         \x20 kubectl --kubeconfig {intruder} get pods                  # unknown identity: denied\n\n\
+         \x20 kubectl --kubeconfig {intruder} get pods                  # unknown identity: denied\n\
+         \x20 kubectl get secret db-credentials -o yaml       # values masked (base64 of gatehouse:masked)\n\
+         \x20 kubectl exec web -- sh -c 'echo hi; exit 3'     # relayed and recorded; exit code 3\n\
+         \x20 kubectl exec -n prod api -- sh                  # denied: no shells outside apps\n\
+         \x20 kubectl port-forward pod/web 8080:PORT          # reaches 127.0.0.1:PORT on this machine\n\
+         \x20 {invocation} policy explain --policy {policy} --as ci-deployer exec pods/exec -n prod web --command sh\n\n\
          Policy: {policy} (reloaded when saved)  Identities: {identities} (edit, then restart)\n\
-         Stop with Ctrl-C, then check the evidence:\n\
-         \x20 {invocation} ledger verify --data-dir {data}\n",
+         Stop with Ctrl-C, then check the evidence and replay a session (its id is in the proxy log):\n\
+         \x20 {invocation} ledger verify --data-dir {data}\n\
+         \x20 {invocation} replay SESSION_ID --data-dir {data} [--asciicast session.cast]\n",
         ci = kc("ci-deployer"),
         ro = kc("readonly-bot"),
         intruder = kc("intruder"),

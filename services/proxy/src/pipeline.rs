@@ -530,7 +530,7 @@ impl Pipeline {
         let (recorder, metrics) = (self.recorder.clone(), self.metrics.clone());
         let (request_id, started, verb) = (ctx.id.clone(), ctx.started, ctx.info.verb.clone());
         let session_id = log.id().to_owned();
-        tracing::info!(request_id = %ctx.id, session_id, kind = ?request.kind, transport = transport_name, protocol, "session started");
+        tracing::info!(session_id = %session_id, kind = ?request.kind, transport = transport_name, protocol = %protocol, "session started");
         tokio::spawn(async move {
             let _active = metrics.session_opened();
             let upstream_io = hyper::upgrade::on(upstream_response).await;
