@@ -664,3 +664,75 @@ fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .map(|s| s.chars().take(512).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, HeaderValue::from_static(value));
+        }
+        h
+    }
+
+    #[test]
+    fn a_masked_response_is_asked_for_as_plain_json() {
+        // client-go's typed clients: protobuf first, JSON as a fallback, gzip.
+        let mut h = headers(&[
+            (
+                "accept",
+                "application/vnd.kubernetes.protobuf, application/json",
+            ),
+            ("accept-encoding", "gzip"),
+        ]);
+        ask_for_plain_json(&mut h);
+        assert_eq!(h["accept"], "application/json");
+        assert!(!h.contains_key("accept-encoding"));
+
+        // Protobuf only: JSON instead. Tables keep their parameters.
+        let mut h = headers(&[("accept", "application/vnd.kubernetes.protobuf")]);
+        ask_for_plain_json(&mut h);
+        assert_eq!(h["accept"], "application/json");
+        let table = "application/json;as=Table;v=v1;g=meta.k8s.io";
+        let mut h = headers(&[
+            ("accept", table),
+            (
+                "accept",
+                "application/vnd.kubernetes.protobuf;as=Table;v=v1;g=meta.k8s.io",
+            ),
+        ]);
+        ask_for_plain_json(&mut h);
+        assert_eq!(h["accept"], table);
+    }
+
+    #[test]
+    fn upgrades_are_recognised_by_both_headers() {
+        assert!(is_upgrade(&headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket")
+        ])));
+        assert!(is_upgrade(&headers(&[
+            ("connection", "keep-alive, upgrade"),
+            ("upgrade", "SPDY/3.1")
+        ])));
+        assert!(!is_upgrade(&headers(&[("upgrade", "websocket")])));
+        assert!(!is_upgrade(&headers(&[("connection", "upgrade")])));
+    }
+
+    #[test]
+    fn only_object_responses_are_masked_as_json() {
+        let info = |sub: &str| RequestInfo {
+            is_resource_request: true,
+            resource: "pods".into(),
+            subresource: sub.into(),
+            ..RequestInfo::default()
+        };
+        assert!(returns_objects(&info("")));
+        assert!(returns_objects(&info("status")));
+        for stream in ["log", "exec", "attach", "portforward", "proxy"] {
+            assert!(!returns_objects(&info(stream)), "{stream}");
+        }
+    }
+}
