@@ -160,6 +160,42 @@ async fn exec_stdin_is_recorded_before_it_reaches_the_pod() -> Result {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_output_is_masked_before_it_is_recorded() -> Result {
+    let bed = TestBed::start().await?;
+    let out = bed
+        .kubectl(
+            "ci-deployer",
+            &[
+                "exec",
+                "web",
+                "-n",
+                "apps",
+                "--",
+                "sh",
+                "-c",
+                "echo db password=hunter2-live ok",
+            ],
+        )
+        .await?;
+    assert!(out.success, "{}", out.stderr);
+    let finished = bed.finish().await?;
+    let data = session_events(&finished.events, "session.data");
+    let stdout = chunk_text(&data, "stdout");
+    assert!(stdout.contains("db ") && stdout.contains(" ok"), "{stdout}");
+    assert!(!stdout.contains("hunter2-live"), "{stdout}");
+    assert!(data.iter().any(|e| e.data()["masked"].as_u64() > Some(0)));
+    // Nowhere in the record: not in the chunk, not in the command of session.started.
+    for event in &finished.events {
+        assert!(
+            !event.bytes.windows(12).any(|w| w == b"hunter2-live"),
+            "{} holds the value",
+            event.name()
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tty_session_is_recorded_and_exports_as_asciicast() -> Result {
     let bed = TestBed::start().await?;
     let argv = bed.kubectl_argv(

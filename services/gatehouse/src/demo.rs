@@ -69,6 +69,8 @@ mask_profiles:
     keys:
       - path: "data"
         matching: "(?i)(password|token|secret)"
+    # Free text too: logs, and what exec sessions print (in the record).
+    patterns: ["(?i)(password|token|secret)=[^\\s&]+"]
 
 rules:
   - id: discovery

@@ -14,7 +14,7 @@ use gatehouse_events::{BodyDigest, ResponseOutcome};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 
-use crate::mask::Masker;
+use crate::mask::{LineMasker, MaskError, Masker};
 
 /// Error type of response bodies sent to clients.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -137,12 +137,47 @@ impl<B: Body> Drop for RecordedBody<B> {
     }
 }
 
-/// Masks a response body as it streams: each upstream frame goes through the [`Masker`], and
+/// What masks a streamed body: Kubernetes objects as JSON, or free text line by line.
+pub enum BodyMasker {
+    Json(Box<Masker>),
+    Text(LineMasker),
+}
+
+impl BodyMasker {
+    fn push(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), MaskError> {
+        match self {
+            Self::Json(m) => m.push(chunk, out),
+            Self::Text(m) => {
+                m.push(chunk, out);
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(&mut self, out: &mut BytesMut) -> Result<(), MaskError> {
+        match self {
+            Self::Json(m) => m.finish(out),
+            Self::Text(m) => {
+                m.finish(out);
+                Ok(())
+            }
+        }
+    }
+
+    fn masked_fields(&self) -> u64 {
+        match self {
+            Self::Json(m) => m.masked_fields(),
+            Self::Text(m) => m.masked_lines(),
+        }
+    }
+}
+
+/// Masks a response body as it streams: each upstream frame goes through the masker, and
 /// whatever it can already emit is passed on. A body that cannot be masked (malformed JSON,
 /// protobuf) ends in an error, so the client gets a cut response and never unmasked bytes.
 pub struct MaskingBody<B> {
     inner: B,
-    masker: Masker,
+    masker: BodyMasker,
     out: BytesMut,
     done: bool,
     /// Shared with the completion hook: how many values were masked.
@@ -150,7 +185,7 @@ pub struct MaskingBody<B> {
 }
 
 impl<B> MaskingBody<B> {
-    pub fn new(inner: B, masker: Masker, masked: Arc<AtomicU64>) -> Self {
+    pub fn new(inner: B, masker: BodyMasker, masked: Arc<AtomicU64>) -> Self {
         Self {
             inner,
             masker,

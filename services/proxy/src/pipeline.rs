@@ -27,10 +27,10 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::authn::Authenticator;
-use crate::body::{Delivered, MaskingBody, ProxyBody, RecordedBody as RecordingBody};
+use crate::body::{BodyMasker, Delivered, MaskingBody, ProxyBody, RecordedBody as RecordingBody};
 use crate::forward::{Upstream, strip_hop_by_hop};
 use crate::identity::Registry;
-use crate::mask::{self, MaskTarget, Masker, Profile};
+use crate::mask::{self, LineMasker, MaskTarget, Masker, Profile};
 use crate::policy::{Decision, Permitted, PolicyInput, SharedPolicy};
 use crate::record::{Acked, Recorder};
 use crate::request_info;
@@ -225,7 +225,17 @@ impl Pipeline {
         self.recorder
             .forwarded(&ctx, self.upstream.url(), &admitted.identity)
             .await;
-        let masker = masking.then(|| Masker::new(admitted.profile.clone(), target));
+        let masker = if masking {
+            let masker = Masker::new(admitted.profile.clone(), target);
+            Some(BodyMasker::Json(Box::new(masker)))
+        } else {
+            // Logs and proxied responses are text: a profile's patterns apply line by line.
+            admitted
+                .profile
+                .clone()
+                .filter(|p| p.has_patterns() && !returns_objects(&ctx.info))
+                .map(|p| BodyMasker::Text(LineMasker::new(p)))
+        };
         self.stream_back(&ctx, upstream_response, masker, record)
     }
 
@@ -366,7 +376,7 @@ impl Pipeline {
         &self,
         ctx: &RequestContext,
         response: Response<Incoming>,
-        masker: Option<Masker>,
+        masker: Option<BodyMasker>,
         record: RecordLevel,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = response.into_parts();
@@ -379,7 +389,10 @@ impl Pipeline {
             None => body.map_err(Into::into).boxed_unsync(),
             Some(masker) => {
                 let content_type = header_text(&parts.headers, "content-type").unwrap_or_default();
-                if !content_type.is_empty() && !content_type.contains("json") {
+                if matches!(masker, BodyMasker::Json(_))
+                    && !content_type.is_empty()
+                    && !content_type.contains("json")
+                {
                     // Protobuf or anything else despite asking for JSON: withhold it.
                     tracing::warn!(request_id = %ctx.id, content_type, "response needs masking but is not JSON");
                     let status = Rejection::Unmaskable(content_type).into_response(&ctx.id, None);

@@ -67,6 +67,7 @@
 
 mod engine;
 mod lex;
+pub mod lines;
 pub mod profile;
 
 use std::borrow::Cow;
@@ -74,6 +75,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+pub use lines::LineMasker;
 pub use profile::{MaskSet, Profile};
 
 /// What a masked text value becomes.

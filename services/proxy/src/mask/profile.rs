@@ -248,7 +248,8 @@ impl Profile {
         self.rules.is_empty() && self.patterns.is_none()
     }
 
-    pub(crate) fn has_patterns(&self) -> bool {
+    /// Whether free text (logs, session output) has anything to mask.
+    pub fn has_patterns(&self) -> bool {
         self.patterns.is_some()
     }
 }
