@@ -592,3 +592,126 @@ pub struct Finished {
     pub data_dir: PathBuf,
     _dir: TempDir,
 }
+
+// ---------------------------------------------------------------------------------------------
+// For the kubectl tests: the cluster behind the proxy's back, the process's logs, raw HTTP/1.1.
+
+impl TestBed {
+    /// Runs kubectl straight against the sandbox as `sandbox-admin` (system:masters), not
+    /// through the proxy: to change or read the cluster behind a caller's back.
+    pub async fn admin_kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<KubectlOutput> {
+        let stack = self.stack();
+        let path = self.home.path().join("sandbox-admin.kubeconfig");
+        let text = gatehouse::kubeconfig::render(
+            "sandbox",
+            &stack.sandbox.url(),
+            &stack.ca_pem,
+            "sandbox-admin",
+            &stack.admin_token,
+            "apps",
+        );
+        gatehouse::kubeconfig::write_private(&path, &text)
+            .with_context(|| format!("writing {}", path.display()))?;
+        self.run_kubectl(path, args, stdin).await
+    }
+
+    /// Sends `request` (a whole HTTP/1.1 request, head and body, exactly as given) to the
+    /// proxy over TLS, half-closes, and returns every byte the proxy sent back until it closed
+    /// the connection (or [`DEADLINE`] passed). For what a well-behaved client library will
+    /// not send: conflicting framing headers, smuggled requests.
+    pub async fn raw_request(&self, request: &[u8]) -> Result<Vec<u8>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tls = client_tls(Some(&self.stack().dir.join("tls").join("ca.pem")), false)?;
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+        let tcp = tokio::net::TcpStream::connect(self.stack().proxy_addr).await?;
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1")?;
+        let mut stream = connector.connect(name, tcp).await?;
+        stream.write_all(request).await?;
+        stream.flush().await?;
+        let mut received = Vec::new();
+        let read = tokio::time::timeout(DEADLINE, async {
+            let mut chunk = [0u8; 16 * 1024];
+            loop {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => received.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await;
+        if read.is_err() {
+            bail!(
+                "the proxy neither answered nor closed the connection within {DEADLINE:?} \
+                 (got {} bytes)",
+                received.len()
+            );
+        }
+        Ok(received)
+    }
+}
+
+/// Every log line of this process, kept in memory (see [`LogCapture::install`]).
+#[derive(Clone, Default)]
+pub struct LogCapture {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl LogCapture {
+    /// Installs, once per process, a global subscriber that keeps every event at `debug` and
+    /// above (`trace` for Gatehouse's own crates) in memory, and prints what
+    /// [`init_logging`] would. Call it before [`TestBed::start`]. `None` if another subscriber
+    /// was installed first (then the logs cannot be seen). nextest runs each test in its own
+    /// process, so there the capture holds that test's logs only.
+    pub fn install() -> Option<LogCapture> {
+        use tracing_subscriber::Layer;
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        static INSTALLED: std::sync::OnceLock<Option<LogCapture>> = std::sync::OnceLock::new();
+        INSTALLED
+            .get_or_init(|| {
+                let capture = LogCapture::default();
+                let writer = capture.clone();
+                let print = tracing_subscriber::fmt::layer()
+                    .with_test_writer()
+                    .with_filter(
+                        tracing_subscriber::EnvFilter::try_from_default_env()
+                            .unwrap_or_else(|_| "warn,async_nats=error".into()),
+                    );
+                let keep = tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(move || writer.clone())
+                    .with_filter(tracing_subscriber::EnvFilter::new(
+                        "debug,gatehouse=trace,gatehouse_proxy=trace,gatehouse_sandbox=trace,\
+                         gatehouse_evidence=trace,gatehouse_bus=trace,hyper=info,h2=info,\
+                         rustls=info,async_nats=info,tokio_util=info",
+                    ));
+                tracing_subscriber::registry()
+                    .with(print)
+                    .with(keep)
+                    .try_init()
+                    .ok()
+                    .map(|()| capture)
+            })
+            .clone()
+    }
+
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&lines).into_owned()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -137,6 +137,7 @@ rules:
     resources: ["*"]
     namespaces: [apps]
     mask: app-secrets
+    record: request
 
   - id: deployer-no-secrets-elsewhere
     description: secrets outside apps are not CI's business

@@ -86,7 +86,7 @@ pub fn explain(policy: &Policy, input: &PolicyInput<'_>) -> Explanation {
             break;
         }
     }
-    let verdict = match deciding.map(|r| super::decision(r, input)) {
+    let verdict = match deciding.map(|r| super::decision(r, input, &body)) {
         Some(Decision::Allow(p)) => Verdict::Allow {
             rule: p.rule().to_owned(),
             record: p.record(),

@@ -290,19 +290,23 @@ impl Policy {
         let body = LazyBody::new(input.body, input.content_type);
         for rule in &self.rules {
             if rule.evaluate(input, &command, &body).is_ok() {
-                return decision(rule, input);
+                return decision(rule, input, &body);
             }
         }
         Decision::Deny(default_denial(input))
     }
 }
 
-fn decision(rule: &Rule, input: &PolicyInput<'_>) -> Decision {
+fn decision(rule: &Rule, input: &PolicyInput<'_>, body: &LazyBody<'_>) -> Decision {
     let (identity, request) = (input.identity, input.request);
-    let because = rule
+    let mut because = rule
         .description()
         .map(|d| format!(" ({d})"))
         .unwrap_or_default();
+    if let Some(note) = unread_body(rule, body) {
+        because.push_str("; ");
+        because.push_str(&note);
+    }
     match (rule.action, &rule.approval) {
         (Action::Allow, _) => Decision::Allow(Permitted {
             rule: rule.id.clone(),
@@ -340,6 +344,30 @@ fn decision(rule: &Rule, input: &PolicyInput<'_>) -> Decision {
             ),
         }),
     }
+}
+
+/// When a deny or approve rule matched only because its body guardrail could not read the body
+/// (it fails closed), the caller is told so, or a refusal of a harmless request (kubectl's
+/// typed `create` commands send protobuf) would be a mystery. Says what kind of body it was,
+/// never what it held.
+fn unread_body(rule: &Rule, body: &LazyBody<'_>) -> Option<String> {
+    if !rule.action.restricts() || !rule.has_body_guard() {
+        return None;
+    }
+    let guard::BodyView::Unreadable(why) = body.get() else {
+        return None;
+    };
+    let mut note = format!(
+        "{why}, which the rule's body guardrail cannot read, so it counts as a match (fails \
+         closed); send the object as JSON"
+    );
+    if why.contains("protobuf") {
+        note.push_str(
+            " (kubectl's typed create commands send protobuf: pipe their \
+             `--dry-run=client -o yaml` output into `kubectl create -f -` instead)",
+        );
+    }
+    Some(note)
 }
 
 fn default_denial(input: &PolicyInput<'_>) -> Denial {

@@ -343,6 +343,27 @@ fn body_guardrail_denies_cluster_admin_bindings_and_fails_closed() {
             .as_deref(),
         Some("no-cluster-admin")
     );
+
+    // The refusal says the body could not be read, and what to send instead; a refusal of a
+    // body that was read says nothing of the kind.
+    let protobuf = write(&p, "k8s\0...", "application/vnd.kubernetes.protobuf").unwrap_err();
+    assert!(
+        protobuf.message.contains(
+            "the body is protobuf, which the rule's body guardrail cannot read, so it counts as \
+             a match (fails closed); send the object as JSON"
+        ) && protobuf.message.contains("kubectl create -f -"),
+        "{}",
+        protobuf.message
+    );
+    let yaml = write(&p, "roleRef:\n  name: view\n", "application/yaml").unwrap_err();
+    assert!(
+        yaml.message.contains("the body is YAML, which")
+            && !yaml.message.contains("kubectl create"),
+        "{}",
+        yaml.message
+    );
+    let read = write(&p, admin, "application/json").unwrap_err();
+    assert!(!read.message.contains("cannot read"), "{}", read.message);
 }
 
 #[test]
