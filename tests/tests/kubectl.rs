@@ -8,7 +8,7 @@
 //! event's bytes and (when this process's logs can be captured, which nextest allows) the
 //! logs of the proxy and the rest of the stack.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -1357,28 +1357,50 @@ async fn hostile_requests_get_a_status_and_nothing_unrecorded_is_forwarded() -> 
     assert!(!seen.header_names.iter().any(|h| h == "impersonate-uid"));
 
     // Both Transfer-Encoding and Content-Length, with a second request hidden after the
-    // chunked body: a classic smuggling attempt. Whatever the proxy makes of it, the cluster
-    // must not receive anything the ledger does not show.
+    // chunked body: a classic smuggling attempt. Whatever the proxy makes of it — the chunked
+    // body, the 4 bytes Content-Length claims, a second request or none — the cluster must
+    // receive nothing the ledger does not show, and never both framing headers.
     let chunk =
         r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"smuggled"},"data":{"a":"b"}}"#;
-    let smuggled = format!(
-        "GET /api/v1/namespaces/prod/secrets HTTP/1.1\r\nHost: x\r\nAuthorization: {bearer}\r\n\r\n"
+    let hidden = format!(
+        "GET /api/v1/namespaces/prod/secrets HTTP/1.1\r\nHost: x\r\nAuthorization: {bearer}\r\n\
+         Connection: close\r\n\r\n"
     );
     let raw = format!(
         "POST /api/v1/namespaces/apps/configmaps HTTP/1.1\r\nHost: 127.0.0.1\r\n\
          Authorization: {bearer}\r\nContent-Type: application/json\r\n\
-         Content-Length: 4\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
-         {:x}\r\n{chunk}\r\n0\r\n\r\n{smuggled}",
+         Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
+         {:x}\r\n{chunk}\r\n0\r\n\r\n{hidden}",
         chunk.len()
     );
-    let answer = bed.raw_request(raw.as_bytes()).await?;
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let status_line = answer.lines().next().unwrap_or_default().to_owned();
-    assert!(status_line.starts_with("HTTP/1.1 "), "{answer}");
+    let answer = String::from_utf8_lossy(&bed.raw_request(raw.as_bytes()).await?).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+    // Transfer-Encoding wins and the connection is closed after the answer (RFC 9112 §6.3),
+    // so the bytes after the chunked body are never read as a request.
+    let head = answer.split("\r\n\r\n").next().unwrap_or_default();
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
     assert!(
         !answer.contains("\"kind\":\"SecretList\""),
-        "the smuggled request was answered: {answer}"
+        "the hidden request was answered with secrets: {answer}"
     );
+    for posted in bed
+        .sandbox_requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/api/v1/namespaces/apps/configmaps")
+    {
+        assert!(
+            !posted.header_names.iter().any(|h| h == "transfer-encoding")
+                || !posted.header_names.iter().any(|h| h == "content-length"),
+            "{posted:?}"
+        );
+    }
+    if let Some(logs) = &logs {
+        // The capture works: the proxy's own log lines are in it.
+        assert!(logs.text().contains("request refused"), "{}", logs.text());
+    }
 
     // If the POST went through, the cluster holds exactly the recorded body.
     let created = bed
@@ -1401,6 +1423,13 @@ async fn hostile_requests_get_a_status_and_nothing_unrecorded_is_forwarded() -> 
             .expect("the create that reached the cluster was recorded with its body");
         outcome(&finished.events, post, "request.forwarded");
     }
+    assert!(
+        !finished
+            .events
+            .iter()
+            .any(|e| e.data()["path"] == "/api/v1/namespaces/prod/secrets"),
+        "the hidden request was read as a request"
+    );
     // Every refusal above was recorded as a denial with its reason.
     let denied: Vec<&str> = finished
         .events

@@ -213,7 +213,7 @@ fn explain_names_the_deciding_rule_and_why_the_others_missed() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("8. deployer-no-secrets-elsewhere (line 84) [deny] MATCH"),
+        stdout.contains("8. deployer-no-secrets-elsewhere (line 85) [deny] MATCH"),
         "{stdout}"
     );
     assert!(
