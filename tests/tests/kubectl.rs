@@ -898,6 +898,22 @@ stringData:
         bed.kubectl("ci-deployer", &["get", "configmap", "recorded-config"])
             .await?,
     );
+    // A merge patch has no `kind`: it is recorded as the ConfigMap change it is.
+    ok(
+        "patch",
+        bed.kubectl(
+            "ci-deployer",
+            &[
+                "patch",
+                "configmap",
+                "recorded-config",
+                "--type=merge",
+                "-p",
+                r#"{"data":{"LOG_LEVEL":"info"}}"#,
+            ],
+        )
+        .await?,
+    );
 
     let finished = bed.finish().await?;
     let content_of = |e: &Event| -> (Value, Value) {
@@ -949,6 +965,11 @@ stringData:
         body["data"],
         json!({"LOG_LEVEL": "debug", "API_TOKEN": MASKED_TEXT})
     );
+
+    let patch = received(&finished.events, "patch", "configmaps");
+    assert_eq!(patch.len(), 1);
+    let (body, _) = content_of(patch[0]);
+    assert_eq!(body, json!({"data": {"LOG_LEVEL": "info"}}));
 
     // A read has no body to keep, but its level is still recorded.
     let get = received(&finished.events, "get", "configmaps");

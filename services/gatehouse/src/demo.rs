@@ -87,6 +87,7 @@ rules:
     resources: [pods/exec, pods/attach, pods/portforward]
     namespaces: [apps]
     record: request
+    mask: app-secrets
 
   - id: no-shells
     description: nobody else gets a shell, however it is spelled (sh, /bin/sh, env sh, busybox sh, sh -c)

@@ -209,11 +209,11 @@ fn explain_names_the_deciding_rule_and_why_the_others_missed() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("7. deployer-apps (line 75) [allow] no match: namespace prod is not in namespaces [apps]"),
+        stdout.contains("7. deployer-apps (line 76) [allow] no match: namespace prod is not in namespaces [apps]"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("8. deployer-no-secrets-elsewhere (line 85) [deny] MATCH"),
+        stdout.contains("8. deployer-no-secrets-elsewhere (line 86) [deny] MATCH"),
         "{stdout}"
     );
     assert!(
@@ -323,7 +323,7 @@ fn explain_reads_a_body_file_and_the_identity_registry() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("4. no-cluster-admin-bindings (line 42) [deny] no match: body: body[0] does not hold: no value at roleRef.name matches"),
+        stdout.contains("4. no-cluster-admin-bindings (line 43) [deny] no match: body: body[0] does not hold: no value at roleRef.name matches"),
         "{stdout}"
     );
 

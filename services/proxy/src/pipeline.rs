@@ -48,6 +48,9 @@ pub struct RequestContext {
     /// The path as the client sent it.
     pub raw_path: String,
     pub query: Option<String>,
+    /// The query as events carry it: with values the mask profile's patterns match masked
+    /// (an exec's `command` can hold a password).
+    pub recorded_query: Option<String>,
     pub peer: SocketAddr,
     pub user_agent: Option<String>,
     pub forwarded_for: Vec<String>,
@@ -68,6 +71,7 @@ impl RequestContext {
             method: request.method().as_str().to_owned(),
             raw_path: request.uri().path().to_owned(),
             query: request.uri().query().map(str::to_owned),
+            recorded_query: request.uri().query().map(str::to_owned),
             peer,
             user_agent: header_text(headers, http::header::USER_AGENT.as_str()),
             forwarded_for: header_text(headers, "x-forwarded-for")
@@ -168,6 +172,9 @@ impl Pipeline {
             .filter(|b| !b.is_empty())
             .map(|b| BodyDigest::of(b));
         let content = self.request_content(&ctx, &seen);
+        if let Some(profile) = seen.profile.as_deref().filter(|p| p.has_patterns()) {
+            ctx.recorded_query = ctx.query.as_deref().map(|q| mask_query(profile, q));
+        }
 
         let acked = match self
             .recorder
@@ -349,7 +356,18 @@ impl Pipeline {
             content_type.is_none_or(|c| c.contains("json") && !c.contains("json-patch"));
         if json_object && let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(body) {
             if needs || value.get("kind").and_then(|k| k.as_str()) == Some("Secret") {
+                // A body without `kind` (a merge patch) is what its URL says it is. The masker
+                // takes a kind-less object for a Secret, to be safe, which would hide what a
+                // ConfigMap patch changed; so name it for the masking, then take the name away.
+                let placeholder =
+                    value.is_object() && value.get("kind").is_none() && !target.is_core_secrets();
+                if placeholder {
+                    value["kind"] = "GatehouseRequestBody".into();
+                }
                 mask::mask_value(seen.profile.as_deref(), &target, &mut value);
+                if placeholder && let Some(object) = value.as_object_mut() {
+                    object.remove("kind");
+                }
             }
             let masked = serde_json::to_vec(&value).ok()?;
             return Some(RecordedBody::capture(
@@ -664,6 +682,23 @@ fn ask_for_plain_json(headers: &mut HeaderMap) {
         headers.insert(http::header::ACCEPT, value);
     }
     headers.remove(http::header::ACCEPT_ENCODING);
+}
+
+/// The query with each decoded value passed through the profile's patterns; as sent if
+/// nothing matched.
+fn mask_query(profile: &Profile, query: &str) -> String {
+    let mut masked = form_urlencoded::Serializer::new(String::new());
+    let mut changed = false;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        let value = mask::mask_text(Some(profile), &value);
+        changed |= matches!(value, std::borrow::Cow::Owned(_));
+        masked.append_pair(&key, &value);
+    }
+    if changed {
+        masked.finish()
+    } else {
+        query.to_owned()
+    }
 }
 
 /// A non-JSON body that says it is a Secret (protobuf carries the kind as plain bytes).

@@ -91,7 +91,7 @@ impl Recorder {
                 user_agent: ctx.user_agent.clone(),
                 method: ctx.method.clone(),
                 path: ctx.raw_path.clone(),
-                query: ctx.query.clone(),
+                query: ctx.recorded_query.clone(),
                 request: ctx.info.clone(),
                 decision,
                 body,
