@@ -1466,3 +1466,60 @@ async fn hostile_requests_get_a_status_and_nothing_unrecorded_is_forwarded() -> 
     assert_nowhere(&finished, logs.as_ref(), &["malformed-secret-1618"]);
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Masked values never go back
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masked_values_are_not_written_back() -> Result {
+    let (bed, _logs) = start().await?;
+    // The classic round trip: what the proxy showed, applied again.
+    let shown = ok(
+        "get",
+        bed.kubectl(
+            "ci-deployer",
+            &[
+                "get",
+                "secret",
+                "db-credentials",
+                "-n",
+                "apps",
+                "-o",
+                "yaml",
+            ],
+        )
+        .await?,
+    );
+    let applied = bed
+        .kubectl_stdin("ci-deployer", &["apply", "-f", "-"], &shown.stdout)
+        .await?;
+    assert!(!applied.success, "{}", applied.stdout);
+    assert!(
+        applied.stderr.contains("gatehouse:") && applied.stderr.contains("overwrite the real ones"),
+        "{}",
+        applied.stderr
+    );
+    // The cluster still has the real value.
+    let real = ok(
+        "admin get",
+        bed.admin_kubectl(
+            &[
+                "get",
+                "secret",
+                "db-credentials",
+                "-n",
+                "apps",
+                "-o",
+                "jsonpath={.data.password}",
+            ],
+            None,
+        )
+        .await?,
+    );
+    assert_eq!(
+        STANDARD.decode(real.stdout.trim())?,
+        SEEDED_PASSWORD.as_bytes()
+    );
+    bed.finish().await?;
+    Ok(())
+}

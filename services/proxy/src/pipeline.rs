@@ -275,6 +275,15 @@ impl Pipeline {
         let body = self.read_body(headers, body).await?;
         seen.body = Some(body.clone());
         seen.content_type = header_text(headers, http::header::CONTENT_TYPE.as_str());
+        if carries_masked_values(&body) {
+            // `kubectl get secret -o yaml | kubectl apply -f -` through the proxy would
+            // otherwise overwrite the real values with the mask.
+            return Err(Rejection::BadRequest(format!(
+                "the body carries values Gatehouse masked ({}); writing them back would \
+                 overwrite the real ones",
+                mask::MASKED_TEXT
+            )));
+        }
         // An exec's command is its repeated `command` query parameters, in order.
         let command: Vec<String> = if ctx.info.verb == "exec" {
             form_urlencoded::parse(ctx.query.as_deref().unwrap_or("").as_bytes())
@@ -701,6 +710,13 @@ fn mask_query(profile: &Profile, query: &str) -> String {
     }
 }
 
+/// Whether a request body holds the mask, as text or in base64.
+fn carries_masked_values(body: &[u8]) -> bool {
+    [mask::MASKED_TEXT, mask::MASKED_BASE64]
+        .iter()
+        .any(|marker| body.windows(marker.len()).any(|w| w == marker.as_bytes()))
+}
+
 /// A non-JSON body that says it is a Secret (protobuf carries the kind as plain bytes).
 fn looks_like_a_secret(body: &[u8]) -> bool {
     body.windows(6).any(|w| w == b"Secret")
@@ -753,6 +769,19 @@ mod tests {
         ]);
         ask_for_plain_json(&mut h);
         assert_eq!(h["accept"], table);
+    }
+
+    #[test]
+    fn masked_values_are_recognised_in_bodies() {
+        assert!(carries_masked_values(
+            br#"{"data":{"password":"Z2F0ZWhvdXNlOm1hc2tlZA=="}}"#
+        ));
+        assert!(carries_masked_values(
+            b"stringData:\n  password: gatehouse:masked\n"
+        ));
+        assert!(!carries_masked_values(
+            br#"{"data":{"password":"aHVudGVyMg=="}}"#
+        ));
     }
 
     #[test]
