@@ -594,7 +594,7 @@ impl Pipeline {
                         upstream_ok = upstream.is_ok(),
                         "an upgraded connection could not be taken over"
                     );
-                    log.abandon().await
+                    log.abandon(request.kind).await
                 }
             };
             let duration_ms = started.elapsed().as_secs_f64() * 1000.0;

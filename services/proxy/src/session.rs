@@ -292,9 +292,8 @@ impl SessionLog {
     }
 
     /// Ends a session whose connections could not be taken over.
-    pub async fn abandon(&self) -> SessionEnd {
-        self.end(SessionEnd::Terminated, 0, 0, SessionKind::Attach)
-            .await;
+    pub async fn abandon(&self, kind: SessionKind) -> SessionEnd {
+        self.end(SessionEnd::Terminated, 0, 0, kind).await;
         SessionEnd::Terminated
     }
 
