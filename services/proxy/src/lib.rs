@@ -2,7 +2,8 @@
 //!
 //! Module map (in the order a request meets them; [`pipeline`] owns that order):
 //! - [`server`]: the HTTPS listener (rustls, h2 + http/1.1) and graceful drain.
-//! - [`pipeline`]: parse → authenticate → identify → authorize → record → forward → stream.
+//! - [`pipeline`]: parse → authenticate → identify → read body → authorize → record → forward
+//!   → mask → stream (or, for an upgrade, relay the session).
 //! - [`request_info`]: method + path → Kubernetes verb, group, version, resource, namespace, name.
 //! - [`authn`]: bearer JWTs verified against OIDC discovery / JWKS, or mTLS client certificates.
 //! - [`identity`]: the registry that makes a principal accountable (owner, team, purpose).
@@ -10,7 +11,9 @@
 //!   [`policy::Permitted`]; reloaded when its file changes.
 //! - [`record`]: the request's events on JetStream; makes [`record::Acked`].
 //! - [`forward`]: to the API server with the proxy's credential, impersonating the caller.
-//! - [`body`]: streamed response bodies, digested on the way through.
+//! - [`mask`]: Secret values and profile fields masked as responses stream.
+//! - [`body`]: streamed response bodies, masked and digested on the way through.
+//! - [`session`]: exec / attach / port-forward relayed byte for byte and recorded.
 //! - [`rescue`]: refusals as Kubernetes `Status` responses.
 //! - [`config`], [`http_client`]: configuration and outbound HTTPS.
 //! - [`upstream_config`]: the API server from explicit settings, a kubeconfig or in-cluster.
