@@ -51,13 +51,20 @@ async fn the_admin_port_reports_readiness_and_counts_requests() -> Result {
         let reply = bed.get("/api/v1/namespaces/apps/pods", &token).await?;
         assert_eq!(reply.status, 200);
     }
-    eventually("the token-cache hit to be counted", DEADLINE, || async {
+    let text = eventually("the token-cache hit to be counted", DEADLINE, || async {
         let (_, text) = bed.admin_get("/metrics").await.ok()?;
         sample(&text, "gatehouse_proxy_token_cache_hits_total")
             .is_some_and(|n| n >= 1.0)
-            .then_some(())
+            .then_some(text)
     })
     .await?;
+    // Every acked event is counted by kind, with its publish-to-ack time.
+    let received = r#"gatehouse_proxy_events_published_total{kind="request.received"}"#;
+    assert!(sample(&text, received).is_some_and(|n| n >= 4.0), "{text}");
+    assert!(
+        sample(&text, "gatehouse_proxy_publish_duration_seconds_count").is_some_and(|n| n >= 4.0),
+        "{text}"
+    );
 
     // NATS gone: not ready, naming why; still alive.
     if let Some(nats) = bed.stack_mut().nats_server.as_mut() {

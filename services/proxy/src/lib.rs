@@ -123,12 +123,15 @@ impl Proxy {
         let bus = Bus::connect(&config.nats, &format!("gatehouse-proxy-{replica}")).await?;
         bus.ensure_stream(&config.nats.stream).await?;
         let nats = bus.clone();
-        let recorder =
-            record::Recorder::new(bus, gatehouse_events::envelope::source("proxy", &replica));
+        let metrics = Metrics::new();
+        let recorder = record::Recorder::new(
+            bus,
+            gatehouse_events::envelope::source("proxy", &replica),
+            metrics.clone(),
+        );
         let listener = server::bind(config.listen)
             .await
             .map_err(ProxyError::Startup)?;
-        let metrics = Metrics::new();
         metrics.policy_generation(policy.generation());
         let policy_watcher = policy_watcher.with_observer({
             let metrics = metrics.clone();

@@ -8,14 +8,16 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
-use gatehouse_bus::{Bus, PendingAck, PublishError};
+use gatehouse_bus::{Bus, PublishError};
 use gatehouse_events::{
     BodyDigest, Decision, Envelope, Identity, Payload, RecordLevel, RecordedBody, RequestDenied,
     RequestForwarded, RequestReceived, ResponseCompleted,
 };
 
 use crate::body::Delivered;
+use crate::metrics::Metrics;
 use crate::pipeline::RequestContext;
 use crate::rescue::Rejection;
 
@@ -39,6 +41,7 @@ pub struct Recorder {
     source: Arc<str>,
     /// Events sent but never acked (lost to a NATS failure after the request was admitted).
     unacked: Arc<AtomicU64>,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -50,11 +53,12 @@ impl std::fmt::Debug for Recorder {
 }
 
 impl Recorder {
-    pub fn new(bus: Bus, source: String) -> Self {
+    pub fn new(bus: Bus, source: String, metrics: Metrics) -> Self {
         Self {
             bus,
             source: source.into(),
             unacked: Arc::default(),
+            metrics,
         }
     }
 
@@ -99,7 +103,9 @@ impl Recorder {
                 content,
             },
         );
+        let started = Instant::now();
         let ack = self.bus.publish(&event).await?;
+        self.acked(RequestReceived::NAME, started);
         Ok(Acked {
             sequence: ack.sequence,
         })
@@ -164,26 +170,40 @@ impl Recorder {
         tokio::spawn(async move { recorder.send(event).await });
     }
 
+    /// Counts an acked event of `name` whose publish began at `started`.
+    pub(crate) fn acked(&self, name: &str, started: Instant) {
+        self.metrics.events_published(name);
+        self.metrics
+            .publish_duration(started.elapsed().as_secs_f64());
+    }
+
+    /// Counts an acked event whose publish time is not known (session chunks, acked in bulk).
+    pub(crate) fn acked_untimed(&self, name: &str) {
+        self.metrics.events_published(name);
+    }
+
     /// Sends now; awaits the ack in the background.
     async fn send<P: Payload + Send + 'static>(&self, event: Envelope<P>) {
         let id = event.id.clone();
         let name = P::NAME;
+        let started = Instant::now();
         match self.bus.enqueue(&event).await {
             Ok(pending) => {
-                let unacked = self.unacked.clone();
-                tokio::spawn(await_ack(pending, id, name, unacked));
+                let recorder = self.clone();
+                tokio::spawn(async move {
+                    match pending.wait().await {
+                        Ok(_) => recorder.acked(name, started),
+                        Err(e) => {
+                            recorder.unacked.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(event = name, event_id = %id, error = %e, "event was not acked");
+                        }
+                    }
+                });
             }
             Err(e) => {
                 self.unacked.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(event = name, event_id = %id, error = %e, "event could not be sent");
             }
         }
-    }
-}
-
-async fn await_ack(pending: PendingAck, id: String, name: &'static str, unacked: Arc<AtomicU64>) {
-    if let Err(e) = pending.wait().await {
-        unacked.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(event = name, event_id = %id, error = %e, "event was not acked");
     }
 }

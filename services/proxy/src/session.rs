@@ -17,8 +17,8 @@ use base64::Engine;
 use bytes::Bytes;
 use gatehouse_bus::PendingAck;
 use gatehouse_events::{
-    Envelope, RequestInfo, SessionChannel, SessionData, SessionEnd, SessionEnded, SessionKind,
-    SessionStarted, TerminalSize,
+    Envelope, Payload, RequestInfo, SessionChannel, SessionData, SessionEnd, SessionEnded,
+    SessionKind, SessionStarted, TerminalSize,
 };
 use gatehouse_streams::channel::Subprotocol;
 use gatehouse_streams::session::{self as streams, Channel, Chunk, PortStream};
@@ -179,7 +179,9 @@ impl SessionLog {
                 ports: request.ports.clone(),
             },
         );
+        let published = Instant::now();
         recorder.bus().publish(&event).await?;
+        recorder.acked(SessionStarted::NAME, published);
         Ok(Arc::new(Self {
             recorder,
             session_id,
@@ -324,8 +326,12 @@ impl SessionLog {
             },
         );
         drop(state);
-        if let Err(e) = self.recorder.bus().publish(&event).await {
-            tracing::error!(session_id = %self.session_id, error = %e, "session.ended not acked");
+        let published = Instant::now();
+        match self.recorder.bus().publish(&event).await {
+            Ok(_) => self.recorder.acked(SessionEnded::NAME, published),
+            Err(e) => {
+                tracing::error!(session_id = %self.session_id, error = %e, "session.ended not acked")
+            }
         }
     }
 }
@@ -489,6 +495,7 @@ async fn pump(
                         log.abort.cancel();
                         return Finish::Unrecorded;
                     }
+                    log.recorder.acked_untimed(SessionData::NAME);
                 }
             }
         }
@@ -511,10 +518,13 @@ fn ack_watcher(
     let (tx, mut rx) = mpsc::unbounded_channel::<PendingAck>();
     let task = tokio::spawn(async move {
         while let Some(ack) = rx.recv().await {
-            if let Err(e) = ack.wait().await {
-                tracing::error!(session_id = %log.session_id, error = %e, "session output not acked; ending the session");
-                log.abort.cancel();
-                return;
+            match ack.wait().await {
+                Ok(_) => log.recorder.acked_untimed(SessionData::NAME),
+                Err(e) => {
+                    tracing::error!(session_id = %log.session_id, error = %e, "session output not acked; ending the session");
+                    log.abort.cancel();
+                    return;
+                }
             }
         }
     });
