@@ -50,26 +50,6 @@ const PUBLISH_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// Kubernetes verbs, plus the lower-cased HTTP methods used for non-resource URLs.
-const VERBS: [&str; 16] = [
-    "get",
-    "list",
-    "watch",
-    "create",
-    "update",
-    "patch",
-    "delete",
-    "deletecollection",
-    "exec",
-    "attach",
-    "portforward",
-    "proxy",
-    "post",
-    "put",
-    "head",
-    "options",
-];
-
 const DECISIONS: [&str; 3] = ["allow", "deny", "approve"];
 
 const EVENT_KINDS: [&str; 13] = [
@@ -90,7 +70,8 @@ const EVENT_KINDS: [&str; 13] = [
 
 /// `verb` if it is one of the known verbs, else `other`.
 pub fn verb_label(verb: &str) -> &'static str {
-    bounded(&VERBS, verb)
+    // Kubernetes verbs and the lower-cased HTTP methods of non-resource URLs: the verbs policy knows.
+    bounded(&crate::policy::matcher::ALL_VERBS, verb)
 }
 
 /// `allow`, `deny` or `approve`; anything else is `other`.

@@ -36,7 +36,7 @@ pub const WRITE_VERBS: [&str; 9] = [
 ];
 
 /// Every verb name, in bit order.
-const ALL_VERBS: [&str; 16] = [
+pub const ALL_VERBS: [&str; 16] = [
     "get",
     "list",
     "watch",
