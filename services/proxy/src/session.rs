@@ -272,18 +272,12 @@ impl SessionLog {
         ) {
             return (data.clone(), 0);
         }
-        match std::str::from_utf8(data) {
-            Ok(text) => match mask::mask_text(self.profile.as_deref(), text) {
-                std::borrow::Cow::Borrowed(_) => (data.clone(), 0),
-                std::borrow::Cow::Owned(masked) => (Bytes::from(masked), 1),
-            },
-            Err(_) => {
-                let text = String::from_utf8_lossy(data);
-                match mask::mask_text(self.profile.as_deref(), &text) {
-                    std::borrow::Cow::Borrowed(_) => (data.clone(), 0),
-                    std::borrow::Cow::Owned(masked) => (Bytes::from(masked), 1),
-                }
-            }
+        // Bytes that are not UTF-8 are matched as replacement characters; a chunk is rewritten
+        // only when a pattern matched in it.
+        let text = String::from_utf8_lossy(data);
+        match mask::mask_text(self.profile.as_deref(), &text) {
+            std::borrow::Cow::Borrowed(_) => (data.clone(), 0),
+            std::borrow::Cow::Owned(masked) => (Bytes::from(masked), 1),
         }
     }
 
