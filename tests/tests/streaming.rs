@@ -2,7 +2,7 @@
 //! with `continue`, as raw HTTP so the exact wire shape is checked.
 
 use base64::Engine;
-use gatehouse_tests::TestBed;
+use gatehouse_tests::{DEADLINE, TestBed, eventually};
 use serde_json::Value;
 
 type Result = anyhow::Result<()>;
@@ -87,5 +87,34 @@ async fn chunked_lists_continue_through_the_masking_proxy() -> Result {
     assert!(out.success, "{}", out.stderr);
     assert!(out.stdout.contains("web") && out.stdout.contains("worker"));
     bed.finish().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_ends_its_watch_in_the_cluster() -> Result {
+    let bed = TestBed::start().await?;
+    let sandbox = &bed.stack().sandbox;
+    assert_eq!(sandbox.open_watches(), 0);
+    // A long watch (masked: secrets) through the proxy...
+    let mut watch = bed.kubectl_spawn("ci-deployer", &["get", "secrets", "-n", "apps", "-w"])?;
+    eventually("the watch to reach the cluster", DEADLINE, || async {
+        (sandbox.open_watches() == 1).then_some(())
+    })
+    .await?;
+    // ...ends upstream as soon as the client hangs up, not at its timeout.
+    watch.kill().await?;
+    eventually("the cluster to see the watch end", DEADLINE, || async {
+        (sandbox.open_watches() == 0).then_some(())
+    })
+    .await?;
+    let finished = bed.finish().await?;
+    assert!(
+        finished
+            .events
+            .iter()
+            .any(|e| e.name() == "response.completed"
+                && e.data()["outcome"] == "client_disconnected"),
+        "the disconnect is recorded"
+    );
     Ok(())
 }

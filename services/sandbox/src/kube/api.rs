@@ -848,7 +848,9 @@ fn watch(
     let (tx, body_rx) = mpsc::channel::<Bytes>(64);
     let mut stop = state.stop.clone();
     let render = move |obj: &Value| render_one(def, obj, &output);
+    let open = OpenWatch::new(state.open_watches.clone());
     tokio::spawn(async move {
+        let _open = open;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut rx: broadcast::Receiver<Arc<Change>> = rx;
         let replay = match replay {
@@ -932,6 +934,22 @@ fn watch(
         HeaderValue::from_static("no-cache, private"),
     );
     Ok(r)
+}
+
+/// Counts a watch as open until its task ends.
+struct OpenWatch(Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenWatch {
+    fn new(counter: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(counter)
+    }
+}
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 #[cfg(test)]

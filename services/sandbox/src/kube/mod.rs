@@ -91,6 +91,9 @@ pub(crate) struct State {
     openapi: openapi::Docs,
     /// Attach targets: one local main process per pod container.
     processes: Arc<streaming::MainProcesses>,
+    /// Watches still streaming: a client that goes away ends its watch, and tests check
+    /// that a disconnect reaches the cluster.
+    pub(crate) open_watches: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -127,6 +130,7 @@ impl Sandbox {
             addr,
             openapi: openapi::Docs::build(),
             processes: Arc::new(streaming::MainProcesses::new(stop_rx.clone())),
+            open_watches: Arc::default(),
         });
         let task = tokio::spawn(accept_loop(
             listener,
@@ -172,6 +176,13 @@ impl SandboxHandle {
     /// Every request received, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.state.records).clone()
+    }
+
+    /// How many watches are streaming right now.
+    pub fn open_watches(&self) -> usize {
+        self.state
+            .open_watches
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Stops accepting, ends open watches, and waits (bounded) for connections to finish.
