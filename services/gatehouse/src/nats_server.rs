@@ -156,8 +156,23 @@ impl NatsServer {
 
     /// Freezes the server (SIGSTOP): connections stay open but nothing is answered, as with a
     /// hung or overloaded server. [`NatsServer::resume`] undoes it.
+    ///
+    /// A stop takes effect asynchronously (every thread of the server must be interrupted), so
+    /// this waits, up to a second, until the kernel reports the process stopped; otherwise a
+    /// request sent right after could still be answered.
     pub fn pause(&self) {
         self.signal(Signal::SIGSTOP);
+        let Some(pid) = self.child.as_ref().and_then(Child::id) else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline {
+            match all_threads_stopped(pid) {
+                Some(false) => std::thread::sleep(Duration::from_millis(1)),
+                // Stopped, or no procfs to tell (not Linux).
+                Some(true) | None => return,
+            }
+        }
     }
 
     /// Lets a paused server run again (SIGCONT).
@@ -170,6 +185,23 @@ impl NatsServer {
             let _ = kill(Pid::from_raw(pid as i32), signal);
         }
     }
+}
+
+/// Whether every thread of `pid` is stopped (`T` in `/proc/PID/task/*/stat`); `None` without
+/// procfs.
+fn all_threads_stopped(pid: u32) -> Option<bool> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut all = true;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // The state follows the parenthesised command name.
+        all &= stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('T'));
+    }
+    Some(all)
 }
 
 /// The client URL nats-server wrote into its ports file, once it is there and complete.
