@@ -4,6 +4,8 @@
 //! - [`envelope`]: the CloudEvents 1.0 envelope (structured JSON mode), ids, sources, subjects.
 //! - [`request`]: payloads of the request lifecycle (`request.received`, `request.denied`,
 //!   `request.forwarded`, `response.completed`) and the types they share.
+//! - [`approval`]: payloads of just-in-time approval (`request.held`, `approval.posted`,
+//!   `approval.vote`, `approval.decided`, `grant.issued`, `grant.revoked`).
 //! - [`session`]: payloads of exec / attach / port-forward sessions (`session.started`,
 //!   `session.data`, `session.ended`).
 //! - [`schema`] (feature `schema`): validates encoded events against the JSON Schemas in
@@ -14,12 +16,17 @@
 //! of the contract.
 #![forbid(unsafe_code)]
 
+pub mod approval;
 pub mod envelope;
 pub mod request;
 #[cfg(feature = "schema")]
 pub mod schema;
 pub mod session;
 
+pub use approval::{
+    ApprovalDecided, ApprovalOutcome, ApprovalPosted, ApprovalVote, Ballot, ChannelKind,
+    CountedVote, GrantIssued, GrantRevoked, RequestHeld, VoteVia,
+};
 pub use envelope::{Envelope, EventId, Payload, SUBJECT_PREFIX};
 pub use request::{
     BodyDigest, BodyEncoding, Decision, DecisionAction, DenialReason, Identity, RecordLevel,

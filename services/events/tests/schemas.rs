@@ -71,8 +71,14 @@ fn every_type_has_a_schema() {
     assert_eq!(
         types,
         [
+            "dev.gatehouse.approval.decided.v1",
+            "dev.gatehouse.approval.posted.v1",
+            "dev.gatehouse.approval.vote.v1",
+            "dev.gatehouse.grant.issued.v1",
+            "dev.gatehouse.grant.revoked.v1",
             "dev.gatehouse.request.denied.v1",
             "dev.gatehouse.request.forwarded.v1",
+            "dev.gatehouse.request.held.v1",
             "dev.gatehouse.request.received.v1",
             "dev.gatehouse.response.completed.v1",
             "dev.gatehouse.session.data.v1",
@@ -308,4 +314,128 @@ fn schemas_catch_drift() {
         set.validate(&serde_json::to_vec(&unknown_type).unwrap()),
         Err(SchemaError::UnknownType(_))
     ));
+}
+
+#[test]
+fn approval_events_validate_and_refuse_drift() {
+    let set = schemas();
+    let src = source("proxy", "replica-1");
+    let rid = request_id();
+    let aid = request_id();
+    let gid = request_id();
+    let at = "2026-11-22T14:00:00Z".to_owned();
+    let sample = received(&rid).data;
+    let held = Envelope::new(
+        &src,
+        &rid,
+        RequestHeld {
+            request_id: rid.clone(),
+            approval_id: aid.clone(),
+            rule: "deployer-scale-prod".into(),
+            identity: sample.identity.clone().unwrap(),
+            request: sample.request.clone(),
+            approver_groups: vec!["platform-leads".into()],
+            quorum: 2,
+            expires_at: at.clone(),
+            grant_window_s: Some(1800),
+            reason: Some("hotfix for INC-42".into()),
+        },
+    );
+    set.validate(&held.to_bytes().unwrap()).unwrap();
+
+    let approval = source("approval", "replica-1");
+    let posted = Envelope::new(
+        &approval,
+        &rid,
+        ApprovalPosted {
+            request_id: rid.clone(),
+            approval_id: aid.clone(),
+            channel: ChannelKind::Slack,
+            channel_id: "C0123".into(),
+            message_ref: "1732284000.000100".into(),
+        },
+    );
+    set.validate(&posted.to_bytes().unwrap()).unwrap();
+    let refused = Envelope::new(
+        &approval,
+        &rid,
+        ApprovalVote {
+            request_id: rid.clone(),
+            approval_id: aid.clone(),
+            approver: Some("ci-deployer".into()),
+            chat_user_id: "U999".into(),
+            channel: ChannelKind::Slack,
+            via: VoteVia::Reaction,
+            vote: Ballot::Approve,
+            comment: None,
+            counted: false,
+            refusal: Some("you cannot vote on your own request".into()),
+        },
+    );
+    set.validate(&refused.to_bytes().unwrap()).unwrap();
+    let decided = Envelope::new(
+        &approval,
+        &rid,
+        ApprovalDecided {
+            request_id: rid.clone(),
+            approval_id: aid.clone(),
+            outcome: ApprovalOutcome::Approved,
+            votes: vec![CountedVote {
+                approver: "carol@example.com".into(),
+                vote: Ballot::Approve,
+                channel: ChannelKind::Teams,
+                via: VoteVia::Button,
+                at: at.clone(),
+                comment: Some("ok".into()),
+            }],
+            decided_at: at.clone(),
+            grant_id: Some(gid.clone()),
+        },
+    );
+    set.validate(&decided.to_bytes().unwrap()).unwrap();
+    let issued = Envelope::new(
+        &approval,
+        &rid,
+        GrantIssued {
+            request_id: rid.clone(),
+            grant_id: gid.clone(),
+            approval_id: aid.clone(),
+            principal: "ci-deployer".into(),
+            rule: "deployer-scale-prod".into(),
+            verb: "patch".into(),
+            api_group: "apps".into(),
+            resource: "deployments".into(),
+            subresource: "scale".into(),
+            namespace: "prod".into(),
+            expires_at: at.clone(),
+            approved_by: vec!["carol@example.com".into()],
+        },
+    );
+    set.validate(&issued.to_bytes().unwrap()).unwrap();
+    let revoked = Envelope::new(
+        &approval,
+        &gid,
+        GrantRevoked {
+            grant_id: gid.clone(),
+            principal: "ci-deployer".into(),
+            revoked_by: "carol@example.com".into(),
+            reason: None,
+        },
+    );
+    set.validate(&revoked.to_bytes().unwrap()).unwrap();
+
+    // A hold nobody can approve, or that needs no approval, is not a hold.
+    let mut no_approvers = serde_json::to_value(&held).unwrap();
+    no_approvers["data"]["approver_groups"] = serde_json::json!([]);
+    assert!(!violations(&set, no_approvers).is_empty());
+    let mut no_quorum = serde_json::to_value(&held).unwrap();
+    no_quorum["data"]["quorum"] = 0.into();
+    assert!(!violations(&set, no_quorum).is_empty());
+    // Decision times are UTC, and an outcome is one of three.
+    let mut local = serde_json::to_value(&decided).unwrap();
+    local["data"]["decided_at"] = "2026-11-22T15:00:00+01:00".into();
+    assert!(!violations(&set, local).is_empty());
+    let mut maybe = serde_json::to_value(&decided).unwrap();
+    maybe["data"]["outcome"] = "maybe".into();
+    assert!(!violations(&set, maybe).is_empty());
 }

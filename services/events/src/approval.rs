@@ -1,0 +1,192 @@
+//! Payloads of just-in-time approval: a held request, the chat messages that ask for votes,
+//! the votes, the decision, and the time-boxed grants a decision may create.
+//!
+//! Every event of one approval has the held request's id as its `subject` (a grant's
+//! revocation has the grant id), so a reader follows a request from `request.received` through
+//! `request.held`, `approval.*` and `grant.issued` to `request.forwarded` or `request.denied`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::Payload;
+use crate::request::{Identity, RequestInfo};
+
+/// `request.held`: policy says the request needs approval; the proxy keeps it open.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RequestHeld {
+    pub request_id: String,
+    /// ULID of this approval; votes and the decision name it.
+    pub approval_id: String,
+    /// The `approve` rule that held it.
+    pub rule: String,
+    /// Who asked: what approvers see, and who may not approve it.
+    pub identity: Identity,
+    pub request: RequestInfo,
+    pub approver_groups: Vec<String>,
+    /// Distinct approvals needed.
+    pub quorum: u32,
+    /// RFC 3339 UTC; undecided by then is expired.
+    pub expires_at: String,
+    /// A grant window the approval would open, in seconds.
+    pub grant_window_s: Option<u64>,
+    /// The caller's stated reason (`X-Gatehouse-Reason`), if any.
+    pub reason: Option<String>,
+}
+
+impl Payload for RequestHeld {
+    const NAME: &'static str = "request.held";
+}
+
+/// Where approvers are asked.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    Slack,
+    Teams,
+    Discord,
+    /// The approval service's own authenticated API (`gatehouse approvals vote`).
+    Api,
+}
+
+/// `approval.posted`: a chat message now asks for votes on the hold.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalPosted {
+    pub request_id: String,
+    pub approval_id: String,
+    pub channel: ChannelKind,
+    /// The platform's channel (Slack channel id, Teams conversation id, Discord channel id).
+    pub channel_id: String,
+    /// The platform's reference to the message (Slack `ts`, Teams activity id, Discord
+    /// message id), so it can be updated.
+    pub message_ref: String,
+}
+
+impl Payload for ApprovalPosted {
+    const NAME: &'static str = "approval.posted";
+}
+
+/// How a vote was cast.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum VoteVia {
+    Button,
+    Reaction,
+    Command,
+}
+
+/// What a voter did.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Ballot {
+    Approve,
+    Deny,
+    /// A vote taken back before the decision (a removed reaction).
+    Withdraw,
+}
+
+/// `approval.vote`: someone voted, counted or refused.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalVote {
+    pub request_id: String,
+    pub approval_id: String,
+    /// The approver identity the chat user maps to, through the explicit registry; `None` if
+    /// the user is in no registry (the vote is then refused).
+    pub approver: Option<String>,
+    /// The platform's user id.
+    pub chat_user_id: String,
+    pub channel: ChannelKind,
+    pub via: VoteVia,
+    pub vote: Ballot,
+    pub comment: Option<String>,
+    /// Whether the vote counts; a refused vote says why.
+    pub counted: bool,
+    pub refusal: Option<String>,
+}
+
+impl Payload for ApprovalVote {
+    const NAME: &'static str = "approval.vote";
+}
+
+/// How an approval ended.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalOutcome {
+    Approved,
+    Denied,
+    Expired,
+}
+
+/// A vote that counted towards the decision.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CountedVote {
+    pub approver: String,
+    pub vote: Ballot,
+    pub channel: ChannelKind,
+    pub via: VoteVia,
+    /// RFC 3339 UTC.
+    pub at: String,
+    pub comment: Option<String>,
+}
+
+/// `approval.decided`: approved, denied or expired; the proxy holding the request acts on it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalDecided {
+    pub request_id: String,
+    pub approval_id: String,
+    pub outcome: ApprovalOutcome,
+    /// Who decided it and how: the approvals of a quorum, or the one deny.
+    pub votes: Vec<CountedVote>,
+    /// RFC 3339 UTC.
+    pub decided_at: String,
+    /// The grant the approval opened, if the rule has a grant window.
+    pub grant_id: Option<String>,
+}
+
+impl Payload for ApprovalDecided {
+    const NAME: &'static str = "approval.decided";
+}
+
+/// `grant.issued`: the same identity may repeat the same kind of request without a new vote
+/// until `expires_at`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GrantIssued {
+    pub request_id: String,
+    pub grant_id: String,
+    pub approval_id: String,
+    pub principal: String,
+    pub rule: String,
+    /// What the grant covers: this verb on this resource in this namespace.
+    pub verb: String,
+    pub api_group: String,
+    pub resource: String,
+    pub subresource: String,
+    pub namespace: String,
+    /// RFC 3339 UTC.
+    pub expires_at: String,
+    /// The approvers whose votes opened it.
+    pub approved_by: Vec<String>,
+}
+
+impl Payload for GrantIssued {
+    const NAME: &'static str = "grant.issued";
+}
+
+/// `grant.revoked`: a grant ended before its expiry.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRevoked {
+    pub grant_id: String,
+    pub principal: String,
+    /// Who revoked it (`gatehouse grants revoke --as …`).
+    pub revoked_by: String,
+    pub reason: Option<String>,
+}
+
+impl Payload for GrantRevoked {
+    const NAME: &'static str = "grant.revoked";
+}
