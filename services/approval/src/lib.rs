@@ -1,6 +1,8 @@
 //! `gatehouse approval`: just-in-time approvals for held requests.
 //!
 //! Module map:
+//! - [`callback`]: verifying that a chat callback comes from the platform (Slack v0 HMAC with a
+//!   five-minute window, Discord Ed25519).
 //! - [`tally`]: counting the votes on one hold: quorum, any deny, expiry, no self-approval,
 //!   only named approvers, idempotent repeats.
 //!
@@ -9,6 +11,7 @@
 //! the same way.
 #![forbid(unsafe_code)]
 
+pub mod callback;
 pub mod tally;
 
 pub use tally::{Hold, Outcome, Refusal, Tally, Vote, Voter};
