@@ -1,6 +1,8 @@
 //! `gatehouse approval`: just-in-time approvals for held requests.
 //!
 //! Module map:
+//! - [`approvers`]: the registry from chat accounts (Slack / Teams / Discord user ids) to
+//!   accountable approvers; never by display name.
 //! - [`callback`]: verifying that a chat callback comes from the platform (Slack v0 HMAC with a
 //!   five-minute window, Discord Ed25519).
 //! - [`tally`]: counting the votes on one hold: quorum, any deny, expiry, no self-approval,
@@ -11,6 +13,7 @@
 //! the same way.
 #![forbid(unsafe_code)]
 
+pub mod approvers;
 pub mod callback;
 pub mod tally;
 
