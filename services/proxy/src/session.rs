@@ -272,12 +272,9 @@ impl SessionLog {
         ) {
             return (data.clone(), 0);
         }
-        // Bytes that are not UTF-8 are matched as replacement characters; a chunk is rewritten
-        // only when a pattern matched in it.
-        let text = String::from_utf8_lossy(data);
-        match mask::mask_text(self.profile.as_deref(), &text) {
-            std::borrow::Cow::Borrowed(_) => (data.clone(), 0),
-            std::borrow::Cow::Owned(masked) => (Bytes::from(masked), 1),
+        match mask::lines::mask_bytes(self.profile.as_deref(), data) {
+            Some(masked) => (Bytes::from(masked), 1),
+            None => (data.clone(), 0),
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use super::{Profile, mask_text};
 
@@ -31,11 +31,11 @@ impl LineMasker {
     pub fn push(&mut self, chunk: &[u8], out: &mut BytesMut) {
         self.pending.extend_from_slice(chunk);
         while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
-            let line = self.pending.split_to(end + 1).freeze();
+            let line = self.pending.split_to(end + 1);
             self.emit(&line, out);
         }
         if self.pending.len() > MAX_LINE {
-            let piece = self.pending.split().freeze();
+            let piece = self.pending.split();
             self.emit(&piece, out);
         }
     }
@@ -43,7 +43,7 @@ impl LineMasker {
     /// Flushes the last, unterminated line.
     pub fn finish(&mut self, out: &mut BytesMut) {
         if !self.pending.is_empty() {
-            let rest = self.pending.split().freeze();
+            let rest = self.pending.split();
             self.emit(&rest, out);
         }
     }
@@ -53,17 +53,24 @@ impl LineMasker {
         self.masked
     }
 
-    fn emit(&mut self, line: &Bytes, out: &mut BytesMut) {
-        // Bytes that are not UTF-8 are matched as replacement characters; a line is rewritten
-        // only when a pattern matched in it.
-        let text = String::from_utf8_lossy(line);
-        match mask_text(Some(&self.profile), &text) {
-            std::borrow::Cow::Owned(masked) => {
+    fn emit(&mut self, line: &[u8], out: &mut BytesMut) {
+        match mask_bytes(Some(&self.profile), line) {
+            Some(masked) => {
                 self.masked += 1;
                 out.extend_from_slice(masked.as_bytes());
             }
-            std::borrow::Cow::Borrowed(_) => out.extend_from_slice(line),
+            None => out.extend_from_slice(line),
         }
+    }
+}
+
+/// Applies a profile's patterns to bytes of text: `Some` with the masked text if a pattern
+/// matched. Bytes that are not UTF-8 are matched as replacement characters, so text is only
+/// rewritten where something was masked.
+pub fn mask_bytes(profile: Option<&Profile>, bytes: &[u8]) -> Option<String> {
+    match mask_text(profile, &String::from_utf8_lossy(bytes)) {
+        std::borrow::Cow::Owned(masked) => Some(masked),
+        std::borrow::Cow::Borrowed(_) => None,
     }
 }
 
