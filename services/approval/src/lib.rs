@@ -15,6 +15,10 @@
 
 pub mod approvers;
 pub mod callback;
+pub mod channel;
+pub mod discord;
+pub mod slack;
 pub mod tally;
+pub mod teams;
 
 pub use tally::{Hold, Outcome, Refusal, Tally, Vote, Voter};

@@ -1,0 +1,1 @@
+//! Fake discord: filled in by the discord helper.

@@ -1,0 +1,1 @@
+//! Fake slack: filled in by the slack helper.

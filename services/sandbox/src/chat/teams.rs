@@ -1,0 +1,1 @@
+//! Fake teams: filled in by the teams helper.
