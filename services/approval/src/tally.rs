@@ -84,6 +84,16 @@ impl Tally {
         }
     }
 
+    /// A tally with votes already counted earlier (read back from the shared store); they are
+    /// not checked again, so an approver later removed from the registry still counts.
+    pub fn restore(hold: Hold, votes: Vec<(String, Vote)>) -> Self {
+        Self {
+            hold,
+            votes,
+            decided: None,
+        }
+    }
+
     /// The current votes, voter by voter.
     pub fn votes(&self) -> &[(String, Vote)] {
         &self.votes

@@ -24,6 +24,9 @@ pub struct DurableConsumer {
     pub ack_wait: Duration,
     /// Upper bound on delivered-but-unacked messages.
     pub max_ack_pending: i64,
+    /// `All` for in-order batch consumers (the ledger); `Explicit` for work shared by
+    /// replicas message by message (holds to post).
+    pub ack_policy: AckPolicy,
 }
 
 impl DurableConsumer {
@@ -33,6 +36,7 @@ impl DurableConsumer {
             filter: filter.into(),
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 20_000,
+            ack_policy: AckPolicy::All,
         }
     }
 }
@@ -48,7 +52,7 @@ impl Bus {
                     durable_name: Some(spec.name.clone()),
                     description: Some(format!("Gatehouse consumer {}", spec.name)),
                     deliver_policy: DeliverPolicy::All,
-                    ack_policy: AckPolicy::All,
+                    ack_policy: spec.ack_policy,
                     ack_wait: spec.ack_wait,
                     max_ack_pending: spec.max_ack_pending,
                     filter_subject: spec.filter.clone(),

@@ -5,6 +5,7 @@
 //! - [`stream`]: idempotent creation (and safe update) of the `GATEHOUSE` stream.
 //! - [`publish`]: publish with `Nats-Msg-Id` = event id, and the ack as a value to await.
 //! - [`consume`]: durable pull consumers.
+//! - [`kv`]: key-value buckets for state replicas share (approvals, grants).
 //!
 //! The invariant this crate serves: an event counts as recorded only once JetStream has acked it.
 //! [`Bus::publish`] returns only after the ack (or an error), and the proxy forwards nothing
@@ -13,11 +14,13 @@
 
 pub mod config;
 pub mod consume;
+pub mod kv;
 pub mod publish;
 pub mod stream;
 
 pub use config::{BusConfig, StreamSettings};
 pub use consume::DurableConsumer;
+pub use kv::{Bucket, GRANTS_BUCKET, grants_bucket};
 pub use publish::{Ack, PendingAck, PublishError};
 
 use std::time::Duration;
@@ -112,6 +115,11 @@ impl Bus {
     /// The underlying JetStream context, for the consumers and admin tools built on this crate.
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
+    }
+
+    /// The underlying NATS client (inboxes for push consumers).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
     }
 
     /// Flushes buffered outgoing messages (acks in particular) to the server.

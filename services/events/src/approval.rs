@@ -37,6 +37,21 @@ impl Payload for RequestHeld {
     const NAME: &'static str = "request.held";
 }
 
+/// `request.withdrawn`: the held request's client went away before a decision, so the hold
+/// is withdrawn; approvers are told and further votes are refused.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RequestWithdrawn {
+    pub request_id: String,
+    pub approval_id: String,
+    /// One sentence a person can read ("the client disconnected while the request was held").
+    pub reason: String,
+}
+
+impl Payload for RequestWithdrawn {
+    const NAME: &'static str = "request.withdrawn";
+}
+
 /// Where approvers are asked.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

@@ -4,7 +4,8 @@
 //! - [`envelope`]: the CloudEvents 1.0 envelope (structured JSON mode), ids, sources, subjects.
 //! - [`request`]: payloads of the request lifecycle (`request.received`, `request.denied`,
 //!   `request.forwarded`, `response.completed`) and the types they share.
-//! - [`approval`]: payloads of just-in-time approval (`request.held`, `approval.posted`,
+//! - [`approval`]: payloads of just-in-time approval (`request.held`, `request.withdrawn`,
+//!   `approval.posted`,
 //!   `approval.vote`, `approval.decided`, `grant.issued`, `grant.revoked`).
 //! - [`session`]: payloads of exec / attach / port-forward sessions (`session.started`,
 //!   `session.data`, `session.ended`).
@@ -25,7 +26,7 @@ pub mod session;
 
 pub use approval::{
     ApprovalDecided, ApprovalOutcome, ApprovalPosted, ApprovalVote, Ballot, ChannelKind,
-    CountedVote, GrantIssued, GrantRevoked, RequestHeld, VoteVia,
+    CountedVote, GrantIssued, GrantRevoked, RequestHeld, RequestWithdrawn, VoteVia,
 };
 pub use envelope::{Envelope, EventId, Payload, SUBJECT_PREFIX};
 pub use request::{

@@ -80,6 +80,7 @@ fn every_type_has_a_schema() {
             "dev.gatehouse.request.forwarded.v1",
             "dev.gatehouse.request.held.v1",
             "dev.gatehouse.request.received.v1",
+            "dev.gatehouse.request.withdrawn.v1",
             "dev.gatehouse.response.completed.v1",
             "dev.gatehouse.session.data.v1",
             "dev.gatehouse.session.ended.v1",
@@ -423,6 +424,19 @@ fn approval_events_validate_and_refuse_drift() {
         },
     );
     set.validate(&revoked.to_bytes().unwrap()).unwrap();
+    let withdrawn = Envelope::new(
+        &source("proxy", "replica-1"),
+        &rid,
+        RequestWithdrawn {
+            request_id: rid.clone(),
+            approval_id: aid.clone(),
+            reason: "the client disconnected while the request was held".into(),
+        },
+    );
+    set.validate(&withdrawn.to_bytes().unwrap()).unwrap();
+    let mut no_approval = serde_json::to_value(&withdrawn).unwrap();
+    no_approval["data"]["approval_id"] = "".into();
+    assert!(!violations(&set, no_approval).is_empty());
 
     // A hold nobody can approve, or that needs no approval, is not a hold.
     let mut no_approvers = serde_json::to_value(&held).unwrap();

@@ -55,6 +55,32 @@ identities:
 # `intruder` has a valid token from the demo issuer but is deliberately absent.
 "#;
 
+/// Who may vote on holds in the demo: chat accounts map to these identities (the Slack,
+/// Teams and Discord ids are the local fakes' users), and `gatehouse approvals vote --as`
+/// uses their demo tokens.
+pub const APPROVERS_YAML: &str = r#"# Gatehouse approver registry: which chat account is which accountable person.
+# Votes count only through these ids, never by display name.
+approvers:
+  - identity: alice@example.com
+    groups: [sre, platform-leads]
+    slack: U0ALICE01
+    teams: "29:alice-aad-object"
+    discord: "100000000000000001"
+  - identity: bob@example.com
+    groups: [sre]
+    slack: U0BOB0001
+    teams: "29:bob-aad-object"
+    discord: "100000000000000002"
+  - identity: carol@example.com
+    groups: [security]
+    slack: U0CAROL01
+    teams: "29:carol-aad-object"
+    discord: "100000000000000003"
+"#;
+
+/// The demo approvers' identities (each gets a token in `tokens/`).
+pub const APPROVERS: [&str; 3] = ["alice@example.com", "bob@example.com", "carol@example.com"];
+
 pub const POLICY_YAML: &str = r#"# Gatehouse policy: ordered rules, first match wins, default deny.
 # `gatehouse policy check FILE` lints it; `gatehouse policy explain` says which rule decides a
 # request and why (see deploy/config/policy.example.yaml for every field).
@@ -130,6 +156,19 @@ rules:
       hold_timeout: 10m
       grant_window: 30m
 
+  - id: deployer-delete-prod
+    description: deleting anything in prod needs an SRE's approval; once approved, the same kind of delete is open for 15 minutes
+    action: approve
+    identities: [ci-deployer]
+    verbs: [delete]
+    resources: ["*"]
+    namespaces: [prod]
+    approval:
+      approver_groups: [sre]
+      quorum: 1
+      hold_timeout: 10m
+      grant_window: 15m
+
   - id: deployer-apps
     description: CI deploys into apps
     action: allow
@@ -188,7 +227,7 @@ mod tests {
         let registry = gatehouse_proxy::identity::Registry::from_yaml(IDENTITIES_YAML).unwrap();
         assert_eq!(registry.len(), 3);
         let policy = gatehouse_proxy::policy::Policy::from_yaml(POLICY_YAML).unwrap();
-        assert_eq!(policy.rules().len(), 12);
+        assert_eq!(policy.rules().len(), 13);
         let findings = gatehouse_proxy::policy::lint(&policy);
         let codes: Vec<&str> = findings.iter().map(|f| f.code).collect();
         // CI's own namespace is a sandbox: shells there are deliberate.

@@ -4,6 +4,7 @@
 //! - [`up`]: `gatehouse up --sandbox`, every service plus the test bed in one process.
 //! - [`ledger`]: `gatehouse ledger verify`.
 //! - [`replay`]: `gatehouse replay`, a recorded session as text or asciicast v2.
+//! - [`approvals_cmd`]: `gatehouse approvals list|vote` and `gatehouse grants list|revoke`.
 //! - [`policy_cmd`]: `gatehouse policy check` and `gatehouse policy explain`.
 //! - [`nats_server`]: a local `nats-server` with JetStream (for `up` and for tests).
 //! - [`demo`]: the demo identities and policy `up` starts with.
@@ -13,6 +14,7 @@
 //! `main.rs` holds only the command line; everything it runs lives here so tests can drive it.
 #![forbid(unsafe_code)]
 
+pub mod approvals_cmd;
 pub mod demo;
 pub mod kubeconfig;
 pub mod ledger;

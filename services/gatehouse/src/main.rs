@@ -29,6 +29,21 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Posts held requests to Slack, Teams and Discord, counts votes, publishes decisions.
+    Approval {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Holds waiting for approval: list them, vote on them (through the approval service).
+    Approvals {
+        #[command(subcommand)]
+        command: gatehouse::approvals_cmd::ApprovalsCommand,
+    },
+    /// Grants approvals opened: list them, revoke one.
+    Grants {
+        #[command(subcommand)]
+        command: gatehouse::approvals_cmd::GrantsCommand,
+    },
     /// Appends every event to the hash-linked ledger.
     Evidence {
         #[arg(long, value_name = "FILE")]
@@ -94,7 +109,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let service = matches!(
         cli.command,
-        Command::Proxy { .. } | Command::Evidence { .. }
+        Command::Proxy { .. } | Command::Evidence { .. } | Command::Approval { .. }
     );
     init_logging(cli.log_format.unwrap_or(if service {
         LogFormat::Json
@@ -127,6 +142,19 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let proxy = gatehouse_proxy::Proxy::build(config).await?;
             proxy.serve(shutdown_on_signal()).await;
         }
+        Command::Approval { config } => {
+            let text = std::fs::read_to_string(&config)
+                .with_context(|| format!("reading {}", config.display()))?;
+            let config = gatehouse_approval::ApprovalConfig::from_yaml(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+            let shutdown = shutdown_on_signal();
+            let server = gatehouse_approval::ApprovalServer::start(&config, shutdown)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            server.run().await;
+        }
+        Command::Approvals { command } => return gatehouse::approvals_cmd::approvals(command).await,
+        Command::Grants { command } => return gatehouse::approvals_cmd::grants(command).await,
         Command::Evidence { config } => {
             let config: gatehouse_evidence::EvidenceConfig = load_yaml(&config)?;
             gatehouse_evidence::run(config, shutdown_on_signal()).await?;

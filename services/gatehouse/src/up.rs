@@ -7,14 +7,16 @@
 //! tls/          the demo CA and the proxy's and sandbox's certificates
 //! issuer/       the demo OIDC issuer's signing key
 //! sandbox/      the proxy's token for the sandbox
-//! config/       identities.yaml and policy.yaml (kept, edit them), proxy.yaml and
-//!               evidence.yaml (rewritten at every start: ports change)
+//! config/       identities.yaml, policy.yaml and approvers.yaml (kept, edit them), proxy.yaml,
+//!               evidence.yaml and approval.yaml (rewritten at every start: ports change)
 //! kubeconfigs/  one kubeconfig per demo identity, plus sandbox-admin (straight to the sandbox)
+//! tokens/       a token per demo approver, for `gatehouse approvals vote --as …`
+//! approval.url  where the approval service's API answers
 //! ```
 //!
-//! Start order: NATS, PKI, sandbox, issuer, evidence, proxy, kubeconfigs. Stop order: proxy
-//! (drains), evidence (after catching up with the stream, so the ledger holds every event of
-//! the session), sandbox, issuer, NATS.
+//! Start order: NATS, PKI, sandbox, issuer, evidence, approval, proxy, kubeconfigs. Stop
+//! order: proxy (drains), approval, evidence (after catching up with the stream, so the ledger
+//! holds every event of the session), sandbox, issuer, NATS.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -71,6 +73,11 @@ pub struct Stack {
     pub proxy_addr: SocketAddr,
     /// The proxy's admin port (`/healthz`, `/readyz`, `/metrics`), plain HTTP on loopback.
     pub proxy_admin_addr: SocketAddr,
+    /// The approval service's callbacks and API (plain HTTP on loopback).
+    pub approval_addr: SocketAddr,
+    pub approval: Arc<gatehouse_approval::Service>,
+    approval_stop: CancellationToken,
+    approval_task: JoinHandle<()>,
     evidence_stop: CancellationToken,
     evidence_task: JoinHandle<Result<(), EvidenceError>>,
     proxy_stop: CancellationToken,
@@ -87,11 +94,23 @@ impl std::fmt::Debug for Stack {
 }
 
 impl Stack {
-    /// Starts NATS (unless `nats_url`), PKI, sandbox, issuer, evidence and proxy, in that order.
+    /// Starts NATS (unless `nats_url`), PKI, sandbox, issuer, evidence, approval and proxy, in
+    /// that order.
     pub async fn start(
         data_dir: &Path,
         nats_url: Option<&str>,
         listen: SocketAddr,
+    ) -> Result<Self> {
+        Self::start_with(data_dir, nats_url, listen, "").await
+    }
+
+    /// [`Stack::start`], with `approval_channels` (YAML: `slack:`, `teams:`, `discord:`
+    /// sections) added to the approval service's configuration.
+    pub async fn start_with(
+        data_dir: &Path,
+        nats_url: Option<&str>,
+        listen: SocketAddr,
+        approval_channels: &str,
     ) -> Result<Self> {
         let dir = absolute(data_dir)?;
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -184,6 +203,49 @@ impl Stack {
             async move { evidence.run(stop).await }
         });
 
+        let approvers_file =
+            keep_or_write(&config_dir.join("approvers.yaml"), demo::APPROVERS_YAML)?;
+        let approval_file = config_dir.join("approval.yaml");
+        std::fs::write(
+            &approval_file,
+            format!(
+                "# Written by `gatehouse up`; run the same service alone with\n\
+                 #   gatehouse approval --config {approval}\n\
+                 listen: \"127.0.0.1:0\"\n\
+                 replica: up\n\
+                 nats:\n  url: {nats_url}\n\
+                 approvers: {approvers}\n\
+                 api:\n  issuers:\n    - issuer: {issuer}\n      audiences: [{AUDIENCE}]\n\
+                 {approval_channels}",
+                approval = approval_file.display(),
+                approvers = yaml_str(&approvers_file),
+                issuer = issuer.url(),
+            ),
+        )?;
+        let approval_config = gatehouse_approval::ApprovalConfig::from_yaml(
+            &std::fs::read_to_string(&approval_file)?,
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {e}", approval_file.display()))?;
+        let approval_stop = CancellationToken::new();
+        let approval_server =
+            gatehouse_approval::ApprovalServer::start(&approval_config, approval_stop.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("approval service: {e}"))?;
+        let approval_addr = approval_server.local_addr();
+        let approval = approval_server.service().clone();
+        let approval_task = tokio::spawn(approval_server.run());
+        std::fs::write(
+            dir.join("approval.url"),
+            format!("http://{approval_addr}\n"),
+        )?;
+        for approver in demo::APPROVERS {
+            let token = issuer.mint(approver, AUDIENCE, &[], TOKEN_TTL)?;
+            kubeconfig::write_private(
+                &dir.join("tokens").join(format!("{approver}.jwt")),
+                &token,
+            )?;
+        }
+
         let proxy_file = config_dir.join("proxy.yaml");
         std::fs::write(
             &proxy_file,
@@ -233,6 +295,10 @@ impl Stack {
             evidence,
             proxy_addr,
             proxy_admin_addr,
+            approval_addr,
+            approval,
+            approval_stop,
+            approval_task,
             evidence_stop,
             evidence_task,
             proxy_stop,
@@ -243,6 +309,11 @@ impl Stack {
     /// `https://127.0.0.1:PORT` of the proxy.
     pub fn proxy_url(&self) -> String {
         format!("https://{}", self.proxy_addr)
+    }
+
+    /// `http://127.0.0.1:PORT` of the approval service (callbacks and API).
+    pub fn approval_url(&self) -> String {
+        format!("http://{}", self.approval_addr)
     }
 
     /// `http://127.0.0.1:PORT` of the proxy's admin port.
@@ -280,6 +351,8 @@ impl Stack {
     pub async fn stop(self) -> Result<gatehouse_evidence::Head> {
         self.proxy_stop.cancel();
         let _ = self.proxy_task.await;
+        self.approval_stop.cancel();
+        let _ = self.approval_task.await;
         match self.evidence.catch_up(Duration::from_secs(15)).await {
             Ok(true) => {}
             Ok(false) => tracing::warn!(
@@ -365,10 +438,12 @@ fn print_guide(options: &UpOptions, stack: &Stack) {
          \x20 sandbox  {sandbox}   (the Kubernetes API behind it)\n\
          \x20 issuer   {issuer}    (demo OIDC issuer)\n\
          \x20 nats     {nats}     (JetStream; every event is acked here first)\n\
+         \x20 approval {approval}    (approval service: chat callbacks and `approvals` API)\n\
          \x20 ledger   {ledger}\n\n\
          Kubeconfigs:\n",
         data = dir.display(),
         ledger = dir.join("ledger").display(),
+        approval = stack.approval_url(),
     );
     for identity in IDENTITIES {
         guide.push_str(&format!(
@@ -396,6 +471,12 @@ fn print_guide(options: &UpOptions, stack: &Stack) {
          \x20 kubectl exec -n prod api -- sh                  # denied: no shells outside apps\n\
          \x20 kubectl port-forward pod/web 8080:PORT          # reaches 127.0.0.1:PORT on this machine\n\
          \x20 {invocation} policy explain --policy {policy} --as ci-deployer exec pods/exec -n prod web --command sh\n\n\
+         Approvals (deletes in prod wait for an SRE's vote; no chat account needed):\n\
+         \x20 kubectl delete configmap settings -n prod &      # held until someone approves\n\
+         \x20 {invocation} approvals list --data-dir {data} --as bob@example.com\n\
+         \x20 {invocation} approvals vote APPROVAL_ID --approve --data-dir {data} --as bob@example.com\n\
+         \x20 {invocation} grants list --data-dir {data} --as bob@example.com   # that kind of delete now passes for 15 min\n\
+         \x20 Approvers (alice, bob: sre; carol: security) are in {approvers}\n\n\
          Policy: {policy} (reloaded when saved)  Identities: {identities} (edit, then restart)\n\
          Stop with Ctrl-C, then check the evidence and replay a session (its id is in the proxy log):\n\
          \x20 {invocation} ledger verify --data-dir {data}\n\
@@ -405,6 +486,7 @@ fn print_guide(options: &UpOptions, stack: &Stack) {
         intruder = kc("intruder"),
         policy = dir.join("config/policy.yaml").display(),
         identities = dir.join("config/identities.yaml").display(),
+        approvers = dir.join("config/approvers.yaml").display(),
         invocation = options.invocation,
         data = options.data_dir.display(),
     ));

@@ -2,6 +2,7 @@
 //!
 //! Module map (in the order a request meets them; [`pipeline`] owns that order):
 //! - [`server`]: the HTTPS listener (rustls, h2 + http/1.1) and graceful drain.
+//! - [`approvals`]: decisions for held requests and the shared grants, followed from NATS.
 //! - [`pipeline`]: parse → authenticate → identify → read body → authorize → record → forward
 //!   → mask → stream (or, for an upgrade, relay the session).
 //! - [`request_info`]: method + path → Kubernetes verb, group, version, resource, namespace, name.
@@ -22,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod approvals;
 pub mod authn;
 pub mod body;
 pub mod config;
@@ -83,6 +85,7 @@ pub struct Proxy {
     metrics: Metrics,
     admin: admin::Admin,
     policy_watcher: policy::Watcher,
+    followers: CancellationToken,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -123,6 +126,11 @@ impl Proxy {
         let bus = Bus::connect(&config.nats, &format!("gatehouse-proxy-{replica}")).await?;
         bus.ensure_stream(&config.nats.stream).await?;
         let nats = bus.clone();
+        // Followers of decisions and grants; they stop when `serve` returns.
+        let followers = CancellationToken::new();
+        let approvals =
+            approvals::Approvals::start(&bus, config.nats.stream.replicas, followers.clone())
+                .await?;
         let metrics = Metrics::new();
         let recorder = record::Recorder::new(
             bus,
@@ -155,6 +163,7 @@ impl Proxy {
             max_request_body: config.max_request_body,
             record_body_limit: config.record_body_limit,
             metrics: metrics.clone(),
+            approvals,
         });
         let checks = vec![
             admin::Check::new("nats", move || {
@@ -193,6 +202,7 @@ impl Proxy {
             metrics,
             admin,
             policy_watcher,
+            followers,
         })
     }
 
@@ -241,6 +251,7 @@ impl Proxy {
             );
         }
         background.cancel();
+        self.followers.cancel();
         // A scraper holding a connection open must not hold up the exit.
         let _ = tokio::time::timeout(ADMIN_STOP_TIMEOUT, admin).await;
         let _ = cert_watch.await;

@@ -124,6 +124,16 @@ impl ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// Decision-to-forward times: the goal is p99 under 20 ms.
+const RELEASE_BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -146,6 +156,9 @@ pub struct Metrics {
     sessions_active: Gauge,
     masked_fields: Counter,
     tls_reloads: Family<ResultLabels, Counter>,
+    holds_waiting: Gauge,
+    holds_decided: Family<OutcomeLabels, Counter>,
+    hold_release: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -236,6 +249,24 @@ impl Metrics {
             "Serving certificate reloads, by result (a failed reload keeps the previous pair)",
             tls_reloads.clone(),
         );
+        let holds_waiting = Gauge::default();
+        registry.register(
+            "holds_waiting",
+            "Requests held on this replica waiting for approval now",
+            holds_waiting.clone(),
+        );
+        let holds_decided = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "holds_decided",
+            "Held requests by how they ended: approved, denied, expired, withdrawn",
+            holds_decided.clone(),
+        );
+        let hold_release = Histogram::new(RELEASE_BUCKETS);
+        registry.register(
+            "hold_release_seconds",
+            "From an approval.decided reaching this replica to the held request going upstream",
+            hold_release.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -257,7 +288,27 @@ impl Metrics {
             sessions_active,
             masked_fields,
             tls_reloads,
+            holds_waiting,
+            holds_decided,
+            hold_release,
         }
+    }
+
+    /// Held requests waiting: +1 when held, -1 when decided or withdrawn.
+    pub fn holds_waiting(&self, delta: i64) {
+        self.holds_waiting.inc_by(delta);
+    }
+
+    /// A held request ended: `approved`, `denied`, `expired` or `withdrawn`.
+    pub fn hold_decided(&self, outcome: &'static str) {
+        self.holds_decided
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// From a decision's arrival to the released request going upstream.
+    pub fn hold_release(&self, elapsed: std::time::Duration) {
+        self.hold_release.observe(elapsed.as_secs_f64());
     }
 
     /// A request was answered. `decision` is `allow`, `deny` or `approve`; `status` the HTTP

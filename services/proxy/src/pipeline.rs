@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use gatehouse_events::{
+    ApprovalOutcome, Ballot, GrantIssued,
     BodyDigest, Decision as RecordedDecision, DecisionAction, Identity, RecordLevel, RecordedBody,
     RequestInfo, ResponseOutcome, SessionEnd, Source,
 };
@@ -31,7 +32,8 @@ use crate::body::{BodyMasker, Delivered, MaskingBody, ProxyBody, RecordedBody as
 use crate::forward::{Upstream, strip_hop_by_hop};
 use crate::identity::Registry;
 use crate::mask::{self, LineMasker, MaskTarget, Masker, Profile};
-use crate::policy::{Decision, Permitted, PolicyInput, SharedPolicy};
+use crate::approvals::Approvals;
+use crate::policy::{Decision, Hold, Permitted, PolicyInput, SharedPolicy};
 use crate::record::{Acked, Recorder};
 use crate::request_info;
 use crate::rescue::{REQUEST_ID_HEADER, Rejection};
@@ -107,6 +109,25 @@ struct Admitted {
     body: Bytes,
     /// The mask profile the permitting rule names, compiled.
     profile: Option<Arc<Profile>>,
+    /// The grant that let a held kind of request through without a new vote.
+    grant: Option<GrantIssued>,
+    /// When the approval that released this held request reached this replica.
+    released: Option<Instant>,
+}
+
+/// How admission ended, when it did not refuse.
+enum Admission {
+    Allowed(Admitted),
+    /// An `approve` rule holds it; approvers decide.
+    Held(Held),
+}
+
+/// A request an `approve` rule holds, with what forwarding it needs once approved.
+struct Held {
+    hold: Hold,
+    identity: Identity,
+    body: Bytes,
+    profile: Option<Arc<Profile>>,
 }
 
 /// What admission learned, whatever it decided: the body (read before policy, so body
@@ -130,7 +151,17 @@ pub struct Pipeline {
     /// Largest body kept in an event at record levels `request` and `request-response`.
     pub(crate) record_body_limit: usize,
     pub(crate) metrics: crate::metrics::Metrics,
+    /// Decisions for held requests, and the grants approvals opened.
+    pub(crate) approvals: Arc<Approvals>,
 }
+
+/// Header a caller states its reason in; approvers see it.
+pub const REASON_HEADER: &str = "x-gatehouse-reason";
+/// Longest reason kept, in characters.
+const REASON_LIMIT: usize = 500;
+/// How long past a hold's expiry the proxy still waits for the approval service's decision
+/// (which says `expired` itself) before deciding so on its own.
+const EXPIRY_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Pipeline {
     /// Handles one request end to end. Never fails: every refusal is a `Status` response.
@@ -155,10 +186,30 @@ impl Pipeline {
         let mut seen = Seen::default();
         let admission = self.admit(&mut ctx, &parts.headers, body, &mut seen).await;
         let decision = match &admission {
-            Ok(admitted) => RecordedDecision {
+            Ok(Admission::Allowed(admitted)) => RecordedDecision {
                 action: DecisionAction::Allow,
                 rule: Some(admitted.permit.rule().to_owned()),
-                reason: format!("allowed by rule {}", admitted.permit.rule()),
+                reason: match &admitted.grant {
+                    Some(grant) => format!(
+                        "allowed by grant {} (approval {} by {}) under rule {}",
+                        grant.grant_id,
+                        grant.approval_id,
+                        grant.approved_by.join(", "),
+                        admitted.permit.rule()
+                    ),
+                    None => format!("allowed by rule {}", admitted.permit.rule()),
+                },
+            },
+            Ok(Admission::Held(held)) => RecordedDecision {
+                action: DecisionAction::Approve,
+                rule: Some(held.hold.rule().to_owned()),
+                reason: format!(
+                    "held by rule {} for {} approval{} from {}",
+                    held.hold.rule(),
+                    held.hold.quorum(),
+                    if held.hold.quorum() == 1 { "" } else { "s" },
+                    held.hold.approver_groups().join(", ")
+                ),
             },
             Err(rejection) => RecordedDecision {
                 action: DecisionAction::Deny,
@@ -188,7 +239,11 @@ impl Pipeline {
             }
         };
         let admitted = match admission {
-            Ok(admitted) => admitted,
+            Ok(Admission::Allowed(admitted)) => admitted,
+            Ok(Admission::Held(held)) => match self.hold(&ctx, held, &parts.headers).await {
+                Ok(admitted) => admitted,
+                Err(rejection) => return self.refuse(&ctx, rejection).await,
+            },
             Err(rejection) => return self.refuse(&ctx, rejection).await,
         };
         if is_upgrade(&parts.headers) {
@@ -208,6 +263,9 @@ impl Pipeline {
             ask_for_plain_json(&mut parts.headers);
         }
         let record = admitted.permit.record();
+        if let Some(released) = admitted.released {
+            self.metrics.hold_release(released.elapsed());
+        }
         let upstream_response = match self
             .upstream
             .send(
@@ -255,7 +313,7 @@ impl Pipeline {
         headers: &HeaderMap,
         body: Incoming,
         seen: &mut Seen,
-    ) -> Result<Admitted, Rejection> {
+    ) -> Result<Admission, Rejection> {
         ctx.info = request_info::parse(&ctx.method, &ctx.raw_path, ctx.query.as_deref())
             .map_err(|e| Rejection::BadRequest(e.to_string()))?;
         let token = self
@@ -300,6 +358,7 @@ impl Pipeline {
             content_type: seen.content_type.as_deref(),
             ..PolicyInput::new(&identity, &ctx.info)
         };
+        let mut grant = None;
         let (permit, mask) = match policy.decide(&input) {
             Decision::Allow(permit) => {
                 let mask = permit.mask().map(str::to_owned);
@@ -308,9 +367,31 @@ impl Pipeline {
             Decision::Hold(hold) => {
                 seen.record = hold.record();
                 seen.profile = hold.mask().and_then(|m| policy.compiled_mask(m));
-                return Err(Rejection::Policy(hold.refuse(
-                    "approvals are not available on this proxy, so it is denied",
-                )));
+                if is_upgrade(headers) {
+                    // A session cannot wait in a hold: the client's upgrade would time out.
+                    return Err(Rejection::Policy(hold.refuse(
+                        "interactive sessions cannot wait for approval; ask for a grant first",
+                    )));
+                }
+                match self
+                    .approvals
+                    .grant_for(&identity.principal, &ctx.info, hold.rule())
+                {
+                    Some(found) => {
+                        let mask = hold.mask().map(str::to_owned);
+                        let permit = hold.approved(&found.approval_id);
+                        grant = Some(found);
+                        (permit, mask)
+                    }
+                    None => {
+                        return Ok(Admission::Held(Held {
+                            hold,
+                            identity,
+                            body,
+                            profile: seen.profile.clone(),
+                        }));
+                    }
+                }
             }
             Decision::Deny(denial) => {
                 seen.record = policy.default_record();
@@ -320,12 +401,97 @@ impl Pipeline {
         let profile = mask.and_then(|m| policy.compiled_mask(&m));
         seen.record = permit.record();
         seen.profile = profile.clone();
-        Ok(Admitted {
+        Ok(Admission::Allowed(Admitted {
             permit,
             identity,
             body,
             profile,
-        })
+            grant,
+            released: None,
+        }))
+    }
+
+    /// Holds the request until approvers decide: publishes `request.held` (acked), waits for
+    /// `approval.decided` or the hold's expiry, and turns an approval into a permission. A
+    /// client that goes away meanwhile drops this future, and its hold is withdrawn.
+    async fn hold(
+        &self,
+        ctx: &RequestContext,
+        held: Held,
+        headers: &HeaderMap,
+    ) -> Result<Admitted, Rejection> {
+        let Held {
+            hold,
+            identity,
+            body,
+            profile,
+        } = held;
+        let approval_id = ulid::Ulid::new().to_string();
+        let timeout = hold.hold_timeout();
+        let expires_at = std::time::SystemTime::now() + timeout;
+        let mut waiter = self.approvals.wait(&approval_id);
+        self.recorder
+            .held(
+                ctx,
+                &identity,
+                &hold,
+                &approval_id,
+                expires_at,
+                stated_reason(headers),
+            )
+            .await
+            .map_err(Rejection::NatsUnavailable)?;
+        self.metrics.holds_waiting(1);
+        let mut withdraw = WithdrawOnDrop {
+            pipeline: Some((self.recorder.clone(), self.metrics.clone())),
+            request_id: ctx.id.clone(),
+            approval_id: approval_id.clone(),
+        };
+        tracing::info!(request_id = %ctx.id, approval_id = %approval_id, rule = hold.rule(), "request held for approval");
+        let decided = tokio::select! {
+            decided = waiter.decided() => decided,
+            _ = tokio::time::sleep(timeout + EXPIRY_GRACE) => None,
+        };
+        withdraw.disarm();
+        let expired = || Rejection::ApprovalExpired {
+            approval_id: approval_id.clone(),
+            rule: hold.rule().to_owned(),
+            quorum: hold.quorum(),
+            approver_groups: hold.approver_groups().join(", "),
+        };
+        let Some(decided) = decided else {
+            self.metrics.hold_decided("expired");
+            return Err(expired());
+        };
+        let decision = decided.decision;
+        match decision.outcome {
+            ApprovalOutcome::Approved => {
+                self.metrics.hold_decided("approved");
+                tracing::info!(request_id = %ctx.id, approval_id = %approval_id, "approved; forwarding");
+                Ok(Admitted {
+                    permit: hold.approved(&approval_id),
+                    identity,
+                    body,
+                    profile,
+                    grant: None,
+                    released: Some(decided.arrived),
+                })
+            }
+            ApprovalOutcome::Denied => {
+                self.metrics.hold_decided("denied");
+                let vote = decision.votes.iter().find(|v| v.vote == Ballot::Deny);
+                Err(Rejection::ApprovalDenied {
+                    approval_id: approval_id.clone(),
+                    rule: hold.rule().to_owned(),
+                    by: vote.map(|v| v.approver.clone()).unwrap_or_default(),
+                    comment: vote.and_then(|v| v.comment.clone()),
+                })
+            }
+            ApprovalOutcome::Expired => {
+                self.metrics.hold_decided("expired");
+                Err(expired())
+            }
+        }
     }
 
     /// Reads the request body whole (API objects are small; the API server caps them at
@@ -811,5 +977,51 @@ mod tests {
         for stream in ["log", "exec", "attach", "portforward", "proxy"] {
             assert!(!returns_objects(&info(stream)), "{stream}");
         }
+    }
+}
+
+/// The caller's stated reason, cleaned for display: control characters dropped, cut at
+/// [`REASON_LIMIT`] characters.
+fn stated_reason(headers: &HeaderMap) -> Option<String> {
+    let raw = headers.get(REASON_HEADER)?;
+    let text = String::from_utf8_lossy(raw.as_bytes());
+    let cleaned: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(REASON_LIMIT)
+        .collect();
+    let cleaned = cleaned.trim();
+    (!cleaned.is_empty()).then(|| cleaned.to_owned())
+}
+
+/// Publishes `request.withdrawn` if the held request's future is dropped before a decision
+/// (the client went away).
+struct WithdrawOnDrop {
+    pipeline: Option<(Recorder, crate::metrics::Metrics)>,
+    request_id: String,
+    approval_id: String,
+}
+
+impl WithdrawOnDrop {
+    fn disarm(&mut self) {
+        if let Some((_, metrics)) = self.pipeline.take() {
+            metrics.holds_waiting(-1);
+        }
+    }
+}
+
+impl Drop for WithdrawOnDrop {
+    fn drop(&mut self) {
+        let Some((recorder, metrics)) = self.pipeline.take() else {
+            return;
+        };
+        metrics.holds_waiting(-1);
+        metrics.hold_decided("withdrawn");
+        let request_id = std::mem::take(&mut self.request_id);
+        let approval_id = std::mem::take(&mut self.approval_id);
+        tracing::info!(request_id = %request_id, approval_id = %approval_id, "client went away; hold withdrawn");
+        tokio::spawn(async move {
+            recorder.withdrawn(&request_id, &approval_id).await;
+        });
     }
 }

@@ -13,7 +13,7 @@ use std::time::Instant;
 use gatehouse_bus::{Bus, PublishError};
 use gatehouse_events::{
     BodyDigest, Decision, Envelope, Identity, Payload, RecordLevel, RecordedBody, RequestDenied,
-    RequestForwarded, RequestReceived, ResponseCompleted,
+    RequestForwarded, RequestHeld, RequestReceived, RequestWithdrawn, ResponseCompleted,
 };
 
 use crate::body::Delivered;
@@ -109,6 +109,54 @@ impl Recorder {
         Ok(Acked {
             sequence: ack.sequence,
         })
+    }
+
+    /// Publishes `request.held` and waits for the ack: approvers are asked only through it.
+    pub async fn held(
+        &self,
+        ctx: &RequestContext,
+        identity: &Identity,
+        hold: &crate::policy::Hold,
+        approval_id: &str,
+        expires_at: std::time::SystemTime,
+        reason: Option<String>,
+    ) -> Result<(), PublishError> {
+        let event = Envelope::new(
+            &self.source,
+            &ctx.id,
+            RequestHeld {
+                request_id: ctx.id.clone(),
+                approval_id: approval_id.to_owned(),
+                rule: hold.rule().to_owned(),
+                identity: identity.clone(),
+                request: ctx.info.clone(),
+                approver_groups: hold.approver_groups().to_vec(),
+                quorum: hold.quorum(),
+                expires_at: gatehouse_events::envelope::format_rfc3339(
+                    time::OffsetDateTime::from(expires_at),
+                ),
+                grant_window_s: hold.grant_window().map(|w| w.as_secs()),
+                reason,
+            },
+        );
+        let started = Instant::now();
+        self.bus.publish(&event).await?;
+        self.acked(RequestHeld::NAME, started);
+        Ok(())
+    }
+
+    /// Records that a held request's client went away before a decision.
+    pub async fn withdrawn(&self, request_id: &str, approval_id: &str) {
+        let event = Envelope::new(
+            &self.source,
+            request_id,
+            RequestWithdrawn {
+                request_id: request_id.to_owned(),
+                approval_id: approval_id.to_owned(),
+                reason: "the client disconnected while the request was held".into(),
+            },
+        );
+        self.send(event).await;
     }
 
     /// Records that the request was refused.

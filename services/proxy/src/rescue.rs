@@ -36,6 +36,20 @@ pub enum Rejection {
     UpstreamUnavailable(String),
     /// The API server answered in a form that cannot be masked; its answer is withheld.
     Unmaskable(String),
+    /// Held for approval, and an approver denied it.
+    ApprovalDenied {
+        approval_id: String,
+        rule: String,
+        by: String,
+        comment: Option<String>,
+    },
+    /// Held for approval, and nobody decided before the hold timed out.
+    ApprovalExpired {
+        approval_id: String,
+        rule: String,
+        quorum: u32,
+        approver_groups: String,
+    },
 }
 
 impl Rejection {
@@ -43,7 +57,10 @@ impl Rejection {
         match self {
             Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
             Rejection::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Rejection::UnknownIdentity { .. } | Rejection::Policy(_) => StatusCode::FORBIDDEN,
+            Rejection::UnknownIdentity { .. }
+            | Rejection::Policy(_)
+            | Rejection::ApprovalDenied { .. }
+            | Rejection::ApprovalExpired { .. } => StatusCode::FORBIDDEN,
             Rejection::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::NatsUnavailable(_) | Rejection::UpstreamUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -57,7 +74,10 @@ impl Rejection {
         match self {
             Rejection::BadRequest(_) => "BadRequest",
             Rejection::Unauthenticated(_) => "Unauthorized",
-            Rejection::UnknownIdentity { .. } | Rejection::Policy(_) => "Forbidden",
+            Rejection::UnknownIdentity { .. }
+            | Rejection::Policy(_)
+            | Rejection::ApprovalDenied { .. }
+            | Rejection::ApprovalExpired { .. } => "Forbidden",
             Rejection::BodyTooLarge { .. } => "RequestEntityTooLarge",
             Rejection::NatsUnavailable(_) | Rejection::UpstreamUnavailable(_) => {
                 "ServiceUnavailable"
@@ -73,6 +93,8 @@ impl Rejection {
             Rejection::Unauthenticated(_) => DenialReason::Authentication,
             Rejection::UnknownIdentity { .. } => DenialReason::UnknownIdentity,
             Rejection::Policy(_) => DenialReason::Policy,
+            Rejection::ApprovalDenied { .. } => DenialReason::ApprovalDenied,
+            Rejection::ApprovalExpired { .. } => DenialReason::ApprovalExpired,
             Rejection::NatsUnavailable(_) => DenialReason::NatsUnavailable,
             Rejection::UpstreamUnavailable(_) | Rejection::Unmaskable(_) => {
                 DenialReason::UpstreamUnavailable
@@ -84,6 +106,9 @@ impl Rejection {
     pub fn rule(&self) -> Option<String> {
         match self {
             Rejection::Policy(d) => d.rule.clone(),
+            Rejection::ApprovalDenied { rule, .. } | Rejection::ApprovalExpired { rule, .. } => {
+                Some(rule.clone())
+            }
             _ => None,
         }
     }
@@ -109,6 +134,31 @@ impl Rejection {
             }
             Rejection::Unmaskable(what) => format!(
                 "the API server's answer ({what}) cannot be masked as policy requires, so it is withheld"
+            ),
+            Rejection::ApprovalDenied {
+                approval_id,
+                rule,
+                by,
+                comment,
+            } => {
+                let mut message = format!(
+                    "approval {approval_id} (rule {rule}) was denied by {by}, so the request was \
+                     not forwarded"
+                );
+                if let Some(comment) = comment.as_deref().filter(|c| !c.trim().is_empty()) {
+                    message.push_str(&format!(": {:?}", comment.trim()));
+                }
+                message
+            }
+            Rejection::ApprovalExpired {
+                approval_id,
+                rule,
+                quorum,
+                approver_groups,
+            } => format!(
+                "approval {approval_id} (rule {rule}) expired: {quorum} approval{} from \
+                 {approver_groups} did not arrive in time, so the request was not forwarded",
+                if *quorum == 1 { "" } else { "s" }
             ),
         }
     }

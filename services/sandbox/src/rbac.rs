@@ -301,6 +301,21 @@ impl RbacConfig {
                             resources: ci_read_resources,
                             ..Rule::default()
                         },
+                        // What Gatehouse holds for approval in prod: once approved, the cluster
+                        // lets it through.
+                        Rule {
+                            verbs: strings(&["delete"]),
+                            resources: strings(&["*"]),
+                            namespaces: Some(strings(&["prod"])),
+                            ..Rule::default()
+                        },
+                        Rule {
+                            verbs: strings(&["update", "patch"]),
+                            api_groups: Some(strings(&["apps"])),
+                            resources: strings(&["deployments/scale"]),
+                            namespaces: Some(strings(&["prod"])),
+                            ..Rule::default()
+                        },
                     ],
                 },
                 Binding {

@@ -1,0 +1,115 @@
+//! `gatehouse approval --config FILE`: what the service connects to and where it posts.
+//!
+//! ```yaml
+//! listen: 0.0.0.0:8443
+//! tls: {cert_file: /tls/tls.crt, key_file: /tls/tls.key}   # omit only behind a TLS ingress
+//! nats: {url: nats://nats:4222}
+//! approvers: /etc/gatehouse/approvers.yaml
+//! api:                          # who may use `gatehouse approvals` / `gatehouse grants`
+//!   issuers: [{issuer: https://idp.example.com, audiences: [gatehouse]}]
+//! slack: {channel: C0123, bot_token_file: …, signing_secret_file: …}
+//! teams: {app_id: …, app_password_file: …, service_url: …, conversation_id: …}
+//! discord: {application_id: …, bot_token_file: …, public_key: …, channel_id: …}
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gatehouse_bus::BusConfig;
+use gatehouse_proxy::config::{IssuerConfig, ServerTlsConfig};
+use serde::Deserialize;
+
+use crate::discord::DiscordConfig;
+use crate::slack::SlackConfig;
+use crate::teams::TeamsConfig;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalConfig {
+    /// Chat callbacks (`/slack/*`, `/teams/messages`, `/discord/interactions`) and the API
+    /// (`/v1/*`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// HTTPS for `listen`. Without it the service speaks plain HTTP, which is for loopback or
+    /// behind an ingress that terminates TLS.
+    #[serde(default)]
+    pub tls: Option<ServerTlsConfig>,
+    /// Names this replica in events (`gatehouse/approval/<replica>`); defaults to the host name.
+    #[serde(default)]
+    pub replica: Option<String>,
+    pub nats: BusConfig,
+    /// The approver registry (see [`crate::approvers`]).
+    pub approvers: PathBuf,
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub slack: Option<SlackConfig>,
+    #[serde(default)]
+    pub teams: Option<TeamsConfig>,
+    #[serde(default)]
+    pub discord: Option<DiscordConfig>,
+    /// The longest grant any rule may open; a longer `grant_window` is cut to this.
+    #[serde(default = "default_max_grant_window", with = "humantime_serde")]
+    pub max_grant_window: Duration,
+    /// How long a hold's record is kept after it is created (so late callbacks and
+    /// `gatehouse approvals list` still find it). The ledger keeps the events for six years.
+    #[serde(default = "default_hold_retention", with = "humantime_serde")]
+    pub hold_retention: Duration,
+    /// JetStream replicas of the approval buckets.
+    #[serde(default = "default_replicas")]
+    pub bucket_replicas: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Token issuers for API callers; the token's principal must be an approver identity.
+    pub issuers: Vec<IssuerConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8444))
+}
+
+fn default_max_grant_window() -> Duration {
+    Duration::from_secs(8 * 3600)
+}
+
+fn default_hold_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+fn default_replicas() -> usize {
+    1
+}
+
+impl ApprovalConfig {
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        let config: Self = yaml_serde::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn replica_name(&self) -> String {
+        self.replica.clone().unwrap_or_else(|| {
+            std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "approval-0".to_owned())
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.nats.validate()?;
+        if self.api.issuers.is_empty() {
+            return Err("api.issuers: at least one token issuer is required".into());
+        }
+        if self.max_grant_window.is_zero() {
+            return Err("max_grant_window must be more than zero".into());
+        }
+        if self.hold_retention < Duration::from_secs(3600) {
+            return Err("hold_retention must be at least 1h (holds must outlive their expiry)".into());
+        }
+        Ok(())
+    }
+}

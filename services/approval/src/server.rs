@@ -1,0 +1,193 @@
+//! Starting the service: connect, open the buckets, build the platforms, then run the
+//! consumers, the sweeper and the HTTP listener until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use gatehouse_bus::{Bus, grants_bucket};
+use gatehouse_proxy::authn::{AuthnOptions, Authenticator};
+use gatehouse_proxy::serving_cert::ServingCert;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::approvers::Approvers;
+use crate::config::ApprovalConfig;
+use crate::discord::DiscordChannel;
+use crate::service::{Channel, Service};
+use crate::slack::SlackChannel;
+use crate::store::Store;
+use crate::teams::TeamsChannel;
+
+/// A started (not yet serving) approval service.
+pub struct ApprovalServer {
+    service: Arc<Service>,
+    router: Router,
+    listener: TcpListener,
+    tls: Option<(Arc<ServingCert>, Arc<rustls::ServerConfig>)>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for ApprovalServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApprovalServer")
+            .field("service", &self.service)
+            .field("listen", &self.listener.local_addr().ok())
+            .finish()
+    }
+}
+
+impl ApprovalServer {
+    /// Connects to NATS, opens the buckets, checks every platform's configuration and binds
+    /// the listener. Fails with a message naming what is wrong; never with a secret.
+    pub async fn start(config: &ApprovalConfig, shutdown: CancellationToken) -> Result<Self, String> {
+        config.validate()?;
+        let replica = config.replica_name();
+        let bus = Bus::connect(&config.nats, &format!("gatehouse-approval-{replica}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        bus.ensure_stream(&config.nats.stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let store = Store::open(&bus, config.bucket_replicas, config.hold_retention)
+            .await
+            .map_err(|e| e.to_string())?;
+        let grants = bus
+            .key_value(&grants_bucket(config.max_grant_window, config.bucket_replicas))
+            .await
+            .map_err(|e| e.to_string())?;
+        let text = std::fs::read_to_string(&config.approvers)
+            .map_err(|e| format!("reading approvers {}: {e}", config.approvers.display()))?;
+        let approvers = Approvers::from_yaml(&text)
+            .map_err(|e| format!("approvers {}: {e}", config.approvers.display()))?;
+
+        let mut channels = Vec::new();
+        if let Some(slack) = &config.slack {
+            channels.push(Channel::Slack(Arc::new(
+                SlackChannel::new(slack).map_err(|e| format!("slack: {e}"))?,
+            )));
+        }
+        if let Some(teams) = &config.teams {
+            channels.push(Channel::Teams(Arc::new(
+                TeamsChannel::new(teams).await.map_err(|e| format!("teams: {e}"))?,
+            )));
+        }
+        if let Some(discord) = &config.discord {
+            channels.push(Channel::Discord(Arc::new(
+                DiscordChannel::new(discord).map_err(|e| format!("discord: {e}"))?,
+            )));
+        }
+        let authenticator = Authenticator::new(
+            &config.api.issuers,
+            AuthnOptions {
+                shutdown: Some(shutdown.clone()),
+                ..AuthnOptions::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("api.issuers: {e}"))?;
+
+        let service = Arc::new(Service::new(
+            bus,
+            gatehouse_events::envelope::source("approval", &replica),
+            store,
+            grants,
+            approvers,
+            channels.clone(),
+            config.max_grant_window,
+        ));
+        let votes: Arc<dyn crate::channel::VoteSink> = Arc::new(Arc::clone(&service));
+        let mut router = crate::api::routes(Arc::clone(&service), Arc::new(authenticator))
+            .route("/healthz", get(|| async { "ok" }));
+        for channel in channels {
+            router = router.merge(match channel {
+                Channel::Slack(c) => crate::slack::routes(c, Arc::clone(&votes)),
+                Channel::Teams(c) => crate::teams::routes(c, Arc::clone(&votes)),
+                Channel::Discord(c) => crate::discord::routes(c, Arc::clone(&votes)),
+            });
+        }
+        let tls = match &config.tls {
+            Some(files) => {
+                let cert = ServingCert::load(&files.cert_file, &files.key_file)?;
+                let server = gatehouse_proxy::server::server_tls(cert.clone(), None)?;
+                Some((cert, server))
+            }
+            None => {
+                if !config.listen.ip().is_loopback() {
+                    tracing::warn!(listen = %config.listen, "serving plain HTTP: put a TLS-terminating ingress in front");
+                }
+                None
+            }
+        };
+        let listener = gatehouse_proxy::server::bind(config.listen).await?;
+        Ok(Self {
+            service,
+            router,
+            listener,
+            tls,
+            shutdown,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    /// Serves until the shutdown token is cancelled.
+    pub async fn run(self) {
+        let shutdown = self.shutdown.clone();
+        let tasks = [
+            tokio::spawn(Arc::clone(&self.service).run_holds(shutdown.clone())),
+            tokio::spawn(Arc::clone(&self.service).run_withdrawals(shutdown.clone())),
+            tokio::spawn(Arc::clone(&self.service).run_sweeper(shutdown.clone())),
+        ];
+        tracing::info!(listen = %self.local_addr(), tls = self.tls.is_some(), "approval service serving");
+        match self.tls {
+            Some((cert, tls)) => {
+                let watch = tokio::spawn(cert.watch(
+                    gatehouse_proxy::serving_cert::POLL_INTERVAL,
+                    gatehouse_proxy::Metrics::new(),
+                    shutdown.clone(),
+                ));
+                let router = self.router;
+                gatehouse_proxy::server::serve_with(
+                    self.listener,
+                    tls,
+                    move |request, _peer| {
+                        let router = router.clone();
+                        async move {
+                            match router.oneshot(request.map(axum::body::Body::new)).await {
+                                Ok(response) => response,
+                                Err(never) => match never {},
+                            }
+                        }
+                    },
+                    shutdown.clone(),
+                )
+                .await;
+                watch.abort();
+            }
+            None => {
+                let stop = shutdown.clone();
+                if let Err(e) = axum::serve(self.listener, self.router)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+                {
+                    tracing::error!(error = %e, "approval listener failed");
+                }
+            }
+        }
+        shutdown.cancel();
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
