@@ -138,6 +138,16 @@ pub struct Reply {
     pub body: Value,
 }
 
+/// What to start a [`TestBed`] with beyond the demo.
+#[derive(Debug, Default, Clone)]
+pub struct BedOptions {
+    /// Files written into `config/` before the stack starts (`policy.yaml`,
+    /// `approvers.yaml`, `identities.yaml`): the stack keeps files it finds.
+    pub config_files: Vec<(String, String)>,
+    /// YAML sections (`slack:`, `teams:`, `discord:`) for the approval service.
+    pub approval_channels: String,
+}
+
 pub struct TestBed {
     stack: Option<Stack>,
     /// Holds the data directory; dropped (deleted) with the test bed.
@@ -153,6 +163,12 @@ pub struct TestBed {
 impl TestBed {
     /// Starts a complete stack in a fresh temporary directory.
     pub async fn start() -> Result<Self> {
+        Self::start_with(BedOptions::default()).await
+    }
+
+    /// [`TestBed::start`] with configuration files written first and chat platforms for the
+    /// approval service.
+    pub async fn start_with(options: BedOptions) -> Result<Self> {
         init_logging();
         let dir = tempfile::Builder::new()
             .prefix("gatehouse-test-")
@@ -160,7 +176,18 @@ impl TestBed {
         let home = tempfile::Builder::new()
             .prefix("gatehouse-kubectl-")
             .tempdir()?;
-        let stack = Stack::start(dir.path(), None, "127.0.0.1:0".parse()?).await?;
+        let config_dir = dir.path().join("config");
+        std::fs::create_dir_all(&config_dir)?;
+        for (name, text) in &options.config_files {
+            std::fs::write(config_dir.join(name), text)?;
+        }
+        let stack = Stack::start_with(
+            dir.path(),
+            None,
+            "127.0.0.1:0".parse()?,
+            &options.approval_channels,
+        )
+        .await?;
         let reader = Bus::connect(
             &BusConfig::new(stack.nats_url.clone()),
             "gatehouse-test-reader",
@@ -192,6 +219,19 @@ impl TestBed {
             gatehouse::demo::AUDIENCE,
             &[],
             Duration::from_secs(3600),
+        )?)
+    }
+
+    /// A client of the approval service's API, as `identity` (a token from the demo issuer).
+    pub fn approvals_as(
+        &self,
+        identity: &str,
+    ) -> Result<gatehouse_approval::client::ApprovalClient> {
+        let token = self.mint(identity)?;
+        Ok(gatehouse_approval::client::ApprovalClient::new(
+            &self.stack().approval_url(),
+            &token,
+            None,
         )?)
     }
 
@@ -530,6 +570,7 @@ impl TestBed {
                             .map(Event::name)
                             .collect();
                         mine.contains(&"request.denied")
+                            || mine.contains(&"request.withdrawn")
                             || (mine.contains(&"request.forwarded")
                                 && mine.contains(&"response.completed"))
                     })

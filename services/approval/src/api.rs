@@ -229,10 +229,7 @@ async fn show(
     approver(&api, &headers).await?;
     match api.service.store().load(&id).await.map_err(unavailable)? {
         Some((record, _)) => Ok(Json(HoldSummary::from(&record))),
-        None => Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("no approval {id}"),
-        )),
+        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no approval {id}"))),
     }
 }
 

@@ -43,7 +43,10 @@ pub struct HoldView {
 impl HoldView {
     /// One line: "ci-deployer wants to delete deployments web in prod".
     pub fn headline(&self) -> String {
-        let mut line = format!("{} wants to {} {}", self.principal, self.verb, self.resource);
+        let mut line = format!(
+            "{} wants to {} {}",
+            self.principal, self.verb, self.resource
+        );
         if !self.name.is_empty() {
             line.push(' ');
             line.push_str(&self.name);
@@ -134,6 +137,8 @@ pub struct VoteCall {
 
 /// What became of a vote.
 #[derive(Clone, Debug, PartialEq, Eq)]
+// One per vote, handed straight back: not worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum VoteReply {
     /// Counted (or a repeat of the voter's current vote, which changes nothing). `view` is
     /// the hold after it.

@@ -56,13 +56,21 @@ impl ApprovalClient {
 
     pub async fn list(&self, all: bool) -> Result<Vec<HoldSummary>, ClientError> {
         let state = if all { "all" } else { "pending" };
-        self.call(http::Method::GET, &format!("/v1/approvals?state={state}"), None)
-            .await
+        self.call(
+            http::Method::GET,
+            &format!("/v1/approvals?state={state}"),
+            None,
+        )
+        .await
     }
 
     pub async fn show(&self, approval_id: &str) -> Result<HoldSummary, ClientError> {
-        self.call(http::Method::GET, &format!("/v1/approvals/{approval_id}"), None)
-            .await
+        self.call(
+            http::Method::GET,
+            &format!("/v1/approvals/{approval_id}"),
+            None,
+        )
+        .await
     }
 
     /// A refused vote is `Ok` with `counted: false` and the refusal.
@@ -102,8 +110,12 @@ impl ApprovalClient {
         reason: Option<&str>,
     ) -> Result<GrantIssued, ClientError> {
         let body = serde_json::json!({ "reason": reason });
-        self.call(http::Method::DELETE, &format!("/v1/grants/{grant_id}"), Some(body))
-            .await
+        self.call(
+            http::Method::DELETE,
+            &format!("/v1/grants/{grant_id}"),
+            Some(body),
+        )
+        .await
     }
 
     async fn call<T: DeserializeOwned>(
@@ -117,13 +129,14 @@ impl ApprovalClient {
             url: url.clone(),
             message,
         };
-        let bytes = body
-            .map(|b| Bytes::from(b.to_string()))
-            .unwrap_or_default();
+        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let request = http::Request::builder()
             .method(method)
             .uri(&url)
-            .header(http::header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.token),
+            )
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::ACCEPT, "application/json")
             .body(Full::new(bytes))

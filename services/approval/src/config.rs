@@ -108,7 +108,9 @@ impl ApprovalConfig {
             return Err("max_grant_window must be more than zero".into());
         }
         if self.hold_retention < Duration::from_secs(3600) {
-            return Err("hold_retention must be at least 1h (holds must outlive their expiry)".into());
+            return Err(
+                "hold_retention must be at least 1h (holds must outlive their expiry)".into(),
+            );
         }
         Ok(())
     }

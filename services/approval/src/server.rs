@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::get;
 use gatehouse_bus::{Bus, grants_bucket};
-use gatehouse_proxy::authn::{AuthnOptions, Authenticator};
+use gatehouse_proxy::authn::{Authenticator, AuthnOptions};
 use gatehouse_proxy::serving_cert::ServingCert;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -42,7 +42,10 @@ impl std::fmt::Debug for ApprovalServer {
 impl ApprovalServer {
     /// Connects to NATS, opens the buckets, checks every platform's configuration and binds
     /// the listener. Fails with a message naming what is wrong; never with a secret.
-    pub async fn start(config: &ApprovalConfig, shutdown: CancellationToken) -> Result<Self, String> {
+    pub async fn start(
+        config: &ApprovalConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Self, String> {
         config.validate()?;
         let replica = config.replica_name();
         let bus = Bus::connect(&config.nats, &format!("gatehouse-approval-{replica}"))
@@ -55,7 +58,10 @@ impl ApprovalServer {
             .await
             .map_err(|e| e.to_string())?;
         let grants = bus
-            .key_value(&grants_bucket(config.max_grant_window, config.bucket_replicas))
+            .key_value(&grants_bucket(
+                config.max_grant_window,
+                config.bucket_replicas,
+            ))
             .await
             .map_err(|e| e.to_string())?;
         let text = std::fs::read_to_string(&config.approvers)
@@ -71,7 +77,9 @@ impl ApprovalServer {
         }
         if let Some(teams) = &config.teams {
             channels.push(Channel::Teams(Arc::new(
-                TeamsChannel::new(teams).await.map_err(|e| format!("teams: {e}"))?,
+                TeamsChannel::new(teams)
+                    .await
+                    .map_err(|e| format!("teams: {e}"))?,
             )));
         }
         if let Some(discord) = &config.discord {

@@ -227,7 +227,9 @@ impl Service {
         }
         let written = self
             .store
-            .update(approval_id, |r| (!r.posting_done).then(|| r.posting_done = true))
+            .update(approval_id, |r| {
+                (!r.posting_done).then(|| r.posting_done = true)
+            })
             .await?;
         // Votes through the API, or a withdrawal, may have come in while posting.
         if let Some((record, _)) = written
@@ -603,8 +605,7 @@ impl Service {
             move |payload, delivered| {
                 let service = Arc::clone(&service);
                 Box::pin(async move {
-                    let Ok(event) =
-                        serde_json::from_slice::<Envelope<RequestWithdrawn>>(&payload)
+                    let Ok(event) = serde_json::from_slice::<Envelope<RequestWithdrawn>>(&payload)
                     else {
                         tracing::error!("a request.withdrawn event could not be read; skipped");
                         return Handled::Done;

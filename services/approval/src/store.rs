@@ -360,7 +360,11 @@ impl Store {
             .map_err(store_error)
     }
 
-    pub async fn index_message(&self, posted: &Posted, approval_id: &str) -> Result<(), StoreError> {
+    pub async fn index_message(
+        &self,
+        posted: &Posted,
+        approval_id: &str,
+    ) -> Result<(), StoreError> {
         self.approvals
             .put(
                 message_key(posted.channel, &posted.channel_id, &posted.message_ref),
@@ -401,8 +405,8 @@ impl Store {
 }
 
 pub fn parse_time(text: &str) -> Option<SystemTime> {
-    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .ok()?;
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
     Some(SystemTime::from(t))
 }
 

@@ -102,7 +102,9 @@ impl Connection {
             (_, Some(_)) => bail!("--as needs --data-dir (a `gatehouse up --sandbox` directory)"),
             (_, None) => {
                 let Some(server) = &self.server else {
-                    bail!("say where the approval service is: --server URL (or --data-dir DIR --as IDENTITY)");
+                    bail!(
+                        "say where the approval service is: --server URL (or --data-dir DIR --as IDENTITY)"
+                    );
                 };
                 let Some(file) = &self.token_file else {
                     bail!("say who you are: --token-file FILE (or --data-dir DIR --as IDENTITY)");
@@ -110,7 +112,11 @@ impl Connection {
                 (server.clone(), read_trimmed(file)?)
             }
         };
-        Ok(ApprovalClient::new(&server, &token, self.ca_file.as_deref())?)
+        Ok(ApprovalClient::new(
+            &server,
+            &token,
+            self.ca_file.as_deref(),
+        )?)
     }
 }
 
@@ -238,11 +244,7 @@ fn print_holds(holds: &[HoldSummary]) {
         } else {
             format!("{}/{}", h.resource, h.name)
         };
-        let approvals = h
-            .votes
-            .iter()
-            .filter(|v| v.vote == Ballot::Approve)
-            .count();
+        let approvals = h.votes.iter().filter(|v| v.vote == Ballot::Approve).count();
         println!(
             "{:<26}  {:<9}  {:<28}  {:<8}  {:<28}  {:<10}  {:<7}  {:<20}  {}",
             h.approval_id,

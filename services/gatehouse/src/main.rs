@@ -153,7 +153,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!(e))?;
             server.run().await;
         }
-        Command::Approvals { command } => return gatehouse::approvals_cmd::approvals(command).await,
+        Command::Approvals { command } => {
+            return gatehouse::approvals_cmd::approvals(command).await;
+        }
         Command::Grants { command } => return gatehouse::approvals_cmd::grants(command).await,
         Command::Evidence { config } => {
             let config: gatehouse_evidence::EvidenceConfig = load_yaml(&config)?;

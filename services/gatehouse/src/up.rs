@@ -240,10 +240,7 @@ impl Stack {
         )?;
         for approver in demo::APPROVERS {
             let token = issuer.mint(approver, AUDIENCE, &[], TOKEN_TTL)?;
-            kubeconfig::write_private(
-                &dir.join("tokens").join(format!("{approver}.jwt")),
-                &token,
-            )?;
+            kubeconfig::write_private(&dir.join("tokens").join(format!("{approver}.jwt")), &token)?;
         }
 
         let proxy_file = config_dir.join("proxy.yaml");

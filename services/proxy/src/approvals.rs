@@ -64,11 +64,19 @@ impl Approvals {
             decisions,
             shutdown.clone(),
         ));
-        let watch = grants.watch_with_history(">").await.map_err(|e| BusError::Stream {
-            stream: grants_bucket(GRANTS_MAX_AGE, replicas).name,
-            message: e.to_string(),
-        })?;
-        tokio::spawn(follow_grants(Arc::clone(&approvals), grants, watch, shutdown));
+        let watch = grants
+            .watch_with_history(">")
+            .await
+            .map_err(|e| BusError::Stream {
+                stream: grants_bucket(GRANTS_MAX_AGE, replicas).name,
+                message: e.to_string(),
+            })?;
+        tokio::spawn(follow_grants(
+            Arc::clone(&approvals),
+            grants,
+            watch,
+            shutdown,
+        ));
         Ok(approvals)
     }
 
@@ -107,7 +115,12 @@ impl Approvals {
 
     /// A live grant covering this request: same principal, same rule, same verb on the same
     /// resource (group, resource, subresource) in the same namespace, any name.
-    pub fn grant_for(&self, principal: &str, info: &RequestInfo, rule: &str) -> Option<GrantIssued> {
+    pub fn grant_for(
+        &self,
+        principal: &str,
+        info: &RequestInfo,
+        rule: &str,
+    ) -> Option<GrantIssued> {
         let now = SystemTime::now();
         let grants = self.grants.read().ok()?;
         grants
@@ -206,7 +219,9 @@ async fn follow_decisions(
                 }
                 match serde_json::from_slice::<Envelope<ApprovalDecided>>(&message.payload) {
                     Ok(event) => approvals.deliver(event.data),
-                    Err(e) => tracing::warn!(error = %e, "an approval.decided event could not be read"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "an approval.decided event could not be read")
+                    }
                 }
             }
             Some(Err(e)) => {
@@ -264,7 +279,9 @@ async fn follow_grants(
                         Ok(grant) => {
                             map.insert(entry.key, grant);
                         }
-                        Err(e) => tracing::warn!(key = %entry.key, error = %e, "a grant could not be read"),
+                        Err(e) => {
+                            tracing::warn!(key = %entry.key, error = %e, "a grant could not be read")
+                        }
                     },
                     kv::Operation::Delete | kv::Operation::Purge => {
                         map.remove(&entry.key);

@@ -19,20 +19,19 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use gatehouse_events::{
-    ApprovalOutcome, Ballot, GrantIssued,
-    BodyDigest, Decision as RecordedDecision, DecisionAction, Identity, RecordLevel, RecordedBody,
-    RequestInfo, ResponseOutcome, SessionEnd, Source,
+    ApprovalOutcome, Ballot, BodyDigest, Decision as RecordedDecision, DecisionAction, GrantIssued,
+    Identity, RecordLevel, RecordedBody, RequestInfo, ResponseOutcome, SessionEnd, Source,
 };
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use crate::approvals::Approvals;
 use crate::authn::Authenticator;
 use crate::body::{BodyMasker, Delivered, MaskingBody, ProxyBody, RecordedBody as RecordingBody};
 use crate::forward::{Upstream, strip_hop_by_hop};
 use crate::identity::Registry;
 use crate::mask::{self, LineMasker, MaskTarget, Masker, Profile};
-use crate::approvals::Approvals;
 use crate::policy::{Decision, Hold, Permitted, PolicyInput, SharedPolicy};
 use crate::record::{Acked, Recorder};
 use crate::request_info;

@@ -132,9 +132,9 @@ impl Recorder {
                 request: ctx.info.clone(),
                 approver_groups: hold.approver_groups().to_vec(),
                 quorum: hold.quorum(),
-                expires_at: gatehouse_events::envelope::format_rfc3339(
-                    time::OffsetDateTime::from(expires_at),
-                ),
+                expires_at: gatehouse_events::envelope::format_rfc3339(time::OffsetDateTime::from(
+                    expires_at,
+                )),
                 grant_window_s: hold.grant_window().map(|w| w.as_secs()),
                 reason,
             },

@@ -1,0 +1,360 @@
+//! Just-in-time approvals end to end: kubectl (or a raw client) → proxy holds → the approval
+//! service counts votes → the proxy forwards or refuses. Real nats-server, real kubectl, real
+//! ledger; votes through the approval service's API here, through chat platforms in
+//! `chat.rs`.
+
+use gatehouse_events::Ballot;
+use gatehouse_tests::{BedOptions, DEADLINE, Event, TestBed, eventually};
+
+type Result = anyhow::Result<()>;
+
+/// Requests that reached the cluster with `method` at a path ending in `suffix`.
+fn reached(bed: &TestBed, method: &str, suffix: &str) -> usize {
+    bed.sandbox_requests()
+        .iter()
+        .filter(|r| r.method == method && r.path.ends_with(suffix))
+        .count()
+}
+
+fn of<'a>(events: &'a [Event], subject: &str, name: &str) -> Vec<&'a Event> {
+    events
+        .iter()
+        .filter(|e| e.subject() == subject && e.name() == name)
+        .collect()
+}
+
+/// The demo approvers plus `ci-deployer` itself in `sre`, to prove it still cannot approve
+/// its own request.
+fn approvers_with_requester() -> (String, String) {
+    let text = format!(
+        "{}  - identity: ci-deployer\n    groups: [sre]\n",
+        gatehouse::demo::APPROVERS_YAML
+    );
+    ("approvers.yaml".into(), text)
+}
+
+/// The demo policy with prod deletes expiring after two seconds.
+fn policy_with_short_holds() -> (String, String) {
+    let text = gatehouse::demo::POLICY_YAML.replace(
+        "      hold_timeout: 10m\n      grant_window: 15m\n",
+        "      hold_timeout: 2s\n",
+    );
+    assert_ne!(text, gatehouse::demo::POLICY_YAML);
+    ("policy.yaml".into(), text)
+}
+
+async fn pending_hold(
+    client: &gatehouse_approval::client::ApprovalClient,
+) -> anyhow::Result<gatehouse_approval::api::HoldSummary> {
+    eventually("a pending hold", DEADLINE, || async {
+        client.list(false).await.ok()?.into_iter().next()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_delete_goes_through_once_approved_and_its_grant_admits_the_next() -> Result {
+    let bed = TestBed::start().await?;
+    for name in ["one", "two", "three"] {
+        let out = bed
+            .admin_kubectl(&["create", "configmap", name, "-n", "prod"], None)
+            .await?;
+        assert!(out.success, "{}", out.stderr);
+    }
+    let kubectl =
+        bed.kubectl_spawn("ci-deployer", &["delete", "configmap", "one", "-n", "prod"])?;
+    let bob = bed.approvals_as("bob@example.com")?;
+    let hold = pending_hold(&bob).await?;
+    assert_eq!(
+        (
+            hold.principal.as_str(),
+            hold.verb.as_str(),
+            hold.resource.as_str(),
+            hold.namespace.as_str(),
+            hold.name.as_str(),
+            hold.rule.as_str(),
+            hold.state.as_str(),
+        ),
+        (
+            "ci-deployer",
+            "delete",
+            "configmaps",
+            "prod",
+            "one",
+            "deployer-delete-prod",
+            "pending"
+        )
+    );
+    assert_eq!(hold.owner.as_deref(), Some("alice@example.com"));
+    assert_eq!(hold.approver_groups, ["sre"]);
+    // Held means held: the cluster has not seen it.
+    assert_eq!(reached(&bed, "DELETE", "/configmaps/one"), 0);
+
+    let result = bob
+        .vote(&hold.approval_id, Ballot::Approve, Some("cleanup is fine"))
+        .await?;
+    assert!(result.counted && !result.repeat, "{result:?}");
+    // A double click changes nothing.
+    let again = bob.vote(&hold.approval_id, Ballot::Approve, None).await?;
+    assert!(again.counted && again.repeat, "{again:?}");
+
+    let out = kubectl.wait_with_output().await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("configmap \"one\" deleted"), "{stdout}");
+    assert_eq!(reached(&bed, "DELETE", "/configmaps/one"), 1);
+
+    // The approval opened a grant: the same kind of delete passes without a vote.
+    let grants = bob.grants().await?;
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    let grant = &grants[0];
+    assert_eq!(
+        (
+            grant.principal.as_str(),
+            grant.verb.as_str(),
+            grant.resource.as_str(),
+            grant.namespace.as_str()
+        ),
+        ("ci-deployer", "delete", "configmaps", "prod")
+    );
+    assert_eq!(grant.approved_by, ["bob@example.com"]);
+    let out = bed
+        .kubectl("ci-deployer", &["delete", "configmap", "two", "-n", "prod"])
+        .await?;
+    assert!(out.success, "{}", out.stderr);
+    assert!(bob.list(false).await?.is_empty());
+
+    // Revoked, the grant admits nothing more.
+    let revoked = bob.revoke(&grant.grant_id, Some("done")).await?;
+    assert_eq!(revoked.grant_id, grant.grant_id);
+    assert!(bob.grants().await?.is_empty());
+    let kubectl = bed.kubectl_spawn(
+        "ci-deployer",
+        &["delete", "configmap", "three", "-n", "prod"],
+    )?;
+    let held_again = pending_hold(&bob).await?;
+    assert_eq!(held_again.name, "three");
+    bob.vote(&held_again.approval_id, Ballot::Deny, Some("enough"))
+        .await?;
+    let out = kubectl.wait_with_output().await?;
+    assert!(!out.status.success());
+
+    let finished = bed.finish().await?;
+    let events = &finished.events;
+    let first = &hold.request_id;
+    let received = of(events, first, "request.received");
+    assert_eq!(received[0].data()["decision"]["action"], "approve");
+    let held = of(events, first, "request.held");
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].data()["approval_id"], hold.approval_id.as_str());
+    assert_eq!(held[0].data()["grant_window_s"], 900);
+    let votes = of(events, first, "approval.vote");
+    assert_eq!(votes.len(), 1, "a repeated vote is not recorded twice");
+    assert_eq!(votes[0].data()["approver"], "bob@example.com");
+    assert_eq!(votes[0].data()["comment"], "cleanup is fine");
+    let decided = of(events, first, "approval.decided");
+    assert_eq!(decided.len(), 1);
+    assert_eq!(decided[0].data()["outcome"], "approved");
+    assert_eq!(decided[0].data()["grant_id"], grant.grant_id.as_str());
+    assert_eq!(of(events, first, "grant.issued").len(), 1);
+    assert_eq!(of(events, first, "request.forwarded").len(), 1);
+    // The second delete: allowed by the grant, never held.
+    let second: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.name() == "request.received" && e.data()["request"]["name"] == "two")
+        .collect();
+    assert_eq!(second.len(), 1);
+    let reason = second[0].data()["decision"]["reason"]
+        .as_str()
+        .unwrap_or("");
+    assert!(reason.contains(&grant.grant_id), "{reason}");
+    assert!(of(events, second[0].subject(), "request.held").is_empty());
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.name() == "grant.revoked")
+            .count(),
+        1
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_hold_is_refused_with_its_approval_id_and_only_approvers_may_vote() -> Result {
+    let bed = TestBed::start_with(BedOptions {
+        config_files: vec![approvers_with_requester()],
+        ..BedOptions::default()
+    })
+    .await?;
+    let out = bed
+        .admin_kubectl(&["create", "configmap", "settings", "-n", "prod"], None)
+        .await?;
+    assert!(out.success, "{}", out.stderr);
+    let auth = format!("Bearer {}", bed.mint("ci-deployer")?);
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("x-gatehouse-reason", "rotate the stale settings\u{7}"),
+    ];
+    let request = bed.request_with(
+        "DELETE",
+        "/api/v1/namespaces/prod/configmaps/settings",
+        &headers,
+        None,
+    );
+    let votes = async {
+        let alice = bed.approvals_as("alice@example.com")?;
+        let hold = pending_hold(&alice).await?;
+        // Control characters are dropped from the stated reason.
+        assert_eq!(hold.reason.as_deref(), Some("rotate the stale settings"));
+
+        let own = bed
+            .approvals_as("ci-deployer")?
+            .vote(&hold.approval_id, Ballot::Approve, None)
+            .await?;
+        assert!(!own.counted);
+        assert!(
+            own.refusal
+                .as_deref()
+                .unwrap_or("")
+                .contains("your own request"),
+            "{own:?}"
+        );
+        let outsider = bed
+            .approvals_as("carol@example.com")?
+            .vote(&hold.approval_id, Ballot::Approve, None)
+            .await?;
+        assert!(!outsider.counted);
+        assert!(
+            outsider
+                .refusal
+                .as_deref()
+                .unwrap_or("")
+                .contains("not in any of the approver groups (sre)"),
+            "{outsider:?}"
+        );
+        // Someone with no registry entry at all cannot even list holds.
+        let stranger = bed
+            .approvals_as("mallory@example.com")?
+            .list(false)
+            .await
+            .unwrap_err();
+        assert!(stranger.to_string().contains("403"), "{stranger}");
+
+        let denied = alice
+            .vote(
+                &hold.approval_id,
+                Ballot::Deny,
+                Some("not during the freeze"),
+            )
+            .await?;
+        assert!(denied.counted, "{denied:?}");
+        assert_eq!(denied.hold.map(|h| h.state).as_deref(), Some("denied"));
+        anyhow::Ok(hold)
+    };
+    let (reply, hold) = tokio::join!(request, votes);
+    let (reply, hold) = (reply?, hold?);
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(reply.body["kind"], "Status");
+    assert_eq!(reply.body["reason"], "Forbidden");
+    let message = reply.body["message"].as_str().unwrap_or("");
+    for part in [
+        hold.approval_id.as_str(),
+        "denied by alice@example.com",
+        "not during the freeze",
+    ] {
+        assert!(message.contains(part), "{message} lacks {part}");
+    }
+    assert_eq!(reached(&bed, "DELETE", "/configmaps/settings"), 0);
+
+    let finished = bed.finish().await?;
+    let events = &finished.events;
+    let votes = of(events, &hold.request_id, "approval.vote");
+    let refused: Vec<_> = votes
+        .iter()
+        .filter(|v| v.data()["counted"] == false)
+        .collect();
+    assert_eq!(refused.len(), 2, "both refused votes are on record");
+    let denied = of(events, &hold.request_id, "request.denied");
+    assert_eq!(denied[0].data()["reason"], "approval_denied");
+    assert_eq!(denied[0].data()["rule"], "deployer-delete-prod");
+    let decided = of(events, &hold.request_id, "approval.decided");
+    assert_eq!(decided[0].data()["outcome"], "denied");
+    assert_eq!(
+        decided[0].data()["votes"][0]["approver"],
+        "alice@example.com"
+    );
+    assert!(of(events, &hold.request_id, "grant.issued").is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_nobody_decides_expires() -> Result {
+    let bed = TestBed::start_with(BedOptions {
+        config_files: vec![policy_with_short_holds()],
+        ..BedOptions::default()
+    })
+    .await?;
+    let out = bed
+        .kubectl("ci-deployer", &["delete", "pod", "api", "-n", "prod"])
+        .await?;
+    assert!(!out.success);
+    assert!(out.stderr.contains("expired"), "{}", out.stderr);
+    assert_eq!(reached(&bed, "DELETE", "/pods/api"), 0);
+    let bob = bed.approvals_as("bob@example.com")?;
+    let holds = bob.list(true).await?;
+    assert_eq!(holds.len(), 1);
+    assert_eq!(holds[0].state, "expired");
+    let late = bob
+        .vote(&holds[0].approval_id, Ballot::Approve, None)
+        .await?;
+    assert!(!late.counted, "{late:?}");
+
+    let finished = bed.finish().await?;
+    let request_id = &holds[0].request_id;
+    let decided = of(&finished.events, request_id, "approval.decided");
+    assert_eq!(decided.len(), 1);
+    assert_eq!(decided[0].data()["outcome"], "expired");
+    let denied = of(&finished.events, request_id, "request.denied");
+    assert_eq!(denied[0].data()["reason"], "approval_expired");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_withdraws_its_hold() -> Result {
+    let bed = TestBed::start().await?;
+    let mut kubectl = bed.kubectl_spawn("ci-deployer", &["delete", "pod", "api", "-n", "prod"])?;
+    let bob = bed.approvals_as("bob@example.com")?;
+    let hold = pending_hold(&bob).await?;
+    kubectl.kill().await?;
+    let withdrawn = eventually("the hold to be withdrawn", DEADLINE, || async {
+        bob.show(&hold.approval_id)
+            .await
+            .ok()
+            .filter(|h| h.state == "withdrawn")
+    })
+    .await?;
+    assert_eq!(withdrawn.request_id, hold.request_id);
+    let vote = bob.vote(&hold.approval_id, Ballot::Approve, None).await?;
+    assert!(!vote.counted);
+    assert!(
+        vote.refusal.as_deref().unwrap_or("").contains("withdrawn"),
+        "{vote:?}"
+    );
+    assert_eq!(reached(&bed, "DELETE", "/pods/api"), 0);
+
+    let finished = bed.finish().await?;
+    let events = of(&finished.events, &hold.request_id, "request.withdrawn");
+    assert_eq!(events.len(), 1);
+    assert!(
+        events[0].data()["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("disconnected")
+    );
+    assert!(of(&finished.events, &hold.request_id, "approval.decided").is_empty());
+    Ok(())
+}
