@@ -750,6 +750,10 @@ fn vote_step(
         .iter()
         .find(|v| v.approver == approver)
         .map(|v| v.vote);
+    // A double click or a redelivered callback, even after the decision: nothing to do.
+    if previous.is_some() && previous == Some(call.ballot) {
+        return Step::Repeat;
+    }
     let mut tally = record.tally();
     let result = match call.ballot {
         Ballot::Approve => tally.cast(voter, Vote::Approve, now),
@@ -760,11 +764,7 @@ fn vote_step(
         Ok(outcome) => outcome,
         Err(refusal) => return Step::Refused(refusal.to_string()),
     };
-    let repeat = match call.ballot {
-        Ballot::Withdraw => previous.is_none(),
-        ballot => previous == Some(ballot),
-    };
-    if repeat {
+    if call.ballot == Ballot::Withdraw && previous.is_none() {
         return Step::Repeat;
     }
     let counted = CountedVote {

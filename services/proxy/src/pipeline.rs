@@ -979,14 +979,14 @@ mod tests {
     }
 }
 
-/// The caller's stated reason, cleaned for display: control characters dropped, cut at
+/// The caller's stated reason, cleaned for display: control characters become spaces, cut at
 /// [`REASON_LIMIT`] characters.
 fn stated_reason(headers: &HeaderMap) -> Option<String> {
     let raw = headers.get(REASON_HEADER)?;
     let text = String::from_utf8_lossy(raw.as_bytes());
     let cleaned: String = text
         .chars()
-        .filter(|c| !c.is_control())
+        .map(|c| if c.is_control() { ' ' } else { c })
         .take(REASON_LIMIT)
         .collect();
     let cleaned = cleaned.trim();
