@@ -114,7 +114,8 @@ struct Admitted {
     released: Option<Instant>,
 }
 
-/// How admission ended, when it did not refuse.
+/// How admission ended, when it did not refuse. One per request, moved once: not boxed.
+#[allow(clippy::large_enum_variant)]
 enum Admission {
     Allowed(Admitted),
     /// An `approve` rule holds it; approvers decide.
@@ -894,6 +895,52 @@ fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|s| s.chars().take(512).collect())
 }
 
+/// The caller's stated reason, cleaned for display: control characters become spaces, cut at
+/// [`REASON_LIMIT`] characters.
+fn stated_reason(headers: &HeaderMap) -> Option<String> {
+    let raw = headers.get(REASON_HEADER)?;
+    let text = String::from_utf8_lossy(raw.as_bytes());
+    let cleaned: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(REASON_LIMIT)
+        .collect();
+    let cleaned = cleaned.trim();
+    (!cleaned.is_empty()).then(|| cleaned.to_owned())
+}
+
+/// Publishes `request.withdrawn` if the held request's future is dropped before a decision
+/// (the client went away).
+struct WithdrawOnDrop {
+    pipeline: Option<(Recorder, crate::metrics::Metrics)>,
+    request_id: String,
+    approval_id: String,
+}
+
+impl WithdrawOnDrop {
+    fn disarm(&mut self) {
+        if let Some((_, metrics)) = self.pipeline.take() {
+            metrics.holds_waiting(-1);
+        }
+    }
+}
+
+impl Drop for WithdrawOnDrop {
+    fn drop(&mut self) {
+        let Some((recorder, metrics)) = self.pipeline.take() else {
+            return;
+        };
+        metrics.holds_waiting(-1);
+        metrics.hold_decided("withdrawn");
+        let request_id = std::mem::take(&mut self.request_id);
+        let approval_id = std::mem::take(&mut self.approval_id);
+        tracing::info!(request_id = %request_id, approval_id = %approval_id, "client went away; hold withdrawn");
+        tokio::spawn(async move {
+            recorder.withdrawn(&request_id, &approval_id).await;
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -976,51 +1023,5 @@ mod tests {
         for stream in ["log", "exec", "attach", "portforward", "proxy"] {
             assert!(!returns_objects(&info(stream)), "{stream}");
         }
-    }
-}
-
-/// The caller's stated reason, cleaned for display: control characters become spaces, cut at
-/// [`REASON_LIMIT`] characters.
-fn stated_reason(headers: &HeaderMap) -> Option<String> {
-    let raw = headers.get(REASON_HEADER)?;
-    let text = String::from_utf8_lossy(raw.as_bytes());
-    let cleaned: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(REASON_LIMIT)
-        .collect();
-    let cleaned = cleaned.trim();
-    (!cleaned.is_empty()).then(|| cleaned.to_owned())
-}
-
-/// Publishes `request.withdrawn` if the held request's future is dropped before a decision
-/// (the client went away).
-struct WithdrawOnDrop {
-    pipeline: Option<(Recorder, crate::metrics::Metrics)>,
-    request_id: String,
-    approval_id: String,
-}
-
-impl WithdrawOnDrop {
-    fn disarm(&mut self) {
-        if let Some((_, metrics)) = self.pipeline.take() {
-            metrics.holds_waiting(-1);
-        }
-    }
-}
-
-impl Drop for WithdrawOnDrop {
-    fn drop(&mut self) {
-        let Some((recorder, metrics)) = self.pipeline.take() else {
-            return;
-        };
-        metrics.holds_waiting(-1);
-        metrics.hold_decided("withdrawn");
-        let request_id = std::mem::take(&mut self.request_id);
-        let approval_id = std::mem::take(&mut self.approval_id);
-        tracing::info!(request_id = %request_id, approval_id = %approval_id, "client went away; hold withdrawn");
-        tokio::spawn(async move {
-            recorder.withdrawn(&request_id, &approval_id).await;
-        });
     }
 }
