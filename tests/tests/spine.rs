@@ -335,7 +335,7 @@ async fn a_policy_denial_is_a_status_and_never_reaches_the_cluster() -> Result {
     let reply = bed
         .request(
             "DELETE",
-            "/api/v1/namespaces/prod/pods/api",
+            "/api/v1/namespaces/kube-system/pods/coredns",
             Some(&format!("Bearer {token}")),
             None,
         )

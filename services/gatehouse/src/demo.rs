@@ -336,7 +336,15 @@ mod tests {
             secrets.as_deref(),
             Some("deny deployer-no-secrets-elsewhere")
         );
-        assert_eq!(decide("ci-deployer", "delete", "pods", "prod", &[]), None);
+        // Deletes in prod wait for an SRE; elsewhere outside apps they are denied.
+        assert_eq!(
+            decide("ci-deployer", "delete", "pods", "prod", &[]).as_deref(),
+            Some("hold deployer-delete-prod")
+        );
+        assert_eq!(
+            decide("ci-deployer", "delete", "pods", "kube-system", &[]),
+            None
+        );
         let pods = decide("ci-deployer", "get", "pods", "apps", &[]);
         assert_eq!(pods.as_deref(), Some("allow deployer-apps"));
     }

@@ -209,11 +209,11 @@ fn explain_names_the_deciding_rule_and_why_the_others_missed() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("7. deployer-apps (line 76) [allow] no match: namespace prod is not in namespaces [apps]"),
+        stdout.contains("8. deployer-apps (line 89) [allow] no match: namespace prod is not in namespaces [apps]"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("8. deployer-no-secrets-elsewhere (line 86) [deny] MATCH"),
+        stdout.contains("9. deployer-no-secrets-elsewhere (line 99) [deny] MATCH"),
         "{stdout}"
     );
     assert!(
