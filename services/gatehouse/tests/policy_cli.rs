@@ -217,7 +217,7 @@ fn explain_names_the_deciding_rule_and_why_the_others_missed() {
         "{stdout}"
     );
     assert!(
-        !stdout.contains("9. "),
+        !stdout.contains("10. "),
         "stops at the deciding rule: {stdout}"
     );
 }
