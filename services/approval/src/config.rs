@@ -48,7 +48,7 @@ pub struct ApprovalConfig {
     pub teams: Option<TeamsConfig>,
     #[serde(default)]
     pub discord: Option<DiscordConfig>,
-    /// The longest grant any rule may open; a longer `grant_window` is cut to this.
+    /// The longest grant any rule may open (at most 24h); a longer `grant_window` is cut to this.
     #[serde(default = "default_max_grant_window", with = "humantime_serde")]
     pub max_grant_window: Duration,
     /// How long a hold's record is kept after it is created (so late callbacks and
@@ -104,8 +104,9 @@ impl ApprovalConfig {
         if self.api.issuers.is_empty() {
             return Err("api.issuers: at least one token issuer is required".into());
         }
-        if self.max_grant_window.is_zero() {
-            return Err("max_grant_window must be more than zero".into());
+        if self.max_grant_window.is_zero() || self.max_grant_window > gatehouse_bus::GRANTS_MAX_AGE
+        {
+            return Err("max_grant_window must be more than zero and at most 24h".into());
         }
         if self.hold_retention < Duration::from_secs(3600) {
             return Err(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
-use gatehouse_bus::{Bus, grants_bucket};
+use gatehouse_bus::{Bus, GRANTS_MAX_AGE, grants_bucket};
 use gatehouse_proxy::authn::{Authenticator, AuthnOptions};
 use gatehouse_proxy::serving_cert::ServingCert;
 use tokio::net::TcpListener;

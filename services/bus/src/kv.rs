@@ -63,6 +63,10 @@ impl Bus {
 /// approval service writes it; every proxy replica watches it.
 pub const GRANTS_BUCKET: &str = "gatehouse_grants";
 
+/// The longest a grant lives in the bucket (and so the longest grant window); each grant's
+/// own `expires_at` is what counts.
+pub const GRANTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
 /// The grants bucket's shape. `max_window` is the longest grant window allowed: entries
 /// never outlive it, and a proxy also checks each grant's own `expires_at`.
 pub fn grants_bucket(max_window: Duration, replicas: usize) -> Bucket {

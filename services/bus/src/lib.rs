@@ -20,7 +20,7 @@ pub mod stream;
 
 pub use config::{BusConfig, StreamSettings};
 pub use consume::DurableConsumer;
-pub use kv::{Bucket, GRANTS_BUCKET, grants_bucket};
+pub use kv::{Bucket, GRANTS_BUCKET, GRANTS_MAX_AGE, grants_bucket};
 pub use publish::{Ack, PendingAck, PublishError};
 
 use std::time::Duration;

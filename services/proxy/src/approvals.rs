@@ -15,13 +15,10 @@ use std::time::{Duration, Instant, SystemTime};
 use async_nats::jetstream::consumer::{DeliverPolicy, push};
 use async_nats::jetstream::kv;
 use futures::StreamExt;
-use gatehouse_bus::{Bus, BusError, grants_bucket};
+use gatehouse_bus::{Bus, BusError, GRANTS_MAX_AGE, grants_bucket};
 use gatehouse_events::{ApprovalDecided, Envelope, GrantIssued, Payload, RequestInfo};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-
-/// The longest any grant lives in the bucket; each grant's own `expires_at` is what counts.
-pub const GRANTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// A decision, with when this replica received it (to measure decision → forward).
 #[derive(Debug)]
