@@ -58,10 +58,7 @@ impl ApprovalServer {
             .await
             .map_err(|e| e.to_string())?;
         let grants = bus
-            .key_value(&grants_bucket(
-                config.max_grant_window,
-                config.bucket_replicas,
-            ))
+            .key_value(&grants_bucket(GRANTS_MAX_AGE, config.bucket_replicas))
             .await
             .map_err(|e| e.to_string())?;
         let text = std::fs::read_to_string(&config.approvers)
