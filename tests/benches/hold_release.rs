@@ -1,7 +1,7 @@
 //! Decision → forward: how long a held request waits after its approval is decided.
 //!
-//! `cargo bench --profile dev -p gatehouse-tests --bench hold_release [-- N]` starts the whole stack (real
-//! nats-server, proxy, approval service, evidence), holds N deletes in prod one after another,
+//! `cargo bench --profile dev -p gatehouse-tests --bench hold_release [-- N]` starts the whole
+//! stack (real nats-server, proxy, approval service, evidence), holds N deletes in prod one after another,
 //! approves each through the approval service's API, and reports:
 //! - proxy: from `approval.decided` reaching the proxy to the request going upstream (the
 //!   proxy's `hold_release_seconds` histogram, so p99 is a bucket bound);
