@@ -88,6 +88,32 @@ pub struct VoteLine {
     pub at: String,
 }
 
+/// Words platforms show for a vote: "approved", "Teams", "button".
+pub fn ballot_past(ballot: Ballot) -> &'static str {
+    match ballot {
+        Ballot::Approve => "approved",
+        Ballot::Deny => "denied",
+        Ballot::Withdraw => "withdrew",
+    }
+}
+
+pub fn channel_name(channel: ChannelKind) -> &'static str {
+    match channel {
+        ChannelKind::Slack => "Slack",
+        ChannelKind::Teams => "Teams",
+        ChannelKind::Discord => "Discord",
+        ChannelKind::Api => "the API",
+    }
+}
+
+pub fn via_name(via: VoteVia) -> &'static str {
+    match via {
+        VoteVia::Button => "button",
+        VoteVia::Reaction => "reaction",
+        VoteVia::Command => "command",
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HoldState {
     Pending {

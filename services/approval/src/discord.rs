@@ -34,6 +34,7 @@ use serenity::http::{Http, HttpBuilder, HttpError};
 use crate::callback::{discord_ed25519, discord_public_key};
 use crate::channel::{
     ChannelError, HoldState, HoldView, Posted, VoteCall, VoteLine, VoteReply, VoteSink,
+    ballot_past, channel_name, via_name,
 };
 
 const PLATFORM: &str = "discord";
@@ -436,31 +437,6 @@ fn announcement(view: &HoldView) -> String {
     }
     text.push_str(&format!("\napproval {}", escape(&view.approval_id)));
     text
-}
-
-fn ballot_past(ballot: Ballot) -> &'static str {
-    match ballot {
-        Ballot::Approve => "approved",
-        Ballot::Deny => "denied",
-        Ballot::Withdraw => "withdrew",
-    }
-}
-
-fn channel_name(channel: ChannelKind) -> &'static str {
-    match channel {
-        ChannelKind::Slack => "Slack",
-        ChannelKind::Teams => "Teams",
-        ChannelKind::Discord => "Discord",
-        ChannelKind::Api => "the API",
-    }
-}
-
-fn via_name(via: VoteVia) -> &'static str {
-    match via {
-        VoteVia::Button => "button",
-        VoteVia::Reaction => "reaction",
-        VoteVia::Command => "command",
-    }
 }
 
 /// An RFC 3339 time as a Discord timestamp (shown in each reader's own zone), or the text

@@ -293,10 +293,10 @@ impl Service {
         let request_id = record.held.request_id.clone();
         let Some(voter) = self.approvers.voter(call.channel, &call.chat_user_id) else {
             let reason = format!(
-                "your {} account {} is not in Gatehouse's approver registry, so your vote \
+                "your account {} ({}) is not in Gatehouse's approver registry, so your vote \
                  cannot count",
-                channel_name(call.channel),
-                call.chat_user_id
+                call.chat_user_id,
+                crate::channel::channel_name(call.channel)
             );
             self.publish_vote(&request_id, call, None, Some(reason.clone()))
                 .await;
@@ -717,15 +717,6 @@ impl VoteSink for Arc<Service> {
                 false
             })
         })
-    }
-}
-
-fn channel_name(kind: ChannelKind) -> &'static str {
-    match kind {
-        ChannelKind::Slack => "Slack",
-        ChannelKind::Teams => "Teams",
-        ChannelKind::Discord => "Discord",
-        ChannelKind::Api => "Gatehouse",
     }
 }
 

@@ -33,6 +33,7 @@ use tokio::sync::Mutex;
 
 use crate::channel::{
     ChannelError, HoldState, HoldView, Posted, VoteCall, VoteLine, VoteReply, VoteSink,
+    ballot_past, channel_name, via_name,
 };
 
 const PLATFORM: &str = "teams";
@@ -717,31 +718,6 @@ fn announcement(view: &HoldView) -> String {
     }
     text.push_str(&format!("\napproval {}", view.approval_id));
     text
-}
-
-fn ballot_past(ballot: Ballot) -> &'static str {
-    match ballot {
-        Ballot::Approve => "approved",
-        Ballot::Deny => "denied",
-        Ballot::Withdraw => "withdrew",
-    }
-}
-
-fn channel_name(channel: ChannelKind) -> &'static str {
-    match channel {
-        ChannelKind::Slack => "Slack",
-        ChannelKind::Teams => "Teams",
-        ChannelKind::Discord => "Discord",
-        ChannelKind::Api => "the API",
-    }
-}
-
-fn via_name(via: VoteVia) -> &'static str {
-    match via {
-        VoteVia::Button => "button",
-        VoteVia::Reaction => "reaction",
-        VoteVia::Command => "command",
-    }
 }
 
 /// Escapes the Markdown subset Adaptive Cards render, so user text shows as typed.
