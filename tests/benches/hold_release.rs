@@ -11,8 +11,6 @@
 //!
 //! Goal: p99 ≤ 20 ms.
 
-use std::time::Duration;
-
 use gatehouse_events::Ballot;
 use gatehouse_tests::{DEADLINE, TestBed, eventually};
 
@@ -58,8 +56,16 @@ async fn run(n: usize) -> anyhow::Result<()> {
             bob.revoke(&grant.grant_id, None).await?;
         }
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let events = bed.events().await?;
+    // request.forwarded is sent off the request's path: wait until every one is in.
+    let events = eventually("every request.forwarded", DEADLINE, || async {
+        let events = bed.events().await.ok()?;
+        let forwarded = events
+            .iter()
+            .filter(|e| e.name() == "request.forwarded")
+            .count();
+        (forwarded >= n).then_some(events)
+    })
+    .await?;
     let mut waits = Vec::new();
     for decided in events.iter().filter(|e| e.name() == "approval.decided") {
         let forwarded = events

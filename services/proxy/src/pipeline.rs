@@ -935,9 +935,12 @@ impl Drop for WithdrawOnDrop {
         let request_id = std::mem::take(&mut self.request_id);
         let approval_id = std::mem::take(&mut self.approval_id);
         tracing::info!(request_id = %request_id, approval_id = %approval_id, "client went away; hold withdrawn");
-        tokio::spawn(async move {
-            recorder.withdrawn(&request_id, &approval_id).await;
-        });
+        // Dropped outside a runtime (a process tearing down) there is nobody left to tell.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                recorder.withdrawn(&request_id, &approval_id).await;
+            });
+        }
     }
 }
 
