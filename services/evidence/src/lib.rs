@@ -2,6 +2,8 @@
 //!
 //! Module map:
 //! - [`entry`]: the byte-exact entry encoding and its BLAKE3 hash (`schemas/ledger.md`).
+//! - [`merkle`]: the RFC 9162-shaped Merkle tree (BLAKE3): roots, inclusion and consistency
+//!   proofs from stored perfect subtrees, and their verification.
 //! - [`store`]: the RocksDB ledger: column families, the atomic and durable append.
 //! - [`ingest`]: the durable JetStream consumer that feeds the ledger in stream order.
 //! - [`verify`]: re-walking the chain and naming the first bad entry.
@@ -11,6 +13,7 @@
 pub mod config;
 pub mod entry;
 pub mod ingest;
+pub mod merkle;
 pub mod store;
 pub mod verify;
 
