@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use crate::entry::Hash;
+pub use crate::entry::Hash;
 
 /// The hash of the empty tree.
 pub fn empty_root() -> Hash {

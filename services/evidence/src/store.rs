@@ -4,10 +4,13 @@
 //! - `entries`: key = index as u64 big-endian; value = entry_hash (32 bytes) ‖ entry encoding.
 //! - `meta`: `format` → `gatehouse.ledger.v1`; `head` → next_index u64 BE ‖ head_hash 32 bytes ‖
 //!   last_stream_sequence u64 BE; `gap/` ‖ first missing sequence u64 BE → last missing sequence
-//!   u64 BE ‖ detected_at i64 BE (nanoseconds).
+//!   u64 BE ‖ detected_at i64 BE (nanoseconds); `tree_size` → leaves in the tree, u64 BE.
+//! - `tree`: key = level (1 byte) ‖ index u64 BE; value = the hash of that perfect subtree of the
+//!   Merkle tree ([`crate::merkle`]).
 //!
-//! Atomicity and durability: [`Ledger::append`] writes the new entries, any gap records and the
-//! new head in **one** `WriteBatch` with `sync = true`. After it returns `Ok`, all of them survive
+//! Atomicity and durability: [`Ledger::append`] writes the new entries, the tree nodes they
+//! complete, any gap records, the new tree size and the new head in **one** `WriteBatch` with
+//! `sync = true`. After it returns `Ok`, all of them survive
 //! a crash or power loss; if it fails or the process dies during it, none of them are visible on
 //! restart. Because the last applied stream sequence lives in the same batch as the entries, a
 //! redelivered event is recognised after any crash and never appended twice.
@@ -20,14 +23,36 @@ use rocksdb::{
 };
 
 use crate::entry::{DecodeError, Entry, EventTooLarge, GENESIS_HASH, Hash, entry_hash};
+use crate::merkle;
+
+/// The stored perfect subtrees, as the proofs read them.
+struct Nodes<'a>(&'a Ledger);
+
+impl merkle::NodeSource for Nodes<'_> {
+    type Error = LedgerError;
+    fn node(&mut self, level: u8, index: u64) -> Result<Hash, LedgerError> {
+        self.0.node(level, index)
+    }
+}
+
+fn node_key(level: u8, index: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = level;
+    key[1..].copy_from_slice(&index.to_be_bytes());
+    key
+}
 
 pub const CF_ENTRIES: &str = "entries";
 pub const CF_META: &str = "meta";
+pub const CF_TREE: &str = "tree";
 pub const FORMAT: &[u8] = b"gatehouse.ledger.v1";
 
 const KEY_FORMAT: &[u8] = b"format";
 const KEY_HEAD: &[u8] = b"head";
 const GAP_PREFIX: &[u8] = b"gap/";
+const KEY_TREE_SIZE: &[u8] = b"tree_size";
+/// Entries hashed into the tree per batch when building it for a ledger written before it.
+const BACKFILL_BATCH: u64 = 10_000;
 
 /// The RocksDB directory inside a service's data directory.
 pub fn ledger_dir(data_dir: &Path) -> PathBuf {
@@ -62,6 +87,10 @@ pub enum LedgerError {
     OutOfOrder { sequence: u64, last: u64 },
     #[error("the ledger was opened read-only")]
     ReadOnly,
+    #[error("the Merkle tree holds {tree_size} entries; {asked} asked for")]
+    BeyondTree { asked: u64, tree_size: u64 },
+    #[error("the Merkle tree node {level}/{index} is missing")]
+    MissingNode { level: u8, index: u64 },
 }
 
 /// Where the chain ends.
@@ -141,6 +170,8 @@ pub struct Ledger {
     db: DB,
     path: PathBuf,
     head: Head,
+    /// Leaves in the Merkle tree: `head.next_index` once the tree is built.
+    tree_size: u64,
     read_only: bool,
 }
 
@@ -180,11 +211,18 @@ impl Ledger {
         if !path.join("CURRENT").exists() {
             return Err(LedgerError::Missing(path));
         }
-        let db = DB::open_cf_descriptors_read_only(&db_options(), &path, column_families(), false)
-            .map_err(|source| LedgerError::Db {
+        // A ledger from before the Merkle tree has no `tree` family; open what it has.
+        let present = DB::list_cf(&db_options(), &path).unwrap_or_default();
+        let families: Vec<ColumnFamilyDescriptor> = column_families()
+            .into_iter()
+            .filter(|cf| present.iter().any(|p| p == cf.name()))
+            .collect();
+        let db = DB::open_cf_descriptors_read_only(&db_options(), &path, families, false).map_err(
+            |source| LedgerError::Db {
                 path: path.clone(),
                 source,
-            })?;
+            },
+        )?;
         Self::finish_open(db, path, true)
     }
 
@@ -194,10 +232,15 @@ impl Ledger {
             db,
             path,
             head: Head::default(),
+            tree_size: 0,
             read_only,
         };
         ledger.check_or_write_format()?;
         ledger.head = ledger.read_head()?;
+        ledger.tree_size = ledger.read_tree_size()?;
+        if !read_only && ledger.tree_size < ledger.head.next_index {
+            ledger.build_tree()?;
+        }
         Ok(ledger)
     }
 
@@ -226,8 +269,11 @@ impl Ledger {
         }
         let entries_cf = self.cf(CF_ENTRIES)?;
         let meta_cf = self.cf(CF_META)?;
+        let tree_cf = self.cf(CF_TREE)?;
         let mut head = self.head;
         let mut batch = WriteBatch::default();
+        // Nodes this batch writes, for the parents later entries of the batch complete.
+        let mut fresh = std::collections::HashMap::new();
         for new in entries {
             if new.stream_sequence <= head.last_sequence {
                 return Err(LedgerError::OutOfOrder {
@@ -248,6 +294,17 @@ impl Ledger {
             value.extend_from_slice(&hash);
             value.extend_from_slice(&encoding);
             batch.put_cf(&entries_cf, head.next_index.to_be_bytes(), value);
+            for (level, index, node) in merkle::completed_by(
+                head.next_index,
+                merkle::leaf_hash(&encoding),
+                |level, index| match fresh.get(&(level, index)) {
+                    Some(node) => Ok(*node),
+                    None => self.node(level, index),
+                },
+            )? {
+                batch.put_cf(&tree_cf, node_key(level, index), node);
+                fresh.insert((level, index), node);
+            }
             head = Head {
                 next_index: head.next_index + 1,
                 hash,
@@ -263,11 +320,141 @@ impl Ledger {
             head.last_sequence = head.last_sequence.max(gap.last);
         }
         batch.put_cf(&meta_cf, KEY_HEAD, head.encode());
+        batch.put_cf(&meta_cf, KEY_TREE_SIZE, head.next_index.to_be_bytes());
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.write_opt(batch, &wo).map_err(self.db_error())?;
         self.head = head;
+        self.tree_size = head.next_index;
         Ok(head)
+    }
+
+    /// Leaves in the Merkle tree (equal to the number of entries once it is built).
+    pub fn tree_size(&self) -> u64 {
+        self.tree_size
+    }
+
+    /// The Merkle root of the first `size` entries.
+    pub fn root(&self, size: u64) -> Result<Hash, LedgerError> {
+        self.within_tree(size)?;
+        merkle::root(&mut Nodes(self), size)
+    }
+
+    /// The inclusion proof of entry `index` in the tree of the first `size` entries.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, LedgerError> {
+        self.within_tree(size)?;
+        if index >= size {
+            return Err(LedgerError::BeyondTree {
+                asked: index + 1,
+                tree_size: size,
+            });
+        }
+        merkle::inclusion_proof(&mut Nodes(self), index, size)
+    }
+
+    /// The consistency proof between the trees of the first `old` and `new` entries.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, LedgerError> {
+        self.within_tree(new)?;
+        if old > new {
+            return Err(LedgerError::BeyondTree {
+                asked: old,
+                tree_size: new,
+            });
+        }
+        merkle::consistency_proof(&mut Nodes(self), old, new)
+    }
+
+    fn within_tree(&self, size: u64) -> Result<(), LedgerError> {
+        if size > self.tree_size {
+            return Err(LedgerError::BeyondTree {
+                asked: size,
+                tree_size: self.tree_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// A stored perfect subtree's hash.
+    pub fn node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
+        let cf = self.cf(CF_TREE)?;
+        let value = self
+            .db
+            .get_cf(&cf, node_key(level, index))
+            .map_err(self.db_error())?;
+        match value {
+            Some(v) if v.len() == 32 => {
+                let mut hash = [0u8; 32];
+                hash.copy_from_slice(&v);
+                Ok(hash)
+            }
+            _ => Err(LedgerError::MissingNode { level, index }),
+        }
+    }
+
+    /// Hashes the entries a ledger written before the Merkle tree holds into it, in batches.
+    fn build_tree(&mut self) -> Result<(), LedgerError> {
+        tracing::info!(
+            from = self.tree_size,
+            to = self.head.next_index,
+            "building the Merkle tree over existing entries"
+        );
+        while self.tree_size < self.head.next_index {
+            let end = (self.tree_size + BACKFILL_BATCH).min(self.head.next_index);
+            self.build_tree_part(self.tree_size, end)?;
+            self.tree_size = end;
+        }
+        Ok(())
+    }
+
+    /// Hashes entries `start..end` into the tree and records `end` as its size, atomically.
+    fn build_tree_part(&self, start: u64, end: u64) -> Result<(), LedgerError> {
+        let tree_cf = self.cf(CF_TREE)?;
+        let meta_cf = self.cf(CF_META)?;
+        let entries_cf = self.cf(CF_ENTRIES)?;
+        let mut batch = WriteBatch::default();
+        let mut fresh = std::collections::HashMap::new();
+        for index in start..end {
+            let value = self
+                .db
+                .get_cf(&entries_cf, index.to_be_bytes())
+                .map_err(self.db_error())?
+                .ok_or(LedgerError::MissingNode { level: 0, index })?;
+            let stored = parse_stored(&index.to_be_bytes(), &value);
+            for (level, i, node) in
+                merkle::completed_by(index, merkle::leaf_hash(&stored.encoding), |level, i| {
+                    match fresh.get(&(level, i)) {
+                        Some(node) => Ok(*node),
+                        None => self.node(level, i),
+                    }
+                })?
+            {
+                batch.put_cf(&tree_cf, node_key(level, i), node);
+                fresh.insert((level, i), node);
+            }
+        }
+        batch.put_cf(&meta_cf, KEY_TREE_SIZE, end.to_be_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo).map_err(self.db_error())
+    }
+
+    fn read_tree_size(&self) -> Result<u64, LedgerError> {
+        let Some(cf) = self.db.cf_handle(CF_META) else {
+            return Ok(0);
+        };
+        if self.db.cf_handle(CF_TREE).is_none() {
+            return Ok(0);
+        }
+        Ok(
+            match self
+                .db
+                .get_cf(&cf, KEY_TREE_SIZE)
+                .map_err(self.db_error())?
+            {
+                Some(bytes) if bytes.len() == 8 => be_u64(&bytes),
+                _ => 0,
+            },
+        )
     }
 
     /// Stored entries from `from` on, in key order.
@@ -335,7 +522,7 @@ impl Ledger {
         if self.read_only {
             return Ok(());
         }
-        for name in [CF_ENTRIES, CF_META] {
+        for name in [CF_ENTRIES, CF_META, CF_TREE] {
             let cf = self.cf(name)?;
             self.db.flush_cf(&cf).map_err(self.db_error())?;
         }
@@ -416,6 +603,7 @@ fn column_families() -> Vec<ColumnFamilyDescriptor> {
         ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, plain()),
         ColumnFamilyDescriptor::new(CF_ENTRIES, entries),
         ColumnFamilyDescriptor::new(CF_META, plain()),
+        ColumnFamilyDescriptor::new(CF_TREE, plain()),
     ]
 }
 

@@ -4,10 +4,15 @@
 //! its own index and link to the hash of the entry before it. The walk stops at the first entry
 //! that fails and names it; a changed, removed, reordered or inserted entry always fails at the
 //! first index it affects.
+//!
+//! The Merkle tree is recomputed from the entries along the way: every perfect subtree the
+//! store keeps must equal the one computed, so a proof served from the store is a proof of
+//! these entries.
 
 use std::fmt;
 
 use crate::entry::{Entry, GENESIS_HASH, Hash, entry_hash};
+use crate::merkle;
 use crate::store::{Gap, Ledger, LedgerError};
 
 /// A chain that holds.
@@ -19,6 +24,9 @@ pub struct Verified {
     /// Stream sequences the evidence service found missing from the stream when it ingested
     /// (alarms raised at the time, not chain damage).
     pub gaps: Vec<Gap>,
+    /// The Merkle root of all entries, when the ledger has its tree (a ledger written before
+    /// the tree gets it the next time `gatehouse evidence` opens it).
+    pub merkle_root: Option<Hash>,
 }
 
 /// The first thing wrong with the chain.
@@ -52,6 +60,9 @@ pub enum Problem {
     ForeignKey,
     /// RocksDB could not read the entry (checksum mismatch or other corruption).
     Storage(String),
+    /// A stored Merkle tree node (completed by this entry) differs from the one the entries
+    /// give, or is missing: proofs served from it would be wrong.
+    TreeNode { level: u8, node: u64 },
 }
 
 impl fmt::Display for Broken {
@@ -95,6 +106,11 @@ impl fmt::Display for Broken {
             ),
             Problem::ForeignKey => write!(f, "a foreign key was written after entry {i}"),
             Problem::Storage(e) => write!(f, "entry {i} cannot be read: {e}"),
+            Problem::TreeNode { level, node } => write!(
+                f,
+                "the Merkle tree node {level}/{node}, completed by entry {i}, does not match the \
+                 entries (the tree was changed)"
+            ),
         }
     }
 }
@@ -115,6 +131,9 @@ pub fn verify_with_progress(
     let mut chain: Hash = GENESIS_HASH;
     let mut last_sequence = 0u64;
     let broken = |index, problem| Ok(Err(Broken { index, problem }));
+    let with_tree = ledger.tree_size() == head.next_index;
+    // Perfect subtrees not yet folded into a bigger one, left to right.
+    let mut frontier: Vec<(u8, Hash)> = Vec::new();
 
     for item in ledger.entries(0)? {
         let stored = match item {
@@ -178,6 +197,36 @@ pub fn verify_with_progress(
                 },
             );
         }
+        if with_tree {
+            let leaf = merkle::leaf_hash(&stored.encoding);
+            let mut lefts = frontier.iter().rev().map(|(_, h)| *h);
+            let completed = merkle::completed_by(key, leaf, |_, _| lefts.next().ok_or(()));
+            let Ok(completed) = completed else {
+                return broken(
+                    key,
+                    Problem::TreeNode {
+                        level: 0,
+                        node: key,
+                    },
+                );
+            };
+            for (level, node, hash) in &completed {
+                if ledger.node(*level, *node).ok() != Some(*hash) {
+                    return broken(
+                        key,
+                        Problem::TreeNode {
+                            level: *level,
+                            node: *node,
+                        },
+                    );
+                }
+            }
+            // The merged subtrees leave the frontier; the largest completed one joins it.
+            frontier.truncate(frontier.len() + 1 - completed.len());
+            if let Some((level, _, hash)) = completed.last() {
+                frontier.push((*level, *hash));
+            }
+        }
         chain = computed;
         last_sequence = entry.stream_sequence;
         expected_index += 1;
@@ -198,10 +247,18 @@ pub fn verify_with_progress(
         );
     }
     progress(expected_index);
+    let merkle_root = with_tree.then(|| {
+        let mut hashes = frontier.iter().rev().map(|(_, h)| *h);
+        match hashes.next() {
+            None => merkle::empty_root(),
+            Some(last) => hashes.fold(last, |right, left| merkle::node_hash(&left, &right)),
+        }
+    });
     Ok(Ok(Verified {
         entries: expected_index,
         head_hash: chain,
         last_sequence: head.last_sequence,
         gaps: ledger.gaps()?,
+        merkle_root,
     }))
 }

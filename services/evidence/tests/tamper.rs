@@ -112,9 +112,27 @@ fn a_changed_stream_sequence_is_named() {
     assert!(matches!(broken.problem, Problem::HashMismatch { .. }));
 }
 
+/// Forgets the Merkle tree, as a ledger written before it: only the chain is left to check.
+fn without_tree(db: &rocksdb::DB) {
+    let meta = db.cf_handle(CF_META).unwrap();
+    db.delete_cf(&meta, b"tree_size").unwrap();
+}
+
 #[test]
-fn a_changed_and_rehashed_entry_breaks_the_next_link() {
+fn a_changed_and_rehashed_entry_no_longer_matches_its_leaf() {
     let broken = tampered(|db| {
+        let forged = rehashed(&get(db, 4), br#"{"id":"forged"}"#);
+        put(db, 4, &forged);
+    })
+    .unwrap_err();
+    assert_eq!(broken.index, 4);
+    assert_eq!(broken.problem, Problem::TreeNode { level: 0, node: 4 });
+}
+
+#[test]
+fn without_the_tree_a_changed_and_rehashed_entry_breaks_the_next_link() {
+    let broken = tampered(|db| {
+        without_tree(db);
         let forged = rehashed(&get(db, 4), br#"{"id":"forged"}"#);
         put(db, 4, &forged);
     })
@@ -131,8 +149,23 @@ fn a_changed_and_rehashed_entry_breaks_the_next_link() {
 }
 
 #[test]
-fn a_rehashed_last_entry_no_longer_matches_the_head() {
+fn a_rehashed_last_entry_no_longer_matches_its_leaf() {
     let broken = tampered(|db| {
+        let forged = rehashed(&get(db, ENTRIES - 1), br#"{"id":"forged"}"#);
+        put(db, ENTRIES - 1, &forged);
+    })
+    .unwrap_err();
+    assert_eq!(broken.index, ENTRIES - 1);
+    assert!(
+        matches!(broken.problem, Problem::TreeNode { level: 0, .. }),
+        "{broken}"
+    );
+}
+
+#[test]
+fn without_the_tree_a_rehashed_last_entry_no_longer_matches_the_head() {
+    let broken = tampered(|db| {
+        without_tree(db);
         let forged = rehashed(&get(db, ENTRIES - 1), br#"{"id":"forged"}"#);
         put(db, ENTRIES - 1, &forged);
     })
@@ -299,5 +332,9 @@ fn every_column_family_uses_the_portable_table_format() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("format_version="))
         .collect();
-    assert_eq!(versions, ["5", "5", "5"], "default, entries, meta");
+    assert_eq!(
+        versions,
+        ["5", "5", "5", "5"],
+        "default, entries, meta, tree"
+    );
 }

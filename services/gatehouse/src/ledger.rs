@@ -69,6 +69,10 @@ fn print_ok(path: &str, v: &Verified) {
     println!("  entries        {}", v.entries);
     println!("  head hash      {}", hex::encode(v.head_hash));
     println!("  last sequence  {}", v.last_sequence);
+    match v.merkle_root {
+        Some(root) => println!("  merkle root    {}", hex::encode(root)),
+        None => println!("  merkle root    not built yet (gatehouse evidence builds it at start)"),
+    }
     if v.gaps.is_empty() {
         println!("  gaps           none");
     } else {
@@ -93,6 +97,7 @@ fn report_json(
             "entries": v.entries,
             "head_hash": hex::encode(v.head_hash),
             "last_sequence": v.last_sequence,
+            "merkle_root": v.merkle_root.map(hex::encode),
             "gaps": v.gaps.iter().map(|g| json!({"first": g.first, "last": g.last})).collect::<Vec<_>>(),
         }),
         (None, Some((index, problem))) => json!({
