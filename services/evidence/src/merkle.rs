@@ -415,6 +415,65 @@ mod tests {
         assert!(memory.reads <= 2 * 12 + 2, "{} reads", memory.reads);
     }
 
+    /// The vectors in `schemas/ledger.md`, computed with Python's `blake3` from that text.
+    #[test]
+    fn known_answers() {
+        use crate::entry::{Entry, GENESIS_HASH, entry_hash};
+        let hex = |h: &Hash| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let a = Entry {
+            index: 0,
+            stream_sequence: 1,
+            received_at: 0,
+            previous_hash: GENESIS_HASH,
+            event: b"{}".to_vec(),
+        }
+        .encode()
+        .unwrap();
+        let b = Entry {
+            index: 1,
+            stream_sequence: 2,
+            received_at: 1_795_000_000_000_000_000,
+            previous_hash: entry_hash(&a),
+            event: br#"{"a":1}"#.to_vec(),
+        }
+        .encode()
+        .unwrap();
+        let c = Entry {
+            index: 2,
+            stream_sequence: 3,
+            received_at: 1_795_000_000_000_000_001,
+            previous_hash: entry_hash(&b),
+            event: br#"{"b":2}"#.to_vec(),
+        }
+        .encode()
+        .unwrap();
+        let (la, lb, lc) = (leaf_hash(&a), leaf_hash(&b), leaf_hash(&c));
+        assert_eq!(
+            hex(&la),
+            "84dc7204356bf7675553977ae7aa7b4e5e72510f445448d9ee0d69dd7737a2ec"
+        );
+        assert_eq!(
+            hex(&lb),
+            "17f56450f63775b38fc6f5e7de1a376eae7f56ebde7ee98929890fa710cf42b0"
+        );
+        assert_eq!(
+            hex(&lc),
+            "fe773482d0d2eb506222f5dd056e5d611534fe98a333fbaa323fd85eeb14ebe9"
+        );
+        assert_eq!(
+            hex(&node_hash(&la, &lb)),
+            "7b580cc9670bb4a1737a9b443c4ca62458438035e46f85a6c3819ec1c8ddc0fc"
+        );
+        assert_eq!(
+            hex(&mth(&[la, lb, lc])),
+            "f0563e06dafc2401225a9f94c77ff10ef60b16082542ac8bbebdb5c73e23fb88"
+        );
+        assert_eq!(
+            hex(&empty_root()),
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
+    }
+
     #[test]
     fn leaves_and_nodes_are_domain_separated() {
         let a = leaf_hash(b"x");
