@@ -1,9 +1,7 @@
 //! `gatehouse evidence`: every event, appended to a hash-linked RocksDB ledger, exactly once.
 //!
 //! Module map:
-//! - [`entry`]: the byte-exact entry encoding and its BLAKE3 hash (`schemas/ledger.md`).
-//! - [`merkle`]: the RFC 9162-shaped Merkle tree (BLAKE3): roots, inclusion and consistency
-//!   proofs from stored perfect subtrees, and their verification.
+//! - [`entry`], [`merkle`]: the entry encoding and the Merkle tree, from `gatehouse-proof`.
 //! - [`store`]: the RocksDB ledger: column families, the atomic and durable append.
 //! - [`ingest`]: the durable JetStream consumer that feeds the ledger in stream order.
 //! - [`verify`]: re-walking the chain and naming the first bad entry.
@@ -11,9 +9,9 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
-pub mod entry;
+/// Re-exported so the ledger's formats have one home ([`gatehouse_proof`]).
+pub use gatehouse_proof::{entry, merkle};
 pub mod ingest;
-pub mod merkle;
 pub mod store;
 pub mod verify;
 
