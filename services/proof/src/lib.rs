@@ -1,10 +1,12 @@
 //! What an auditor checks offline, with nothing but this crate (no RocksDB, no NATS):
 //!
 //! Module map:
+//! - [`checkpoint`]: signed checkpoints (C2SP tlog-checkpoint in a C2SP signed note, Ed25519).
 //! - [`entry`]: the byte-exact ledger entry encoding and its BLAKE3 hash (`schemas/ledger.md`).
 //! - [`merkle`]: the RFC 9162-shaped Merkle tree (BLAKE3): roots, inclusion and consistency
 //!   proofs from stored perfect subtrees, and their verification.
 #![forbid(unsafe_code)]
 
+pub mod checkpoint;
 pub mod entry;
 pub mod merkle;
