@@ -618,6 +618,23 @@ impl TestBed {
             ),
             Err(broken) => bail!("the ledger does not verify: {broken}"),
         }
+        // The evidence service signed a checkpoint of everything as it stopped.
+        let vkey = std::fs::read_to_string(dir.join("checkpoint").join("checkpoint.vkey"))?;
+        let verifier = gatehouse_proof::checkpoint::NoteVerifier::from_vkey(&vkey)?;
+        let (_, note) = ledger
+            .latest_checkpoint()?
+            .ok_or_else(|| anyhow!("no checkpoint was signed"))?;
+        let checkpoint = verifier.open(&note)?;
+        if checkpoint.size != events.len() as u64
+            || checkpoint.root != ledger.root(checkpoint.size)?
+        {
+            bail!(
+                "the last checkpoint covers {} entries (root {}), the ledger holds {}",
+                checkpoint.size,
+                hex_of(&checkpoint.root),
+                events.len()
+            );
+        }
         drop(ledger);
         Ok(Finished {
             events,
@@ -755,4 +772,8 @@ impl std::io::Write for LogCapture {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -1,6 +1,7 @@
 //! `gatehouse evidence --config FILE`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use gatehouse_bus::BusConfig;
 use serde::Deserialize;
@@ -18,6 +19,29 @@ pub struct EvidenceConfig {
     /// Most events appended (and fsynced) in one group commit.
     #[serde(default = "default_batch_max")]
     pub batch_max: usize,
+    /// Signed checkpoints of the Merkle tree; none are issued without this.
+    #[serde(default)]
+    pub checkpoints: Option<CheckpointConfig>,
+}
+
+/// How checkpoints are signed and how often.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// The Ed25519 signing key in signed-note form, as `gatehouse checkpoint keygen` writes
+    /// it. Only this service should be able to read it; it is never logged.
+    pub key_file: PathBuf,
+    /// The checkpoint's origin line; defaults to the key's name.
+    #[serde(default)]
+    pub origin: Option<String>,
+    /// How often a checkpoint is issued (when the tree has grown); one is also issued at
+    /// shutdown.
+    #[serde(default = "default_every", with = "humantime_serde")]
+    pub every: Duration,
+}
+
+fn default_every() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl EvidenceConfig {
@@ -27,6 +51,7 @@ impl EvidenceConfig {
             nats,
             consumer: default_consumer(),
             batch_max: default_batch_max(),
+            checkpoints: None,
         }
     }
 
@@ -34,6 +59,11 @@ impl EvidenceConfig {
         self.nats.validate()?;
         if self.batch_max == 0 || self.batch_max > 100_000 {
             return Err("batch_max must be between 1 and 100000".into());
+        }
+        if let Some(c) = &self.checkpoints
+            && c.every < Duration::from_secs(1)
+        {
+            return Err("checkpoints.every must be at least 1s".into());
         }
         if self.consumer.is_empty()
             || !self

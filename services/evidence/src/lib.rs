@@ -40,6 +40,8 @@ pub struct Evidence {
     config: EvidenceConfig,
     ledger: Arc<Mutex<Ledger>>,
     bus: Bus,
+    /// The checkpoint key and origin, when checkpoints are configured.
+    signer: Option<Arc<(gatehouse_proof::checkpoint::NoteSigner, String)>>,
 }
 
 impl std::fmt::Debug for Evidence {
@@ -63,12 +65,27 @@ impl Evidence {
             last_sequence = head.last_sequence,
             "ledger open"
         );
+        let signer = match &config.checkpoints {
+            Some(c) => {
+                let signer = load_signer(&c.key_file).map_err(EvidenceError::Config)?;
+                let origin = c.origin.clone().unwrap_or_else(|| signer.name().to_owned());
+                tracing::info!(
+                    key = %signer.verifier().to_vkey(),
+                    origin = %origin,
+                    every = ?c.every,
+                    "signing checkpoints"
+                );
+                Some(Arc::new((signer, origin)))
+            }
+            None => None,
+        };
         let bus = Bus::connect(&config.nats, "gatehouse-evidence").await?;
         bus.ensure_stream(&config.nats.stream).await?;
         Ok(Self {
             config,
             ledger: Arc::new(Mutex::new(ledger)),
             bus,
+            signer,
         })
     }
 
@@ -87,7 +104,31 @@ impl Evidence {
             consumer,
             self.config.batch_max,
         );
+        let checkpoints = self
+            .signer
+            .clone()
+            .zip(self.config.checkpoints.clone())
+            .map(|(signer, config)| {
+                let ledger = self.ledger.clone();
+                let stop = shutdown.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(config.every);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tick.tick() => issue_checkpoint(&ledger, &signer),
+                        }
+                    }
+                })
+            });
         let result = ingestor.run(shutdown).await;
+        if let Some(task) = checkpoints {
+            let _ = task.await;
+        }
+        if let Some(signer) = &self.signer {
+            issue_checkpoint(&self.ledger, signer);
+        }
         self.bus.flush().await;
         let ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         ledger.flush()?;
@@ -113,6 +154,33 @@ impl Evidence {
         }
         Ok(true)
     }
+}
+
+/// Issues a checkpoint now, logging what happened (an inconsistent ledger is an alarm).
+fn issue_checkpoint(
+    ledger: &Mutex<Ledger>,
+    signer: &(gatehouse_proof::checkpoint::NoteSigner, String),
+) {
+    let mut ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
+    match ledger.issue_checkpoint(&signer.0, &signer.1) {
+        Ok(store::Issued::Signed { size, .. }) => {
+            tracing::info!(size, origin = %signer.1, "checkpoint signed")
+        }
+        Ok(store::Issued::Unchanged { .. }) => {}
+        Err(e) => {
+            tracing::error!(alarm = "checkpoint_refused", error = %e, "checkpoint not signed")
+        }
+    }
+}
+
+/// Reads a checkpoint signing key. Errors name the file, never its content.
+pub fn load_signer(
+    path: &std::path::Path,
+) -> Result<gatehouse_proof::checkpoint::NoteSigner, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading the checkpoint key {}: {e}", path.display()))?;
+    gatehouse_proof::checkpoint::NoteSigner::from_skey(&text)
+        .map_err(|e| format!("the checkpoint key {}: {e}", path.display()))
 }
 
 /// Runs the evidence service until `shutdown` is cancelled.

@@ -4,7 +4,8 @@
 //! - `entries`: key = index as u64 big-endian; value = entry_hash (32 bytes) ‖ entry encoding.
 //! - `meta`: `format` → `gatehouse.ledger.v1`; `head` → next_index u64 BE ‖ head_hash 32 bytes ‖
 //!   last_stream_sequence u64 BE; `gap/` ‖ first missing sequence u64 BE → last missing sequence
-//!   u64 BE ‖ detected_at i64 BE (nanoseconds); `tree_size` → leaves in the tree, u64 BE.
+//!   u64 BE ‖ detected_at i64 BE (nanoseconds); `tree_size` → leaves in the tree, u64 BE;
+//!   `checkpoint/` ‖ tree size u64 BE → the signed checkpoint (C2SP signed note, UTF-8).
 //! - `tree`: key = level (1 byte) ‖ index u64 BE; value = the hash of that perfect subtree of the
 //!   Merkle tree ([`crate::merkle`]).
 //!
@@ -51,6 +52,7 @@ const KEY_FORMAT: &[u8] = b"format";
 const KEY_HEAD: &[u8] = b"head";
 const GAP_PREFIX: &[u8] = b"gap/";
 const KEY_TREE_SIZE: &[u8] = b"tree_size";
+const CHECKPOINT_PREFIX: &[u8] = b"checkpoint/";
 /// Entries hashed into the tree per batch when building it for a ledger written before it.
 const BACKFILL_BATCH: u64 = 10_000;
 
@@ -91,6 +93,21 @@ pub enum LedgerError {
     BeyondTree { asked: u64, tree_size: u64 },
     #[error("the Merkle tree node {level}/{index} is missing")]
     MissingNode { level: u8, index: u64 },
+    /// The ledger no longer extends what an earlier checkpoint signed: it was rewritten. No
+    /// checkpoint is signed over it.
+    #[error(
+        "the ledger is not consistent with checkpoint {size}: {why}; refusing to sign (see runbooks/ledger-verify-failed.md)"
+    )]
+    Inconsistent { size: u64, why: String },
+}
+
+/// What [`Ledger::issue_checkpoint`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Issued {
+    /// A new signed checkpoint (the signed note) at this size.
+    Signed { size: u64, note: String },
+    /// The tree has not grown since the last checkpoint.
+    Unchanged { size: u64 },
 }
 
 /// Where the chain ends.
@@ -327,6 +344,84 @@ impl Ledger {
         self.head = head;
         self.tree_size = head.next_index;
         Ok(head)
+    }
+
+    /// Signs a checkpoint of the whole tree, after checking that the tree extends the last
+    /// checkpoint issued (its root is unchanged and a consistency proof verifies). Stored with
+    /// the others, durably, before it is returned.
+    pub fn issue_checkpoint(
+        &mut self,
+        signer: &gatehouse_proof::checkpoint::NoteSigner,
+        origin: &str,
+    ) -> Result<Issued, LedgerError> {
+        use gatehouse_proof::checkpoint::Checkpoint;
+        if self.read_only {
+            return Err(LedgerError::ReadOnly);
+        }
+        let size = self.tree_size;
+        let root = self.root(size)?;
+        if let Some((last_size, note)) = self.latest_checkpoint()? {
+            let last =
+                Checkpoint::from_note_unverified(&note).map_err(|e| LedgerError::Inconsistent {
+                    size: last_size,
+                    why: e.to_string(),
+                })?;
+            let inconsistent = |why: &str| LedgerError::Inconsistent {
+                size: last_size,
+                why: why.to_owned(),
+            };
+            if last.size > size {
+                return Err(inconsistent("the tree is now smaller"));
+            }
+            if self.root(last.size)? != last.root {
+                return Err(inconsistent("the tree's root at that size changed"));
+            }
+            let proof = self.consistency_proof(last.size, size)?;
+            if !merkle::verify_consistency(last.size, size, &last.root, &root, &proof) {
+                return Err(inconsistent("the consistency proof does not verify"));
+            }
+            if last.size == size && last.origin == origin {
+                return Ok(Issued::Unchanged { size });
+            }
+        }
+        let note = signer.sign(&Checkpoint {
+            origin: origin.to_owned(),
+            size,
+            root,
+        });
+        let meta = self.cf(CF_META)?;
+        let mut key = CHECKPOINT_PREFIX.to_vec();
+        key.extend_from_slice(&size.to_be_bytes());
+        let mut batch = WriteBatch::default();
+        batch.put_cf(&meta, key, note.as_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo).map_err(self.db_error())?;
+        Ok(Issued::Signed { size, note })
+    }
+
+    /// The latest checkpoint issued: its tree size and signed note.
+    pub fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, LedgerError> {
+        Ok(self.checkpoints()?.pop())
+    }
+
+    /// Every checkpoint issued, oldest first.
+    pub fn checkpoints(&self) -> Result<Vec<(u64, String)>, LedgerError> {
+        let cf = self.cf(CF_META)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            &cf,
+            IteratorMode::From(CHECKPOINT_PREFIX, Direction::Forward),
+        ) {
+            let (key, value) = item.map_err(self.db_error())?;
+            let Some(size) = key.strip_prefix(CHECKPOINT_PREFIX) else {
+                break;
+            };
+            if size.len() == 8 {
+                out.push((be_u64(size), String::from_utf8_lossy(&value).into_owned()));
+            }
+        }
+        Ok(out)
     }
 
     /// Leaves in the Merkle tree (equal to the number of entries once it is built).

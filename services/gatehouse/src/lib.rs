@@ -5,6 +5,7 @@
 //! - [`ledger`]: `gatehouse ledger verify`.
 //! - [`replay`]: `gatehouse replay`, a recorded session as text or asciicast v2.
 //! - [`approvals_cmd`]: `gatehouse approvals list|vote` and `gatehouse grants list|revoke`.
+//! - [`checkpoint_cmd`]: `gatehouse checkpoint keygen|sign|show`.
 //! - [`policy_cmd`]: `gatehouse policy check` and `gatehouse policy explain`.
 //! - [`nats_server`]: a local `nats-server` with JetStream (for `up` and for tests).
 //! - [`demo`]: the demo identities and policy `up` starts with.
@@ -15,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod approvals_cmd;
+pub mod checkpoint_cmd;
 pub mod demo;
 pub mod kubeconfig;
 pub mod ledger;

@@ -85,6 +85,11 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Checkpoint keys, and signed checkpoints of the ledger's Merkle tree.
+    Checkpoint {
+        #[command(subcommand)]
+        command: gatehouse::checkpoint_cmd::CheckpointCommand,
+    },
     /// Check a policy file, or explain which rule decides a request.
     Policy {
         #[command(subcommand)]
@@ -214,6 +219,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Policy { command } => return gatehouse::policy_cmd::run(command),
+        Command::Checkpoint { command } => return gatehouse::checkpoint_cmd::run(command),
         Command::Ledger {
             command: LedgerCommand::Verify { data_dir, json },
         } => {

@@ -11,6 +11,7 @@
 //!               evidence.yaml and approval.yaml (rewritten at every start: ports change)
 //! kubeconfigs/  one kubeconfig per demo identity, plus sandbox-admin (straight to the sandbox)
 //! tokens/       a token per demo approver, for `gatehouse approvals vote --as …`
+//! checkpoint/   the demo checkpoint key (checkpoint.key) and its verifier key (checkpoint.vkey)
 //! approval.url  where the approval service's API answers
 //! ```
 //!
@@ -182,6 +183,19 @@ impl Stack {
             keep_or_write(&config_dir.join("identities.yaml"), demo::IDENTITIES_YAML)?;
         let policy_file = keep_or_write(&config_dir.join("policy.yaml"), demo::POLICY_YAML)?;
 
+        // The demo's checkpoint key: made once, kept (auditors would hold the .vkey).
+        let checkpoint_key = dir.join("checkpoint").join("checkpoint.key");
+        if !checkpoint_key.exists() {
+            let signer = gatehouse_proof::checkpoint::NoteSigner::from_seed(
+                "gatehouse.local/ledger",
+                rand::random(),
+            )?;
+            kubeconfig::write_private(&checkpoint_key, &format!("{}\n", signer.to_skey()))?;
+            std::fs::write(
+                dir.join("checkpoint").join("checkpoint.vkey"),
+                format!("{}\n", signer.verifier().to_vkey()),
+            )?;
+        }
         let evidence_file = config_dir.join("evidence.yaml");
         std::fs::write(
             &evidence_file,
@@ -189,9 +203,11 @@ impl Stack {
                 "# Written by `gatehouse up`; run the same service alone with\n\
                  #   gatehouse evidence --config {evidence}\n\
                  data_dir: {data}\n\
-                 nats:\n  url: {nats_url}\n",
+                 nats:\n  url: {nats_url}\n\
+                 checkpoints:\n  key_file: {key}\n  every: 10s\n",
                 evidence = evidence_file.display(),
                 data = yaml_str(&dir),
+                key = yaml_str(&checkpoint_key),
             ),
         )?;
         let evidence_config: EvidenceConfig = load_yaml(&evidence_file)?;

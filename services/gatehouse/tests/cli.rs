@@ -204,3 +204,91 @@ fn a_ledger_whose_files_were_removed_does_not_verify() {
         "{stderr}"
     );
 }
+
+#[test]
+fn checkpoint_keys_sign_and_show_and_a_rewritten_tree_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("checkpoint.key");
+    let out = gatehouse(&[
+        "checkpoint",
+        "keygen",
+        "--name",
+        "gatehouse.example.com/ledger",
+        "--out",
+        key.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let vkey = text(&out.stdout).trim().to_owned();
+    assert!(vkey.starts_with("gatehouse.example.com/ledger+"), "{vkey}");
+    let secret = std::fs::read_to_string(&key).unwrap();
+    assert!(
+        !text(&out.stdout).contains(secret.trim()),
+        "the private key is never printed"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    // keygen never overwrites a key.
+    let again = gatehouse(&[
+        "checkpoint",
+        "keygen",
+        "--name",
+        "x",
+        "--out",
+        key.to_str().unwrap(),
+    ]);
+    assert!(!again.status.success());
+
+    ledger_with(dir.path(), 5);
+    let data = dir.path().to_str().unwrap();
+    let out = gatehouse(&[
+        "checkpoint",
+        "sign",
+        "--data-dir",
+        data,
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let note = text(&out.stdout);
+    assert!(
+        note.starts_with("gatehouse.example.com/ledger\n5\n"),
+        "{note}"
+    );
+    let show = gatehouse(&["checkpoint", "show", "--data-dir", data, "--vkey", &vkey]);
+    assert!(show.status.success(), "{}", text(&show.stderr));
+    assert!(text(&show.stderr).contains("checkpoint: OK"));
+
+    // Someone rewrites a tree node behind the ledger's back: show fails, and no new checkpoint
+    // is signed over it.
+    {
+        let path = gatehouse_evidence::store::ledger_dir(dir.path());
+        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).unwrap();
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, cfs).unwrap();
+        let tree = db.cf_handle(gatehouse_evidence::store::CF_TREE).unwrap();
+        let mut node = vec![2u8];
+        node.extend_from_slice(&0u64.to_be_bytes());
+        db.put_cf(&tree, node, [9u8; 32]).unwrap();
+    }
+    let show = gatehouse(&["checkpoint", "show", "--data-dir", data, "--vkey", &vkey]);
+    assert_eq!(show.status.code(), Some(1), "{}", text(&show.stderr));
+    assert!(text(&show.stderr).contains("no longer has the signed root"));
+    let sign = gatehouse(&[
+        "checkpoint",
+        "sign",
+        "--data-dir",
+        data,
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(!sign.status.success());
+    assert!(
+        text(&sign.stderr).contains("refusing to sign"),
+        "{}",
+        text(&sign.stderr)
+    );
+    assert!(!text(&sign.stderr).contains(secret.trim()));
+}

@@ -61,6 +61,13 @@ impl Checkpoint {
         )
     }
 
+    /// Reads the checkpoint from a signed note's text, **without** checking any signature (for
+    /// the signer's own records; auditors use [`NoteVerifier::open`]).
+    pub fn from_note_unverified(note: &str) -> Result<Self, CheckpointError> {
+        let end = note.find("\n\n").map_or(note.len(), |i| i + 1);
+        Self::parse_body(&note[..end])
+    }
+
     fn parse_body(text: &str) -> Result<Self, CheckpointError> {
         let bad = |m: &str| CheckpointError::Malformed(m.to_owned());
         let mut lines = text.split('\n');
