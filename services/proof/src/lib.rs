@@ -1,12 +1,15 @@
 //! What an auditor checks offline, with nothing but this crate (no RocksDB, no NATS):
 //!
 //! Module map:
+//! - [`bundle`]: evidence bundles (`.tar.gz`): writing them from disk-staged files, and
+//!   verifying one completely, offline.
 //! - [`checkpoint`]: signed checkpoints (C2SP tlog-checkpoint in a C2SP signed note, Ed25519).
 //! - [`entry`]: the byte-exact ledger entry encoding and its BLAKE3 hash (`schemas/ledger.md`).
 //! - [`merkle`]: the RFC 9162-shaped Merkle tree (BLAKE3): roots, inclusion and consistency
 //!   proofs from stored perfect subtrees, and their verification.
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod checkpoint;
 pub mod entry;
 pub mod merkle;
