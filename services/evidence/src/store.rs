@@ -5,7 +5,8 @@
 //! - `meta`: `format` → `gatehouse.ledger.v1`; `head` → next_index u64 BE ‖ head_hash 32 bytes ‖
 //!   last_stream_sequence u64 BE; `gap/` ‖ first missing sequence u64 BE → last missing sequence
 //!   u64 BE ‖ detected_at i64 BE (nanoseconds); `tree_size` → leaves in the tree, u64 BE;
-//!   `checkpoint/` ‖ tree size u64 BE → the signed checkpoint (C2SP signed note, UTF-8).
+//!   `checkpoint/` ‖ tree size u64 BE → the signed checkpoint (C2SP signed note, UTF-8);
+//!   `checkpoint-key/` ‖ tree size u64 BE → its verifier key (signed-note form).
 //! - `tree`: key = level (1 byte) ‖ index u64 BE; value = the hash of that perfect subtree of the
 //!   Merkle tree ([`crate::merkle`]).
 //!
@@ -53,6 +54,7 @@ const KEY_HEAD: &[u8] = b"head";
 const GAP_PREFIX: &[u8] = b"gap/";
 const KEY_TREE_SIZE: &[u8] = b"tree_size";
 const CHECKPOINT_PREFIX: &[u8] = b"checkpoint/";
+const CHECKPOINT_KEY_PREFIX: &[u8] = b"checkpoint-key/";
 /// Entries hashed into the tree per batch when building it for a ledger written before it.
 const BACKFILL_BATCH: u64 = 10_000;
 
@@ -394,6 +396,10 @@ impl Ledger {
         key.extend_from_slice(&size.to_be_bytes());
         let mut batch = WriteBatch::default();
         batch.put_cf(&meta, key, note.as_bytes());
+        // The verifier key goes with it, so an export can hand auditors the key it claims.
+        let mut key = CHECKPOINT_KEY_PREFIX.to_vec();
+        key.extend_from_slice(&size.to_be_bytes());
+        batch.put_cf(&meta, key, signer.verifier().to_vkey().as_bytes());
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.write_opt(batch, &wo).map_err(self.db_error())?;
@@ -403,6 +409,18 @@ impl Ledger {
     /// The latest checkpoint issued: its tree size and signed note.
     pub fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, LedgerError> {
         Ok(self.checkpoints()?.pop())
+    }
+
+    /// The verifier key (signed-note form) of the checkpoint at `size`.
+    pub fn checkpoint_key(&self, size: u64) -> Result<Option<String>, LedgerError> {
+        let cf = self.cf(CF_META)?;
+        let mut key = CHECKPOINT_KEY_PREFIX.to_vec();
+        key.extend_from_slice(&size.to_be_bytes());
+        Ok(self
+            .db
+            .get_cf(&cf, key)
+            .map_err(self.db_error())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Every checkpoint issued, oldest first.

@@ -5,6 +5,7 @@
 //! - [`ledger`]: `gatehouse ledger verify`.
 //! - [`replay`]: `gatehouse replay`, a recorded session as text or asciicast v2.
 //! - [`approvals_cmd`]: `gatehouse approvals list|vote` and `gatehouse grants list|revoke`.
+//! - [`bundle_cmd`]: `gatehouse export` (an evidence bundle) and `gatehouse verify` (check one).
 //! - [`checkpoint_cmd`]: `gatehouse checkpoint keygen|sign|show`.
 //! - [`policy_cmd`]: `gatehouse policy check` and `gatehouse policy explain`.
 //! - [`nats_server`]: a local `nats-server` with JetStream (for `up` and for tests).
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod approvals_cmd;
+pub mod bundle_cmd;
 pub mod checkpoint_cmd;
 pub mod demo;
 pub mod kubeconfig;

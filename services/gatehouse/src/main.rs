@@ -85,6 +85,11 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Write an evidence bundle (.tar.gz) of the ledger: events, inclusion proofs, the signed
+    /// checkpoint and its key, session recordings.
+    Export(gatehouse::bundle_cmd::ExportArgs),
+    /// Verify an evidence bundle offline; exit 1 naming every failure.
+    Verify(gatehouse::bundle_cmd::VerifyArgs),
     /// Checkpoint keys, and signed checkpoints of the ledger's Merkle tree.
     Checkpoint {
         #[command(subcommand)]
@@ -220,6 +225,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Policy { command } => return gatehouse::policy_cmd::run(command),
         Command::Checkpoint { command } => return gatehouse::checkpoint_cmd::run(command),
+        Command::Export(args) => return gatehouse::bundle_cmd::export(args),
+        Command::Verify(args) => return gatehouse::bundle_cmd::verify(args),
         Command::Ledger {
             command: LedgerCommand::Verify { data_dir, json },
         } => {
