@@ -106,6 +106,27 @@ async fn a_bundle_of_the_whole_ledger_and_one_of_an_identity_verify_offline() ->
             .any(|e| e["type"] == "dev.gatehouse.request.denied.v1")
     );
 
+    // A verifier written from schemas/ledger.md and schemas/bundle.md alone agrees.
+    let independent = |bundle: &std::path::Path| -> anyhow::Result<std::process::Output> {
+        Ok(std::process::Command::new(gatehouse_tests::python()?)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/independent/verify_bundle.py"
+            ))
+            .arg(bundle)
+            .arg(&vkey_file)
+            .output()?)
+    };
+    for bundle in [&all, &mine] {
+        let out = independent(bundle)?;
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     // Changed bytes, or another key, fail.
     let mut bytes = std::fs::read(&all)?;
     let middle = bytes.len() / 2;
@@ -114,12 +135,13 @@ async fn a_bundle_of_the_whole_ledger_and_one_of_an_identity_verify_offline() ->
     std::fs::write(&changed, &bytes)?;
     assert!(bundle::verify(&changed, Some(&key), |_| {}).is_err());
     let code = verify(VerifyArgs {
-        bundle: changed,
+        bundle: changed.clone(),
         key: Some(vkey_file.display().to_string()),
         json: false,
         quiet: true,
     })?;
     assert_eq!(code, std::process::ExitCode::from(1));
+    assert!(!independent(&changed)?.status.success());
     let other =
         gatehouse_proof::checkpoint::NoteSigner::from_seed("gatehouse.local/ledger", [1; 32])?;
     let failures = bundle::verify(&all, Some(&other.verifier()), |_| {}).unwrap_err();

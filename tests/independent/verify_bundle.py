@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""An independent verifier of Gatehouse evidence bundles, written from schemas/ledger.md and
+schemas/bundle.md alone (not from the Rust code), so the documents are tested as a contract.
+
+usage: verify_bundle.py BUNDLE VKEY_FILE        exit 0 if it verifies, 1 naming the failure
+needs: blake3, cryptography
+"""
+import base64
+import gzip
+import hashlib
+import io
+import json
+import struct
+import sys
+import tarfile
+import zlib
+
+import blake3
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+HEADER = bytes.fromhex("1f8b08000000000000ff")
+SEAL_LEN = 112
+TAG = b"gatehouse.ledger.entry.v1\x00"
+ORDER = ["checkpoint", "keys/", "events.jsonl", "proofs.jsonl", "tombstones.jsonl", "recordings/"]
+
+
+class Failed(Exception):
+    pass
+
+
+def check(ok, why):
+    if not ok:
+        raise Failed(why)
+
+
+def seal(digest_hex):
+    text = ("gatehouse-bundle-blake3 " + digest_hex + "\n").encode()
+    return (HEADER + b"\x01" + struct.pack("<HH", 89, 0xFFFF ^ 89) + text
+            + struct.pack("<II", zlib.crc32(text), 89))
+
+
+def leaf(encoding):
+    return blake3.blake3(b"\x00" + encoding).digest()
+
+
+def node(left, right):
+    return blake3.blake3(b"\x01" + left + right).digest()
+
+
+def verify_inclusion(leaf_hash, index, size, path, root):
+    # RFC 9162 2.1.3.2, as ledger.md restates it.
+    if index >= size:
+        return False
+    fn, sn, r = index, size - 1, leaf_hash
+    for p in path:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node(p, r)
+            while fn & 1 == 0 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = node(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == root
+
+
+def parse_vkey(text):
+    name, key_id, key = text.strip().split("+", 2)
+    raw = base64.b64decode(key)
+    check(raw[0] == 1 and len(raw) == 33, "the verifier key is not Ed25519")
+    computed = hashlib.sha256(name.encode() + b"\n" + raw).digest()[:4]
+    check(computed.hex() == key_id, "the verifier key's id does not match it")
+    return name, computed, Ed25519PublicKey.from_public_bytes(raw[1:])
+
+
+def open_checkpoint(note, vkey):
+    name, key_id, public = vkey
+    text, _, signatures = note.partition("\n\n")
+    text += "\n"
+    for line in signatures.splitlines():
+        check(line.startswith("\u2014 "), "a signature line does not start with an em dash")
+        signer, blob = line[2:].split(" ", 1)
+        blob = base64.b64decode(blob)
+        if signer == name and blob[:4] == key_id:
+            public.verify(blob[4:], text.encode())  # raises if forged
+            origin, size, root = text.split("\n")[:3]
+            check(str(int(size)) == size, "the tree size is not canonical decimal")
+            return origin, int(size), base64.b64decode(root)
+    raise Failed("the checkpoint is not signed by the given key")
+
+
+def main(bundle_path, vkey_path):
+    data = open(bundle_path, "rb").read()
+    check(len(data) > SEAL_LEN + 10, "too short")
+    body, tail = data[:-SEAL_LEN], data[-SEAL_LEN:]
+    check(tail == seal(blake3.blake3(body).hexdigest()), "the seal does not match")
+    check(body[:10] == HEADER, "the gzip header is not the one bundles use")
+    tar_bytes = gzip.decompress(body)  # checks CRC-32 and length; one member only
+    files, order = {}, []
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as archive:
+        for member in archive:
+            check(member.isreg(), f"{member.name} is not a regular file")
+            check(member.name not in files, f"{member.name} appears twice")
+            files[member.name] = archive.extractfile(member).read()
+            order.append(member.name)
+    check(order[-1] == "manifest.json", "manifest.json is not last")
+    manifest = json.loads(files["manifest.json"])
+    check(manifest["format"] == "gatehouse.bundle.v1", "unknown format")
+    listed = manifest["files"]
+    check(set(listed) == set(files) - {"manifest.json"}, "the manifest lists other files")
+    for name, d in listed.items():
+        check(len(files[name]) == d["bytes"] and blake3.blake3(files[name]).hexdigest() == d["blake3"],
+              f"{name} does not match its digest")
+    vkey = parse_vkey(open(vkey_path).read())
+    origin, size, root = open_checkpoint(files["checkpoint"].decode(), vkey)
+    cp = manifest["checkpoint"]
+    check((cp["origin"], cp["size"], cp["root"]) == (origin, size, root.hex()), "the manifest names another checkpoint")
+
+    events = files["events.jsonl"].split(b"\n")
+    check(events[-1] == b"", "events.jsonl does not end with a newline")
+    events = events[:-1] if files["events.jsonl"] else []
+    proofs = files["proofs.jsonl"].decode().splitlines()
+    check(len(events) == len(proofs) == manifest["counts"]["events"], "line counts differ")
+    previous = None
+    for event, line in zip(events, proofs):
+        p = json.loads(line)
+        encoding = (TAG + struct.pack(">QQq", p["index"], p["stream_sequence"], p["received_at"])
+                    + bytes.fromhex(p["previous_hash"]) + struct.pack(">I", len(event)) + event)
+        entry_hash = blake3.blake3(encoding).digest()
+        check(entry_hash.hex() == p["entry_hash"], f"entry {p['index']} does not hash to its entry_hash")
+        check(verify_inclusion(leaf(encoding), p["index"], size, [bytes.fromhex(h) for h in p["inclusion"]], root),
+              f"entry {p['index']} is not proven in the checkpoint")
+        if previous is not None:
+            check(p["index"] > previous[0], f"entry {p['index']} is out of order")
+            if p["index"] == previous[0] + 1:
+                check(bytes.fromhex(p["previous_hash"]) == previous[1], f"entry {p['index']} does not link")
+            elif manifest["contiguous"]:
+                raise Failed(f"entries missing before {p['index']}")
+        previous = (p["index"], entry_hash)
+    for line in files["tombstones.jsonl"].decode().splitlines():
+        t = json.loads(line)
+        check(verify_inclusion(bytes.fromhex(t["leaf_hash"]), t["index"], size,
+                               [bytes.fromhex(h) for h in t["inclusion"]], root), "a tombstone is not proven")
+    print(f"OK: {len(events)} events proven against {origin} size {size}")
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1], sys.argv[2])
+    except Exception as e:  # any failure, named
+        print(f"FAILED: {e}", file=sys.stderr)
+        sys.exit(1)
