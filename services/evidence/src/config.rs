@@ -22,6 +22,18 @@ pub struct EvidenceConfig {
     /// Signed checkpoints of the Merkle tree; none are issued without this.
     #[serde(default)]
     pub checkpoints: Option<CheckpointConfig>,
+    /// How long entries are kept, in days from when they were received. At least
+    /// [`MIN_RETENTION_DAYS`] (six years); a smaller value is refused.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+}
+
+/// Six years of 365¼ days, rounded up: HIPAA (45 CFR 164.316(b)(2)) keeps documentation six
+/// years, and FFIEC and NIST 800-53 AU-11 retention plans commonly follow it.
+pub const MIN_RETENTION_DAYS: u32 = 2_192;
+
+fn default_retention_days() -> u32 {
+    MIN_RETENTION_DAYS
 }
 
 /// How checkpoints are signed and how often.
@@ -52,11 +64,20 @@ impl EvidenceConfig {
             consumer: default_consumer(),
             batch_max: default_batch_max(),
             checkpoints: None,
+            retention_days: default_retention_days(),
         }
     }
 
     pub fn validate(&self) -> Result<(), String> {
         self.nats.validate()?;
+        if self.retention_days < MIN_RETENTION_DAYS {
+            return Err(format!(
+                "retention_days is {}, but evidence must be kept at least {MIN_RETENTION_DAYS} \
+                 days (six years: HIPAA 45 CFR 164.316(b)(2)); use a legal hold to keep more, \
+                 never less",
+                self.retention_days
+            ));
+        }
         if self.batch_max == 0 || self.batch_max > 100_000 {
             return Err("batch_max must be between 1 and 100000".into());
         }
@@ -85,4 +106,30 @@ fn default_consumer() -> String {
 }
 fn default_batch_max() -> usize {
     1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Result<EvidenceConfig, String> {
+        let text = format!("data_dir: /tmp/x\nnats: {{url: nats://127.0.0.1:4222}}\n{extra}");
+        let config: EvidenceConfig = yaml_serde::from_str(&text).map_err(|e| e.to_string())?;
+        config.validate().map(|_| config)
+    }
+
+    #[test]
+    fn retention_below_six_years_is_refused_citing_the_rule() {
+        assert_eq!(config("").unwrap().retention_days, 2_192);
+        assert_eq!(
+            config("retention_days: 3650").unwrap().retention_days,
+            3_650
+        );
+        let refused = config("retention_days: 2191").unwrap_err();
+        assert!(
+            refused.contains("at least 2192 days (six years"),
+            "{refused}"
+        );
+        assert!(config("retention_days: 30").is_err());
+    }
 }
