@@ -3,6 +3,8 @@
 //! Module map:
 //! - [`entry`], [`merkle`]: the entry encoding and the Merkle tree, from `gatehouse-proof`.
 //! - [`store`]: the RocksDB ledger: column families, the atomic and durable append.
+//! - [`index`]: search index keys: by principal, owner, namespace, verb, resource, request,
+//!   session, decision, event type, and time.
 //! - [`ingest`]: the durable JetStream consumer that feeds the ledger in stream order.
 //! - [`verify`]: re-walking the chain and naming the first bad entry.
 //! - [`config`]: the service's YAML configuration.
@@ -11,6 +13,7 @@
 pub mod config;
 /// Re-exported so the ledger's formats have one home ([`gatehouse_proof`]).
 pub use gatehouse_proof::{entry, merkle};
+pub mod index;
 pub mod ingest;
 pub mod store;
 pub mod verify;

@@ -9,6 +9,8 @@
 //!   `checkpoint-key/` ‖ tree size u64 BE → its verifier key (signed-note form).
 //! - `tree`: key = level (1 byte) ‖ index u64 BE; value = the hash of that perfect subtree of the
 //!   Merkle tree ([`crate::merkle`]).
+//! - `index`: search keys ([`crate::index`]), empty values; `meta` `index_size` says how many
+//!   entries they cover.
 //!
 //! Atomicity and durability: [`Ledger::append`] writes the new entries, the tree nodes they
 //! complete, any gap records, the new tree size and the new head in **one** `WriteBatch` with
@@ -25,6 +27,7 @@ use rocksdb::{
 };
 
 use crate::entry::{DecodeError, Entry, EventTooLarge, GENESIS_HASH, Hash, entry_hash};
+use crate::index;
 use crate::merkle;
 
 /// The stored perfect subtrees, as the proofs read them.
@@ -37,6 +40,28 @@ impl merkle::NodeSource for Nodes<'_> {
     }
 }
 
+/// A search over the indexes ([`Ledger::search`]).
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    /// Every condition must hold: the event carries this value in this field.
+    pub fields: Vec<(index::Field, String)>,
+    /// `received_at` bounds, nanoseconds: inclusive from, exclusive to.
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    /// Only entries after this index (paging).
+    pub after: Option<u64>,
+    pub limit: usize,
+}
+
+fn index_keys(index: u64, received_at: i64, event: &[u8]) -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = index::fields(event)
+        .into_iter()
+        .map(|(field, value)| index::key(field, &value, index))
+        .collect();
+    keys.push(index::time_key(received_at, index));
+    keys
+}
+
 fn node_key(level: u8, index: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
     key[0] = level;
@@ -47,12 +72,14 @@ fn node_key(level: u8, index: u64) -> [u8; 9] {
 pub const CF_ENTRIES: &str = "entries";
 pub const CF_META: &str = "meta";
 pub const CF_TREE: &str = "tree";
+pub const CF_INDEX: &str = "index";
 pub const FORMAT: &[u8] = b"gatehouse.ledger.v1";
 
 const KEY_FORMAT: &[u8] = b"format";
 const KEY_HEAD: &[u8] = b"head";
 const GAP_PREFIX: &[u8] = b"gap/";
 const KEY_TREE_SIZE: &[u8] = b"tree_size";
+const KEY_INDEX_SIZE: &[u8] = b"index_size";
 const CHECKPOINT_PREFIX: &[u8] = b"checkpoint/";
 const CHECKPOINT_KEY_PREFIX: &[u8] = b"checkpoint-key/";
 /// Entries hashed into the tree per batch when building it for a ledger written before it.
@@ -95,6 +122,10 @@ pub enum LedgerError {
     BeyondTree { asked: u64, tree_size: u64 },
     #[error("the Merkle tree node {level}/{index} is missing")]
     MissingNode { level: u8, index: u64 },
+    #[error(
+        "the search indexes are not built yet; they are built when gatehouse evidence opens the ledger"
+    )]
+    NotIndexed,
     /// The ledger no longer extends what an earlier checkpoint signed: it was rewritten. No
     /// checkpoint is signed over it.
     #[error(
@@ -191,6 +222,8 @@ pub struct Ledger {
     head: Head,
     /// Leaves in the Merkle tree: `head.next_index` once the tree is built.
     tree_size: u64,
+    /// Entries the search indexes cover.
+    index_size: u64,
     read_only: bool,
 }
 
@@ -252,13 +285,18 @@ impl Ledger {
             path,
             head: Head::default(),
             tree_size: 0,
+            index_size: 0,
             read_only,
         };
         ledger.check_or_write_format()?;
         ledger.head = ledger.read_head()?;
-        ledger.tree_size = ledger.read_tree_size()?;
+        ledger.tree_size = ledger.read_size(CF_TREE, KEY_TREE_SIZE)?;
+        ledger.index_size = ledger.read_size(CF_INDEX, KEY_INDEX_SIZE)?;
         if !read_only && ledger.tree_size < ledger.head.next_index {
             ledger.build_tree()?;
+        }
+        if !read_only && ledger.index_size < ledger.head.next_index {
+            ledger.build_index()?;
         }
         Ok(ledger)
     }
@@ -289,6 +327,7 @@ impl Ledger {
         let entries_cf = self.cf(CF_ENTRIES)?;
         let meta_cf = self.cf(CF_META)?;
         let tree_cf = self.cf(CF_TREE)?;
+        let index_cf = self.cf(CF_INDEX)?;
         let mut head = self.head;
         let mut batch = WriteBatch::default();
         // Nodes this batch writes, for the parents later entries of the batch complete.
@@ -313,6 +352,9 @@ impl Ledger {
             value.extend_from_slice(&hash);
             value.extend_from_slice(&encoding);
             batch.put_cf(&entries_cf, head.next_index.to_be_bytes(), value);
+            for key in index_keys(head.next_index, new.received_at, &new.event) {
+                batch.put_cf(&index_cf, key, []);
+            }
             for (level, index, node) in merkle::completed_by(
                 head.next_index,
                 merkle::leaf_hash(&encoding),
@@ -340,11 +382,13 @@ impl Ledger {
         }
         batch.put_cf(&meta_cf, KEY_HEAD, head.encode());
         batch.put_cf(&meta_cf, KEY_TREE_SIZE, head.next_index.to_be_bytes());
+        batch.put_cf(&meta_cf, KEY_INDEX_SIZE, head.next_index.to_be_bytes());
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.write_opt(batch, &wo).map_err(self.db_error())?;
         self.head = head;
         self.tree_size = head.next_index;
+        self.index_size = head.next_index;
         Ok(head)
     }
 
@@ -551,23 +595,125 @@ impl Ledger {
         self.db.write_opt(batch, &wo).map_err(self.db_error())
     }
 
-    fn read_tree_size(&self) -> Result<u64, LedgerError> {
+    /// A size record in `meta`, 0 when it or the column family it describes is missing.
+    fn read_size(&self, family: &'static str, key: &[u8]) -> Result<u64, LedgerError> {
         let Some(cf) = self.db.cf_handle(CF_META) else {
             return Ok(0);
         };
-        if self.db.cf_handle(CF_TREE).is_none() {
+        if self.db.cf_handle(family).is_none() {
             return Ok(0);
         }
-        Ok(
-            match self
-                .db
-                .get_cf(&cf, KEY_TREE_SIZE)
-                .map_err(self.db_error())?
-            {
-                Some(bytes) if bytes.len() == 8 => be_u64(&bytes),
-                _ => 0,
-            },
-        )
+        Ok(match self.db.get_cf(&cf, key).map_err(self.db_error())? {
+            Some(bytes) if bytes.len() == 8 => be_u64(&bytes),
+            _ => 0,
+        })
+    }
+
+    /// Indexes the entries a ledger written before the indexes holds, in batches.
+    fn build_index(&mut self) -> Result<(), LedgerError> {
+        tracing::info!(
+            from = self.index_size,
+            to = self.head.next_index,
+            "building the search indexes over existing entries"
+        );
+        while self.index_size < self.head.next_index {
+            let end = (self.index_size + BACKFILL_BATCH).min(self.head.next_index);
+            let index_cf = self.cf(CF_INDEX)?;
+            let meta_cf = self.cf(CF_META)?;
+            let mut batch = WriteBatch::default();
+            for stored in self.entries(self.index_size)? {
+                let stored = stored?;
+                let Some(index) = stored.key.filter(|i| *i < end) else {
+                    break;
+                };
+                if let Ok(entry) = Entry::decode(&stored.encoding) {
+                    for key in index_keys(index, entry.received_at, &entry.event) {
+                        batch.put_cf(&index_cf, key, []);
+                    }
+                }
+            }
+            batch.put_cf(&meta_cf, KEY_INDEX_SIZE, end.to_be_bytes());
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            self.db.write_opt(batch, &wo).map_err(self.db_error())?;
+            self.index_size = end;
+        }
+        Ok(())
+    }
+
+    /// Entries matching every condition of `query`, in ledger order, at most `query.limit`.
+    pub fn search(&self, query: &Query) -> Result<Vec<Entry>, LedgerError> {
+        if self.index_size < self.head.next_index {
+            return Err(LedgerError::NotIndexed);
+        }
+        let cf = self.cf(CF_INDEX)?;
+        let limit = query.limit.max(1);
+        let mut out: Vec<Entry> = Vec::new();
+        let start = query.after.map_or(0, |a| a + 1);
+        // The first condition drives the scan; the others are point lookups.
+        let (scan, scan_from): (Vec<u8>, Vec<u8>) = match query.fields.first() {
+            Some((field, value)) => {
+                let prefix = index::prefix(*field, value);
+                let mut from = prefix.clone();
+                from.extend_from_slice(&start.to_be_bytes());
+                (prefix, from)
+            }
+            None => {
+                let mut from = vec![index::TIME_TAG];
+                from.extend_from_slice(&index::time_part(query.from.unwrap_or(i64::MIN)));
+                (vec![index::TIME_TAG], from)
+            }
+        };
+        for item in self
+            .db
+            .iterator_cf(&cf, IteratorMode::From(&scan_from, Direction::Forward))
+        {
+            let (key, _) = item.map_err(self.db_error())?;
+            if !key.starts_with(&scan) {
+                break;
+            }
+            let Some(index) = index::entry_of(&key) else {
+                continue;
+            };
+            if index < start || index >= self.head.next_index {
+                continue;
+            }
+            let mut matches = true;
+            for (field, value) in query.fields.iter().skip(1) {
+                if self
+                    .db
+                    .get_cf(&cf, index::key(*field, value, index))
+                    .map_err(self.db_error())?
+                    .is_none()
+                {
+                    matches = false;
+                    break;
+                }
+            }
+            if !matches {
+                continue;
+            }
+            let Some(entry) = self.entry(index)? else {
+                continue;
+            };
+            if query.from.is_some_and(|f| entry.received_at < f) {
+                continue;
+            }
+            if query.to.is_some_and(|t| entry.received_at >= t) {
+                if query.fields.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            out.push(entry);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        if query.fields.is_empty() {
+            out.sort_by_key(|e| e.index);
+        }
+        Ok(out)
     }
 
     /// Stored entries from `from` on, in key order.
@@ -635,7 +781,7 @@ impl Ledger {
         if self.read_only {
             return Ok(());
         }
-        for name in [CF_ENTRIES, CF_META, CF_TREE] {
+        for name in [CF_ENTRIES, CF_META, CF_TREE, CF_INDEX] {
             let cf = self.cf(name)?;
             self.db.flush_cf(&cf).map_err(self.db_error())?;
         }
@@ -717,6 +863,7 @@ fn column_families() -> Vec<ColumnFamilyDescriptor> {
         ColumnFamilyDescriptor::new(CF_ENTRIES, entries),
         ColumnFamilyDescriptor::new(CF_META, plain()),
         ColumnFamilyDescriptor::new(CF_TREE, plain()),
+        ColumnFamilyDescriptor::new(CF_INDEX, plain()),
     ]
 }
 

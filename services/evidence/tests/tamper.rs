@@ -334,7 +334,7 @@ fn every_column_family_uses_the_portable_table_format() {
         .collect();
     assert_eq!(
         versions,
-        ["5", "5", "5", "5"],
-        "default, entries, meta, tree"
+        ["5", "5", "5", "5", "5"],
+        "default, entries, meta, tree, index"
     );
 }
