@@ -4,6 +4,7 @@
 //! - [`up`]: `gatehouse up --sandbox`, every service plus the test bed in one process.
 //! - [`ledger`]: `gatehouse ledger verify`.
 //! - [`replay`]: `gatehouse replay`, a recorded session as text or asciicast v2.
+//! - [`report`]: `gatehouse report`, the access review for a period (JSON, CSV, printable HTML).
 //! - [`approvals_cmd`]: `gatehouse approvals list|vote` and `gatehouse grants list|revoke`.
 //! - [`bundle_cmd`]: `gatehouse export` (an evidence bundle) and `gatehouse verify` (check one).
 //! - [`checkpoint_cmd`]: `gatehouse checkpoint keygen|sign|show`.
@@ -26,6 +27,7 @@ pub mod logging;
 pub mod nats_server;
 pub mod policy_cmd;
 pub mod replay;
+pub mod report;
 pub mod up;
 
 use std::path::Path;

@@ -88,6 +88,9 @@ enum Command {
     /// Write an evidence bundle (.tar.gz) of the ledger: events, inclusion proofs, the signed
     /// checkpoint and its key, session recordings.
     Export(gatehouse::bundle_cmd::ExportArgs),
+    /// Access review for a period: per identity, what it did, what needed approval and who
+    /// approved, denials, and (with --policy) the grants it never used.
+    Report(gatehouse::report::ReportArgs),
     /// Verify an evidence bundle offline; exit 1 naming every failure.
     Verify(gatehouse::bundle_cmd::VerifyArgs),
     /// Checkpoint keys, and signed checkpoints of the ledger's Merkle tree.
@@ -227,6 +230,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Checkpoint { command } => return gatehouse::checkpoint_cmd::run(command),
         Command::Export(args) => return gatehouse::bundle_cmd::export(args),
         Command::Verify(args) => return gatehouse::bundle_cmd::verify(args),
+        Command::Report(args) => return gatehouse::report::run(args),
         Command::Ledger {
             command: LedgerCommand::Verify { data_dir, json },
         } => {

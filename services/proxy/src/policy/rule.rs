@@ -47,6 +47,17 @@ pub struct Rule {
     pub(crate) body: Option<BodyGuard>,
 }
 
+/// What a rule covers, as its policy file says it.
+#[derive(Clone, Copy, Debug)]
+pub struct WrittenScope<'a> {
+    pub verbs: &'a [String],
+    pub api_groups: Option<&'a [String]>,
+    pub resources: Option<&'a [String]>,
+    pub namespaces: Option<&'a [String]>,
+    pub names: Option<&'a [String]>,
+    pub non_resource_urls: Option<&'a [String]>,
+}
+
 /// The first condition of a rule that a request fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Miss {
@@ -157,17 +168,48 @@ impl Rule {
     }
 
     fn matches_subject(&self, input: &PolicyInput<'_>) -> bool {
-        let identity = input.identity;
-        match (&self.identities, &self.groups) {
-            (None, None) => true,
-            (ids, groups) => {
-                ids.as_ref()
-                    .is_some_and(|ids| ids.iter().any(|p| p.matches(&identity.principal)))
-                    || groups.as_ref().is_some_and(|gs| {
-                        gs.iter()
-                            .any(|p| identity.groups.iter().any(|g| p.matches(g)))
-                    })
-            }
+        self.subject_match(&input.identity.principal, &input.identity.groups)
+            .is_some()
+    }
+
+    /// Whether the rule's `identities` / `groups` take in this caller, and how: `anyone` (it
+    /// names neither), `identity NAME`, `identity pattern GLOB`, or `group GROUP`. Reports use it to list the rules
+    /// that could apply to an identity.
+    pub fn subject_match(&self, principal: &str, groups: &[String]) -> Option<String> {
+        if self.identities.is_none() && self.groups.is_none() {
+            return Some("anyone".to_owned());
+        }
+        if let Some(i) = self
+            .identities
+            .iter()
+            .flatten()
+            .position(|p| p.matches(principal))
+        {
+            let written = self.spec.identities.as_ref().and_then(|ids| ids.get(i));
+            return Some(match written {
+                Some(pattern) if pattern != principal => format!("identity pattern {pattern}"),
+                _ => format!("identity {principal}"),
+            });
+        }
+        self.groups.iter().flatten().find_map(|p| {
+            groups
+                .iter()
+                .find(|g| p.matches(g))
+                .map(|g| format!("group {g}"))
+        })
+    }
+
+    /// The rule's scope as written in the policy: verbs, API groups, resources, namespaces,
+    /// names and non-resource URLs (`None` where the rule leaves one open).
+    pub fn written_scope(&self) -> WrittenScope<'_> {
+        let s = &self.spec;
+        WrittenScope {
+            verbs: &s.verbs,
+            api_groups: s.api_groups.as_deref(),
+            resources: s.resources.as_deref(),
+            namespaces: s.namespaces.as_deref(),
+            names: s.names.as_deref(),
+            non_resource_urls: s.non_resource_urls.as_deref(),
         }
     }
 
