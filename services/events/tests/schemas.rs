@@ -74,6 +74,7 @@ fn every_type_has_a_schema() {
             "dev.gatehouse.approval.decided.v1",
             "dev.gatehouse.approval.posted.v1",
             "dev.gatehouse.approval.vote.v1",
+            "dev.gatehouse.audit.accessed.v1",
             "dev.gatehouse.grant.issued.v1",
             "dev.gatehouse.grant.revoked.v1",
             "dev.gatehouse.request.denied.v1",
@@ -434,6 +435,23 @@ fn approval_events_validate_and_refuse_drift() {
         },
     );
     set.validate(&withdrawn.to_bytes().unwrap()).unwrap();
+    let access_id = EventId::new().to_string();
+    let accessed = Envelope::new(
+        &source("evidence", "replica-1"),
+        &access_id,
+        AuditAccessed {
+            access_id: access_id.clone(),
+            auditor: "auditor@example.com".into(),
+            action: AuditAction::Bundle,
+            parameters: [("principal".to_owned(), "ci-deployer".to_owned())].into(),
+            status: 200,
+            events: Some(42),
+        },
+    );
+    set.validate(&accessed.to_bytes().unwrap()).unwrap();
+    let mut unknown = serde_json::to_value(&accessed).unwrap();
+    unknown["data"]["action"] = "delete".into();
+    assert!(!violations(&set, unknown).is_empty());
     let mut no_approval = serde_json::to_value(&withdrawn).unwrap();
     no_approval["data"]["approval_id"] = "".into();
     assert!(!violations(&set, no_approval).is_empty());

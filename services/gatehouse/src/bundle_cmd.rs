@@ -121,107 +121,33 @@ fn bar(quiet: bool, len: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// What a bundle holds: a period and, optionally, one principal, namespace or request.
+#[derive(Clone, Debug, Default)]
+pub struct BundleSpec {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub principal: Option<String>,
+    pub namespace: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl BundleSpec {
+    fn filtered(&self) -> bool {
+        self.principal.is_some() || self.namespace.is_some() || self.request_id.is_some()
+    }
+}
+
 pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let from = parse_time("from", &args.from)?;
-    let to = parse_time("to", &args.to)?;
-    if let (Some(f), Some(t)) = (from, to)
-        && f >= t
-    {
-        bail!("--from must be before --to");
-    }
-    let ledger = Ledger::open_read_only(&args.data_dir)?;
-    let Some((size, note)) = ledger.latest_checkpoint()? else {
-        bail!(
-            "the ledger has no signed checkpoint yet, so nothing can be proven: configure \
-             `checkpoints` for gatehouse evidence, or run `gatehouse checkpoint sign`"
-        );
-    };
-    let checkpoint = Checkpoint::from_note_unverified(&note)?;
-    let vkey = ledger
-        .checkpoint_key(size)?
-        .context("the checkpoint's verifier key is not recorded in the ledger")?;
-    if ledger.root(size)? != checkpoint.root {
-        bail!(
-            "the ledger's tree of {size} entries no longer has the root its checkpoint signed; \
-             run `gatehouse ledger verify`"
-        );
-    }
-    let filtered =
-        args.principal.is_some() || args.namespace.is_some() || args.request_id.is_some();
-    let mut writer = BundleWriter::new()?;
-    writer.add_file("checkpoint", |w| w.write_all(note.as_bytes()))?;
-    writer.add_file("keys/checkpoint.vkey", |w| {
-        w.write_all(format!("{vkey}\n").as_bytes())
-    })?;
-
-    let progress = bar(args.quiet, size, "export");
-    // Requests (and sessions) chosen by the filters, by id: their later events follow them.
-    let mut chosen: HashSet<String> = HashSet::new();
-    let mut sessions: Vec<String> = Vec::new();
-    for stored in ledger.entries(0)? {
-        let stored = stored?;
-        let Some(index) = stored.key.filter(|i| *i < size) else {
-            break;
-        };
-        progress.set_position(index);
-        let entry = Entry::decode(&stored.encoding).with_context(|| {
-            format!("entry {index} cannot be read; run gatehouse ledger verify")
-        })?;
-        let Ok(head) = serde_json::from_slice::<Head>(&entry.event) else {
-            continue;
-        };
-        let at = OffsetDateTime::parse(&head.time, &Rfc3339).ok();
-        if from.is_some_and(|f| at.is_none_or(|t| t < f))
-            || to.is_some_and(|e| at.is_none_or(|t| t >= e))
-        {
-            continue;
-        }
-        if filtered && !matches(&args, &head, &mut chosen) {
-            continue;
-        }
-        if head.kind == "dev.gatehouse.session.started.v1" {
-            sessions.push(head.subject.clone());
-        }
-        let proof = ledger.inclusion_proof(index, size)?;
-        writer.add_entry(&entry, &proof)?;
-    }
-    progress.finish_and_clear();
-    drop(ledger);
-
-    for session in &sessions {
-        if !session
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            continue;
-        }
-        let recording = crate::replay::load(&args.data_dir, session)?;
-        let options = crate::replay::ReplayOptions { input: true };
-        writer.add_file(&format!("recordings/{session}.cast"), |w| {
-            crate::replay::asciicast(&recording, options, w).map_err(std::io::Error::other)
-        })?;
-    }
-
-    let mut filters = BTreeMap::new();
-    for (name, value) in [
-        ("principal", &args.principal),
-        ("namespace", &args.namespace),
-        ("request_id", &args.request_id),
-    ] {
-        if let Some(v) = value {
-            filters.insert(name.to_owned(), v.clone());
-        }
-    }
-    let file = std::fs::File::create(&args.output)
-        .with_context(|| format!("creating {}", args.output.display()))?;
-    let scope = Scope {
-        filters,
-        contiguous: !filtered,
+    let spec = BundleSpec {
         from: args.from.clone(),
         to: args.to.clone(),
-        created_at: gatehouse_events::envelope::now_rfc3339(),
+        principal: args.principal.clone(),
+        namespace: args.namespace.clone(),
+        request_id: args.request_id.clone(),
     };
-    let manifest = writer.finish(&checkpoint, scope, BufWriter::new(file))?;
+    let file = std::fs::File::create(&args.output)
+        .with_context(|| format!("creating {}", args.output.display()))?;
+    let manifest = write_bundle(&args.data_dir, &spec, BufWriter::new(file), args.quiet)?;
     let bytes = std::fs::metadata(&args.output)
         .map(|m| m.len())
         .unwrap_or(0);
@@ -244,9 +170,117 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Writes the bundle `spec` asks for, from the ledger in `data_dir` (opened read-only: the
+/// evidence service may be running), to `out`. Entries are staged on disk, never held whole
+/// in memory; only entries the latest signed checkpoint covers are included.
+pub fn write_bundle(
+    data_dir: &std::path::Path,
+    spec: &BundleSpec,
+    out: impl std::io::Write,
+    quiet: bool,
+) -> anyhow::Result<bundle::Manifest> {
+    let from = parse_time("from", &spec.from)?;
+    let to = parse_time("to", &spec.to)?;
+    if let (Some(f), Some(t)) = (from, to)
+        && f >= t
+    {
+        bail!("--from must be before --to");
+    }
+    let ledger = Ledger::open_read_only(data_dir)?;
+    let Some((size, note)) = ledger.latest_checkpoint()? else {
+        bail!(
+            "the ledger has no signed checkpoint yet, so nothing can be proven: configure \
+             `checkpoints` for gatehouse evidence, or run `gatehouse checkpoint sign`"
+        );
+    };
+    let checkpoint = Checkpoint::from_note_unverified(&note)?;
+    let vkey = ledger
+        .checkpoint_key(size)?
+        .context("the checkpoint's verifier key is not recorded in the ledger")?;
+    if ledger.root(size)? != checkpoint.root {
+        bail!(
+            "the ledger's tree of {size} entries no longer has the root its checkpoint signed; \
+             run `gatehouse ledger verify`"
+        );
+    }
+    let filtered = spec.filtered();
+    let mut writer = BundleWriter::new()?;
+    writer.add_file("checkpoint", |w| w.write_all(note.as_bytes()))?;
+    writer.add_file("keys/checkpoint.vkey", |w| {
+        w.write_all(format!("{vkey}\n").as_bytes())
+    })?;
+
+    let progress = bar(quiet, size, "export");
+    // Requests (and sessions) chosen by the filters, by id: their later events follow them.
+    let mut chosen: HashSet<String> = HashSet::new();
+    let mut sessions: Vec<String> = Vec::new();
+    for stored in ledger.entries(0)? {
+        let stored = stored?;
+        let Some(index) = stored.key.filter(|i| *i < size) else {
+            break;
+        };
+        progress.set_position(index);
+        let entry = Entry::decode(&stored.encoding).with_context(|| {
+            format!("entry {index} cannot be read; run gatehouse ledger verify")
+        })?;
+        let Ok(head) = serde_json::from_slice::<Head>(&entry.event) else {
+            continue;
+        };
+        let at = OffsetDateTime::parse(&head.time, &Rfc3339).ok();
+        if from.is_some_and(|f| at.is_none_or(|t| t < f))
+            || to.is_some_and(|e| at.is_none_or(|t| t >= e))
+        {
+            continue;
+        }
+        if filtered && !matches(spec, &head, &mut chosen) {
+            continue;
+        }
+        if head.kind == "dev.gatehouse.session.started.v1" {
+            sessions.push(head.subject.clone());
+        }
+        let proof = ledger.inclusion_proof(index, size)?;
+        writer.add_entry(&entry, &proof)?;
+    }
+    progress.finish_and_clear();
+    drop(ledger);
+
+    for session in &sessions {
+        if !session
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            continue;
+        }
+        let recording = crate::replay::load(data_dir, session)?;
+        let options = crate::replay::ReplayOptions { input: true };
+        writer.add_file(&format!("recordings/{session}.cast"), |w| {
+            crate::replay::asciicast(&recording, options, w).map_err(std::io::Error::other)
+        })?;
+    }
+
+    let mut filters = BTreeMap::new();
+    for (name, value) in [
+        ("principal", &spec.principal),
+        ("namespace", &spec.namespace),
+        ("request_id", &spec.request_id),
+    ] {
+        if let Some(v) = value {
+            filters.insert(name.to_owned(), v.clone());
+        }
+    }
+    let scope = Scope {
+        filters,
+        contiguous: !filtered,
+        from: spec.from.clone(),
+        to: spec.to.clone(),
+        created_at: gatehouse_events::envelope::now_rfc3339(),
+    };
+    Ok(writer.finish(&checkpoint, scope, out)?)
+}
+
 /// Whether the filters choose this event: a request by its `request.received`, everything
 /// after it by its subject, a session by the request that opened it.
-fn matches(args: &ExportArgs, head: &Head, chosen: &mut HashSet<String>) -> bool {
+fn matches(args: &BundleSpec, head: &Head, chosen: &mut HashSet<String>) -> bool {
     if chosen.contains(&head.subject) {
         return true;
     }

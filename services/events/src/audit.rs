@@ -1,0 +1,42 @@
+//! `audit.accessed`: the auditors are audited too. Every call to the evidence service's
+//! auditor API is recorded, by whom and what it asked.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::Payload;
+
+/// What an auditor did.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditAction {
+    Search,
+    Event,
+    Checkpoint,
+    Consistency,
+    Replay,
+    Bundle,
+    Report,
+}
+
+/// `audit.accessed`; its `subject` is the access's own id.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditAccessed {
+    /// ULID of this access.
+    pub access_id: String,
+    /// The auditor's principal, from their verified token.
+    pub auditor: String,
+    pub action: AuditAction,
+    /// The request's parameters (filters, ids, sizes), as given.
+    pub parameters: BTreeMap<String, String>,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// Events returned or bundled, where that applies.
+    pub events: Option<u64>,
+}
+
+impl Payload for AuditAccessed {
+    const NAME: &'static str = "audit.accessed";
+}
