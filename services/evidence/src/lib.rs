@@ -2,6 +2,7 @@
 //!
 //! Module map:
 //! - [`entry`], [`merkle`]: the entry encoding and the Merkle tree, from `gatehouse-proof`.
+//! - [`retention`]: legal holds, and pruning payloads into tombstones that keep every hash.
 //! - [`store`]: the RocksDB ledger: column families, the atomic and durable append.
 //! - [`index`]: search index keys: by principal, owner, namespace, verb, resource, request,
 //!   session, decision, event type, and time.
@@ -15,6 +16,7 @@ pub mod config;
 pub use gatehouse_proof::{entry, merkle};
 pub mod index;
 pub mod ingest;
+pub mod retention;
 pub mod store;
 pub mod verify;
 

@@ -6,7 +6,9 @@
 //!   last_stream_sequence u64 BE; `gap/` ‖ first missing sequence u64 BE → last missing sequence
 //!   u64 BE ‖ detected_at i64 BE (nanoseconds); `tree_size` → leaves in the tree, u64 BE;
 //!   `checkpoint/` ‖ tree size u64 BE → the signed checkpoint (C2SP signed note, UTF-8);
-//!   `checkpoint-key/` ‖ tree size u64 BE → its verifier key (signed-note form).
+//!   `checkpoint-key/` ‖ tree size u64 BE → its verifier key (signed-note form);
+//!   `legal-hold/` ‖ id → a legal hold (JSON); `pruned_through` → the index pruning resumes
+//!   from, u64 BE.
 //! - `tree`: key = level (1 byte) ‖ index u64 BE; value = the hash of that perfect subtree of the
 //!   Merkle tree ([`crate::merkle`]).
 //! - `index`: search keys ([`crate::index`]), empty values; `meta` `index_size` says how many
@@ -29,6 +31,7 @@ use rocksdb::{
 use crate::entry::{DecodeError, Entry, EventTooLarge, GENESIS_HASH, Hash, entry_hash};
 use crate::index;
 use crate::merkle;
+use crate::retention::{self, HoldQuery, LegalHold, Pruned, Tombstone};
 
 /// The stored perfect subtrees, as the proofs read them.
 struct Nodes<'a>(&'a Ledger);
@@ -51,6 +54,17 @@ pub struct Query {
     /// Only entries after this index (paging).
     pub after: Option<u64>,
     pub limit: usize,
+}
+
+/// An event's `subject` (its request or session id), if it has one.
+fn event_subject(event: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Subject {
+        subject: String,
+    }
+    serde_json::from_slice::<Subject>(event)
+        .ok()
+        .map(|s| s.subject)
 }
 
 fn index_keys(index: u64, received_at: i64, event: &[u8]) -> Vec<Vec<u8>> {
@@ -80,6 +94,8 @@ const KEY_HEAD: &[u8] = b"head";
 const GAP_PREFIX: &[u8] = b"gap/";
 const KEY_TREE_SIZE: &[u8] = b"tree_size";
 const KEY_INDEX_SIZE: &[u8] = b"index_size";
+const KEY_PRUNED_THROUGH: &[u8] = b"pruned_through";
+const LEGAL_HOLD_PREFIX: &[u8] = b"legal-hold/";
 const CHECKPOINT_PREFIX: &[u8] = b"checkpoint/";
 const CHECKPOINT_KEY_PREFIX: &[u8] = b"checkpoint-key/";
 /// Entries hashed into the tree per batch when building it for a ledger written before it.
@@ -126,6 +142,8 @@ pub enum LedgerError {
         "the search indexes are not built yet; they are built when gatehouse evidence opens the ledger"
     )]
     NotIndexed,
+    #[error("legal hold record: {0}")]
+    Hold(String),
     /// The ledger no longer extends what an earlier checkpoint signed: it was rewritten. No
     /// checkpoint is signed over it.
     #[error(
@@ -213,6 +231,13 @@ pub struct StoredEntry {
     pub key: Option<u64>,
     pub stored_hash: Hash,
     pub encoding: Vec<u8>,
+}
+
+impl StoredEntry {
+    /// What is left of the entry if retention pruned it.
+    pub fn tombstone(&self) -> Option<retention::Tombstone> {
+        retention::Tombstone::decode(&self.encoding)
+    }
 }
 
 /// The hash-linked ledger.
@@ -750,6 +775,202 @@ impl Ledger {
         Entry::decode(&stored.encoding)
             .map(Some)
             .map_err(|source| LedgerError::Decode { index, source })
+    }
+
+    /// Places a legal hold (durably, before returning).
+    pub fn place_legal_hold(&mut self, hold: &LegalHold) -> Result<(), LedgerError> {
+        if self.read_only {
+            return Err(LedgerError::ReadOnly);
+        }
+        let meta = self.cf(CF_META)?;
+        let mut key = LEGAL_HOLD_PREFIX.to_vec();
+        key.extend_from_slice(hold.id.as_bytes());
+        let value = serde_json::to_vec(hold).map_err(|e| LedgerError::Hold(e.to_string()))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(&meta, key, value);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo).map_err(self.db_error())
+    }
+
+    /// Releases a legal hold; `false` if there was none with that id.
+    pub fn release_legal_hold(&mut self, id: &str) -> Result<bool, LedgerError> {
+        if self.read_only {
+            return Err(LedgerError::ReadOnly);
+        }
+        if !self.legal_holds()?.iter().any(|h| h.id == id) {
+            return Ok(false);
+        }
+        let meta = self.cf(CF_META)?;
+        let mut key = LEGAL_HOLD_PREFIX.to_vec();
+        key.extend_from_slice(id.as_bytes());
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(&meta, key);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo).map_err(self.db_error())?;
+        Ok(true)
+    }
+
+    pub fn legal_holds(&self) -> Result<Vec<LegalHold>, LedgerError> {
+        let cf = self.cf(CF_META)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            &cf,
+            IteratorMode::From(LEGAL_HOLD_PREFIX, Direction::Forward),
+        ) {
+            let (key, value) = item.map_err(self.db_error())?;
+            if !key.starts_with(LEGAL_HOLD_PREFIX) {
+                break;
+            }
+            let hold =
+                serde_json::from_slice(&value).map_err(|e| LedgerError::Hold(e.to_string()))?;
+            out.push(hold);
+        }
+        Ok(out)
+    }
+
+    /// Prunes the payloads of entries received before `now - retention_days` that no legal
+    /// hold matches, leaving tombstones (see [`crate::retention`]). Every hash stays: the chain,
+    /// the tree and every checkpoint still verify.
+    pub fn prune(&mut self, now: i64, retention_days: u32) -> Result<Pruned, LedgerError> {
+        if self.read_only {
+            return Err(LedgerError::ReadOnly);
+        }
+        let cutoff = now.saturating_sub(i64::from(retention_days) * 86_400 * 1_000_000_000);
+        let holds = self.legal_holds()?;
+        let held: Vec<(HoldQuery, Option<std::collections::HashSet<String>>)> = holds
+            .into_iter()
+            .map(|h| {
+                let subjects = self.held_subjects(&h.query)?;
+                Ok((h.query, subjects))
+            })
+            .collect::<Result<_, LedgerError>>()?;
+        let mut report = Pruned {
+            cutoff,
+            ..Pruned::default()
+        };
+        let start = self.read_u64(KEY_PRUNED_THROUGH)?;
+        let mut resume: Option<u64> = None;
+        let mut index = start;
+        let entries_cf = self.cf(CF_ENTRIES)?;
+        let index_cf = self.cf(CF_INDEX)?;
+        let meta_cf = self.cf(CF_META)?;
+        'batches: loop {
+            let mut batch = WriteBatch::default();
+            let mut in_batch = 0u64;
+            let mut done = false;
+            for stored in self.entries(index)? {
+                let stored = stored?;
+                let Some(key) = stored.key else {
+                    break;
+                };
+                index = key + 1;
+                if stored.tombstone().is_some() {
+                    continue;
+                }
+                let Ok(entry) = Entry::decode(&stored.encoding) else {
+                    // Damage is verify's to report; pruning leaves it as it is.
+                    resume.get_or_insert(key);
+                    continue;
+                };
+                if entry.received_at >= cutoff {
+                    done = true;
+                    break;
+                }
+                let subject = event_subject(&entry.event);
+                if held.iter().any(|(q, subjects)| {
+                    q.from.is_none_or(|f| entry.received_at >= f)
+                        && q.to.is_none_or(|t| entry.received_at < t)
+                        && subjects
+                            .as_ref()
+                            .is_none_or(|s| subject.as_ref().is_some_and(|x| s.contains(x)))
+                }) {
+                    report.kept_by_holds += 1;
+                    resume.get_or_insert(key);
+                    continue;
+                }
+                let tombstone = Tombstone {
+                    index: key,
+                    stream_sequence: entry.stream_sequence,
+                    received_at: entry.received_at,
+                    previous_hash: entry.previous_hash,
+                    leaf_hash: merkle::leaf_hash(&stored.encoding),
+                    event_length: entry.event.len() as u32,
+                    event_blake3: *blake3::hash(&entry.event).as_bytes(),
+                    pruned_at: now,
+                };
+                let mut value = stored.stored_hash.to_vec();
+                value.extend_from_slice(&tombstone.encode());
+                batch.put_cf(&entries_cf, key.to_be_bytes(), value);
+                for index_key in index_keys(key, entry.received_at, &entry.event) {
+                    batch.delete_cf(&index_cf, index_key);
+                }
+                report.pruned += 1;
+                report.first.get_or_insert(key);
+                report.last = Some(key);
+                in_batch += 1;
+                if in_batch >= BACKFILL_BATCH {
+                    break;
+                }
+            }
+            let through = resume.unwrap_or(index);
+            batch.put_cf(&meta_cf, KEY_PRUNED_THROUGH, through.to_be_bytes());
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            self.db.write_opt(batch, &wo).map_err(self.db_error())?;
+            if done || in_batch < BACKFILL_BATCH {
+                break 'batches;
+            }
+        }
+        Ok(report)
+    }
+
+    /// The request and session ids a hold's principal / namespace / request id take in;
+    /// `None` when the hold has none of them (it is by time only).
+    fn held_subjects(
+        &self,
+        query: &HoldQuery,
+    ) -> Result<Option<std::collections::HashSet<String>>, LedgerError> {
+        let mut fields = Vec::new();
+        if let Some(p) = &query.principal {
+            fields.push((index::Field::Principal, p.clone()));
+        }
+        if let Some(n) = &query.namespace {
+            fields.push((index::Field::Namespace, n.clone()));
+        }
+        if let Some(r) = &query.request_id {
+            fields.push((index::Field::Request, r.clone()));
+        }
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let mut subjects = std::collections::HashSet::new();
+        let mut after = None;
+        loop {
+            let page = self.search(&Query {
+                fields: fields.clone(),
+                after,
+                limit: 10_000,
+                ..Query::default()
+            })?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.index);
+            for entry in &page {
+                if let Some(subject) = event_subject(&entry.event) {
+                    subjects.insert(subject);
+                }
+            }
+        }
+        Ok(Some(subjects))
+    }
+
+    fn read_u64(&self, key: &[u8]) -> Result<u64, LedgerError> {
+        let cf = self.cf(CF_META)?;
+        Ok(match self.db.get_cf(&cf, key).map_err(self.db_error())? {
+            Some(bytes) if bytes.len() == 8 => be_u64(&bytes),
+            _ => 0,
+        })
     }
 
     /// Every gap alarm recorded so far.

@@ -27,6 +27,8 @@ pub struct Verified {
     /// The Merkle root of all entries, when the ledger has its tree (a ledger written before
     /// the tree gets it the next time `gatehouse evidence` opens it).
     pub merkle_root: Option<Hash>,
+    /// Entries whose payload retention pruned (their hashes verified, their events gone).
+    pub pruned: u64,
 }
 
 /// The first thing wrong with the chain.
@@ -134,6 +136,7 @@ pub fn verify_with_progress(
     let with_tree = ledger.tree_size() == head.next_index;
     // Perfect subtrees not yet folded into a bigger one, left to right.
     let mut frontier: Vec<(u8, Hash)> = Vec::new();
+    let mut pruned = 0u64;
 
     for item in ledger.entries(0)? {
         let stored = match item {
@@ -157,48 +160,56 @@ pub fn verify_with_progress(
                 },
             );
         }
-        let entry = match Entry::decode(&stored.encoding) {
-            Ok(e) => e,
-            Err(e) => return broken(key, Problem::Undecodable(e.to_string())),
+        // A pruned entry keeps every field but the event: its stored hash is what the next
+        // entry links to and its leaf hash is what the tree holds; only the event's own bytes
+        // can no longer be checked.
+        let (fields, computed, leaf) = match Entry::decode(&stored.encoding) {
+            Ok(entry) => {
+                let computed = entry_hash(&stored.encoding);
+                if entry.index == key && computed != stored.stored_hash {
+                    return broken(
+                        key,
+                        Problem::HashMismatch {
+                            stored: stored.stored_hash,
+                            computed,
+                        },
+                    );
+                }
+                let fields = (entry.index, entry.previous_hash, entry.stream_sequence);
+                (fields, computed, merkle::leaf_hash(&stored.encoding))
+            }
+            Err(e) => match stored.tombstone() {
+                Some(t) => {
+                    pruned += 1;
+                    let fields = (t.index, t.previous_hash, t.stream_sequence);
+                    (fields, stored.stored_hash, t.leaf_hash)
+                }
+                None => return broken(key, Problem::Undecodable(e.to_string())),
+            },
         };
-        if entry.index != key {
-            return broken(
-                key,
-                Problem::WrongIndex {
-                    claimed: entry.index,
-                },
-            );
+        let (claimed, previous_hash, stream_sequence) = fields;
+        if claimed != key {
+            return broken(key, Problem::WrongIndex { claimed });
         }
-        let computed = entry_hash(&stored.encoding);
-        if computed != stored.stored_hash {
-            return broken(
-                key,
-                Problem::HashMismatch {
-                    stored: stored.stored_hash,
-                    computed,
-                },
-            );
-        }
-        if entry.previous_hash != chain {
+        if previous_hash != chain {
             return broken(
                 key,
                 Problem::BrokenLink {
                     expected: chain,
-                    found: entry.previous_hash,
+                    found: previous_hash,
                 },
             );
         }
-        if entry.stream_sequence <= last_sequence {
+        if stream_sequence <= last_sequence {
             return broken(
                 key,
                 Problem::SequenceNotIncreasing {
                     previous: last_sequence,
-                    found: entry.stream_sequence,
+                    found: stream_sequence,
                 },
             );
         }
         if with_tree {
-            let leaf = merkle::leaf_hash(&stored.encoding);
             let mut lefts = frontier.iter().rev().map(|(_, h)| *h);
             let completed = merkle::completed_by(key, leaf, |_, _| lefts.next().ok_or(()));
             let Ok(completed) = completed else {
@@ -228,7 +239,7 @@ pub fn verify_with_progress(
             }
         }
         chain = computed;
-        last_sequence = entry.stream_sequence;
+        last_sequence = stream_sequence;
         expected_index += 1;
         if expected_index.is_multiple_of(4096) {
             progress(expected_index);
@@ -260,5 +271,6 @@ pub fn verify_with_progress(
         last_sequence: head.last_sequence,
         gaps: ledger.gaps()?,
         merkle_root,
+        pruned,
     }))
 }

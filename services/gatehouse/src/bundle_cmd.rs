@@ -220,6 +220,16 @@ pub fn write_bundle(
             break;
         };
         progress.set_position(index);
+        if let Some(tombstone) = stored.tombstone() {
+            // Pruned: its leaf and proof go in, so the range stays accounted for.
+            let at = tombstone.received_at;
+            let in_time = from.is_none_or(|f| at >= nanos(f)) && to.is_none_or(|t| at < nanos(t));
+            if !filtered && in_time {
+                let proof = ledger.inclusion_proof(index, size)?;
+                writer.add_tombstone(index, &tombstone.leaf_hash, &proof)?;
+            }
+            continue;
+        }
         let entry = Entry::decode(&stored.encoding).with_context(|| {
             format!("entry {index} cannot be read; run gatehouse ledger verify")
         })?;
@@ -276,6 +286,10 @@ pub fn write_bundle(
         created_at: gatehouse_events::envelope::now_rfc3339(),
     };
     Ok(writer.finish(&checkpoint, scope, out)?)
+}
+
+fn nanos(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX)
 }
 
 /// Whether the filters choose this event: a request by its `request.received`, everything

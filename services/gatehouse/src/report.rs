@@ -1644,6 +1644,10 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
     {
         let stored =
             stored.with_context(|| format!("reading the ledger at {}", ledger.path().display()))?;
+        if stored.tombstone().is_some() {
+            // Pruned past retention: nothing left to report on.
+            continue;
+        }
         let Ok(entry) = gatehouse_evidence::entry::Entry::decode(&stored.encoding) else {
             builder.unreadable();
             continue;
