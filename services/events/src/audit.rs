@@ -40,3 +40,25 @@ pub struct AuditAccessed {
 impl Payload for AuditAccessed {
     const NAME: &'static str = "audit.accessed";
 }
+
+/// `ledger.pruned`: retention removed payloads; their hashes stay (the tombstone record of what
+/// went). Its `subject` is the prune's own id.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerPruned {
+    /// ULID of this prune.
+    pub prune_id: String,
+    pub first_index: u64,
+    pub last_index: u64,
+    /// Entries turned into tombstones.
+    pub entries: u64,
+    /// Entries past retention that legal holds kept.
+    pub kept_by_legal_holds: u64,
+    pub retention_days: u32,
+    /// RFC 3339 UTC: entries received before this were past retention.
+    pub cutoff: String,
+}
+
+impl Payload for LedgerPruned {
+    const NAME: &'static str = "ledger.pruned";
+}

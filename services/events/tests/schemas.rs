@@ -77,6 +77,7 @@ fn every_type_has_a_schema() {
             "dev.gatehouse.audit.accessed.v1",
             "dev.gatehouse.grant.issued.v1",
             "dev.gatehouse.grant.revoked.v1",
+            "dev.gatehouse.ledger.pruned.v1",
             "dev.gatehouse.request.denied.v1",
             "dev.gatehouse.request.forwarded.v1",
             "dev.gatehouse.request.held.v1",
@@ -449,6 +450,24 @@ fn approval_events_validate_and_refuse_drift() {
         },
     );
     set.validate(&accessed.to_bytes().unwrap()).unwrap();
+    let prune_id = EventId::new().to_string();
+    let pruned = Envelope::new(
+        &source("evidence", "replica-1"),
+        &prune_id,
+        LedgerPruned {
+            prune_id: prune_id.clone(),
+            first_index: 0,
+            last_index: 9,
+            entries: 10,
+            kept_by_legal_holds: 2,
+            retention_days: 2192,
+            cutoff: "2024-01-01T00:00:00Z".into(),
+        },
+    );
+    set.validate(&pruned.to_bytes().unwrap()).unwrap();
+    let mut short = serde_json::to_value(&pruned).unwrap();
+    short["data"]["retention_days"] = 30.into();
+    assert!(!violations(&set, short).is_empty());
     let mut unknown = serde_json::to_value(&accessed).unwrap();
     unknown["data"]["action"] = "delete".into();
     assert!(!violations(&set, unknown).is_empty());

@@ -26,6 +26,13 @@ pub struct EvidenceConfig {
     /// [`MIN_RETENTION_DAYS`] (six years); a smaller value is refused.
     #[serde(default = "default_retention_days")]
     pub retention_days: u32,
+    /// How often payloads past retention are pruned (at start, then on this schedule).
+    #[serde(default = "default_prune_every", with = "humantime_serde")]
+    pub prune_every: Duration,
+}
+
+fn default_prune_every() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 /// Six years of 365¼ days, rounded up: HIPAA (45 CFR 164.316(b)(2)) keeps documentation six
@@ -65,6 +72,7 @@ impl EvidenceConfig {
             batch_max: default_batch_max(),
             checkpoints: None,
             retention_days: default_retention_days(),
+            prune_every: default_prune_every(),
         }
     }
 
@@ -80,6 +88,9 @@ impl EvidenceConfig {
         }
         if self.batch_max == 0 || self.batch_max > 100_000 {
             return Err("batch_max must be between 1 and 100000".into());
+        }
+        if self.prune_every < Duration::from_secs(60) {
+            return Err("prune_every must be at least 1m".into());
         }
         if let Some(c) = &self.checkpoints
             && c.every < Duration::from_secs(1)

@@ -127,7 +127,24 @@ impl Evidence {
                     }
                 })
             });
+        let pruning = {
+            let ledger = self.ledger.clone();
+            let bus = self.bus.clone();
+            let stop = shutdown.clone();
+            let (every, days) = (self.config.prune_every, self.config.retention_days);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => prune(&ledger, &bus, days).await,
+                    }
+                }
+            })
+        };
         let result = ingestor.run(shutdown).await;
+        let _ = pruning.await;
         if let Some(task) = checkpoints {
             let _ = task.await;
         }
@@ -176,6 +193,61 @@ fn issue_checkpoint(
             tracing::error!(alarm = "checkpoint_refused", error = %e, "checkpoint not signed")
         }
     }
+}
+
+/// Prunes what is past retention and records it as `ledger.pruned` (which the ledger then
+/// ingests like any event).
+pub async fn prune(ledger: &Mutex<Ledger>, bus: &Bus, retention_days: u32) {
+    let now =
+        i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(i64::MAX);
+    let result = {
+        let mut ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
+        ledger.prune(now, retention_days)
+    };
+    match result {
+        Ok(pruned) => {
+            if let Err(e) = publish_pruned(bus, &pruned, retention_days).await {
+                tracing::error!(error = %e, entries = pruned.pruned, "pruned, but ledger.pruned was not recorded");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "pruning failed"),
+    }
+}
+
+/// Publishes `ledger.pruned` for a prune that removed anything.
+pub async fn publish_pruned(
+    bus: &Bus,
+    pruned: &retention::Pruned,
+    retention_days: u32,
+) -> Result<(), gatehouse_bus::PublishError> {
+    let (Some(first), Some(last)) = (pruned.first, pruned.last) else {
+        return Ok(());
+    };
+    let id = gatehouse_events::EventId::new().to_string();
+    let cutoff = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(pruned.cutoff))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let event = gatehouse_events::Envelope::new(
+        &gatehouse_events::envelope::source("evidence", "ledger"),
+        &id,
+        gatehouse_events::LedgerPruned {
+            prune_id: id.clone(),
+            first_index: first,
+            last_index: last,
+            entries: pruned.pruned,
+            kept_by_legal_holds: pruned.kept_by_holds,
+            retention_days,
+            cutoff: gatehouse_events::envelope::format_rfc3339(cutoff),
+        },
+    );
+    bus.publish(&event).await?;
+    tracing::info!(
+        entries = pruned.pruned,
+        first,
+        last,
+        kept = pruned.kept_by_holds,
+        "pruned payloads past retention"
+    );
+    Ok(())
 }
 
 /// Reads a checkpoint signing key. Errors name the file, never its content.

@@ -69,6 +69,12 @@ fn print_ok(path: &str, v: &Verified) {
     println!("  entries        {}", v.entries);
     println!("  head hash      {}", hex::encode(v.head_hash));
     println!("  last sequence  {}", v.last_sequence);
+    if v.pruned > 0 {
+        println!(
+            "  pruned         {} entries past retention (hashes kept)",
+            v.pruned
+        );
+    }
     match v.merkle_root {
         Some(root) => println!("  merkle root    {}", hex::encode(root)),
         None => println!("  merkle root    not built yet (gatehouse evidence builds it at start)"),
@@ -98,6 +104,7 @@ fn report_json(
             "head_hash": hex::encode(v.head_hash),
             "last_sequence": v.last_sequence,
             "merkle_root": v.merkle_root.map(hex::encode),
+            "pruned": v.pruned,
             "gaps": v.gaps.iter().map(|g| json!({"first": g.first, "last": g.last})).collect::<Vec<_>>(),
         }),
         (None, Some((index, problem))) => json!({

@@ -8,6 +8,7 @@
 //! - [`approvals_cmd`]: `gatehouse approvals list|vote` and `gatehouse grants list|revoke`.
 //! - [`bundle_cmd`]: `gatehouse export` (an evidence bundle) and `gatehouse verify` (check one).
 //! - [`checkpoint_cmd`]: `gatehouse checkpoint keygen|sign|show`.
+//! - [`retention_cmd`]: `gatehouse ledger hold place|list|release` and `gatehouse ledger prune`.
 //! - [`policy_cmd`]: `gatehouse policy check` and `gatehouse policy explain`.
 //! - [`nats_server`]: a local `nats-server` with JetStream (for `up` and for tests).
 //! - [`demo`]: the demo identities and policy `up` starts with.
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod approvals_cmd;
+pub mod auditor_api;
 pub mod bundle_cmd;
 pub mod checkpoint_cmd;
 pub mod demo;
@@ -28,6 +30,7 @@ pub mod nats_server;
 pub mod policy_cmd;
 pub mod replay;
 pub mod report;
+pub mod retention_cmd;
 pub mod up;
 
 use std::path::Path;

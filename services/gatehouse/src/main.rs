@@ -116,6 +116,22 @@ enum LedgerCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Legal holds: entries they match are kept past retention.
+    Hold {
+        #[command(subcommand)]
+        command: gatehouse::retention_cmd::HoldCommand,
+    },
+    /// Prune payloads past `retention_days` (not under a legal hold) into tombstones that keep
+    /// every hash, and record `ledger.pruned`. The evidence service does this on its own
+    /// schedule; this is for a ledger it is not running on.
+    Prune {
+        /// The evidence service's configuration (data directory, NATS, retention_days).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Prune as of this time instead of now (RFC 3339).
+        #[arg(long)]
+        now: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -231,6 +247,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Export(args) => return gatehouse::bundle_cmd::export(args),
         Command::Verify(args) => return gatehouse::bundle_cmd::verify(args),
         Command::Report(args) => return gatehouse::report::run(args),
+        Command::Ledger {
+            command: LedgerCommand::Hold { command },
+        } => return gatehouse::retention_cmd::hold(command),
+        Command::Ledger {
+            command: LedgerCommand::Prune { config, now },
+        } => return gatehouse::retention_cmd::prune(config, now).await,
         Command::Ledger {
             command: LedgerCommand::Verify { data_dir, json },
         } => {

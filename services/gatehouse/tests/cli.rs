@@ -292,3 +292,86 @@ fn checkpoint_keys_sign_and_show_and_a_rewritten_tree_is_refused() {
     );
     assert!(!text(&sign.stderr).contains(secret.trim()));
 }
+
+#[test]
+fn legal_holds_keep_what_they_match_when_the_ledger_is_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    // Five entries received in 1970: all long past any retention.
+    ledger_with(dir.path(), 5);
+    let data = dir.path().to_str().unwrap();
+    // Entries 0 and 1 were received at 1 ns and 2 ns.
+    let placed = gatehouse(&[
+        "ledger",
+        "hold",
+        "place",
+        "--data-dir",
+        data,
+        "--reason",
+        "matter 17",
+        "--by",
+        "counsel@example.com",
+        "--from",
+        "1970-01-01T00:00:00Z",
+        "--to",
+        "1970-01-01T00:00:00.000000003Z",
+    ]);
+    assert!(placed.status.success(), "{}", text(&placed.stderr));
+    let hold_id = text(&placed.stdout).trim().to_owned();
+    let list = gatehouse(&["ledger", "hold", "list", "--data-dir", data]);
+    assert!(text(&list.stdout).contains(&hold_id) && text(&list.stdout).contains("matter 17"));
+    let empty = gatehouse(&[
+        "ledger",
+        "hold",
+        "place",
+        "--data-dir",
+        data,
+        "--reason",
+        "x",
+        "--by",
+        "y",
+    ]);
+    assert!(!empty.status.success(), "a hold without a query is refused");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut nats = runtime
+        .block_on(gatehouse::nats_server::NatsServer::start(
+            &dir.path().join("nats"),
+        ))
+        .unwrap();
+    let config = dir.path().join("evidence.yaml");
+    std::fs::write(
+        &config,
+        format!("data_dir: {data:?}\nnats: {{url: {:?}}}\n", nats.url()),
+    )
+    .unwrap();
+    let out = gatehouse(&["ledger", "prune", "--config", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("pruned 3 entries (indexes 2 to 4), kept 2"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The hashes all stay: the ledger still verifies, with the pruned entries counted.
+    let verify = gatehouse(&["ledger", "verify", "--data-dir", data, "--json"]);
+    assert!(verify.status.success(), "{}", text(&verify.stdout));
+    assert!(
+        text(&verify.stdout).contains("\"pruned\":3"),
+        "{}",
+        text(&verify.stdout)
+    );
+    // ledger.pruned was recorded on NATS.
+    let stored = runtime.block_on(async {
+        let bus = gatehouse_bus::Bus::connect(&gatehouse_bus::BusConfig::new(nats.url()), "t")
+            .await
+            .unwrap();
+        bus.read_all().await.unwrap()
+    });
+    assert!(
+        stored
+            .iter()
+            .any(|(_, bytes)| String::from_utf8_lossy(bytes).contains("ledger.pruned"))
+    );
+    let released = gatehouse(&["ledger", "hold", "release", &hold_id, "--data-dir", data]);
+    assert!(released.status.success());
+    runtime.block_on(nats.stop());
+}
