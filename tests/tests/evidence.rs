@@ -116,11 +116,13 @@ async fn redeliveries_after_a_crash_between_write_and_ack_are_skipped() -> Resul
     let stream = bus.read_all().await?;
     {
         let mut ledger = Ledger::open(&config.data_dir)?;
+        // Stored now (a 1970 time would be past retention and pruned at start).
+        let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos())?;
         let written: Vec<NewEntry> = stream[..120]
             .iter()
             .map(|(sequence, bytes)| NewEntry {
                 stream_sequence: *sequence,
-                received_at: 0,
+                received_at: now,
                 event: bytes.to_vec(),
             })
             .collect();
