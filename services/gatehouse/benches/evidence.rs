@@ -68,7 +68,10 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(verified.manifest.counts.events == events);
 
     let rate = |n: f64, d: std::time::Duration| n / d.as_secs_f64();
-    println!("events: {events} ({:.0} bytes each on average)", bytes as f64 / events as f64);
+    println!(
+        "events: {events} ({:.0} bytes each on average)",
+        bytes as f64 / events as f64
+    );
     println!(
         "ingest (batches of 1000, fsync each): {:.0} events/s ({:.2} s)",
         rate(events as f64, ingest),

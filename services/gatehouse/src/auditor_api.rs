@@ -56,8 +56,9 @@ use gatehouse_events::{AuditAccessed, AuditAction, Envelope};
 use gatehouse_evidence::Ledger;
 use gatehouse_evidence::entry::{Entry, entry_hash};
 use gatehouse_evidence::index::Field;
+use gatehouse_evidence::merkle::leaf_hash;
 use gatehouse_evidence::store::{LedgerError, Query as LedgerQuery};
-use gatehouse_proxy::authn::{AuthnError, Authenticator, AuthnOptions};
+use gatehouse_proxy::authn::{Authenticator, AuthnError, AuthnOptions};
 use gatehouse_proxy::config::{IssuerConfig, ServerTlsConfig};
 use gatehouse_proxy::policy::Policy;
 use gatehouse_proxy::serving_cert::ServingCert;
@@ -294,7 +295,11 @@ fn prepare_scratch(dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let entries = std::fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().ends_with(PARTIAL_SUFFIX) {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .ends_with(PARTIAL_SUFFIX)
+        {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -418,7 +423,9 @@ impl Call {
 
     fn time(&self, name: &str) -> Result<Option<OffsetDateTime>, ApiError> {
         self.get(name)
-            .map(|v| report::parse_time(v).map_err(|e| ApiError::bad_request(format!("{name}: {e}"))))
+            .map(|v| {
+                report::parse_time(v).map_err(|e| ApiError::bad_request(format!("{name}: {e}")))
+            })
             .transpose()
     }
 
@@ -537,7 +544,10 @@ impl Inner {
                     AuthnError::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
                     _ => StatusCode::UNAUTHORIZED,
                 };
-                (UNAUTHENTICATED.to_owned(), ApiError::new(status, e.to_string()))
+                (
+                    UNAUTHENTICATED.to_owned(),
+                    ApiError::new(status, e.to_string()),
+                )
             })?;
         if !verified
             .groups
@@ -613,9 +623,16 @@ fn recorded(
 
 fn redact_or_clip(name: &str, value: &str) -> String {
     let name = name.to_ascii_lowercase();
-    let secret_name = ["token", "authorization", "bearer", "jwt", "password", "secret"]
-        .iter()
-        .any(|s| name.contains(s));
+    let secret_name = [
+        "token",
+        "authorization",
+        "bearer",
+        "jwt",
+        "password",
+        "secret",
+    ]
+    .iter()
+    .any(|s| name.contains(s));
     if secret_name || looks_like_jwt(value) {
         return "[redacted]".into();
     }
@@ -624,10 +641,12 @@ fn redact_or_clip(name: &str, value: &str) -> String {
 
 /// A JWT pasted somewhere it does not belong (`eyJ` is base64url of `{"`).
 fn looks_like_jwt(value: &str) -> bool {
-    value.split(|c: char| c.is_whitespace() || c == '=' || c == '&').any(|word| {
-        let word = word.trim_start_matches("Bearer");
-        word.starts_with("eyJ") && word.matches('.').count() >= 2
-    })
+    value
+        .split(|c: char| c.is_whitespace() || c == '=' || c == '&')
+        .any(|word| {
+            let word = word.trim_start_matches("Bearer");
+            word.starts_with("eyJ") && word.matches('.').count() >= 2
+        })
 }
 
 fn clip(value: &str) -> String {
@@ -872,16 +891,21 @@ impl Inner {
 
 // ----- one event with its proof -----
 
-#[derive(Serialize)]
+#[derive(Default, Serialize)]
 struct EventAnswer {
     index: u64,
     stream_sequence: u64,
     received_at: i64,
     previous_hash: String,
     entry_hash: String,
-    event: Box<RawValue>,
+    /// The entry's Merkle leaf hash (what the inclusion proof starts from).
+    leaf_hash: String,
+    /// The event; `null` once retention pruned it (the hashes above stay).
+    event: Option<Box<RawValue>>,
     /// The event's bytes exactly as stored (standard base64), for recomputing the entry hash.
-    event_base64: String,
+    event_base64: Option<String>,
+    /// When retention pruned the event, nanoseconds since the epoch; `null` if it was not.
+    pruned_at: Option<i64>,
     /// The tree the proof is against, and its root (hex).
     size: u64,
     root: String,
@@ -906,9 +930,9 @@ async fn event(State(api): State<Arc<Inner>>, headers: HeaderMap, uri: Uri) -> R
 
 impl Inner {
     async fn event(self: Arc<Self>, call: Call) -> Result<Answer, ApiError> {
-        let index: u64 = call.number("index")?.ok_or_else(|| {
-            ApiError::bad_request("the event index must be a whole number")
-        })?;
+        let index: u64 = call
+            .number("index")?
+            .ok_or_else(|| ApiError::bad_request("the event index must be a whole number"))?;
         let size: Option<u64> = call.number("size")?;
         let answer = self
             .ledger_job(move |dir| {
@@ -946,37 +970,52 @@ impl Inner {
                     };
                     return Err(ApiError::not_found(why));
                 }
-                let entry = ledger
-                    .entry(index)
+                let stored = ledger
+                    .entries(index)
                     .map_err(ledger_error)?
+                    .next()
+                    .transpose()
+                    .map_err(ledger_error)?
+                    .filter(|s| s.key == Some(index))
                     .ok_or_else(|| ApiError::not_found(format!("no entry {index}")))?;
-                let encoding = entry
-                    .encode()
-                    .map_err(|e| ApiError::internal("the entry could not be encoded", e))?;
-                let inclusion = ledger.inclusion_proof(index, size).map_err(ledger_error)?;
-                let root = ledger.root(size).map_err(ledger_error)?;
-                Ok(event_answer(
-                    &entry,
-                    &encoding,
-                    size,
-                    &root,
-                    &inclusion,
-                    checkpoint,
-                ))
+                let mut answer = match stored.tombstone() {
+                    Some(t) => EventAnswer {
+                        index,
+                        stream_sequence: t.stream_sequence,
+                        received_at: t.received_at,
+                        previous_hash: hex::encode(t.previous_hash),
+                        entry_hash: hex::encode(stored.stored_hash),
+                        leaf_hash: hex::encode(t.leaf_hash),
+                        event: None,
+                        event_base64: None,
+                        pruned_at: Some(t.pruned_at),
+                        ..EventAnswer::default()
+                    },
+                    None => {
+                        let entry = Entry::decode(&stored.encoding).map_err(|source| {
+                            ledger_error(LedgerError::Decode { index, source })
+                        })?;
+                        event_answer(&entry, &stored.encoding)
+                    }
+                };
+                answer.size = size;
+                answer.root = hex::encode(ledger.root(size).map_err(ledger_error)?);
+                answer.inclusion = ledger
+                    .inclusion_proof(index, size)
+                    .map_err(ledger_error)?
+                    .iter()
+                    .map(hex::encode)
+                    .collect();
+                answer.checkpoint = checkpoint;
+                Ok(answer)
             })
             .await?;
         json_answer(&answer, Some(1))
     }
 }
 
-fn event_answer(
-    entry: &Entry,
-    encoding: &[u8],
-    size: u64,
-    root: &[u8; 32],
-    inclusion: &[[u8; 32]],
-    checkpoint: Option<String>,
-) -> EventAnswer {
+/// An entry as stored; the tree fields are filled in by the caller.
+fn event_answer(entry: &Entry, encoding: &[u8]) -> EventAnswer {
     use base64::Engine as _;
     EventAnswer {
         index: entry.index,
@@ -984,12 +1023,10 @@ fn event_answer(
         received_at: entry.received_at,
         previous_hash: hex::encode(entry.previous_hash),
         entry_hash: hex::encode(entry_hash(encoding)),
-        event: raw_event(&entry.event),
-        event_base64: base64::engine::general_purpose::STANDARD.encode(&entry.event),
-        size,
-        root: hex::encode(root),
-        inclusion: inclusion.iter().map(hex::encode).collect(),
-        checkpoint,
+        leaf_hash: hex::encode(leaf_hash(encoding)),
+        event: Some(raw_event(&entry.event)),
+        event_base64: Some(base64::engine::general_purpose::STANDARD.encode(&entry.event)),
+        ..EventAnswer::default()
     }
 }
 
@@ -1036,16 +1073,15 @@ impl Inner {
         let latest = self
             .ledger_job(|dir| open_ledger(dir)?.latest_checkpoint().map_err(ledger_error))
             .await?;
-        let (_, note) = latest.ok_or_else(|| {
-            ApiError::not_found("the ledger has no signed checkpoint yet")
-        })?;
+        let (_, note) =
+            latest.ok_or_else(|| ApiError::not_found("the ledger has no signed checkpoint yet"))?;
         Ok(bytes_answer("text/plain; charset=utf-8", note, None))
     }
 
     async fn consistency(self: Arc<Self>, call: Call) -> Result<Answer, ApiError> {
-        let old: u64 = call
-            .number("old")?
-            .ok_or_else(|| ApiError::bad_request("old (the size of the tree you hold) is required"))?;
+        let old: u64 = call.number("old")?.ok_or_else(|| {
+            ApiError::bad_request("old (the size of the tree you hold) is required")
+        })?;
         let new: Option<u64> = call.number("new")?;
         let answer = self
             .ledger_job(move |dir| {
@@ -1291,9 +1327,7 @@ impl Inner {
         let (from, to) = call.period()?;
         let format = call.get("format").unwrap_or("json").to_owned();
         if !["json", "csv", "html"].contains(&format.as_str()) {
-            return Err(ApiError::bad_request(
-                "format must be json, csv or html",
-            ));
+            return Err(ApiError::bad_request("format must be json, csv or html"));
         }
         let policy_path = self.policy.clone();
         let review = self
@@ -1319,6 +1353,10 @@ impl Inner {
                 let mut builder = ReviewBuilder::new(from, to);
                 for stored in ledger.entries(0).map_err(ledger_error)? {
                     let stored = stored.map_err(ledger_error)?;
+                    if stored.tombstone().is_some() {
+                        // Pruned past retention: nothing left to report on.
+                        continue;
+                    }
                     let Ok(entry) = Entry::decode(&stored.encoding) else {
                         builder.unreadable();
                         continue;
@@ -1371,6 +1409,67 @@ impl Inner {
             }
         })
     }
+}
+
+/// Reads an evidence configuration file: the service's settings, and the auditor API's from
+/// its `api:` section, if any.
+pub fn load_evidence_config(
+    path: &std::path::Path,
+) -> anyhow::Result<(gatehouse_evidence::EvidenceConfig, Option<AuditorApiConfig>)> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading configuration {}: {e}", path.display()))?;
+    let mut document: yaml_serde::Value = yaml_serde::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("configuration {}: {e}", path.display()))?;
+    let api = document
+        .as_mapping_mut()
+        .and_then(|m| m.remove("api"))
+        .map(yaml_serde::from_value::<AuditorApiConfig>)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("configuration {}: api: {e}", path.display()))?;
+    // Without an `api:` section the text is parsed again as it is, so errors keep their line.
+    let evidence = if api.is_none() {
+        yaml_serde::from_str(&text)
+    } else {
+        yaml_serde::from_value(document)
+    }
+    .map_err(|e| anyhow::anyhow!("configuration {}: {e}", path.display()))?;
+    Ok((evidence, api))
+}
+
+/// `gatehouse evidence --config FILE`: the evidence service, and its auditor API when the file
+/// has an `api:` section (the rest of the file is the evidence service's configuration).
+pub async fn run_evidence(
+    path: &std::path::Path,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (evidence, api) = load_evidence_config(path)?;
+    let Some(api) = api else {
+        return Ok(gatehouse_evidence::run(evidence, shutdown).await?);
+    };
+    api.validate().map_err(anyhow::Error::msg)?;
+    let replica = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "evidence-0".to_owned());
+    let bus = gatehouse_bus::Bus::connect(&evidence.nats, "gatehouse-evidence-api").await?;
+    bus.ensure_stream(&evidence.nats.stream).await?;
+    // The ledger first: the API reads what the service opened (and built indexes for).
+    let service = gatehouse_evidence::Evidence::open(evidence.clone()).await?;
+    let server = AuditorApi::start(
+        &api,
+        evidence.data_dir.clone(),
+        bus,
+        &replica,
+        shutdown.clone(),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    tracing::info!(listen = %server.local_addr(), "auditor API serving");
+    let task = tokio::spawn(server.run());
+    let result = service.run(shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = task.await;
+    Ok(result?)
 }
 
 #[cfg(test)]

@@ -78,6 +78,9 @@ approvers:
     discord: "100000000000000003"
 "#;
 
+/// The demo auditor: a token with group `auditors` for the evidence service's auditor API.
+pub const AUDITOR: &str = "auditor@example.com";
+
 /// The demo approvers' identities (each gets a token in `tokens/`).
 pub const APPROVERS: [&str; 3] = ["alice@example.com", "bob@example.com", "carol@example.com"];
 

@@ -5,6 +5,8 @@
 //! - [`ledger`]: `gatehouse ledger verify`.
 //! - [`replay`]: `gatehouse replay`, a recorded session as text or asciicast v2.
 //! - [`report`]: `gatehouse report`, the access review for a period (JSON, CSV, printable HTML).
+//! - [`auditor_api`]: the auditor API of `gatehouse evidence` (search, proofs, checkpoints,
+//!   replay, bundles, reports; every call an `audit.accessed` event), and `run_evidence`.
 //! - [`approvals_cmd`]: `gatehouse approvals list|vote` and `gatehouse grants list|revoke`.
 //! - [`bundle_cmd`]: `gatehouse export` (an evidence bundle) and `gatehouse verify` (check one).
 //! - [`checkpoint_cmd`]: `gatehouse checkpoint keygen|sign|show`.

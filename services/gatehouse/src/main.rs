@@ -187,8 +187,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Grants { command } => return gatehouse::approvals_cmd::grants(command).await,
         Command::Evidence { config } => {
-            let config: gatehouse_evidence::EvidenceConfig = load_yaml(&config)?;
-            gatehouse_evidence::run(config, shutdown_on_signal()).await?;
+            gatehouse::auditor_api::run_evidence(&config, shutdown_on_signal()).await?;
         }
         Command::Up {
             sandbox,

@@ -13,6 +13,7 @@
 //! tokens/       a token per demo approver, for `gatehouse approvals vote --as …`
 //! checkpoint/   the demo checkpoint key (checkpoint.key) and its verifier key (checkpoint.vkey)
 //! approval.url  where the approval service's API answers
+//! auditor.url   where the evidence service's auditor API answers (token: tokens/auditor@…)
 //! ```
 //!
 //! Start order: NATS, PKI, sandbox, issuer, evidence, approval, proxy, kubeconfigs. Stop
@@ -26,7 +27,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use std::sync::Arc;
 
-use gatehouse_evidence::{Evidence, EvidenceConfig, EvidenceError};
+use gatehouse_evidence::{Evidence, EvidenceError};
 use gatehouse_proxy::{Proxy, ProxyConfig};
 use gatehouse_sandbox::issuer::{Issuer, IssuerKeys};
 use gatehouse_sandbox::pki::{LocalCa, server_tls_config};
@@ -74,6 +75,9 @@ pub struct Stack {
     pub proxy_addr: SocketAddr,
     /// The proxy's admin port (`/healthz`, `/readyz`, `/metrics`), plain HTTP on loopback.
     pub proxy_admin_addr: SocketAddr,
+    /// The evidence service's auditor API (plain HTTP on loopback), and its task.
+    pub auditor_api_addr: Option<SocketAddr>,
+    auditor_api_task: Option<JoinHandle<()>>,
     /// The approval service's callbacks and API (plain HTTP on loopback).
     pub approval_addr: SocketAddr,
     pub approval: Arc<gatehouse_approval::Service>,
@@ -204,15 +208,44 @@ impl Stack {
                  #   gatehouse evidence --config {evidence}\n\
                  data_dir: {data}\n\
                  nats:\n  url: {nats_url}\n\
-                 checkpoints:\n  key_file: {key}\n  every: 10s\n",
+                 checkpoints:\n  key_file: {key}\n  every: 10s\n\
+                 api:\n  listen: \"127.0.0.1:0\"\n  auditor_groups: [auditors]\n\
+                 \x20 issuers:\n    - issuer: {issuer}\n      audiences: [{AUDIENCE}]\n",
                 evidence = evidence_file.display(),
                 data = yaml_str(&dir),
                 key = yaml_str(&checkpoint_key),
+                issuer = issuer.url(),
             ),
         )?;
-        let evidence_config: EvidenceConfig = load_yaml(&evidence_file)?;
-        let evidence = Arc::new(Evidence::open(evidence_config).await?);
         let evidence_stop = CancellationToken::new();
+        let (evidence_config, api_config) =
+            crate::auditor_api::load_evidence_config(&evidence_file)?;
+        let evidence = Arc::new(Evidence::open(evidence_config.clone()).await?);
+        let auditor_api = match api_config {
+            Some(api) => {
+                let bus =
+                    gatehouse_bus::Bus::connect(&evidence_config.nats, "gatehouse-evidence-api")
+                        .await?;
+                let server = crate::auditor_api::AuditorApi::start(
+                    &api,
+                    evidence_config.data_dir.clone(),
+                    bus,
+                    "up",
+                    evidence_stop.clone(),
+                )
+                .await
+                .map_err(anyhow::Error::msg)?;
+                let addr = server.local_addr();
+                std::fs::write(dir.join("auditor.url"), format!("http://{addr}\n"))?;
+                let token = issuer.mint(demo::AUDITOR, AUDIENCE, &["auditors"], TOKEN_TTL)?;
+                kubeconfig::write_private(
+                    &dir.join("tokens").join(format!("{}.jwt", demo::AUDITOR)),
+                    &token,
+                )?;
+                Some((addr, tokio::spawn(server.run())))
+            }
+            None => None,
+        };
         let evidence_task = tokio::spawn({
             let evidence = evidence.clone();
             let stop = evidence_stop.clone();
@@ -308,6 +341,8 @@ impl Stack {
             evidence,
             proxy_addr,
             proxy_admin_addr,
+            auditor_api_addr: auditor_api.as_ref().map(|(a, _)| *a),
+            auditor_api_task: auditor_api.map(|(_, t)| t),
             approval_addr,
             approval,
             approval_stop,
@@ -374,6 +409,9 @@ impl Stack {
             Err(e) => tracing::warn!(error = %e, "could not check the ledger's progress"),
         }
         self.evidence_stop.cancel();
+        if let Some(task) = self.auditor_api_task {
+            let _ = task.await;
+        }
         let evidence_result = self
             .evidence_task
             .await
