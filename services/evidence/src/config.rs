@@ -29,6 +29,31 @@ pub struct EvidenceConfig {
     /// How often payloads past retention are pruned (at start, then on this schedule).
     #[serde(default = "default_prune_every", with = "humantime_serde")]
     pub prune_every: Duration,
+    /// Online backups (RocksDB checkpoints) of the ledger.
+    #[serde(default)]
+    pub backups: Option<BackupConfig>,
+}
+
+/// Where and how often the ledger is backed up; restore is `runbooks/ledger-restore.md`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Each backup is a new directory here, named by its time. Hard links make a backup cheap
+    /// when this is on the ledger's filesystem; put it elsewhere to survive losing that disk.
+    pub dir: PathBuf,
+    #[serde(default = "default_backup_every", with = "humantime_serde")]
+    pub every: Duration,
+    /// Backups kept; older ones are removed.
+    #[serde(default = "default_backup_keep")]
+    pub keep: usize,
+}
+
+fn default_backup_every() -> Duration {
+    Duration::from_secs(6 * 3600)
+}
+
+fn default_backup_keep() -> usize {
+    8
 }
 
 fn default_prune_every() -> Duration {
@@ -73,6 +98,7 @@ impl EvidenceConfig {
             checkpoints: None,
             retention_days: default_retention_days(),
             prune_every: default_prune_every(),
+            backups: None,
         }
     }
 
@@ -88,6 +114,11 @@ impl EvidenceConfig {
         }
         if self.batch_max == 0 || self.batch_max > 100_000 {
             return Err("batch_max must be between 1 and 100000".into());
+        }
+        if let Some(b) = &self.backups
+            && (b.every < Duration::from_secs(60) || b.keep == 0)
+        {
+            return Err("backups.every must be at least 1m and backups.keep at least 1".into());
         }
         if self.prune_every < Duration::from_secs(60) {
             return Err("prune_every must be at least 1m".into());

@@ -143,8 +143,26 @@ impl Evidence {
                 }
             })
         };
+        let backups = self.config.backups.clone().map(|config| {
+            let ledger = self.ledger.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(config.every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => backup(&ledger, &config),
+                    }
+                }
+            })
+        });
         let result = ingestor.run(shutdown).await;
         let _ = pruning.await;
+        if let Some(task) = backups {
+            let _ = task.await;
+        }
         if let Some(task) = checkpoints {
             let _ = task.await;
         }
@@ -191,6 +209,47 @@ fn issue_checkpoint(
         Ok(store::Issued::Unchanged { .. }) => {}
         Err(e) => {
             tracing::error!(alarm = "checkpoint_refused", error = %e, "checkpoint not signed")
+        }
+    }
+}
+
+/// Takes a backup into a new directory named by the time, and removes the oldest beyond
+/// `keep`.
+pub fn backup(ledger: &Mutex<Ledger>, config: &config::BackupConfig) {
+    let name = time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!(
+            "[year][month][day]T[hour][minute][second]Z"
+        ))
+        .unwrap_or_else(|_| "backup".to_owned());
+    let dest = config.dir.join(&name);
+    if let Err(e) = std::fs::create_dir_all(&config.dir) {
+        tracing::error!(dir = %config.dir.display(), error = %e, "backup directory unusable");
+        return;
+    }
+    let result = ledger
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .backup_to(&dest);
+    match result {
+        Ok(()) => tracing::info!(backup = %dest.display(), "ledger backed up"),
+        Err(e) => {
+            tracing::error!(alarm = "backup_failed", backup = %dest.display(), error = %e, "ledger backup failed");
+            return;
+        }
+    }
+    let mut existing: Vec<_> = std::fs::read_dir(&config.dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    existing.sort();
+    while existing.len() > config.keep {
+        let old = existing.remove(0);
+        if let Err(e) = std::fs::remove_dir_all(&old) {
+            tracing::warn!(backup = %old.display(), error = %e, "removing an old backup failed");
         }
     }
 }

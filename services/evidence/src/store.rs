@@ -284,7 +284,12 @@ impl Ledger {
     /// Opens an existing ledger without taking the writer's lock, for verification and export
     /// while `gatehouse evidence` keeps running. Sees the state as of opening.
     pub fn open_read_only(data_dir: &Path) -> Result<Self, LedgerError> {
-        let path = ledger_dir(data_dir);
+        Self::open_read_only_at(&ledger_dir(data_dir))
+    }
+
+    /// A read-only ledger at `path` itself (a backup, for instance), not under a data directory.
+    pub fn open_read_only_at(path: &Path) -> Result<Self, LedgerError> {
+        let path = path.to_owned();
         if !path.join("CURRENT").exists() {
             return Err(LedgerError::Missing(path));
         }
@@ -828,6 +833,30 @@ impl Ledger {
             out.push(hold);
         }
         Ok(out)
+    }
+
+    /// Writes a consistent copy of the ledger to `dest` (a RocksDB checkpoint: SST files are
+    /// hard-linked when on the same filesystem, copied otherwise). `dest` must not exist. It is
+    /// a complete ledger: restore by putting it at `<data_dir>/ledger`, then
+    /// `gatehouse ledger verify`.
+    pub fn backup_to(&self, dest: &Path) -> Result<(), LedgerError> {
+        if dest.exists() {
+            return Err(LedgerError::Io {
+                path: dest.to_owned(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "a backup must go to a new directory",
+                ),
+            });
+        }
+        // A read-only handle cannot flush what is still in the write-ahead log, and a
+        // checkpoint of it would miss that; only the writer takes backups.
+        if self.read_only {
+            return Err(LedgerError::ReadOnly);
+        }
+        self.flush()?;
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(self.db_error())?;
+        checkpoint.create_checkpoint(dest).map_err(self.db_error())
     }
 
     /// Prunes the payloads of entries received before `now - retention_days` that no legal

@@ -121,6 +121,16 @@ enum LedgerCommand {
         #[command(subcommand)]
         command: gatehouse::retention_cmd::HoldCommand,
     },
+    /// Back up a ledger (a consistent RocksDB checkpoint into a new directory) and verify the
+    /// copy; for a ledger the evidence service is not running on (it backs up on its own,
+    /// `backups:`). Restore: runbooks/ledger-restore.md.
+    Backup {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// A directory that does not exist yet.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Prune payloads past `retention_days` (not under a legal hold) into tombstones that keep
     /// every hash, and record `ledger.pruned`. The evidence service does this on its own
     /// schedule; this is for a ledger it is not running on.
@@ -249,6 +259,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Ledger {
             command: LedgerCommand::Hold { command },
         } => return gatehouse::retention_cmd::hold(command),
+        Command::Ledger {
+            command: LedgerCommand::Backup { data_dir, out },
+        } => return gatehouse::retention_cmd::backup(data_dir, out),
         Command::Ledger {
             command: LedgerCommand::Prune { config, now },
         } => return gatehouse::retention_cmd::prune(config, now).await,

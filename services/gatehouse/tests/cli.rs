@@ -375,3 +375,33 @@ fn legal_holds_keep_what_they_match_when_the_ledger_is_pruned() {
     assert!(released.status.success());
     runtime.block_on(nats.stop());
 }
+
+#[test]
+fn a_backup_is_a_ledger_that_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    ledger_with(dir.path(), 7);
+    let out = dir.path().join("backup");
+    let made = gatehouse(&[
+        "ledger",
+        "backup",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    assert!(
+        text(&made.stderr).contains("backed up 7 entries"),
+        "{}",
+        text(&made.stderr)
+    );
+    let again = gatehouse(&[
+        "ledger",
+        "backup",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!again.status.success(), "never over an existing directory");
+}
