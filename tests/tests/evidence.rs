@@ -9,7 +9,7 @@ use gatehouse_bus::{Bus, BusConfig};
 use gatehouse_evidence::store::NewEntry;
 use gatehouse_evidence::verify::verify;
 use gatehouse_evidence::{Evidence, EvidenceConfig, Ledger};
-use gatehouse_tests::{DEADLINE, init_logging, sample_event};
+use gatehouse_tests::{DEADLINE, eventually, init_logging, sample_event};
 use tokio_util::sync::CancellationToken;
 
 type Result = anyhow::Result<()>;
@@ -179,6 +179,18 @@ async fn events_lost_from_the_stream_raise_a_gap_alarm() -> Result {
     // Opening the evidence service restores the protection, then finds the hole.
     let (evidence, stop, task) = start_evidence(config.clone()).await?;
     assert!(evidence.catch_up(DEADLINE).await?);
+    // The alarm is an event too, and the ledger records it like any other.
+    let gap_event = eventually("the ledger.gap event", DEADLINE, || async {
+        bus.read_all().await.ok()?.into_iter().find(|(_, bytes)| {
+            String::from_utf8_lossy(bytes).contains("dev.gatehouse.ledger.gap.v1")
+        })
+    })
+    .await?;
+    assert_eq!(gap_event.0, 9);
+    let gap: serde_json::Value = serde_json::from_slice(&gap_event.1)?;
+    assert_eq!(gap["data"]["first_missing_sequence"], 2);
+    assert_eq!(gap["data"]["last_missing_sequence"], 4);
+    assert!(evidence.catch_up(DEADLINE).await?);
     stop.cancel();
     task.await?;
     let mut info = js.get_stream("GATEHOUSE").await?;
@@ -187,13 +199,13 @@ async fn events_lost_from_the_stream_raise_a_gap_alarm() -> Result {
 
     let ledger = Ledger::open_read_only(&config.data_dir)?;
     let verified = verify(&ledger)?.map_err(|b| anyhow::anyhow!("{b}"))?;
-    assert_eq!(verified.entries, 5);
+    assert_eq!(verified.entries, 6);
     assert_eq!(verified.gaps.len(), 1);
     assert_eq!((verified.gaps[0].first, verified.gaps[0].last), (2, 4));
-    let sequences: Vec<u64> = (0..5)
+    let sequences: Vec<u64> = (0..6)
         .map(|i| ledger.entry(i).map(|e| e.map(|e| e.stream_sequence)))
         .collect::<std::result::Result<Option<Vec<u64>>, _>>()?
         .unwrap_or_default();
-    assert_eq!(sequences, [1, 5, 6, 7, 8]);
+    assert_eq!(sequences, [1, 5, 6, 7, 8, 9]);
     Ok(())
 }

@@ -62,3 +62,19 @@ pub struct LedgerPruned {
 impl Payload for LedgerPruned {
     const NAME: &'static str = "ledger.pruned";
 }
+
+/// `ledger.gap`: the evidence service expected stream sequences the stream no longer had
+/// (expired, deleted or lost). An alarm, never a silent skip; the gap is also kept in the
+/// ledger's own records.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerGap {
+    pub first_missing_sequence: u64,
+    pub last_missing_sequence: u64,
+    /// RFC 3339 UTC.
+    pub detected_at: String,
+}
+
+impl Payload for LedgerGap {
+    const NAME: &'static str = "ledger.gap";
+}

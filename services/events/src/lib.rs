@@ -7,7 +7,8 @@
 //! - [`approval`]: payloads of just-in-time approval (`request.held`, `request.withdrawn`,
 //!   `approval.posted`,
 //!   `approval.vote`, `approval.decided`, `grant.issued`, `grant.revoked`).
-//! - [`audit`]: `audit.accessed` (every use of the auditor API) and `ledger.pruned`.
+//! - [`audit`]: `audit.accessed` (every use of the auditor API), `ledger.pruned` and
+//!   `ledger.gap`.
 //! - [`session`]: payloads of exec / attach / port-forward sessions (`session.started`,
 //!   `session.data`, `session.ended`).
 //! - [`schema`] (feature `schema`): validates encoded events against the JSON Schemas in
@@ -30,7 +31,7 @@ pub use approval::{
     ApprovalDecided, ApprovalOutcome, ApprovalPosted, ApprovalVote, Ballot, ChannelKind,
     CountedVote, GrantIssued, GrantRevoked, RequestHeld, RequestWithdrawn, VoteVia,
 };
-pub use audit::{AuditAccessed, AuditAction, LedgerPruned};
+pub use audit::{AuditAccessed, AuditAction, LedgerGap, LedgerPruned};
 pub use envelope::{Envelope, EventId, Payload, SUBJECT_PREFIX};
 pub use request::{
     BodyDigest, BodyEncoding, Decision, DecisionAction, DenialReason, Identity, RecordLevel,

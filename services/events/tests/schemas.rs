@@ -77,6 +77,7 @@ fn every_type_has_a_schema() {
             "dev.gatehouse.audit.accessed.v1",
             "dev.gatehouse.grant.issued.v1",
             "dev.gatehouse.grant.revoked.v1",
+            "dev.gatehouse.ledger.gap.v1",
             "dev.gatehouse.ledger.pruned.v1",
             "dev.gatehouse.request.denied.v1",
             "dev.gatehouse.request.forwarded.v1",
@@ -465,6 +466,16 @@ fn approval_events_validate_and_refuse_drift() {
         },
     );
     set.validate(&pruned.to_bytes().unwrap()).unwrap();
+    let gap = Envelope::new(
+        &source("evidence", "replica-1"),
+        &EventId::new().to_string(),
+        LedgerGap {
+            first_missing_sequence: 10,
+            last_missing_sequence: 12,
+            detected_at: "2026-11-22T15:00:00Z".into(),
+        },
+    );
+    set.validate(&gap.to_bytes().unwrap()).unwrap();
     let mut short = serde_json::to_value(&pruned).unwrap();
     short["data"]["retention_days"] = 30.into();
     assert!(!violations(&set, short).is_empty());

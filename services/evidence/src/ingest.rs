@@ -143,12 +143,18 @@ impl Ingestor {
         }
         let count = entries.len();
         let ledger = self.ledger.clone();
+        let recorded = gaps.clone();
         let head = tokio::task::spawn_blocking(move || {
             let mut ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
             ledger.append(&entries, &gaps)
         })
         .await
         .map_err(|e| IngestError::Consumer(format!("ledger writer task failed: {e}")))??;
+        // The alarm as an event too, once the gap is on record: it reaches the ledger (and
+        // anyone watching the stream) like any other event.
+        for gap in recorded {
+            self.announce(&gap).await;
+        }
         tracing::debug!(
             appended = count,
             entries = head.next_index,
@@ -188,6 +194,24 @@ impl Ingestor {
             gaps.push(alarm(first, to - 1));
         }
         Ok(())
+    }
+
+    async fn announce(&self, gap: &Gap) {
+        let detected = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(gap.detected_at))
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        let id = gatehouse_events::EventId::new().to_string();
+        let event = gatehouse_events::Envelope::new(
+            &gatehouse_events::envelope::source("evidence", "ledger"),
+            &id,
+            gatehouse_events::LedgerGap {
+                first_missing_sequence: gap.first,
+                last_missing_sequence: gap.last,
+                detected_at: gatehouse_events::envelope::format_rfc3339(detected),
+            },
+        );
+        if let Err(e) = self.bus.publish(&event).await {
+            tracing::error!(error = %e, first = gap.first, last = gap.last, "the ledger.gap event could not be published (the gap is recorded in the ledger)");
+        }
     }
 
     fn head(&self) -> Result<Head, IngestError> {
