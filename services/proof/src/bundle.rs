@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, NoteVerifier};
 use crate::entry::{Entry, Hash, entry_hash};
-use crate::merkle::{leaf_hash, verify_inclusion};
+use crate::merkle::{ProofChecker, leaf_hash, verify_inclusion};
 
 pub const FORMAT: &str = "gatehouse.bundle.v1";
 
@@ -779,6 +779,7 @@ fn check_events(
     let mut previous: Option<(u64, Hash)> = None;
     let mut first = None;
     let of = manifest.counts.events;
+    let mut checker = ProofChecker::new(checkpoint.size, checkpoint.root);
     loop {
         let (event, proof) = (events.next(), proofs.next());
         let (event, proof) = match (event, proof) {
@@ -844,13 +845,7 @@ fn check_events(
                 ),
             );
         }
-        if !verify_inclusion(
-            &leaf_hash(&encoding),
-            proof.index,
-            checkpoint.size,
-            &path,
-            &checkpoint.root,
-        ) {
+        if !checker.verify(&leaf_hash(&encoding), proof.index, &path) {
             fail(
                 failures,
                 format!(

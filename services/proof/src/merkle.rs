@@ -182,6 +182,102 @@ pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root
     snode == 0 && r == *root
 }
 
+/// Checks many inclusion proofs against one tree, hashing each interior node once: the nodes
+/// a verified proof establishes are remembered, and a later proof through them is checked by
+/// comparing its hashes with them instead of hashing again. It accepts exactly what
+/// [`verify_inclusion`] accepts (the same proof bytes are required).
+#[derive(Debug)]
+pub struct ProofChecker {
+    size: u64,
+    root: Hash,
+    /// Subtree (start, size) → hash, for subtrees on verified paths and their siblings.
+    proven: HashMap<(u64, u64), Hash>,
+}
+
+/// Proven subtrees remembered at most; beyond, the memory is cleared (only speed is lost).
+const PROVEN_MAX: usize = 4_000_000;
+
+impl ProofChecker {
+    pub fn new(size: u64, root: Hash) -> Self {
+        Self {
+            size,
+            root,
+            proven: HashMap::new(),
+        }
+    }
+
+    pub fn verify(&mut self, leaf: &Hash, index: u64, proof: &[Hash]) -> bool {
+        if index >= self.size {
+            return false;
+        }
+        // The subtrees on the path, root first, as RFC 9162 splits them.
+        let mut path: Vec<(u64, u64)> = Vec::with_capacity(64);
+        let (mut start, mut size) = (0u64, self.size);
+        while size > 1 {
+            path.push((start, size));
+            let k = split(size);
+            if index < start + k {
+                size = k;
+            } else {
+                start += k;
+                size -= k;
+            }
+        }
+        if proof.len() != path.len() {
+            return false;
+        }
+        let siblings: Vec<((u64, u64), bool)> = path
+            .iter()
+            .rev()
+            .scan((index, 1u64), |child, &(ps, psize)| {
+                let k = split(psize);
+                let left = child.0 == ps;
+                let sibling = if left { (ps + k, psize - k) } else { (ps, k) };
+                *child = (ps, psize);
+                Some((sibling, left))
+            })
+            .collect();
+        let mut h = *leaf;
+        let mut child = (index, 1u64);
+        for (level, ((_, left), p)) in siblings.iter().zip(proof).enumerate() {
+            if self.proven.get(&child) == Some(&h) {
+                // Known from here up: the rest of this proof must be the known siblings.
+                return siblings[level..]
+                    .iter()
+                    .zip(&proof[level..])
+                    .all(|((s, _), p)| self.proven.get(s) == Some(p));
+            }
+            h = if *left {
+                node_hash(&h, p)
+            } else {
+                node_hash(p, &h)
+            };
+            child = path[path.len() - 1 - level];
+        }
+        if h != self.root {
+            return false;
+        }
+        if self.proven.len() > PROVEN_MAX {
+            self.proven.clear();
+        }
+        // Remember the path: each subtree's hash, recomputed once more from the proof.
+        let mut h = *leaf;
+        let mut child = (index, 1u64);
+        for (level, ((sibling, left), p)) in siblings.iter().zip(proof).enumerate() {
+            self.proven.insert(child, h);
+            self.proven.insert(*sibling, *p);
+            h = if *left {
+                node_hash(&h, p)
+            } else {
+                node_hash(p, &h)
+            };
+            child = path[path.len() - 1 - level];
+        }
+        self.proven.insert(child, h);
+        true
+    }
+}
+
 /// RFC 9162 §2.1.4.2: is the tree of `new` leaves with `new_root` an append-only extension of
 /// the tree of `old` leaves with `old_root`?
 pub fn verify_consistency(
@@ -391,6 +487,36 @@ mod tests {
                     assert!(!verify_consistency(
                         m as u64, n as u64, &other, &root_n, &proof
                     ));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_proof_checker_accepts_exactly_what_verify_inclusion_accepts() {
+        let (leaves, mut memory) = build(70);
+        for n in [1u64, 2, 3, 7, 8, 33, 70] {
+            let root = root(&mut memory, n).unwrap();
+            let mut checker = ProofChecker::new(n, root);
+            // Twice over, so the second pass runs on remembered subtrees.
+            for _ in 0..2 {
+                for m in 0..n {
+                    let proof = inclusion_proof(&mut memory, m, n).unwrap();
+                    let leaf = leaves[m as usize];
+                    assert!(checker.verify(&leaf, m, &proof), "{m} of {n}");
+                    let other = leaf_hash(b"not in the tree");
+                    assert!(!checker.verify(&other, m, &proof));
+                    for i in 0..proof.len() {
+                        let mut bad = proof.clone();
+                        bad[i][0] ^= 1;
+                        assert!(!checker.verify(&leaf, m, &bad), "sibling {i} of {m}/{n}");
+                    }
+                    if !proof.is_empty() {
+                        assert!(!checker.verify(&leaf, m, &proof[1..]));
+                    }
+                    if n > 1 {
+                        assert!(!checker.verify(&leaf, (m + 1) % n, &proof));
+                    }
                 }
             }
         }
