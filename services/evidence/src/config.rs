@@ -29,6 +29,9 @@ pub struct EvidenceConfig {
     /// How often payloads past retention are pruned (at start, then on this schedule).
     #[serde(default = "default_prune_every", with = "humantime_serde")]
     pub prune_every: Duration,
+    /// Plain-HTTP `/metrics` and `/healthz`; none when unset.
+    #[serde(default)]
+    pub admin_listen: Option<std::net::SocketAddr>,
     /// Online backups (RocksDB checkpoints) of the ledger.
     #[serde(default)]
     pub backups: Option<BackupConfig>,
@@ -99,6 +102,7 @@ impl EvidenceConfig {
             retention_days: default_retention_days(),
             prune_every: default_prune_every(),
             backups: None,
+            admin_listen: None,
         }
     }
 

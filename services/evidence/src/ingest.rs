@@ -35,6 +35,7 @@ pub struct Ingestor {
     ledger: Arc<Mutex<Ledger>>,
     consumer: DurableConsumer,
     batch_max: usize,
+    metrics: crate::metrics::Metrics,
 }
 
 impl Ingestor {
@@ -43,12 +44,14 @@ impl Ingestor {
         ledger: Arc<Mutex<Ledger>>,
         consumer: DurableConsumer,
         batch_max: usize,
+        metrics: crate::metrics::Metrics,
     ) -> Self {
         Self {
             bus,
             ledger,
             consumer,
             batch_max: batch_max.max(1),
+            metrics,
         }
     }
 
@@ -152,7 +155,9 @@ impl Ingestor {
         .map_err(|e| IngestError::Consumer(format!("ledger writer task failed: {e}")))??;
         // The alarm as an event too, once the gap is on record: it reaches the ledger (and
         // anyone watching the stream) like any other event.
+        self.metrics.committed(count as u64, head.next_index);
         for gap in recorded {
+            self.metrics.gap(gap.first, gap.last);
             self.announce(&gap).await;
         }
         tracing::debug!(

@@ -2,6 +2,7 @@
 //!
 //! Module map:
 //! - [`entry`], [`merkle`]: the entry encoding and the Merkle tree, from `gatehouse-proof`.
+//! - [`metrics`]: OpenMetrics counters and `/metrics` on `admin_listen`.
 //! - [`retention`]: legal holds, and pruning payloads into tombstones that keep every hash.
 //! - [`store`]: the RocksDB ledger: column families, the atomic and durable append.
 //! - [`index`]: search index keys: by principal, owner, namespace, verb, resource, request,
@@ -16,6 +17,7 @@ pub mod config;
 pub use gatehouse_proof::{entry, merkle};
 pub mod index;
 pub mod ingest;
+pub mod metrics;
 pub mod retention;
 pub mod store;
 pub mod verify;
@@ -47,6 +49,7 @@ pub struct Evidence {
     bus: Bus,
     /// The checkpoint key and origin, when checkpoints are configured.
     signer: Option<Arc<(gatehouse_proof::checkpoint::NoteSigner, String)>>,
+    metrics: metrics::Metrics,
 }
 
 impl std::fmt::Debug for Evidence {
@@ -91,7 +94,13 @@ impl Evidence {
             ledger: Arc::new(Mutex::new(ledger)),
             bus,
             signer,
+            metrics: metrics::Metrics::new(),
         })
+    }
+
+    /// The service's metrics (shared handles).
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
     }
 
     /// The ledger's head right now.
@@ -108,7 +117,20 @@ impl Evidence {
             self.ledger.clone(),
             consumer,
             self.config.batch_max,
+            self.metrics.clone(),
         );
+        let admin = match self.config.admin_listen {
+            Some(addr) => {
+                let listener = metrics::bind(addr)
+                    .await
+                    .map_err(|e| EvidenceError::Config(format!("admin_listen {addr}: {e}")))?;
+                tracing::info!(admin = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "evidence metrics serving");
+                Some(tokio::spawn(
+                    self.metrics.clone().serve(listener, shutdown.clone()),
+                ))
+            }
+            None => None,
+        };
         let checkpoints = self
             .signer
             .clone()
@@ -116,13 +138,14 @@ impl Evidence {
             .map(|(signer, config)| {
                 let ledger = self.ledger.clone();
                 let stop = shutdown.clone();
+                let metrics = self.metrics.clone();
                 tokio::spawn(async move {
                     let mut tick = tokio::time::interval(config.every);
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
                         tokio::select! {
                             _ = stop.cancelled() => return,
-                            _ = tick.tick() => issue_checkpoint(&ledger, &signer),
+                            _ = tick.tick() => issue_checkpoint(&ledger, &signer, &metrics),
                         }
                     }
                 })
@@ -131,6 +154,7 @@ impl Evidence {
             let ledger = self.ledger.clone();
             let bus = self.bus.clone();
             let stop = shutdown.clone();
+            let metrics = self.metrics.clone();
             let (every, days) = (self.config.prune_every, self.config.retention_days);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
@@ -138,7 +162,11 @@ impl Evidence {
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => return,
-                        _ = tick.tick() => prune(&ledger, &bus, days).await,
+                        _ = tick.tick() => {
+                            if let Some(n) = prune(&ledger, &bus, days).await {
+                                metrics.pruned(n);
+                            }
+                        }
                     }
                 }
             })
@@ -146,6 +174,7 @@ impl Evidence {
         let backups = self.config.backups.clone().map(|config| {
             let ledger = self.ledger.clone();
             let stop = shutdown.clone();
+            let metrics = self.metrics.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(config.every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -153,7 +182,7 @@ impl Evidence {
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => return,
-                        _ = tick.tick() => backup(&ledger, &config),
+                        _ = tick.tick() => metrics.backup(backup(&ledger, &config)),
                     }
                 }
             })
@@ -167,7 +196,10 @@ impl Evidence {
             let _ = task.await;
         }
         if let Some(signer) = &self.signer {
-            issue_checkpoint(&self.ledger, signer);
+            issue_checkpoint(&self.ledger, signer, &self.metrics);
+        }
+        if let Some(task) = admin {
+            let _ = task.await;
         }
         self.bus.flush().await;
         let ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
@@ -200,14 +232,17 @@ impl Evidence {
 fn issue_checkpoint(
     ledger: &Mutex<Ledger>,
     signer: &(gatehouse_proof::checkpoint::NoteSigner, String),
+    metrics: &metrics::Metrics,
 ) {
     let mut ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
     match ledger.issue_checkpoint(&signer.0, &signer.1) {
         Ok(store::Issued::Signed { size, .. }) => {
+            metrics.checkpoint(true);
             tracing::info!(size, origin = %signer.1, "checkpoint signed")
         }
         Ok(store::Issued::Unchanged { .. }) => {}
         Err(e) => {
+            metrics.checkpoint(false);
             tracing::error!(alarm = "checkpoint_refused", error = %e, "checkpoint not signed")
         }
     }
@@ -215,7 +250,7 @@ fn issue_checkpoint(
 
 /// Takes a backup into a new directory named by the time, and removes the oldest beyond
 /// `keep`.
-pub fn backup(ledger: &Mutex<Ledger>, config: &config::BackupConfig) {
+pub fn backup(ledger: &Mutex<Ledger>, config: &config::BackupConfig) -> bool {
     let name = time::OffsetDateTime::now_utc()
         .format(time::macros::format_description!(
             "[year][month][day]T[hour][minute][second]Z"
@@ -223,8 +258,8 @@ pub fn backup(ledger: &Mutex<Ledger>, config: &config::BackupConfig) {
         .unwrap_or_else(|_| "backup".to_owned());
     let dest = config.dir.join(&name);
     if let Err(e) = std::fs::create_dir_all(&config.dir) {
-        tracing::error!(dir = %config.dir.display(), error = %e, "backup directory unusable");
-        return;
+        tracing::error!(alarm = "backup_failed", dir = %config.dir.display(), error = %e, "backup directory unusable");
+        return false;
     }
     let result = ledger
         .lock()
@@ -234,7 +269,7 @@ pub fn backup(ledger: &Mutex<Ledger>, config: &config::BackupConfig) {
         Ok(()) => tracing::info!(backup = %dest.display(), "ledger backed up"),
         Err(e) => {
             tracing::error!(alarm = "backup_failed", backup = %dest.display(), error = %e, "ledger backup failed");
-            return;
+            return false;
         }
     }
     let mut existing: Vec<_> = std::fs::read_dir(&config.dir)
@@ -252,11 +287,12 @@ pub fn backup(ledger: &Mutex<Ledger>, config: &config::BackupConfig) {
             tracing::warn!(backup = %old.display(), error = %e, "removing an old backup failed");
         }
     }
+    true
 }
 
 /// Prunes what is past retention and records it as `ledger.pruned` (which the ledger then
 /// ingests like any event).
-pub async fn prune(ledger: &Mutex<Ledger>, bus: &Bus, retention_days: u32) {
+pub async fn prune(ledger: &Mutex<Ledger>, bus: &Bus, retention_days: u32) -> Option<u64> {
     let now =
         i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(i64::MAX);
     let result = {
@@ -268,8 +304,12 @@ pub async fn prune(ledger: &Mutex<Ledger>, bus: &Bus, retention_days: u32) {
             if let Err(e) = publish_pruned(bus, &pruned, retention_days).await {
                 tracing::error!(error = %e, entries = pruned.pruned, "pruned, but ledger.pruned was not recorded");
             }
+            Some(pruned.pruned)
         }
-        Err(e) => tracing::error!(error = %e, "pruning failed"),
+        Err(e) => {
+            tracing::error!(error = %e, "pruning failed");
+            None
+        }
     }
 }
 

@@ -1,0 +1,172 @@
+//! The evidence service's metrics (OpenMetrics, all named `gatehouse_evidence_…`), served with
+//! `/healthz` on `admin_listen` when it is set.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// Shared handles: clones count into the same registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    entries: Counter,
+    batches: Counter,
+    ledger_entries: Gauge,
+    gap_alarms: Counter,
+    missing_sequences: Counter,
+    checkpoints: Family<ResultLabels, Counter>,
+    pruned: Counter,
+    backups: Family<ResultLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("gatehouse_evidence");
+        let entries = Counter::default();
+        registry.register("entries", "Events appended to the ledger", entries.clone());
+        let batches = Counter::default();
+        registry.register(
+            "batches",
+            "Group commits (one fsynced write batch each)",
+            batches.clone(),
+        );
+        let ledger_entries = Gauge::default();
+        registry.register(
+            "ledger_entries",
+            "Entries in the ledger now",
+            ledger_entries.clone(),
+        );
+        let gap_alarms = Counter::default();
+        registry.register(
+            "gap_alarms",
+            "Gaps found in the stream's sequences (each an ALARM log line, a gap record and a ledger.gap event)",
+            gap_alarms.clone(),
+        );
+        let missing_sequences = Counter::default();
+        registry.register(
+            "missing_sequences",
+            "Stream sequences missing from the stream when read",
+            missing_sequences.clone(),
+        );
+        let checkpoints = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "checkpoints",
+            "Checkpoints signed, or refused because the ledger no longer extends the last one",
+            checkpoints.clone(),
+        );
+        let pruned = Counter::default();
+        registry.register(
+            "pruned_entries",
+            "Entries whose payload retention pruned (their hashes kept)",
+            pruned.clone(),
+        );
+        let backups = Family::<ResultLabels, Counter>::default();
+        registry.register("backups", "Ledger backups, by result", backups.clone());
+        Self {
+            registry: Arc::new(registry),
+            entries,
+            batches,
+            ledger_entries,
+            gap_alarms,
+            missing_sequences,
+            checkpoints,
+            pruned,
+            backups,
+        }
+    }
+
+    pub fn committed(&self, appended: u64, ledger_entries: u64) {
+        self.entries.inc_by(appended);
+        self.batches.inc();
+        self.ledger_entries
+            .set(i64::try_from(ledger_entries).unwrap_or(i64::MAX));
+    }
+
+    pub fn gap(&self, first: u64, last: u64) {
+        self.gap_alarms.inc();
+        self.missing_sequences
+            .inc_by(last.saturating_sub(first) + 1);
+    }
+
+    pub fn checkpoint(&self, signed: bool) {
+        let result = if signed { "signed" } else { "refused" };
+        self.checkpoints
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub fn pruned(&self, entries: u64) {
+        self.pruned.inc_by(entries);
+    }
+
+    pub fn backup(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.backups.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Serves `/metrics` and `/healthz` on `listen` until `stop`.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        stop: CancellationToken,
+    ) -> std::io::Result<()> {
+        use axum::routing::get;
+        let metrics = self.clone();
+        let router = axum::Router::new()
+            .route(
+                "/metrics",
+                get(move || {
+                    let body = metrics.encode();
+                    async move {
+                        (
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            body,
+                        )
+                    }
+                }),
+            )
+            .route("/healthz", get(|| async { "ok" }));
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    }
+}
+
+/// Binds the admin listener.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
