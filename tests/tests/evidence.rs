@@ -193,8 +193,14 @@ async fn events_lost_from_the_stream_raise_a_gap_alarm() -> Result {
     assert!(evidence.catch_up(DEADLINE).await?);
     // And a metric.
     let metrics = evidence.metrics().encode();
-    assert!(metrics.contains("gatehouse_evidence_gap_alarms_total 1"), "{metrics}");
-    assert!(metrics.contains("gatehouse_evidence_missing_sequences_total 3"), "{metrics}");
+    assert!(
+        metrics.contains("gatehouse_evidence_gap_alarms_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gatehouse_evidence_missing_sequences_total 3"),
+        "{metrics}"
+    );
     stop.cancel();
     task.await?;
     let mut info = js.get_stream("GATEHOUSE").await?;
