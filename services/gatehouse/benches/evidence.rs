@@ -1,8 +1,8 @@
 //! Evidence throughput: ledger ingest (group commit, fsync per batch), bundle export, and
 //! bundle verification on one core.
 //!
-//! `cargo bench -p gatehouse --bench evidence [-- EVENTS]` (default 100,000 events of about
-//! 600 bytes, shaped like `request.received`). Goals: ingest ≥ 50k events/s, verify ≥ 500k
+//! `cargo bench -p gatehouse --bench evidence [-- EVENTS [BATCH]]` (default 100,000 events of
+//! about 1 KB shaped like `request.received`, group commits of 1,000). Goals: ingest ≥ 50k events/s, verify ≥ 500k
 //! events/s on one core.
 
 use std::time::Instant;
@@ -20,17 +20,18 @@ fn event(n: u64) -> Vec<u8> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let events: u64 = std::env::args()
+    let mut numbers = std::env::args()
         .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(100_000);
+        .filter_map(|a| a.parse::<u64>().ok());
+    let events = numbers.next().unwrap_or(100_000);
+    let batch = numbers.next().unwrap_or(1_000).max(1) as usize;
     let dir = tempfile::tempdir()?;
     let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos())?;
 
     let mut ledger = Ledger::open(dir.path())?;
     let batches: Vec<Vec<NewEntry>> = (0..events)
         .collect::<Vec<_>>()
-        .chunks(1000)
+        .chunks(batch)
         .map(|chunk| {
             chunk
                 .iter()
@@ -73,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         bytes as f64 / events as f64
     );
     println!(
-        "ingest (batches of 1000, fsync each): {:.0} events/s ({:.2} s)",
+        "ingest (batches of {batch}, fsync each): {:.0} events/s ({:.2} s)",
         rate(events as f64, ingest),
         ingest.as_secs_f64()
     );
