@@ -8,10 +8,8 @@ use axum::Router;
 use axum::routing::get;
 use gatehouse_bus::{Bus, GRANTS_MAX_AGE, grants_bucket};
 use gatehouse_proxy::authn::{Authenticator, AuthnOptions};
-use gatehouse_proxy::serving_cert::ServingCert;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 use crate::approvers::Approvers;
 use crate::config::ApprovalConfig;
@@ -26,7 +24,7 @@ pub struct ApprovalServer {
     service: Arc<Service>,
     router: Router,
     listener: TcpListener,
-    tls: Option<(Arc<ServingCert>, Arc<rustls::ServerConfig>)>,
+    tls: Option<gatehouse_proxy::server::RouterTls>,
     shutdown: CancellationToken,
 }
 
@@ -114,11 +112,10 @@ impl ApprovalServer {
             });
         }
         let tls = match &config.tls {
-            Some(files) => {
-                let cert = ServingCert::load(&files.cert_file, &files.key_file)?;
-                let server = gatehouse_proxy::server::server_tls(cert.clone(), None)?;
-                Some((cert, server))
-            }
+            Some(files) => Some(gatehouse_proxy::server::RouterTls::load(
+                &files.cert_file,
+                &files.key_file,
+            )?),
             None => {
                 if !config.listen.ip().is_loopback() {
                     tracing::warn!(listen = %config.listen, "serving plain HTTP: put a TLS-terminating ingress in front");
@@ -155,40 +152,15 @@ impl ApprovalServer {
             tokio::spawn(Arc::clone(&self.service).run_sweeper(shutdown.clone())),
         ];
         tracing::info!(listen = %self.local_addr(), tls = self.tls.is_some(), "approval service serving");
-        match self.tls {
-            Some((cert, tls)) => {
-                let watch = tokio::spawn(cert.watch(
-                    gatehouse_proxy::serving_cert::POLL_INTERVAL,
-                    gatehouse_proxy::Metrics::new(),
-                    shutdown.clone(),
-                ));
-                let router = self.router;
-                gatehouse_proxy::server::serve_with(
-                    self.listener,
-                    tls,
-                    move |request, _peer| {
-                        let router = router.clone();
-                        async move {
-                            match router.oneshot(request.map(axum::body::Body::new)).await {
-                                Ok(response) => response,
-                                Err(never) => match never {},
-                            }
-                        }
-                    },
-                    shutdown.clone(),
-                )
-                .await;
-                watch.abort();
-            }
-            None => {
-                let stop = shutdown.clone();
-                if let Err(e) = axum::serve(self.listener, self.router)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-                {
-                    tracing::error!(error = %e, "approval listener failed");
-                }
-            }
+        if let Err(e) = gatehouse_proxy::server::serve_router(
+            self.listener,
+            self.tls,
+            self.router,
+            shutdown.clone(),
+        )
+        .await
+        {
+            tracing::error!(error = %e, "approval listener failed");
         }
         shutdown.cancel();
         for task in tasks {

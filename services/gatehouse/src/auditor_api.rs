@@ -61,7 +61,6 @@ use gatehouse_evidence::store::{LedgerError, Query as LedgerQuery};
 use gatehouse_proxy::authn::{Authenticator, AuthnError, AuthnOptions};
 use gatehouse_proxy::config::{IssuerConfig, ServerTlsConfig};
 use gatehouse_proxy::policy::Policy;
-use gatehouse_proxy::serving_cert::ServingCert;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
@@ -69,7 +68,6 @@ use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 use crate::bundle_cmd::BundleSpec;
 use crate::replay::ReplayOptions;
@@ -155,7 +153,7 @@ impl AuditorApiConfig {
 pub struct AuditorApi {
     router: Router,
     listener: TcpListener,
-    tls: Option<(Arc<ServingCert>, Arc<rustls::ServerConfig>)>,
+    tls: Option<gatehouse_proxy::server::RouterTls>,
     shutdown: CancellationToken,
 }
 
@@ -195,11 +193,10 @@ impl AuditorApi {
         let scratch = data_dir.join(SCRATCH_DIR);
         prepare_scratch(&scratch)?;
         let tls = match &config.tls {
-            Some(files) => {
-                let cert = ServingCert::load(&files.cert_file, &files.key_file)?;
-                let server = gatehouse_proxy::server::server_tls(cert.clone(), None)?;
-                Some((cert, server))
-            }
+            Some(files) => Some(gatehouse_proxy::server::RouterTls::load(
+                &files.cert_file,
+                &files.key_file,
+            )?),
             None => {
                 if !config.listen.ip().is_loopback() {
                     tracing::warn!(listen = %config.listen, "auditor API serving plain HTTP: put a TLS-terminating ingress in front");
@@ -241,40 +238,15 @@ impl AuditorApi {
     pub async fn run(self) {
         let shutdown = self.shutdown.clone();
         tracing::info!(listen = %self.local_addr(), tls = self.tls.is_some(), "auditor API serving");
-        match self.tls {
-            Some((cert, tls)) => {
-                let watch = tokio::spawn(cert.watch(
-                    gatehouse_proxy::serving_cert::POLL_INTERVAL,
-                    gatehouse_proxy::Metrics::new(),
-                    shutdown.clone(),
-                ));
-                let router = self.router;
-                gatehouse_proxy::server::serve_with(
-                    self.listener,
-                    tls,
-                    move |request, _peer| {
-                        let router = router.clone();
-                        async move {
-                            match router.oneshot(request.map(Body::new)).await {
-                                Ok(response) => response,
-                                Err(never) => match never {},
-                            }
-                        }
-                    },
-                    shutdown.clone(),
-                )
-                .await;
-                watch.abort();
-            }
-            None => {
-                let stop = shutdown.clone();
-                if let Err(e) = axum::serve(self.listener, self.router)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-                {
-                    tracing::error!(error = %e, "auditor API listener failed");
-                }
-            }
+        if let Err(e) = gatehouse_proxy::server::serve_router(
+            self.listener,
+            self.tls,
+            self.router,
+            shutdown.clone(),
+        )
+        .await
+        {
+            tracing::error!(error = %e, "auditor API listener failed");
         }
     }
 }

@@ -181,3 +181,57 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
+
+/// HTTPS for a service other than the proxy (approval, auditor API): a serving certificate
+/// reloaded as its files change, and the rustls config presenting it. No client certificates.
+pub struct RouterTls {
+    cert: Arc<ServingCert>,
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl RouterTls {
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Self, String> {
+        let cert = ServingCert::load(cert_file, key_file)?;
+        let config = server_tls(cert.clone(), None)?;
+        Ok(Self { cert, config })
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown`: over `tls` (its certificate reloaded as
+/// it changes) or, without it, plain HTTP (for loopback or behind a TLS-terminating ingress).
+pub async fn serve_router(
+    listener: TcpListener,
+    tls: Option<RouterTls>,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use tower::ServiceExt;
+    let Some(RouterTls { cert, config }) = tls else {
+        let stop = shutdown.clone();
+        return axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+    };
+    let watch = tokio::spawn(cert.watch(
+        crate::serving_cert::POLL_INTERVAL,
+        crate::Metrics::new(),
+        shutdown.clone(),
+    ));
+    serve_with(
+        listener,
+        config,
+        move |request, _peer| {
+            let router = router.clone();
+            async move {
+                match router.oneshot(request.map(axum::body::Body::new)).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }
+        },
+        shutdown,
+    )
+    .await;
+    watch.abort();
+    Ok(())
+}
