@@ -238,16 +238,10 @@ impl FakeDiscord {
         timeout: Duration,
         pred: impl Fn(&DiscordCall) -> bool,
     ) -> Option<DiscordCall> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let changed = self.shared.changed.notified();
-            if let Some(found) = self.calls().into_iter().find(|c| pred(c)) {
-                return Some(found);
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return self.calls().into_iter().find(|c| pred(c));
-            }
-        }
+        super::wait_until(&self.shared.changed, timeout, || {
+            self.calls().into_iter().find(|c| pred(c))
+        })
+        .await
     }
 
     /// A real-shaped MESSAGE_COMPONENT (type 3) interaction: `user_id` pressed the button

@@ -222,24 +222,16 @@ impl FakeSlack {
     where
         F: FnMut(&[SlackCall]) -> bool,
     {
-        let until = tokio::time::Instant::now() + deadline;
-        loop {
-            let changed = self.shared.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
+        let met = super::wait_until(&self.shared.changed, deadline, || {
             let calls = self.calls();
-            if predicate(&calls) {
-                return Ok(calls);
-            }
-            let now = tokio::time::Instant::now();
-            if now >= until {
-                let methods: Vec<&str> = calls.iter().map(|c| c.method.as_str()).collect();
-                return Err(format!(
-                    "fake slack: condition not met within {deadline:?}; calls so far: {methods:?}"
-                ));
-            }
-            let _ = tokio::time::timeout(until - now, changed).await;
-        }
+            predicate(&calls).then_some(calls)
+        })
+        .await;
+        met.ok_or_else(|| {
+            let calls = self.calls();
+            let methods: Vec<&str> = calls.iter().map(|c| c.method.as_str()).collect();
+            format!("fake slack: condition not met within {deadline:?}; calls so far: {methods:?}")
+        })
     }
 
     /// A delivery signed with this fake's signing secret at `timestamp`.

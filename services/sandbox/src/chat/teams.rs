@@ -275,16 +275,10 @@ impl FakeTeams {
         timeout: Duration,
         pred: impl Fn(&TeamsActivity) -> bool,
     ) -> Option<TeamsActivity> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let changed = self.shared.changed.notified();
-            if let Some(found) = self.activities().into_iter().find(|a| pred(a)) {
-                return Some(found);
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return self.activities().into_iter().find(|a| pred(a));
-            }
-        }
+        super::wait_until(&self.shared.changed, timeout, || {
+            self.activities().into_iter().find(|a| pred(a))
+        })
+        .await
     }
 
     /// Client-credentials grants served (successful or not).
