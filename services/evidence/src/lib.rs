@@ -48,7 +48,7 @@ pub struct Evidence {
     ledger: Arc<Mutex<Ledger>>,
     bus: Bus,
     /// The checkpoint key and origin, when checkpoints are configured.
-    signer: Option<Arc<(gatehouse_proof::checkpoint::NoteSigner, String)>>,
+    signer: Option<Arc<Signing>>,
     metrics: metrics::Metrics,
 }
 
@@ -75,15 +75,15 @@ impl Evidence {
         );
         let signer = match &config.checkpoints {
             Some(c) => {
-                let signer = load_signer(&c.key_file).map_err(EvidenceError::Config)?;
-                let origin = c.origin.clone().unwrap_or_else(|| signer.name().to_owned());
+                let signing = Signing::load(c).map_err(EvidenceError::Config)?;
+                let (signer, origin) = signing.current();
                 tracing::info!(
                     key = %signer.verifier().to_vkey(),
                     origin = %origin,
                     every = ?c.every,
                     "signing checkpoints"
                 );
-                Some(Arc::new((signer, origin)))
+                Some(Arc::new(signing))
             }
             None => None,
         };
@@ -125,9 +125,16 @@ impl Evidence {
                     .await
                     .map_err(|e| EvidenceError::Config(format!("admin_listen {addr}: {e}")))?;
                 tracing::info!(admin = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "evidence metrics serving");
-                Some(tokio::spawn(
-                    self.metrics.clone().serve(listener, shutdown.clone()),
-                ))
+                let on_demand = checkpoint_route(
+                    self.ledger.clone(),
+                    self.signer.clone(),
+                    self.metrics.clone(),
+                );
+                Some(tokio::spawn(self.metrics.clone().serve(
+                    listener,
+                    on_demand,
+                    shutdown.clone(),
+                )))
             }
             None => None,
         };
@@ -145,7 +152,9 @@ impl Evidence {
                     loop {
                         tokio::select! {
                             _ = stop.cancelled() => return,
-                            _ = tick.tick() => issue_checkpoint(&ledger, &signer, &metrics),
+                            _ = tick.tick() => {
+                                let _ = issue_checkpoint(&ledger, &signer, &metrics);
+                            }
                         }
                     }
                 })
@@ -196,7 +205,7 @@ impl Evidence {
             let _ = task.await;
         }
         if let Some(signer) = &self.signer {
-            issue_checkpoint(&self.ledger, signer, &self.metrics);
+            let _ = issue_checkpoint(&self.ledger, signer, &self.metrics);
         }
         if let Some(task) = admin {
             let _ = task.await;
@@ -228,17 +237,72 @@ impl Evidence {
     }
 }
 
+/// The checkpoint key, re-read from its file before every checkpoint, so that a rotated key
+/// (`gatehouse checkpoint rotate`) signs the next checkpoint without a restart.
+pub struct Signing {
+    key_file: std::path::PathBuf,
+    origin: Option<String>,
+    current: Mutex<gatehouse_proof::checkpoint::NoteSigner>,
+}
+
+impl Signing {
+    pub fn load(config: &config::CheckpointConfig) -> Result<Self, String> {
+        Ok(Self {
+            current: Mutex::new(load_signer(&config.key_file)?),
+            key_file: config.key_file.clone(),
+            origin: config.origin.clone(),
+        })
+    }
+
+    /// The key as last read, and the origin it signs for.
+    fn current(&self) -> (gatehouse_proof::checkpoint::NoteSigner, String) {
+        let signer = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let origin = self
+            .origin
+            .clone()
+            .unwrap_or_else(|| signer.name().to_owned());
+        (signer, origin)
+    }
+
+    /// Re-reads the key file; a file that cannot be read now keeps the key already loaded.
+    fn refresh(&self) -> (gatehouse_proof::checkpoint::NoteSigner, String) {
+        match load_signer(&self.key_file) {
+            Ok(fresh) => {
+                let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+                if fresh.verifier() != current.verifier() {
+                    tracing::warn!(
+                        old = %current.verifier().to_vkey(),
+                        new = %fresh.verifier().to_vkey(),
+                        "checkpoint key rotated"
+                    );
+                    *current = fresh;
+                }
+            }
+            Err(e) => {
+                tracing::error!(alarm = "checkpoint_key_unreadable", error = %e, "keeping the checkpoint key already loaded")
+            }
+        }
+        self.current()
+    }
+}
+
 /// Issues a checkpoint now, logging what happened (an inconsistent ledger is an alarm).
 fn issue_checkpoint(
     ledger: &Mutex<Ledger>,
-    signer: &(gatehouse_proof::checkpoint::NoteSigner, String),
+    signing: &Signing,
     metrics: &metrics::Metrics,
-) {
+) -> Result<store::Issued, LedgerError> {
+    let (signer, origin) = signing.refresh();
     let mut ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
-    match ledger.issue_checkpoint(&signer.0, &signer.1) {
+    let issued = ledger.issue_checkpoint(&signer, &origin);
+    match &issued {
         Ok(store::Issued::Signed { size, .. }) => {
             metrics.checkpoint(true);
-            tracing::info!(size, origin = %signer.1, "checkpoint signed")
+            tracing::info!(size, origin = %origin, "checkpoint signed")
         }
         Ok(store::Issued::Unchanged { .. }) => {}
         Err(e) => {
@@ -246,6 +310,75 @@ fn issue_checkpoint(
             tracing::error!(alarm = "checkpoint_refused", error = %e, "checkpoint not signed")
         }
     }
+    issued
+}
+
+/// What `POST /checkpoint` on the admin listener answers.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct OnDemand {
+    /// A new checkpoint was signed (false: the tree had not grown since the latest).
+    pub signed: bool,
+    pub size: u64,
+    /// The signed note (the latest one when nothing new was signed).
+    pub note: String,
+}
+
+/// `POST /checkpoint`: signs a checkpoint now (the same consistency check as the schedule's).
+fn checkpoint_route(
+    ledger: Arc<Mutex<Ledger>>,
+    signing: Option<Arc<Signing>>,
+    metrics: metrics::Metrics,
+) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    axum::Router::new().route(
+        "/checkpoint",
+        axum::routing::post(move || {
+            let (ledger, signing, metrics) = (ledger.clone(), signing.clone(), metrics.clone());
+            async move {
+                let Some(signing) = signing else {
+                    return (
+                        StatusCode::NOT_FOUND,
+                        "checkpoints are not configured for this evidence service\n",
+                    )
+                        .into_response();
+                };
+                let result = tokio::task::spawn_blocking(move || {
+                    let issued = issue_checkpoint(&ledger, &signing, &metrics)?;
+                    let latest = ledger
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .latest_checkpoint()?;
+                    Ok::<_, LedgerError>((issued, latest))
+                })
+                .await;
+                match result {
+                    Ok(Ok((store::Issued::Signed { size, note }, _))) => axum::Json(OnDemand {
+                        signed: true,
+                        size,
+                        note,
+                    })
+                    .into_response(),
+                    Ok(Ok((store::Issued::Unchanged { size }, latest))) => axum::Json(OnDemand {
+                        signed: false,
+                        size,
+                        note: latest.map(|(_, note)| note).unwrap_or_default(),
+                    })
+                    .into_response(),
+                    Ok(Err(e)) => (
+                        StatusCode::CONFLICT,
+                        format!("checkpoint not signed: {e}\n"),
+                    )
+                        .into_response(),
+                    Err(e) => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("checkpoint not signed: {e}\n"),
+                    )
+                        .into_response(),
+                }
+            }
+        }),
+    )
 }
 
 /// Takes a backup into a new directory named by the time, and removes the oldest beyond

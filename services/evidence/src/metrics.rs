@@ -135,10 +135,11 @@ impl Metrics {
         out
     }
 
-    /// Serves `/metrics` and `/healthz` on `listen` until `stop`.
+    /// Serves `/metrics`, `/healthz` and the routes of `extra` on `listen` until `stop`.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
+        extra: axum::Router,
         stop: CancellationToken,
     ) -> std::io::Result<()> {
         use axum::routing::get;
@@ -159,7 +160,8 @@ impl Metrics {
                     }
                 }),
             )
-            .route("/healthz", get(|| async { "ok" }));
+            .route("/healthz", get(|| async { "ok" }))
+            .merge(extra);
         axum::serve(listener, router)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await

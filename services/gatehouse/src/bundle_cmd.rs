@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use gatehouse_evidence::Ledger;
 use gatehouse_evidence::entry::Entry;
-use gatehouse_proof::bundle::{self, BundleWriter, Progress, Scope};
+use gatehouse_proof::bundle::{self, BundleWriter, Scope};
 use gatehouse_proof::checkpoint::{Checkpoint, NoteVerifier};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
@@ -210,6 +210,7 @@ pub fn write_bundle(
         w.write_all(format!("{vkey}\n").as_bytes())
     })?;
 
+    let mut prover = ledger.prover(size)?;
     let progress = bar(quiet, size, "export");
     // Requests (and sessions) chosen by the filters, by id: their later events follow them.
     let mut chosen: HashSet<String> = HashSet::new();
@@ -225,7 +226,7 @@ pub fn write_bundle(
             let at = tombstone.received_at;
             let in_time = from.is_none_or(|f| at >= nanos(f)) && to.is_none_or(|t| at < nanos(t));
             if !filtered && in_time {
-                let proof = ledger.inclusion_proof(index, size)?;
+                let proof = prover.inclusion_proof(index)?;
                 writer.add_tombstone(index, &tombstone.leaf_hash, &proof)?;
             }
             continue;
@@ -248,10 +249,11 @@ pub fn write_bundle(
         if head.kind == "dev.gatehouse.session.started.v1" {
             sessions.push(head.subject.clone());
         }
-        let proof = ledger.inclusion_proof(index, size)?;
+        let proof = prover.inclusion_proof(index)?;
         writer.add_entry(&entry, &proof)?;
     }
     progress.finish_and_clear();
+    drop(prover);
     drop(ledger);
 
     for session in &sessions {
@@ -347,29 +349,18 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let total = std::fs::metadata(&args.bundle)
         .with_context(|| format!("reading {}", args.bundle.display()))?
         .len();
-    let unpack = bar(args.quiet, total, "unpack");
-    let check = bar(true, 0, "verify");
-    let mut checking = false;
-    let result = bundle::verify(&args.bundle, key.as_ref(), |p| match p {
-        Progress::Read(n) => unpack.set_position(n.min(total)),
-        Progress::Checked { done, of } => {
-            if !checking && !args.quiet {
-                unpack.finish_and_clear();
-                check.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-                check.set_style(
-                    ProgressStyle::with_template(
-                        "verify [{bar:40}] {pos}/{len} events {per_sec} eta {eta}",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                );
-                checking = true;
-            }
-            check.set_length(of);
-            check.set_position(done);
+    let progress = bar(args.quiet, total, "verify");
+    progress.set_style(
+        ProgressStyle::with_template("verify [{bar:40}] {bytes}/{total_bytes} {msg} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let result = bundle::verify(&args.bundle, key.as_ref(), |p| {
+        progress.set_position(p.read.min(total));
+        if p.events > 0 {
+            progress.set_message(format!("{} events checked", p.events));
         }
     });
-    unpack.finish_and_clear();
-    check.finish_and_clear();
+    progress.finish_and_clear();
     match result {
         Ok(v) => {
             if args.json {

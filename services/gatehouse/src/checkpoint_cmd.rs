@@ -1,9 +1,10 @@
 //! `gatehouse checkpoint keygen|sign|show`: the keys that sign checkpoints, and checkpoints on
 //! demand.
 //!
-//! Rotation: `keygen` a new key, point `checkpoints.key_file` at it, restart the evidence
-//! service. Its first checkpoint under the new key is checked for consistency with the last one
-//! under the old key before it is signed; auditors keep both verifier keys (old checkpoints stay
+//! Rotation: `rotate --key-file FILE` moves the key aside (`FILE.retired-TIME`) and writes a
+//! new one in its place. The evidence service re-reads the key file before every checkpoint, so
+//! its next checkpoint is signed with the new key, after the same consistency check against the
+//! last one signed with the old key. Auditors keep both verifier keys (old checkpoints stay
 //! verifiable with the old one).
 
 use std::path::PathBuf;
@@ -26,16 +27,33 @@ pub enum CheckpointCommand {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
-    /// Sign a checkpoint of the ledger now (the evidence service must not be running on it;
-    /// it signs on its own schedule).
+    /// Sign a checkpoint of the ledger now: with --admin, asks the running evidence service
+    /// (its `admin_listen` address) to sign one; with --data-dir and --key, signs a ledger no
+    /// service has open.
     Sign {
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
+        /// The evidence service's admin address (`http://127.0.0.1:9464`).
+        #[arg(long, value_name = "URL", conflicts_with_all = ["data_dir", "key", "origin"])]
+        admin: Option<String>,
+        #[arg(
+            long,
+            value_name = "DIR",
+            required_unless_present = "admin",
+            requires = "key"
+        )]
+        data_dir: Option<PathBuf>,
         #[arg(long, value_name = "FILE")]
-        key: PathBuf,
+        key: Option<PathBuf>,
         /// The origin line; defaults to the key's name.
         #[arg(long)]
         origin: Option<String>,
+    },
+    /// Replace the checkpoint key in FILE with a new one of the same name (or --name); the old
+    /// key is kept beside it as FILE.retired-TIME. Prints the new verifier key for auditors.
+    Rotate {
+        #[arg(long, value_name = "FILE")]
+        key_file: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Print the latest checkpoint; with --vkey, verify its signature and that the ledger's tree
     /// still has that root (exit 1 if not).
@@ -48,7 +66,7 @@ pub enum CheckpointCommand {
     },
 }
 
-pub fn run(command: CheckpointCommand) -> anyhow::Result<ExitCode> {
+pub async fn run(command: CheckpointCommand) -> anyhow::Result<ExitCode> {
     match command {
         CheckpointCommand::Keygen { name, out } => {
             if out.exists() {
@@ -62,16 +80,23 @@ pub fn run(command: CheckpointCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         CheckpointCommand::Sign {
+            admin: Some(admin), ..
+        } => sign_by_service(&admin).await,
+        CheckpointCommand::Sign {
             data_dir,
             key,
             origin,
+            ..
         } => {
+            let (Some(data_dir), Some(key)) = (data_dir, key) else {
+                bail!("give --admin URL, or --data-dir DIR and --key FILE");
+            };
             let signer = gatehouse_evidence::load_signer(&key).map_err(anyhow::Error::msg)?;
             let origin = origin.unwrap_or_else(|| signer.name().to_owned());
             let mut ledger = Ledger::open(&data_dir).with_context(|| {
                 format!(
-                    "opening the ledger in {} (is gatehouse evidence running on it? it signs \
-                     checkpoints itself)",
+                    "opening the ledger in {} (if gatehouse evidence is running on it, use \
+                     `gatehouse checkpoint sign --admin URL` with its admin_listen address)",
                     data_dir.display()
                 )
             })?;
@@ -84,6 +109,36 @@ pub fn run(command: CheckpointCommand) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        CheckpointCommand::Rotate { key_file, name } => {
+            let old = gatehouse_evidence::load_signer(&key_file).map_err(anyhow::Error::msg)?;
+            let name = name.unwrap_or_else(|| old.name().to_owned());
+            let new = NoteSigner::from_seed(&name, rand::random())?;
+            let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+            let mut retired = key_file.clone().into_os_string();
+            retired.push(format!(".retired-{stamp}"));
+            let retired = PathBuf::from(retired);
+            if retired.exists() {
+                bail!("{} exists; try again in a second", retired.display());
+            }
+            // Write the new key beside the file, then swap: the service never reads half a key.
+            let mut fresh = key_file.clone().into_os_string();
+            fresh.push(".new");
+            let fresh = PathBuf::from(fresh);
+            crate::kubeconfig::write_private(&fresh, &format!("{}\n", new.to_skey()))
+                .with_context(|| format!("writing {}", fresh.display()))?;
+            std::fs::hard_link(&key_file, &retired)
+                .with_context(|| format!("keeping the old key as {}", retired.display()))?;
+            std::fs::rename(&fresh, &key_file)
+                .with_context(|| format!("replacing {}", key_file.display()))?;
+            eprintln!(
+                "new key in {} (the old one is kept as {}); old verifier key: {}",
+                key_file.display(),
+                retired.display(),
+                old.verifier().to_vkey()
+            );
+            println!("{}", new.verifier().to_vkey());
             Ok(ExitCode::SUCCESS)
         }
         CheckpointCommand::Show { data_dir, vkey } => {
@@ -131,4 +186,45 @@ pub fn run(command: CheckpointCommand) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// Asks the running evidence service to sign a checkpoint (`POST /checkpoint` on its admin
+/// listener) and prints the note.
+async fn sign_by_service(admin: &str) -> anyhow::Result<ExitCode> {
+    use http_body_util::{BodyExt, Full};
+    let url = format!("{}/checkpoint", admin.trim_end_matches('/'));
+    let uri: hyper::Uri = url.parse().with_context(|| format!("--admin {admin:?}"))?;
+    let (status, body) = async {
+        let tls = gatehouse_proxy::http_client::client_tls(None, true)?;
+        let client = gatehouse_proxy::http_client::https_client::<Full<bytes::Bytes>>(
+            tls,
+            std::time::Duration::from_secs(10),
+        );
+        let request = hyper::Request::post(uri).body(Full::new(bytes::Bytes::new()))?;
+        let response =
+            tokio::time::timeout(std::time::Duration::from_secs(60), client.request(request))
+                .await
+                .context("the evidence service did not answer within 60 s")?
+                .with_context(|| format!("POST {url}"))?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, body))
+    }
+    .await?;
+    if !status.is_success() {
+        bail!(
+            "the evidence service refused: HTTP {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        );
+    }
+    let answer: gatehouse_evidence::OnDemand =
+        serde_json::from_slice(&body).context("the evidence service's answer")?;
+    if !answer.signed {
+        eprintln!(
+            "the tree has not grown since the checkpoint at size {}",
+            answer.size
+        );
+    }
+    print!("{}", answer.note);
+    Ok(ExitCode::SUCCESS)
 }

@@ -252,7 +252,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Policy { command } => return gatehouse::policy_cmd::run(command),
-        Command::Checkpoint { command } => return gatehouse::checkpoint_cmd::run(command),
+        Command::Checkpoint { command } => return gatehouse::checkpoint_cmd::run(command).await,
         Command::Export(args) => return gatehouse::bundle_cmd::export(args),
         Command::Verify(args) => return gatehouse::bundle_cmd::verify(args),
         Command::Report(args) => return gatehouse::report::run(args),

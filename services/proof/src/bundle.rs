@@ -16,20 +16,23 @@
 //! BLAKE3 of every byte before it.
 //!
 //! [`BundleWriter`] stages files on disk (never the whole bundle in memory) and streams the
-//! archive out; [`verify`] extracts into a temporary directory and checks it line by line.
+//! archive out; [`verify`] checks it in one pass (see there).
 
+use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use flate2::Compression;
 use flate2::read::GzDecoder;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, NoteVerifier};
-use crate::entry::{Entry, Hash, entry_hash};
-use crate::merkle::{ProofChecker, leaf_hash, verify_inclusion};
+use crate::entry::{Entry, EntryRef, Hash, entry_hash};
+use crate::merkle::{ProofChecker, verify_inclusion};
 
 pub const FORMAT: &str = "gatehouse.bundle.v1";
 
@@ -161,19 +164,42 @@ pub fn gzip_header() -> [u8; 10] {
 }
 
 fn hexs(hashes: &[Hash]) -> Vec<String> {
-    hashes.iter().map(hex::encode).collect()
+    hashes.iter().map(|h| faster_hex::hex_string(h)).collect()
 }
 
 fn unhex(text: &str) -> Option<Hash> {
-    let bytes = hex::decode(text).ok()?;
-    Hash::try_from(bytes.as_slice()).ok()
+    let mut hash = [0u8; 32];
+    if text.len() != 64 {
+        return None;
+    }
+    faster_hex::hex_decode(text.as_bytes(), &mut hash).ok()?;
+    Some(hash)
 }
 
 /// Streams files through BLAKE3 as they are written.
-struct Hashing<W: Write> {
-    inner: W,
+struct Hashing<T> {
+    inner: T,
     hasher: blake3::Hasher,
     bytes: u64,
+}
+
+impl<T> Hashing<T> {
+    fn digest(&self) -> FileDigest {
+        FileDigest {
+            bytes: self.bytes,
+            blake3: self.hasher.finalize().to_hex().to_string(),
+        }
+    }
+}
+
+/// Reading through it hashes what is read (a file streamed out of the archive).
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
 }
 
 impl<W: Write> Write for Hashing<W> {
@@ -268,8 +294,8 @@ impl BundleWriter {
             index: entry.index,
             stream_sequence: entry.stream_sequence,
             received_at: entry.received_at,
-            previous_hash: hex::encode(entry.previous_hash),
-            entry_hash: hex::encode(entry_hash(&encoding)),
+            previous_hash: faster_hex::hex_string(&entry.previous_hash),
+            entry_hash: faster_hex::hex_string(&entry_hash(&encoding)),
             inclusion: hexs(inclusion),
         };
         serde_json::to_writer(&mut self.proofs, &line).map_err(io::Error::other)?;
@@ -323,13 +349,7 @@ impl BundleWriter {
         if name.starts_with("recordings/") {
             self.counts.sessions += 1;
         }
-        self.files.insert(
-            name.to_owned(),
-            FileDigest {
-                bytes: out.bytes,
-                blake3: out.hasher.finalize().to_hex().to_string(),
-            },
-        );
+        self.files.insert(name.to_owned(), out.digest());
         Ok(())
     }
 
@@ -358,13 +378,7 @@ impl BundleWriter {
         ] {
             let mut file = file;
             file.flush()?;
-            self.files.insert(
-                name.to_owned(),
-                FileDigest {
-                    bytes: file.bytes,
-                    blake3: file.hasher.finalize().to_hex().to_string(),
-                },
-            );
+            self.files.insert(name.to_owned(), file.digest());
         }
         let mut manifest = Manifest {
             format: FORMAT.to_owned(),
@@ -540,19 +554,24 @@ pub struct Verified {
     pub key_from_bundle: bool,
 }
 
-/// What verification reports as it goes, for a progress bar.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Progress {
-    /// Bytes of the archive unpacked so far.
-    Read(u64),
-    /// Events checked so far, of the manifest's count.
-    Checked { done: u64, of: u64 },
+/// How far verification is, for a progress bar.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes of the bundle file read so far.
+    pub read: u64,
+    /// Events whose proofs have been checked so far.
+    pub events: u64,
 }
 
 /// Checks a bundle completely: gzip header and checksum, the file set, every file's digest,
 /// the checkpoint's signature, every event's entry hash and inclusion proof, order, uniqueness,
 /// contiguity where promised, chain links between neighbours, and the counts. Returns every
 /// failure found, each naming what failed (`Err` is never empty).
+///
+/// One pass over the archive: files are unpacked into a temporary directory as they come, except
+/// `proofs.jsonl`, which is checked as it streams past against the already unpacked
+/// `events.jsonl` and checkpoint (the order bundles are written in). A bundle in another order
+/// is unpacked whole and checked afterwards, with the same result.
 pub fn verify(
     bundle: &Path,
     key: Option<&NoteVerifier>,
@@ -598,7 +617,8 @@ pub fn verify(
         .prefix("gatehouse-verify-")
         .tempdir()
         .map_err(|e| one(format!("a temporary directory: {e}")))?;
-    let digests = extract(bundle, body_len, dir.path(), &mut progress).map_err(one)?;
+    let Unpacked { digests, streamed } =
+        unpack(bundle, body_len, dir.path(), key, &mut progress).map_err(one)?;
     let mut failures = Vec::new();
 
     let manifest: Manifest = std::fs::read(dir.path().join("manifest.json"))
@@ -639,21 +659,7 @@ pub fn verify(
         return Err(failures);
     }
 
-    let (verifier, key_from_bundle) = match key {
-        Some(k) => (k.clone(), false),
-        None => {
-            let text = std::fs::read_to_string(dir.path().join("keys/checkpoint.vkey"))
-                .map_err(|_| one("no --key given and keys/checkpoint.vkey is missing".into()))?;
-            let k = NoteVerifier::from_vkey(&text)
-                .map_err(|e| one(format!("keys/checkpoint.vkey: {e}")))?;
-            (k, true)
-        }
-    };
-    let note = std::fs::read_to_string(dir.path().join("checkpoint"))
-        .map_err(|e| one(format!("checkpoint: {e}")))?;
-    let checkpoint = verifier
-        .open(&note)
-        .map_err(|e| one(format!("checkpoint: {e}")))?;
+    let (checkpoint, verifier, key_from_bundle) = open_checkpoint(dir.path(), key).map_err(one)?;
     let claimed = &manifest.checkpoint;
     if claimed.origin != checkpoint.origin
         || claimed.size != checkpoint.size
@@ -664,13 +670,29 @@ pub fn verify(
         );
     }
 
-    check_events(
-        dir.path(),
-        &manifest,
-        &checkpoint,
-        &mut failures,
-        &mut progress,
-    );
+    let events = match streamed {
+        Some(events) => events,
+        None => {
+            // Not in the order bundles are written: check the unpacked files.
+            let mut events = EventCheck::new(&checkpoint);
+            let open = |name: &str| File::open(dir.path().join(name));
+            match (open("events.jsonl"), open("proofs.jsonl")) {
+                (Ok(e), Ok(p)) => events.run(
+                    BufReader::with_capacity(READ_BUFFER, e),
+                    BufReader::with_capacity(READ_BUFFER, p),
+                    |n| {
+                        progress(Progress {
+                            read: total,
+                            events: n,
+                        })
+                    },
+                ),
+                _ => events.fail("events.jsonl or proofs.jsonl cannot be read".into()),
+            }
+            events
+        }
+    };
+    events.finish(&manifest, &mut failures);
     check_tombstones(dir.path(), &manifest, &checkpoint, &mut failures);
 
     if failures.is_empty() {
@@ -685,32 +707,70 @@ pub fn verify(
     }
 }
 
-/// Unpacks into `dir`, hashing each file; refuses odd paths, types and duplicates, and reads
-/// the gzip stream to its end so its checksum is checked.
-fn extract(
+/// Buffer for reading the unpacked and streamed JSON Lines files.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// The signed checkpoint in `dir`, opened with `key` or, without one, the bundle's own key.
+fn open_checkpoint(
+    dir: &Path,
+    key: Option<&NoteVerifier>,
+) -> Result<(Checkpoint, NoteVerifier, bool), String> {
+    let (verifier, key_from_bundle) = match key {
+        Some(k) => (k.clone(), false),
+        None => {
+            let text = std::fs::read_to_string(dir.join("keys/checkpoint.vkey"))
+                .map_err(|_| "no --key given and keys/checkpoint.vkey is missing".to_owned())?;
+            let k =
+                NoteVerifier::from_vkey(&text).map_err(|e| format!("keys/checkpoint.vkey: {e}"))?;
+            (k, true)
+        }
+    };
+    let note =
+        std::fs::read_to_string(dir.join("checkpoint")).map_err(|e| format!("checkpoint: {e}"))?;
+    let checkpoint = verifier
+        .open(&note)
+        .map_err(|e| format!("checkpoint: {e}"))?;
+    Ok((checkpoint, verifier, key_from_bundle))
+}
+
+struct Unpacked {
+    /// Every file's digest, `proofs.jsonl` included.
+    digests: BTreeMap<String, FileDigest>,
+    /// The events, if they were checked while `proofs.jsonl` streamed past.
+    streamed: Option<EventCheck>,
+}
+
+/// Unpacks into `dir`, hashing each file, and checks `proofs.jsonl` on the way when the
+/// checkpoint and `events.jsonl` came before it; refuses odd paths, types and duplicates, and
+/// reads the gzip stream to its end so its checksum is checked.
+fn unpack(
     bundle: &Path,
     body_len: u64,
     dir: &Path,
+    key: Option<&NoteVerifier>,
     progress: &mut impl FnMut(Progress),
-) -> Result<BTreeMap<String, FileDigest>, String> {
+) -> Result<Unpacked, String> {
+    /// Counts the compressed bytes read, for the progress bar.
     struct Counting<R> {
         inner: R,
-        read: u64,
+        read: Rc<Cell<u64>>,
     }
     impl<R: Read> Read for Counting<R> {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             let n = self.inner.read(buf)?;
-            self.read += n as u64;
+            self.read.set(self.read.get() + n as u64);
             Ok(n)
         }
     }
+    let read = Rc::new(Cell::new(0u64));
     let file = File::open(bundle).map_err(|e| e.to_string())?;
     let counting = Counting {
-        inner: BufReader::new(file).take(body_len),
-        read: 0,
+        inner: BufReader::with_capacity(READ_BUFFER, file).take(body_len),
+        read: read.clone(),
     };
     let mut archive = tar::Archive::new(GzDecoder::new(counting));
     let mut digests = BTreeMap::new();
+    let mut streamed = None;
     let entries = archive
         .entries()
         .map_err(|e| format!("the bundle is not a tar.gz: {e}"))?;
@@ -730,113 +790,198 @@ fn extract(
         if digests.contains_key(&name) {
             return Err(format!("{name} appears twice"));
         }
-        let path: PathBuf = dir.join(&name);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-        }
-        let mut out = Hashing {
-            inner: BufWriter::new(File::create(&path).map_err(|e| e.to_string())?),
-            hasher: blake3::Hasher::new(),
-            bytes: 0,
+        let ready = name == "proofs.jsonl" && digests.contains_key("events.jsonl");
+        let checkpoint = ready.then(|| open_checkpoint(dir, key).ok()).flatten();
+        let digest = match (checkpoint, File::open(dir.join("events.jsonl"))) {
+            (Some((checkpoint, _, _)), Ok(events)) => {
+                let mut proofs = Hashing {
+                    inner: &mut entry,
+                    hasher: blake3::Hasher::new(),
+                    bytes: 0,
+                };
+                let mut check = EventCheck::new(&checkpoint);
+                check.run(
+                    BufReader::with_capacity(READ_BUFFER, events),
+                    BufReader::with_capacity(READ_BUFFER, &mut proofs),
+                    |events| {
+                        progress(Progress {
+                            read: read.get(),
+                            events,
+                        })
+                    },
+                );
+                // Whatever the check left unread still counts for the digest.
+                io::copy(&mut proofs, &mut io::sink()).map_err(|e| format!("{name}: {e}"))?;
+                streamed = Some(check);
+                proofs.digest()
+            }
+            _ => {
+                let path: PathBuf = dir.join(&name);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+                }
+                let mut out = Hashing {
+                    inner: BufWriter::new(File::create(&path).map_err(|e| e.to_string())?),
+                    hasher: blake3::Hasher::new(),
+                    bytes: 0,
+                };
+                io::copy(&mut entry, &mut out).map_err(|e| format!("{name}: {e}"))?;
+                out.flush().map_err(|e| e.to_string())?;
+                out.digest()
+            }
         };
-        io::copy(&mut entry, &mut out).map_err(|e| format!("{name}: {e}"))?;
-        out.flush().map_err(|e| e.to_string())?;
-        digests.insert(
-            name,
-            FileDigest {
-                bytes: out.bytes,
-                blake3: out.hasher.finalize().to_hex().to_string(),
-            },
-        );
-        progress(Progress::Read(archive_position(&entry)));
+        digests.insert(name, digest);
+        progress(Progress {
+            read: read.get(),
+            events: streamed.as_ref().map_or(0, |c: &EventCheck| c.line),
+        });
     }
     // Whatever follows the tar's end must still decompress, with a matching checksum.
     let mut rest = archive.into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(|e| format!("the gzip stream is damaged: {e}"))?;
-    progress(Progress::Read(rest.get_ref().read));
-    Ok(digests)
+    progress(Progress {
+        read: read.get(),
+        events: streamed.as_ref().map_or(0, |c| c.line),
+    });
+    Ok(Unpacked { digests, streamed })
 }
 
-fn archive_position<R: Read>(entry: &tar::Entry<'_, R>) -> u64 {
-    entry.raw_file_position()
+/// A line of `proofs.jsonl` as read: strings borrowed from the line where they can be.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProofLineRef<'a> {
+    index: u64,
+    stream_sequence: u64,
+    received_at: i64,
+    #[serde(borrow)]
+    previous_hash: Cow<'a, str>,
+    #[serde(borrow)]
+    entry_hash: Cow<'a, str>,
+    #[serde(borrow)]
+    inclusion: Vec<Cow<'a, str>>,
 }
 
-fn check_events(
-    dir: &Path,
-    manifest: &Manifest,
-    checkpoint: &Checkpoint,
-    failures: &mut Vec<String>,
-    progress: &mut impl FnMut(Progress),
-) {
-    let open = |name: &str| File::open(dir.join(name)).map(BufReader::new);
-    let (Ok(events), Ok(proofs)) = (open("events.jsonl"), open("proofs.jsonl")) else {
-        failures.push("events.jsonl or proofs.jsonl cannot be read".into());
-        return;
-    };
-    let mut events = events.split(b'\n');
-    let mut proofs = proofs.lines();
-    let mut line = 0u64;
-    let mut previous: Option<(u64, Hash)> = None;
-    let mut first = None;
-    let of = manifest.counts.events;
-    let mut checker = ProofChecker::new(checkpoint.size, checkpoint.root);
-    loop {
-        let (event, proof) = (events.next(), proofs.next());
-        let (event, proof) = match (event, proof) {
-            (None, None) => break,
-            (Some(Ok(e)), Some(Ok(p))) => (e, p),
-            (None, Some(_)) | (Some(_), None) => {
-                failures.push(format!(
-                    "events.jsonl and proofs.jsonl differ in length after line {line}"
-                ));
-                return;
+/// Contiguity breaks reported one by one at most; beyond, they are counted.
+const HOLES_SHOWN: usize = 100;
+
+/// The per-event checks, line by line: entry hash, inclusion proof, order, uniqueness, links.
+/// Contiguity and the counts are judged by [`EventCheck::finish`], once the manifest (the
+/// archive's last file) says what was promised.
+struct EventCheck {
+    checker: ProofChecker,
+    size: u64,
+    failures: Vec<String>,
+    /// Lines checked.
+    line: u64,
+    first: Option<u64>,
+    /// The last entry's index and hash.
+    previous: Option<(u64, Hash)>,
+    /// Where consecutive lines skip entries: (line, first missing, last missing).
+    holes: Vec<(u64, u64, u64)>,
+    more_holes: u64,
+    /// The inclusion proof being decoded (reused).
+    path: Vec<Hash>,
+}
+
+impl EventCheck {
+    fn new(checkpoint: &Checkpoint) -> Self {
+        Self {
+            checker: ProofChecker::new(checkpoint.size, checkpoint.root),
+            size: checkpoint.size,
+            failures: Vec::new(),
+            line: 0,
+            first: None,
+            previous: None,
+            holes: Vec::new(),
+            more_holes: 0,
+            path: Vec::with_capacity(64),
+        }
+    }
+
+    fn fail(&mut self, what: String) {
+        self.failures.push(what);
+    }
+
+    /// Checks `events` against `proofs` line by line, to the end of both.
+    fn run(&mut self, mut events: impl BufRead, mut proofs: impl BufRead, mut on: impl FnMut(u64)) {
+        let (mut event, mut proof) = (Vec::new(), Vec::new());
+        loop {
+            event.clear();
+            proof.clear();
+            let (e, p) = (
+                events.read_until(b'\n', &mut event),
+                proofs.read_until(b'\n', &mut proof),
+            );
+            match (e, p) {
+                (Ok(0), Ok(0)) => break,
+                (Ok(0), Ok(_)) | (Ok(_), Ok(0)) => {
+                    let line = self.line;
+                    self.fail(format!(
+                        "events.jsonl and proofs.jsonl differ in length after line {line}"
+                    ));
+                    return;
+                }
+                (Ok(_), Ok(_)) => {}
+                _ => {
+                    let line = self.line + 1;
+                    self.fail(format!("line {line} cannot be read"));
+                    return;
+                }
             }
-            _ => {
-                failures.push(format!("line {} cannot be read", line + 1));
-                return;
+            if event.last() == Some(&b'\n') {
+                event.pop();
             }
+            self.line(&event, &proof);
+            if self.line.is_multiple_of(4096) {
+                on(self.line);
+            }
+        }
+        on(self.line);
+    }
+
+    fn line(&mut self, event: &[u8], proof: &[u8]) {
+        self.line += 1;
+        let line = self.line;
+        let fail = |this: &mut Self, what: String| {
+            this.failures.push(format!("event on line {line}: {what}"))
         };
-        line += 1;
-        let fail = |failures: &mut Vec<String>, what: String| {
-            failures.push(format!("event on line {line}: {what}"))
-        };
-        let proof: ProofLine = match serde_json::from_str(&proof) {
+        let proof: ProofLineRef<'_> = match serde_json::from_slice(proof) {
             Ok(p) => p,
             Err(e) => {
-                fail(failures, format!("proofs.jsonl line is malformed: {e}"));
-                continue;
+                fail(self, format!("proofs.jsonl line is malformed: {e}"));
+                return;
             }
         };
-        let (Some(previous_hash), Some(claimed), Some(path)) = (
+        self.path.clear();
+        let mut hashes_ok = true;
+        for h in &proof.inclusion {
+            match unhex(h) {
+                Some(h) => self.path.push(h),
+                None => hashes_ok = false,
+            }
+        }
+        let (Some(previous_hash), Some(claimed), true) = (
             unhex(&proof.previous_hash),
             unhex(&proof.entry_hash),
-            proof
-                .inclusion
-                .iter()
-                .map(|h| unhex(h))
-                .collect::<Option<Vec<Hash>>>(),
+            hashes_ok,
         ) else {
-            fail(
-                failures,
-                "a hash in proofs.jsonl is not 32 bytes of hex".into(),
-            );
-            continue;
+            fail(self, "a hash in proofs.jsonl is not 32 bytes of hex".into());
+            return;
         };
-        let entry = Entry {
+        let entry = EntryRef {
             index: proof.index,
             stream_sequence: proof.stream_sequence,
             received_at: proof.received_at,
             previous_hash,
             event,
         };
-        let Ok(encoding) = entry.encode() else {
-            fail(failures, "the event is too large for an entry".into());
-            continue;
+        let Ok((hash, leaf)) = entry.hashes() else {
+            fail(self, "the event is too large for an entry".into());
+            return;
         };
-        let hash = entry_hash(&encoding);
         if hash != claimed {
             fail(
-                failures,
+                self,
                 format!(
                     "entry {} hashes to {}, not {}",
                     proof.index,
@@ -845,19 +990,20 @@ fn check_events(
                 ),
             );
         }
-        if !checker.verify(&leaf_hash(&encoding), proof.index, &path) {
+        if !self.checker.verify(&leaf, proof.index, &self.path) {
+            let size = self.size;
             fail(
-                failures,
+                self,
                 format!(
-                    "entry {} is not in the checkpointed tree of {} entries (the inclusion proof fails)",
-                    proof.index, checkpoint.size
+                    "entry {} is not in the checkpointed tree of {size} entries (the inclusion proof fails)",
+                    proof.index
                 ),
             );
         }
-        if let Some((prev_index, prev_hash)) = previous {
+        if let Some((prev_index, prev_hash)) = self.previous {
             if proof.index <= prev_index {
                 fail(
-                    failures,
+                    self,
                     format!(
                         "entry {} repeats or comes after entry {prev_index}",
                         proof.index
@@ -865,40 +1011,51 @@ fn check_events(
                 );
             } else if proof.index == prev_index + 1 && previous_hash != prev_hash {
                 fail(
-                    failures,
+                    self,
                     format!("entry {} does not link to entry {prev_index}", proof.index),
                 );
-            } else if manifest.contiguous && proof.index != prev_index + 1 {
-                fail(
-                    failures,
-                    format!(
-                        "entries {} to {} are missing from a bundle that promises every entry",
-                        prev_index + 1,
-                        proof.index - 1
-                    ),
-                );
+            } else if proof.index != prev_index + 1 {
+                if self.holes.len() < HOLES_SHOWN {
+                    self.holes.push((line, prev_index + 1, proof.index - 1));
+                } else {
+                    self.more_holes += 1;
+                }
             }
         }
-        first.get_or_insert(proof.index);
-        previous = Some((proof.index, hash));
-        if line.is_multiple_of(4096) {
-            progress(Progress::Checked { done: line, of });
+        self.first.get_or_insert(proof.index);
+        self.previous = Some((proof.index, hash));
+    }
+
+    /// The per-line failures, then what the manifest promised and the lines did not keep.
+    fn finish(self, manifest: &Manifest, failures: &mut Vec<String>) {
+        failures.extend(self.failures);
+        if manifest.contiguous {
+            for (line, first, last) in &self.holes {
+                failures.push(format!(
+                    "event on line {line}: entries {first} to {last} are missing from a bundle \
+                     that promises every entry"
+                ));
+            }
+            if self.more_holes > 0 {
+                failures.push(format!(
+                    "and {} more places where entries are missing",
+                    self.more_holes
+                ));
+            }
         }
-    }
-    progress(Progress::Checked { done: line, of });
-    if line != manifest.counts.events {
-        failures.push(format!(
-            "the bundle holds {line} events, the manifest says {}",
-            manifest.counts.events
-        ));
-    }
-    if first != manifest.range.first_index || previous.map(|p| p.0) != manifest.range.last_index {
-        failures.push(format!(
-            "the events span entries {first:?} to {:?}, the manifest says {:?} to {:?}",
-            previous.map(|p| p.0),
-            manifest.range.first_index,
-            manifest.range.last_index
-        ));
+        if self.line != manifest.counts.events {
+            failures.push(format!(
+                "the bundle holds {} events, the manifest says {}",
+                self.line, manifest.counts.events
+            ));
+        }
+        let last = self.previous.map(|p| p.0);
+        if self.first != manifest.range.first_index || last != manifest.range.last_index {
+            failures.push(format!(
+                "the events span entries {:?} to {last:?}, the manifest says {:?} to {:?}",
+                self.first, manifest.range.first_index, manifest.range.last_index
+            ));
+        }
     }
 }
 
@@ -949,5 +1106,22 @@ fn check_tombstones(
             "the bundle holds {count} tombstones, the manifest says {}",
             manifest.counts.tombstones
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_are_64_hex_digits_exactly() {
+        let hash: Hash = std::array::from_fn(|i| (i * 7) as u8);
+        let text = hex::encode(hash);
+        assert_eq!(unhex(&text), Some(hash));
+        assert_eq!(unhex(&text.to_uppercase()), Some(hash));
+        assert_eq!(unhex(&text[..62]), None);
+        assert_eq!(unhex(&format!("{text}00")), None);
+        assert_eq!(unhex(&format!("{}zz", &text[..62])), None);
+        assert_eq!(unhex(&format!("{} ", &text[..63])), None);
     }
 }

@@ -119,6 +119,7 @@ pub fn key_id(name: &str, public: &VerifyingKey) -> [u8; 4] {
 }
 
 /// Signs checkpoints. Its `Debug` never shows the key.
+#[derive(Clone)]
 pub struct NoteSigner {
     name: String,
     key: SigningKey,

@@ -55,16 +55,21 @@ pub struct EventTooLarge(pub usize);
 impl Entry {
     /// The canonical encoding that is hashed and stored.
     pub fn encode(&self) -> Result<Vec<u8>, EventTooLarge> {
-        let len = u32::try_from(self.event.len()).map_err(|_| EventTooLarge(self.event.len()))?;
+        let header = self.as_ref().header()?;
         let mut out = Vec::with_capacity(HEADER_LEN + self.event.len());
-        out.extend_from_slice(DOMAIN_TAG);
-        out.extend_from_slice(&self.index.to_be_bytes());
-        out.extend_from_slice(&self.stream_sequence.to_be_bytes());
-        out.extend_from_slice(&self.received_at.to_be_bytes());
-        out.extend_from_slice(&self.previous_hash);
-        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&header);
         out.extend_from_slice(&self.event);
         Ok(out)
+    }
+
+    pub fn as_ref(&self) -> EntryRef<'_> {
+        EntryRef {
+            index: self.index,
+            stream_sequence: self.stream_sequence,
+            received_at: self.received_at,
+            previous_hash: self.previous_hash,
+            event: &self.event,
+        }
     }
 
     /// Decodes an encoding produced by [`Entry::encode`].
@@ -97,6 +102,52 @@ impl Entry {
             previous_hash: prev,
             event: event.to_vec(),
         })
+    }
+}
+
+/// An entry whose event bytes are borrowed: what a verifier hashes without copying the event
+/// into an encoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryRef<'a> {
+    pub index: u64,
+    pub stream_sequence: u64,
+    pub received_at: i64,
+    pub previous_hash: Hash,
+    pub event: &'a [u8],
+}
+
+impl EntryRef<'_> {
+    /// The encoding up to the event bytes.
+    pub fn header(&self) -> Result<[u8; HEADER_LEN], EventTooLarge> {
+        let len = u32::try_from(self.event.len()).map_err(|_| EventTooLarge(self.event.len()))?;
+        let mut out = [0u8; HEADER_LEN];
+        let fields: [&[u8]; 6] = [
+            DOMAIN_TAG,
+            &self.index.to_be_bytes(),
+            &self.stream_sequence.to_be_bytes(),
+            &self.received_at.to_be_bytes(),
+            &self.previous_hash,
+            &len.to_be_bytes(),
+        ];
+        let mut at = 0;
+        for field in fields {
+            out[at..at + field.len()].copy_from_slice(field);
+            at += field.len();
+        }
+        Ok(out)
+    }
+
+    /// `entry_hash` and the Merkle leaf hash (`crate::merkle::leaf_hash`) of the encoding.
+    pub fn hashes(&self) -> Result<(Hash, Hash), EventTooLarge> {
+        let header = self.header()?;
+        let mut entry = blake3::Hasher::new();
+        entry.update(&header);
+        entry.update(self.event);
+        let mut leaf = blake3::Hasher::new();
+        leaf.update(&[0x00]);
+        leaf.update(&header);
+        leaf.update(self.event);
+        Ok((*entry.finalize().as_bytes(), *leaf.finalize().as_bytes()))
     }
 }
 
@@ -166,6 +217,16 @@ mod tests {
         assert_eq!(
             hex::encode(entry_hash(&second.encode().unwrap())),
             "04c83a9629073e518537e6d6379bc1927bc69736e7646af323e25af75bf6391c"
+        );
+    }
+
+    #[test]
+    fn borrowed_hashes_match_the_encoding() {
+        let e = sample();
+        let encoding = e.encode().unwrap();
+        assert_eq!(
+            e.as_ref().hashes().unwrap(),
+            (entry_hash(&encoding), crate::merkle::leaf_hash(&encoding))
         );
     }
 

@@ -191,18 +191,27 @@ pub struct ProofChecker {
     size: u64,
     root: Hash,
     /// Subtree (start, size) → hash, for subtrees on verified paths and their siblings.
-    proven: HashMap<(u64, u64), Hash>,
+    proven: rustc_hash::FxHashMap<(u64, u64), Hash>,
+    /// The path being checked, root first (reused between proofs).
+    path: Vec<(u64, u64)>,
+    /// Each step's sibling subtree, and whether the path's child is its left half.
+    siblings: Vec<((u64, u64), bool)>,
+    /// Subtrees a proof being checked establishes, kept if it verifies.
+    learned: Vec<((u64, u64), Hash)>,
 }
 
 /// Proven subtrees remembered at most; beyond, the memory is cleared (only speed is lost).
-const PROVEN_MAX: usize = 4_000_000;
+const PROVEN_MAX: usize = 1 << 20;
 
 impl ProofChecker {
     pub fn new(size: u64, root: Hash) -> Self {
         Self {
             size,
             root,
-            proven: HashMap::new(),
+            proven: rustc_hash::FxHashMap::default(),
+            path: Vec::with_capacity(64),
+            siblings: Vec::with_capacity(64),
+            learned: Vec::with_capacity(128),
         }
     }
 
@@ -211,10 +220,10 @@ impl ProofChecker {
             return false;
         }
         // The subtrees on the path, root first, as RFC 9162 splits them.
-        let mut path: Vec<(u64, u64)> = Vec::with_capacity(64);
+        self.path.clear();
         let (mut start, mut size) = (0u64, self.size);
         while size > 1 {
-            path.push((start, size));
+            self.path.push((start, size));
             let k = split(size);
             if index < start + k {
                 size = k;
@@ -223,58 +232,60 @@ impl ProofChecker {
                 size -= k;
             }
         }
-        if proof.len() != path.len() {
+        if proof.len() != self.path.len() {
             return false;
         }
-        let siblings: Vec<((u64, u64), bool)> = path
-            .iter()
-            .rev()
-            .scan((index, 1u64), |child, &(ps, psize)| {
-                let k = split(psize);
-                let left = child.0 == ps;
-                let sibling = if left { (ps + k, psize - k) } else { (ps, k) };
-                *child = (ps, psize);
-                Some((sibling, left))
-            })
-            .collect();
+        self.siblings.clear();
+        let mut child = (index, 1u64);
+        for &(ps, psize) in self.path.iter().rev() {
+            let k = split(psize);
+            let left = child.0 == ps;
+            let sibling = if left { (ps + k, psize - k) } else { (ps, k) };
+            self.siblings.push((sibling, left));
+            child = (ps, psize);
+        }
+        // Walk up from the leaf until a subtree already proven (or the root) is reached,
+        // noting each subtree the walk passes and its sibling.
+        self.learned.clear();
         let mut h = *leaf;
         let mut child = (index, 1u64);
-        for (level, ((_, left), p)) in siblings.iter().zip(proof).enumerate() {
+        let mut level = 0;
+        let known = loop {
             if self.proven.get(&child) == Some(&h) {
-                // Known from here up: the rest of this proof must be the known siblings.
-                return siblings[level..]
-                    .iter()
-                    .zip(&proof[level..])
-                    .all(|((s, _), p)| self.proven.get(s) == Some(p));
+                break true;
             }
+            let Some(((sibling, left), p)) = self.siblings.get(level).zip(proof.get(level)) else {
+                break false;
+            };
+            self.learned.push((child, h));
+            self.learned.push((*sibling, *p));
             h = if *left {
                 node_hash(&h, p)
             } else {
                 node_hash(p, &h)
             };
-            child = path[path.len() - 1 - level];
+            child = self.path[self.path.len() - 1 - level];
+            level += 1;
+        };
+        let ok = if known {
+            // Known from here up: the rest of this proof must be the known siblings.
+            self.siblings[level..]
+                .iter()
+                .zip(&proof[level..])
+                .all(|((s, _), p)| self.proven.get(s) == Some(p))
+        } else {
+            self.learned.push((child, h));
+            h == self.root
+        };
+        if ok {
+            // Everything below the known subtree (or the root) is proven now too, so the next
+            // leaf's walk stops early: in order, a leaf costs about one node hash.
+            if self.proven.len() + self.learned.len() > PROVEN_MAX {
+                self.proven.clear();
+            }
+            self.proven.extend(self.learned.iter().copied());
         }
-        if h != self.root {
-            return false;
-        }
-        if self.proven.len() > PROVEN_MAX {
-            self.proven.clear();
-        }
-        // Remember the path: each subtree's hash, recomputed once more from the proof.
-        let mut h = *leaf;
-        let mut child = (index, 1u64);
-        for (level, ((sibling, left), p)) in siblings.iter().zip(proof).enumerate() {
-            self.proven.insert(child, h);
-            self.proven.insert(*sibling, *p);
-            h = if *left {
-                node_hash(&h, p)
-            } else {
-                node_hash(p, &h)
-            };
-            child = path[path.len() - 1 - level];
-        }
-        self.proven.insert(child, h);
-        true
+        ok
     }
 }
 
