@@ -7,7 +7,11 @@
 //! events on the stream. [`TestBed::finish`] checks what every test must leave behind: every
 //! event valid against its schema, the ledger holding exactly the events the stream holds, and
 //! the chain verifying.
+//!
+//! [`bench`] is the benchmark harness (`tests/bench/run`, `tests/bench/soak`).
 #![forbid(unsafe_code)]
+
+pub mod bench;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -545,6 +549,19 @@ impl TestBed {
     ///
     /// Returns the data directory's ledger path owner, so a test can go on to tamper with it.
     pub async fn finish(mut self) -> Result<Finished> {
+        // Events a NATS outage made the proxy send again must have landed first.
+        eventually(
+            "the proxy to have no event left to retry",
+            DEADLINE,
+            || async {
+                let (_, metrics) = self.admin_get("/metrics").await.ok()?;
+                metrics
+                    .lines()
+                    .any(|l| l.trim() == "gatehouse_proxy_events_retrying 0")
+                    .then_some(())
+            },
+        )
+        .await?;
         let events = self.events().await?;
         for event in &events {
             self.schemas

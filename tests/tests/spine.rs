@@ -678,6 +678,60 @@ async fn when_nats_is_down_nothing_is_forwarded() -> Result {
     Ok(())
 }
 
+/// A response that ends while NATS is down is still recorded: `response.completed` is sent
+/// again (same `Nats-Msg-Id`) until NATS is back, and recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_that_ends_while_nats_is_down_is_recorded_when_it_returns() -> Result {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let mut bed = TestBed::start().await?;
+    let mut watch = bed.kubectl_spawn("ci-deployer", &["get", "configmaps", "-w", "-o", "name"])?;
+    let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    let first = tokio::time::timeout(DEADLINE, lines.next_line()).await??;
+    assert_eq!(first.as_deref(), Some("configmap/web-config"));
+
+    bed.stack_mut()
+        .nats_server
+        .as_mut()
+        .expect("the stack started nats-server")
+        .stop()
+        .await;
+    // The watch ends while nothing can be published: the proxy counts it finished (just
+    // before it sends `response.completed`).
+    watch.kill().await?;
+    eventually("the proxy to see the watch end", DEADLINE, || async {
+        let (_, metrics) = bed.admin_get("/metrics").await.ok()?;
+        metrics
+            .lines()
+            .any(|l| {
+                l.starts_with("gatehouse_proxy_requests_total{") && l.contains("verb=\"watch\"")
+            })
+            .then_some(())
+    })
+    .await?;
+    bed.stack_mut()
+        .nats_server
+        .as_mut()
+        .expect("nats-server")
+        .restart()
+        .await?;
+
+    let finished = bed.finish().await?;
+    let watch_request = finished
+        .events
+        .iter()
+        .find(|e| e.name() == "request.received" && e.data()["request"]["verb"] == "watch")
+        .expect("the watch was recorded");
+    let completed: Vec<_> = finished
+        .events
+        .iter()
+        .filter(|e| e.name() == "response.completed" && e.subject() == watch_request.subject())
+        .collect();
+    assert_eq!(completed.len(), 1, "the watch's end is recorded once");
+    assert_eq!(completed[0].data()["outcome"], "client_disconnected");
+    Ok(())
+}
+
 /// A hung NATS (frozen, connection still open) cannot ack: the proxy waits out its publish
 /// timeout, refuses, and forwards nothing. When NATS wakes up, the late events still tell a
 /// consistent story (checked by `finish`).

@@ -16,6 +16,7 @@
 //! | `request_duration_seconds` | histogram | verb, decision |
 //! | `events_published_total` | counter | kind |
 //! | `events_unacked_total` | counter | |
+//! | `events_retrying` | gauge (follow-up events waiting to be sent again) | |
 //! | `publish_duration_seconds` | histogram (JetStream acks) | |
 //! | `token_cache_hits_total`, `token_cache_misses_total` | counter | |
 //! | `policy_reloads_total` | counter | result (`success`, `failure`) |
@@ -154,6 +155,7 @@ pub struct Metrics {
     policy_reloads: Family<ResultLabels, Counter>,
     policy_generation: Gauge,
     sessions_active: Gauge,
+    events_retrying: Gauge,
     masked_fields: Counter,
     tls_reloads: Family<ResultLabels, Counter>,
     holds_waiting: Gauge,
@@ -237,6 +239,12 @@ impl Metrics {
             "Interactive sessions (exec, attach, port-forward) open now",
             sessions_active.clone(),
         );
+        let events_retrying = Gauge::default();
+        registry.register(
+            "events_retrying",
+            "Follow-up events (forwarded, completed, denied) not acked yet and being sent again",
+            events_retrying.clone(),
+        );
         let masked_fields = Counter::default();
         registry.register(
             "masked_fields",
@@ -286,12 +294,18 @@ impl Metrics {
             policy_reloads,
             policy_generation,
             sessions_active,
+            events_retrying,
             masked_fields,
             tls_reloads,
             holds_waiting,
             holds_decided,
             hold_release,
         }
+    }
+
+    /// Follow-up events being retried: +1 when one first fails, -1 when it is acked or given up.
+    pub fn events_retrying(&self, delta: i64) {
+        self.events_retrying.inc_by(delta);
     }
 
     /// Held requests waiting: +1 when held, -1 when decided or withdrawn.

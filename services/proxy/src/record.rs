@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use gatehouse_bus::{Bus, PublishError};
 use gatehouse_events::{
@@ -17,6 +17,11 @@ use gatehouse_events::{
 };
 
 use crate::body::Delivered;
+
+/// How long a follow-up event is retried: well inside the smallest duplicate window Gatehouse
+/// accepts, so a retry of an event JetStream did store is still recognised as a duplicate.
+const RETRY_FOR: Duration =
+    Duration::from_secs(gatehouse_bus::config::MIN_DUPLICATE_WINDOW.as_secs() - 20);
 use crate::metrics::Metrics;
 use crate::pipeline::RequestContext;
 use crate::rescue::Rejection;
@@ -230,28 +235,59 @@ impl Recorder {
         self.metrics.events_published(name);
     }
 
-    /// Sends now; awaits the ack in the background.
+    /// Sends now; awaits the ack in the background. These events come after the request's
+    /// acked `request.received` and nothing waits for them, but they must not be lost to a short
+    /// NATS outage either: a send that fails or is not acked is tried again with the same
+    /// `Nats-Msg-Id`, which JetStream deduplicates, for as long as the duplicate window is sure
+    /// to last ([`RETRY_FOR`]).
     async fn send<P: Payload + Send + 'static>(&self, event: Envelope<P>) {
         let id = event.id.clone();
         let name = P::NAME;
         let started = Instant::now();
-        match self.bus.enqueue(&event).await {
-            Ok(pending) => {
-                let recorder = self.clone();
-                tokio::spawn(async move {
-                    match pending.wait().await {
-                        Ok(_) => recorder.acked(name, started),
-                        Err(e) => {
-                            recorder.unacked.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(event = name, event_id = %id, error = %e, "event was not acked");
-                        }
-                    }
-                });
-            }
+        let bytes = match event.to_bytes() {
+            Ok(bytes) => bytes::Bytes::from(bytes),
             Err(e) => {
                 self.unacked.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(event = name, event_id = %id, error = %e, "event could not be sent");
+                tracing::error!(event = name, event_id = %id, error = %e, "event could not be encoded");
+                return;
             }
-        }
+        };
+        let subject = event.nats_subject();
+        let first = self
+            .bus
+            .enqueue_bytes(subject.clone(), &id, bytes.clone())
+            .await;
+        let recorder = self.clone();
+        tokio::spawn(async move {
+            let error = match first {
+                Ok(pending) => match pending.wait().await {
+                    Ok(_) => return recorder.acked(name, started),
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            tracing::warn!(event = name, event_id = %id, error = %error, "event not acked; retrying");
+            recorder.metrics.events_retrying(1);
+            let mut delay = Duration::from_millis(50);
+            loop {
+                if started.elapsed() + delay > RETRY_FOR {
+                    recorder.metrics.events_retrying(-1);
+                    recorder.unacked.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(event = name, event_id = %id, "event lost: not acked within {RETRY_FOR:?}");
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+                if let Ok(pending) = recorder
+                    .bus
+                    .enqueue_bytes(subject.clone(), &id, bytes.clone())
+                    .await
+                    && pending.wait().await.is_ok()
+                {
+                    recorder.metrics.events_retrying(-1);
+                    return recorder.acked(name, started);
+                }
+            }
+        });
     }
 }

@@ -1,16 +1,26 @@
-//! Evidence throughput: ledger ingest (group commit, fsync per batch), bundle export, and
-//! bundle verification on one core.
-//!
-//! `cargo bench -p gatehouse --bench evidence [-- EVENTS [BATCH]]` (default 100,000 events of
-//! about 1 KB shaped like `request.received`, group commits of 1,000). Goals: ingest ≥ 50k events/s, verify ≥ 500k
-//! events/s on one core.
+//! Evidence throughput: ledger ingest (group commits, fsync each), bundle export, and bundle
+//! verification on one thread, over events of about 1 KB shaped like `request.received`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use anyhow::Result;
 use gatehouse::bundle_cmd::{BundleSpec, write_bundle};
 use gatehouse_evidence::Ledger;
 use gatehouse_evidence::store::NewEntry;
 use gatehouse_proof::checkpoint::NoteSigner;
+use serde::Serialize;
+
+/// What [`measure`] found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Throughput {
+    pub events: u64,
+    pub batch: usize,
+    pub event_bytes: u64,
+    pub ingest_events_per_s: f64,
+    pub export_mb_per_s: f64,
+    pub bundle_bytes: u64,
+    pub verify_events_per_s: f64,
+}
 
 fn event(n: u64) -> Vec<u8> {
     format!(
@@ -19,15 +29,16 @@ fn event(n: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-fn main() -> anyhow::Result<()> {
-    let mut numbers = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse::<u64>().ok());
-    let events = numbers.next().unwrap_or(100_000);
-    let batch = numbers.next().unwrap_or(1_000).max(1) as usize;
+fn rate(n: f64, d: Duration) -> f64 {
+    n / d.as_secs_f64().max(1e-9)
+}
+
+/// Appends `events` events in group commits of `batch` to a new ledger in a temporary
+/// directory, signs a checkpoint, exports the whole ledger as a bundle and verifies it.
+pub fn measure(events: u64, batch: usize) -> Result<Throughput> {
+    let batch = batch.max(1);
     let dir = tempfile::tempdir()?;
     let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos())?;
-
     let mut ledger = Ledger::open(dir.path())?;
     let batches: Vec<Vec<NewEntry>> = (0..events)
         .collect::<Vec<_>>()
@@ -43,12 +54,13 @@ fn main() -> anyhow::Result<()> {
                 .collect()
         })
         .collect();
-    let bytes: usize = batches.iter().flatten().map(|e| e.event.len()).sum();
+    let event_bytes: u64 = batches.iter().flatten().map(|e| e.event.len() as u64).sum();
     let started = Instant::now();
     for batch in &batches {
         ledger.append(batch, &[])?;
     }
     let ingest = started.elapsed();
+    drop(batches);
     let signer = NoteSigner::from_seed("gatehouse.bench/ledger", [1; 32])?;
     ledger.issue_checkpoint(&signer, "gatehouse.bench/ledger")?;
     ledger.flush()?;
@@ -64,31 +76,20 @@ fn main() -> anyhow::Result<()> {
     let key = signer.verifier();
     let started = Instant::now();
     let verified = gatehouse_proof::bundle::verify(&bundle, Some(&key), |_| {})
-        .map_err(|f| anyhow::anyhow!("{f:?}"))?;
+        .map_err(|f| anyhow::anyhow!("the bundle does not verify: {f:?}"))?;
     let verify = started.elapsed();
-    anyhow::ensure!(verified.manifest.counts.events == events);
-
-    let rate = |n: f64, d: std::time::Duration| n / d.as_secs_f64();
-    println!(
-        "events: {events} ({:.0} bytes each on average)",
-        bytes as f64 / events as f64
+    anyhow::ensure!(
+        verified.manifest.counts.events == events,
+        "the bundle holds {} events, not {events}",
+        verified.manifest.counts.events
     );
-    println!(
-        "ingest (batches of {batch}, fsync each): {:.0} events/s ({:.2} s)",
-        rate(events as f64, ingest),
-        ingest.as_secs_f64()
-    );
-    println!(
-        "export: {:.1} MB/s of events ({:.1} MB of events, {:.1} MB bundle, {:.2} s)",
-        rate(bytes as f64 / 1e6, export),
-        bytes as f64 / 1e6,
-        bundle_bytes as f64 / 1e6,
-        export.as_secs_f64()
-    );
-    println!(
-        "verify (one thread): {:.0} events/s ({:.2} s)",
-        rate(events as f64, verify),
-        verify.as_secs_f64()
-    );
-    Ok(())
+    Ok(Throughput {
+        events,
+        batch,
+        event_bytes,
+        ingest_events_per_s: rate(events as f64, ingest),
+        export_mb_per_s: rate(event_bytes as f64 / 1e6, export),
+        bundle_bytes,
+        verify_events_per_s: rate(events as f64, verify),
+    })
 }

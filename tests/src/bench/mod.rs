@@ -1,0 +1,582 @@
+//! The benchmark harness behind `tests/bench/run` (side-by-side figures) and `tests/bench/soak`
+//! (faults under load).
+//!
+//! Module map:
+//! - [`load`]: the load generator (open loop with coordinated-omission correction, closed loop).
+//! - [`stack`]: the processes measured: `nats-server`, `gatehouse up --sandbox`, nginx.
+//! - [`evidence`]: ledger ingest, bundle export and verify throughput.
+//! - [`report`]: medians, ratios and goals, as Markdown and JSON.
+//! - [`soak`]: sustained load while the evidence service and `nats-server` are restarted.
+//!
+//! Every comparison runs in alternation (direct, nginx, Gatehouse, then again) and reports the
+//! median of the rounds, so a noisy neighbour on a shared machine moves all three alike.
+
+pub mod evidence;
+pub mod load;
+pub mod report;
+pub mod soak;
+pub mod stack;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use gatehouse_events::Ballot;
+use serde::Serialize;
+
+use load::{Outcome, Plan, Target};
+use stack::Stack;
+
+/// What a run is asked to do.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub dir: PathBuf,
+    pub rounds: usize,
+    /// Seconds per measured run (after a warm-up of a fifth of it, at least one second).
+    pub seconds: f64,
+    /// Requests per second and connections of the latency comparison.
+    pub rate: f64,
+    pub connections: usize,
+    pub saturation_connections: usize,
+    pub pods: usize,
+    pub list_rate: f64,
+    pub holds: usize,
+    pub ledger_events: u64,
+    /// Refuse to start while the one-minute load average is above this.
+    pub max_load: f64,
+}
+
+/// The one-, five- and fifteen-minute load averages.
+pub fn load_average() -> [f64; 3] {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut parts = text
+        .split_whitespace()
+        .map(|p| p.parse::<f64>().unwrap_or(f64::NAN));
+    [
+        parts.next().unwrap_or(f64::NAN),
+        parts.next().unwrap_or(f64::NAN),
+        parts.next().unwrap_or(f64::NAN),
+    ]
+}
+
+/// Waits (up to three minutes) for the machine to be quiet; refuses if it stays busy.
+pub async fn require_quiet(max_load: f64) -> Result<[f64; 3]> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let load = load_average();
+        if load[0] <= max_load {
+            return Ok(load);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "the machine is busy (load average {:.2} {:.2} {:.2}, more than {max_load} for \
+                 three minutes): figures taken now would measure the other work, so none are \
+                 reported. Stop the other work (builds, tests) or raise --max-load.",
+                load[0],
+                load[1],
+                load[2]
+            );
+        }
+        eprintln!(
+            "waiting for the machine to settle: load average {:.2} > {max_load}",
+            load[0]
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
+
+/// Latency percentiles of one run, microseconds.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+}
+
+impl Percentiles {
+    fn of(outcome: &Outcome) -> Self {
+        Self {
+            p50: outcome.percentile_us(50.0),
+            p99: outcome.percentile_us(99.0),
+            p999: outcome.percentile_us(99.9),
+        }
+    }
+
+    fn minus(self, base: Percentiles) -> Self {
+        Self {
+            p50: self.p50 - base.p50,
+            p99: self.p99 - base.p99,
+            p999: self.p999 - base.p999,
+        }
+    }
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+fn median_of(rounds: &[Percentiles]) -> Percentiles {
+    let pick = |f: fn(&Percentiles) -> f64| median(&rounds.iter().map(f).collect::<Vec<_>>());
+    Percentiles {
+        p50: pick(|p| p.p50),
+        p99: pick(|p| p.p99),
+        p999: pick(|p| p.p999),
+    }
+}
+
+/// Requests sent through Gatehouse, for the zero-loss accounting.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Sent {
+    pub answered: u64,
+    pub unanswered: u64,
+}
+
+impl Sent {
+    fn add(&mut self, outcome: &Outcome) {
+        self.answered += outcome.answered;
+        self.unanswered += outcome.failed;
+    }
+}
+
+/// Runs `plan` and checks that every answer was a 2xx (a misconfigured run measures errors).
+async fn measured(target: &Target, plan: &Plan, sent: Option<&mut Sent>) -> Result<Outcome> {
+    let outcome = load::run(target, plan).await?;
+    if let Some(sent) = sent {
+        sent.add(&outcome);
+    }
+    ensure!(
+        outcome.non_2xx() == 0 && outcome.failed == 0,
+        "{} {} {}: {} answers were not 2xx ({:?}), {} got no answer",
+        target.name,
+        plan.method,
+        plan.path,
+        outcome.non_2xx(),
+        outcome.statuses,
+        outcome.failed
+    );
+    Ok(outcome)
+}
+
+const SMALL_GET: &str = "/api/v1/namespaces/default/configmaps/bench-small";
+const POD_LIST: &str = "/api/v1/namespaces/apps/pods";
+
+/// Creates what the runs read: one small ConfigMap, and `pods` pods in `apps` whose containers
+/// carry a password in their environment (so masking has work to do).
+async fn seed(stack: &Stack, pods: usize) -> Result<()> {
+    let (status, body) = load::send_json(
+        &stack.direct,
+        http::Method::POST,
+        "/api/v1/namespaces/default/configmaps",
+        &serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "bench-small", "namespace": "default"},
+            "data": {"greeting": "hello", "color": "blue"}
+        }),
+    )
+    .await?;
+    ensure!(
+        status == 201 || status == 200 || status == 409,
+        "creating the ConfigMap: {status} {}",
+        String::from_utf8_lossy(&body)
+    );
+    let mut client = load::Client::connect(&stack.direct).await?;
+    for i in 0..pods {
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": format!("bench-{i:05}"), "namespace": "apps",
+                "labels": {"app": "bench", "tier": "backend", "shard": format!("{}", i % 16)}
+            },
+            "spec": {"containers": [{
+                "name": "app", "image": "registry.example/bench/app:1.4.2",
+                "env": [
+                    {"name": "DB_PASSWORD", "value": format!("hunter2-{i}")},
+                    {"name": "API_TOKEN", "value": format!("tok-{i:08x}")},
+                    {"name": "LOG_LEVEL", "value": "info"}
+                ],
+                "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}
+            }]}
+        });
+        let (status, body) = client
+            .request(
+                http::Method::POST,
+                "/api/v1/namespaces/apps/pods",
+                Some(&pod),
+            )
+            .await?;
+        ensure!(
+            status == 201 || status == 200 || status == 409,
+            "creating pod {i}: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    Ok(())
+}
+
+/// Everything measured.
+#[derive(Debug, Serialize)]
+pub struct Figures {
+    pub latency_rounds: Vec<BTreeMap<String, Percentiles>>,
+    /// Medians over rounds of each target's percentiles.
+    pub latency: BTreeMap<String, Percentiles>,
+    /// Medians over rounds of (target − direct) in the same round.
+    pub added_nginx: Percentiles,
+    pub added_gatehouse: Percentiles,
+    pub saturation_rounds: Vec<BTreeMap<String, f64>>,
+    pub saturation_rps: BTreeMap<String, f64>,
+    /// Median over rounds of Gatehouse ÷ nginx.
+    pub saturation_ratio: f64,
+    pub list_bytes: u64,
+    pub list: BTreeMap<String, Percentiles>,
+    pub list_added: Percentiles,
+    pub list_masked: bool,
+    pub hold_decision_to_forward_ms: Percentiles,
+    pub holds: usize,
+    pub evidence: evidence::Throughput,
+    pub zero_loss: report::ZeroLoss,
+}
+
+/// A whole run: start, measure, stop, account, and measure the ledger alone.
+pub async fn run(options: &Options) -> Result<(Figures, [f64; 3], [f64; 3])> {
+    let load_before = require_quiet(options.max_load).await?;
+    if options.dir.exists() {
+        std::fs::remove_dir_all(&options.dir)
+            .with_context(|| format!("clearing {}", options.dir.display()))?;
+    }
+    eprintln!(
+        "starting nats-server, gatehouse up --sandbox and nginx in {}",
+        options.dir.display()
+    );
+    let mut stack = Stack::start(&options.dir).await?;
+    let result = measure(&mut stack, options).await;
+    if result.is_err() {
+        stack.stop().await;
+        return result.map(|_| unreachable!());
+    }
+    let (figures_so_far, sent) = result?;
+    let zero_loss = account(&mut stack, sent).await?;
+    stack.stop().await;
+    eprintln!(
+        "ledger alone: {} events of about 1 KB (ingest, export, verify)",
+        options.ledger_events
+    );
+    let events = options.ledger_events;
+    let evidence = tokio::task::spawn_blocking(move || evidence::measure(events, 1_000)).await??;
+    let load_after = load_average();
+    let waits = &zero_loss.hold_waits_ms;
+    let pick = |q: f64| {
+        let mut v = waits.clone();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(((v.len() as f64 * q).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let hold_decision_to_forward_ms = Percentiles {
+        p50: pick(0.50),
+        p99: pick(0.99),
+        p999: pick(0.999),
+    };
+    let figures = Figures {
+        evidence,
+        hold_decision_to_forward_ms,
+        zero_loss,
+        ..figures_so_far
+    };
+    Ok((figures, load_before, load_after))
+}
+
+/// The proxy-facing measurements, with the stack up.
+async fn measure(stack: &mut Stack, options: &Options) -> Result<(Figures, Sent)> {
+    let mut sent = Sent::default();
+    let warmup = Duration::from_secs_f64((options.seconds / 5.0).max(1.0));
+    let duration = Duration::from_secs_f64(options.seconds);
+    eprintln!("seeding: a ConfigMap and {} pods", options.pods);
+    seed(stack, options.pods).await?;
+    for target in [&stack.direct, &stack.nginx_target] {
+        let (status, _) = load::once(target, http::Method::GET, SMALL_GET).await?;
+        ensure!(
+            status == 200,
+            "{}: GET {SMALL_GET} answered {status}",
+            target.name
+        );
+    }
+    let (status, _) = load::once(&stack.gatehouse_reader, http::Method::GET, SMALL_GET).await?;
+    sent.answered += 1;
+    ensure!(
+        status == 200,
+        "gatehouse: GET {SMALL_GET} answered {status}"
+    );
+
+    // Added latency at a fixed rate.
+    let plan = Plan {
+        method: http::Method::GET,
+        path: SMALL_GET.to_owned(),
+        connections: options.connections,
+        rate: Some(options.rate),
+        warmup,
+        duration,
+        record: false,
+    };
+    let mut latency_rounds = Vec::new();
+    let (mut added_nginx, mut added_gatehouse) = (Vec::new(), Vec::new());
+    for round in 1..=options.rounds {
+        let mut this = BTreeMap::new();
+        for target in [&stack.direct, &stack.nginx_target, &stack.gatehouse_reader] {
+            eprintln!(
+                "round {round}/{}: {} GET at {} rps on {} connections",
+                options.rounds, target.name, options.rate, options.connections
+            );
+            let counting = (target.name == "gatehouse").then_some(&mut sent);
+            let outcome = measured(target, &plan, counting).await?;
+            this.insert(target.name.clone(), Percentiles::of(&outcome));
+        }
+        added_nginx.push(this["nginx"].minus(this["direct"]));
+        added_gatehouse.push(this["gatehouse"].minus(this["direct"]));
+        latency_rounds.push(this);
+    }
+    let latency = ["direct", "nginx", "gatehouse"]
+        .into_iter()
+        .map(|name| {
+            let rounds: Vec<Percentiles> = latency_rounds.iter().map(|r| r[name]).collect();
+            (name.to_owned(), median_of(&rounds))
+        })
+        .collect();
+
+    // Saturation, closed loop.
+    let plan = Plan {
+        rate: None,
+        connections: options.saturation_connections,
+        ..plan
+    };
+    let mut saturation_rounds = Vec::new();
+    let mut ratios = Vec::new();
+    for round in 1..=options.rounds {
+        let mut this = BTreeMap::new();
+        for target in [&stack.nginx_target, &stack.gatehouse_reader] {
+            eprintln!(
+                "round {round}/{}: {} saturation on {} connections",
+                options.rounds, target.name, options.saturation_connections
+            );
+            let counting = (target.name == "gatehouse").then_some(&mut sent);
+            let outcome = measured(target, &plan, counting).await?;
+            this.insert(target.name.clone(), outcome.rate());
+        }
+        ratios.push(this["gatehouse"] / this["nginx"]);
+        saturation_rounds.push(this);
+    }
+    let saturation_rps = ["nginx", "gatehouse"]
+        .into_iter()
+        .map(|name| {
+            let v: Vec<f64> = saturation_rounds.iter().map(|r| r[name]).collect();
+            (name.to_owned(), median(&v))
+        })
+        .collect();
+
+    // The pod list, masked by Gatehouse.
+    let (status, body) = load::once(&stack.gatehouse_deployer, http::Method::GET, POD_LIST).await?;
+    sent.answered += 1;
+    ensure!(status == 200, "gatehouse: GET {POD_LIST} answered {status}");
+    let text = String::from_utf8_lossy(&body);
+    let list_masked = !text.contains("hunter2-") && text.contains("bench-00000");
+    ensure!(
+        list_masked,
+        "the pod list through Gatehouse still shows the passwords"
+    );
+    let list_bytes = body.len() as u64;
+    let plan = Plan {
+        path: POD_LIST.to_owned(),
+        connections: 2,
+        rate: Some(options.list_rate),
+        ..plan
+    };
+    let mut list_rounds: Vec<BTreeMap<String, Percentiles>> = Vec::new();
+    let mut list_added = Vec::new();
+    for round in 1..=options.rounds {
+        let mut this = BTreeMap::new();
+        for target in [&stack.direct, &stack.gatehouse_deployer] {
+            eprintln!(
+                "round {round}/{}: {} list of {} pods at {} rps",
+                options.rounds, target.name, options.pods, options.list_rate
+            );
+            let counting = (target.name == "gatehouse").then_some(&mut sent);
+            let outcome = measured(target, &plan, counting).await?;
+            this.insert(target.name.clone(), Percentiles::of(&outcome));
+        }
+        list_added.push(this["gatehouse"].minus(this["direct"]));
+        list_rounds.push(this);
+    }
+    let list = ["direct", "gatehouse"]
+        .into_iter()
+        .map(|name| {
+            let rounds: Vec<Percentiles> = list_rounds.iter().map(|r| r[name]).collect();
+            (name.to_owned(), median_of(&rounds))
+        })
+        .collect();
+
+    eprintln!(
+        "{} held deletes, each approved through the approval service",
+        options.holds
+    );
+    hold(stack, options.holds, &mut sent).await?;
+
+    Ok((
+        Figures {
+            latency_rounds,
+            latency,
+            added_nginx: median_of(&added_nginx),
+            added_gatehouse: median_of(&added_gatehouse),
+            saturation_rounds,
+            saturation_rps,
+            saturation_ratio: median(&ratios),
+            list_bytes,
+            list,
+            list_added: median_of(&list_added),
+            list_masked,
+            hold_decision_to_forward_ms: Percentiles::default(),
+            holds: options.holds,
+            evidence: evidence::Throughput {
+                events: 0,
+                batch: 0,
+                event_bytes: 0,
+                ingest_events_per_s: f64::NAN,
+                export_mb_per_s: f64::NAN,
+                bundle_bytes: 0,
+                verify_events_per_s: f64::NAN,
+            },
+            zero_loss: report::ZeroLoss::default(),
+        },
+        sent,
+    ))
+}
+
+/// Holds `n` deletes in prod one after another and approves each as bob (an SRE).
+async fn hold(stack: &Stack, n: usize, sent: &mut Sent) -> Result<()> {
+    let bob = gatehouse_approval::client::ApprovalClient::new(
+        &stack.approval_url,
+        &stack.token("bob@example.com")?,
+        None,
+    )?;
+    for i in 0..n {
+        let path = format!("/api/v1/namespaces/prod/configmaps/held-{i}");
+        let request = load::once(&stack.gatehouse_deployer, http::Method::DELETE, &path);
+        let vote = async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let hold = loop {
+                if let Some(hold) = bob.list(false).await?.into_iter().next() {
+                    break hold;
+                }
+                ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "hold {i} was never posted"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            };
+            bob.vote(&hold.approval_id, Ballot::Approve, None).await?;
+            anyhow::Ok(())
+        };
+        let (reply, voted) = tokio::join!(request, vote);
+        voted?;
+        let (status, _) = reply?;
+        sent.answered += 1;
+        // The sandbox has no such ConfigMap: 404 means it was forwarded.
+        ensure!(
+            status == 404,
+            "held delete {i} answered {status}, not the sandbox's 404"
+        );
+        for grant in bob.grants().await? {
+            bob.revoke(&grant.grant_id, None).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Waits for the ledger to hold the whole stream, stops Gatehouse, then counts what the ledger
+/// recorded against what the load tool saw answered, and runs `gatehouse ledger verify`.
+async fn account(stack: &mut Stack, sent: Sent) -> Result<report::ZeroLoss> {
+    let bus = gatehouse_bus::Bus::connect(
+        &gatehouse_bus::BusConfig::new(stack.nats.url()),
+        "gatehouse-bench",
+    )
+    .await?;
+    let target = bus.last_sequence().await?;
+    let ledger_dir = stack.up_dir();
+    eprintln!("waiting for the ledger to catch up with the stream (sequence {target})");
+    stack::wait_until("the ledger to catch up", Duration::from_secs(300), || {
+        gatehouse_evidence::Ledger::open_read_only(&ledger_dir)
+            .map(|l| l.head().last_sequence >= target)
+            .unwrap_or(false)
+    })
+    .await?;
+    stack.stop_gatehouse().await;
+    let (received, completed, decisions) = count_events(&ledger_dir)?;
+    let verify = tokio::process::Command::new(stack::sibling_binary("gatehouse")?)
+        .args(["ledger", "verify", "--data-dir"])
+        .arg(&ledger_dir)
+        .output()
+        .await?;
+    Ok(report::ZeroLoss {
+        answered: sent.answered,
+        unanswered: sent.unanswered,
+        request_received: received,
+        response_completed: completed,
+        ledger_verified: verify.status.success(),
+        ledger_verify_output: String::from_utf8_lossy(&verify.stdout).trim().to_owned(),
+        hold_waits_ms: decisions,
+    })
+}
+
+/// Counts `request.received` and `response.completed`, and collects decision → forward times.
+fn count_events(data_dir: &Path) -> Result<(u64, u64, Vec<f64>)> {
+    let ledger = gatehouse_evidence::Ledger::open_read_only(data_dir)?;
+    let (mut received, mut completed) = (0u64, 0u64);
+    let mut decided: BTreeMap<String, f64> = BTreeMap::new();
+    let mut forwarded: BTreeMap<String, f64> = BTreeMap::new();
+    let seconds = |v: &serde_json::Value| {
+        v["time"].as_str().and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .ok()
+                .map(|t| t.unix_timestamp_nanos() as f64 / 1e9)
+        })
+    };
+    for stored in ledger.entries(0)? {
+        let stored = stored?;
+        let Ok(entry) = gatehouse_proof::entry::Entry::decode(&stored.encoding) else {
+            continue;
+        };
+        let Ok(event) = serde_json::from_slice::<serde_json::Value>(&entry.event) else {
+            continue;
+        };
+        let subject = event["subject"].as_str().unwrap_or_default().to_owned();
+        match event["type"].as_str().unwrap_or_default() {
+            "dev.gatehouse.request.received.v1" => received += 1,
+            "dev.gatehouse.response.completed.v1" => completed += 1,
+            "dev.gatehouse.approval.decided.v1" => {
+                if let Some(t) = seconds(&event) {
+                    decided.insert(subject, t);
+                }
+            }
+            "dev.gatehouse.request.forwarded.v1" => {
+                if let Some(t) = seconds(&event) {
+                    forwarded.insert(subject, t);
+                }
+            }
+            _ => {}
+        }
+    }
+    let waits = decided
+        .iter()
+        .filter_map(|(subject, d)| forwarded.get(subject).map(|f| (f - d) * 1000.0))
+        .collect();
+    Ok((received, completed, waits))
+}

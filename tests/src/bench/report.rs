@@ -1,0 +1,322 @@
+//! The results: a Markdown table for people and a JSON file for machines, medians and ratios
+//! with the goals they are held to.
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::{Figures, Options};
+
+/// What the ledger recorded against what the load tool saw.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ZeroLoss {
+    /// Requests sent through Gatehouse that got an answer (any status).
+    pub answered: u64,
+    /// Requests sent through Gatehouse that got none (reset, timed out).
+    pub unanswered: u64,
+    pub request_received: u64,
+    pub response_completed: u64,
+    pub ledger_verified: bool,
+    pub ledger_verify_output: String,
+    /// Decision → forward of each held request, milliseconds (from the ledger's events).
+    #[serde(skip)]
+    pub hold_waits_ms: Vec<f64>,
+}
+
+impl ZeroLoss {
+    /// Every answered request has its `request.received` and its `response.completed`, no
+    /// more, and the ledger verifies.
+    pub fn holds(&self) -> bool {
+        self.unanswered == 0
+            && self.request_received == self.answered
+            && self.response_completed == self.answered
+            && self.ledger_verified
+    }
+}
+
+/// A goal, and whether the figure met it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Goal {
+    pub measure: String,
+    pub figure: f64,
+    pub unit: String,
+    pub goal: String,
+    pub met: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report<'a> {
+    pub format: &'static str,
+    pub date: String,
+    pub commit: String,
+    pub machine: Machine,
+    pub load_average_before: [f64; 3],
+    pub load_average_after: [f64; 3],
+    pub parameters: Parameters,
+    pub goals: Vec<Goal>,
+    pub figures: &'a Figures,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub model: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Parameters {
+    pub rounds: usize,
+    pub seconds: f64,
+    pub rate: f64,
+    pub connections: usize,
+    pub saturation_connections: usize,
+    pub pods: usize,
+    pub list_rate: f64,
+    pub holds: usize,
+    pub ledger_events: u64,
+}
+
+fn machine() -> Machine {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_default();
+    Machine {
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        model,
+    }
+}
+
+fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+pub fn goals(f: &Figures) -> Vec<Goal> {
+    let goal = |measure: &str, figure: f64, unit: &str, goal: &str, met: bool| Goal {
+        measure: measure.to_owned(),
+        figure,
+        unit: unit.to_owned(),
+        goal: goal.to_owned(),
+        met,
+    };
+    vec![
+        goal(
+            "added p50 over direct, small GET at the fixed rate",
+            f.added_gatehouse.p50,
+            "µs",
+            "≤ 150 µs",
+            f.added_gatehouse.p50 <= 150.0,
+        ),
+        goal(
+            "added p99 over direct, small GET at the fixed rate",
+            f.added_gatehouse.p99,
+            "µs",
+            "≤ 1,500 µs",
+            f.added_gatehouse.p99 <= 1_500.0,
+        ),
+        goal(
+            "saturation throughput, Gatehouse ÷ nginx",
+            f.saturation_ratio,
+            "×",
+            "≥ 0.6",
+            f.saturation_ratio >= 0.6,
+        ),
+        goal(
+            "added p99 over direct, masked list of the pods",
+            f.list_added.p99 / 1000.0,
+            "ms",
+            "≤ 10 ms",
+            f.list_added.p99 <= 10_000.0,
+        ),
+        goal(
+            "decision → forward p99, held requests",
+            f.hold_decision_to_forward_ms.p99,
+            "ms",
+            "≤ 20 ms",
+            f.hold_decision_to_forward_ms.p99 <= 20.0,
+        ),
+        goal(
+            "ledger ingest, fsync per group commit",
+            f.evidence.ingest_events_per_s,
+            "events/s",
+            "≥ 50,000",
+            f.evidence.ingest_events_per_s >= 50_000.0,
+        ),
+        goal(
+            "bundle verify, one core",
+            f.evidence.verify_events_per_s,
+            "events/s",
+            "≥ 500,000",
+            f.evidence.verify_events_per_s >= 500_000.0,
+        ),
+        goal(
+            "zero loss: ledger events = answered requests, ledger verifies",
+            f.zero_loss.answered as f64,
+            "requests",
+            "every one recorded once",
+            f.zero_loss.holds(),
+        ),
+    ]
+}
+
+fn us(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.0}")
+    } else {
+        "–".to_owned()
+    }
+}
+
+/// The Markdown page.
+pub fn markdown(r: &Report<'_>) -> String {
+    let f = r.figures;
+    let mut out = String::new();
+    out.push_str(&format!(
+        "Measured {} at commit `{}` on {} CPUs ({}); load average before {:.2} / {:.2} / {:.2}, after {:.2} / {:.2} / {:.2}. Each comparison ran {} rounds in alternation of {} s each; figures are medians of the rounds.\n\n",
+        r.date,
+        r.commit,
+        r.machine.cpus,
+        r.machine.model,
+        r.load_average_before[0],
+        r.load_average_before[1],
+        r.load_average_before[2],
+        r.load_average_after[0],
+        r.load_average_after[1],
+        r.load_average_after[2],
+        r.parameters.rounds,
+        r.parameters.seconds,
+    ));
+    out.push_str(&format!(
+        "Small GET (a ConfigMap) at {} requests/s on {} keep-alive TLS connections, latency corrected for coordinated omission (µs):\n\n",
+        r.parameters.rate, r.parameters.connections
+    ));
+    out.push_str("| path | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 |\n|---|---:|---:|---:|---:|---:|---:|\n");
+    for name in ["direct", "nginx", "gatehouse"] {
+        let p = f.latency.get(name).copied().unwrap_or_default();
+        let added = match name {
+            "nginx" => Some(f.added_nginx),
+            "gatehouse" => Some(f.added_gatehouse),
+            _ => None,
+        };
+        out.push_str(&format!(
+            "| {name} | {} | {} | {} | {} | {} | {} |\n",
+            us(p.p50),
+            us(p.p99),
+            us(p.p999),
+            added.map_or("".into(), |a| us(a.p50)),
+            added.map_or("".into(), |a| us(a.p99)),
+            added.map_or("".into(), |a| us(a.p999)),
+        ));
+    }
+    out.push_str(&format!(
+        "\nSaturation on {} connections: nginx {:.0} requests/s, Gatehouse {:.0} requests/s (Gatehouse ÷ nginx = {:.2}, median of the rounds' ratios).\n\n",
+        r.parameters.saturation_connections,
+        f.saturation_rps.get("nginx").copied().unwrap_or(f64::NAN),
+        f.saturation_rps.get("gatehouse").copied().unwrap_or(f64::NAN),
+        f.saturation_ratio
+    ));
+    let direct = f.list.get("direct").copied().unwrap_or_default();
+    let gatehouse = f.list.get("gatehouse").copied().unwrap_or_default();
+    out.push_str(&format!(
+        "List of {} pods ({:.2} MB as Gatehouse sends it, passwords masked: {}) at {} requests/s: direct p50 {:.1} ms / p99 {:.1} ms, Gatehouse p50 {:.1} ms / p99 {:.1} ms, added p99 {:.1} ms.\n\n",
+        r.parameters.pods,
+        f.list_bytes as f64 / 1e6,
+        if f.list_masked { "yes" } else { "NO" },
+        r.parameters.list_rate,
+        direct.p50 / 1000.0,
+        direct.p99 / 1000.0,
+        gatehouse.p50 / 1000.0,
+        gatehouse.p99 / 1000.0,
+        f.list_added.p99 / 1000.0,
+    ));
+    out.push_str(&format!(
+        "Held requests ({}): decision → forward p50 {:.1} ms, p99 {:.1} ms (from the `approval.decided` event to the `request.forwarded` event, which is stamped once the API server answered).\n\n",
+        f.holds, f.hold_decision_to_forward_ms.p50, f.hold_decision_to_forward_ms.p99
+    ));
+    out.push_str(&format!(
+        "Ledger alone ({} events of about {:.0} bytes): ingest {:.0} events/s with an fsync per group commit of {}, export {:.1} MB/s of events, verify {:.0} events/s on one thread.\n\n",
+        f.evidence.events,
+        f.evidence.event_bytes as f64 / f.evidence.events.max(1) as f64,
+        f.evidence.ingest_events_per_s,
+        f.evidence.batch,
+        f.evidence.export_mb_per_s,
+        f.evidence.verify_events_per_s,
+    ));
+    let z = &f.zero_loss;
+    out.push_str(&format!(
+        "Zero loss: {} requests answered through Gatehouse ({} unanswered); the ledger holds {} `request.received` and {} `response.completed`; `gatehouse ledger verify`: {}.\n\n",
+        z.answered,
+        z.unanswered,
+        z.request_received,
+        z.response_completed,
+        if z.ledger_verified { "passed" } else { "FAILED" },
+    ));
+    out.push_str("| goal | figure | target | met |\n|---|---:|---|---|\n");
+    for g in &r.goals {
+        let figure = if g.unit == "×" {
+            format!("{:.2}", g.figure)
+        } else if g.unit == "ms" {
+            format!("{:.1} ms", g.figure)
+        } else {
+            format!("{:.0} {}", g.figure, g.unit)
+        };
+        out.push_str(&format!(
+            "| {} | {figure} | {} | {} |\n",
+            g.measure,
+            g.goal,
+            if g.met { "yes" } else { "**no**" }
+        ));
+    }
+    out
+}
+
+/// Writes `results.md` and `results.json` into `dir` and returns the Markdown.
+pub fn write(
+    dir: &Path,
+    options: &Options,
+    figures: &Figures,
+    before: [f64; 3],
+    after: [f64; 3],
+) -> Result<String> {
+    let report = Report {
+        format: "gatehouse.bench.v1",
+        date: gatehouse_events::envelope::now_rfc3339(),
+        commit: commit(),
+        machine: machine(),
+        load_average_before: before,
+        load_average_after: after,
+        parameters: Parameters {
+            rounds: options.rounds,
+            seconds: options.seconds,
+            rate: options.rate,
+            connections: options.connections,
+            saturation_connections: options.saturation_connections,
+            pods: options.pods,
+            list_rate: options.list_rate,
+            holds: options.holds,
+            ledger_events: options.ledger_events,
+        },
+        goals: goals(figures),
+        figures,
+    };
+    std::fs::create_dir_all(dir)?;
+    let md = markdown(&report);
+    std::fs::write(dir.join("results.md"), &md)?;
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    Ok(md)
+}

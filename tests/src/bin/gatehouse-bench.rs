@@ -1,0 +1,159 @@
+//! `gatehouse-bench run|soak`: the benchmark harness (`tests/bench/run`, `tests/bench/soak`
+//! build it in release mode and call it). See `gatehouse_tests::bench`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gatehouse_tests::bench::{self, Options, report, soak};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gatehouse-bench",
+    about = "Gatehouse measured side by side with direct access and nginx"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Latency, saturation, masked lists, holds and the ledger, against direct access and
+    /// nginx, in alternating rounds; then the zero-loss accounting.
+    Run {
+        /// Working directory (cleared first): processes' logs, stores, the ledger.
+        #[arg(long, default_value = "target/bench-run")]
+        dir: PathBuf,
+        /// Where results.md and results.json go.
+        #[arg(long, default_value = "tests/bench/results")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per measured run (plus a warm-up of a fifth of it, at least a second).
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        #[arg(long, default_value_t = 32)]
+        saturation_connections: usize,
+        #[arg(long, default_value_t = 5000)]
+        pods: usize,
+        /// Requests per second of the pod list.
+        #[arg(long, default_value_t = 10.0)]
+        list_rate: f64,
+        #[arg(long, default_value_t = 50)]
+        holds: usize,
+        #[arg(long, default_value_t = 100_000)]
+        ledger_events: u64,
+        /// Refuse to start while the one-minute load average stays above this.
+        #[arg(long, default_value_t = 1.0)]
+        max_load: f64,
+    },
+    /// Sustained load while the evidence service is killed and restarted and nats-server is
+    /// restarted; then checks that nothing was lost or doubled.
+    Soak {
+        #[arg(long, default_value = "target/bench-soak")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gatehouse-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gatehouse-bench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run {
+            dir,
+            out,
+            rounds,
+            seconds,
+            rate,
+            connections,
+            saturation_connections,
+            pods,
+            list_rate,
+            holds,
+            ledger_events,
+            max_load,
+        } => {
+            let options = Options {
+                dir,
+                rounds: rounds.max(1),
+                seconds,
+                rate,
+                connections: connections.max(1),
+                saturation_connections: saturation_connections.max(1),
+                pods,
+                list_rate,
+                holds,
+                ledger_events,
+                max_load,
+            };
+            let (figures, before, after) = bench::run(&options).await?;
+            let md = report::write(&out, &options, &figures, before, after)?;
+            println!("{md}");
+            eprintln!(
+                "written: {} and {}",
+                out.join("results.md").display(),
+                out.join("results.json").display()
+            );
+            Ok(if figures.zero_loss.holds() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("zero-loss accounting FAILED: see the table");
+                ExitCode::from(1)
+            })
+        }
+        Command::Soak {
+            dir,
+            seconds,
+            rate,
+            connections,
+        } => {
+            let report = soak::run(&soak::SoakOptions {
+                dir: dir.clone(),
+                seconds,
+                rate,
+                connections: connections.max(1),
+            })
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if report.passed {
+                eprintln!("soak passed");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                for failure in &report.failures {
+                    eprintln!("soak FAILED: {failure}");
+                }
+                Ok(ExitCode::from(1))
+            }
+        }
+    }
+}
