@@ -19,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::{Gap, Head, Ledger, LedgerError, NewEntry};
 
+/// How long a batch keeps gathering events that are still arriving before it is committed.
+const GATHER: Duration = Duration::from_millis(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error(transparent)]
@@ -106,7 +109,29 @@ impl Ingestor {
             if delivered.is_empty() {
                 continue;
             }
-            self.apply(&delivered).await?;
+            // Group commit: while events keep coming, gather them for a moment, so that a busy
+            // stream costs one fsync per batch rather than one per handful of events.
+            let gather_until = tokio::time::Instant::now() + GATHER;
+            while delivered.len() < self.batch_max {
+                let more = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    more = tokio::time::timeout_at(gather_until, chunks.next()) => more,
+                };
+                let Ok(Some(chunk)) = more else {
+                    // The moment is over (or the stream ended: the next read says so).
+                    break;
+                };
+                for item in chunk {
+                    match item {
+                        Ok(m) => delivered.push(m),
+                        Err(e) => tracing::warn!(error = %e, "JetStream consumer hiccup"),
+                    }
+                }
+            }
+            for batch in delivered.chunks(self.batch_max) {
+                self.apply(batch).await?;
+            }
             if let Some(last) = delivered.last() {
                 last.ack()
                     .await

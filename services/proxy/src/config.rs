@@ -167,6 +167,12 @@ pub struct UpstreamConfig {
     pub service_account_dir: Option<PathBuf>,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Speak HTTP/2 to the API server when it offers it. Off by default: a pool of HTTP/1.1
+    /// connections keeps requests from queueing behind one another on a single connection
+    /// (measured: at 2,000 requests/s, added p50 0.5 ms with HTTP/1.1 against 1.4 ms over one
+    /// HTTP/2 connection; `tests/bench/run`).
+    #[serde(default)]
+    pub http2: bool,
 }
 
 impl UpstreamConfig {

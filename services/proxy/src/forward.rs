@@ -120,13 +120,15 @@ impl Upstream {
     /// The API server of `config`: explicit, from a kubeconfig, or in-cluster.
     pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
         let resolved = upstream_config::resolve(config)?;
-        Self::from_resolved(&resolved, config.connect_timeout)
+        Self::from_resolved(&resolved, config.connect_timeout, config.http2)
     }
 
-    /// Builds the client for an already resolved API server and credential.
+    /// Builds the client for an already resolved API server and credential; `http2` lets ALPN
+    /// choose HTTP/2 (see [`UpstreamConfig::http2`]).
     pub fn from_resolved(
         resolved: &ResolvedUpstream,
         connect_timeout: Duration,
+        http2: bool,
     ) -> Result<Self, String> {
         let uri: Uri = resolved
             .url
@@ -157,7 +159,7 @@ impl Upstream {
             url: resolved.url.trim_end_matches('/').to_owned(),
             origin: format!("https://{authority}"),
             base_path: uri.path().trim_end_matches('/').to_owned(),
-            client: upstream_client(tls.clone(), connect_timeout, server_name.clone(), true),
+            client: upstream_client(tls.clone(), connect_timeout, server_name.clone(), http2),
             upgrade_client: upstream_client(tls, connect_timeout, server_name, false),
             token,
         })
@@ -271,7 +273,8 @@ impl Upstream {
     }
 }
 
-/// A pooled HTTPS-only client (HTTP/2 by ALPN), verifying the server as `server_name` if given.
+/// A pooled HTTPS-only client (HTTP/2 by ALPN when `http2`), verifying the server as
+/// `server_name` if given.
 fn upstream_client(
     tls: rustls::ClientConfig,
     connect_timeout: Duration,

@@ -480,7 +480,7 @@ async fn in_cluster_service_account_reaches_the_api_server() {
         _ => None,
     })
     .unwrap();
-    let upstream = Upstream::from_resolved(&resolved, Duration::from_secs(5)).unwrap();
+    let upstream = Upstream::from_resolved(&resolved, Duration::from_secs(5), false).unwrap();
     upstream.probe(PROBE).await.unwrap();
     assert_eq!(
         server.seen.lock().unwrap()[0].authorization.as_deref(),

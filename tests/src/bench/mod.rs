@@ -135,6 +135,44 @@ fn median_of(rounds: &[Percentiles]) -> Percentiles {
     }
 }
 
+/// Runs `plan` against each of `targets` in turn, `rounds` times over, and keeps what `figure`
+/// takes from each run, by target name, round by round.
+async fn alternate<T>(
+    targets: &[&Target],
+    plan: &Plan,
+    rounds: usize,
+    what: &str,
+    sent: &mut Sent,
+    figure: impl Fn(&Outcome) -> T,
+) -> Result<Vec<BTreeMap<String, T>>> {
+    let mut out = Vec::with_capacity(rounds);
+    for round in 1..=rounds {
+        let mut this = BTreeMap::new();
+        for target in targets {
+            eprintln!("round {round}/{rounds}: {} {what}", target.name);
+            let counting = (target.name == "gatehouse").then_some(&mut *sent);
+            let outcome = measured(target, plan, counting).await?;
+            this.insert(target.name.clone(), figure(&outcome));
+        }
+        out.push(this);
+    }
+    Ok(out)
+}
+
+/// Each target's percentiles, the median of the rounds.
+fn medians(
+    rounds: &[BTreeMap<String, Percentiles>],
+    names: &[&str],
+) -> BTreeMap<String, Percentiles> {
+    names
+        .iter()
+        .map(|name| {
+            let of: Vec<Percentiles> = rounds.iter().map(|r| r[*name]).collect();
+            ((*name).to_owned(), median_of(&of))
+        })
+        .collect()
+}
+
 /// Requests sent through Gatehouse, for the zero-loss accounting.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct Sent {
@@ -237,10 +275,9 @@ pub struct Figures {
     pub saturation_rps: BTreeMap<String, f64>,
     /// Median over rounds of Gatehouse ÷ nginx.
     pub saturation_ratio: f64,
-    pub list_bytes: u64,
-    pub list: BTreeMap<String, Percentiles>,
-    pub list_added: Percentiles,
-    pub list_masked: bool,
+    /// Every pod, and the first [`SMALL_LIST_PODS`].
+    pub list: ListFigures,
+    pub list_small: ListFigures,
     pub hold_decision_to_forward_ms: Percentiles,
     pub holds: usize,
     pub evidence: evidence::Throughput,
@@ -328,30 +365,29 @@ async fn measure(stack: &mut Stack, options: &Options) -> Result<(Figures, Sent)
         duration,
         record: false,
     };
-    let mut latency_rounds = Vec::new();
-    let (mut added_nginx, mut added_gatehouse) = (Vec::new(), Vec::new());
-    for round in 1..=options.rounds {
-        let mut this = BTreeMap::new();
-        for target in [&stack.direct, &stack.nginx_target, &stack.gatehouse_reader] {
-            eprintln!(
-                "round {round}/{}: {} GET at {} rps on {} connections",
-                options.rounds, target.name, options.rate, options.connections
-            );
-            let counting = (target.name == "gatehouse").then_some(&mut sent);
-            let outcome = measured(target, &plan, counting).await?;
-            this.insert(target.name.clone(), Percentiles::of(&outcome));
-        }
-        added_nginx.push(this["nginx"].minus(this["direct"]));
-        added_gatehouse.push(this["gatehouse"].minus(this["direct"]));
-        latency_rounds.push(this);
-    }
-    let latency = ["direct", "nginx", "gatehouse"]
-        .into_iter()
-        .map(|name| {
-            let rounds: Vec<Percentiles> = latency_rounds.iter().map(|r| r[name]).collect();
-            (name.to_owned(), median_of(&rounds))
-        })
-        .collect();
+    let what = format!(
+        "GET at {} rps on {} connections",
+        options.rate, options.connections
+    );
+    let targets = [&stack.direct, &stack.nginx_target, &stack.gatehouse_reader];
+    let latency_rounds = alternate(
+        &targets,
+        &plan,
+        options.rounds,
+        &what,
+        &mut sent,
+        Percentiles::of,
+    )
+    .await?;
+    let added = |name: &str| {
+        let of: Vec<Percentiles> = latency_rounds
+            .iter()
+            .map(|r| r[name].minus(r["direct"]))
+            .collect();
+        median_of(&of)
+    };
+    let (added_nginx, added_gatehouse) = (added("nginx"), added("gatehouse"));
+    let latency = medians(&latency_rounds, &["direct", "nginx", "gatehouse"]);
 
     // Saturation, closed loop.
     let plan = Plan {
@@ -359,22 +395,24 @@ async fn measure(stack: &mut Stack, options: &Options) -> Result<(Figures, Sent)
         connections: options.saturation_connections,
         ..plan
     };
-    let mut saturation_rounds = Vec::new();
-    let mut ratios = Vec::new();
-    for round in 1..=options.rounds {
-        let mut this = BTreeMap::new();
-        for target in [&stack.nginx_target, &stack.gatehouse_reader] {
-            eprintln!(
-                "round {round}/{}: {} saturation on {} connections",
-                options.rounds, target.name, options.saturation_connections
-            );
-            let counting = (target.name == "gatehouse").then_some(&mut sent);
-            let outcome = measured(target, &plan, counting).await?;
-            this.insert(target.name.clone(), outcome.rate());
-        }
-        ratios.push(this["gatehouse"] / this["nginx"]);
-        saturation_rounds.push(this);
-    }
+    let what = format!(
+        "saturation on {} connections",
+        options.saturation_connections
+    );
+    let targets = [&stack.nginx_target, &stack.gatehouse_reader];
+    let saturation_rounds = alternate(
+        &targets,
+        &plan,
+        options.rounds,
+        &what,
+        &mut sent,
+        Outcome::rate,
+    )
+    .await?;
+    let ratios: Vec<f64> = saturation_rounds
+        .iter()
+        .map(|r| r["gatehouse"] / r["nginx"])
+        .collect();
     let saturation_rps = ["nginx", "gatehouse"]
         .into_iter()
         .map(|name| {
@@ -383,46 +421,10 @@ async fn measure(stack: &mut Stack, options: &Options) -> Result<(Figures, Sent)
         })
         .collect();
 
-    // The pod list, masked by Gatehouse.
-    let (status, body) = load::once(&stack.gatehouse_deployer, http::Method::GET, POD_LIST).await?;
-    sent.answered += 1;
-    ensure!(status == 200, "gatehouse: GET {POD_LIST} answered {status}");
-    let text = String::from_utf8_lossy(&body);
-    let list_masked = !text.contains("hunter2-") && text.contains("bench-00000");
-    ensure!(
-        list_masked,
-        "the pod list through Gatehouse still shows the passwords"
-    );
-    let list_bytes = body.len() as u64;
-    let plan = Plan {
-        path: POD_LIST.to_owned(),
-        connections: 2,
-        rate: Some(options.list_rate),
-        ..plan
-    };
-    let mut list_rounds: Vec<BTreeMap<String, Percentiles>> = Vec::new();
-    let mut list_added = Vec::new();
-    for round in 1..=options.rounds {
-        let mut this = BTreeMap::new();
-        for target in [&stack.direct, &stack.gatehouse_deployer] {
-            eprintln!(
-                "round {round}/{}: {} list of {} pods at {} rps",
-                options.rounds, target.name, options.pods, options.list_rate
-            );
-            let counting = (target.name == "gatehouse").then_some(&mut sent);
-            let outcome = measured(target, &plan, counting).await?;
-            this.insert(target.name.clone(), Percentiles::of(&outcome));
-        }
-        list_added.push(this["gatehouse"].minus(this["direct"]));
-        list_rounds.push(this);
-    }
-    let list = ["direct", "gatehouse"]
-        .into_iter()
-        .map(|name| {
-            let rounds: Vec<Percentiles> = list_rounds.iter().map(|r| r[name]).collect();
-            (name.to_owned(), median_of(&rounds))
-        })
-        .collect();
+    // Pod lists, masked by Gatehouse: all of them, and the first 750 (about 1.7 MB).
+    let list = pod_list(stack, options, &plan, POD_LIST, &mut sent).await?;
+    let small_path = format!("{POD_LIST}?limit={SMALL_LIST_PODS}");
+    let list_small = pod_list(stack, options, &plan, &small_path, &mut sent).await?;
 
     eprintln!(
         "{} held deletes, each approved through the approval service",
@@ -434,15 +436,13 @@ async fn measure(stack: &mut Stack, options: &Options) -> Result<(Figures, Sent)
         Figures {
             latency_rounds,
             latency,
-            added_nginx: median_of(&added_nginx),
-            added_gatehouse: median_of(&added_gatehouse),
+            added_nginx,
+            added_gatehouse,
             saturation_rounds,
             saturation_rps,
             saturation_ratio: median(&ratios),
-            list_bytes,
             list,
-            list_added: median_of(&list_added),
-            list_masked,
+            list_small,
             hold_decision_to_forward_ms: Percentiles::default(),
             holds: options.holds,
             evidence: evidence::Throughput {
@@ -458,6 +458,72 @@ async fn measure(stack: &mut Stack, options: &Options) -> Result<(Figures, Sent)
         },
         sent,
     ))
+}
+
+/// A masked pod list against the same list direct.
+#[derive(Debug, Serialize)]
+pub struct ListFigures {
+    pub path: String,
+    pub pods: usize,
+    /// As Gatehouse sends it (masked).
+    pub bytes: u64,
+    pub masked: bool,
+    pub latency: BTreeMap<String, Percentiles>,
+    pub added: Percentiles,
+}
+
+/// Pods in the smaller list: about 1.7 MB of the sandbox's pods.
+pub const SMALL_LIST_PODS: usize = 750;
+
+async fn pod_list(
+    stack: &Stack,
+    options: &Options,
+    plan: &Plan,
+    path: &str,
+    sent: &mut Sent,
+) -> Result<ListFigures> {
+    let (status, body) = load::once(&stack.gatehouse_deployer, http::Method::GET, path).await?;
+    sent.answered += 1;
+    ensure!(status == 200, "gatehouse: GET {path} answered {status}");
+    let text = String::from_utf8_lossy(&body);
+    let masked = !text.contains("hunter2-") && text.contains("bench-00000");
+    ensure!(
+        masked,
+        "the pod list through Gatehouse still shows the passwords"
+    );
+    let pods = serde_json::from_slice::<serde_json::Value>(&body)?["items"]
+        .as_array()
+        .map_or(0, Vec::len);
+    let plan = Plan {
+        path: path.to_owned(),
+        connections: 1,
+        rate: Some(options.list_rate),
+        ..plan.clone()
+    };
+    let what = format!("GET {path} at {} rps", options.list_rate);
+    let targets = [&stack.direct, &stack.gatehouse_deployer];
+    let rounds = alternate(
+        &targets,
+        &plan,
+        options.rounds,
+        &what,
+        sent,
+        Percentiles::of,
+    )
+    .await?;
+    let added: Vec<Percentiles> = rounds
+        .iter()
+        .map(|r| r["gatehouse"].minus(r["direct"]))
+        .collect();
+    let latency = medians(&rounds, &["direct", "gatehouse"]);
+    Ok(ListFigures {
+        path: path.to_owned(),
+        pods,
+        bytes: body.len() as u64,
+        masked,
+        latency,
+        added: median_of(&added),
+    })
 }
 
 /// Holds `n` deletes in prod one after another and approves each as bob (an SRE).

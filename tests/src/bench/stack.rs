@@ -60,6 +60,33 @@ pub fn read_kubeconfig(path: &Path) -> Result<Kubeconfig> {
     })
 }
 
+/// A target from the kubeconfigs of a running `gatehouse up --sandbox` in `up_dir`: `gatehouse`
+/// (as readonly-bot), `deployer` (as ci-deployer) or `direct` (the sandbox, as its admin).
+pub fn target_in(up_dir: &Path, name: &str) -> Result<Target> {
+    let file = match name {
+        "gatehouse" => "readonly-bot",
+        "deployer" => "ci-deployer",
+        "direct" => "sandbox-admin",
+        other => bail!("unknown target {other:?}: gatehouse, deployer or direct"),
+    };
+    let kubeconfig = read_kubeconfig(
+        &up_dir
+            .join("kubeconfigs")
+            .join(format!("{file}.kubeconfig")),
+    )?;
+    let tls = Arc::new(gatehouse_proxy::http_client::client_tls(
+        Some(&up_dir.join("tls").join("ca.pem")),
+        false,
+    )?);
+    Ok(Target {
+        name: name.to_owned(),
+        addr: kubeconfig.addr,
+        server_name: "localhost".to_owned(),
+        authorization: format!("Bearer {}", kubeconfig.token),
+        tls,
+    })
+}
+
 /// Sends SIGTERM and waits for the process to exit (SIGKILL after `grace`).
 pub async fn terminate(child: &mut Child, grace: Duration) {
     if let Some(pid) = child.id() {

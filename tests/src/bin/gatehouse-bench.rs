@@ -42,7 +42,7 @@ enum Command {
         #[arg(long, default_value_t = 5000)]
         pods: usize,
         /// Requests per second of the pod list.
-        #[arg(long, default_value_t = 10.0)]
+        #[arg(long, default_value_t = 2.0)]
         list_rate: f64,
         #[arg(long, default_value_t = 50)]
         holds: usize,
@@ -51,6 +51,27 @@ enum Command {
         /// Refuse to start while the one-minute load average stays above this.
         #[arg(long, default_value_t = 1.0)]
         max_load: f64,
+    },
+    /// One open-loop run against a running `gatehouse up --sandbox` (its data directory), to
+    /// look at one path alone: prints the latency percentiles.
+    Load {
+        /// The data directory `gatehouse up --sandbox` was started with.
+        #[arg(long)]
+        up_dir: PathBuf,
+        /// `gatehouse` (as readonly-bot) or `direct` (the sandbox, as its admin).
+        #[arg(long, default_value = "gatehouse")]
+        target: String,
+        #[arg(
+            long,
+            default_value = "/api/v1/namespaces/default/configmaps/web-config"
+        )]
+        path: String,
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
     },
     /// Sustained load while the evidence service is killed and restarted and nats-server is
     /// restarted; then checks that nothing was lost or doubled.
@@ -130,6 +151,37 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 eprintln!("zero-loss accounting FAILED: see the table");
                 ExitCode::from(1)
             })
+        }
+        Command::Load {
+            up_dir,
+            target,
+            path,
+            rate,
+            connections,
+            seconds,
+        } => {
+            let target = bench::stack::target_in(&up_dir, &target)?;
+            let plan = bench::load::Plan {
+                method: http::Method::GET,
+                path,
+                connections: connections.max(1),
+                rate: Some(rate),
+                warmup: std::time::Duration::from_secs(1),
+                duration: std::time::Duration::from_secs_f64(seconds),
+                record: false,
+            };
+            let outcome = bench::load::run(&target, &plan).await?;
+            println!(
+                "{}: {} answered ({:?}), {} without answer; p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs",
+                target.name,
+                outcome.answered,
+                outcome.statuses,
+                outcome.failed,
+                outcome.percentile_us(50.0),
+                outcome.percentile_us(99.0),
+                outcome.percentile_us(99.9)
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Soak {
             dir,
