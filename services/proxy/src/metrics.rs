@@ -304,8 +304,9 @@ impl Metrics {
     }
 
     /// Follow-up events being retried: +1 when one first fails, -1 when it is acked or given up.
-    pub fn events_retrying(&self, delta: i64) {
-        self.events_retrying.inc_by(delta);
+    /// Returns the count before the change.
+    pub fn events_retrying(&self, delta: i64) -> i64 {
+        self.events_retrying.inc_by(delta)
     }
 
     /// Held requests waiting: +1 when held, -1 when decided or withdrawn.

@@ -18,6 +18,9 @@ use gatehouse_events::{
 
 use crate::body::Delivered;
 
+/// Follow-up events retried at once at most; past it, a failed event is counted lost at once.
+const RETRYING_MAX: i64 = 10_000;
+
 /// How long a follow-up event is retried: well inside the smallest duplicate window Gatehouse
 /// accepts, so a retry of an event JetStream did store is still recognised as a duplicate.
 const RETRY_FOR: Duration =
@@ -266,8 +269,14 @@ impl Recorder {
                 },
                 Err(e) => e,
             };
+            // Bounded, so that an outage cannot grow memory without limit.
+            if recorder.metrics.events_retrying(1) >= RETRYING_MAX {
+                recorder.metrics.events_retrying(-1);
+                recorder.unacked.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(event = name, event_id = %id, error = %error, "event lost: {RETRYING_MAX} events are already being retried");
+                return;
+            }
             tracing::warn!(event = name, event_id = %id, error = %error, "event not acked; retrying");
-            recorder.metrics.events_retrying(1);
             let mut delay = Duration::from_millis(50);
             loop {
                 if started.elapsed() + delay > RETRY_FOR {
