@@ -790,10 +790,15 @@ fn unpack(
         if digests.contains_key(&name) {
             return Err(format!("{name} appears twice"));
         }
-        let ready = name == "proofs.jsonl" && digests.contains_key("events.jsonl");
-        let checkpoint = ready.then(|| open_checkpoint(dir, key).ok()).flatten();
-        let digest = match (checkpoint, File::open(dir.join("events.jsonl"))) {
-            (Some((checkpoint, _, _)), Ok(events)) => {
+        // `proofs.jsonl` after the checkpoint and `events.jsonl`: checked as it streams past.
+        let streaming = (name == "proofs.jsonl" && digests.contains_key("events.jsonl"))
+            .then(|| {
+                let (checkpoint, _, _) = open_checkpoint(dir, key).ok()?;
+                Some((checkpoint, File::open(dir.join("events.jsonl")).ok()?))
+            })
+            .flatten();
+        let digest = match streaming {
+            Some((checkpoint, events)) => {
                 let mut proofs = Hashing {
                     inner: &mut entry,
                     hasher: blake3::Hasher::new(),
@@ -815,7 +820,7 @@ fn unpack(
                 streamed = Some(check);
                 proofs.digest()
             }
-            _ => {
+            None => {
                 let path: PathBuf = dir.join(&name);
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;

@@ -103,6 +103,22 @@ impl Percentiles {
         }
     }
 
+    /// Of plain values (nearest rank); NaN when there are none.
+    fn of_values(mut values: Vec<f64>) -> Self {
+        values.sort_by(|a, b| a.total_cmp(b));
+        let pick = |q: f64| {
+            values
+                .get(((values.len() as f64 * q).ceil() as usize).saturating_sub(1))
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        Self {
+            p50: pick(0.50),
+            p99: pick(0.99),
+            p999: pick(0.999),
+        }
+    }
+
     fn minus(self, base: Percentiles) -> Self {
         Self {
             p50: self.p50 - base.p50,
@@ -265,6 +281,17 @@ async fn seed(stack: &Stack, pods: usize) -> Result<()> {
 /// Everything measured.
 #[derive(Debug, Serialize)]
 pub struct Figures {
+    /// Through the proxy, nginx and direct, with the stack up.
+    #[serde(flatten)]
+    pub proxy: ProxyFigures,
+    pub hold_decision_to_forward_ms: Percentiles,
+    pub evidence: evidence::Throughput,
+    pub zero_loss: report::ZeroLoss,
+}
+
+/// What [`measure`] takes with the stack up.
+#[derive(Debug, Serialize)]
+pub struct ProxyFigures {
     pub latency_rounds: Vec<BTreeMap<String, Percentiles>>,
     /// Medians over rounds of each target's percentiles.
     pub latency: BTreeMap<String, Percentiles>,
@@ -278,10 +305,7 @@ pub struct Figures {
     /// Every pod, and the first [`SMALL_LIST_PODS`].
     pub list: ListFigures,
     pub list_small: ListFigures,
-    pub hold_decision_to_forward_ms: Percentiles,
     pub holds: usize,
-    pub evidence: evidence::Throughput,
-    pub zero_loss: report::ZeroLoss,
 }
 
 /// A whole run: start, measure, stop, account, and measure the ledger alone.
@@ -301,8 +325,8 @@ pub async fn run(options: &Options) -> Result<(Figures, [f64; 3], [f64; 3])> {
         stack.stop().await;
         return result.map(|_| unreachable!());
     }
-    let (figures_so_far, sent) = result?;
-    let zero_loss = account(&mut stack, sent).await?;
+    let (proxy, sent) = result?;
+    let (zero_loss, hold_waits_ms) = account(&mut stack, sent).await?;
     stack.stop().await;
     eprintln!(
         "ledger alone: {} events of about 1 KB (ingest, export, verify)",
@@ -311,30 +335,17 @@ pub async fn run(options: &Options) -> Result<(Figures, [f64; 3], [f64; 3])> {
     let events = options.ledger_events;
     let evidence = tokio::task::spawn_blocking(move || evidence::measure(events, 1_000)).await??;
     let load_after = load_average();
-    let waits = &zero_loss.hold_waits_ms;
-    let pick = |q: f64| {
-        let mut v = waits.clone();
-        v.sort_by(|a, b| a.total_cmp(b));
-        v.get(((v.len() as f64 * q).ceil() as usize).saturating_sub(1))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    let hold_decision_to_forward_ms = Percentiles {
-        p50: pick(0.50),
-        p99: pick(0.99),
-        p999: pick(0.999),
-    };
     let figures = Figures {
+        proxy,
+        hold_decision_to_forward_ms: Percentiles::of_values(hold_waits_ms),
         evidence,
-        hold_decision_to_forward_ms,
         zero_loss,
-        ..figures_so_far
     };
     Ok((figures, load_before, load_after))
 }
 
 /// The proxy-facing measurements, with the stack up.
-async fn measure(stack: &mut Stack, options: &Options) -> Result<(Figures, Sent)> {
+async fn measure(stack: &mut Stack, options: &Options) -> Result<(ProxyFigures, Sent)> {
     let mut sent = Sent::default();
     let warmup = Duration::from_secs_f64((options.seconds / 5.0).max(1.0));
     let duration = Duration::from_secs_f64(options.seconds);
@@ -433,7 +444,7 @@ async fn measure(stack: &mut Stack, options: &Options) -> Result<(Figures, Sent)
     hold(stack, options.holds, &mut sent).await?;
 
     Ok((
-        Figures {
+        ProxyFigures {
             latency_rounds,
             latency,
             added_nginx,
@@ -443,18 +454,7 @@ async fn measure(stack: &mut Stack, options: &Options) -> Result<(Figures, Sent)
             saturation_ratio: median(&ratios),
             list,
             list_small,
-            hold_decision_to_forward_ms: Percentiles::default(),
             holds: options.holds,
-            evidence: evidence::Throughput {
-                events: 0,
-                batch: 0,
-                event_bytes: 0,
-                ingest_events_per_s: f64::NAN,
-                export_mb_per_s: f64::NAN,
-                bundle_bytes: 0,
-                verify_events_per_s: f64::NAN,
-            },
-            zero_loss: report::ZeroLoss::default(),
         },
         sent,
     ))
@@ -567,44 +567,58 @@ async fn hold(stack: &Stack, n: usize, sent: &mut Sent) -> Result<()> {
     Ok(())
 }
 
-/// Waits for the ledger to hold the whole stream, stops Gatehouse, then counts what the ledger
-/// recorded against what the load tool saw answered, and runs `gatehouse ledger verify`.
-async fn account(stack: &mut Stack, sent: Sent) -> Result<report::ZeroLoss> {
-    let bus = gatehouse_bus::Bus::connect(
-        &gatehouse_bus::BusConfig::new(stack.nats.url()),
-        "gatehouse-bench",
-    )
-    .await?;
+/// Waits until the ledger in `ledger_dir` holds everything the stream holds now.
+async fn catch_up(nats_url: &str, ledger_dir: &Path) -> Result<gatehouse_bus::Bus> {
+    let bus =
+        gatehouse_bus::Bus::connect(&gatehouse_bus::BusConfig::new(nats_url), "gatehouse-bench")
+            .await?;
     let target = bus.last_sequence().await?;
-    let ledger_dir = stack.up_dir();
     eprintln!("waiting for the ledger to catch up with the stream (sequence {target})");
     stack::wait_until("the ledger to catch up", Duration::from_secs(300), || {
-        gatehouse_evidence::Ledger::open_read_only(&ledger_dir)
+        gatehouse_evidence::Ledger::open_read_only(ledger_dir)
             .map(|l| l.head().last_sequence >= target)
             .unwrap_or(false)
     })
     .await?;
-    stack.stop_gatehouse().await;
-    let (received, completed, decisions) = count_events(&ledger_dir)?;
-    let verify = tokio::process::Command::new(stack::sibling_binary("gatehouse")?)
-        .args(["ledger", "verify", "--data-dir"])
-        .arg(&ledger_dir)
-        .output()
-        .await?;
-    Ok(report::ZeroLoss {
-        answered: sent.answered,
-        unanswered: sent.unanswered,
-        request_received: received,
-        response_completed: completed,
-        ledger_verified: verify.status.success(),
-        ledger_verify_output: String::from_utf8_lossy(&verify.stdout).trim().to_owned(),
-        hold_waits_ms: decisions,
-    })
+    Ok(bus)
 }
 
-/// Counts `request.received` and `response.completed`, and collects decision → forward times.
-fn count_events(data_dir: &Path) -> Result<(u64, u64, Vec<f64>)> {
+/// Every event in the ledger in `data_dir`, parsed, in order (entries that are not JSON
+/// events are skipped).
+fn each_event(data_dir: &Path, mut visit: impl FnMut(&serde_json::Value)) -> Result<()> {
     let ledger = gatehouse_evidence::Ledger::open_read_only(data_dir)?;
+    for stored in ledger.entries(0)? {
+        let stored = stored?;
+        let Ok(entry) = gatehouse_proof::entry::Entry::decode(&stored.encoding) else {
+            continue;
+        };
+        if let Ok(event) = serde_json::from_slice::<serde_json::Value>(&entry.event) {
+            visit(&event);
+        }
+    }
+    Ok(())
+}
+
+/// `gatehouse ledger verify` on `data_dir`: whether it passed, and what it printed.
+async fn ledger_verify(data_dir: &Path) -> Result<(bool, String)> {
+    let out = tokio::process::Command::new(stack::sibling_binary("gatehouse")?)
+        .args(["ledger", "verify", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .await?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+    ))
+}
+
+/// Waits for the ledger to hold the whole stream, stops Gatehouse, then counts what the ledger
+/// recorded against what the load tool saw answered, and runs `gatehouse ledger verify`. Also
+/// returns each held request's decision → forward time, milliseconds.
+async fn account(stack: &mut Stack, sent: Sent) -> Result<(report::ZeroLoss, Vec<f64>)> {
+    let ledger_dir = stack.up_dir();
+    catch_up(stack.nats.url(), &ledger_dir).await?;
+    stack.stop_gatehouse().await;
     let (mut received, mut completed) = (0u64, 0u64);
     let mut decided: BTreeMap<String, f64> = BTreeMap::new();
     let mut forwarded: BTreeMap<String, f64> = BTreeMap::new();
@@ -615,34 +629,38 @@ fn count_events(data_dir: &Path) -> Result<(u64, u64, Vec<f64>)> {
                 .map(|t| t.unix_timestamp_nanos() as f64 / 1e9)
         })
     };
-    for stored in ledger.entries(0)? {
-        let stored = stored?;
-        let Ok(entry) = gatehouse_proof::entry::Entry::decode(&stored.encoding) else {
-            continue;
-        };
-        let Ok(event) = serde_json::from_slice::<serde_json::Value>(&entry.event) else {
-            continue;
-        };
+    each_event(&ledger_dir, |event| {
         let subject = event["subject"].as_str().unwrap_or_default().to_owned();
         match event["type"].as_str().unwrap_or_default() {
             "dev.gatehouse.request.received.v1" => received += 1,
             "dev.gatehouse.response.completed.v1" => completed += 1,
             "dev.gatehouse.approval.decided.v1" => {
-                if let Some(t) = seconds(&event) {
+                if let Some(t) = seconds(event) {
                     decided.insert(subject, t);
                 }
             }
             "dev.gatehouse.request.forwarded.v1" => {
-                if let Some(t) = seconds(&event) {
+                if let Some(t) = seconds(event) {
                     forwarded.insert(subject, t);
                 }
             }
             _ => {}
         }
-    }
+    })?;
     let waits = decided
         .iter()
         .filter_map(|(subject, d)| forwarded.get(subject).map(|f| (f - d) * 1000.0))
         .collect();
-    Ok((received, completed, waits))
+    let (ledger_verified, ledger_verify_output) = ledger_verify(&ledger_dir).await?;
+    Ok((
+        report::ZeroLoss {
+            answered: sent.answered,
+            unanswered: sent.unanswered,
+            request_received: received,
+            response_completed: completed,
+            ledger_verified,
+            ledger_verify_output,
+        },
+        waits,
+    ))
 }

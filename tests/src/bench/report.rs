@@ -19,9 +19,6 @@ pub struct ZeroLoss {
     pub response_completed: u64,
     pub ledger_verified: bool,
     pub ledger_verify_output: String,
-    /// Decision → forward of each held request, milliseconds (from the ledger's events).
-    #[serde(skip)]
-    pub hold_waits_ms: Vec<f64>,
 }
 
 impl ZeroLoss {
@@ -114,35 +111,35 @@ pub fn goals(f: &Figures) -> Vec<Goal> {
     vec![
         goal(
             "added p50 over direct, small GET at the fixed rate",
-            f.added_gatehouse.p50,
+            f.proxy.added_gatehouse.p50,
             "µs",
             "≤ 150 µs",
-            f.added_gatehouse.p50 <= 150.0,
+            f.proxy.added_gatehouse.p50 <= 150.0,
         ),
         goal(
             "added p99 over direct, small GET at the fixed rate",
-            f.added_gatehouse.p99,
+            f.proxy.added_gatehouse.p99,
             "µs",
             "≤ 1,500 µs",
-            f.added_gatehouse.p99 <= 1_500.0,
+            f.proxy.added_gatehouse.p99 <= 1_500.0,
         ),
         goal(
             "saturation throughput, Gatehouse ÷ nginx",
-            f.saturation_ratio,
+            f.proxy.saturation_ratio,
             "×",
             "≥ 0.6",
-            f.saturation_ratio >= 0.6,
+            f.proxy.saturation_ratio >= 0.6,
         ),
         goal(
             &format!(
                 "added p99 over direct, masked list of {} pods ({:.1} MB)",
-                f.list_small.pods,
-                f.list_small.bytes as f64 / 1e6
+                f.proxy.list_small.pods,
+                f.proxy.list_small.bytes as f64 / 1e6
             ),
-            f.list_small.added.p99 / 1000.0,
+            f.proxy.list_small.added.p99 / 1000.0,
             "ms",
             "≤ 10 ms",
-            f.list_small.added.p99 <= 10_000.0,
+            f.proxy.list_small.added.p99 <= 10_000.0,
         ),
         goal(
             "decision → forward p99, held requests",
@@ -208,10 +205,10 @@ pub fn markdown(r: &Report<'_>) -> String {
     ));
     out.push_str("| path | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 |\n|---|---:|---:|---:|---:|---:|---:|\n");
     for name in ["direct", "nginx", "gatehouse"] {
-        let p = f.latency.get(name).copied().unwrap_or_default();
+        let p = f.proxy.latency.get(name).copied().unwrap_or_default();
         let added = match name {
-            "nginx" => Some(f.added_nginx),
-            "gatehouse" => Some(f.added_gatehouse),
+            "nginx" => Some(f.proxy.added_nginx),
+            "gatehouse" => Some(f.proxy.added_gatehouse),
             _ => None,
         };
         out.push_str(&format!(
@@ -227,11 +224,11 @@ pub fn markdown(r: &Report<'_>) -> String {
     out.push_str(&format!(
         "\nSaturation on {} connections: nginx {:.0} requests/s, Gatehouse {:.0} requests/s (Gatehouse ÷ nginx = {:.2}, median of the rounds' ratios).\n\n",
         r.parameters.saturation_connections,
-        f.saturation_rps.get("nginx").copied().unwrap_or(f64::NAN),
-        f.saturation_rps.get("gatehouse").copied().unwrap_or(f64::NAN),
-        f.saturation_ratio
+        f.proxy.saturation_rps.get("nginx").copied().unwrap_or(f64::NAN),
+        f.proxy.saturation_rps.get("gatehouse").copied().unwrap_or(f64::NAN),
+        f.proxy.saturation_ratio
     ));
-    for list in [&f.list_small, &f.list] {
+    for list in [&f.proxy.list_small, &f.proxy.list] {
         let direct = list.latency.get("direct").copied().unwrap_or_default();
         let gatehouse = list.latency.get("gatehouse").copied().unwrap_or_default();
         out.push_str(&format!(
@@ -251,7 +248,7 @@ pub fn markdown(r: &Report<'_>) -> String {
     }
     out.push_str(&format!(
         "Held requests ({}): decision → forward p50 {:.1} ms, p99 {:.1} ms (from the `approval.decided` event to the `request.forwarded` event, which is stamped once the API server answered).\n\n",
-        f.holds, f.hold_decision_to_forward_ms.p50, f.hold_decision_to_forward_ms.p99
+        f.proxy.holds, f.hold_decision_to_forward_ms.p50, f.hold_decision_to_forward_ms.p99
     ));
     out.push_str(&format!(
         "Ledger alone ({} events of about {:.0} bytes): ingest {:.0} events/s with an fsync per group commit of {}, export {:.1} MB/s of events, verify {:.0} events/s on one thread.\n\n",

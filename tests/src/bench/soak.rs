@@ -92,18 +92,7 @@ pub async fn run(options: &SoakOptions) -> Result<SoakReport> {
     )?;
     let evidence_log = dir.join("soak-evidence.log");
     let mut service = evidence(&config, &evidence_log)?;
-    let (status, _) = load::send_json(
-        &stack.direct,
-        http::Method::POST,
-        "/api/v1/namespaces/default/configmaps",
-        &serde_json::json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "bench-small", "namespace": "default"},
-            "data": {"greeting": "hello"}
-        }),
-    )
-    .await?;
-    anyhow::ensure!(status < 300 || status == 409, "seeding: {status}");
+    super::seed(&stack, 0).await?;
 
     let plan = Plan {
         method: http::Method::GET,
@@ -157,35 +146,18 @@ pub async fn run(options: &SoakOptions) -> Result<SoakReport> {
     }
 
     // Let the ledger take in the whole stream, then stop everything.
-    let bus = gatehouse_bus::Bus::connect(
-        &gatehouse_bus::BusConfig::new(stack.nats.url()),
-        "gatehouse-soak",
-    )
-    .await?;
-    let last = bus.last_sequence().await?;
+    let bus = super::catch_up(stack.nats.url(), &ledger_dir).await?;
     report.stream_messages = bus.read_all().await?.len() as u64;
-    stack::wait_until(
-        "the soak ledger to catch up",
-        Duration::from_secs(300),
-        || {
-            gatehouse_evidence::Ledger::open_read_only(&ledger_dir)
-                .map(|l| l.head().last_sequence >= last)
-                .unwrap_or(false)
-        },
-    )
-    .await?;
     stack::terminate(&mut service, Duration::from_secs(30)).await;
     stack.stop().await;
 
     // What the ledger holds.
-    let ledger = gatehouse_evidence::Ledger::open_read_only(&ledger_dir)?;
-    report.ledger_entries = ledger.head().next_index;
+    report.ledger_entries = gatehouse_evidence::Ledger::open_read_only(&ledger_dir)?
+        .head()
+        .next_index;
     let mut ids = HashSet::new();
     let mut by_request: HashMap<String, (u32, u32, u32)> = HashMap::new();
-    for stored in ledger.entries(0)? {
-        let stored = stored?;
-        let entry = gatehouse_proof::entry::Entry::decode(&stored.encoding)?;
-        let event: serde_json::Value = serde_json::from_slice(&entry.event)?;
+    super::each_event(&ledger_dir, |event| {
         if !ids.insert(event["id"].as_str().unwrap_or_default().to_owned()) {
             report.duplicate_events += 1;
         }
@@ -197,8 +169,7 @@ pub async fn run(options: &SoakOptions) -> Result<SoakReport> {
             "dev.gatehouse.request.forwarded.v1" => counts.2 += 1,
             _ => {}
         }
-    }
-    drop(ledger);
+    })?;
     for record in &outcome.records {
         let counts = record
             .request_id
@@ -228,12 +199,7 @@ pub async fn run(options: &SoakOptions) -> Result<SoakReport> {
             }
         }
     }
-    let verify = Command::new(stack::sibling_binary("gatehouse")?)
-        .args(["ledger", "verify", "--data-dir"])
-        .arg(&ledger_dir)
-        .output()
-        .await?;
-    report.ledger_verified = verify.status.success();
+    report.ledger_verified = super::ledger_verify(&ledger_dir).await?.0;
 
     let mut failures = Vec::new();
     let mut check = |ok: bool, what: String| {
