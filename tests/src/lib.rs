@@ -1,12 +1,15 @@
 //! Support for Gatehouse's integration tests.
 //!
-//! A [`TestBed`] is the same [`Stack`] `gatehouse up --sandbox` runs — a real `nats-server`
-//! (its own port and store), the Kubernetes sandbox, the demo OIDC issuer, the evidence
-//! service on RocksDB and the proxy — in a temporary directory, plus what a test needs to drive
-//! it: real kubectl with per-identity kubeconfigs, raw HTTPS requests with any token, and the
-//! events on the stream. [`TestBed::finish`] checks what every test must leave behind: every
-//! event valid against its schema, the ledger holding exactly the events the stream holds, and
-//! the chain verifying.
+//! A [`TestBed`] is the same [`Stack`] `gatehouse up` runs — a real `nats-server` (its own port
+//! and store), a real Kubernetes control plane of its own (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler, kwok; seeded with the demo cluster), the demo OIDC
+//! issuer, the evidence service on RocksDB and the proxy — in a temporary directory, plus what a
+//! test needs to drive it: real kubectl (the control plane's release) with per-identity
+//! kubeconfigs, raw HTTPS requests with any token, the events on the stream, and what reached
+//! the cluster (from the apiserver's own audit log). [`TestBed::finish`] checks what every test
+//! must leave behind: every event valid against its schema, the ledger holding exactly the
+//! events the stream holds, the chain verifying, and the apiserver's audit log and the ledger
+//! agreeing request by request.
 //!
 //! [`bench`] is the benchmark harness (`tests/bench/run`, `tests/bench/soak`).
 #![forbid(unsafe_code)]
@@ -19,13 +22,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
-use gatehouse::up::Stack;
+use gatehouse_up::{Stack, StackOptions, Upstream};
 use gatehouse_bus::{Bus, BusConfig};
 use gatehouse_events::schema::{SchemaSet, default_dir};
 use gatehouse_evidence::Ledger;
 use gatehouse_evidence::verify;
 use gatehouse_proxy::http_client::{HttpsClient, client_tls, https_client};
-use gatehouse_sandbox::RecordedRequest;
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -123,6 +125,118 @@ pub fn python() -> Result<PathBuf> {
     Ok(python)
 }
 
+/// The kubectl of the control plane's release (`deploy/controlplane/build`), so the client's
+/// version is a choice, not whatever the machine has.
+pub fn kubectl_program() -> PathBuf {
+    static KUBECTL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    KUBECTL
+        .get_or_init(|| match gatehouse_controlplane::Binaries::locate() {
+            Ok(binaries) => binaries.kubectl(),
+            Err(e) => {
+                tracing::warn!(error = %e, "the control plane's kubectl is not built; using kubectl on PATH");
+                PathBuf::from("kubectl")
+            }
+        })
+        .clone()
+}
+
+/// One request that reached the cluster.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    /// The apiserver's audit id: Gatehouse's request id for what the proxy forwarded.
+    pub audit_id: Option<String>,
+    pub method: String,
+    /// The Kubernetes verb (`list`, `watch`, …) as the cluster saw it; empty on the sandbox.
+    pub verb: String,
+    pub path: String,
+    pub query: Option<String>,
+    /// From the bearer token.
+    pub authenticated_user: Option<String>,
+    pub impersonated_user: Option<String>,
+    pub impersonated_groups: Vec<String>,
+    /// Who RBAC evaluated.
+    pub effective_user: Option<String>,
+    /// 0 while the response has not completed.
+    pub status: u16,
+    /// Lowercase header names received (the sandbox records them; the audit log does not).
+    pub header_names: Option<Vec<String>>,
+}
+
+impl From<gatehouse_sandbox::RecordedRequest> for UpstreamRequest {
+    fn from(r: gatehouse_sandbox::RecordedRequest) -> Self {
+        Self {
+            audit_id: None,
+            method: r.method,
+            verb: String::new(),
+            path: r.path,
+            query: r.query,
+            authenticated_user: r.authenticated_user,
+            impersonated_user: r.impersonated_user,
+            impersonated_groups: r.impersonated_groups,
+            effective_user: r.effective_user,
+            status: r.status,
+            header_names: Some(r.header_names),
+        }
+    }
+}
+
+impl UpstreamRequest {
+    /// One per audit id, its last stage (ResponseComplete when there is one), in log order.
+    fn from_audit(events: &[gatehouse_controlplane::AuditEvent]) -> Vec<Self> {
+        let mut out: Vec<Self> = Vec::new();
+        for e in events {
+            let (path, query) = match e.request_uri.split_once('?') {
+                Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+                None => (e.request_uri.clone(), None),
+            };
+            let method = match e.verb.as_str() {
+                "get" | "list" | "watch" => "GET",
+                "create" | "post" => "POST",
+                "update" | "put" => "PUT",
+                "patch" => "PATCH",
+                "delete" | "deletecollection" => "DELETE",
+                other => other,
+            }
+            .to_owned();
+            let request = Self {
+                audit_id: Some(e.audit_id.clone()),
+                method,
+                verb: e.verb.clone(),
+                path,
+                query,
+                authenticated_user: Some(e.user.username.clone()),
+                impersonated_user: e.impersonated_user.as_ref().map(|u| u.username.clone()),
+                impersonated_groups: e
+                    .impersonated_user
+                    .as_ref()
+                    .map(|u| u.groups.clone())
+                    .unwrap_or_default(),
+                effective_user: Some(
+                    e.impersonated_user
+                        .as_ref()
+                        .unwrap_or(&e.user)
+                        .username
+                        .clone(),
+                ),
+                status: if e.stage == "ResponseComplete" {
+                    e.response_status.as_ref().map_or(0, |s| s.code)
+                } else {
+                    0
+                },
+                header_names: None,
+            };
+            match out
+                .iter_mut()
+                .find(|r| r.audit_id.as_deref() == Some(e.audit_id.as_str()))
+            {
+                Some(seen) => *seen = request,
+                None => out.push(request),
+            }
+        }
+        out
+    }
+}
+
 /// kubectl's exit status and output.
 #[derive(Debug)]
 pub struct KubectlOutput {
@@ -150,6 +264,8 @@ pub struct BedOptions {
     pub config_files: Vec<(String, String)>,
     /// YAML sections (`slack:`, `teams:`, `discord:`) for the approval service.
     pub approval_channels: String,
+    /// The cluster behind the proxy: the local control plane unless a test says otherwise.
+    pub upstream: Upstream,
 }
 
 pub struct TestBed {
@@ -185,11 +301,13 @@ impl TestBed {
         for (name, text) in &options.config_files {
             std::fs::write(config_dir.join(name), text)?;
         }
-        let stack = Stack::start_with(
+        let stack = Stack::start(
             dir.path(),
-            None,
-            "127.0.0.1:0".parse()?,
-            &options.approval_channels,
+            &StackOptions {
+                upstream: options.upstream.clone(),
+                approval_channels: options.approval_channels.clone(),
+                ..StackOptions::default()
+            },
         )
         .await?;
         let reader = Bus::connect(
@@ -220,7 +338,7 @@ impl TestBed {
     pub fn mint(&self, principal: &str) -> Result<String> {
         Ok(self.stack().issuer.mint(
             principal,
-            gatehouse::demo::AUDIENCE,
+            gatehouse_up::demo::AUDIENCE,
             &[],
             Duration::from_secs(3600),
         )?)
@@ -262,7 +380,7 @@ impl TestBed {
         };
         let mut claims = serde_json::json!({
             "iss": self.stack().ci_issuer.url(),
-            "aud": gatehouse::demo::AUDIENCE,
+            "aud": gatehouse_up::demo::AUDIENCE,
             "sub": subject,
             "repository": repository,
             "repository_owner": owner,
@@ -324,7 +442,7 @@ impl TestBed {
         self.kubectl_command(&kubeconfig, args)
             .stdin(Stdio::null())
             .spawn()
-            .context("running kubectl (is it on PATH?)")
+            .context("running kubectl")
     }
 
     /// kubectl with this test bed's kubeconfig, HOME and discovery cache, output piped.
@@ -333,7 +451,7 @@ impl TestBed {
         kubeconfig: &std::path::Path,
         args: &[&str],
     ) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new("kubectl");
+        let mut command = tokio::process::Command::new(kubectl_program());
         command
             .arg("--kubeconfig")
             .arg(kubeconfig)
@@ -370,7 +488,7 @@ impl TestBed {
     pub fn kubectl_argv(&self, principal: &str, args: &[&str]) -> Result<Vec<String>> {
         let kubeconfig = self.kubeconfig(principal)?;
         let mut argv = vec![
-            "kubectl".to_owned(),
+            kubectl_program().display().to_string(),
             "--kubeconfig".to_owned(),
             kubeconfig.display().to_string(),
             "--cache-dir".to_owned(),
@@ -413,7 +531,7 @@ impl TestBed {
                 Stdio::null()
             })
             .spawn()
-            .context("running kubectl (is it on PATH?)")?;
+            .context("running kubectl")?;
         if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
             use tokio::io::AsyncWriteExt;
             pipe.write_all(text.as_bytes()).await?;
@@ -484,9 +602,74 @@ impl TestBed {
             .await
     }
 
-    /// Everything the sandbox (the cluster) has received so far.
-    pub fn sandbox_requests(&self) -> Vec<RecordedRequest> {
-        self.stack().sandbox.requests()
+    /// Who the cluster sees as the proxy: its ServiceAccount on the control plane.
+    pub fn proxy_identity(&self) -> &'static str {
+        self.proxy_identity_of(self.stack())
+    }
+
+    fn proxy_identity_of(&self, stack: &Stack) -> &'static str {
+        match &stack.cluster {
+            gatehouse_up::cluster::Cluster::Sandbox { .. } => "gatehouse-proxy",
+            _ => "system:serviceaccount:gatehouse:gatehouse-proxy",
+        }
+    }
+
+    /// Everything the cluster has received so far, once every request the stream shows as
+    /// forwarded is in it (the apiserver writes its audit event as the response completes,
+    /// which can be just after the client has it).
+    pub async fn upstream_requests(&self) -> Result<Vec<UpstreamRequest>> {
+        let cluster = &self.stack().cluster;
+        if let Some(sandbox) = cluster.sandbox() {
+            return Ok(sandbox.requests().into_iter().map(UpstreamRequest::from).collect());
+        }
+        let plane = cluster
+            .control_plane()
+            .context("this test bed's cluster records no requests")?;
+        let forwarded: Vec<String> = self
+            .events()
+            .await?
+            .iter()
+            .filter(|e| e.name() == "request.forwarded")
+            .map(|e| e.subject().to_owned())
+            .collect();
+        eventually(
+            "the apiserver's audit log to hold every forwarded request",
+            DEADLINE,
+            || async {
+                let audit = plane.audit_events().ok()?;
+                forwarded
+                    .iter()
+                    .all(|id| audit.iter().any(|e| &e.audit_id == id))
+                    .then(|| UpstreamRequest::from_audit(&audit))
+            },
+        )
+        .await
+    }
+
+    /// Watches through the proxy the cluster is still serving.
+    pub fn upstream_open_watches(&self) -> Result<usize> {
+        let cluster = &self.stack().cluster;
+        if let Some(sandbox) = cluster.sandbox() {
+            return Ok(sandbox.open_watches());
+        }
+        let plane = cluster
+            .control_plane()
+            .context("this test bed's cluster records no requests")?;
+        let proxy = self.proxy_identity();
+        let audit = plane.audit_events()?;
+        let watches = audit
+            .iter()
+            .filter(|e| e.verb == "watch" && e.user.username == proxy);
+        let started: std::collections::BTreeSet<&str> = watches
+            .clone()
+            .filter(|e| e.stage == "ResponseStarted")
+            .map(|e| e.audit_id.as_str())
+            .collect();
+        let ended: std::collections::BTreeSet<&str> = watches
+            .filter(|e| e.stage == "ResponseComplete" || e.stage == "Panic")
+            .map(|e| e.audit_id.as_str())
+            .collect();
+        Ok(started.difference(&ended).count())
     }
 
     /// Every event in the stream, in order.
@@ -603,7 +786,17 @@ impl TestBed {
 
         let stack = self.stack.take().expect("the stack is running");
         let dir = stack.dir.clone();
+        let audit_log = stack
+            .cluster
+            .control_plane()
+            .map(|plane| plane.audit_log().to_owned());
+        let proxy = self.proxy_identity_of(&stack);
         let head = stack.stop().await?;
+        // The control plane has stopped: its audit log is complete.
+        if let Some(audit_log) = audit_log {
+            let audit = gatehouse_controlplane::audit::read(&audit_log)?;
+            cross_check_audit(&events, &audit, proxy)?;
+        }
         let ledger = Ledger::open_read_only(&dir)?;
         let last = events.last().map_or(0, |e| e.sequence);
         if head.last_sequence != last || head.next_index != events.len() as u64 {
@@ -661,6 +854,98 @@ impl TestBed {
     }
 }
 
+/// The apiserver's own audit log and the ledger tell the same story: every request the
+/// apiserver saw from the proxy's identity is a `request.forwarded` in the ledger under the same
+/// id (the proxy sends its request id as `Audit-ID`), for the same impersonated user, verb and
+/// resource; and every `request.forwarded` is in the audit log.
+pub fn cross_check_audit(
+    events: &[Event],
+    audit: &[gatehouse_controlplane::AuditEvent],
+    proxy: &str,
+) -> Result<()> {
+    let forwarded: std::collections::BTreeSet<&str> = events
+        .iter()
+        .filter(|e| e.name() == "request.forwarded")
+        .map(Event::subject)
+        .collect();
+    let received: std::collections::BTreeMap<&str, &Event> = events
+        .iter()
+        .filter(|e| e.name() == "request.received")
+        .map(|e| (e.subject(), e))
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for entry in audit.iter().filter(|e| e.user.username == proxy) {
+        let id = entry.audit_id.as_str();
+        if !forwarded.contains(id) {
+            bail!(
+                "the apiserver served {} {} from the proxy (audit id {id}) that the ledger does \
+                 not show as forwarded",
+                entry.verb,
+                entry.request_uri
+            );
+        }
+        seen.insert(id);
+        let Some(received) = received.get(id) else {
+            bail!("request {id} was forwarded without a request.received");
+        };
+        let data = received.data();
+        let principal = data["identity"]["principal"].as_str().unwrap_or_default();
+        let impersonated = entry
+            .impersonated_user
+            .as_ref()
+            .map(|u| u.username.as_str())
+            .unwrap_or_default();
+        if impersonated != principal {
+            bail!("request {id}: the ledger's caller is {principal:?}, the apiserver impersonated {impersonated:?}");
+        }
+        if let Some(groups) = data["identity"]["groups"].as_array() {
+            let audited: Vec<&str> = entry
+                .impersonated_user
+                .as_ref()
+                .map(|u| u.groups.iter().map(String::as_str).collect())
+                .unwrap_or_default();
+            for group in groups.iter().filter_map(Value::as_str) {
+                if !audited.contains(&group) {
+                    bail!("request {id}: group {group:?} was not impersonated ({audited:?})");
+                }
+            }
+        }
+        let info = &data["request"];
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        let verb = text(&info["verb"]);
+        let object = entry.object_ref.clone().unwrap_or_default();
+        let same_verb = match verb.as_str() {
+            // Connections: the apiserver's verb is the HTTP one (get or create).
+            "exec" | "attach" | "portforward" | "proxy" => object.subresource == verb.as_str(),
+            _ if info["is_resource_request"] == false => {
+                entry.verb == verb && entry.request_uri.split('?').next() == Some(&text(&info["path"]))
+            }
+            _ => entry.verb == verb,
+        };
+        let same_resource = info["is_resource_request"] == false
+            || (object.resource == text(&info["resource"])
+                && object.subresource == text(&info["subresource"])
+                && object.namespace == text(&info["namespace"])
+                && object.api_group == text(&info["api_group"])
+                && (text(&info["name"]).is_empty() || object.name == text(&info["name"])));
+        if !same_verb || !same_resource {
+            bail!(
+                "request {id}: the ledger has {verb} {}/{} {} in {:?}, the apiserver {} {:?}",
+                text(&info["resource"]),
+                text(&info["subresource"]),
+                text(&info["name"]),
+                text(&info["namespace"]),
+                entry.verb,
+                object
+            );
+        }
+    }
+    if let Some(missing) = forwarded.iter().find(|id| !seen.contains(*id)) {
+        bail!("request {missing} is forwarded in the ledger but not in the apiserver's audit log");
+    }
+    Ok(())
+}
+
 /// What is left after [`TestBed::finish`]: the events and the stopped stack's data directory.
 pub struct Finished {
     pub events: Vec<Event>,
@@ -672,19 +957,15 @@ pub struct Finished {
 // For the kubectl tests: the cluster behind the proxy's back, the process's logs, raw HTTP/1.1.
 
 impl TestBed {
-    /// Runs kubectl straight against the sandbox as `sandbox-admin` (system:masters), not
-    /// through the proxy: to change or read the cluster behind a caller's back.
+    /// Runs kubectl straight against the cluster as its admin (system:masters), not through
+    /// the proxy: to change or read the cluster behind a caller's back.
     pub async fn admin_kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<KubectlOutput> {
         let stack = self.stack();
-        let path = self.home.path().join("sandbox-admin.kubeconfig");
-        let text = gatehouse::kubeconfig::render(
-            "sandbox",
-            &stack.sandbox.url(),
-            &stack.ca_pem,
-            "sandbox-admin",
-            &stack.admin_token,
-            "apps",
-        );
+        let path = self.home.path().join("cluster-admin.kubeconfig");
+        let text = stack
+            .cluster
+            .admin_kubeconfig(&stack.ca_pem, "apps")
+            .context("no admin credential for this cluster")?;
         gatehouse::kubeconfig::write_private(&path, &text)
             .with_context(|| format!("writing {}", path.display()))?;
         self.run_kubectl(path, args, stdin).await

@@ -1,7 +1,8 @@
 //! The `gatehouse` binary's library: what composes the services into commands.
 //!
 //! Module map:
-//! - [`up`]: `gatehouse up --sandbox`, every service plus the test bed in one process.
+//! - [`up_cmd`]: `gatehouse up` runs `gatehouse-up`, the development and demo stack, which is
+//!   a binary of its own so that this one links no test bed.
 //! - [`ledger`]: `gatehouse ledger verify`.
 //! - [`replay`]: `gatehouse replay`, a recorded session as text or asciicast v2.
 //! - [`report`]: `gatehouse report`, the access review for a period (JSON, CSV, printable HTML).
@@ -12,9 +13,8 @@
 //! - [`checkpoint_cmd`]: `gatehouse checkpoint keygen|sign|show`.
 //! - [`retention_cmd`]: `gatehouse ledger hold place|list|release` and `gatehouse ledger prune`.
 //! - [`policy_cmd`]: `gatehouse policy check` and `gatehouse policy explain`.
-//! - [`nats_server`]: a local `nats-server` with JetStream (for `up` and for tests).
-//! - [`demo`]: the demo identities and policy `up` starts with.
-//! - [`kubeconfig`]: kubeconfig files for the demo identities.
+//! - [`nats_server`]: a local `nats-server` with JetStream (for `gatehouse-up` and for tests).
+//! - [`kubeconfig`]: kubeconfig files, and files only their owner reads.
 //! - [`logging`]: JSON log lines with span fields (the request id) at the top level.
 //!
 //! `main.rs` holds only the command line; everything it runs lives here so tests can drive it.
@@ -24,7 +24,6 @@ pub mod approvals_cmd;
 pub mod auditor_api;
 pub mod bundle_cmd;
 pub mod checkpoint_cmd;
-pub mod demo;
 pub mod kubeconfig;
 pub mod ledger;
 pub mod logging;
@@ -33,7 +32,7 @@ pub mod policy_cmd;
 pub mod replay;
 pub mod report;
 pub mod retention_cmd;
-pub mod up;
+pub mod up_cmd;
 
 use std::path::Path;
 

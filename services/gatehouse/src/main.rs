@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gatehouse::ledger::VerifyOutcome;
-use gatehouse::up::UpOptions;
 use gatehouse::{LogFormat, init_logging, load_yaml, shutdown_on_signal};
 
 /// Gatehouse governs how machines reach Kubernetes: authenticated, least-privileged, recorded.
@@ -49,21 +48,13 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Everything in one process. With --sandbox: a local Kubernetes sandbox, OIDC issuer and
-    /// NATS too, and kubeconfigs for demo identities.
+    /// Everything in one process, in front of a local Kubernetes control plane, the sandbox or
+    /// your cluster, with demo identities: the development and demo stack, `gatehouse-up`,
+    /// run from beside this binary or from PATH (`gatehouse up --help` for its options).
+    #[command(disable_help_flag = true)]
     Up {
-        /// Run against the built-in Kubernetes sandbox with demo identities.
-        #[arg(long)]
-        sandbox: bool,
-        /// Holds NATS's store, the ledger, certificates, configs and kubeconfigs.
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
-        /// Use this NATS server (JetStream enabled) instead of starting nats-server.
-        #[arg(long, value_name = "URL")]
-        nats_url: Option<String>,
-        /// Where the proxy listens.
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: SocketAddr,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
     },
     /// Print a recorded exec / attach / port-forward session from the ledger, or export it as
     /// asciicast v2. Exits 1 if chunks of the session are missing.
@@ -199,28 +190,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Evidence { config } => {
             gatehouse::auditor_api::run_evidence(&config, shutdown_on_signal()).await?;
         }
-        Command::Up {
-            sandbox,
-            data_dir,
-            nats_url,
-            listen,
-        } => {
-            if !sandbox {
-                anyhow::bail!(
-                    "gatehouse up needs --sandbox for now; against a real cluster, run \
-                     `gatehouse proxy --config FILE` and `gatehouse evidence --config FILE`"
-                );
-            }
-            let invocation =
-                std::env::var("GATEHOUSE_INVOCATION").unwrap_or_else(|_| "gatehouse".into());
-            let options = UpOptions {
-                data_dir,
-                nats_url,
-                listen,
-                invocation,
-            };
-            gatehouse::up::run_sandbox(options, shutdown_on_signal()).await?;
-        }
+        Command::Up { args } => return gatehouse::up_cmd::exec_up(&args),
         Command::Replay {
             session_id,
             data_dir,

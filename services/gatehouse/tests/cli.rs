@@ -149,36 +149,35 @@ fn bad_configuration_is_refused_naming_the_file_and_line() {
     assert!(stderr.contains("line 4"), "{stderr}");
 }
 
+/// `gatehouse up` is `gatehouse-up`, found beside the binary or on PATH; the product binary
+/// itself has no stack to start.
 #[test]
-fn up_without_sandbox_explains_what_to_run_instead() {
+fn up_runs_gatehouse_up_from_beside_the_binary_and_says_so_when_it_is_missing() {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let out = gatehouse(&["up", "--data-dir", dir.path().to_str().unwrap()]);
-    assert_ne!(out.status.code(), Some(0));
-    assert!(
-        text(&out.stderr).contains("gatehouse proxy --config"),
-        "{}",
-        text(&out.stderr)
-    );
-}
-
-#[test]
-fn up_without_nats_server_says_how_to_get_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("no-such-nats-server");
-    let out = gatehouse_with_env(
-        &[
-            "up",
-            "--sandbox",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-        ],
-        &[("GATEHOUSE_NATS_SERVER", missing.as_os_str())],
-    );
+    let alone = dir.path().join("gatehouse");
+    std::fs::copy(env!("CARGO_BIN_EXE_gatehouse"), &alone).unwrap();
+    let out = Command::new(&alone)
+        .args(["up", "--data-dir", "x"])
+        .env("PATH", dir.path().join("empty"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("nats-server was not found"), "{stderr}");
-    assert!(stderr.contains("apt-get install nats-server"), "{stderr}");
-    assert!(stderr.contains("--nats-url"), "{stderr}");
+    assert!(stderr.contains("gatehouse-up"), "{stderr}");
+    assert!(stderr.contains("deploy/local/gatehouse up"), "{stderr}");
+
+    // With a gatehouse-up beside it, `up` hands it every argument unchanged, flags included.
+    let up = dir.path().join("gatehouse-up");
+    std::fs::write(&up, "#!/bin/sh\nprintf '%s|' \"$@\"\n").unwrap();
+    std::fs::set_permissions(&up, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(&alone)
+        .args(["up", "--sandbox", "--data-dir", "a b", "--help"])
+        .env("PATH", dir.path().join("empty"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "--sandbox|--data-dir|a b|--help|");
 }
 
 #[test]

@@ -3,6 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The demo policy and identity registry (`deploy/demo/`), as `gatehouse up` writes them.
+const DEMO_POLICY: &str = include_str!("../../../deploy/demo/policy.yaml");
+const DEMO_IDENTITIES: &str = include_str!("../../../deploy/demo/identities.yaml");
+
 fn gatehouse(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .args(args)
@@ -44,7 +48,7 @@ fn check_passes_the_shipped_policies() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let demo = file(dir.path(), "demo.yaml", gatehouse::demo::POLICY_YAML);
+    let demo = file(dir.path(), "demo.yaml", DEMO_POLICY);
     let out = gatehouse(&["policy", "check", s(&demo)]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     assert!(
@@ -175,7 +179,7 @@ fn help_states_the_exit_codes() {
 }
 
 fn demo_policy(dir: &Path) -> PathBuf {
-    file(dir, "policy.yaml", gatehouse::demo::POLICY_YAML)
+    file(dir, "policy.yaml", DEMO_POLICY)
 }
 
 #[test]
@@ -330,7 +334,7 @@ fn explain_reads_a_body_file_and_the_identity_registry() {
     let registry = file(
         dir.path(),
         "identities.yaml",
-        gatehouse::demo::IDENTITIES_YAML,
+        DEMO_IDENTITIES,
     );
     let out = gatehouse(&[
         "policy",

@@ -3,9 +3,10 @@
 //!
 //! [`Upstream::send`] takes a [`Permitted`] (policy allowed it) and an [`Acked`]
 //! (`request.received` is in JetStream) by value, so nothing reaches the cluster without both.
-//! The caller's `Authorization` and every `Impersonate-*` header are removed; the proxy's
-//! bearer token and `Impersonate-User` / `Impersonate-Group` for the mapped identity are set,
-//! so the cluster's RBAC decides as it would for the caller.
+//! The caller's `Authorization`, `Audit-ID` and every `Impersonate-*` header are removed; the
+//! proxy's bearer token and `Impersonate-User` / `Impersonate-Group` for the mapped identity are
+//! set, so the cluster's RBAC decides as it would for the caller, and `Audit-ID` is Gatehouse's
+//! request id, so the API server's audit log names each request as the ledger does.
 
 use std::time::{Duration, Instant};
 
@@ -210,7 +211,7 @@ impl Upstream {
     pub async fn send(
         &self,
         _permit: Permitted,
-        _recorded: Acked,
+        recorded: Acked,
         identity: &Identity,
         info: &RequestInfo,
         query: Option<&str>,
@@ -226,7 +227,12 @@ impl Upstream {
             .map_err(|e| UpstreamError::Build(format!("upstream URI: {e}")))?;
         // The client negotiates HTTP/2 with the API server by ALPN on its own.
         parts.version = Version::HTTP_11;
-        prepare_headers(&mut parts.headers, self.token.header()?, identity)?;
+        prepare_headers(
+            &mut parts.headers,
+            self.token.header()?,
+            identity,
+            recorded.request_id(),
+        )?;
         let request = Request::from_parts(parts, Full::new(body));
         self.client
             .request(request)
@@ -243,7 +249,7 @@ impl Upstream {
     pub async fn send_upgrade(
         &self,
         _permit: Permitted,
-        _recorded: Acked,
+        recorded: Acked,
         identity: &Identity,
         info: &RequestInfo,
         query: Option<&str>,
@@ -260,7 +266,12 @@ impl Upstream {
             .parse()
             .map_err(|e| UpstreamError::Build(format!("upstream URI: {e}")))?;
         parts.version = Version::HTTP_11;
-        prepare_headers(&mut parts.headers, self.token.header()?, identity)?;
+        prepare_headers(
+            &mut parts.headers,
+            self.token.header()?,
+            identity,
+            recorded.request_id(),
+        )?;
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
@@ -302,11 +313,15 @@ fn upstream_client(
         .build(connector)
 }
 
-/// Replaces the caller's credentials and impersonation with the proxy's.
+/// The header the API server takes its audit event id from (and echoes in the response).
+const AUDIT_ID: HeaderName = HeaderName::from_static("audit-id");
+
+/// Replaces the caller's credentials, impersonation and audit id with the proxy's.
 fn prepare_headers(
     headers: &mut HeaderMap,
     authorization: Option<HeaderValue>,
     identity: &Identity,
+    request_id: &str,
 ) -> Result<(), UpstreamError> {
     strip_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
@@ -335,6 +350,12 @@ fn prepare_headers(
             HeaderValue::from_str(group).map_err(|_| bad("a group name"))?,
         );
     }
+    // Any the caller sent (all of them) go: the audit id is the ledger's, not the caller's.
+    headers.remove(AUDIT_ID);
+    headers.insert(
+        AUDIT_ID,
+        HeaderValue::from_str(request_id).map_err(|_| bad("the request id"))?,
+    );
     Ok(())
 }
 
@@ -388,6 +409,8 @@ mod tests {
         h.insert("x-secret-hop", "1".parse().unwrap());
         h.insert(header::ACCEPT, "application/json".parse().unwrap());
         h.insert(header::CONTENT_LENGTH, "12".parse().unwrap());
+        h.insert("audit-id", "chosen-by-the-caller".parse().unwrap());
+        h.append("audit-id", "and-another".parse().unwrap());
         let identity = Identity {
             issuer: "i".into(),
             subject: "s".into(),
@@ -399,8 +422,16 @@ mod tests {
             groups: vec!["deployers".into(), "ci".into()],
             attributes: Default::default(),
         };
-        prepare_headers(&mut h, Some("Bearer proxy".parse().unwrap()), &identity).unwrap();
+        prepare_headers(
+            &mut h,
+            Some("Bearer proxy".parse().unwrap()),
+            &identity,
+            "01KREQUEST",
+        )
+        .unwrap();
         assert_eq!(h[header::AUTHORIZATION], "Bearer proxy");
+        let audit: Vec<_> = h.get_all("audit-id").iter().collect();
+        assert_eq!(audit, ["01KREQUEST"]);
         assert_eq!(h["impersonate-user"], "ci-deployer");
         let groups: Vec<_> = h.get_all("impersonate-group").iter().collect();
         assert_eq!(groups, ["deployers", "ci"]);
@@ -426,6 +457,6 @@ mod tests {
             groups: vec![],
             attributes: Default::default(),
         };
-        assert!(prepare_headers(&mut h, None, &identity).is_err());
+        assert!(prepare_headers(&mut h, None, &identity, "01KREQUEST").is_err());
     }
 }

@@ -33,12 +33,19 @@ use crate::rescue::Rejection;
 #[derive(Debug)]
 pub struct Acked {
     sequence: u64,
+    request_id: String,
 }
 
 impl Acked {
     /// The stream sequence `request.received` was stored at.
     pub fn sequence(&self) -> u64 {
         self.sequence
+    }
+
+    /// The request id the event was recorded under: sent upstream as `Audit-ID`, so the API
+    /// server's own audit log joins the ledger.
+    pub fn request_id(&self) -> &str {
+        &self.request_id
     }
 }
 
@@ -116,6 +123,7 @@ impl Recorder {
         self.acked(RequestReceived::NAME, started);
         Ok(Acked {
             sequence: ack.sequence,
+            request_id: ctx.id.clone(),
         })
     }
 

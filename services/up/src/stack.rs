@@ -1,73 +1,104 @@
-//! `gatehouse up --sandbox --data-dir DIR`: the whole path on one machine, in one process.
+//! `gatehouse up --data-dir DIR`: the whole path on one machine, in one process, in front of
+//! the local control plane (default), the Kubernetes sandbox (`--sandbox`) or a cluster of the
+//! user's (`--kubeconfig FILE`).
 //!
 //! Layout of DIR:
 //! ```text
 //! nats/         nats-server's JetStream store and log (when gatehouse starts it)
 //! ledger/       the evidence ledger (RocksDB)
-//! tls/          the demo CA and the proxy's and sandbox's certificates
+//! controlplane/ the local control plane: etcd's data, its PKI, logs, the apiserver's audit log
+//! tls/          the demo CA and the proxy's (and sandbox's) certificates
 //! issuer/       the demo OIDC issuer's signing key
-//! sandbox/      the proxy's token for the sandbox
+//! upstream/     the proxy's credential for the cluster (a ServiceAccount token)
 //! config/       identities.yaml, policy.yaml and approvers.yaml (kept, edit them), proxy.yaml,
 //!               evidence.yaml and approval.yaml (rewritten at every start: ports change)
-//! kubeconfigs/  one kubeconfig per demo identity, plus sandbox-admin (straight to the sandbox)
+//! kubeconfigs/  one kubeconfig per demo identity, plus cluster-admin (straight to the cluster,
+//!               bypassing Gatehouse; not with --kubeconfig)
 //! tokens/       a token per demo approver, for `gatehouse approvals vote --as …`
 //! checkpoint/   the demo checkpoint key (checkpoint.key) and its verifier key (checkpoint.vkey)
 //! approval.url  where the approval service's API answers
 //! auditor.url   where the evidence service's auditor API answers (token: tokens/auditor@…)
 //! ```
 //!
-//! Start order: NATS, PKI, sandbox, issuer, evidence, approval, proxy, kubeconfigs. Stop
-//! order: proxy (drains), approval, evidence (after catching up with the stream, so the ledger
-//! holds every event of the session), sandbox, issuer, NATS.
+//! Start order: NATS, PKI, the cluster (control plane or sandbox, seeded with the demo), issuer,
+//! evidence, approval, proxy, kubeconfigs. Stop order: proxy (drains), approval, evidence (after
+//! catching up with the stream, so the ledger holds every event of the session), the cluster,
+//! issuer, NATS.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use std::sync::Arc;
-
+use gatehouse::kubeconfig;
+use gatehouse::load_yaml;
+use gatehouse::nats_server::NatsServer;
 use gatehouse_evidence::{Evidence, EvidenceError};
 use gatehouse_proxy::{Proxy, ProxyConfig};
 use gatehouse_sandbox::issuer::{Issuer, IssuerKeys};
 use gatehouse_sandbox::pki::{LocalCa, server_tls_config};
 use gatehouse_sandbox::rbac::RbacConfig;
-use gatehouse_sandbox::{Sandbox, SandboxConfig, SandboxHandle};
+use gatehouse_sandbox::{Sandbox, SandboxConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::{self, Cluster, Upstream};
 use crate::demo::{self, AUDIENCE, IDENTITIES};
-use crate::kubeconfig;
-use crate::load_yaml;
-use crate::nats_server::NatsServer;
 
 /// How long demo tokens live. Long enough for an afternoon; kubeconfigs are rewritten at start.
 const TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
 
+/// What `gatehouse up` runs: the stack, the cluster behind it, and how it was called.
 #[derive(Debug, Clone)]
 pub struct UpOptions {
     pub data_dir: PathBuf,
-    /// Use this NATS (with JetStream) instead of starting nats-server.
-    pub nats_url: Option<String>,
-    /// Where the proxy listens.
-    pub listen: SocketAddr,
+    pub stack: StackOptions,
     /// How to run this binary, for the instructions printed (the wrapper script sets it).
     pub invocation: String,
 }
 
-/// Every part of the sandbox deployment, running. Tests drive the same stack `up` runs.
+/// How to start a [`Stack`].
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// The cluster behind the proxy.
+    pub upstream: Upstream,
+    /// Use this NATS (with JetStream) instead of starting nats-server.
+    pub nats_url: Option<String>,
+    /// Where the proxy listens.
+    pub listen: SocketAddr,
+    /// YAML sections (`slack:`, `teams:`, `discord:`) added to the approval service's
+    /// configuration.
+    pub approval_channels: String,
+    /// Start the local control plane with the demo cluster in it (namespaces, workloads,
+    /// RBAC for the demo identities). The sandbox always has its own.
+    pub seed_demo: bool,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            upstream: Upstream::default(),
+            nats_url: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            approval_channels: String::new(),
+            seed_demo: true,
+        }
+    }
+}
+
+/// Every part of the deployment, running. Tests drive the same stack `up` runs.
 pub struct Stack {
     /// The data directory (absolute).
     pub dir: PathBuf,
     /// The nats-server `up` started, if it started one.
     pub nats_server: Option<NatsServer>,
     pub nats_url: String,
-    /// The demo CA (PEM) that signed the proxy's and sandbox's certificates.
+    /// The demo CA (PEM) that signed the proxy's (and the sandbox's) certificates.
     pub ca_pem: String,
-    pub sandbox: SandboxHandle,
-    /// A token that reaches the sandbox directly as `sandbox-admin` (system:masters).
-    pub admin_token: String,
+    /// The cluster behind the proxy.
+    pub cluster: Cluster,
     pub issuer: Issuer,
     /// The second, GitHub-Actions-shaped issuer.
     pub ci_issuer: Issuer,
@@ -99,37 +130,13 @@ impl std::fmt::Debug for Stack {
 }
 
 impl Stack {
-    /// Starts NATS (unless `nats_url`), PKI, sandbox, issuer, evidence, approval and proxy, in
-    /// that order.
-    pub async fn start(
-        data_dir: &Path,
-        nats_url: Option<&str>,
-        listen: SocketAddr,
-    ) -> Result<Self> {
-        Self::start_with(data_dir, nats_url, listen, "").await
-    }
-
-    /// [`Stack::start`], with `approval_channels` (YAML: `slack:`, `teams:`, `discord:`
-    /// sections) added to the approval service's configuration.
-    pub async fn start_with(
-        data_dir: &Path,
-        nats_url: Option<&str>,
-        listen: SocketAddr,
-        approval_channels: &str,
-    ) -> Result<Self> {
+    /// Starts NATS (unless `nats_url`), PKI, the cluster, issuer, evidence, approval and
+    /// proxy, in that order.
+    pub async fn start(data_dir: &Path, options: &StackOptions) -> Result<Self> {
         let dir = absolute(data_dir)?;
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-
-        let mut nats_server = None;
-        let nats_url = match nats_url {
-            Some(url) => url.to_owned(),
-            None => {
-                let server = NatsServer::start(&dir.join("nats")).await?;
-                let url = server.url().to_owned();
-                nats_server = Some(server);
-                url
-            }
-        };
+        let listen = options.listen;
+        let approval_channels = options.approval_channels.as_str();
 
         let tls_dir = dir.join("tls");
         let ca = LocalCa::load_or_generate(&tls_dir, "Gatehouse demo CA")?;
@@ -145,23 +152,22 @@ impl Stack {
         kubeconfig::write_private(&proxy_key_file, &proxy_cert.key_pem)
             .context("writing the proxy key")?;
 
-        let proxy_token = random_token();
-        let admin_token = random_token();
-        let proxy_token_file = dir.join("sandbox").join("proxy.token");
-        kubeconfig::write_private(&proxy_token_file, &proxy_token)
-            .context("writing the proxy's sandbox token")?;
-        let sandbox_cert = ca.issue_server_cert(&sans)?;
-        let sandbox = Sandbox::start(
-            SandboxConfig {
-                rbac: RbacConfig::demo(&proxy_token, &admin_token),
-                seed: true,
-            },
-            TcpListener::bind("127.0.0.1:0")
-                .await
-                .context("binding the sandbox")?,
-            server_tls_config(&sandbox_cert.cert_pem, &sandbox_cert.key_pem)?,
-        )
-        .await?;
+        // The cluster first: a user's credential is checked before anything starts, and the
+        // local control plane takes longest.
+        let (cluster, upstream_yaml) =
+            start_cluster(&options.upstream, &dir, &ca, &ca_file, &sans, options.seed_demo)
+                .await?;
+
+        let mut nats_server = None;
+        let nats_url = match options.nats_url.as_deref() {
+            Some(url) => url.to_owned(),
+            None => {
+                let server = NatsServer::start(&dir.join("nats")).await?;
+                let url = server.url().to_owned();
+                nats_server = Some(server);
+                url
+            }
+        };
 
         let keys = IssuerKeys::load_or_generate(&dir.join("issuer"))?;
         let issuer = Issuer::start(
@@ -219,14 +225,14 @@ impl Stack {
         )?;
         let evidence_stop = CancellationToken::new();
         let (evidence_config, api_config) =
-            crate::auditor_api::load_evidence_config(&evidence_file)?;
+            gatehouse::auditor_api::load_evidence_config(&evidence_file)?;
         let evidence = Arc::new(Evidence::open(evidence_config.clone()).await?);
         let auditor_api = match api_config {
             Some(api) => {
                 let bus =
                     gatehouse_bus::Bus::connect(&evidence_config.nats, "gatehouse-evidence-api")
                         .await?;
-                let server = crate::auditor_api::AuditorApi::start(
+                let server = gatehouse::auditor_api::AuditorApi::start(
                     &api,
                     evidence_config.data_dir.clone(),
                     bus,
@@ -302,7 +308,7 @@ impl Stack {
                  admin_listen: \"127.0.0.1:0\"\n\
                  replica: up\n\
                  tls:\n  cert_file: {cert}\n  key_file: {key}\n\
-                 upstream:\n  url: {upstream}\n  ca_file: {ca}\n  token_file: {token}\n\
+                 upstream:\n{upstream_yaml}\
                  nats:\n  url: {nats_url}\n\
                  issuers:\n  - issuer: {issuer}\n    audiences: [{AUDIENCE}]\n\
                  \x20 - issuer: {ci_issuer}\n    audiences: [{AUDIENCE}]\n\
@@ -313,9 +319,6 @@ impl Stack {
                 proxy = proxy_file.display(),
                 cert = yaml_str(&proxy_cert_file),
                 key = yaml_str(&proxy_key_file),
-                upstream = sandbox.url(),
-                ca = yaml_str(&ca_file),
-                token = yaml_str(&proxy_token_file),
                 issuer = issuer.url(),
                 ci_issuer = ci_issuer.url(),
                 identities = yaml_str(&identities_file),
@@ -334,8 +337,7 @@ impl Stack {
             nats_server,
             nats_url,
             ca_pem,
-            sandbox,
-            admin_token,
+            cluster,
             issuer,
             ci_issuer,
             evidence,
@@ -395,7 +397,7 @@ impl Stack {
     }
 
     /// Stops the proxy (draining), then the evidence service once the ledger has caught up
-    /// with the stream, then the sandbox, the issuer and NATS. Returns the ledger's head.
+    /// with the stream, then the cluster, the issuer and NATS. Returns the ledger's head.
     pub async fn stop(self) -> Result<gatehouse_evidence::Head> {
         self.proxy_stop.cancel();
         let _ = self.proxy_task.await;
@@ -416,7 +418,7 @@ impl Stack {
             .evidence_task
             .await
             .context("the evidence task failed")?;
-        self.sandbox.shutdown().await;
+        self.cluster.stop().await;
         self.issuer.shutdown().await;
         self.ci_issuer.shutdown().await;
         if let Some(mut server) = self.nats_server {
@@ -427,32 +429,109 @@ impl Stack {
     }
 }
 
-/// Runs the sandbox stack until `shutdown` is cancelled, then stops it in order.
-pub async fn run_sandbox(options: UpOptions, shutdown: CancellationToken) -> Result<()> {
-    let stack = Stack::start(
-        &options.data_dir,
-        options.nats_url.as_deref(),
-        options.listen,
-    )
-    .await?;
+/// Starts (or checks) the cluster and returns it with the proxy's `upstream:` settings (YAML,
+/// indented under `upstream:`).
+async fn start_cluster(
+    upstream: &Upstream,
+    dir: &Path,
+    ca: &LocalCa,
+    ca_file: &Path,
+    sans: &[&str],
+    seed_demo: bool,
+) -> Result<(Cluster, String)> {
+    let token_file = dir.join("upstream").join("proxy.token");
+    match upstream {
+        Upstream::ControlPlane => {
+            let cluster = cluster::start_control_plane(dir, &token_file, seed_demo).await?;
+            let plane = cluster.control_plane().context("the control plane")?;
+            let yaml = format!(
+                "  url: {url}\n  ca_file: {ca}\n  token_file: {token}\n",
+                url = plane.url(),
+                ca = yaml_str(plane.ca_file()),
+                token = yaml_str(&token_file),
+            );
+            Ok((cluster, yaml))
+        }
+        Upstream::Sandbox => {
+            let proxy_token = random_token();
+            let admin_token = random_token();
+            kubeconfig::write_private(&token_file, &proxy_token)
+                .context("writing the proxy's sandbox token")?;
+            let sandbox_cert = ca.issue_server_cert(sans)?;
+            let handle = Sandbox::start(
+                SandboxConfig {
+                    rbac: RbacConfig::demo(&proxy_token, &admin_token),
+                    seed: true,
+                },
+                TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .context("binding the sandbox")?,
+                server_tls_config(&sandbox_cert.cert_pem, &sandbox_cert.key_pem)?,
+            )
+            .await?;
+            let yaml = format!(
+                "  url: {url}\n  ca_file: {ca}\n  token_file: {token}\n",
+                url = handle.url(),
+                ca = yaml_str(ca_file),
+                token = yaml_str(&token_file),
+            );
+            Ok((
+                Cluster::Sandbox {
+                    handle,
+                    admin_token,
+                },
+                yaml,
+            ))
+        }
+        Upstream::Kubeconfig { file, context } => {
+            let file = absolute(file)?;
+            let (user, url) = cluster::check_external(&file, context.as_deref()).await?;
+            let mut yaml = format!("  kubeconfig: {}\n", yaml_str(&file));
+            if let Some(context) = context {
+                yaml.push_str(&format!(
+                    "  context: {}\n",
+                    serde_json::to_string(context).unwrap_or_default()
+                ));
+            }
+            let origin = format!(
+                "{url} as {user} (kubeconfig {}{})",
+                file.display(),
+                context
+                    .as_deref()
+                    .map(|c| format!(", context {c}"))
+                    .unwrap_or_default()
+            );
+            Ok((Cluster::External { url, origin }, yaml))
+        }
+    }
+}
+
+/// Runs the stack until `shutdown` is cancelled, then stops it in order.
+pub async fn run(options: UpOptions, shutdown: CancellationToken) -> Result<()> {
+    match &options.stack.upstream {
+        Upstream::ControlPlane => eprintln!(
+            "Starting a local Kubernetes control plane (etcd, kube-apiserver, \
+             kube-controller-manager, kube-scheduler, kwok nodes) and the demo cluster in it…"
+        ),
+        Upstream::Sandbox => eprintln!("Starting the Kubernetes sandbox…"),
+        Upstream::Kubeconfig { file, .. } => {
+            eprintln!("Checking the credential in {}…", file.display())
+        }
+    }
+    let stack = tokio::select! {
+        stack = Stack::start(&options.data_dir, &options.stack) => stack?,
+        () = shutdown.cancelled() => anyhow::bail!("interrupted while starting"),
+    };
     for identity in IDENTITIES {
         stack.demo_kubeconfig(identity.principal, identity.namespace)?;
     }
-    let admin = kubeconfig::render(
-        "sandbox",
-        &stack.sandbox.url(),
-        &stack.ca_pem,
-        "sandbox-admin",
-        &stack.admin_token,
-        "default",
-    );
-    kubeconfig::write_private(
-        &stack
-            .dir
-            .join("kubeconfigs")
-            .join("sandbox-admin.kubeconfig"),
-        &admin,
-    )?;
+    let admin_kubeconfig = stack.dir.join("kubeconfigs").join("cluster-admin.kubeconfig");
+    match stack.cluster.admin_kubeconfig(&stack.ca_pem, "default") {
+        Some(admin) => kubeconfig::write_private(&admin_kubeconfig, &admin)?,
+        None => {
+            let _ = std::fs::remove_file(&admin_kubeconfig);
+        }
+    }
     print_guide(&options, &stack);
 
     shutdown.cancelled().await;
@@ -469,10 +548,9 @@ pub async fn run_sandbox(options: UpOptions, shutdown: CancellationToken) -> Res
 
 fn print_guide(options: &UpOptions, stack: &Stack) {
     let dir = &stack.dir;
-    let (proxy, admin, sandbox, issuer, nats) = (
+    let (proxy, admin, issuer, nats) = (
         stack.proxy_url(),
         stack.proxy_admin_url(),
-        stack.sandbox.url(),
         stack.issuer.url(),
         &stack.nats_url,
     );
@@ -483,16 +561,18 @@ fn print_guide(options: &UpOptions, stack: &Stack) {
             .to_string()
     };
     let mut guide = format!(
-        "\nGatehouse is up (sandbox mode). Data: {data}\n\n\
+        "\nGatehouse is up. Data: {data}\n\n\
          \x20 proxy    {proxy}   <- kubectl talks to this\n\
          \x20 admin    {admin}    (proxy /healthz /readyz /metrics)\n\
-         \x20 sandbox  {sandbox}   (the Kubernetes API behind it)\n\
+         \x20 cluster  {cluster}   ({what})\n\
          \x20 issuer   {issuer}    (demo OIDC issuer)\n\
          \x20 nats     {nats}     (JetStream; every event is acked here first)\n\
          \x20 approval {approval}    (approval service: chat callbacks and `approvals` API)\n\
          \x20 ledger   {ledger}\n\n\
          Kubeconfigs:\n",
         data = dir.display(),
+        cluster = stack.cluster.url(),
+        what = stack.cluster.describe(),
         ledger = dir.join("ledger").display(),
         approval = stack.approval_url(),
     );
@@ -505,6 +585,27 @@ fn print_guide(options: &UpOptions, stack: &Stack) {
             identity.summary
         ));
     }
+    if stack.cluster.admin_kubeconfig(&stack.ca_pem, "default").is_some() {
+        guide.push_str(&format!(
+            "  {:<14} {}\n  {:<14} straight to the cluster as its admin, bypassing Gatehouse (for comparison)\n",
+            "cluster-admin",
+            kc("cluster-admin"),
+            ""
+        ));
+    }
+    if let Some(plane) = stack.cluster.control_plane() {
+        guide.push_str(&format!(
+            "\nThe cluster's own audit log (joins the ledger by Audit-ID = Gatehouse's request id): {}\n",
+            plane.audit_log().display()
+        ));
+    }
+    if matches!(stack.cluster, Cluster::External { .. }) {
+        guide.push_str(
+            "\nThe demo identities are users of your cluster now: its RBAC decides what they may \
+             do after Gatehouse's policy. deploy/demo/cluster.yaml has RBAC for them (review it \
+             before applying it to a cluster of yours).\n",
+        );
+    }
     guide.push_str(&format!(
         "\nTry:\n\
          \x20 export KUBECONFIG={ci}\n\
@@ -513,6 +614,7 @@ fn print_guide(options: &UpOptions, stack: &Stack) {
          \x20 kubectl delete configmap demo                     # allowed\n\
          \x20 kubectl get secrets -n prod                       # denied by Gatehouse policy\n\
          \x20 kubectl get pods -n prod                          # allowed: CI reads elsewhere\n\
+         \x20 kubectl auth whoami                               # who the cluster sees: ci-deployer, impersonated\n\
          \x20 kubectl --kubeconfig {ro} get pods -n prod\n\
          \x20 kubectl --kubeconfig {ro} get configmaps -n kube-system   # Gatehouse allows it; the cluster's RBAC refuses\n\
          \x20 kubectl --kubeconfig {ro} get secrets -n apps             # denied by Gatehouse policy\n\
@@ -520,7 +622,6 @@ fn print_guide(options: &UpOptions, stack: &Stack) {
          \x20 kubectl get secret db-credentials -o yaml       # values masked (base64 of gatehouse:masked)\n\
          \x20 kubectl exec web -- sh -c 'echo hi; exit 3'     # relayed and recorded; exit code 3\n\
          \x20 kubectl exec -n prod api -- sh                  # denied: no shells outside apps\n\
-         \x20 kubectl port-forward pod/web 8080:PORT          # reaches 127.0.0.1:PORT on this machine\n\
          \x20 {invocation} policy explain --policy {policy} --as ci-deployer exec pods/exec -n prod web --command sh\n\n\
          Approvals (deletes in prod wait for an SRE's vote; no chat account needed):\n\
          \x20 kubectl delete configmap settings -n prod &      # held until someone approves\n\

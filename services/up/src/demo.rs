@@ -32,51 +32,12 @@ pub const IDENTITIES: [DemoIdentity; 3] = [
     },
 ];
 
-pub const IDENTITIES_YAML: &str = r#"# Gatehouse identity registry: every machine principal and who answers for it.
-# A principal that is not listed here is denied, whatever its token says.
-identities:
-  - principal: ci-deployer
-    owner: alice@example.com
-    team: platform
-    purpose: Deploys the apps namespace from CI
-    groups: [deployers]
-  - principal: readonly-bot
-    owner: bob@example.com
-    team: observability
-    purpose: Reads cluster state for dashboards
-    groups: [readers]
-  # A GitHub Actions workflow, from the second (GitHub-shaped) demo issuer: only its `prod`
-  # environment is registered, so the same workflow on a pull request is denied.
-  - principal: github:acme/deploy@prod
-    owner: carol@example.com
-    team: platform
-    purpose: The acme/deploy workflow's prod environment deploys apps
-    groups: [deployers]
-# `intruder` has a valid token from the demo issuer but is deliberately absent.
-"#;
+pub const IDENTITIES_YAML: &str = include_str!("../../../deploy/demo/identities.yaml");
 
 /// Who may vote on holds in the demo: chat accounts map to these identities (the Slack,
 /// Teams and Discord ids are the local fakes' users), and `gatehouse approvals vote --as`
 /// uses their demo tokens.
-pub const APPROVERS_YAML: &str = r#"# Gatehouse approver registry: which chat account is which accountable person.
-# Votes count only through these ids, never by display name.
-approvers:
-  - identity: alice@example.com
-    groups: [sre, platform-leads]
-    slack: U0ALICE01
-    teams: "29:alice-aad-object"
-    discord: "100000000000000001"
-  - identity: bob@example.com
-    groups: [sre]
-    slack: U0BOB0001
-    teams: "29:bob-aad-object"
-    discord: "100000000000000002"
-  - identity: carol@example.com
-    groups: [security]
-    slack: U0CAROL01
-    teams: "29:carol-aad-object"
-    discord: "100000000000000003"
-"#;
+pub const APPROVERS_YAML: &str = include_str!("../../../deploy/demo/approvers.yaml");
 
 /// The demo auditor: a token with group `auditors` for the evidence service's auditor API.
 pub const AUDITOR: &str = "auditor@example.com";

@@ -1,0 +1,74 @@
+//! `gatehouse up` as a user runs it: clear errors before anything starts.
+
+use std::process::{Command, Output};
+
+fn up(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gatehouse-up"));
+    command.args(args);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().expect("running gatehouse-up")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn without_nats_server_it_says_how_to_get_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-nats-server");
+    let out = up(
+        &["--sandbox", "--data-dir", dir.path().to_str().unwrap()],
+        &[("GATEHOUSE_NATS_SERVER", missing.as_os_str())],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("nats-server was not found"), "{stderr}");
+    assert!(stderr.contains("apt-get install nats-server"), "{stderr}");
+    assert!(stderr.contains("--nats-url"), "{stderr}");
+}
+
+#[test]
+fn sandbox_and_kubeconfig_exclude_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = up(
+        &[
+            "--sandbox",
+            "--kubeconfig",
+            "k",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot be used with"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_kubeconfig_that_cannot_be_used_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("exec.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: k\n  cluster: {server: 'https://127.0.0.1:1'}\n\
+         users:\n- name: u\n  user:\n    exec: {apiVersion: client.authentication.k8s.io/v1, command: aws}\n\
+         contexts:\n- name: c\n  context: {cluster: k, user: u}\n",
+    )
+    .unwrap();
+    let out = up(
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("exec.kubeconfig"), "{stderr}");
+    assert!(stderr.contains("exec"), "{stderr}");
+}
