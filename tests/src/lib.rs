@@ -614,13 +614,21 @@ impl TestBed {
         }
     }
 
-    /// Everything the cluster has received so far, once every request the stream shows as
-    /// forwarded is in it (the apiserver writes its audit event as the response completes,
-    /// which can be just after the client has it).
+    /// Every request the cluster has received from the proxy so far, once every request the
+    /// stream shows as forwarded is in it (the apiserver writes its audit event as the response
+    /// completes, which can be just after the client has it).
     pub async fn upstream_requests(&self) -> Result<Vec<UpstreamRequest>> {
         let cluster = &self.stack().cluster;
+        let proxy = self.proxy_identity();
+        let from_proxy =
+            move |r: &UpstreamRequest| r.authenticated_user.as_deref() == Some(proxy);
         if let Some(sandbox) = cluster.sandbox() {
-            return Ok(sandbox.requests().into_iter().map(UpstreamRequest::from).collect());
+            return Ok(sandbox
+                .requests()
+                .into_iter()
+                .map(UpstreamRequest::from)
+                .filter(from_proxy)
+                .collect());
         }
         let plane = cluster
             .control_plane()
@@ -640,10 +648,32 @@ impl TestBed {
                 forwarded
                     .iter()
                     .all(|id| audit.iter().any(|e| &e.audit_id == id))
-                    .then(|| UpstreamRequest::from_audit(&audit))
+                    .then(|| {
+                        UpstreamRequest::from_audit(&audit)
+                            .into_iter()
+                            .filter(from_proxy)
+                            .collect()
+                    })
             },
         )
         .await
+    }
+
+    /// What the cluster has recorded from the proxy so far, without waiting for anything (for
+    /// when NATS is down and the stream cannot say what to wait for). [`TestBed::finish`]
+    /// checks the whole audit log against the ledger in the end.
+    pub fn upstream_requests_now(&self) -> Result<Vec<UpstreamRequest>> {
+        let cluster = &self.stack().cluster;
+        let proxy = self.proxy_identity();
+        let all: Vec<UpstreamRequest> = match (cluster.sandbox(), cluster.control_plane()) {
+            (Some(sandbox), _) => sandbox.requests().into_iter().map(UpstreamRequest::from).collect(),
+            (None, Some(plane)) => UpstreamRequest::from_audit(&plane.audit_events()?),
+            (None, None) => bail!("this test bed's cluster records no requests"),
+        };
+        Ok(all
+            .into_iter()
+            .filter(|r| r.authenticated_user.as_deref() == Some(proxy))
+            .collect())
     }
 
     /// Watches through the proxy the cluster is still serving.

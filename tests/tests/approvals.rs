@@ -9,11 +9,14 @@ use gatehouse_tests::{BedOptions, DEADLINE, Event, TestBed, eventually};
 type Result = anyhow::Result<()>;
 
 /// Requests that reached the cluster with `method` at a path ending in `suffix`.
-fn reached(bed: &TestBed, method: &str, suffix: &str) -> usize {
-    bed.sandbox_requests()
+async fn reached(bed: &TestBed, method: &str, suffix: &str) -> anyhow::Result<usize> {
+    Ok(bed
+        .upstream_requests()
+        .await?
         .iter()
+        .filter(|r| r.authenticated_user.as_deref() == Some(bed.proxy_identity()))
         .filter(|r| r.method == method && r.path.ends_with(suffix))
-        .count()
+        .count())
 }
 
 fn of<'a>(events: &'a [Event], subject: &str, name: &str) -> Vec<&'a Event> {
@@ -28,18 +31,18 @@ fn of<'a>(events: &'a [Event], subject: &str, name: &str) -> Vec<&'a Event> {
 fn approvers_with_requester() -> (String, String) {
     let text = format!(
         "{}  - identity: ci-deployer\n    groups: [sre]\n",
-        gatehouse::demo::APPROVERS_YAML
+        gatehouse_up::demo::APPROVERS_YAML
     );
     ("approvers.yaml".into(), text)
 }
 
 /// The demo policy with prod deletes expiring after two seconds.
 fn policy_with_short_holds() -> (String, String) {
-    let text = gatehouse::demo::POLICY_YAML.replace(
+    let text = gatehouse_up::demo::POLICY_YAML.replace(
         "      hold_timeout: 10m\n      grant_window: 15m\n",
         "      hold_timeout: 2s\n",
     );
-    assert_ne!(text, gatehouse::demo::POLICY_YAML);
+    assert_ne!(text, gatehouse_up::demo::POLICY_YAML);
     ("policy.yaml".into(), text)
 }
 
@@ -88,7 +91,7 @@ async fn a_held_delete_goes_through_once_approved_and_its_grant_admits_the_next(
     assert_eq!(hold.owner.as_deref(), Some("alice@example.com"));
     assert_eq!(hold.approver_groups, ["sre"]);
     // Held means held: the cluster has not seen it.
-    assert_eq!(reached(&bed, "DELETE", "/configmaps/one"), 0);
+    assert_eq!(reached(&bed, "DELETE", "/configmaps/one").await?, 0);
 
     let result = bob
         .vote(&hold.approval_id, Ballot::Approve, Some("cleanup is fine"))
@@ -106,7 +109,7 @@ async fn a_held_delete_goes_through_once_approved_and_its_grant_admits_the_next(
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("configmap \"one\" deleted"), "{stdout}");
-    assert_eq!(reached(&bed, "DELETE", "/configmaps/one"), 1);
+    assert_eq!(reached(&bed, "DELETE", "/configmaps/one").await?, 1);
 
     // The approval opened a grant: the same kind of delete passes without a vote.
     let grants = bob.grants().await?;
@@ -272,7 +275,7 @@ async fn a_denied_hold_is_refused_with_its_approval_id_and_only_approvers_may_vo
     ] {
         assert!(message.contains(part), "{message} lacks {part}");
     }
-    assert_eq!(reached(&bed, "DELETE", "/configmaps/settings"), 0);
+    assert_eq!(reached(&bed, "DELETE", "/configmaps/settings").await?, 0);
 
     let finished = bed.finish().await?;
     let events = &finished.events;
@@ -307,7 +310,7 @@ async fn a_hold_nobody_decides_expires() -> Result {
         .await?;
     assert!(!out.success);
     assert!(out.stderr.contains("expired"), "{}", out.stderr);
-    assert_eq!(reached(&bed, "DELETE", "/pods/api"), 0);
+    assert_eq!(reached(&bed, "DELETE", "/pods/api").await?, 0);
     let bob = bed.approvals_as("bob@example.com")?;
     let holds = bob.list(true).await?;
     assert_eq!(holds.len(), 1);
@@ -348,7 +351,7 @@ async fn a_client_that_goes_away_withdraws_its_hold() -> Result {
         vote.refusal.as_deref().unwrap_or("").contains("withdrawn"),
         "{vote:?}"
     );
-    assert_eq!(reached(&bed, "DELETE", "/pods/api"), 0);
+    assert_eq!(reached(&bed, "DELETE", "/pods/api").await?, 0);
 
     let finished = bed.finish().await?;
     let events = of(&finished.events, &hold.request_id, "request.withdrawn");

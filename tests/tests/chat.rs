@@ -57,6 +57,7 @@ impl ChatBed {
         let bed = TestBed::start_with(BedOptions {
             config_files,
             approval_channels: channels,
+            ..BedOptions::default()
         })
         .await?;
         Ok(Self {
@@ -113,11 +114,11 @@ fn of<'a>(events: &'a [Event], subject: &str, name: &str) -> Vec<&'a Event> {
 }
 
 fn policy_with_quorum_two() -> (String, String) {
-    let text = gatehouse::demo::POLICY_YAML.replace(
+    let text = gatehouse_up::demo::POLICY_YAML.replace(
         "      approver_groups: [sre]\n      quorum: 1\n",
         "      approver_groups: [sre]\n      quorum: 2\n",
     );
-    assert_ne!(text, gatehouse::demo::POLICY_YAML);
+    assert_ne!(text, gatehouse_up::demo::POLICY_YAML);
     ("policy.yaml".into(), text)
 }
 

@@ -21,12 +21,15 @@ fn now() -> i64 {
         .unwrap_or_default()
 }
 
-/// Kubernetes requests the sandbox received at paths containing `needle`.
-fn reached_cluster(bed: &TestBed, needle: &str) -> usize {
-    bed.sandbox_requests()
+/// Kubernetes requests the cluster received from the proxy at paths containing `needle`.
+async fn reached_cluster(bed: &TestBed, needle: &str) -> anyhow::Result<usize> {
+    Ok(bed
+        .upstream_requests()
+        .await?
         .iter()
+        .filter(|r| r.authenticated_user.as_deref() == Some(bed.proxy_identity()))
         .filter(|r| r.path.contains(needle))
-        .count()
+        .count())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,16 +48,23 @@ async fn an_allowed_request_is_recorded_then_forwarded_as_the_caller() -> Result
 
     // The cluster saw the proxy's own credential, impersonating the caller and its groups.
     let listed = bed
-        .sandbox_requests()
+        .upstream_requests()
+        .await?
         .into_iter()
         .find(|r| r.path == "/api/v1/namespaces/apps/pods" && r.method == "GET")
         .expect("the list reached the cluster");
     assert_eq!(
         listed.authenticated_user.as_deref(),
-        Some("gatehouse-proxy")
+        Some(bed.proxy_identity())
     );
     assert_eq!(listed.impersonated_user.as_deref(), Some("ci-deployer"));
-    assert_eq!(listed.impersonated_groups, vec!["deployers".to_owned()]);
+    // The apiserver adds system:authenticated to any impersonated user.
+    assert_eq!(
+        listed.impersonated_groups,
+        ["deployers", "system:authenticated"]
+    );
+    // Its audit event carries Gatehouse's request id.
+    assert!(listed.audit_id.is_some());
     assert_eq!(listed.effective_user.as_deref(), Some("ci-deployer"));
 
     // One request, followed event by event.
@@ -104,7 +114,7 @@ async fn an_allowed_request_is_recorded_then_forwarded_as_the_caller() -> Result
     let forwarded = events[1].data();
     assert_eq!(forwarded["impersonated_user"], "ci-deployer");
     assert_eq!(forwarded["impersonated_groups"], json!(["deployers"]));
-    assert_eq!(forwarded["upstream"], bed.stack().sandbox.url());
+    assert_eq!(forwarded["upstream"], bed.stack().cluster.url());
 
     let completed = events[2].data();
     assert_eq!(completed["status"], 200);
@@ -141,18 +151,16 @@ async fn callers_cannot_impersonate_anyone_else() -> Result {
         .await?;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let seen = bed
-        .sandbox_requests()
+        .upstream_requests()
+        .await?
         .into_iter()
         .find(|r| r.path == "/api/v1/namespaces/kube-system/configmaps")
         .expect("the request reached the cluster");
     assert_eq!(seen.impersonated_user.as_deref(), Some("ci-deployer"));
-    assert_eq!(seen.impersonated_groups, vec!["deployers".to_owned()]);
-    assert!(
-        !seen
-            .header_names
-            .iter()
-            .any(|h| h == "impersonate-extra-scopes")
-    );
+    assert_eq!(seen.impersonated_groups, ["deployers", "system:authenticated"]);
+    // No extra reached the cluster (an extra the proxy had passed on would be refused: the
+    // proxy may not impersonate userextras).
+    assert_eq!(seen.status, 200);
 
     // A properly signed token claiming Kubernetes' own groups does not get them upstream.
     let greedy = bed.sign(&json!({
@@ -167,13 +175,14 @@ async fn callers_cannot_impersonate_anyone_else() -> Result {
         200
     );
     let seen = bed
-        .sandbox_requests()
+        .upstream_requests()
+        .await?
         .into_iter()
         .find(|r| r.path == "/api/v1/namespaces/apps/secrets")
         .expect("the request reached the cluster");
     assert_eq!(
         seen.impersonated_groups,
-        vec!["release-managers".to_owned(), "deployers".to_owned()]
+        ["release-managers", "deployers", "system:authenticated"]
     );
 
     // kubectl --as is the same header, and gets the same treatment: readonly-bot may not
@@ -192,7 +201,8 @@ async fn callers_cannot_impersonate_anyone_else() -> Result {
         .await?;
     assert!(out.success, "{}", out.stderr);
     let created = bed
-        .sandbox_requests()
+        .upstream_requests()
+        .await?
         .into_iter()
         .find(|r| r.method == "POST" && r.path == "/api/v1/namespaces/apps/configmaps")
         .expect("the create reached the cluster");
@@ -350,8 +360,8 @@ async fn a_policy_denial_is_a_status_and_never_reaches_the_cluster() -> Result {
         reply.body
     );
 
-    assert_eq!(reached_cluster(&bed, "/namespaces/prod/secrets"), 0);
-    assert!(!bed.sandbox_requests().iter().any(|r| r.method == "DELETE"));
+    assert_eq!(reached_cluster(&bed, "/namespaces/prod/secrets").await?, 0);
+    assert!(!bed.upstream_requests().await?.iter().any(|r| r.method == "DELETE"));
     bed.finish().await?;
     Ok(())
 }
@@ -381,7 +391,8 @@ async fn an_unknown_identity_is_denied_everything() -> Result {
         assert_eq!(events[1].data()["reason"], "unknown_identity");
     }
     assert!(
-        !bed.sandbox_requests()
+        !bed.upstream_requests()
+        .await?
             .iter()
             .any(|r| r.impersonated_user.as_deref() == Some("intruder"))
     );
@@ -560,7 +571,7 @@ async fn bad_tokens_are_refused_before_anything_is_forwarded() -> Result {
         out.stderr
     );
 
-    assert_eq!(reached_cluster(&bed, "/api/v1/namespaces/apps/pods"), 0);
+    assert_eq!(reached_cluster(&bed, "/api/v1/namespaces/apps/pods").await?, 0);
     bed.finish().await?;
     Ok(())
 }
@@ -622,7 +633,7 @@ async fn when_nats_is_down_nothing_is_forwarded() -> Result {
     // A client in the middle of its work: discovery is cached, so what fails is the request.
     let warm = bed.kubectl("ci-deployer", &["get", "pods"]).await?;
     assert!(warm.success, "{}", warm.stderr);
-    let before = bed.sandbox_requests().len();
+    let before = bed.upstream_requests().await?.len();
 
     bed.stack_mut()
         .nats_server
@@ -653,7 +664,7 @@ async fn when_nats_is_down_nothing_is_forwarded() -> Result {
         out.stderr
     );
     assert_eq!(
-        bed.sandbox_requests().len(),
+        bed.upstream_requests_now()?.len(),
         before,
         "a request reached the cluster while NATS was down"
     );
@@ -678,6 +689,22 @@ async fn when_nats_is_down_nothing_is_forwarded() -> Result {
     Ok(())
 }
 
+/// Reads a watch's lines until `name` (the cluster's own `kube-root-ca.crt` may come first).
+async fn initial_list_includes(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    name: &str,
+) -> Result {
+    let mut seen = Vec::new();
+    loop {
+        let line = tokio::time::timeout(DEADLINE, lines.next_line()).await??;
+        match line {
+            Some(line) if line == name => return Ok(()),
+            Some(line) => seen.push(line),
+            None => anyhow::bail!("the watch ended before {name}: {seen:?}"),
+        }
+    }
+}
+
 /// A response that ends while NATS is down is still recorded: `response.completed` is sent
 /// again (same `Nats-Msg-Id`) until NATS is back, and recorded once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -687,8 +714,7 @@ async fn a_response_that_ends_while_nats_is_down_is_recorded_when_it_returns() -
     let mut bed = TestBed::start().await?;
     let mut watch = bed.kubectl_spawn("ci-deployer", &["get", "configmaps", "-w", "-o", "name"])?;
     let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
-    let first = tokio::time::timeout(DEADLINE, lines.next_line()).await??;
-    assert_eq!(first.as_deref(), Some("configmap/web-config"));
+    initial_list_includes(&mut lines, "configmap/web-config").await?;
 
     bed.stack_mut()
         .nats_server
@@ -745,7 +771,7 @@ async fn when_nats_cannot_ack_in_time_nothing_is_forwarded() -> Result {
             .status,
         200
     );
-    let before = bed.sandbox_requests().len();
+    let before = bed.upstream_requests().await?.len();
 
     let nats = bed.stack().nats_server.as_ref().expect("nats-server");
     nats.pause();
@@ -761,7 +787,7 @@ async fn when_nats_cannot_ack_in_time_nothing_is_forwarded() -> Result {
         "refused before the publish timeout"
     );
     assert_eq!(
-        bed.sandbox_requests().len(),
+        bed.upstream_requests_now()?.len(),
         before,
         "forwarded without an ack"
     );
@@ -795,8 +821,7 @@ async fn watches_stream_and_disconnects_are_recorded() -> Result {
     let mut watch = bed.kubectl_spawn("ci-deployer", &["get", "configmaps", "-w", "-o", "name"])?;
     let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
     // The initial list arrives first...
-    let first = tokio::time::timeout(DEADLINE, lines.next_line()).await??;
-    assert_eq!(first.as_deref(), Some("configmap/web-config"));
+    initial_list_includes(&mut lines, "configmap/web-config").await?;
     // ...then a change made while the response is still open.
     let created = bed
         .kubectl(

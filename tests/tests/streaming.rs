@@ -93,18 +93,17 @@ async fn chunked_lists_continue_through_the_masking_proxy() -> Result {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_goes_away_ends_its_watch_in_the_cluster() -> Result {
     let bed = TestBed::start().await?;
-    let sandbox = &bed.stack().sandbox;
-    assert_eq!(sandbox.open_watches(), 0);
+    assert_eq!(bed.upstream_open_watches()?, 0);
     // A long watch (masked: secrets) through the proxy...
     let mut watch = bed.kubectl_spawn("ci-deployer", &["get", "secrets", "-n", "apps", "-w"])?;
     eventually("the watch to reach the cluster", DEADLINE, || async {
-        (sandbox.open_watches() == 1).then_some(())
+        (bed.upstream_open_watches().ok()? == 1).then_some(())
     })
     .await?;
     // ...ends upstream as soon as the client hangs up, not at its timeout.
     watch.kill().await?;
     eventually("the cluster to see the watch end", DEADLINE, || async {
-        (sandbox.open_watches() == 0).then_some(())
+        (bed.upstream_open_watches().ok()? == 0).then_some(())
     })
     .await?;
     let finished = bed.finish().await?;

@@ -1,7 +1,6 @@
 //! The `gatehouse` command line.
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -24,13 +24,13 @@ use gatehouse_proxy::request_info;
 use gatehouse_sandbox::issuer::{Issuer, IssuerKeys};
 use http::HeaderMap;
 
-/// The audience the demo issuer mints for (`gatehouse::demo::AUDIENCE`).
+/// The audience the demo issuer mints for (`gatehouse_up::demo::AUDIENCE`).
 const AUDIENCE: &str = "gatehouse";
 
 /// How a response body arrives at the masker (hyper's frames are of this order).
 const CHUNK: usize = 16 * 1024;
 
-/// The demo policy `gatehouse up --sandbox` starts with (`gatehouse::demo::POLICY_YAML` reads
+/// The demo policy `gatehouse up --sandbox` starts with (`gatehouse_up::demo::POLICY_YAML` reads
 /// the same file): 13 rules and the `app-secrets` mask profile.
 const DEMO_POLICY_YAML: &str = include_str!("../../../deploy/demo/policy.yaml");
 
@@ -276,7 +276,7 @@ fn parse(c: &mut Criterion) {
 // ---------------------------------------------------------------------------------------------
 // Policy decisions
 
-/// An identity as the demo registry resolves it (`gatehouse::demo::IDENTITIES_YAML`).
+/// An identity as the demo registry resolves it (`gatehouse_up::demo::IDENTITIES_YAML`).
 fn identity(principal: &str, owner: &str, team: &str, groups: &[&str]) -> Identity {
     Identity {
         issuer: "http://127.0.0.1:5556".into(),
