@@ -22,12 +22,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
-use gatehouse_up::{Stack, StackOptions, Upstream};
 use gatehouse_bus::{Bus, BusConfig};
 use gatehouse_events::schema::{SchemaSet, default_dir};
 use gatehouse_evidence::Ledger;
 use gatehouse_evidence::verify;
 use gatehouse_proxy::http_client::{HttpsClient, client_tls, https_client};
+use gatehouse_up::{Stack, StackOptions, Upstream};
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -620,8 +620,7 @@ impl TestBed {
     pub async fn upstream_requests(&self) -> Result<Vec<UpstreamRequest>> {
         let cluster = &self.stack().cluster;
         let proxy = self.proxy_identity();
-        let from_proxy =
-            move |r: &UpstreamRequest| r.authenticated_user.as_deref() == Some(proxy);
+        let from_proxy = move |r: &UpstreamRequest| r.authenticated_user.as_deref() == Some(proxy);
         if let Some(sandbox) = cluster.sandbox() {
             return Ok(sandbox
                 .requests()
@@ -666,7 +665,11 @@ impl TestBed {
         let cluster = &self.stack().cluster;
         let proxy = self.proxy_identity();
         let all: Vec<UpstreamRequest> = match (cluster.sandbox(), cluster.control_plane()) {
-            (Some(sandbox), _) => sandbox.requests().into_iter().map(UpstreamRequest::from).collect(),
+            (Some(sandbox), _) => sandbox
+                .requests()
+                .into_iter()
+                .map(UpstreamRequest::from)
+                .collect(),
             (None, Some(plane)) => UpstreamRequest::from_audit(&plane.audit_events()?),
             (None, None) => bail!("this test bed's cluster records no requests"),
         };
@@ -674,6 +677,28 @@ impl TestBed {
             .into_iter()
             .filter(|r| r.authenticated_user.as_deref() == Some(proxy))
             .collect())
+    }
+
+    fn control_plane(&self) -> Result<&gatehouse_controlplane::ControlPlane> {
+        self.stack()
+            .cluster
+            .control_plane()
+            .context("this test bed's cluster is not the local control plane")
+    }
+
+    /// Makes kwok forward every port of pod `namespace/name` to `127.0.0.1:target`.
+    pub async fn forward_pod_ports(&self, namespace: &str, name: &str, target: u16) -> Result<()> {
+        Ok(self
+            .control_plane()?
+            .forward_pod_ports(namespace, name, target)
+            .await?)
+    }
+
+    /// Appends lines to what pod `namespace/name`'s containers print (`kubectl logs`).
+    pub async fn append_pod_log(&self, namespace: &str, name: &str, lines: &[&str]) -> Result<()> {
+        let path = self.control_plane()?.pod_log(namespace, name).await?;
+        gatehouse_controlplane::files::append_container_log(&path, lines)
+            .with_context(|| format!("appending to {}", path.display()))
     }
 
     /// Watches through the proxy the cluster is still serving.
@@ -926,7 +951,9 @@ pub fn cross_check_audit(
             .map(|u| u.username.as_str())
             .unwrap_or_default();
         if impersonated != principal {
-            bail!("request {id}: the ledger's caller is {principal:?}, the apiserver impersonated {impersonated:?}");
+            bail!(
+                "request {id}: the ledger's caller is {principal:?}, the apiserver impersonated {impersonated:?}"
+            );
         }
         if let Some(groups) = data["identity"]["groups"].as_array() {
             let audited: Vec<&str> = entry
@@ -948,7 +975,8 @@ pub fn cross_check_audit(
             // Connections: the apiserver's verb is the HTTP one (get or create).
             "exec" | "attach" | "portforward" | "proxy" => object.subresource == verb.as_str(),
             _ if info["is_resource_request"] == false => {
-                entry.verb == verb && entry.request_uri.split('?').next() == Some(&text(&info["path"]))
+                entry.verb == verb
+                    && entry.request_uri.split('?').next() == Some(&text(&info["path"]))
             }
             _ => entry.verb == verb,
         };

@@ -827,12 +827,13 @@ async fn followed_logs_stream_until_kubectl_goes_away() -> Result {
     let mut follow = bed.kubectl_spawn("ci-deployer", &["logs", "-f", "web", "-n", "apps"])?;
     let mut stdout = follow.stdout.take().expect("stdout is piped");
     let mut text = String::new();
-    // The log so far, then a line the sandbox writes a second later: it streams.
+    // The log so far, then a line the container prints while kubectl follows: it streams.
     read_until(&mut stdout, &mut text, "the log's head", |t| {
         t.contains("container web of pod apps/web started")
     })
     .await?;
     let head_lines = text.lines().count();
+    bed.append_pod_log("apps", "web", &["heartbeat 1"]).await?;
     read_until(&mut stdout, &mut text, "a streamed line", |t| {
         t.contains("heartbeat 1\n")
     })
@@ -978,11 +979,13 @@ stringData:
     let last = get.last().expect("the get");
     assert_eq!(last.data()["record"], "request");
     assert!(last.data()["content"].is_null());
-    // A rule without `record:` keeps the policy's default.
+    // What no rule decides (discovery, allowed by default) keeps the policy's default.
     let discovery = finished
         .events
         .iter()
-        .find(|e| e.name() == "request.received" && e.data()["decision"]["rule"] == "discovery")
+        .find(|e| {
+            e.name() == "request.received" && e.data()["decision"]["rule"] == "default:discovery"
+        })
         .expect("kubectl read discovery");
     assert_eq!(discovery.data()["record"], "metadata");
 
@@ -1110,10 +1113,8 @@ fn role_binding(name: &str, role: &str) -> String {
 
 const ROLE_BINDINGS: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/apps/rolebindings";
 
-/// The sandbox serves only the core API group, so kubectl cannot map `kind: RoleBinding` for
-/// `apply` (it would stop at discovery, before sending anything); `kubectl create --raw` posts
-/// the same JSON object to the same URL without discovery. What reaches the guardrail is
-/// what `apply` would have sent.
+/// `kubectl create --raw` posts exactly the JSON object given; kubectl's typed `create
+/// rolebinding` sends protobuf.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_guardrails_refuse_cluster_admin_bindings_and_unreadable_bodies() -> Result {
     let (bed, _logs) = start().await?;
@@ -1133,8 +1134,8 @@ async fn body_guardrails_refuse_cluster_admin_bindings_and_unreadable_bodies() -
         .unwrap_or_else(|| panic!("kubectl did not print the refusal: {}", admin.stderr));
     assert!(said.contains("rule no-cluster-admin-bindings"), "{said}");
 
-    // Binding `view` passes Gatehouse (deployer-apps) and goes to the cluster, which serves no
-    // RBAC API and refuses it: its own answer comes back as it is.
+    // Binding `view` passes Gatehouse (deployer-apps) and the cluster's RBAC (ci-deployer
+    // holds everything in apps, so it may bind view there).
     let view = bed
         .kubectl_stdin(
             "ci-deployer",
@@ -1142,38 +1143,65 @@ async fn body_guardrails_refuse_cluster_admin_bindings_and_unreadable_bodies() -
             &role_binding("make-viewer", "view"),
         )
         .await?;
-    assert!(!view.success, "{}", view.stdout);
-    assert!(
-        view.stderr.contains("Error from server") && !view.stderr.contains("gatehouse:"),
-        "{}",
-        view.stderr
-    );
+    assert!(view.success, "{}", view.stderr);
 
-    // kubectl's typed commands send protobuf, which the body guardrail cannot read: the deny
-    // rule fails closed, and the message says why and what to do instead.
-    let typed = bed
-        .kubectl(
-            "ci-deployer",
-            &[
-                "create",
-                "rolebinding",
-                "x",
-                "--clusterrole=view",
-                "--user=u",
-                "-n",
-                "apps",
-            ],
-        )
-        .await?;
-    assert!(!typed.success, "{}", typed.stdout);
-    let said = typed
+    // kubectl's typed commands send protobuf: the guardrail reads it as the same object.
+    let typed = |name: &'static str, role: &'static str| {
+        let bed = &bed;
+        async move {
+            let clusterrole = format!("--clusterrole={role}");
+            bed.kubectl(
+                "ci-deployer",
+                &[
+                    "create",
+                    "rolebinding",
+                    name,
+                    &clusterrole,
+                    "--user=u",
+                    "-n",
+                    "apps",
+                ],
+            )
+            .await
+        }
+    };
+    let typed_admin = typed("typed-admin", "cluster-admin").await?;
+    assert!(!typed_admin.success, "{}", typed_admin.stdout);
+    let said = typed_admin
         .stderr
         .lines()
         .find(|l| l.contains("gatehouse:"))
-        .unwrap_or_else(|| panic!("kubectl did not print the refusal: {}", typed.stderr));
+        .unwrap_or_else(|| panic!("kubectl did not print the refusal: {}", typed_admin.stderr));
     assert!(said.contains("rule no-cluster-admin-bindings"), "{said}");
-    assert!(said.contains("protobuf"), "{said}");
-    assert!(said.contains("JSON"), "{said}");
+    assert!(!said.contains("cannot read"), "{said}");
+    let typed_viewer = typed("typed-viewer", "view").await?;
+    assert!(typed_viewer.success, "{}", typed_viewer.stderr);
+    let bound = bed
+        .admin_kubectl(&["get", "rolebinding", "typed-viewer", "-o", "json"], None)
+        .await?;
+    assert_eq!(json_of(&bound)["roleRef"]["name"], "view");
+
+    // Protobuf Gatehouse cannot read still fails closed, saying why.
+    let token = format!("Bearer {}", bed.mint("ci-deployer")?);
+    let garbled = bed
+        .request_with(
+            "POST",
+            ROLE_BINDINGS,
+            &[
+                ("authorization", token.as_str()),
+                ("content-type", "application/vnd.kubernetes.protobuf"),
+            ],
+            Some("k8s\u{0}not a protobuf envelope"),
+        )
+        .await?;
+    assert_eq!(garbled.status, 403, "{}", garbled.body);
+    let message = garbled.body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("rule no-cluster-admin-bindings"),
+        "{message}"
+    );
+    assert!(message.contains("protobuf"), "{message}");
+    assert!(message.contains("JSON"), "{message}");
 
     let reached = bed.upstream_requests().await?;
     let proxy = bed.proxy_identity();
@@ -1188,33 +1216,33 @@ async fn body_guardrails_refuse_cluster_admin_bindings_and_unreadable_bodies() -
             )
         })
         .collect();
+    let (deny, allow) = (json!("deny"), json!("allow"));
+    let (guard, apps) = (json!("no-cluster-admin-bindings"), json!("deployer-apps"));
     assert_eq!(
         decisions,
         [
-            (&json!("deny"), &json!("no-cluster-admin-bindings")),
-            (&json!("allow"), &json!("deployer-apps")),
-            (&json!("deny"), &json!("no-cluster-admin-bindings")),
+            (&deny, &guard),
+            (&allow, &apps),
+            (&deny, &guard),
+            (&allow, &apps),
+            (&deny, &guard),
         ]
     );
-    outcome(&finished.events, creates[1], "request.forwarded");
-    let answered = outcome(&finished.events, creates[1], "response.completed");
-    assert!(
-        answered.data()["status"]
-            .as_u64()
-            .is_some_and(|s| (400..500).contains(&s)),
-        "{}",
-        answered.data()
-    );
-    let typed_reason = creates[2].data()["decision"]["reason"]
+    for allowed in [creates[1], creates[3]] {
+        outcome(&finished.events, allowed, "request.forwarded");
+        let answered = outcome(&finished.events, allowed, "response.completed");
+        assert_eq!(answered.data()["status"], 201, "{}", answered.data());
+    }
+    let garbled_reason = creates[4].data()["decision"]["reason"]
         .as_str()
         .unwrap_or("");
-    assert!(typed_reason.contains("protobuf"), "{typed_reason}");
-    // Only the allowed binding reached the cluster.
+    assert!(garbled_reason.contains("protobuf"), "{garbled_reason}");
+    // Only the allowed bindings reached the cluster.
     let posted: Vec<_> = reached
         .iter()
         .filter(|r| r.path.contains("rolebindings"))
         .collect();
-    assert_eq!(posted.len(), 1, "{posted:?}");
+    assert_eq!(posted.len(), 2, "{posted:?}");
     assert_cluster_saw_only_recorded(&reached, proxy, &finished.events);
     Ok(())
 }
@@ -1375,7 +1403,10 @@ async fn hostile_requests_get_a_status_and_nothing_unrecorded_is_forwarded() -> 
         .expect("the get reached the cluster");
     assert_eq!(seen.impersonated_user.as_deref(), Some("ci-deployer"));
     assert_eq!(seen.effective_user.as_deref(), Some("ci-deployer"));
-    assert_eq!(seen.impersonated_groups, ["deployers", "system:authenticated"]);
+    assert_eq!(
+        seen.impersonated_groups,
+        ["deployers", "system:authenticated"]
+    );
     // The caller's Impersonate-Uid did not pass: the proxy may not impersonate uids, so the
     // cluster would have refused the request.
     assert_eq!(seen.status, 200);

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use gatehouse::replay::{self, ReplayOptions};
-use gatehouse_tests::{DEADLINE, Event, TestBed, eventually};
+use gatehouse_tests::{BedOptions, DEADLINE, Event, TestBed, eventually};
+use gatehouse_up::Upstream;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 type Result = anyhow::Result<()>;
@@ -45,8 +46,24 @@ fn chunk_text(events: &[&Event], channel: &str) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-async fn exec_records_outputs_and_exit_code(spdy: bool) -> Result {
-    let bed = TestBed::start().await?;
+/// How the command's failure reaches the client: kwok (the control plane's fake kubelet) says
+/// "exit status N" in an error, a kubelet (and the sandbox, which behaves as one here) sends the
+/// exit code itself. Either way the proxy relays the status channel as it came.
+#[derive(Clone, Copy, PartialEq)]
+enum Kubelet {
+    Kwok,
+    ReportsExitCodes,
+}
+
+async fn exec_records_outputs_and_exit_code(spdy: bool, kubelet: Kubelet) -> Result {
+    let bed = TestBed::start_with(BedOptions {
+        upstream: match kubelet {
+            Kubelet::Kwok => Upstream::ControlPlane,
+            Kubelet::ReportsExitCodes => Upstream::Sandbox,
+        },
+        ..BedOptions::default()
+    })
+    .await?;
     let mut command = bed.kubectl_command_as(
         "ci-deployer",
         &[
@@ -66,9 +83,16 @@ async fn exec_records_outputs_and_exit_code(spdy: bool) -> Result {
     let output = tokio::time::timeout(DEADLINE, command.stdin(Stdio::null()).output()).await??;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
+    let exit_code = match kubelet {
+        Kubelet::ReportsExitCodes => Some(3),
+        Kubelet::Kwok => {
+            assert!(stderr.contains("exit status 3"), "{stderr}");
+            Some(1)
+        }
+    };
     assert_eq!(
         output.status.code(),
-        Some(3),
+        exit_code,
         "stdout {stdout} stderr {stderr}"
     );
     assert!(stdout.contains("out-line"), "{stdout}");
@@ -100,8 +124,14 @@ async fn exec_records_outputs_and_exit_code(spdy: bool) -> Result {
     );
     let ended = session_events(&finished.events, "session.ended");
     assert_eq!(ended.len(), 1);
-    assert_eq!(ended[0].data()["exit_code"], 3);
     assert_eq!(ended[0].data()["end"], "closed");
+    match kubelet {
+        Kubelet::ReportsExitCodes => assert_eq!(ended[0].data()["exit_code"], 3),
+        Kubelet::Kwok => {
+            let message = ended[0].data()["message"].as_str().unwrap_or_default();
+            assert!(message.contains("exit status 3"), "{}", ended[0].data());
+        }
+    }
 
     // The ledger replays it.
     let recording = replay::load(&finished.data_dir, &session_id)?;
@@ -117,19 +147,27 @@ async fn exec_records_outputs_and_exit_code(spdy: bool) -> Result {
         transcript.contains("out-line") && transcript.contains("err-line"),
         "{transcript}"
     );
-    assert!(transcript.contains("exit code 3"), "{transcript}");
+    if kubelet == Kubelet::ReportsExitCodes {
+        assert!(transcript.contains("exit code 3"), "{transcript}");
+    }
     assert!(transcript.contains("ci-deployer"), "{transcript}");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_over_websocket_is_relayed_and_recorded() -> Result {
-    exec_records_outputs_and_exit_code(false).await
+    exec_records_outputs_and_exit_code(false, Kubelet::Kwok).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_over_spdy_is_relayed_and_recorded() -> Result {
-    exec_records_outputs_and_exit_code(true).await
+    exec_records_outputs_and_exit_code(true, Kubelet::Kwok).await
+}
+
+/// kwok does not pass exit codes on; the sandbox's kubelet protocol does, as a kubelet does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exit_code_from_the_kubelet_reaches_kubectl_and_the_record() -> Result {
+    exec_records_outputs_and_exit_code(false, Kubelet::ReportsExitCodes).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +176,8 @@ async fn exec_stdin_is_recorded_before_it_reaches_the_pod() -> Result {
     let out = bed
         .kubectl_stdin(
             "ci-deployer",
-            &["exec", "-i", "web", "-n", "apps", "--", "cat"],
+            // One line: kwok does not pass the end of stdin on, so `cat` would never end.
+            &["exec", "-i", "web", "-n", "apps", "--", "head", "-n", "1"],
             "typed-by-the-bot\n",
         )
         .await?;
@@ -239,7 +278,8 @@ async fn a_tty_session_is_recorded_and_exports_as_asciicast() -> Result {
     assert!(seen.contains("tty-says-42"), "{seen}");
     stdin.write_all(b"exit 5\n").await?;
     let status = tokio::time::timeout(DEADLINE, child.wait()).await??;
-    assert_eq!(status.code(), Some(5));
+    // kwok reports the shell's exit as an error naming it (see exec_records_outputs_…).
+    assert_eq!(status.code(), Some(1));
 
     let finished = bed.finish().await?;
     let started = session_events(&finished.events, "session.started");
@@ -251,9 +291,12 @@ async fn a_tty_session_is_recorded_and_exports_as_asciicast() -> Result {
             && e.data()["resize"] == serde_json::json!({"width": 100, "height": 30})),
         "the terminal size was recorded"
     );
-    assert_eq!(
-        session_events(&finished.events, "session.ended")[0].data()["exit_code"],
-        5
+    let ended = session_events(&finished.events, "session.ended")[0].data();
+    assert!(
+        ended["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("exit status 5")),
+        "{ended}"
     );
 
     let recording = replay::load(&finished.data_dir, &session_id)?;
@@ -304,6 +347,8 @@ async fn echo_server() -> anyhow::Result<(u16, tokio::task::JoinHandle<()>)> {
 async fn port_forward_reaches_a_real_port(spdy: bool) -> Result {
     let bed = TestBed::start().await?;
     let (port, _server) = echo_server().await?;
+    // kwok forwards the pod's ports where it is told: here, to the echo server.
+    bed.forward_pod_ports("apps", "web", port).await?;
     let target = format!(":{port}");
     let mut command = bed.kubectl_command_as(
         "ci-deployer",

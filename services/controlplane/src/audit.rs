@@ -67,7 +67,12 @@ pub fn read(path: &Path) -> Result<Vec<AuditEvent>, ControlPlaneError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(ControlPlaneError::Io(format!("reading {}", path.display()), e)),
+        Err(e) => {
+            return Err(ControlPlaneError::Io(
+                format!("reading {}", path.display()),
+                e,
+            ));
+        }
     };
     let complete = text.rsplit_once('\n').map_or("", |(lines, _)| lines);
     complete
@@ -75,7 +80,10 @@ pub fn read(path: &Path) -> Result<Vec<AuditEvent>, ControlPlaneError> {
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
             serde_json::from_str(line).map_err(|e| {
-                ControlPlaneError::Http(format!("{}: an audit event that does not parse: {e}", path.display()))
+                ControlPlaneError::Http(format!(
+                    "{}: an audit event that does not parse: {e}",
+                    path.display()
+                ))
             })
         })
         .collect()
@@ -95,7 +103,10 @@ mod tests {
         assert_eq!(events.len(), 1);
         let event = &events[0];
         assert_eq!(event.audit_id, "01J");
-        assert_eq!(event.impersonated_user.as_ref().unwrap().username, "ci-deployer");
+        assert_eq!(
+            event.impersonated_user.as_ref().unwrap().username,
+            "ci-deployer"
+        );
         assert_eq!(event.object_ref.as_ref().unwrap().namespace, "apps");
         assert_eq!(event.response_status.as_ref().unwrap().code, 200);
         assert!(read(&dir.path().join("absent")).unwrap().is_empty());

@@ -224,15 +224,21 @@ impl Files {
                 "",
             ),
             // kwok plays every kubelet: node and pod status, leases, its own kinds.
-            (&files.kwok_kubeconfig, random_token(), "kwok", "system:masters"),
+            (
+                &files.kwok_kubeconfig,
+                random_token(),
+                "kwok",
+                "system:masters",
+            ),
         ] {
             tokens.push_str(&format!("{token},{user},{user},\"{groups}\"\n"));
             write_private(kubeconfig, &kubeconfig_text(&server, &ca_pem, user, &token))?;
         }
         write_private(&files.tokens, &tokens)?;
         write(&files.audit_policy, AUDIT_POLICY)?;
-        std::fs::create_dir_all(&files.exec_dir)
-            .map_err(|e| ControlPlaneError::Io(format!("creating {}", files.exec_dir.display()), e))?;
+        std::fs::create_dir_all(&files.exec_dir).map_err(|e| {
+            ControlPlaneError::Io(format!("creating {}", files.exec_dir.display()), e)
+        })?;
         write(&files.container_log, "")?;
         write(
             &files.kwok_config,
@@ -444,6 +450,11 @@ fn kubeconfig_text(server: &str, ca_pem: &str, user: &str, token: &str) -> Strin
         "current-context": "local",
     });
     config.to_string()
+}
+
+/// Creates an empty file (and its directory).
+pub fn write_new(path: &Path) -> Result<(), ControlPlaneError> {
+    write(path, "")
 }
 
 fn write(path: &Path, text: &str) -> Result<(), ControlPlaneError> {

@@ -371,10 +371,18 @@ impl ControlPlane {
         self.wait_until(
             "the controller manager (the default ServiceAccount in namespace default)",
             || async {
-                self.kubectl(&["get", "serviceaccount", "default", "-n", "default", "-o", "name"])
-                    .await
-                    .ok()
-                    .filter(|out| out.trim() == "serviceaccount/default")
+                self.kubectl(&[
+                    "get",
+                    "serviceaccount",
+                    "default",
+                    "-n",
+                    "default",
+                    "-o",
+                    "name",
+                ])
+                .await
+                .ok()
+                .filter(|out| out.trim() == "serviceaccount/default")
             },
         )
         .await?;
@@ -382,16 +390,31 @@ impl ControlPlane {
         self.apply(files::PROBE_POD).await?;
         self.wait_until("a probe pod to be scheduled and Running", || async {
             let phase = self
-                .kubectl(&["get", "pod", files::PROBE_POD_NAME, "-n", "kube-system", "-o", "jsonpath={.spec.nodeName}/{.status.phase}"])
+                .kubectl(&[
+                    "get",
+                    "pod",
+                    files::PROBE_POD_NAME,
+                    "-n",
+                    "kube-system",
+                    "-o",
+                    "jsonpath={.spec.nodeName}/{.status.phase}",
+                ])
                 .await
                 .ok()?;
             let (node, phase) = phase.split_once('/')?;
             (!node.is_empty() && phase == "Running").then_some(())
         })
         .await?;
-        self.kubectl(&["delete", "pod", files::PROBE_POD_NAME, "-n", "kube-system", "--wait=false"])
-            .await
-            .map(drop)
+        self.kubectl(&[
+            "delete",
+            "pod",
+            files::PROBE_POD_NAME,
+            "-n",
+            "kube-system",
+            "--wait=false",
+        ])
+        .await
+        .map(drop)
     }
 
     /// Polls `check` every 100 ms until it answers, failing early if a process has exited.
@@ -517,7 +540,12 @@ impl ControlPlane {
     ) -> Result<String, ControlPlaneError> {
         let output = self
             .binaries
-            .kubectl_command(&self.files.admin_kubeconfig, &self.dir.join("kubectl"), args, stdin)
+            .kubectl_command(
+                &self.files.admin_kubeconfig,
+                &self.dir.join("kubectl"),
+                args,
+                stdin,
+            )
             .await
             .map_err(|e| ControlPlaneError::Kubectl {
                 args: args.join(" "),
@@ -558,7 +586,15 @@ impl ControlPlane {
     ) -> Result<String, ControlPlaneError> {
         let duration = format!("{}s", ttl.as_secs());
         let token = self
-            .kubectl(&["create", "token", name, "-n", namespace, "--duration", &duration])
+            .kubectl(&[
+                "create",
+                "token",
+                name,
+                "-n",
+                namespace,
+                "--duration",
+                &duration,
+            ])
             .await?;
         Ok(token.trim().to_owned())
     }
@@ -576,10 +612,49 @@ impl ControlPlane {
         if let Some(ns) = namespace {
             args.extend(["-n", ns]);
         }
-        self.wait_until(&format!("{user} to be allowed to {verb} {resource}"), || async {
-            let out = self.kubectl(&args).await.ok()?;
-            (out.trim() == "yes").then_some(())
-        })
+        self.wait_until(
+            &format!("{user} to be allowed to {verb} {resource}"),
+            || async {
+                let out = self.kubectl(&args).await.ok()?;
+                (out.trim() == "yes").then_some(())
+            },
+        )
+        .await
+    }
+
+    /// Gives pod `namespace/name` a log of its own (what `kubectl logs` and `attach` read
+    /// through kwok, instead of the file all containers share) and returns its path; append to
+    /// it with [`files::append_container_log`].
+    pub async fn pod_log(&self, namespace: &str, name: &str) -> Result<PathBuf, ControlPlaneError> {
+        let path = self
+            .dir
+            .join("pods")
+            .join(format!("{namespace}_{name}.log"));
+        if !path.exists() {
+            files::write_new(&path)?;
+        }
+        let file = serde_json::to_string(&path.display().to_string()).unwrap_or_default();
+        self.apply(&format!(
+            "apiVersion: kwok.x-k8s.io/v1alpha1\nkind: Logs\nmetadata: {{name: {name}, namespace: {namespace}}}\n\
+             spec:\n  logs:\n  - logsFile: {file}\n    follow: true\n---\n\
+             apiVersion: kwok.x-k8s.io/v1alpha1\nkind: Attach\nmetadata: {{name: {name}, namespace: {namespace}}}\n\
+             spec:\n  attaches:\n  - logsFile: {file}\n"
+        ))
+        .await?;
+        Ok(path)
+    }
+
+    /// Makes kwok forward every port of pod `namespace/name` to `127.0.0.1:target`.
+    pub async fn forward_pod_ports(
+        &self,
+        namespace: &str,
+        name: &str,
+        target: u16,
+    ) -> Result<(), ControlPlaneError> {
+        self.apply(&format!(
+            "apiVersion: kwok.x-k8s.io/v1alpha1\nkind: PortForward\nmetadata: {{name: {name}, namespace: {namespace}}}\n\
+             spec:\n  forwards:\n  - target: {{address: 127.0.0.1, port: {target}}}\n"
+        ))
         .await
     }
 

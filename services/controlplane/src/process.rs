@@ -84,7 +84,12 @@ impl Supervisor {
             .map_err(|_| ControlPlaneError::Stopped(name.into()))?
             .map_err(|e| ControlPlaneError::Io(format!("starting {}", program.display()), e))?;
         let pid = child.id();
-        tracing::debug!(name, pid, pdeathsig = self.pdeathsig, "control plane process started");
+        tracing::debug!(
+            name,
+            pid,
+            pdeathsig = self.pdeathsig,
+            "control plane process started"
+        );
         self.lock().push((name, child));
         Ok(pid)
     }

@@ -30,7 +30,10 @@ async fn a_real_control_plane_runs_workloads_and_stops_cleanly() -> Result {
 
     let version = plane.kubectl(&["version", "-o", "json"]).await?;
     let version: serde_json::Value = serde_json::from_str(&version)?;
-    assert_eq!(version["serverVersion"]["gitVersion"], "v1.36.3", "{version}");
+    assert_eq!(
+        version["serverVersion"]["gitVersion"], "v1.36.3",
+        "{version}"
+    );
 
     plane
         .apply(
@@ -42,18 +45,45 @@ async fn a_real_control_plane_runs_workloads_and_stops_cleanly() -> Result {
         .await?;
     until("the Deployment's two pods to run", || async {
         plane
-            .kubectl(&["get", "pods", "-n", "work", "-l", "app=web", "-o", "jsonpath={.items[*].status.phase}"])
+            .kubectl(&[
+                "get",
+                "pods",
+                "-n",
+                "work",
+                "-l",
+                "app=web",
+                "-o",
+                "jsonpath={.items[*].status.phase}",
+            ])
             .await
             .is_ok_and(|out| out.split_whitespace().filter(|p| *p == "Running").count() == 2)
     })
     .await?;
     let pod = plane
-        .kubectl(&["get", "pods", "-n", "work", "-l", "app=web", "-o", "jsonpath={.items[0].metadata.name}"])
+        .kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            "work",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ])
         .await?;
 
     // exec runs through the apiserver to kwok, which runs the command locally.
     let out = plane
-        .kubectl(&["exec", "-n", "work", &pod, "--", "sh", "-c", "echo from-kwok"])
+        .kubectl(&[
+            "exec",
+            "-n",
+            "work",
+            &pod,
+            "--",
+            "sh",
+            "-c",
+            "echo from-kwok",
+        ])
         .await?;
     assert_eq!(out.trim(), "from-kwok");
     let failed = plane
@@ -65,16 +95,28 @@ async fn a_real_control_plane_runs_workloads_and_stops_cleanly() -> Result {
     // not pass exit codes on, as a kubelet would).
     assert!(failed.contains("exit status 3"), "{failed}");
 
-    gatehouse_controlplane::files::append_container_log(plane.container_log(), &["hello from the container"])?;
+    gatehouse_controlplane::files::append_container_log(
+        plane.container_log(),
+        &["hello from the container"],
+    )?;
     let logs = plane.kubectl(&["logs", "-n", "work", &pod]).await?;
     assert!(logs.contains("hello from the container"), "{logs}");
 
     // The namespace controller finishes a namespace deletion; the garbage collector takes
     // the ReplicaSet and pods with it.
-    plane.kubectl(&["delete", "namespace", "work", "--wait=false"]).await?;
+    plane
+        .kubectl(&["delete", "namespace", "work", "--wait=false"])
+        .await?;
     until("namespace work to be gone", || async {
         plane
-            .kubectl(&["get", "namespace", "work", "--ignore-not-found", "-o", "name"])
+            .kubectl(&[
+                "get",
+                "namespace",
+                "work",
+                "--ignore-not-found",
+                "-o",
+                "name",
+            ])
             .await
             .is_ok_and(|out| out.trim().is_empty())
     })
@@ -84,7 +126,9 @@ async fn a_real_control_plane_runs_workloads_and_stops_cleanly() -> Result {
     assert!(
         // Server-side apply: a patch, with its body.
         audit.iter().any(|e| e.verb == "patch"
-            && e.object_ref.as_ref().is_some_and(|o| o.resource == "deployments")
+            && e.object_ref
+                .as_ref()
+                .is_some_and(|o| o.resource == "deployments")
             && e.request_object.is_some()),
         "the audit log records writes with their bodies"
     );
@@ -93,7 +137,11 @@ async fn a_real_control_plane_runs_workloads_and_stops_cleanly() -> Result {
         .iter()
         .filter_map(|name| pid_of(dir.path(), name))
         .collect();
-    assert_eq!(pids.len(), 2, "etcd and kube-apiserver run from this directory");
+    assert_eq!(
+        pids.len(),
+        2,
+        "etcd and kube-apiserver run from this directory"
+    );
     plane.stop();
     for pid in pids {
         assert!(
@@ -107,11 +155,16 @@ async fn a_real_control_plane_runs_workloads_and_stops_cleanly() -> Result {
 /// The pid of a process whose command line names `binary` and mentions `dir`.
 fn pid_of(dir: &std::path::Path, binary: &str) -> Option<u32> {
     let dir = dir.canonicalize().ok()?.display().to_string();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        (cmdline.contains(&format!("/{binary} ")) && cmdline.contains(&dir) && !cmdline.starts_with("/usr/bin/setpriv"))
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (cmdline.contains(&format!("/{binary} "))
+                && cmdline.contains(&dir)
+                && !cmdline.starts_with("/usr/bin/setpriv"))
             .then_some(pid)
-    })
+        })
 }

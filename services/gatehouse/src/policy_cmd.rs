@@ -58,9 +58,15 @@ pub struct ExplainArgs {
     /// A group of the caller (repeat for several); added to the registry's.
     #[arg(long = "group", value_name = "GROUP")]
     groups: Vec<String>,
-    /// The identity registry: adds the principal's groups and says if it is unknown.
-    #[arg(long, value_name = "REGISTRY_FILE")]
+    /// The identity registry the proxy uses: adds the principal's groups, and an identity not
+    /// in it gets the proxy's answer for unknown identities. Default: `identities.yaml` beside
+    /// the policy; without one, explain refuses (unless --no-registry).
+    #[arg(long, value_name = "REGISTRY_FILE", conflicts_with = "no_registry")]
     identities: Option<PathBuf>,
+    /// Explain for a caller with only the --group groups given, as if registered, without a
+    /// registry (the proxy itself always has one).
+    #[arg(long)]
+    no_registry: bool,
     /// get, list, watch, create, update, patch, delete, deletecollection, exec, attach,
     /// portforward, proxy (or an HTTP method for a non-resource URL).
     verb: String,
@@ -274,7 +280,28 @@ fn explain(args: ExplainArgs) -> Result<ExitCode> {
         groups: args.groups.clone(),
         attributes: Default::default(),
     };
-    if let Some(path) = &args.identities {
+    let registry = match (&args.identities, args.no_registry) {
+        (Some(path), _) => Some(path.clone()),
+        (None, true) => None,
+        (None, false) => {
+            let beside = args
+                .policy
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join("identities.yaml");
+            if !beside.is_file() {
+                anyhow::bail!(
+                    "no identity registry: the proxy answers from its registry (groups, unknown \
+                     identities), and {} is not there. Pass --identities FILE, or --no-registry \
+                     to explain for a caller with only the --group groups given",
+                    beside.display()
+                );
+            }
+            notes.push(format!("identity registry: {}", beside.display()));
+            Some(beside)
+        }
+    };
+    if let Some(path) = &registry {
         let registry_text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read identity registry {}", path.display()))?;
         let registry = gatehouse_proxy::identity::Registry::from_yaml(&registry_text)
@@ -286,13 +313,6 @@ fn explain(args: ExplainArgs) -> Result<ExitCode> {
             groups: identity.groups,
             attributes: identity.attributes,
         });
-        if !identity.registered {
-            notes.push(format!(
-                "{} is not in the identity registry: the proxy denies it before policy is \
-                 consulted (unknown identity)",
-                args.principal
-            ));
-        }
     }
     let body = body(&args, &mut notes)?;
     let input = PolicyInput {
@@ -302,7 +322,16 @@ fn explain(args: ExplainArgs) -> Result<ExitCode> {
         body: body.as_ref().map(|(b, _)| b.as_slice()),
         content_type: body.as_ref().map(|(_, t)| t.as_str()),
     };
-    let explanation = policy::explain(&policy, &input);
+    let explanation = if identity.registered {
+        policy::explain(&policy, &input)
+    } else {
+        notes.push(format!(
+            "{} is not in the identity registry: the proxy consults no rule for it and allows \
+             only API discovery (defaults.allow_discovery)",
+            args.principal
+        ));
+        policy::explain_unregistered(&policy, &input)
+    };
     println!(
         "request: {} {} as {} (groups: {})",
         request.verb,

@@ -159,6 +159,35 @@ fn check_exits_1_on_lint_errors_and_0_on_warnings() {
     let out = gatehouse(&["policy", "check", s(&warned)]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     assert!(text(&out.stdout).contains("warning[secrets-without-mask]"));
+
+    // The demo's old mistake: an approve rule above a deny lets the approved delete through.
+    let partly = file(
+        dir.path(),
+        "partly.yaml",
+        "rules:\n  - id: delete-prod\n    action: approve\n    identities: [ci]\n    verbs: [delete]\n    resources: [\"*\"]\n    namespaces: [prod]\n    approval: {approver_groups: [sre]}\n  - id: no-secrets\n    action: deny\n    identities: [ci]\n    verbs: [\"*\"]\n    resources: [secrets]\n",
+    );
+    let out = gatehouse(&["policy", "check", s(&partly)]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "{}:9:5: warning[partly-shadowed]: deny rule no-secrets does not apply to every request it names: the earlier approve rule delete-prod (line 2) decides delete secrets in namespace prod first",
+            s(&partly)
+        )),
+        "{stdout}"
+    );
+    // The other way round is the usual exception-first idiom: nothing to say.
+    let exception_first = file(
+        dir.path(),
+        "exception.yaml",
+        "rules:\n  - id: no-secrets\n    action: deny\n    identities: [ci]\n    verbs: [\"*\"]\n    resources: [secrets]\n  - id: delete-prod\n    action: approve\n    identities: [ci]\n    verbs: [delete]\n    resources: [\"*\"]\n    namespaces: [prod]\n    approval: {approver_groups: [sre]}\n",
+    );
+    let out = gatehouse(&["policy", "check", s(&exception_first)]);
+    assert!(
+        !text(&out.stdout).contains("partly-shadowed"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
@@ -178,8 +207,19 @@ fn help_states_the_exit_codes() {
     );
 }
 
+/// The demo policy with the demo registry beside it, as `gatehouse up` writes them.
 fn demo_policy(dir: &Path) -> PathBuf {
+    file(dir, "identities.yaml", DEMO_IDENTITIES);
     file(dir, "policy.yaml", DEMO_POLICY)
+}
+
+/// The line of rule `id` in the demo policy.
+fn demo_line(id: &str) -> usize {
+    DEMO_POLICY
+        .lines()
+        .position(|l| l.trim() == format!("- id: {id}"))
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("no rule {id} in the demo policy"))
 }
 
 #[test]
@@ -201,7 +241,11 @@ fn explain_names_the_deciding_rule_and_why_the_others_missed() {
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     assert!(
-        stdout.starts_with("request: list secrets in namespace \"prod\" as ci-deployer (groups: none)\ndecision: deny by rule deployer-no-secrets-elsewhere\n"),
+        stdout.starts_with("request: list secrets in namespace \"prod\" as ci-deployer (groups: deployers)\nnote: identity registry: "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\ndecision: deny by rule deployer-no-secrets-elsewhere\n"),
         "{stdout}"
     );
     assert!(
@@ -209,20 +253,117 @@ fn explain_names_the_deciding_rule_and_why_the_others_missed() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("1. discovery (line 19) [allow] no match: verb list is not in verbs [get]"),
+        stdout.contains("1. deployer-sessions-apps (line 22) [allow] no match: verb list is not in verbs [exec, attach, portforward]"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("8. deployer-apps (line 89) [allow] no match: namespace prod is not in namespaces [apps]"),
+        stdout.contains(&format!(
+            "5. deployer-apps (line {}) [allow] no match: namespace prod is not in namespaces [apps]",
+            demo_line("deployer-apps")
+        )),
         "{stdout}"
     );
     assert!(
-        stdout.contains("9. deployer-no-secrets-elsewhere (line 99) [deny] MATCH"),
+        stdout.contains(&format!(
+            "6. deployer-no-secrets-elsewhere (line {}) [deny] MATCH",
+            demo_line("deployer-no-secrets-elsewhere")
+        )),
         "{stdout}"
     );
     assert!(
-        !stdout.contains("10. "),
+        !stdout.contains("7. "),
         "stops at the deciding rule: {stdout}"
+    );
+}
+
+/// The demo says "never secrets outside apps": not even a delete in prod with an approval.
+#[test]
+fn the_demo_never_lets_ci_delete_a_secret_in_prod() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = demo_policy(dir.path());
+    let out = gatehouse(&[
+        "policy",
+        "explain",
+        "--policy",
+        s(&policy),
+        "--as",
+        "ci-deployer",
+        "delete",
+        "secrets",
+        "db",
+        "-n",
+        "prod",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("decision: deny by rule deployer-no-secrets-elsewhere"),
+        "{stdout}"
+    );
+    // A configmap there still waits for an SRE.
+    let out = gatehouse(&[
+        "policy",
+        "explain",
+        "--policy",
+        s(&policy),
+        "--as",
+        "ci-deployer",
+        "delete",
+        "configmaps",
+        "api-config",
+        "-n",
+        "prod",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("decision: hold for approval by rule deployer-delete-prod"),
+        "{stdout}"
+    );
+}
+
+/// Without a registry explain would answer for a caller with no groups, which is not what the
+/// proxy does: it uses the one beside the policy, or refuses.
+#[test]
+fn explain_uses_the_registry_beside_the_policy_or_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = file(dir.path(), "policy.yaml", DEMO_POLICY);
+    let args = [
+        "policy",
+        "explain",
+        "--policy",
+        s(&policy),
+        "--as",
+        "readonly-bot",
+        "list",
+        "pods",
+        "-n",
+        "prod",
+    ];
+    let out = gatehouse(&args);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("no identity registry"), "{stderr}");
+    assert!(
+        stderr.contains("--identities") && stderr.contains("--no-registry"),
+        "{stderr}"
+    );
+    // Without a registry readonly-bot has no group, so the readers rules do not apply.
+    let mut without = args.to_vec();
+    without.push("--no-registry");
+    let out = gatehouse(&without);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("default deny"),
+        "{}",
+        text(&out.stdout)
+    );
+    file(dir.path(), "identities.yaml", DEMO_IDENTITIES);
+    let out = gatehouse(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("(groups: readers)"), "{stdout}");
+    assert!(
+        stdout.contains("decision: allow by rule readers"),
+        "{stdout}"
     );
 }
 
@@ -327,15 +468,14 @@ fn explain_reads_a_body_file_and_the_identity_registry() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("4. no-cluster-admin-bindings (line 43) [deny] no match: body: body[0] does not hold: no value at roleRef.name matches"),
+        stdout.contains(&format!(
+            "3. no-cluster-admin-bindings (line {}) [deny] no match: body: body[0] does not hold: no value at roleRef.name matches",
+            demo_line("no-cluster-admin-bindings")
+        )),
         "{stdout}"
     );
 
-    let registry = file(
-        dir.path(),
-        "identities.yaml",
-        DEMO_IDENTITIES,
-    );
+    let registry = file(dir.path(), "identities.yaml", DEMO_IDENTITIES);
     let out = gatehouse(&[
         "policy",
         "explain",
@@ -378,7 +518,25 @@ fn explain_reads_a_body_file_and_the_identity_registry() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("decision: allow by rule discovery"),
+        stdout.contains("decision: allow by rule default:discovery"),
+        "{stdout}"
+    );
+    // Anything else: what the proxy answers an unknown identity, whatever the rules say.
+    let out = gatehouse(&[
+        "policy",
+        "explain",
+        "--policy",
+        s(&policy),
+        "--as",
+        "intruder",
+        "list",
+        "pods",
+        "-n",
+        "apps",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("decision: deny (unknown identity)"),
         "{stdout}"
     );
 }

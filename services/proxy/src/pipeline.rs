@@ -324,9 +324,24 @@ impl Pipeline {
         let identity = self.registry.resolve(&token);
         ctx.identity = Some(identity.clone());
         if !identity.registered {
-            return Err(Rejection::UnknownIdentity {
-                principal: identity.principal,
-            });
+            // Discovery only (policy::baseline), so that a client shows the refusal of the
+            // request it actually makes; no rule is consulted for an unknown identity.
+            let policy = self.policy.current();
+            let Some(permit) = policy.unregistered(&ctx.info) else {
+                return Err(Rejection::UnknownIdentity {
+                    principal: identity.principal,
+                });
+            };
+            seen.record = permit.record();
+            let body = self.read_body(headers, body).await?;
+            return Ok(Admission::Allowed(Admitted {
+                permit,
+                identity,
+                body,
+                profile: None,
+                grant: None,
+                released: None,
+            }));
         }
         // Read before policy so body guardrails see what would be forwarded; only for
         // authenticated, registered callers.

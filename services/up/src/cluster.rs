@@ -149,9 +149,11 @@ impl Cluster {
 /// `seed` applies the demo cluster and waits until it runs: its pods Running and its RBAC in
 /// force.
 pub async fn start_control_plane(dir: &Path, token_file: &Path, seed: bool) -> Result<Cluster> {
-    let plane = ControlPlane::start(gatehouse_controlplane::Options::new(dir.join("controlplane")))
-        .await
-        .context("starting the local control plane")?;
+    let plane = ControlPlane::start(gatehouse_controlplane::Options::new(
+        dir.join("controlplane"),
+    ))
+    .await
+    .context("starting the local control plane")?;
     plane
         .apply(PROXY_RBAC_YAML)
         .await
@@ -230,6 +232,42 @@ pub async fn seed_demo(plane: &ControlPlane) -> Result<()> {
         plane
             .wait_for_access(user, verb, resource, Some(namespace))
             .await?;
+    }
+    // Each demo pod prints something of its own (the web app logs a token its mask profile
+    // hides).
+    for (namespace, pod, lines) in [
+        (
+            "apps",
+            "web",
+            &[
+                "container web of pod apps/web started",
+                "listening on :8080",
+                "connected to the database (token=demo-db-token-1234)",
+            ][..],
+        ),
+        (
+            "apps",
+            "worker",
+            &[
+                "container worker of pod apps/worker started",
+                "waiting for jobs",
+            ][..],
+        ),
+        (
+            "default",
+            "hello",
+            &["container hello of pod default/hello started"][..],
+        ),
+        (
+            "prod",
+            "api",
+            &["container api of pod prod/api started", "serving 12 routes"][..],
+        ),
+    ] {
+        let path = plane.pod_log(namespace, pod).await?;
+        if std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) == 0 {
+            gatehouse_controlplane::files::append_container_log(&path, lines)?;
+        }
     }
     let start = std::time::Instant::now();
     loop {

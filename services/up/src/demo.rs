@@ -58,11 +58,23 @@ mod tests {
         let registry = gatehouse_proxy::identity::Registry::from_yaml(IDENTITIES_YAML).unwrap();
         assert_eq!(registry.len(), 3);
         let policy = gatehouse_proxy::policy::Policy::from_yaml(POLICY_YAML).unwrap();
-        assert_eq!(policy.rules().len(), 13);
+        assert_eq!(policy.rules().len(), 12);
         let findings = gatehouse_proxy::policy::lint(&policy);
-        let codes: Vec<&str> = findings.iter().map(|f| f.code).collect();
-        // CI's own namespace is a sandbox: shells there are deliberate.
-        assert_eq!(codes, ["exec-without-command-guard"], "{findings:?}");
+        let codes: Vec<(&str, Option<&str>)> = findings
+            .iter()
+            .map(|f| (f.code, f.rule.as_deref()))
+            .collect();
+        // CI's own namespace is a sandbox: shells there are deliberate, and so are the two
+        // exceptions-first: no-shells and the secrets rule do not apply in apps.
+        assert_eq!(
+            codes,
+            [
+                ("exec-without-command-guard", Some("deployer-sessions-apps")),
+                ("partly-shadowed", Some("no-shells")),
+                ("partly-shadowed", Some("deployer-no-secrets-elsewhere")),
+            ],
+            "{findings:?}"
+        );
     }
 
     fn decide(
@@ -165,6 +177,11 @@ mod tests {
         let secrets = decide("ci-deployer", "list", "secrets", "prod", &[]);
         assert_eq!(
             secrets.as_deref(),
+            Some("deny deployer-no-secrets-elsewhere")
+        );
+        // Never secrets outside apps, not even a delete in prod an SRE would approve.
+        assert_eq!(
+            decide("ci-deployer", "delete", "secrets", "prod", &[]).as_deref(),
             Some("deny deployer-no-secrets-elsewhere")
         );
         // Deletes in prod wait for an SRE; elsewhere outside apps they are denied.

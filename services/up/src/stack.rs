@@ -154,9 +154,15 @@ impl Stack {
 
         // The cluster first: a user's credential is checked before anything starts, and the
         // local control plane takes longest.
-        let (cluster, upstream_yaml) =
-            start_cluster(&options.upstream, &dir, &ca, &ca_file, &sans, options.seed_demo)
-                .await?;
+        let (cluster, upstream_yaml) = start_cluster(
+            &options.upstream,
+            &dir,
+            &ca,
+            &ca_file,
+            &sans,
+            options.seed_demo,
+        )
+        .await?;
 
         let mut nats_server = None;
         let nats_url = match options.nats_url.as_deref() {
@@ -525,7 +531,10 @@ pub async fn run(options: UpOptions, shutdown: CancellationToken) -> Result<()> 
     for identity in IDENTITIES {
         stack.demo_kubeconfig(identity.principal, identity.namespace)?;
     }
-    let admin_kubeconfig = stack.dir.join("kubeconfigs").join("cluster-admin.kubeconfig");
+    let admin_kubeconfig = stack
+        .dir
+        .join("kubeconfigs")
+        .join("cluster-admin.kubeconfig");
     match stack.cluster.admin_kubeconfig(&stack.ca_pem, "default") {
         Some(admin) => kubeconfig::write_private(&admin_kubeconfig, &admin)?,
         None => {
@@ -585,7 +594,11 @@ fn print_guide(options: &UpOptions, stack: &Stack) {
             identity.summary
         ));
     }
-    if stack.cluster.admin_kubeconfig(&stack.ca_pem, "default").is_some() {
+    if stack
+        .cluster
+        .admin_kubeconfig(&stack.ca_pem, "default")
+        .is_some()
+    {
         guide.push_str(&format!(
             "  {:<14} {}\n  {:<14} straight to the cluster as its admin, bypassing Gatehouse (for comparison)\n",
             "cluster-admin",
@@ -624,7 +637,7 @@ fn print_guide(options: &UpOptions, stack: &Stack) {
          \x20 kubectl exec -n prod api -- sh                  # denied: no shells outside apps\n\
          \x20 {invocation} policy explain --policy {policy} --as ci-deployer exec pods/exec -n prod web --command sh\n\n\
          Approvals (deletes in prod wait for an SRE's vote; no chat account needed):\n\
-         \x20 kubectl delete configmap settings -n prod &      # held until someone approves\n\
+         \x20 kubectl delete configmap api-config -n prod &    # held until someone approves\n\
          \x20 {invocation} approvals list --data-dir {data} --as bob@example.com\n\
          \x20 {invocation} approvals vote APPROVAL_ID --approve --data-dir {data} --as bob@example.com\n\
          \x20 {invocation} grants list --data-dir {data} --as bob@example.com   # that kind of delete now passes for 15 min\n\

@@ -44,7 +44,11 @@ fn sandbox_and_kubeconfig_exclude_each_other() {
         &[],
     );
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("cannot be used with"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cannot be used with"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

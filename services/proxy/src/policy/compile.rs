@@ -211,6 +211,8 @@ pub(crate) fn load(text: &str) -> Result<Policy, LoadError> {
         mask_profiles: file.mask_profiles,
         masks,
         default_record,
+        allow_discovery: file.defaults.allow_discovery.unwrap_or(true),
+        allow_self_review: file.defaults.allow_self_review.unwrap_or(true),
         source: Arc::from(text),
     })
 }

@@ -44,6 +44,8 @@ pub enum Verdict {
         rule: Option<String>,
         message: String,
     },
+    /// The identity is not in the registry: denied before any rule is consulted.
+    UnknownIdentity { message: String },
 }
 
 impl Verdict {
@@ -52,7 +54,32 @@ impl Verdict {
         match self {
             Verdict::Allow { rule, .. } | Verdict::Hold { rule, .. } => Some(rule),
             Verdict::Deny { rule, .. } => rule.as_deref(),
+            Verdict::UnknownIdentity { .. } => None,
         }
+    }
+}
+
+/// What the proxy answers an identity the registry does not know: API discovery (when the
+/// policy allows it) and nothing else; no rule is consulted.
+pub fn explain_unregistered(policy: &Policy, input: &PolicyInput<'_>) -> Explanation {
+    let principal = &input.identity.principal;
+    let verdict = match policy.unregistered(input.request) {
+        Some(permit) => Verdict::Allow {
+            rule: permit.rule().to_owned(),
+            record: permit.record(),
+            mask: None,
+        },
+        None => Verdict::UnknownIdentity {
+            message: format!(
+                "identity {principal:?} is not in the identity registry, so nobody answers for \
+                 it; ask its owner to register it"
+            ),
+        },
+    };
+    Explanation {
+        steps: Vec::new(),
+        verdict,
+        notes: Vec::new(),
     }
 }
 
@@ -104,15 +131,30 @@ pub fn explain(policy: &Policy, input: &PolicyInput<'_>) -> Explanation {
             rule: d.rule,
             message: d.message,
         },
-        None => {
-            let d = super::default_denial(input);
-            Verdict::Deny {
-                rule: None,
-                message: d.message,
+        None => match policy.baseline(input.request) {
+            Some(baseline) => Verdict::Allow {
+                rule: baseline.rule().to_owned(),
+                record: policy.default_record(),
+                mask: None,
+            },
+            None => {
+                let d = super::default_denial(input);
+                Verdict::Deny {
+                    rule: None,
+                    message: d.message,
+                }
             }
-        }
+        },
     };
     let mut notes = Vec::new();
+    if deciding.is_none()
+        && let Some(baseline) = policy.baseline(input.request)
+    {
+        notes.push(format!(
+            "no rule matched; allowed by default: {}",
+            baseline.description()
+        ));
+    }
     let analysed = policy
         .rules
         .iter()
@@ -184,11 +226,17 @@ impl fmt::Display for Explanation {
                 }
                 writeln!(f, "  {message}")?;
             }
+            Verdict::UnknownIdentity { message } => {
+                writeln!(f, "decision: deny (unknown identity)")?;
+                writeln!(f, "  {message}")?;
+            }
         }
         for note in &self.notes {
             writeln!(f, "  {note}")?;
         }
-        writeln!(f, "rules, in order:")?;
+        if !self.steps.is_empty() {
+            writeln!(f, "rules, in order:")?;
+        }
         for step in &self.steps {
             let line = step
                 .line

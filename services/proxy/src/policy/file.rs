@@ -30,6 +30,14 @@ pub(crate) struct DefaultsSpec {
     /// Record level of rules that do not set one (default `metadata`).
     #[serde(default)]
     pub record: Option<RecordLevel>,
+    /// Whether any authenticated caller may read API discovery when no rule decides (default
+    /// true; see `policy::baseline`).
+    #[serde(default)]
+    pub allow_discovery: Option<bool>,
+    /// Whether a registered identity may ask the cluster about itself (`auth can-i`,
+    /// `auth whoami`) when no rule decides (default true).
+    #[serde(default)]
+    pub allow_self_review: Option<bool>,
 }
 
 /// What a matching rule does.

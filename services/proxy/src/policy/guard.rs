@@ -55,9 +55,11 @@
 //! `[*]`). Where a path has several values (`[*]`), a deny or approve rule needs one to match,
 //! an allow rule needs all of them to (and at least one). The body is read as JSON only when a
 //! rule with a body guardrail is otherwise a match. Not readable, so failing closed:
-//! protobuf, YAML, JSON Patch (`application/json-patch+json`, a list of operations), anything
+//! protobuf of other kinds, YAML, JSON Patch (`application/json-patch+json`, a list of operations), anything
 //! that is not a JSON object, a body that was not read; and a `kind` condition on a body
-//! without `kind` (a merge patch).
+//! without `kind` (a merge patch). Protobuf bodies of the kinds [`super::protobuf`] knows
+//! (RBAC roles and bindings, ConfigMaps, Secrets, ServiceAccounts, Namespaces) are read as
+//! the JSON of the same object; other protobuf is not readable.
 
 use std::sync::OnceLock;
 
@@ -768,7 +770,10 @@ pub fn read_body(body: Option<&[u8]>, content_type: Option<&str>) -> BodyView {
         })
         .unwrap_or_default();
     if media.contains("protobuf") {
-        return BodyView::Unreadable("the body is protobuf".into());
+        return match super::protobuf::decode(body) {
+            Ok(value) => BodyView::Json(value),
+            Err(why) => BodyView::Unreadable(why),
+        };
     }
     if media == "application/json-patch+json" {
         return BodyView::Unreadable(

@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | `shadowed-rule` | error | an earlier rule with another action matches everything this one does |
 //! | `redundant-rule` | warning | an earlier rule with the same action matches everything this one does |
+//! | `partly-shadowed` | warning | an earlier, more permissive rule (allow before approve or deny, approve before deny) decides some requests this one matches |
 //! | `broader-than-cluster-admin` | error | allow, every verb on every resource in every namespace |
 //! | `anyone-may-write` | warning | allow for every registered identity with a verb that writes or opens a channel |
 //! | `anyone-may-approve` | warning | an approver group that is everyone (`*`, `system:authenticated`) |
@@ -20,7 +21,9 @@ use super::Policy;
 use super::compile::Problem;
 use super::file::Action;
 use super::locate::Location;
-use super::matcher::{Glob, ResourcePattern, Verbs, WRITE_VERBS, globs_cover};
+use super::matcher::{
+    ALL_VERBS, Glob, ResourcePattern, Verbs, WRITE_VERBS, globs_cover, globs_overlap,
+};
 use super::rule::{Rule, list};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -129,6 +132,27 @@ pub fn lint(policy: &Policy) -> Vec<Finding> {
                     ),
                 );
             }
+        } else if let Some((j, earlier)) = rules[..i].iter().enumerate().find(|(_, earlier)| {
+            permissiveness(earlier.action()) > permissiveness(rule.action())
+                && overlaps(earlier, rule)
+        }) {
+            let line = at(j)
+                .map(|l| format!(" (line {})", l.line))
+                .unwrap_or_default();
+            push(
+                Severity::Warning,
+                "partly-shadowed",
+                format!(
+                    "{} rule {} does not apply to every request it names: the earlier {} rule \
+                     {}{line} decides {} first; if that is not an intended exception, move \
+                     this rule above it",
+                    rule.action(),
+                    rule.id(),
+                    earlier.action(),
+                    earlier.id(),
+                    common_example(earlier, rule),
+                ),
+            );
         }
         let anyone = rule.identities.is_none() && rule.groups.is_none();
         let cluster_admin = rule.action() == Action::Allow && is_cluster_admin(rule);
@@ -270,6 +294,84 @@ fn allows_exec(rule: &Rule) -> bool {
             .resources
             .as_ref()
             .is_some_and(|rs| rs.iter().any(|r| r.matches("pods", "exec")))
+}
+
+/// allow > approve > deny: an earlier rule that is more permissive than a later one it
+/// overlaps lets through what the later one meant to stop (the other way round is the usual
+/// "exception first" idiom).
+fn permissiveness(action: Action) -> u8 {
+    match action {
+        Action::Allow => 2,
+        Action::Approve => 1,
+        Action::Deny => 0,
+    }
+}
+
+/// Whether some request matches both (conservative: `false` when unsure, so a finding is
+/// always real). An earlier rule with a guardrail matches an unknown part of its scope, so it
+/// is never said to overlap; a guard on the later rule only narrows what is shadowed.
+fn overlaps(earlier: &Rule, later: &Rule) -> bool {
+    if earlier.has_command_guard() || earlier.has_body_guard() {
+        return false;
+    }
+    let anyone = |r: &Rule| r.identities.is_none() && r.groups.is_none();
+    // Identities against groups could be the same caller or not: the registry decides, so
+    // that is not counted.
+    let subjects = anyone(earlier)
+        || anyone(later)
+        || (earlier.identities.is_some()
+            && later.identities.is_some()
+            && globs_overlap(earlier.identities.as_deref(), later.identities.as_deref()))
+        || (earlier.groups.is_some()
+            && later.groups.is_some()
+            && globs_overlap(earlier.groups.as_deref(), later.groups.as_deref()));
+    if !subjects || !earlier.verbs.overlaps(later.verbs) {
+        return false;
+    }
+    let resources = match (&earlier.resources, &later.resources) {
+        (Some(e), Some(l)) => {
+            l.iter().any(|lp| e.iter().any(|ep| ep.overlaps(lp)))
+                && globs_overlap(earlier.api_groups.as_deref(), later.api_groups.as_deref())
+                && globs_overlap(earlier.namespaces.as_deref(), later.namespaces.as_deref())
+                && globs_overlap(earlier.names.as_deref(), later.names.as_deref())
+        }
+        _ => false,
+    };
+    let urls = match (&earlier.non_resource_urls, &later.non_resource_urls) {
+        (Some(e), Some(l)) => globs_overlap(Some(e), Some(l)),
+        _ => false,
+    };
+    resources || urls
+}
+
+/// A request both rules match, in words: "delete secrets in namespace prod".
+fn common_example(earlier: &Rule, later: &Rule) -> String {
+    let verb = ALL_VERBS
+        .iter()
+        .find(|v| earlier.verbs.includes(v) && later.verbs.includes(v))
+        .copied()
+        .unwrap_or("*");
+    // The narrower of two written patterns names the overlap best.
+    let narrower = |a: Option<&Vec<String>>, b: Option<&Vec<String>>| -> Option<String> {
+        let pick = |list: &Vec<String>| list.iter().find(|x| *x != "*").cloned();
+        match (a, b) {
+            (_, Some(l)) if pick(l).is_some() => pick(l),
+            (Some(e), _) => pick(e),
+            _ => None,
+        }
+    };
+    let (e, l) = (&earlier.spec, &later.spec);
+    if e.resources.is_none() || l.resources.is_none() {
+        let url = narrower(e.non_resource_urls.as_ref(), l.non_resource_urls.as_ref())
+            .unwrap_or_else(|| "*".into());
+        return format!("{verb} {url}");
+    }
+    let resource = narrower(e.resources.as_ref(), l.resources.as_ref())
+        .unwrap_or_else(|| "any resource".into());
+    match narrower(e.namespaces.as_ref(), l.namespaces.as_ref()) {
+        Some(ns) => format!("{verb} {resource} in namespace {ns}"),
+        None => format!("{verb} {resource}"),
+    }
 }
 
 /// Whether every request `later` matches is matched by `earlier` (conservative: `false`

@@ -89,6 +89,15 @@ impl Verbs {
     pub fn includes(self, verb: &str) -> bool {
         self.matches(verb)
     }
+
+    /// Whether some verb is in both.
+    pub fn overlaps(self, other: Verbs) -> bool {
+        match (self, other) {
+            (Verbs::Any, Verbs::Bits(b)) | (Verbs::Bits(b), Verbs::Any) => b != 0,
+            (Verbs::Any, Verbs::Any) => true,
+            (Verbs::Bits(a), Verbs::Bits(b)) => a & b != 0,
+        }
+    }
 }
 
 /// `*` matches any run of characters (including none); everything else matches itself.
@@ -142,6 +151,19 @@ impl Glob {
     pub fn is_any(&self) -> bool {
         matches!(self, Glob::Any)
     }
+
+    /// Whether some text matches both (conservative: `false` when unsure).
+    pub fn overlaps(&self, other: &Glob) -> bool {
+        match (self, other) {
+            (Glob::Any, _) | (_, Glob::Any) => true,
+            (Glob::Exact(text), g) | (g, Glob::Exact(text)) => g.matches(text),
+            (Glob::Prefix(a), Glob::Prefix(b)) => a.starts_with(&**b) || b.starts_with(&**a),
+            (Glob::Suffix(a), Glob::Suffix(b)) => a.ends_with(&**b) || b.ends_with(&**a),
+            // PREFIX + SUFFIX matches both.
+            (Glob::Prefix(_), Glob::Suffix(_)) | (Glob::Suffix(_), Glob::Prefix(_)) => true,
+            (a, b) => a == b,
+        }
+    }
 }
 
 /// `None` (field omitted) matches anything; otherwise some glob must match.
@@ -155,6 +177,15 @@ pub fn globs_cover(outer: Option<&[Glob]>, inner: Option<&[Glob]>) -> bool {
         (None, _) => true,
         (Some(o), None) => o.iter().any(Glob::is_any),
         (Some(o), Some(i)) => i.iter().all(|ig| o.iter().any(|og| og.covers(ig))),
+    }
+}
+
+/// Whether some text matches both (`None` is "anything"; conservative when unsure).
+pub fn globs_overlap(a: Option<&[Glob]>, b: Option<&[Glob]>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (None, Some(g)) | (Some(g), None) => !g.is_empty(),
+        (Some(a), Some(b)) => a.iter().any(|x| b.iter().any(|y| x.overlaps(y))),
     }
 }
 
@@ -210,6 +241,19 @@ impl ResourcePattern {
             ResourcePattern::Sub(r, s) => {
                 !subresource.is_empty() && r.matches(resource) && s.matches(subresource)
             }
+        }
+    }
+
+    /// Whether some resource (and subresource) matches both.
+    pub fn overlaps(&self, other: &ResourcePattern) -> bool {
+        match (self, other) {
+            (ResourcePattern::Any, _) | (_, ResourcePattern::Any) => true,
+            (ResourcePattern::Resource(a), ResourcePattern::Resource(b)) => a.overlaps(b),
+            (ResourcePattern::Sub(ar, as_), ResourcePattern::Sub(br, bs)) => {
+                ar.overlaps(br) && as_.overlaps(bs)
+            }
+            // A request has a subresource or it has none.
+            _ => false,
         }
     }
 

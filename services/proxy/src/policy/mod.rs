@@ -59,11 +59,14 @@
 //! - [`locate`]: a path in the document (`rules[3].verbs[1]`) → line and column.
 //! - [`matcher`]: globs, verb sets and resource patterns, compiled for cheap matching.
 //! - [`guard`]: the `commands:` and `body:` guardrails.
+//! - [`protobuf`]: Kubernetes protobuf bodies, read for the body guardrail.
 //! - [`rule`]: one compiled rule against one request (shared by decide and explain).
 //! - [`explain`]: why each rule did or did not match.
+//! - [`baseline`]: what any caller may do when no rule decides (discovery, self-reviews).
 //! - [`lint`]: findings about a policy that loads (shadowed rules, over-broad rules, …).
 //! - [`watch`]: the policy in force, swapped when the file changes and the new one loads.
 
+pub mod baseline;
 pub mod compile;
 pub mod explain;
 pub mod file;
@@ -71,6 +74,7 @@ pub mod guard;
 pub mod lint;
 pub mod locate;
 pub mod matcher;
+pub mod protobuf;
 pub mod rule;
 pub mod watch;
 
@@ -82,8 +86,9 @@ use gatehouse_events::{Identity, RecordLevel, RequestInfo};
 
 use crate::mask::ProfileSpec;
 
+pub use baseline::Baseline;
 pub use compile::{LoadError, Problem};
-pub use explain::{Explanation, RuleStep, Verdict, explain};
+pub use explain::{Explanation, RuleStep, Verdict, explain, explain_unregistered};
 pub use file::Action;
 pub use lint::{Finding, Severity, lint};
 pub use locate::Location;
@@ -239,6 +244,9 @@ pub struct Policy {
     /// The same profiles, compiled.
     pub(crate) masks: BTreeMap<String, Arc<crate::mask::Profile>>,
     pub(crate) default_record: RecordLevel,
+    /// `defaults.allow_discovery` and `defaults.allow_self_review` ([`baseline`]).
+    pub(crate) allow_discovery: bool,
+    pub(crate) allow_self_review: bool,
     /// The text it was loaded from, to find lines for lint and explain.
     pub(crate) source: Arc<str>,
 }
@@ -283,8 +291,9 @@ impl Policy {
         locate::locate(&self.source, &locate::DocPath::rule(index))
     }
 
-    /// The first matching rule decides; no match is a denial. The command is analysed and the
-    /// body parsed only if a rule with such a guardrail otherwise matches.
+    /// The first matching rule decides; with no match, a [`baseline`] request is allowed and
+    /// anything else denied. The command is analysed and the body parsed only if a rule with
+    /// such a guardrail otherwise matches.
     pub fn decide(&self, input: &PolicyInput<'_>) -> Decision {
         let command = LazyCommand::new(input.command);
         let body = LazyBody::new(input.body, input.content_type);
@@ -293,7 +302,34 @@ impl Policy {
                 return decision(rule, input, &body);
             }
         }
-        Decision::Deny(default_denial(input))
+        match self.baseline(input.request) {
+            Some(baseline) => Decision::Allow(self.baseline_permit(baseline)),
+            None => Decision::Deny(default_denial(input)),
+        }
+    }
+
+    /// The [`baseline`] request `request` is, if this policy allows it when no rule decides.
+    pub fn baseline(&self, request: &RequestInfo) -> Option<Baseline> {
+        Baseline::of(request).filter(|b| match b {
+            Baseline::Discovery => self.allow_discovery,
+            Baseline::SelfReview => self.allow_self_review,
+        })
+    }
+
+    /// For an identity the registry does not know: discovery only (when allowed), and no rule
+    /// is consulted — rules are about registered identities. `None`: deny it as unknown.
+    pub fn unregistered(&self, request: &RequestInfo) -> Option<Permitted> {
+        (self.baseline(request) == Some(Baseline::Discovery))
+            .then(|| self.baseline_permit(Baseline::Discovery))
+    }
+
+    fn baseline_permit(&self, baseline: Baseline) -> Permitted {
+        Permitted {
+            rule: Arc::from(baseline.rule()),
+            record: self.default_record,
+            mask: None,
+            approval: None,
+        }
     }
 }
 

@@ -296,7 +296,7 @@ fn shell_guardrail_is_hard_to_bypass() {
     assert_eq!(d.rule.as_deref(), Some("no-shells"));
 }
 
-fn write(p: &Policy, body: &str, content_type: &str) -> Result<String, Denial> {
+fn write(p: &Policy, body: impl AsRef<[u8]>, content_type: &str) -> Result<String, Denial> {
     let id = who("ci", &["deployers"]);
     let req = info(
         "POST",
@@ -304,7 +304,7 @@ fn write(p: &Policy, body: &str, content_type: &str) -> Result<String, Denial> {
         None,
     );
     let input = PolicyInput {
-        body: Some(body.as_bytes()),
+        body: Some(body.as_ref()),
         content_type: Some(content_type),
         ..PolicyInput::new(&id, &req)
     };
@@ -328,7 +328,43 @@ fn body_guardrail_denies_cluster_admin_bindings_and_fails_closed() {
         Some("no-cluster-admin")
     );
     assert_eq!(write(&p, view, "application/json").unwrap(), "deployers");
-    // Protobuf and YAML cannot be read: the deny rule matches.
+    // Protobuf RoleBindings are read as the same object (kubectl's typed `create rolebinding`).
+    let protobuf_binding = |role: &str| {
+        use k8s_pb::api::rbac::v1 as rbac;
+        use prost::Message;
+        let raw = rbac::RoleBinding {
+            role_ref: Some(rbac::RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: Some("ClusterRole".into()),
+                name: Some(role.into()),
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let envelope = k8s_pb::apimachinery::pkg::runtime::Unknown {
+            type_meta: Some(k8s_pb::apimachinery::pkg::runtime::TypeMeta {
+                api_version: Some("rbac.authorization.k8s.io/v1".into()),
+                kind: Some("RoleBinding".into()),
+            }),
+            raw: Some(raw),
+            content_encoding: None,
+            content_type: None,
+        };
+        [b"k8s\0".to_vec(), envelope.encode_to_vec()].concat()
+    };
+    const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
+    let denied = write(&p, protobuf_binding("cluster-admin"), PROTOBUF).unwrap_err();
+    assert_eq!(denied.rule.as_deref(), Some("no-cluster-admin"));
+    assert!(
+        !denied.message.contains("cannot read"),
+        "{}",
+        denied.message
+    );
+    assert_eq!(
+        write(&p, protobuf_binding("view"), PROTOBUF).unwrap(),
+        "deployers"
+    );
+    // Protobuf that does not decode, and YAML, cannot be read: the deny rule matches.
     assert_eq!(
         write(&p, "k8s\0...", "application/vnd.kubernetes.protobuf")
             .unwrap_err()
@@ -349,8 +385,8 @@ fn body_guardrail_denies_cluster_admin_bindings_and_fails_closed() {
     let protobuf = write(&p, "k8s\0...", "application/vnd.kubernetes.protobuf").unwrap_err();
     assert!(
         protobuf.message.contains(
-            "the body is protobuf, which the rule's body guardrail cannot read, so it counts as \
-             a match (fails closed); send the object as JSON"
+            "the body's protobuf envelope does not decode, which the rule's body guardrail \
+             cannot read, so it counts as a match (fails closed); send the object as JSON"
         ) && protobuf.message.contains("kubectl create -f -"),
         "{}",
         protobuf.message
@@ -623,9 +659,22 @@ rules:
     );
 }
 
+/// The test policy's only finding is its intended exception: CI's own namespace first.
 #[test]
-fn a_clean_policy_has_no_lint_findings() {
-    assert_eq!(lint(&load(DEMO)), vec![]);
+fn an_exception_first_is_the_only_finding() {
+    let findings = lint(&load(DEMO));
+    let got: Vec<(&str, Option<&str>)> = findings
+        .iter()
+        .map(|f| (f.code, f.rule.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        [("partly-shadowed", Some("deployer-no-secrets"))],
+        "{findings:#?}"
+    );
+    assert!(findings[0].message.contains(
+        "the earlier allow rule deployer-apps (line 7) decides get secrets in namespace apps first"
+    ));
 }
 
 #[test]
