@@ -1,8 +1,11 @@
 """The Python `kubernetes` client through Gatehouse: the second client of the integration tests.
 
 Usage: python client.py KUBECONFIG
+       python client.py KUBECONFIG expired CONTINUE_TOKEN
 Prints one JSON object with what each call returned; the Rust test asserts on it. Every call
 goes through the proxy with the kubeconfig's bearer token, exactly as a user's script would.
+The second form continues a list from a token whose version the cluster has compacted away,
+and does what a client must on 410 Gone: list again from the start.
 """
 
 import json
@@ -66,5 +69,23 @@ def main() -> None:
     print(json.dumps(out))
 
 
+def expired(continue_token: str) -> None:
+    config.load_kube_config(config_file=sys.argv[1])
+    v1 = client.CoreV1Api()
+    out = {"gone": None}
+    try:
+        v1.list_namespaced_config_map("apps", limit=1, _continue=continue_token)
+    except ApiException as e:
+        out["gone"] = {"status": e.status, "reason": e.reason}
+    # Start the list again.
+    listed = v1.list_namespaced_config_map("apps")
+    out["relisted"] = sorted(c.metadata.name for c in listed.items)
+    out["relisted_rv"] = listed.metadata.resource_version
+    print(json.dumps(out))
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 4 and sys.argv[2] == "expired":
+        expired(sys.argv[3])
+    else:
+        main()

@@ -140,6 +140,52 @@ pub fn kubectl_program() -> PathBuf {
         .clone()
 }
 
+/// The client-go informer of `tests/clientgo` (an operator-shaped client: list and watch with
+/// protobuf), built with `go build` on first use into the cache, keyed by its sources.
+pub fn clientgo_informer() -> Result<PathBuf> {
+    static BUILT: std::sync::OnceLock<std::result::Result<PathBuf, String>> =
+        std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| build_clientgo().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!("building tests/clientgo: {e}"))
+}
+
+fn build_clientgo() -> Result<PathBuf> {
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clientgo");
+    let mut hasher = blake3::Hasher::new();
+    for name in ["go.mod", "go.sum", "main.go"] {
+        hasher.update(&std::fs::read(source.join(name))?);
+    }
+    let key = hasher.finalize().to_hex();
+    let cache = std::env::var_os("GATEHOUSE_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/gatehouse")))
+        .context("HOME is not set")?;
+    let dir = cache.join("clientgo").join(&key[..16]);
+    let binary = dir.join("informer");
+    if binary.is_file() {
+        return Ok(binary);
+    }
+    std::fs::create_dir_all(&dir)?;
+    let partial = dir.join(format!("informer.{}", std::process::id()));
+    let status = std::process::Command::new("go")
+        .args(["build", "-trimpath", "-o"])
+        .arg(&partial)
+        .arg(".")
+        .current_dir(&source)
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "-mod=readonly")
+        .env("CGO_ENABLED", "0")
+        .status()
+        .context("running go (Go 1.26 or newer is needed)")?;
+    if !status.success() {
+        bail!("go build failed ({status})");
+    }
+    std::fs::rename(&partial, &binary)?;
+    Ok(binary)
+}
+
 /// One request that reached the cluster.
 #[derive(Debug, Clone)]
 pub struct UpstreamRequest {
@@ -306,6 +352,8 @@ impl TestBed {
             &StackOptions {
                 upstream: options.upstream.clone(),
                 approval_channels: options.approval_channels.clone(),
+                // An old resourceVersion answers 410 Gone within seconds, as on a busy cluster.
+                etcd_compaction_interval: Some(Duration::from_secs(10)),
                 ..StackOptions::default()
             },
         )

@@ -81,6 +81,9 @@ pub struct Options {
     pub dir: PathBuf,
     /// Fake nodes kwok manages.
     pub nodes: usize,
+    /// How often the apiserver compacts etcd (its own default is five minutes). Short, an old
+    /// resourceVersion soon answers 410 Gone, as it does on a busy cluster.
+    pub etcd_compaction_interval: Option<Duration>,
 }
 
 impl Options {
@@ -88,6 +91,7 @@ impl Options {
         Self {
             dir: dir.into(),
             nodes: 2,
+            etcd_compaction_interval: None,
         }
     }
 }
@@ -110,6 +114,7 @@ pub struct ControlPlane {
     files: files::Files,
     ports: Ports,
     nodes: Vec<String>,
+    compaction: Option<Duration>,
     supervisor: Supervisor,
 }
 
@@ -137,6 +142,7 @@ impl ControlPlane {
             files,
             ports,
             nodes,
+            compaction: options.etcd_compaction_interval,
             supervisor: Supervisor::new()?,
         };
         plane.start_etcd().await?;
@@ -189,7 +195,7 @@ impl ControlPlane {
 
     async fn start_apiserver(&self) -> Result<(), ControlPlaneError> {
         let f = &self.files;
-        let args = vec![
+        let mut args = vec![
             format!("--etcd-servers=http://127.0.0.1:{}", self.ports.etcd_client),
             "--bind-address=127.0.0.1".into(),
             format!("--secure-port={}", self.ports.apiserver),
@@ -224,6 +230,12 @@ impl ControlPlane {
             "--profiling=false".into(),
             "--v=1".into(),
         ];
+        if let Some(interval) = self.compaction {
+            args.push(format!(
+                "--etcd-compaction-interval={}s",
+                interval.as_secs().max(1)
+            ));
+        }
         self.supervisor.start(Spec {
             name: "kube-apiserver",
             program: self.binaries.kube_apiserver(),

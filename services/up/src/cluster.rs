@@ -144,16 +144,17 @@ impl Cluster {
     }
 }
 
-/// Starts the local control plane under `dir/controlplane`, gives the proxy its ServiceAccount
-/// (the RBAC of `deploy/kubernetes/proxy-rbac.yaml`) and a token in `token_file`, and with
-/// `seed` applies the demo cluster and waits until it runs: its pods Running and its RBAC in
-/// force.
-pub async fn start_control_plane(dir: &Path, token_file: &Path, seed: bool) -> Result<Cluster> {
-    let plane = ControlPlane::start(gatehouse_controlplane::Options::new(
-        dir.join("controlplane"),
-    ))
-    .await
-    .context("starting the local control plane")?;
+/// Starts the local control plane, gives the proxy its ServiceAccount (the RBAC of
+/// `deploy/kubernetes/proxy-rbac.yaml`) and a token in `token_file`, and with `seed` applies
+/// the demo cluster and waits until it runs: its pods Running and its RBAC in force.
+pub async fn start_control_plane(
+    options: gatehouse_controlplane::Options,
+    token_file: &Path,
+    seed: bool,
+) -> Result<Cluster> {
+    let plane = ControlPlane::start(options)
+        .await
+        .context("starting the local control plane")?;
     plane
         .apply(PROXY_RBAC_YAML)
         .await

@@ -74,6 +74,8 @@ pub struct StackOptions {
     /// Start the local control plane with the demo cluster in it (namespaces, workloads,
     /// RBAC for the demo identities). The sandbox always has its own.
     pub seed_demo: bool,
+    /// The local control plane's etcd compaction interval (default: the apiserver's).
+    pub etcd_compaction_interval: Option<Duration>,
 }
 
 impl Default for StackOptions {
@@ -84,6 +86,7 @@ impl Default for StackOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             approval_channels: String::new(),
             seed_demo: true,
+            etcd_compaction_interval: None,
         }
     }
 }
@@ -154,15 +157,7 @@ impl Stack {
 
         // The cluster first: a user's credential is checked before anything starts, and the
         // local control plane takes longest.
-        let (cluster, upstream_yaml) = start_cluster(
-            &options.upstream,
-            &dir,
-            &ca,
-            &ca_file,
-            &sans,
-            options.seed_demo,
-        )
-        .await?;
+        let (cluster, upstream_yaml) = start_cluster(options, &dir, &ca, &ca_file, &sans).await?;
 
         let mut nats_server = None;
         let nats_url = match options.nats_url.as_deref() {
@@ -438,17 +433,19 @@ impl Stack {
 /// Starts (or checks) the cluster and returns it with the proxy's `upstream:` settings (YAML,
 /// indented under `upstream:`).
 async fn start_cluster(
-    upstream: &Upstream,
+    options: &StackOptions,
     dir: &Path,
     ca: &LocalCa,
     ca_file: &Path,
     sans: &[&str],
-    seed_demo: bool,
 ) -> Result<(Cluster, String)> {
     let token_file = dir.join("upstream").join("proxy.token");
-    match upstream {
+    match &options.upstream {
         Upstream::ControlPlane => {
-            let cluster = cluster::start_control_plane(dir, &token_file, seed_demo).await?;
+            let mut plane = gatehouse_controlplane::Options::new(dir.join("controlplane"));
+            plane.etcd_compaction_interval = options.etcd_compaction_interval;
+            let cluster =
+                cluster::start_control_plane(plane, &token_file, options.seed_demo).await?;
             let plane = cluster.control_plane().context("the control plane")?;
             let yaml = format!(
                 "  url: {url}\n  ca_file: {ca}\n  token_file: {token}\n",
@@ -541,7 +538,14 @@ pub async fn run(options: UpOptions, shutdown: CancellationToken) -> Result<()> 
             let _ = std::fs::remove_file(&admin_kubeconfig);
         }
     }
-    print_guide(&options, &stack);
+    // The control plane's own kubectl, so the guide's commands work where none is installed.
+    let kubectl = stack.cluster.control_plane().map(|plane| {
+        let link = stack.dir.join("bin").join("kubectl");
+        let _ = std::fs::create_dir_all(stack.dir.join("bin"));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(plane.binaries().kubectl(), &link).map(|()| link)
+    });
+    print_guide(&options, &stack, kubectl.and_then(Result::ok).as_deref());
 
     shutdown.cancelled().await;
     eprintln!("\nStopping: draining the proxy, then letting the ledger record the last events…");
@@ -555,7 +559,7 @@ pub async fn run(options: UpOptions, shutdown: CancellationToken) -> Result<()> 
     Ok(())
 }
 
-fn print_guide(options: &UpOptions, stack: &Stack) {
+fn print_guide(options: &UpOptions, stack: &Stack, kubectl: Option<&Path>) {
     let dir = &stack.dir;
     let (proxy, admin, issuer, nats) = (
         stack.proxy_url(),
@@ -619,6 +623,13 @@ fn print_guide(options: &UpOptions, stack: &Stack) {
              before applying it to a cluster of yours).\n",
         );
     }
+    if let Some(kubectl) = kubectl {
+        guide.push_str(&format!(
+            "\nkubectl of the cluster's release is {} (export PATH=\"{}:$PATH\" to use it).\n",
+            kubectl.display(),
+            kubectl.parent().unwrap_or(Path::new(".")).display()
+        ));
+    }
     guide.push_str(&format!(
         "\nTry:\n\
          \x20 export KUBECONFIG={ci}\n\
@@ -633,7 +644,8 @@ fn print_guide(options: &UpOptions, stack: &Stack) {
          \x20 kubectl --kubeconfig {ro} get secrets -n apps             # denied by Gatehouse policy\n\
          \x20 kubectl --kubeconfig {intruder} get pods                  # unknown identity: denied\n\
          \x20 kubectl get secret db-credentials -o yaml       # values masked (base64 of gatehouse:masked)\n\
-         \x20 kubectl exec web -- sh -c 'echo hi; exit 3'     # relayed and recorded; exit code 3\n\
+         \x20 kubectl exec web -- sh -c 'echo hi; id'         # relayed and recorded (kwok runs it on this machine)\n\
+         \x20 kubectl logs web                                # what the container printed; the token in it is masked in the record\n\
          \x20 kubectl exec -n prod api -- sh                  # denied: no shells outside apps\n\
          \x20 {invocation} policy explain --policy {policy} --as ci-deployer exec pods/exec -n prod web --command sh\n\n\
          Approvals (deletes in prod wait for an SRE's vote; no chat account needed):\n\
