@@ -977,7 +977,16 @@ pub fn cross_check_audit(
         .map(|e| (e.subject(), e))
         .collect();
     let mut seen = std::collections::BTreeSet::new();
-    for entry in audit.iter().filter(|e| e.user.username == proxy) {
+    // The proxy's reviews of its own credential (at start) are its own, not forwarded.
+    let own = |e: &&gatehouse_controlplane::AuditEvent| {
+        e.audit_id
+            .starts_with(gatehouse_proxy::forward::CREDENTIAL_CHECK_AUDIT_PREFIX)
+    };
+    for entry in audit
+        .iter()
+        .filter(|e| e.user.username == proxy)
+        .filter(|e| !own(e))
+    {
         let id = entry.audit_id.as_str();
         if !forwarded.contains(id) {
             bail!(

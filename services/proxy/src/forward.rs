@@ -201,6 +201,86 @@ impl Upstream {
             .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
     }
 
+    /// Asks the API server who the proxy's own credential is and what it may do: its user
+    /// and groups (SelfSubjectReview), whether it may do everything (cluster-admin), and
+    /// whether it may impersonate users. Each request carries the Audit-ID
+    /// `gatehouse-credential-check-…`, so the cluster's audit log tells these apart from the
+    /// requests the proxy forwards.
+    pub async fn review_credential(&self, timeout: Duration) -> Result<CredentialReview, String> {
+        let review = async {
+            let who = self
+                .ask(
+                    "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                    serde_json::json!({
+                        "apiVersion": "authentication.k8s.io/v1",
+                        "kind": "SelfSubjectReview",
+                    }),
+                )
+                .await?;
+            let info = &who["status"]["userInfo"];
+            let can = |verb: &str, group: &str, resource: &str| {
+                self.ask(
+                    "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                    serde_json::json!({
+                        "apiVersion": "authorization.k8s.io/v1",
+                        "kind": "SelfSubjectAccessReview",
+                        "spec": {"resourceAttributes": {"verb": verb, "group": group, "resource": resource}},
+                    }),
+                )
+            };
+            let everything = can("*", "*", "*").await?;
+            let impersonate = can("impersonate", "", "users").await?;
+            Ok(CredentialReview {
+                user: info["username"].as_str().unwrap_or_default().to_owned(),
+                groups: info["groups"]
+                    .as_array()
+                    .map(|g| {
+                        g.iter()
+                            .filter_map(|g| g.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                cluster_admin: everything["status"]["allowed"] == true,
+                may_impersonate: impersonate["status"]["allowed"] == true,
+            })
+        };
+        tokio::time::timeout(timeout, review)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+    }
+
+    /// POSTs a review object with the proxy's own credential and returns the answer.
+    async fn ask(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value, String> {
+        let mut request = Request::post(format!("{}{}{path}", self.origin, self.base_path))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json")
+            .header(header::USER_AGENT, "gatehouse (credential check)")
+            .header(
+                AUDIT_ID,
+                format!("{CREDENTIAL_CHECK_AUDIT_PREFIX}{}", ulid::Ulid::new()),
+            )
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| format!("building the review: {e}"))?;
+        if let Some(value) = self.token.header().map_err(|e| e.to_string())? {
+            request.headers_mut().insert(header::AUTHORIZATION, value);
+        }
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| describe_client_error(&e))?;
+        let status = response.status().as_u16();
+        let bytes = http_body_util::Limited::new(response.into_body(), 1 << 20)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer to {path}: {e}"))?
+            .to_bytes();
+        if !(200..300).contains(&status) {
+            return Err(format!("{path} answered HTTP {status}"));
+        }
+        serde_json::from_slice(&bytes).map_err(|_| format!("{path} answered something not JSON"))
+    }
+
     /// The API server's URL, as recorded in `request.forwarded`.
     pub fn url(&self) -> &str {
         &self.url
@@ -315,6 +395,48 @@ fn upstream_client(
 
 /// The header the API server takes its audit event id from (and echoes in the response).
 const AUDIT_ID: HeaderName = HeaderName::from_static("audit-id");
+
+/// How the proxy's reviews of its own credential begin their Audit-ID (never a request id:
+/// those are ULIDs).
+pub const CREDENTIAL_CHECK_AUDIT_PREFIX: &str = "gatehouse-credential-check-";
+
+/// Who the proxy's credential is, as the API server sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialReview {
+    pub user: String,
+    pub groups: Vec<String>,
+    /// It may do every verb on every resource: cluster-admin or system:masters.
+    pub cluster_admin: bool,
+    /// It may impersonate users, which forwarding as the caller needs.
+    pub may_impersonate: bool,
+}
+
+impl CredentialReview {
+    /// Why this credential must not be the proxy's, if it must not: it bypasses the cluster's
+    /// RBAC, or it cannot forward as the caller.
+    pub fn unfit(&self) -> Option<String> {
+        if self.groups.iter().any(|g| g == "system:masters") {
+            return Some(format!(
+                "authenticates as {}, a member of system:masters, which bypasses the cluster's RBAC",
+                self.user
+            ));
+        }
+        if self.cluster_admin {
+            return Some(format!(
+                "authenticates as {}, who may do anything in the cluster (cluster-admin)",
+                self.user
+            ));
+        }
+        if !self.may_impersonate {
+            return Some(format!(
+                "authenticates as {}, who may not impersonate users: the proxy forwards every \
+                 request as its caller",
+                self.user
+            ));
+        }
+        None
+    }
+}
 
 /// Replaces the caller's credentials, impersonation and audit id with the proxy's.
 fn prepare_headers(

@@ -186,6 +186,33 @@ impl Proxy {
         let admin = admin::Admin::bind(config.admin_listen, metrics.clone(), checks)
             .await
             .map_err(ProxyError::Startup)?;
+        // Say loudly if the credential is more than impersonation needs (or less): the
+        // cluster's RBAC only decides when the proxy's own credential cannot do everything.
+        tokio::spawn({
+            let pipeline = pipeline.clone();
+            async move {
+                match pipeline
+                    .upstream
+                    .review_credential(UPSTREAM_PROBE_TIMEOUT)
+                    .await
+                {
+                    Ok(review) => match review.unfit() {
+                        Some(why) => tracing::error!(
+                            user = %review.user,
+                            "the proxy's upstream credential {why}; give it only what \
+                             deploy/kubernetes/proxy-rbac.yaml grants"
+                        ),
+                        None => tracing::info!(
+                            user = %review.user,
+                            "the proxy's upstream credential may impersonate and is not cluster-admin"
+                        ),
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not review the proxy's upstream credential")
+                    }
+                }
+            }
+        });
         tracing::info!(
             listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             admin = %admin.local_addr(),

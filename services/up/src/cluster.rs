@@ -298,85 +298,36 @@ pub async fn seed_demo(plane: &ControlPlane) -> Result<()> {
     }
 }
 
-/// Checks a user's cluster credential before `up` fronts it: it must work, must not be
-/// `system:masters` or cluster-admin, and must be allowed to impersonate. Returns the
-/// credential's user name.
+/// Checks a user's cluster credential before `up` fronts it, as the proxy would use it: it must
+/// work, must not be `system:masters` or cluster-admin, and must be allowed to impersonate.
+/// Returns the credential's user name and the API server's URL.
 pub async fn check_external(file: &Path, context: Option<&str>) -> Result<(String, String)> {
-    let resolved = gatehouse_proxy::upstream_config::from_kubeconfig(file, context)
-        .map_err(anyhow::Error::msg)?;
-    let kubectl = kubectl_program();
-    let mut base: Vec<String> = vec!["--kubeconfig".into(), file.display().to_string()];
-    if let Some(context) = context {
-        base.extend(["--context".into(), context.to_owned()]);
-    }
-    let run = |args: &[&str]| {
-        let mut command = tokio::process::Command::new(&kubectl);
-        command
-            .args(&base)
-            .args(["--request-timeout", "20s"])
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        command
+    let config = gatehouse_proxy::config::UpstreamConfig {
+        kubeconfig: Some(file.to_owned()),
+        context: context.map(str::to_owned),
+        connect_timeout: Duration::from_secs(5),
+        ..gatehouse_proxy::config::UpstreamConfig::default()
     };
-    let whoami = run(&["auth", "whoami", "-o", "json"])
-        .output()
+    let upstream = gatehouse_proxy::forward::Upstream::new(&config).map_err(anyhow::Error::msg)?;
+    let review = upstream
+        .review_credential(Duration::from_secs(20))
         .await
-        .with_context(|| format!("running {}", kubectl.display()))?;
-    if !whoami.status.success() {
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{} (context {}): the cluster did not say who this credential is: {e}",
+                file.display(),
+                context.unwrap_or("current")
+            )
+        })?;
+    if let Some(why) = review.unfit() {
         bail!(
-            "{} (context {}): the cluster did not say who this credential is: {}",
-            file.display(),
-            context.unwrap_or("current"),
-            String::from_utf8_lossy(&whoami.stderr).trim()
-        );
-    }
-    let review: serde_json::Value = serde_json::from_slice(&whoami.stdout)
-        .context("kubectl auth whoami printed something that is not JSON")?;
-    let user = review["status"]["userInfo"]["username"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let groups: Vec<&str> = review["status"]["userInfo"]["groups"]
-        .as_array()
-        .map(|g| g.iter().filter_map(|g| g.as_str()).collect())
-        .unwrap_or_default();
-    if groups.contains(&"system:masters") {
-        bail!(
-            "{file} authenticates as {user}, a member of system:masters. Gatehouse refuses to \
-             front a cluster with a credential that bypasses the cluster's RBAC: every request \
-             it forwards would be allowed whatever the caller may do.\n\n{}",
+            "{file} {why}. Gatehouse fronts a cluster only with a credential that may \
+             impersonate and nothing more.\n\n{}",
             rbac_instructions(),
             file = file.display()
         );
     }
-    let can = |verb: &'static str, resource: &'static str| {
-        let mut command = run(&["auth", "can-i", verb, resource, "--all-namespaces"]);
-        async move {
-            command
-                .output()
-                .await
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "yes")
-        }
-    };
-    if can("*", "*").await.unwrap_or(false) {
-        bail!(
-            "{file} authenticates as {user}, who may do anything in the cluster \
-             (cluster-admin). Give Gatehouse a credential that may only impersonate.\n\n{}",
-            rbac_instructions(),
-            file = file.display()
-        );
-    }
-    if !can("impersonate", "users").await.unwrap_or(false) {
-        bail!(
-            "{file} authenticates as {user}, who may not impersonate users: the proxy \
-             forwards every request as its caller.\n\n{}",
-            rbac_instructions(),
-            file = file.display()
-        );
-    }
-    Ok((user, resolved.url))
+    Ok((review.user, upstream.url().to_owned()))
 }
 
 /// What to do to give the proxy the credential it needs.
@@ -391,12 +342,4 @@ pub fn rbac_instructions() -> String {
          \x20 kubectl --kubeconfig gatehouse.kubeconfig config set-context --current --user gatehouse-proxy\n\n\
          The RBAC it applies:\n\n{PROXY_RBAC_YAML}"
     )
-}
-
-/// The control plane's own kubectl when it has been built, else `kubectl` on PATH.
-fn kubectl_program() -> PathBuf {
-    std::env::var_os(gatehouse_controlplane::binaries::BIN_ENV)
-        .map(|dir| PathBuf::from(dir).join("kubectl"))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from("kubectl"))
 }
