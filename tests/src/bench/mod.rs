@@ -3,7 +3,8 @@
 //!
 //! Module map:
 //! - [`load`]: the load generator (open loop with coordinated-omission correction, closed loop).
-//! - [`stack`]: the processes measured: `nats-server`, `gatehouse up --sandbox`, nginx.
+//! - [`stack`]: the processes measured: `nats-server`, `gatehouse up` (in front of the local
+//!   control plane or the sandbox), nginx.
 //! - [`evidence`]: ledger ingest, bundle export and verify throughput.
 //! - [`report`]: medians, ratios and goals, as Markdown and JSON.
 //! - [`soak`]: sustained load while the evidence service and `nats-server` are restarted.
@@ -27,11 +28,14 @@ use serde::Serialize;
 
 use load::{Outcome, Plan, Target};
 use stack::Stack;
+pub use stack::Upstream;
 
 /// What a run is asked to do.
 #[derive(Clone, Debug)]
 pub struct Options {
     pub dir: PathBuf,
+    /// The API server behind Gatehouse (and behind nginx, and measured direct).
+    pub upstream: Upstream,
     pub rounds: usize,
     /// Seconds per measured run (after a warm-up of a fifth of it, at least one second).
     pub seconds: f64,
@@ -226,7 +230,9 @@ const SMALL_GET: &str = "/api/v1/namespaces/default/configmaps/bench-small";
 const POD_LIST: &str = "/api/v1/namespaces/apps/pods";
 
 /// Creates what the runs read: one small ConfigMap, and `pods` pods in `apps` whose containers
-/// carry a password in their environment (so masking has work to do).
+/// carry a password in their environment (so masking has work to do). On the control plane
+/// they are bound to a kwok node (no scheduling), and the runs start once kwok has made them all
+/// Running, so nothing works in the background while they are measured.
 async fn seed(stack: &Stack, pods: usize) -> Result<()> {
     let (status, body) = load::send_json(
         &stack.direct,
@@ -252,7 +258,7 @@ async fn seed(stack: &Stack, pods: usize) -> Result<()> {
                 "name": format!("bench-{i:05}"), "namespace": "apps",
                 "labels": {"app": "bench", "tier": "backend", "shard": format!("{}", i % 16)}
             },
-            "spec": {"containers": [{
+            "spec": {"nodeName": "kwok-node-0", "containers": [{
                 "name": "app", "image": "registry.example/bench/app:1.4.2",
                 "env": [
                     {"name": "DB_PASSWORD", "value": format!("hunter2-{i}")},
@@ -275,12 +281,32 @@ async fn seed(stack: &Stack, pods: usize) -> Result<()> {
             String::from_utf8_lossy(&body)
         );
     }
+    if stack.upstream == Upstream::ControlPlane && pods > 0 {
+        let pending =
+            "/api/v1/namespaces/apps/pods?fieldSelector=status.phase%21%3DRunning&limit=1";
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+        loop {
+            let (status, body) = client.request(http::Method::GET, pending, None).await?;
+            ensure!(status == 200, "listing pending pods: {status}");
+            let list: serde_json::Value = serde_json::from_slice(&body)?;
+            if list["items"].as_array().is_some_and(Vec::is_empty) {
+                break;
+            }
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "kwok did not run the seeded pods within ten minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
     Ok(())
 }
 
 /// Everything measured.
 #[derive(Debug, Serialize)]
 pub struct Figures {
+    /// The API server behind Gatehouse, nginx and direct.
+    pub upstream: Upstream,
     /// Through the proxy, nginx and direct, with the stack up.
     #[serde(flatten)]
     pub proxy: ProxyFigures,
@@ -316,10 +342,11 @@ pub async fn run(options: &Options) -> Result<(Figures, [f64; 3], [f64; 3])> {
             .with_context(|| format!("clearing {}", options.dir.display()))?;
     }
     eprintln!(
-        "starting nats-server, gatehouse up --sandbox and nginx in {}",
+        "starting nats-server, gatehouse up and nginx in front of {} in {}",
+        options.upstream.describe(),
         options.dir.display()
     );
-    let mut stack = Stack::start(&options.dir).await?;
+    let mut stack = Stack::start(&options.dir, options.upstream).await?;
     let result = measure(&mut stack, options).await;
     if result.is_err() {
         stack.stop().await;
@@ -336,6 +363,7 @@ pub async fn run(options: &Options) -> Result<(Figures, [f64; 3], [f64; 3])> {
     let evidence = tokio::task::spawn_blocking(move || evidence::measure(events, 1_000)).await??;
     let load_after = load_average();
     let figures = Figures {
+        upstream: options.upstream,
         proxy,
         hold_decision_to_forward_ms: Percentiles::of_values(hold_waits_ms),
         evidence,
@@ -472,7 +500,7 @@ pub struct ListFigures {
     pub added: Percentiles,
 }
 
-/// Pods in the smaller list: about 1.7 MB of the sandbox's pods.
+/// Pods in the smaller list: about 1.7 MB of pods.
 pub const SMALL_LIST_PODS: usize = 750;
 
 async fn pod_list(
@@ -555,10 +583,10 @@ async fn hold(stack: &Stack, n: usize, sent: &mut Sent) -> Result<()> {
         voted?;
         let (status, _) = reply?;
         sent.answered += 1;
-        // The sandbox has no such ConfigMap: 404 means it was forwarded.
+        // The cluster has no such ConfigMap: 404 means it was forwarded.
         ensure!(
             status == 404,
-            "held delete {i} answered {status}, not the sandbox's 404"
+            "held delete {i} answered {status}, not the API server's 404"
         );
         for grant in bob.grants().await? {
             bob.revoke(&grant.grant_id, None).await?;

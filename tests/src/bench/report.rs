@@ -44,7 +44,7 @@ pub struct Goal {
 
 #[derive(Debug, Serialize)]
 pub struct Report<'a> {
-    pub format: &'static str,
+    pub upstream: String,
     pub date: String,
     pub commit: String,
     pub machine: Machine,
@@ -287,16 +287,48 @@ pub fn markdown(r: &Report<'_>) -> String {
     out
 }
 
-/// Writes `results.md` and `results.json` into `dir` and returns the Markdown.
-pub fn write(
-    dir: &Path,
+/// One upstream's run: what was asked, what was measured, the load averages around it.
+#[derive(Debug)]
+pub struct Run {
+    pub options: Options,
+    pub figures: Figures,
+    pub before: [f64; 3],
+    pub after: [f64; 3],
+}
+
+/// Writes `results.md` and `results.json` (one report per upstream) into `dir` and returns the
+/// Markdown.
+pub fn write(dir: &Path, runs: &[Run]) -> Result<String> {
+    let reports: Vec<Report<'_>> = runs
+        .iter()
+        .map(|run| report(&run.options, &run.figures, run.before, run.after))
+        .collect();
+    let mut md = String::new();
+    for report in &reports {
+        md.push_str(&format!("## Upstream: {}\n\n", report.upstream));
+        md.push_str(&markdown(report));
+        md.push('\n');
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("results.md"), &md)?;
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "format": "gatehouse.bench.v2",
+            "runs": reports,
+        }))?,
+    )?;
+    Ok(md)
+}
+
+fn report<'a>(
     options: &Options,
-    figures: &Figures,
+    figures: &'a Figures,
     before: [f64; 3],
     after: [f64; 3],
-) -> Result<String> {
-    let report = Report {
-        format: "gatehouse.bench.v1",
+) -> Report<'a> {
+    Report {
+        upstream: figures.upstream.describe().to_owned(),
         date: gatehouse_events::envelope::now_rfc3339(),
         commit: commit(),
         machine: machine(),
@@ -315,13 +347,5 @@ pub fn write(
         },
         goals: goals(figures),
         figures,
-    };
-    std::fs::create_dir_all(dir)?;
-    let md = markdown(&report);
-    std::fs::write(dir.join("results.md"), &md)?;
-    std::fs::write(
-        dir.join("results.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
-    Ok(md)
+    }
 }

@@ -78,7 +78,7 @@ pub async fn run(options: &SoakOptions) -> Result<SoakReport> {
     if options.dir.exists() {
         std::fs::remove_dir_all(&options.dir)?;
     }
-    let mut stack = Stack::start(&options.dir).await?;
+    let mut stack = Stack::start(&options.dir, stack::Upstream::ControlPlane).await?;
     let dir = stack.dir.clone();
     let ledger_dir = dir.join("soak-evidence");
     let config = dir.join("soak-evidence.yaml");

@@ -1,7 +1,7 @@
 //! The processes a benchmark run measures, each its own process as in a deployment: a real
-//! `nats-server`, `gatehouse up --sandbox` (the Kubernetes sandbox as upstream, the demo OIDC
-//! issuer, the proxy with the demo policy, the evidence and approval services) and a plain
-//! nginx reverse proxy in front of the same sandbox.
+//! `nats-server`, `gatehouse up` (in front of the local control plane, or `--sandbox`; the
+//! demo OIDC issuer, the proxy with the demo policy, the evidence and approval services) and a
+//! plain nginx reverse proxy in front of the same API server.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -60,13 +60,45 @@ pub fn read_kubeconfig(path: &Path) -> Result<Kubeconfig> {
     })
 }
 
-/// A target from the kubeconfigs of a running `gatehouse up --sandbox` in `up_dir`: `gatehouse`
-/// (as readonly-bot), `deployer` (as ci-deployer) or `direct` (the sandbox, as its admin).
+/// The cluster behind Gatehouse in a benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Upstream {
+    /// The local control plane: kube-apiserver with etcd, controllers and kwok nodes.
+    ControlPlane,
+    /// The Kubernetes sandbox (in-memory, core/v1 only).
+    Sandbox,
+}
+
+impl Upstream {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Upstream::ControlPlane => {
+                "the local control plane (kube-apiserver 1.36.3 on etcd 3.6, kwok nodes)"
+            }
+            Upstream::Sandbox => "the Kubernetes sandbox (in-memory, core/v1)",
+        }
+    }
+}
+
+/// The CA that signed the API server's certificate in a `gatehouse up` directory: the local
+/// control plane's own, or (sandbox) the demo CA.
+fn upstream_ca(up_dir: &Path) -> PathBuf {
+    let plane = up_dir.join("controlplane").join("pki").join("ca.pem");
+    if plane.exists() {
+        plane
+    } else {
+        up_dir.join("tls").join("ca.pem")
+    }
+}
+
+/// A target from the kubeconfigs of a running `gatehouse up` in `up_dir`: `gatehouse` (as
+/// readonly-bot), `deployer` (as ci-deployer) or `direct` (the API server, as its admin).
 pub fn target_in(up_dir: &Path, name: &str) -> Result<Target> {
-    let file = match name {
-        "gatehouse" => "readonly-bot",
-        "deployer" => "ci-deployer",
-        "direct" => "sandbox-admin",
+    let (file, ca) = match name {
+        "gatehouse" => ("readonly-bot", up_dir.join("tls").join("ca.pem")),
+        "deployer" => ("ci-deployer", up_dir.join("tls").join("ca.pem")),
+        "direct" => ("cluster-admin", upstream_ca(up_dir)),
         other => bail!("unknown target {other:?}: gatehouse, deployer or direct"),
     };
     let kubeconfig = read_kubeconfig(
@@ -74,10 +106,7 @@ pub fn target_in(up_dir: &Path, name: &str) -> Result<Target> {
             .join("kubeconfigs")
             .join(format!("{file}.kubeconfig")),
     )?;
-    let tls = Arc::new(gatehouse_proxy::http_client::client_tls(
-        Some(&up_dir.join("tls").join("ca.pem")),
-        false,
-    )?);
+    let tls = Arc::new(gatehouse_proxy::http_client::client_tls(Some(&ca), false)?);
     Ok(Target {
         name: name.to_owned(),
         addr: kubeconfig.addr,
@@ -119,14 +148,15 @@ pub async fn wait_until(
 /// The running set.
 pub struct Stack {
     pub dir: PathBuf,
+    pub upstream: Upstream,
     pub nats: NatsServer,
-    /// `gatehouse up --sandbox`.
+    /// `gatehouse up`.
     up: Option<Child>,
     nginx: Option<Child>,
     pub tls: Arc<rustls::ClientConfig>,
-    /// The sandbox API server, with its admin token.
+    /// The API server, with its admin token.
     pub direct: Target,
-    /// nginx in front of the sandbox, with the same token as `direct`.
+    /// nginx in front of the API server, with the same token as `direct`.
     pub nginx_target: Target,
     /// The Gatehouse proxy as `readonly-bot` (demo policy rule `readers`).
     pub gatehouse_reader: Target,
@@ -137,22 +167,20 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Starts everything under `dir` (which should not exist yet).
-    pub async fn start(dir: &Path) -> Result<Self> {
+    /// Starts everything under `dir` (which should not exist yet) in front of `upstream`.
+    pub async fn start(dir: &Path, upstream: Upstream) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let dir = std::fs::canonicalize(dir)?;
         let nats = NatsServer::start(&dir.join("nats")).await?;
         let up_dir = dir.join("up");
         let log = std::fs::File::create(dir.join("gatehouse-up.log"))?;
-        let up = Command::new(sibling_binary("gatehouse")?)
-            .args([
-                "up",
-                "--sandbox",
-                "--listen",
-                "127.0.0.1:0",
-                "--nats-url",
-                nats.url(),
-            ])
+        let mut command = Command::new(sibling_binary("gatehouse")?);
+        command.arg("up");
+        if upstream == Upstream::Sandbox {
+            command.arg("--sandbox");
+        }
+        let up = command
+            .args(["--listen", "127.0.0.1:0", "--nats-url", nats.url()])
             .arg("--data-dir")
             .arg(&up_dir)
             .env("GATEHOUSE_LOG", "warn")
@@ -161,9 +189,9 @@ impl Stack {
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
             .spawn()
-            .context("starting gatehouse up --sandbox")?;
+            .context("starting gatehouse up")?;
         let kubeconfigs = up_dir.join("kubeconfigs");
-        let admin_file = kubeconfigs.join("sandbox-admin.kubeconfig");
+        let admin_file = kubeconfigs.join("cluster-admin.kubeconfig");
         wait_until(
             "gatehouse up to write its kubeconfigs",
             Duration::from_secs(120),
@@ -172,31 +200,40 @@ impl Stack {
         .await
         .with_context(|| format!("see {}", dir.join("gatehouse-up.log").display()))?;
 
+        // The proxy and nginx serve the demo CA's certificate; the API server its own.
         let tls = Arc::new(gatehouse_proxy::http_client::client_tls(
             Some(&up_dir.join("tls").join("ca.pem")),
+            false,
+        )?);
+        let upstream_ca = upstream_ca(&up_dir);
+        let upstream_tls = Arc::new(gatehouse_proxy::http_client::client_tls(
+            Some(&upstream_ca),
             false,
         )?);
         let admin = read_kubeconfig(&admin_file)?;
         let reader = read_kubeconfig(&kubeconfigs.join("readonly-bot.kubeconfig"))?;
         let deployer = read_kubeconfig(&kubeconfigs.join("ci-deployer.kubeconfig"))?;
-        let target = |name: &str, addr: SocketAddr, token: &str| Target {
-            name: name.to_owned(),
-            addr,
-            server_name: "localhost".to_owned(),
-            authorization: format!("Bearer {token}"),
-            tls: tls.clone(),
-        };
-        let direct = target("direct", admin.addr, &admin.token);
-        let gatehouse_reader = target("gatehouse", reader.addr, &reader.token);
-        let gatehouse_deployer = target("gatehouse", deployer.addr, &deployer.token);
+        let target =
+            |name: &str, addr: SocketAddr, token: &str, tls: &Arc<rustls::ClientConfig>| Target {
+                name: name.to_owned(),
+                addr,
+                server_name: "localhost".to_owned(),
+                authorization: format!("Bearer {token}"),
+                tls: tls.clone(),
+            };
+        let direct = target("direct", admin.addr, &admin.token, &upstream_tls);
+        let gatehouse_reader = target("gatehouse", reader.addr, &reader.token, &tls);
+        let gatehouse_deployer = target("gatehouse", deployer.addr, &deployer.token, &tls);
         let approval_url = std::fs::read_to_string(up_dir.join("approval.url"))?
             .trim()
             .to_owned();
 
-        let (nginx, nginx_addr) = start_nginx(&dir.join("nginx"), &up_dir, admin.addr).await?;
-        let nginx_target = target("nginx", nginx_addr, &admin.token);
+        let (nginx, nginx_addr) =
+            start_nginx(&dir.join("nginx"), &up_dir, &upstream_ca, admin.addr).await?;
+        let nginx_target = target("nginx", nginx_addr, &admin.token, &tls);
         Ok(Self {
             dir,
+            upstream,
             nats,
             up: Some(up),
             nginx: Some(nginx),
@@ -240,11 +277,12 @@ impl Stack {
 }
 
 /// nginx from the system's packages, as a TLS reverse proxy to `upstream` with keep-alive
-/// connections upstream, verifying the sandbox's certificate; the same certificate as the
-/// Gatehouse proxy serves.
+/// connections upstream, verifying the API server's certificate against `upstream_ca`; it
+/// serves the same certificate as the Gatehouse proxy.
 async fn start_nginx(
     dir: &Path,
     up_dir: &Path,
+    upstream_ca: &Path,
     upstream: SocketAddr,
 ) -> Result<(Child, SocketAddr)> {
     let binary = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
@@ -308,7 +346,7 @@ http {{
 "#,
         cert = tls.join("proxy.pem").display(),
         key = tls.join("proxy-key.pem").display(),
-        ca = tls.join("ca.pem").display(),
+        ca = upstream_ca.display(),
     );
     let conf_file = dir.join("nginx.conf");
     std::fs::write(&conf_file, conf)?;

@@ -28,6 +28,10 @@ enum Command {
         /// Where results.md and results.json go.
         #[arg(long, default_value = "tests/bench/results")]
         out: PathBuf,
+        /// The API servers to measure behind Gatehouse, each in its own run (default: the
+        /// local control plane, then the sandbox).
+        #[arg(long = "upstream", value_enum, num_args = 1..)]
+        upstreams: Vec<bench::Upstream>,
         #[arg(long, default_value_t = 3)]
         rounds: usize,
         /// Seconds per measured run (plus a warm-up of a fifth of it, at least a second).
@@ -52,13 +56,13 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         max_load: f64,
     },
-    /// One open-loop run against a running `gatehouse up --sandbox` (its data directory), to
-    /// look at one path alone: prints the latency percentiles.
+    /// One open-loop run against a running `gatehouse up` (its data directory), to look at one
+    /// path alone: prints the latency percentiles.
     Load {
-        /// The data directory `gatehouse up --sandbox` was started with.
+        /// The data directory `gatehouse up` was started with.
         #[arg(long)]
         up_dir: PathBuf,
-        /// `gatehouse` (as readonly-bot) or `direct` (the sandbox, as its admin).
+        /// `gatehouse` (as readonly-bot) or `direct` (the API server, as its admin).
         #[arg(long, default_value = "gatehouse")]
         target: String,
         #[arg(
@@ -113,6 +117,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run {
             dir,
             out,
+            upstreams,
             rounds,
             seconds,
             rate,
@@ -124,28 +129,43 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             ledger_events,
             max_load,
         } => {
-            let options = Options {
-                dir,
-                rounds: rounds.max(1),
-                seconds,
-                rate,
-                connections: connections.max(1),
-                saturation_connections: saturation_connections.max(1),
-                pods,
-                list_rate,
-                holds,
-                ledger_events,
-                max_load,
+            let upstreams = if upstreams.is_empty() {
+                vec![bench::Upstream::ControlPlane, bench::Upstream::Sandbox]
+            } else {
+                upstreams
             };
-            let (figures, before, after) = bench::run(&options).await?;
-            let md = report::write(&out, &options, &figures, before, after)?;
+            let mut runs = Vec::new();
+            for upstream in upstreams {
+                let options = Options {
+                    dir: dir.clone(),
+                    upstream,
+                    rounds: rounds.max(1),
+                    seconds,
+                    rate,
+                    connections: connections.max(1),
+                    saturation_connections: saturation_connections.max(1),
+                    pods,
+                    list_rate,
+                    holds,
+                    ledger_events,
+                    max_load,
+                };
+                let (figures, before, after) = bench::run(&options).await?;
+                runs.push(report::Run {
+                    options,
+                    figures,
+                    before,
+                    after,
+                });
+            }
+            let md = report::write(&out, &runs)?;
             println!("{md}");
             eprintln!(
                 "written: {} and {}",
                 out.join("results.md").display(),
                 out.join("results.json").display()
             );
-            Ok(if figures.zero_loss.holds() {
+            Ok(if runs.iter().all(|r| r.figures.zero_loss.holds()) {
                 ExitCode::SUCCESS
             } else {
                 eprintln!("zero-loss accounting FAILED: see the table");
