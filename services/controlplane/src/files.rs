@@ -418,6 +418,16 @@ spec:
   - local:
       workDir: {exec_dir}
 ---
+# A pod's ports reach 127.0.0.1:8000 on this machine unless a PortForward says otherwise (the
+# demo's `kubectl port-forward pod/web 8080:80` then `curl localhost:8080`, with something
+# serving on 8000).
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterPortForward
+metadata: {{name: local}}
+spec:
+  forwards:
+  - target: {{address: 127.0.0.1, port: 8000}}
+---
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: ClusterLogs
 metadata: {{name: local}}
