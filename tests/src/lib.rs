@@ -1190,3 +1190,102 @@ impl std::io::Write for LogCapture {
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(sequence: u64, name: &str, subject: &str, data: Value) -> Event {
+        let value = serde_json::json!({
+            "type": format!("dev.gatehouse.{name}.v1"),
+            "subject": subject,
+            "data": data,
+        });
+        Event {
+            sequence,
+            bytes: Bytes::from(value.to_string()),
+            value,
+        }
+    }
+
+    fn audit(
+        id: &str,
+        user: &str,
+        impersonated: &str,
+        verb: &str,
+        resource: &str,
+    ) -> gatehouse_controlplane::AuditEvent {
+        serde_json::from_value(serde_json::json!({
+            "auditID": id, "stage": "ResponseComplete", "verb": verb,
+            "requestURI": format!("/api/v1/namespaces/apps/{resource}"),
+            "user": {"username": user, "groups": []},
+            "impersonatedUser": {"username": impersonated, "groups": ["deployers", "system:authenticated"]},
+            "objectRef": {"resource": resource, "namespace": "apps"},
+            "responseStatus": {"code": 200},
+        }))
+        .unwrap()
+    }
+
+    fn forwarded(id: &str, principal: &str, verb: &str, resource: &str) -> Vec<Event> {
+        vec![
+            event(
+                1,
+                "request.received",
+                id,
+                serde_json::json!({
+                    "identity": {"principal": principal, "groups": ["deployers"]},
+                    "request": {"is_resource_request": true, "verb": verb, "resource": resource,
+                                "subresource": "", "namespace": "apps", "api_group": "", "name": "",
+                                "path": format!("/api/v1/namespaces/apps/{resource}")},
+                }),
+            ),
+            event(2, "request.forwarded", id, serde_json::json!({})),
+        ]
+    }
+
+    const PROXY: &str = "system:serviceaccount:gatehouse:gatehouse-proxy";
+
+    #[test]
+    fn the_audit_log_and_the_ledger_must_tell_the_same_story() {
+        let events = forwarded("01A", "ci-deployer", "list", "pods");
+        let agreed = [audit("01A", PROXY, "ci-deployer", "list", "pods")];
+        cross_check_audit(&events, &agreed, PROXY).unwrap();
+        // The proxy's own credential review is not a forwarded request.
+        let with_check = [
+            agreed[0].clone(),
+            audit(
+                "gatehouse-credential-check-x",
+                PROXY,
+                "",
+                "create",
+                "selfsubjectreviews",
+            ),
+        ];
+        cross_check_audit(&events, &with_check, PROXY).unwrap();
+
+        let unrecorded = [
+            agreed[0].clone(),
+            audit("01B", PROXY, "ci-deployer", "list", "secrets"),
+        ];
+        let why = cross_check_audit(&events, &unrecorded, PROXY).unwrap_err();
+        assert!(
+            format!("{why}").contains("does not show as forwarded"),
+            "{why}"
+        );
+
+        let missing = cross_check_audit(&events, &[], PROXY).unwrap_err();
+        assert!(format!("{missing}").contains("not in the apiserver's audit log"));
+
+        let someone_else = [audit("01A", PROXY, "readonly-bot", "list", "pods")];
+        let why = cross_check_audit(&events, &someone_else, PROXY).unwrap_err();
+        assert!(format!("{why}").contains("impersonated"), "{why}");
+
+        let other_resource = [audit("01A", PROXY, "ci-deployer", "list", "secrets")];
+        let why = cross_check_audit(&events, &other_resource, PROXY).unwrap_err();
+        assert!(format!("{why}").contains("the apiserver list"), "{why}");
+
+        // Requests by others (the admin, controllers) are not the proxy's business.
+        let admin = [agreed[0].clone(), audit("x", "admin", "", "delete", "pods")];
+        cross_check_audit(&events, &admin, PROXY).unwrap();
+    }
+}

@@ -42,6 +42,18 @@ fn received<'e>(events: &'e [Event], verb: &str, resource: &str) -> Vec<&'e Even
         .collect()
 }
 
+/// `kubectl rollout status` of deployment `shop`, as ci-deployer.
+async fn rolled_out(bed: &TestBed) -> anyhow::Result<String> {
+    Ok(ok(
+        "rollout status",
+        bed.kubectl(
+            "ci-deployer",
+            &["rollout", "status", "deployment/shop", "--timeout=60s"],
+        )
+        .await?,
+    ))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployments_roll_out_scale_and_roll_back() -> Result {
     let bed = TestBed::start().await?;
@@ -59,14 +71,7 @@ async fn deployments_roll_out_scale_and_roll_back() -> Result {
         )
         .await?,
     );
-    let status = ok(
-        "rollout status",
-        bed.kubectl(
-            "ci-deployer",
-            &["rollout", "status", "deployment/shop", "--timeout=60s"],
-        )
-        .await?,
-    );
+    let status = rolled_out(&bed).await?;
     assert!(status.contains("successfully rolled out"), "{status}");
     ok(
         "set image",
@@ -76,14 +81,7 @@ async fn deployments_roll_out_scale_and_roll_back() -> Result {
         )
         .await?,
     );
-    ok(
-        "rollout status",
-        bed.kubectl(
-            "ci-deployer",
-            &["rollout", "status", "deployment/shop", "--timeout=60s"],
-        )
-        .await?,
-    );
+    rolled_out(&bed).await?;
     let history = ok(
         "rollout history",
         bed.kubectl("ci-deployer", &["rollout", "history", "deployment/shop"])
@@ -95,14 +93,7 @@ async fn deployments_roll_out_scale_and_roll_back() -> Result {
         bed.kubectl("ci-deployer", &["rollout", "undo", "deployment/shop"])
             .await?,
     );
-    ok(
-        "rollout status",
-        bed.kubectl(
-            "ci-deployer",
-            &["rollout", "status", "deployment/shop", "--timeout=60s"],
-        )
-        .await?,
-    );
+    rolled_out(&bed).await?;
     let image = ok(
         "get",
         bed.kubectl(

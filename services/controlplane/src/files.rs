@@ -19,71 +19,31 @@ use serde_json::json;
 use crate::{ControlPlaneError, Ports};
 
 /// The namespaced kwok kinds read from the API (`--enable-crds`), so that a test can point one
-/// pod's logs, attach, exec or port-forward somewhere of its own.
-pub const KWOK_CRD_KINDS: [&str; 4] = ["Logs", "Attach", "Exec", "PortForward"];
+/// pod's logs, attach, exec or port-forward somewhere of its own: kind, plural, singular.
+pub const KWOK_KINDS: [(&str, &str, &str); 4] = [
+    ("Logs", "logs", "logs"),
+    ("Attach", "attaches", "attach"),
+    ("Exec", "execs", "exec"),
+    ("PortForward", "portforwards", "portforward"),
+];
 
-/// Their CustomResourceDefinitions (group `kwok.x-k8s.io`, as kwok's client expects).
-pub const KWOK_CRDS: &str = r#"
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: logs.kwok.x-k8s.io}
-spec:
-  group: kwok.x-k8s.io
-  names: {kind: Logs, listKind: LogsList, plural: logs, singular: logs}
-  scope: Namespaced
-  versions:
-  - name: v1alpha1
-    served: true
-    storage: true
-    subresources: {status: {}}
-    schema:
-      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: attaches.kwok.x-k8s.io}
-spec:
-  group: kwok.x-k8s.io
-  names: {kind: Attach, listKind: AttachList, plural: attaches, singular: attach}
-  scope: Namespaced
-  versions:
-  - name: v1alpha1
-    served: true
-    storage: true
-    subresources: {status: {}}
-    schema:
-      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: execs.kwok.x-k8s.io}
-spec:
-  group: kwok.x-k8s.io
-  names: {kind: Exec, listKind: ExecList, plural: execs, singular: exec}
-  scope: Namespaced
-  versions:
-  - name: v1alpha1
-    served: true
-    storage: true
-    subresources: {status: {}}
-    schema:
-      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: portforwards.kwok.x-k8s.io}
-spec:
-  group: kwok.x-k8s.io
-  names: {kind: PortForward, listKind: PortForwardList, plural: portforwards, singular: portforward}
-  scope: Namespaced
-  versions:
-  - name: v1alpha1
-    served: true
-    storage: true
-    subresources: {status: {}}
-    schema:
-      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
-"#;
+/// Their CustomResourceDefinitions (group `kwok.x-k8s.io`, the plural names kwok's client
+/// uses); the objects are kwok's to validate, so the schema takes anything.
+pub fn kwok_crds() -> String {
+    KWOK_KINDS
+        .iter()
+    .map(|(kind, plural, singular)| {
+        format!(
+            "---\napiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\n\
+             metadata: {{name: {plural}.kwok.x-k8s.io}}\nspec:\n  group: kwok.x-k8s.io\n  \
+             names: {{kind: {kind}, listKind: {kind}List, plural: {plural}, singular: {singular}}}\n  \
+             scope: Namespaced\n  versions:\n  - name: v1alpha1\n    served: true\n    storage: true\n    \
+             subresources: {{status: {{}}}}\n    schema:\n      openAPIV3Schema: \
+             {{type: object, x-kubernetes-preserve-unknown-fields: true}}\n"
+        )
+    })
+    .collect()
+}
 
 /// A pod the start-up waits on: bound by the scheduler, made Running by kwok.
 pub const PROBE_POD_NAME: &str = "gatehouse-controlplane-probe";

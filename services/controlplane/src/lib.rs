@@ -330,7 +330,7 @@ impl ControlPlane {
     async fn start_kwok(&self) -> Result<(), ControlPlaneError> {
         // kwok reads these kinds from the API (so a test can point one pod's port-forward or
         // logs somewhere of its own); their CRDs must exist before it starts.
-        self.apply(files::KWOK_CRDS).await?;
+        self.apply(&files::kwok_crds()).await?;
         let f = &self.files;
         let args = vec![
             format!("--kubeconfig={}", f.kwok_kubeconfig.display()),
@@ -343,7 +343,10 @@ impl ControlPlane {
             format!("--tls-private-key-file={}", f.kubelet_key.display()),
             "--node-lease-duration-seconds=40".into(),
             "--cidr=10.244.0.0/16".into(),
-            format!("--enable-crds={}", files::KWOK_CRD_KINDS.join(",")),
+            format!(
+                "--enable-crds={}",
+                files::KWOK_KINDS.map(|(kind, _, _)| kind).join(",")
+            ),
         ];
         self.supervisor.start(Spec {
             name: "kwok",

@@ -170,24 +170,12 @@ impl Upstream {
     /// it answers 2xx within `timeout`, else a reason fit for a readiness report.
     pub async fn probe(&self, timeout: Duration) -> Result<(), String> {
         let check = async {
-            let url = format!("{}{}/readyz", self.origin, self.base_path);
-            let mut request = Request::get(url)
+            let request = Request::get(format!("{}{}/readyz", self.origin, self.base_path))
                 .body(Full::new(Bytes::new()))
                 .map_err(|e| format!("building the probe: {e}"))?;
-            if let Some(value) = self.token.header().map_err(|e| e.to_string())? {
-                request.headers_mut().insert(header::AUTHORIZATION, value);
-            }
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| describe_client_error(&e))?;
-            let status = response.status();
-            // Drain a little so the connection can be reused; the body itself does not matter.
-            let _ = http_body_util::Limited::new(response.into_body(), 64 * 1024)
-                .collect()
-                .await;
-            match status.as_u16() {
+            // The body does not matter; reading a little lets the connection be reused.
+            let (status, _) = self.as_proxy(request, 64 * 1024).await?;
+            match status {
                 200..=299 => Ok(()),
                 401 | 403 => Err(format!(
                     "the API server refused the proxy's credential (HTTP {})",
@@ -251,7 +239,7 @@ impl Upstream {
 
     /// POSTs a review object with the proxy's own credential and returns the answer.
     async fn ask(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value, String> {
-        let mut request = Request::post(format!("{}{}{path}", self.origin, self.base_path))
+        let request = Request::post(format!("{}{}{path}", self.origin, self.base_path))
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json")
             .header(header::USER_AGENT, "gatehouse (credential check)")
@@ -261,6 +249,20 @@ impl Upstream {
             )
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|e| format!("building the review: {e}"))?;
+        let (status, bytes) = self.as_proxy(request, 1 << 20).await?;
+        if !(200..300).contains(&status) {
+            return Err(format!("{path} answered HTTP {status}"));
+        }
+        serde_json::from_slice(&bytes).map_err(|_| format!("{path} answered something not JSON"))
+    }
+
+    /// Sends a request of the proxy's own (no caller, no impersonation) with its credential;
+    /// the status and at most `limit` bytes of the answer.
+    async fn as_proxy(
+        &self,
+        mut request: Request<Full<Bytes>>,
+        limit: usize,
+    ) -> Result<(u16, Bytes), String> {
         if let Some(value) = self.token.header().map_err(|e| e.to_string())? {
             request.headers_mut().insert(header::AUTHORIZATION, value);
         }
@@ -270,15 +272,12 @@ impl Upstream {
             .await
             .map_err(|e| describe_client_error(&e))?;
         let status = response.status().as_u16();
-        let bytes = http_body_util::Limited::new(response.into_body(), 1 << 20)
+        let bytes = http_body_util::Limited::new(response.into_body(), limit)
             .collect()
             .await
-            .map_err(|e| format!("reading the answer to {path}: {e}"))?
-            .to_bytes();
-        if !(200..300).contains(&status) {
-            return Err(format!("{path} answered HTTP {status}"));
-        }
-        serde_json::from_slice(&bytes).map_err(|_| format!("{path} answered something not JSON"))
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Ok((status, bytes))
     }
 
     /// The API server's URL, as recorded in `request.forwarded`.
