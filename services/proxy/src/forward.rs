@@ -178,8 +178,7 @@ impl Upstream {
             match status {
                 200..=299 => Ok(()),
                 401 | 403 => Err(format!(
-                    "the API server refused the proxy's credential (HTTP {})",
-                    status.as_u16()
+                    "the API server refused the proxy's credential (HTTP {status})"
                 )),
                 code => Err(format!("the API server's /readyz answered HTTP {code}")),
             }
