@@ -226,6 +226,15 @@ impl From<gatehouse_sandbox::RecordedRequest> for UpstreamRequest {
     }
 }
 
+/// Whether the cluster received `r` from the proxy on a caller's behalf (not one of the proxy's
+/// reviews of its own credential).
+fn forwarded_by(r: &UpstreamRequest, proxy: &str) -> bool {
+    r.authenticated_user.as_deref() == Some(proxy)
+        && !r.audit_id.as_deref().is_some_and(|id| {
+            id.starts_with(gatehouse_proxy::forward::CREDENTIAL_CHECK_AUDIT_PREFIX)
+        })
+}
+
 impl UpstreamRequest {
     /// One per audit id, its last stage (ResponseComplete when there is one), in log order.
     fn from_audit(events: &[gatehouse_controlplane::AuditEvent]) -> Vec<Self> {
@@ -668,7 +677,7 @@ impl TestBed {
     pub async fn upstream_requests(&self) -> Result<Vec<UpstreamRequest>> {
         let cluster = &self.stack().cluster;
         let proxy = self.proxy_identity();
-        let from_proxy = move |r: &UpstreamRequest| r.authenticated_user.as_deref() == Some(proxy);
+        let from_proxy = move |r: &UpstreamRequest| forwarded_by(r, proxy);
         if let Some(sandbox) = cluster.sandbox() {
             return Ok(sandbox
                 .requests()
@@ -721,10 +730,7 @@ impl TestBed {
             (None, Some(plane)) => UpstreamRequest::from_audit(&plane.audit_events()?),
             (None, None) => bail!("this test bed's cluster records no requests"),
         };
-        Ok(all
-            .into_iter()
-            .filter(|r| r.authenticated_user.as_deref() == Some(proxy))
-            .collect())
+        Ok(all.into_iter().filter(|r| forwarded_by(r, proxy)).collect())
     }
 
     fn control_plane(&self) -> Result<&gatehouse_controlplane::ControlPlane> {

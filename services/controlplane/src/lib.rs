@@ -9,9 +9,9 @@
 //! etcd's `/health`, the apiserver's `/readyz`, the `default` ServiceAccount (the controller
 //! manager works), every node Ready (kwok works).
 //!
-//! Nodes and pods have loopback addresses only (kwok's node IP is 127.0.0.1 and the apiserver
-//! reaches kubelets by `InternalIP`), so the apiserver never dials out of 127.0.0.0/8. Pod IPs
-//! come from a range nothing routes to; nothing here uses the `proxy` subresources.
+//! Nodes and pods have loopback addresses only (kwok's node IP is 127.0.0.1, the apiserver
+//! reaches kubelets by `InternalIP`, pod IPs come from 127.1.0.0/16), so the apiserver never
+//! dials out of 127.0.0.0/8, not even for a pod's `proxy` subresource.
 //!
 //! Module map:
 //! - [`binaries`]: where the built binaries are (and building them when they are not).
@@ -342,7 +342,9 @@ impl ControlPlane {
             format!("--tls-cert-file={}", f.kubelet_cert.display()),
             format!("--tls-private-key-file={}", f.kubelet_key.display()),
             "--node-lease-duration-seconds=40".into(),
-            "--cidr=10.244.0.0/16".into(),
+            // Pod IPs on loopback too: whatever dials a pod (the `proxy` subresource) stays on
+            // this machine. EndpointSlices refuse loopback addresses, so Services have none.
+            "--cidr=127.1.0.0/16".into(),
             format!(
                 "--enable-crds={}",
                 files::KWOK_KINDS.map(|(kind, _, _)| kind).join(",")
