@@ -175,7 +175,7 @@ fn build_clientgo() -> Result<PathBuf> {
         .arg(".")
         .current_dir(&source)
         .env("GOTOOLCHAIN", "local")
-        .env("GOFLAGS", "-mod=readonly")
+        .env("GOFLAGS", "-mod=readonly -buildvcs=false")
         .env("CGO_ENABLED", "0")
         .status()
         .context("running go (Go 1.26 or newer is needed)")?;
