@@ -33,6 +33,8 @@ pub struct SoakOptions {
 /// What the soak found; `passed` only if every check held.
 #[derive(Debug, Default, Serialize)]
 pub struct SoakReport {
+    /// What Gatehouse fronted.
+    pub upstream: String,
     pub seconds: f64,
     pub rate: f64,
     pub sent: u64,
@@ -78,7 +80,8 @@ pub async fn run(options: &SoakOptions) -> Result<SoakReport> {
     if options.dir.exists() {
         std::fs::remove_dir_all(&options.dir)?;
     }
-    let mut stack = Stack::start(&options.dir, stack::Upstream::ControlPlane).await?;
+    let upstream = stack::Upstream::ControlPlane;
+    let mut stack = Stack::start(&options.dir, upstream).await?;
     let dir = stack.dir.clone();
     let ledger_dir = dir.join("soak-evidence");
     let config = dir.join("soak-evidence.yaml");
@@ -108,6 +111,7 @@ pub async fn run(options: &SoakOptions) -> Result<SoakReport> {
     let load_task = tokio::spawn(async move { load::run(&target, &plan).await });
     let at = |fraction: f64| started + Duration::from_secs_f64(options.seconds * fraction);
     let mut report = SoakReport {
+        upstream: upstream.describe().to_string(),
         seconds: options.seconds,
         rate: options.rate,
         ..SoakReport::default()
