@@ -243,7 +243,7 @@ pub async fn seed_demo(plane: &ControlPlane) -> Result<()> {
             &[
                 "container web of pod apps/web started",
                 "listening on :8080",
-                "connected to the database (token=demo-db-token-1234)",
+                "connected to the database with token=demo-db-token-1234",
             ][..],
         ),
         (

@@ -645,7 +645,7 @@ fn print_guide(options: &UpOptions, stack: &Stack, kubectl: Option<&Path>) {
          \x20 kubectl --kubeconfig {intruder} get pods                  # unknown identity: denied\n\
          \x20 kubectl get secret db-credentials -o yaml       # values masked (base64 of gatehouse:masked)\n\
          \x20 kubectl exec web -- sh -c 'echo hi; id'         # relayed and recorded (kwok runs it on this machine)\n\
-         \x20 kubectl logs web                                # what the container printed; the token in it is masked in the record\n\
+         \x20 kubectl logs web                                # what the container printed, its token masked (in the answer and the record)\n\
          \x20 kubectl exec -n prod api -- sh                  # denied: no shells outside apps\n\
          \x20 {invocation} policy explain --policy {policy} --as ci-deployer exec pods/exec -n prod web --command sh\n\n\
          Approvals (deletes in prod wait for an SRE's vote; no chat account needed):\n\
