@@ -500,6 +500,102 @@ fn forge(header: &Value, claims: &Value, signature: &str) -> String {
     )
 }
 
+/// A request the API server could read differently from how policy read it is refused: a
+/// single-valued parameter or header given twice with different values. Headers that would
+/// claim an identity in another spelling never reach the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_read_two_ways_is_refused_before_anything_is_forwarded() -> Result {
+    let bed = TestBed::start().await?;
+    let bearer = format!("Bearer {}", bed.mint("ci-deployer")?);
+    let auth = ("authorization", bearer.as_str());
+    type Header<'a> = (&'a str, &'a str);
+    let cases: [(&str, Vec<Header>, &str); 4] = [
+        // Judged as a list, served as a live watch by a server that reads the last value.
+        (
+            "/api/v1/namespaces/apps/secrets?watch=false&watch=true",
+            vec![auth],
+            "query parameter \"watch\"",
+        ),
+        (
+            "/api/v1/namespaces/apps/secrets?fieldSelector=metadata.name%3Da&fieldSelector=",
+            vec![auth],
+            "query parameter \"fieldSelector\"",
+        ),
+        (
+            "/api/v1/namespaces/apps/secrets?resourceVersion=0&resource%56ersion=1",
+            vec![auth],
+            "query parameter \"resourceVersion\"",
+        ),
+        (
+            "/api/v1/namespaces/apps/secrets",
+            vec![
+                auth,
+                ("accept", "application/json"),
+                ("accept", "application/vnd.kubernetes.protobuf"),
+            ],
+            "the accept header",
+        ),
+    ];
+    for (path, headers, expected) in &cases {
+        let reply = bed.request_with("GET", path, headers, None).await?;
+        assert_eq!(reply.status, 400, "{path}: {}", reply.body);
+        assert_eq!(reply.body["kind"], "Status", "{path}");
+        assert_eq!(reply.body["reason"], "BadRequest", "{path}");
+        let message = reply.body["message"].as_str().unwrap_or("");
+        assert!(message.contains(expected), "{path}: {message}");
+        let id = reply.request_id.clone().expect("request id");
+        let events = bed
+            .events_of(&id, &["request.received", "request.denied"])
+            .await?;
+        assert_eq!(events[1].data()["reason"], "bad_request", "{path}");
+    }
+    assert_eq!(
+        reached_cluster(&bed, "/api/v1/namespaces/apps/secrets").await?,
+        0
+    );
+
+    // The same value twice is one reading: it goes through.
+    let reply = bed
+        .request_with(
+            "GET",
+            "/api/v1/namespaces/apps/configmaps?limit=1&limit=1",
+            &[
+                auth,
+                ("accept", "application/json"),
+                ("accept", "application/json"),
+            ],
+            None,
+        )
+        .await?;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // Identity claims in other spellings are dropped; the cluster sees ci-deployer.
+    let reply = bed
+        .request_with(
+            "GET",
+            "/api/v1/namespaces/kube-system/configmaps",
+            &[
+                auth,
+                ("impersonate_user", "system:admin"),
+                ("x-remote-user", "system:admin"),
+                ("x-remote-group", "system:masters"),
+                ("x_remote_extra_scopes", "all"),
+            ],
+            None,
+        )
+        .await?;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let seen = bed
+        .upstream_requests()
+        .await?
+        .into_iter()
+        .find(|r| r.path == "/api/v1/namespaces/kube-system/configmaps")
+        .expect("the request reached the cluster");
+    assert_eq!(seen.impersonated_user.as_deref(), Some("ci-deployer"));
+    bed.finish().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_are_refused_before_anything_is_forwarded() -> Result {
     let bed = TestBed::start().await?;

@@ -3,9 +3,9 @@
 //!
 //! [`Upstream::send`] takes a [`Permitted`] (policy allowed it) and an [`Acked`]
 //! (`request.received` is in JetStream) by value, so nothing reaches the cluster without both.
-//! The caller's `Authorization`, `Audit-ID` and every `Impersonate-*` header are removed; the
-//! proxy's bearer token and `Impersonate-User` / `Impersonate-Group` for the mapped identity are
-//! set, so the cluster's RBAC decides as it would for the caller, and `Audit-ID` is Gatehouse's
+//! The caller's `Authorization`, `Audit-ID`, every `Impersonate-*` and `X-Remote-*` header (and
+//! their `_` spellings) are removed; the proxy's bearer token and `Impersonate-User` /
+//! `Impersonate-Group` for the mapped identity are set, so the cluster's RBAC decides as it would for the caller, and `Audit-ID` is Gatehouse's
 //! request id, so the API server's audit log names each request as the ledger does.
 
 use std::time::{Duration, Instant};
@@ -448,12 +448,12 @@ fn prepare_headers(
     headers.remove(header::HOST);
     // The body was read whole; the client sets the length of what it sends.
     headers.remove(header::CONTENT_LENGTH);
-    let impersonation: Vec<HeaderName> = headers
+    let identity_claims: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().starts_with("impersonate-"))
+        .filter(|name| claims_identity(name))
         .cloned()
         .collect();
-    for name in impersonation {
+    for name in identity_claims {
         headers.remove(name);
     }
     if let Some(value) = authorization {
@@ -477,6 +477,15 @@ fn prepare_headers(
         HeaderValue::from_str(request_id).map_err(|_| bad("the request id"))?,
     );
     Ok(())
+}
+
+/// Whether a header says who the caller is: `Impersonate-*`, or the front-proxy headers
+/// `X-Remote-*` an API server trusts from its request-header authenticator. Spellings with `_`
+/// for `-` go too: a proxy or CGI gateway between here and the API server may read them as the
+/// same header.
+fn claims_identity(name: &HeaderName) -> bool {
+    let name = name.as_str().replace('_', "-");
+    name.starts_with("impersonate-") || name.starts_with("x-remote-")
 }
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
@@ -522,6 +531,10 @@ mod tests {
         h.append("impersonate-group", "system:masters".parse().unwrap());
         h.insert("impersonate-extra-scopes", "all".parse().unwrap());
         h.insert("impersonate-uid", "0".parse().unwrap());
+        h.insert("impersonate_user", "system:admin".parse().unwrap());
+        h.insert("x-remote-user", "system:admin".parse().unwrap());
+        h.insert("x_remote_group", "system:masters".parse().unwrap());
+        h.insert("x-remote-extra-scopes", "all".parse().unwrap());
         h.insert(
             header::CONNECTION,
             "keep-alive, x-secret-hop".parse().unwrap(),
@@ -557,6 +570,14 @@ mod tests {
         assert_eq!(groups, ["deployers", "ci"]);
         assert!(!h.contains_key("impersonate-extra-scopes"));
         assert!(!h.contains_key("impersonate-uid"));
+        for smuggled in [
+            "impersonate_user",
+            "x-remote-user",
+            "x_remote_group",
+            "x-remote-extra-scopes",
+        ] {
+            assert!(!h.contains_key(smuggled), "{smuggled}");
+        }
         assert!(!h.contains_key(header::CONNECTION));
         assert!(!h.contains_key("x-secret-hop"));
         assert!(!h.contains_key(header::CONTENT_LENGTH));

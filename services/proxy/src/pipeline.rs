@@ -316,6 +316,12 @@ impl Pipeline {
     ) -> Result<Admission, Rejection> {
         ctx.info = request_info::parse(&ctx.method, &ctx.raw_path, ctx.query.as_deref())
             .map_err(|e| Rejection::BadRequest(e.to_string()))?;
+        if let Some(name) = request_info::conflicting_header(headers) {
+            return Err(Rejection::BadRequest(format!(
+                "the {name} header is sent more than once with different values; the API server \
+                 reads one of them, so Gatehouse accepts it only once"
+            )));
+        }
         let token = self
             .authenticator
             .authenticate(headers, ctx.client_cert.as_ref().map(PeerCertificate::der))

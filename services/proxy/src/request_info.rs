@@ -39,6 +39,11 @@ pub enum ParseError {
     DotSegment,
     #[error("the query string contains ';', which the API server would read differently")]
     SemicolonInQuery,
+    #[error(
+        "the query parameter {0:?} is given more than once with different values; the API server \
+         reads one of them, so Gatehouse accepts it only once"
+    )]
+    ConflictingParameter(String),
     #[error("{0} is not a method the Kubernetes API serves on resources")]
     UnsupportedMethod(String),
     #[error("cannot tell the resource from {0}")]
@@ -49,6 +54,9 @@ pub enum ParseError {
 pub fn parse(method: &str, raw_path: &str, query: Option<&str>) -> Result<RequestInfo, ParseError> {
     if query.is_some_and(|q| q.contains(';')) {
         return Err(ParseError::SemicolonInQuery);
+    }
+    if let Some(name) = query.and_then(conflicting_parameter) {
+        return Err(ParseError::ConflictingParameter(name));
     }
     let decoded = percent_decode_str(raw_path)
         .decode_utf8()
@@ -137,6 +145,50 @@ pub fn parse(method: &str, raw_path: &str, query: Option<&str>) -> Result<Reques
     Ok(info)
 }
 
+/// Query parameters the API server reads as lists: `command` of exec, `ports` of port-forward,
+/// `dryRun` of writes. Every other one it reads once (the first value, or the last, depending
+/// on the code path and the server), so policy and the API server could read two values
+/// given for one differently.
+const LIST_PARAMETERS: [&str; 3] = ["command", "ports", "dryRun"];
+
+/// The first single-valued parameter given twice with different values, names compared after
+/// decoding as the API server decodes them (`w%61tch` is `watch`).
+fn conflicting_parameter(query: &str) -> Option<String> {
+    let mut seen: std::collections::HashMap<_, _> = std::collections::HashMap::new();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if LIST_PARAMETERS.contains(&key.as_ref()) {
+            continue;
+        }
+        match seen.get(&key) {
+            Some(first) if *first != value => return Some(key.into_owned()),
+            Some(_) => {}
+            None => {
+                seen.insert(key, value);
+            }
+        }
+    }
+    None
+}
+
+/// Headers the API server (and the masker, and the body guardrail) read as one value: sent twice
+/// with different values, which one counts would depend on the reader.
+const SINGLE_VALUED_HEADERS: [&str; 4] = [
+    "content-type",
+    "content-encoding",
+    "accept",
+    "accept-encoding",
+];
+
+/// The first single-valued header sent more than once with different values.
+pub fn conflicting_header(headers: &http::HeaderMap) -> Option<&'static str> {
+    SINGLE_VALUED_HEADERS.into_iter().find(|name| {
+        let mut values = headers.get_all(*name).iter();
+        values
+            .next()
+            .is_some_and(|first| values.any(|other| other != first))
+    })
+}
+
 /// The parts of list options that change the request info.
 struct ListParams {
     watch: bool,
@@ -149,7 +201,7 @@ impl ListParams {
         let mut field_selector = None;
         for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match key.as_ref() {
-                // Only the first value counts, as in the API server's parameter codec.
+                // A value given twice differently was refused by conflicting_parameter.
                 "watch" if watch.is_none() => watch = Some(value.into_owned()),
                 "fieldSelector" if field_selector.is_none() => {
                     field_selector = Some(value.into_owned())
@@ -245,7 +297,6 @@ mod tests {
         ("GET", "/api/v1/namespaces/apps/pods", Some("watch=false"), true, "list", "", "v1", "apps", "pods", "", ""),
         ("GET", "/api/v1/namespaces/apps/pods", Some("watch=0"), true, "list", "", "v1", "apps", "pods", "", ""),
         ("GET", "/api/v1/namespaces/apps/pods", Some("watch=yes"), true, "watch", "", "v1", "apps", "pods", "", ""),
-        ("GET", "/api/v1/namespaces/apps/pods", Some("watch=false&watch=true"), true, "list", "", "v1", "apps", "pods", "", ""),
         ("GET", "/api/v1/watch/namespaces/apps/pods", None, true, "watch", "", "v1", "apps", "pods", "", ""),
         ("GET", "/api/v1/watch/namespaces/apps/pods/web-1", None, true, "watch", "", "v1", "apps", "pods", "", "web-1"),
         ("GET", "/api/v1/watch/pods", None, true, "watch", "", "v1", "", "pods", "", ""),
@@ -386,6 +437,60 @@ mod tests {
             parse("GET", "/api/v1/watch", None),
             Err(ParseError::NoResource(_))
         ));
+    }
+
+    #[test]
+    fn a_single_valued_parameter_is_read_once() {
+        let conflict = |q: &str| parse("GET", "/api/v1/namespaces/apps/secrets", Some(q));
+        for query in [
+            "watch=false&watch=true",
+            "watch=0&w%61tch=1",
+            "fieldSelector=metadata.name%3Da&fieldSelector=metadata.name%3Db",
+            "labelSelector=app%3Dweb&limit=5&labelSelector=",
+            "resourceVersion=1&resourceVersion=0",
+        ] {
+            assert!(
+                matches!(conflict(query), Err(ParseError::ConflictingParameter(_))),
+                "{query}"
+            );
+        }
+        // Repeated with one value, both readers agree.
+        assert_eq!(conflict("watch=true&watch=true").unwrap().verb, "watch");
+        // Lists the API server reads whole.
+        let exec = parse(
+            "POST",
+            "/api/v1/namespaces/apps/pods/web/exec",
+            Some("command=sh&command=-c&command=id&stdout=true"),
+        )
+        .unwrap();
+        assert_eq!(exec.verb, "exec");
+        assert!(
+            parse(
+                "POST",
+                "/api/v1/namespaces/apps/pods/web/portforward",
+                Some("ports=80&ports=443")
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_single_valued_header_is_read_once() {
+        let mut headers = http::HeaderMap::new();
+        headers.append("accept", "application/json".parse().unwrap());
+        headers.append("accept", "application/json".parse().unwrap());
+        headers.append("impersonate-group", "a".parse().unwrap());
+        headers.append("impersonate-group", "b".parse().unwrap());
+        assert_eq!(conflicting_header(&headers), None);
+        headers.append(
+            "accept",
+            "application/vnd.kubernetes.protobuf".parse().unwrap(),
+        );
+        assert_eq!(conflicting_header(&headers), Some("accept"));
+        let mut headers = http::HeaderMap::new();
+        headers.append("content-type", "application/json".parse().unwrap());
+        headers.append("content-type", "application/yaml".parse().unwrap());
+        assert_eq!(conflicting_header(&headers), Some("content-type"));
     }
 
     #[test]
