@@ -250,6 +250,24 @@ async fn a_denied_hold_is_refused_with_its_approval_id_and_only_approvers_may_vo
             .await
             .unwrap_err();
         assert!(stranger.to_string().contains("403"), "{stranger}");
+        // Ids that are not ULIDs are refused at the edge with a 400, not looked up.
+        for bad in ["not-an-id", "01M97TMFSJFREH331J9MPWQEZ%00", &"Z".repeat(26)] {
+            let refused = alice.show(bad).await.unwrap_err().to_string();
+            assert!(
+                refused.contains("HTTP 400") && refused.contains("not an approval id"),
+                "{bad}: {refused}"
+            );
+            let refused = alice.vote(bad, Ballot::Approve, None).await.unwrap_err();
+            assert!(refused.to_string().contains("HTTP 400"), "{bad}: {refused}");
+            let refused = alice.revoke(bad, None).await.unwrap_err().to_string();
+            assert!(refused.contains("not a grant id"), "{bad}: {refused}");
+        }
+        // A well-formed id nobody issued is simply not there.
+        let unknown = alice
+            .show(&ulid::Ulid::new().to_string())
+            .await
+            .unwrap_err();
+        assert!(unknown.to_string().contains("HTTP 404"), "{unknown}");
 
         let denied = alice
             .vote(

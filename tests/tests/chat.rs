@@ -501,6 +501,12 @@ async fn forged_stale_and_replayed_callbacks_count_for_nothing() -> Result {
     );
     assert_eq!(chat.slack.send(&url, &click).await.0, 200);
     assert_eq!(chat.slack.send(&url, &click).await.0, 401);
+    // The same replay with the signature's hex in capitals: Slack's MAC check reads either
+    // case, so the replay key must too.
+    let mut respelled = click.clone();
+    respelled.signature = format!("v0={}", click.signature["v0=".len()..].to_uppercase());
+    assert_ne!(respelled.signature, click.signature);
+    assert_eq!(chat.slack.send(&url, &respelled).await.0, 401);
 
     bob.vote(
         &approval_id,

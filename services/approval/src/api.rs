@@ -171,6 +171,25 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
     )
 }
 
+/// An approval or grant id from the path, checked before it goes near the store's keys: both
+/// are ULIDs (26 characters of Crockford base32), answered in their canonical spelling.
+fn checked_id(what: &str, id: &str) -> Result<String, ApiError> {
+    ulid::Ulid::from_string(id)
+        .ok()
+        .map(|ulid| ulid.to_string())
+        // Only the canonical spelling (in either case): the parser wraps an overflowing first
+        // character, and two spellings must not name one hold.
+        .filter(|canonical| canonical.eq_ignore_ascii_case(id))
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "that is not {what} id: ids are 26 characters of Crockford base32 (a ULID)"
+                ),
+            )
+        })
+}
+
 /// The caller's approver identity, or why not.
 async fn approver(api: &Api, headers: &HeaderMap) -> Result<String, ApiError> {
     let verified = api
@@ -227,6 +246,7 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<HoldSummary>, ApiError> {
     approver(&api, &headers).await?;
+    let id = checked_id("an approval", &id)?;
     match api.service.store().load(&id).await.map_err(unavailable)? {
         Some((record, _)) => Ok(Json(HoldSummary::from(&record))),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("no approval {id}"))),
@@ -240,6 +260,7 @@ async fn vote(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let principal = approver(&api, &headers).await?;
+    let id = checked_id("an approval", &id)?;
     let body: VoteBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -319,6 +340,7 @@ async fn revoke(
     body: axum::body::Bytes,
 ) -> Result<Json<GrantIssued>, ApiError> {
     let principal = approver(&api, &headers).await?;
+    let id = checked_id("a grant", &id)?;
     let body: RevokeBody = if body.is_empty() {
         RevokeBody::default()
     } else {

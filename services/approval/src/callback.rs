@@ -35,14 +35,15 @@ pub enum CallbackError {
 
 /// Checks a Slack interactivity or Events API request. `timestamp` and `signature` are the
 /// `X-Slack-Request-Timestamp` and `X-Slack-Signature` header values; `body` the raw bytes
-/// exactly as received.
+/// exactly as received. Returns the verified MAC: its bytes, not the header's text, are what
+/// identifies the request for replay protection (hex is read in either case).
 pub fn slack_v0(
     signing_secret: &[u8],
     timestamp: Option<&str>,
     signature: Option<&str>,
     body: &[u8],
     now: SystemTime,
-) -> Result<(), CallbackError> {
+) -> Result<Vec<u8>, CallbackError> {
     let timestamp = timestamp.ok_or(CallbackError::Unsigned("X-Slack-Request-Timestamp"))?;
     let signature = signature.ok_or(CallbackError::Unsigned("X-Slack-Signature"))?;
     let sent: u64 = timestamp
@@ -67,7 +68,8 @@ pub fn slack_v0(
     mac.update(b":");
     mac.update(body);
     mac.verify_slice(&claimed)
-        .map_err(|_| CallbackError::Mismatch)
+        .map_err(|_| CallbackError::Mismatch)?;
+    Ok(claimed)
 }
 
 /// Checks a Discord interaction. `timestamp` and `signature` are the `X-Signature-Timestamp`
@@ -127,7 +129,19 @@ mod tests {
                 SLACK_BODY.as_bytes(),
                 now
             ),
-            Ok(())
+            Ok(hex::decode(&SLACK_SIG[3..]).unwrap())
+        );
+        // The same signature in capitals verifies as the same MAC, so a replay key made from
+        // it cannot be dodged by changing the case of the hex.
+        assert_eq!(
+            slack_v0(
+                SLACK_SECRET,
+                Some(SLACK_TS),
+                Some(&format!("v0={}", SLACK_SIG[3..].to_uppercase())),
+                SLACK_BODY.as_bytes(),
+                now
+            ),
+            Ok(hex::decode(&SLACK_SIG[3..]).unwrap())
         );
     }
 

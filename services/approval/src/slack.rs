@@ -552,21 +552,23 @@ fn refuse(status: StatusCode, message: &str) -> Response {
 /// its body read.
 async fn verified(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let signature = header("x-slack-signature");
-    if let Err(e) = slack_v0(
+    let mac = match slack_v0(
         &shared.channel.signing_secret,
         header("x-slack-request-timestamp"),
-        signature,
+        header("x-slack-signature"),
         body,
         SystemTime::now(),
     ) {
-        warn!(error = %e, "slack: callback refused");
-        return Err(refuse(StatusCode::UNAUTHORIZED, &e.to_string()));
-    }
-    let signature = signature.unwrap_or_default();
+        Ok(mac) => mac,
+        Err(e) => {
+            warn!(error = %e, "slack: callback refused");
+            return Err(refuse(StatusCode::UNAUTHORIZED, &e.to_string()));
+        }
+    };
+    // Keyed by the MAC itself: the header's text could be respelled (hex in capitals).
     if !shared
         .votes
-        .first_delivery(&format!("slack:{signature}"))
+        .first_delivery(&format!("slack:{}", hex::encode(mac)))
         .await
     {
         warn!("slack: replayed callback refused");

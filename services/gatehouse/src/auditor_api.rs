@@ -85,6 +85,8 @@ pub const UNAUTHENTICATED: &str = "unauthenticated";
 /// Events a search returns unless `limit` says otherwise, and the most it may ask for.
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
+/// Longer than any principal, name or id the ledger indexes.
+const MAX_TEXT_PARAM: usize = 1024;
 
 /// Ledger reads at once: bundles and reports walk the whole ledger, so a burst of them must
 /// not take every blocking thread or open handle.
@@ -375,10 +377,17 @@ impl Call {
         self.params.get(name).map(String::as_str)
     }
 
-    /// A parameter that must not be empty when given.
+    /// A parameter that must not be empty when given. Control characters are refused: the
+    /// indexes end a value at NUL, so one would silently widen a search.
     fn text(&self, name: &str) -> Result<Option<String>, ApiError> {
         match self.get(name) {
             Some("") => Err(ApiError::bad_request(format!("{name} must not be empty"))),
+            Some(v) if v.chars().any(char::is_control) => Err(ApiError::bad_request(format!(
+                "{name} must not contain control characters"
+            ))),
+            Some(v) if v.len() > MAX_TEXT_PARAM => Err(ApiError::bad_request(format!(
+                "{name} is longer than {MAX_TEXT_PARAM} bytes"
+            ))),
             other => Ok(other.map(str::to_owned)),
         }
     }

@@ -621,6 +621,9 @@ async fn search_filters_by_identity_namespace_type_and_time_and_pages() -> Resul
         "/v1/events?limit=1001",
         "/v1/events?principal=",
         "/v1/events?principal=a&principal=b",
+        // NUL would end the index key early: ci-deployer\0x would find all of ci-deployer.
+        "/v1/events?principal=ci-deployer%00x",
+        "/v1/events?principal=ci-deployer%0Ax",
         "/v1/events?from=yesterday",
         "/v1/events?from=2026-01-11&to=2026-01-10",
     ] {
