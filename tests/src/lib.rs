@@ -627,12 +627,17 @@ impl TestBed {
     ) -> Result<Reply> {
         let mut builder = http::Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.stack().proxy_url()))
-            .header("accept", "application/json");
+            .uri(format!("{}{path}", self.stack().proxy_url()));
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        if body.is_some() {
+        // JSON unless the test says otherwise: a second, different Accept or Content-Type
+        // would be refused by the proxy as a request read two ways.
+        let given = |wanted: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(wanted));
+        if !given("accept") {
+            builder = builder.header("accept", "application/json");
+        }
+        if body.is_some() && !given("content-type") {
             builder = builder.header("content-type", "application/json");
         }
         let request = builder.body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))?;
