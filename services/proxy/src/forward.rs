@@ -5,8 +5,9 @@
 //! (`request.received` is in JetStream) by value, so nothing reaches the cluster without both.
 //! The caller's `Authorization`, `Audit-ID`, every `Impersonate-*` and `X-Remote-*` header (and
 //! their `_` spellings) are removed; the proxy's bearer token and `Impersonate-User` /
-//! `Impersonate-Group` for the mapped identity are set, so the cluster's RBAC decides as it would for the caller, and `Audit-ID` is Gatehouse's
-//! request id, so the API server's audit log names each request as the ledger does.
+//! `Impersonate-Group` for the mapped identity are set, so the cluster's RBAC decides as it
+//! would for the caller, and `Audit-ID` is Gatehouse's request id, so the API server's audit
+//! log names each request as the ledger does.
 
 use std::time::{Duration, Instant};
 
