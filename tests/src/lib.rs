@@ -676,6 +676,15 @@ impl TestBed {
         }
     }
 
+    /// The first request the cluster received from the proxy at `path`.
+    pub async fn upstream_request(&self, path: &str) -> Result<UpstreamRequest> {
+        self.upstream_requests()
+            .await?
+            .into_iter()
+            .find(|r| r.path == path)
+            .with_context(|| format!("no request for {path} reached the cluster"))
+    }
+
     /// Every request the cluster has received from the proxy so far, once every request the
     /// stream shows as forwarded is in it (the apiserver writes its audit event as the response
     /// completes, which can be just after the client has it).

@@ -151,11 +151,8 @@ async fn callers_cannot_impersonate_anyone_else() -> Result {
         .await?;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let seen = bed
-        .upstream_requests()
-        .await?
-        .into_iter()
-        .find(|r| r.path == "/api/v1/namespaces/kube-system/configmaps")
-        .expect("the request reached the cluster");
+        .upstream_request("/api/v1/namespaces/kube-system/configmaps")
+        .await?;
     assert_eq!(seen.impersonated_user.as_deref(), Some("ci-deployer"));
     assert_eq!(
         seen.impersonated_groups,
@@ -178,11 +175,8 @@ async fn callers_cannot_impersonate_anyone_else() -> Result {
         200
     );
     let seen = bed
-        .upstream_requests()
-        .await?
-        .into_iter()
-        .find(|r| r.path == "/api/v1/namespaces/apps/secrets")
-        .expect("the request reached the cluster");
+        .upstream_request("/api/v1/namespaces/apps/secrets")
+        .await?;
     assert_eq!(
         seen.impersonated_groups,
         ["release-managers", "deployers", "system:authenticated"]
@@ -586,11 +580,8 @@ async fn a_request_read_two_ways_is_refused_before_anything_is_forwarded() -> Re
         .await?;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let seen = bed
-        .upstream_requests()
-        .await?
-        .into_iter()
-        .find(|r| r.path == "/api/v1/namespaces/kube-system/configmaps")
-        .expect("the request reached the cluster");
+        .upstream_request("/api/v1/namespaces/kube-system/configmaps")
+        .await?;
     assert_eq!(seen.impersonated_user.as_deref(), Some("ci-deployer"));
     bed.finish().await?;
     Ok(())

@@ -485,8 +485,15 @@ fn prepare_headers(
 /// for `-` go too: a proxy or CGI gateway between here and the API server may read them as the
 /// same header.
 fn claims_identity(name: &HeaderName) -> bool {
-    let name = name.as_str().replace('_', "-");
-    name.starts_with("impersonate-") || name.starts_with("x-remote-")
+    let name = name.as_str().as_bytes();
+    let starts = |prefix: &[u8]| {
+        name.len() >= prefix.len()
+            && name
+                .iter()
+                .zip(prefix)
+                .all(|(&c, &p)| c == p || (c == b'_' && p == b'-'))
+    };
+    starts(b"impersonate-") || starts(b"x-remote-")
 }
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.

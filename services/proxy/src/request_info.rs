@@ -6,6 +6,9 @@
 //! path is then re-encoded canonically, and that normalised path is what policy evaluates and
 //! what is forwarded: there is exactly one reading of every request.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+
 use gatehouse_events::RequestInfo;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
@@ -55,9 +58,7 @@ pub fn parse(method: &str, raw_path: &str, query: Option<&str>) -> Result<Reques
     if query.is_some_and(|q| q.contains(';')) {
         return Err(ParseError::SemicolonInQuery);
     }
-    if let Some(name) = query.and_then(conflicting_parameter) {
-        return Err(ParseError::ConflictingParameter(name));
-    }
+    let params = single_values(query.unwrap_or(""))?;
     let decoded = percent_decode_str(raw_path)
         .decode_utf8()
         .map_err(|_| ParseError::BadEncoding)?;
@@ -130,7 +131,7 @@ pub fn parse(method: &str, raw_path: &str, query: Option<&str>) -> Result<Reques
     info.resource = rest[0].to_owned();
 
     if info.name.is_empty() && info.verb == "get" {
-        let params = ListParams::from_query(query);
+        let params = ListParams::from_params(&params);
         info.verb = if params.watch { "watch" } else { "list" }.to_owned();
         if let Some(name) = params.name_from_field_selector {
             info.name = name;
@@ -151,23 +152,26 @@ pub fn parse(method: &str, raw_path: &str, query: Option<&str>) -> Result<Reques
 /// given for one differently.
 const LIST_PARAMETERS: [&str; 3] = ["command", "ports", "dryRun"];
 
-/// The first single-valued parameter given twice with different values, names compared after
-/// decoding as the API server decodes them (`w%61tch` is `watch`).
-fn conflicting_parameter(query: &str) -> Option<String> {
-    let mut seen: std::collections::HashMap<_, _> = std::collections::HashMap::new();
+/// The query's single-valued parameters, each read once: one given twice with different values
+/// is refused. Names are compared after decoding, as the API server decodes them (`w%61tch` is
+/// `watch`).
+fn single_values(query: &str) -> Result<HashMap<Cow<'_, str>, Cow<'_, str>>, ParseError> {
+    let mut values: HashMap<Cow<'_, str>, Cow<'_, str>> = HashMap::new();
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         if LIST_PARAMETERS.contains(&key.as_ref()) {
             continue;
         }
-        match seen.get(&key) {
-            Some(first) if *first != value => return Some(key.into_owned()),
+        match values.get(&key) {
+            Some(first) if *first != value => {
+                return Err(ParseError::ConflictingParameter(key.into_owned()));
+            }
             Some(_) => {}
             None => {
-                seen.insert(key, value);
+                values.insert(key, value);
             }
         }
     }
-    None
+    Ok(values)
 }
 
 /// Headers the API server (and the masker, and the body guardrail) read as one value: sent twice
@@ -196,26 +200,16 @@ struct ListParams {
 }
 
 impl ListParams {
-    fn from_query(query: Option<&str>) -> Self {
-        let mut watch = None;
-        let mut field_selector = None;
-        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            match key.as_ref() {
-                // A value given twice differently was refused by conflicting_parameter.
-                "watch" if watch.is_none() => watch = Some(value.into_owned()),
-                "fieldSelector" if field_selector.is_none() => {
-                    field_selector = Some(value.into_owned())
-                }
-                _ => {}
-            }
-        }
+    fn from_params(params: &HashMap<Cow<'_, str>, Cow<'_, str>>) -> Self {
+        let watch = params.get("watch");
+        let field_selector = params.get("fieldSelector");
         Self {
             // Go's strconv.ParseBool, and the API server's fallback for unparsable values: any
             // value that is not a spelling of false means watch.
             watch: watch.is_some_and(|v| {
-                !matches!(v.as_str(), "0" | "f" | "F" | "false" | "FALSE" | "False")
+                !matches!(v.as_ref(), "0" | "f" | "F" | "false" | "FALSE" | "False")
             }),
-            name_from_field_selector: field_selector.as_deref().and_then(exact_name),
+            name_from_field_selector: field_selector.map(Cow::as_ref).and_then(exact_name),
         }
     }
 }
