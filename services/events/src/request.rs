@@ -306,6 +306,9 @@ pub enum ResponseOutcome {
     ClientDisconnected,
     /// The API server's stream broke.
     UpstreamError,
+    /// Gatehouse stopped the body: the rest of it could not be masked as policy requires (a
+    /// watch gets an `ERROR` event in its place, anything else is cut).
+    Withheld,
 }
 
 /// `response.completed`: the response (status and body) as the client received it.

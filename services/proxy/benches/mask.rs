@@ -95,7 +95,7 @@ fn mask(
     out: &mut BytesMut,
 ) -> u64 {
     out.clear();
-    let mut masker = Masker::new(profile.clone(), target.clone());
+    let mut masker = Masker::new(profile.clone(), target);
     for chunk in body.chunks(CHUNK) {
         masker.push(chunk, out).expect("bench body masks");
     }
@@ -107,8 +107,8 @@ fn mask(
 type Case<'a> = (&'static str, Option<Arc<Profile>>, &'a MaskTarget, Vec<u8>);
 
 fn bench(c: &mut Criterion) {
-    let pods = MaskTarget::new("pods", "", false);
-    let secrets = MaskTarget::new("secrets", "", false);
+    let pods = MaskTarget::new("pods", "");
+    let secrets = MaskTarget::new("secrets", "");
     let cases: Vec<Case> = vec![
         ("pods-copy", None, &pods, sized("PodList", 1_500, lean_pod)),
         ("pods-copy", None, &pods, sized("PodList", 350_000, pod)),

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use gatehouse_events::{BodyDigest, ResponseOutcome};
@@ -170,28 +170,135 @@ impl BodyMasker {
             Self::Text(m) => m.masked_lines(),
         }
     }
+
+    fn between_documents(&self) -> bool {
+        match self {
+            Self::Json(m) => m.between_documents(),
+            Self::Text(_) => false,
+        }
+    }
+}
+
+/// What a [`MaskingBody`] tells the completion hook.
+#[derive(Debug, Default)]
+pub struct MaskStats {
+    /// Values masked so far.
+    pub masked: AtomicU64,
+    /// The body could not be masked, so the rest of it was withheld.
+    pub withheld: AtomicBool,
 }
 
 /// Masks a response body as it streams: each upstream frame goes through the masker, and
-/// whatever it can already emit is passed on. A body that cannot be masked (malformed JSON,
-/// protobuf) ends in an error, so the client gets a cut response and never unmasked bytes.
-pub struct MaskingBody<B> {
+/// whatever it can already emit is passed on. Nothing the masker has not finished with is ever
+/// sent. A body that cannot be masked (malformed JSON, protobuf) is not sent on: before
+/// anything was sent ([`MaskingBody::prime`]) the caller answers 502 instead; a watch whose
+/// events so far were whole ends with an `ERROR` event; anything else ends in an error, so the
+/// client gets a cut response.
+pub struct MaskingBody<B: Body> {
     inner: B,
     masker: BodyMasker,
     out: BytesMut,
     done: bool,
-    /// Shared with the completion hook: how many values were masked.
-    masked: Arc<AtomicU64>,
+    /// What was sent ends between two documents.
+    between_documents: bool,
+    /// The `ERROR` event that ends a watch whose next event cannot be masked.
+    watch_error: Option<Bytes>,
+    /// An upstream error met while priming, for the next poll.
+    pending: Option<BoxError>,
+    stats: Arc<MaskStats>,
 }
 
-impl<B> MaskingBody<B> {
-    pub fn new(inner: B, masker: BodyMasker, masked: Arc<AtomicU64>) -> Self {
+impl<B: Body> MaskingBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    pub fn new(inner: B, masker: BodyMasker, stats: Arc<MaskStats>) -> Self {
         Self {
             inner,
             masker,
             out: BytesMut::new(),
             done: false,
-            masked,
+            between_documents: true,
+            watch_error: None,
+            pending: None,
+            stats,
+        }
+    }
+
+    /// Ends the body with `event` (a watch `ERROR` event) rather than cutting it, when a later
+    /// event cannot be masked and everything sent so far was whole events.
+    pub fn ending_watches_with(mut self, event: Bytes) -> Self {
+        self.watch_error = Some(event);
+        self
+    }
+
+    /// Reads the body until the masker has something to send (or the body is over), so that a
+    /// body that is not what its headers say is refused before its response starts.
+    pub async fn prime(&mut self) -> Result<(), MaskError> {
+        use http_body_util::BodyExt as _;
+        while self.out.is_empty() && !self.done && self.pending.is_none() {
+            match self.inner.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data()
+                        && let Err(e) = self.push(&data)
+                    {
+                        self.withhold(&e);
+                        return Err(e);
+                    }
+                }
+                Some(Err(e)) => self.pending = Some(e.into()),
+                None => {
+                    self.done = true;
+                    if let Err(e) = self.end() {
+                        self.withhold(&e);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, chunk: &[u8]) -> Result<(), MaskError> {
+        let pushed = self.masker.push(chunk, &mut self.out);
+        self.settle(pushed)
+    }
+
+    fn end(&mut self) -> Result<(), MaskError> {
+        let finished = self.masker.finish(&mut self.out);
+        self.settle(finished)
+    }
+
+    fn settle(&mut self, result: Result<(), MaskError>) -> Result<(), MaskError> {
+        match result {
+            Ok(()) => {
+                self.between_documents = self.masker.between_documents();
+                self.stats
+                    .masked
+                    .store(self.masker.masked_fields(), Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                // What the failed step wrote is not finished with: it never goes out.
+                self.out.clear();
+                Err(e)
+            }
+        }
+    }
+
+    fn withhold(&mut self, e: &MaskError) {
+        self.done = true;
+        self.stats.withheld.store(true, Ordering::Relaxed);
+        tracing::warn!(error = %e, "response cannot be masked; withholding the rest of it");
+    }
+
+    /// After a masking failure: the watch `ERROR` event if it can go out cleanly, else an error.
+    fn failed(&mut self, e: MaskError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.withhold(&e);
+        match self.watch_error.take() {
+            Some(event) if self.between_documents => Poll::Ready(Some(Ok(Frame::data(event)))),
+            _ => Poll::Ready(Some(Err(Box::new(e)))),
         }
     }
 }
@@ -210,25 +317,24 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
+            if !this.out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(this.out.split().freeze()))));
+            }
             if this.done {
                 return Poll::Ready(None);
+            }
+            if let Some(e) = this.pending.take() {
+                this.done = true;
+                return Poll::Ready(Some(Err(e)));
             }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else {
-                        // Trailers carry nothing to mask and nothing a client of the API needs.
-                        continue;
-                    };
-                    if let Err(e) = this.masker.push(&data, &mut this.out) {
-                        this.done = true;
-                        tracing::warn!(error = %e, "response cannot be masked; cutting it");
-                        return Poll::Ready(Some(Err(Box::new(e))));
-                    }
-                    this.masked
-                        .store(this.masker.masked_fields(), Ordering::Relaxed);
-                    if !this.out.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(this.out.split().freeze()))));
+                    // Trailers carry nothing to mask and nothing a client of the API needs.
+                    if let Ok(data) = frame.into_data()
+                        && let Err(e) = this.push(&data)
+                    {
+                        return this.failed(e);
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -237,16 +343,9 @@ where
                 }
                 Poll::Ready(None) => {
                     this.done = true;
-                    if let Err(e) = this.masker.finish(&mut this.out) {
-                        tracing::warn!(error = %e, "response cannot be masked; cutting it");
-                        return Poll::Ready(Some(Err(Box::new(e))));
+                    if let Err(e) = this.end() {
+                        return this.failed(e);
                     }
-                    this.masked
-                        .store(this.masker.masked_fields(), Ordering::Relaxed);
-                    if !this.out.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(this.out.split().freeze()))));
-                    }
-                    return Poll::Ready(None);
                 }
             }
         }
@@ -350,6 +449,105 @@ mod tests {
         assert_eq!(
             seen.lock().unwrap()[0].outcome,
             ResponseOutcome::ClientDisconnected
+        );
+    }
+
+    fn chunks(parts: &[&'static str]) -> impl Body<Data = Bytes, Error = std::io::Error> + Unpin {
+        StreamBody::new(futures::stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(p.as_bytes()))))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    fn secrets_masker() -> BodyMasker {
+        BodyMasker::Json(Box::new(crate::mask::Masker::new(
+            None,
+            &crate::mask::MaskTarget::new("secrets", ""),
+        )))
+    }
+
+    #[tokio::test]
+    async fn priming_refuses_a_body_that_is_not_json_before_anything_is_sent() {
+        let stats = Arc::new(MaskStats::default());
+        let mut body = MaskingBody::new(
+            chunks(&["k8s\x00\x0a\x0c", "{\"data\":{\"a\":\"aHVudGVyMg==\"}}"]),
+            secrets_masker(),
+            stats.clone(),
+        );
+        assert_eq!(body.prime().await, Err(MaskError::NotJson));
+        assert!(stats.withheld.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn priming_keeps_what_it_read_for_the_client() {
+        let stats = Arc::new(MaskStats::default());
+        let mut body = MaskingBody::new(
+            chunks(&[
+                "{\"kind\":\"Secret\",",
+                "\"data\":{\"a\":\"aHVudGVyMg==\"}}",
+            ]),
+            secrets_masker(),
+            stats.clone(),
+        );
+        body.prime().await.unwrap();
+        let sent = body.collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&sent).unwrap();
+        assert_eq!(v["data"]["a"], crate::mask::MASKED_BASE64);
+        assert_eq!(stats.masked.load(Ordering::Relaxed), 1);
+        assert!(!stats.withheld.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn a_watch_that_cannot_go_on_ends_with_an_error_event() {
+        let stats = Arc::new(MaskStats::default());
+        let body = MaskingBody::new(
+            chunks(&[
+                "{\"type\":\"ADDED\",\"object\":{\"kind\":\"Secret\",\"data\":{\"a\":\"aHVudGVyMg==\"}}}\n",
+                "\u{8}\u{1}protobuf{\"data\":{\"a\":\"aHVudGVyMg==\"}}",
+            ]),
+            secrets_masker(),
+            stats.clone(),
+        )
+        .ending_watches_with(Bytes::from_static(b"{\"type\":\"ERROR\"}\n"));
+        let sent = body.collect().await.unwrap().to_bytes();
+        let text = std::str::from_utf8(&sent).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].contains("ADDED") && !text.contains("aHVudGVy"),
+            "{text}"
+        );
+        assert_eq!(lines[1], "{\"type\":\"ERROR\"}");
+        assert!(stats.withheld.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn a_watch_broken_inside_an_event_is_cut_with_nothing_of_that_event_sent() {
+        let stats = Arc::new(MaskStats::default());
+        let mut body = MaskingBody::new(
+            chunks(&[
+                "{\"type\":\"ADDED\",\"object\":{\"kind\":\"Secret\",\"data\":{\"a\":",
+                "\"aHVudGVyMg==\" \"b\"}}}\n",
+            ]),
+            secrets_masker(),
+            stats.clone(),
+        )
+        .ending_watches_with(Bytes::from_static(b"{\"type\":\"ERROR\"}\n"));
+        let mut sent = Vec::new();
+        let mut failed = false;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => sent.extend_from_slice(f.data_ref().unwrap()),
+                Err(_) => failed = true,
+            }
+        }
+        assert!(failed);
+        let text = String::from_utf8(sent).unwrap();
+        assert!(
+            !text.contains("ERROR") && !text.contains("aHVudGVy"),
+            "{text}"
         );
     }
 }

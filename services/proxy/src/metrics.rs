@@ -23,6 +23,7 @@
 //! | `policy_generation` | gauge | |
 //! | `sessions_active` | gauge | |
 //! | `masked_fields_total` | counter | |
+//! | `responses_withheld_total` | counter (answers that could not be masked: 502 or cut) | |
 //! | `tls_reloads_total` | counter | result (`success`, `failure`) |
 //! | `build_info` | gauge (always 1) | version |
 
@@ -157,6 +158,7 @@ pub struct Metrics {
     sessions_active: Gauge,
     events_retrying: Gauge,
     masked_fields: Counter,
+    responses_withheld: Counter,
     tls_reloads: Family<ResultLabels, Counter>,
     holds_waiting: Gauge,
     holds_decided: Family<OutcomeLabels, Counter>,
@@ -251,6 +253,12 @@ impl Metrics {
             "Values masked in responses and recorded bodies",
             masked_fields.clone(),
         );
+        let responses_withheld = Counter::default();
+        registry.register(
+            "responses_withheld",
+            "API server answers withheld because they could not be masked as policy requires",
+            responses_withheld.clone(),
+        );
         let tls_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "tls_reloads",
@@ -296,6 +304,7 @@ impl Metrics {
             sessions_active,
             events_retrying,
             masked_fields,
+            responses_withheld,
             tls_reloads,
             holds_waiting,
             holds_decided,
@@ -409,6 +418,11 @@ impl Metrics {
     /// `n` values were masked.
     pub fn masked_fields(&self, n: u64) {
         self.masked_fields.inc_by(n);
+    }
+
+    /// An answer that needed masking could not be masked, so it was withheld.
+    pub fn response_withheld(&self) {
+        self.responses_withheld.inc();
     }
 
     /// The serving certificate was reloaded (`ok`) or a changed pair was rejected.
@@ -534,6 +548,7 @@ mod tests {
         m.policy_reloads(false);
         m.policy_generation(7);
         m.masked_fields(5);
+        m.response_withheld();
         m.tls_reloads(true);
         let text = m.render().unwrap();
         let expect = [
@@ -567,6 +582,7 @@ mod tests {
             ),
             ("gatehouse_proxy_policy_generation", 7.0),
             ("gatehouse_proxy_masked_fields_total", 5.0),
+            ("gatehouse_proxy_responses_withheld_total", 1.0),
             (
                 r#"gatehouse_proxy_tls_reloads_total{result="success"}"#,
                 1.0,

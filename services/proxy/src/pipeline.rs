@@ -14,7 +14,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -28,7 +28,9 @@ use hyper::body::Incoming;
 
 use crate::approvals::Approvals;
 use crate::authn::Authenticator;
-use crate::body::{BodyMasker, Delivered, MaskingBody, ProxyBody, RecordedBody as RecordingBody};
+use crate::body::{
+    BodyMasker, Delivered, MaskStats, MaskingBody, ProxyBody, RecordedBody as RecordingBody,
+};
 use crate::forward::{Upstream, strip_hop_by_hop};
 use crate::identity::Registry;
 use crate::mask::{self, LineMasker, MaskTarget, Masker, Profile};
@@ -252,11 +254,7 @@ impl Pipeline {
                 .await;
         }
 
-        let target = MaskTarget::new(
-            ctx.info.resource.clone(),
-            ctx.info.api_group.clone(),
-            ctx.info.verb == "watch",
-        );
+        let target = MaskTarget::new(ctx.info.resource.clone(), ctx.info.api_group.clone());
         let masking =
             returns_objects(&ctx.info) && mask::needs_masking(admitted.profile.as_deref(), &target);
         if masking {
@@ -291,7 +289,7 @@ impl Pipeline {
             .forwarded(&ctx, self.upstream.url(), &admitted.identity)
             .await;
         let masker = if masking {
-            let masker = Masker::new(admitted.profile.clone(), target);
+            let masker = Masker::new(admitted.profile.clone(), &target);
             Some(BodyMasker::Json(Box::new(masker)))
         } else {
             // Logs and proxied responses are text: a profile's patterns apply line by line.
@@ -302,6 +300,7 @@ impl Pipeline {
                 .map(|p| BodyMasker::Text(LineMasker::new(p)))
         };
         self.stream_back(&ctx, upstream_response, masker, record)
+            .await
     }
 
     /// Parse, authenticate, identify, read the body, authorize. No I/O beyond the client's
@@ -546,7 +545,7 @@ impl Pipeline {
         }
         let body = seen.body.as_ref().filter(|b| !b.is_empty())?;
         let content_type = seen.content_type.as_deref();
-        let target = MaskTarget::new(ctx.info.resource.clone(), ctx.info.api_group.clone(), false);
+        let target = MaskTarget::new(ctx.info.resource.clone(), ctx.info.api_group.clone());
         let needs = mask::needs_masking(seen.profile.as_deref(), &target);
         let json_object =
             content_type.is_none_or(|c| c.contains("json") && !c.contains("json-patch"));
@@ -586,7 +585,14 @@ impl Pipeline {
 
     /// Streams the API server's response back — masked if policy says so — recording
     /// `response.completed` at its end.
-    fn stream_back(
+    ///
+    /// What is masked is decided by the response: its headers must say JSON, uncompressed,
+    /// and the masker reads each document for what it is. A response that cannot be masked is
+    /// withheld with a 502 before anything of it is sent: for everything but a watch, the body
+    /// is read until the masker has something to send. A watch's response starts at once (as
+    /// kube-apiserver's does, so clients see it open before its first event); an event that
+    /// cannot be masked ends it with an `ERROR` event instead.
+    async fn stream_back(
         &self,
         ctx: &RequestContext,
         response: Response<Incoming>,
@@ -598,26 +604,42 @@ impl Pipeline {
         if let Ok(id) = HeaderValue::from_str(&ctx.id) {
             parts.headers.insert(REQUEST_ID_HEADER, id);
         }
-        let masked = Arc::new(AtomicU64::new(0));
+        let stats = Arc::new(MaskStats::default());
         let body: ProxyBody = match masker {
             None => body.map_err(Into::into).boxed_unsync(),
             Some(masker) => {
-                let content_type = header_text(&parts.headers, "content-type").unwrap_or_default();
-                if matches!(masker, BodyMasker::Json(_))
-                    && !content_type.is_empty()
-                    && !content_type.contains("json")
-                {
-                    // Protobuf or anything else despite asking for JSON: withhold it.
-                    tracing::warn!(request_id = %ctx.id, content_type, "response needs masking but is not JSON");
-                    let status = Rejection::Unmaskable(content_type).into_response(&ctx.id, None);
-                    return self.record_response(ctx, status, record, masked);
+                let json = matches!(masker, BodyMasker::Json(_));
+                if json && let Err(why) = mask::classify_response(&parts.headers) {
+                    return self.withhold(ctx, why.to_string(), record);
                 }
                 // Masking changes the length.
                 parts.headers.remove(http::header::CONTENT_LENGTH);
-                MaskingBody::new(body, masker, masked.clone()).boxed_unsync()
+                let mut body = MaskingBody::new(body, masker, stats.clone());
+                if json && ctx.info.verb == "watch" {
+                    let event = Rejection::Unmaskable("a watch event".into())
+                        .watch_error_event(Some(&ctx.info));
+                    body = body.ending_watches_with(event);
+                } else if let Err(why) = body.prime().await {
+                    return self.withhold(ctx, why.to_string(), record);
+                }
+                body.boxed_unsync()
             }
         };
-        self.record_response(ctx, Response::from_parts(parts, body), record, masked)
+        self.record_response(ctx, Response::from_parts(parts, body), record, stats)
+    }
+
+    /// Answers 502 in place of a response that cannot be masked; nothing of it was sent.
+    fn withhold(
+        &self,
+        ctx: &RequestContext,
+        why: String,
+        record: RecordLevel,
+    ) -> Response<ProxyBody> {
+        tracing::warn!(request_id = %ctx.id, why, "response needs masking but cannot be masked; withheld");
+        self.metrics.response_withheld();
+        let status = Rejection::Unmaskable(why).into_response(&ctx.id, Some(&ctx.info));
+        // The 502 is sent whole: its own record says what happened.
+        self.record_response(ctx, status, record, Arc::default())
     }
 
     /// Wraps a response so `response.completed` (with the masked body at level
@@ -627,7 +649,7 @@ impl Pipeline {
         ctx: &RequestContext,
         response: Response<ProxyBody>,
         record: RecordLevel,
-        masked: Arc<AtomicU64>,
+        stats: Arc<MaskStats>,
     ) -> Response<ProxyBody> {
         let (parts, body) = response.into_parts();
         let recorder = self.recorder.clone();
@@ -641,7 +663,14 @@ impl Pipeline {
             body,
             Box::new(move |delivered| {
                 let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-                let masked_fields = masked.load(Ordering::Relaxed);
+                let masked_fields = stats.masked.load(Ordering::Relaxed);
+                let mut delivered = delivered;
+                if stats.withheld.load(Ordering::Relaxed) {
+                    // The response started and then could not be masked: its end was
+                    // Gatehouse's doing, not the client's or the API server's.
+                    metrics.response_withheld();
+                    delivered.outcome = ResponseOutcome::Withheld;
+                }
                 metrics.request_finished(&verb, "allow", status, duration_ms / 1000.0);
                 metrics.masked_fields(masked_fields);
                 let content = delivered.captured.as_ref().map(|kept| {
@@ -713,7 +742,9 @@ impl Pipeline {
             .await;
         if upstream_response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
             // The API server said no (RBAC, no such pod): its Status goes back as it is.
-            return self.stream_back(ctx, upstream_response, None, RecordLevel::Metadata);
+            return self
+                .stream_back(ctx, upstream_response, None, RecordLevel::Metadata)
+                .await;
         }
         let Some((transport, transport_name, protocol)) =
             session::negotiated_transport(upstream_response.headers())
@@ -857,7 +888,9 @@ fn returns_objects(info: &RequestInfo) -> bool {
         )
 }
 
-/// A masked response must come back as plain JSON: no protobuf, no gzip.
+/// A masked response must come back as plain JSON: no protobuf, CBOR or YAML, no gzip. Only
+/// the JSON media types of the Accept header are kept (their parameters ask for a `Table` or
+/// `PartialObjectMetadata`); what comes back is still checked, whatever was asked.
 fn ask_for_plain_json(headers: &mut HeaderMap) {
     let accepted: Vec<String> = headers
         .get_all(http::header::ACCEPT)
@@ -865,7 +898,10 @@ fn ask_for_plain_json(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|media| !media.is_empty() && !media.contains("protobuf"))
+        .filter(|media| {
+            let essence = media.split(';').next().unwrap_or_default().trim();
+            essence.eq_ignore_ascii_case("application/json")
+        })
         .map(str::to_owned)
         .collect();
     let accept = if accepted.is_empty() {

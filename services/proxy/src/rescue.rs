@@ -163,12 +163,14 @@ impl Rejection {
         }
     }
 
-    /// The `Status` response for this refusal.
-    pub fn into_response(
-        &self,
-        request_id: &str,
-        info: Option<&RequestInfo>,
-    ) -> Response<ProxyBody> {
+    /// This refusal as a watch stream's last event: an `ERROR` event holding the `Status`, as
+    /// kube-apiserver ends a watch it cannot go on with.
+    pub fn watch_error_event(&self, info: Option<&RequestInfo>) -> Bytes {
+        let event = json!({"type": "ERROR", "object": self.status_object(info)});
+        Bytes::from(format!("{event}\n"))
+    }
+
+    fn status_object(&self, info: Option<&RequestInfo>) -> serde_json::Value {
         let status = self.status();
         let mut details = serde_json::Map::new();
         if let Some(info) = info.filter(|i| i.is_resource_request) {
@@ -178,7 +180,7 @@ impl Rejection {
             details.insert("group".into(), info.api_group.clone().into());
             details.insert("kind".into(), info.resource.clone().into());
         }
-        let body = json!({
+        json!({
             "kind": "Status",
             "apiVersion": "v1",
             "metadata": {},
@@ -187,7 +189,17 @@ impl Rejection {
             "reason": self.reason(),
             "details": details,
             "code": status.as_u16(),
-        });
+        })
+    }
+
+    /// The `Status` response for this refusal.
+    pub fn into_response(
+        &self,
+        request_id: &str,
+        info: Option<&RequestInfo>,
+    ) -> Response<ProxyBody> {
+        let status = self.status();
+        let body = self.status_object(info);
         let mut response = Response::new(
             Full::new(Bytes::from(body.to_string()))
                 .map_err(|never| match never {})

@@ -94,12 +94,12 @@ fn app_profile() -> Arc<Profile> {
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
-fn secrets(watch: bool) -> MaskTarget {
-    MaskTarget::new("secrets", "", watch)
+fn secrets() -> MaskTarget {
+    MaskTarget::new("secrets", "")
 }
 
-fn target(resource: &str, watch: bool) -> MaskTarget {
-    MaskTarget::new(resource, "", watch)
+fn target(resource: &str) -> MaskTarget {
+    MaskTarget::new(resource, "")
 }
 
 /// Masks `input` fed in chunks of `chunk` bytes.
@@ -109,7 +109,7 @@ fn run(
     input: &[u8],
     chunk: usize,
 ) -> Result<(String, u64), MaskError> {
-    let mut masker = Masker::new(profile, target);
+    let mut masker = Masker::new(profile, &target);
     let mut out = BytesMut::new();
     for piece in input.chunks(chunk.max(1)) {
         masker.push(piece, &mut out)?;
@@ -166,7 +166,7 @@ fn same_shape(a: &Value, b: &Value) {
 
 #[test]
 fn a_secret_is_masked_and_its_base64_still_decodes() {
-    let (v, n) = mask(None, secrets(false), SECRET);
+    let (v, n) = mask(None, secrets(), SECRET);
     assert_eq!(v["data"]["password"], MASKED_BASE64);
     assert_eq!(v["data"]["token"], MASKED_BASE64);
     assert_eq!(decode_b64(&v["data"]["password"]), b"gatehouse:masked");
@@ -181,7 +181,7 @@ fn a_secret_is_masked_and_its_base64_still_decodes() {
 
 #[test]
 fn the_last_applied_annotation_stays_valid_json_with_its_values_masked() {
-    let (v, _) = mask(None, secrets(false), SECRET);
+    let (v, _) = mask(None, secrets(), SECRET);
     let text = v["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
         .as_str()
         .unwrap();
@@ -195,7 +195,7 @@ fn the_last_applied_annotation_stays_valid_json_with_its_values_masked() {
 #[test]
 fn a_secret_is_recognised_by_kind_whatever_the_request() {
     // A Secret in a response for some other resource (e.g. a `kind: List`).
-    let (v, n) = mask(Some(app_profile()), target("configmaps", false), SECRET);
+    let (v, n) = mask(Some(app_profile()), target("configmaps"), SECRET);
     assert_eq!(v["data"]["password"], MASKED_BASE64);
     assert!(n >= 2);
     assert_absent(&v.to_string(), SECRET_VALUES);
@@ -203,7 +203,7 @@ fn a_secret_is_recognised_by_kind_whatever_the_request() {
 
 #[test]
 fn a_secret_list_masks_every_item() {
-    let (out, n) = run(None, secrets(false), SECRET_LIST.as_bytes(), 16 * 1024).unwrap();
+    let (out, n) = run(None, secrets(), SECRET_LIST.as_bytes(), 16 * 1024).unwrap();
     assert_absent(&out, SECRET_LIST_VALUES);
     assert_eq!(n, 6);
     let v: Value = serde_json::from_str(&out).unwrap();
@@ -219,14 +219,14 @@ fn a_secret_list_masks_every_item() {
 #[test]
 fn a_secret_list_is_recognised_by_its_kind_alone() {
     // Items of a typed list have no kind: the list's kind says they are Secrets.
-    let (out, n) = run(None, target("other", false), SECRET_LIST.as_bytes(), 100).unwrap();
+    let (out, n) = run(None, target("other"), SECRET_LIST.as_bytes(), 100).unwrap();
     assert_absent(&out, SECRET_LIST_VALUES);
     assert_eq!(n, 6);
 }
 
 #[test]
 fn a_watch_of_secrets_masks_every_event_and_keeps_bookmarks_and_errors() {
-    let (out, n) = run(None, secrets(true), SECRET_WATCH.as_bytes(), 16 * 1024).unwrap();
+    let (out, n) = run(None, secrets(), SECRET_WATCH.as_bytes(), 16 * 1024).unwrap();
     assert_absent(&out, SECRET_WATCH_VALUES);
     assert_eq!(n, 4);
     let events: Vec<Value> = out
@@ -250,7 +250,7 @@ fn a_watch_of_secrets_masks_every_event_and_keeps_bookmarks_and_errors() {
 
 #[test]
 fn each_watch_event_goes_out_with_its_newline_as_soon_as_it_is_complete() {
-    let mut masker = Masker::new(None, secrets(true));
+    let mut masker = Masker::new(None, &secrets());
     let mut out = BytesMut::new();
     let first_end = SECRET_WATCH.find('\n').unwrap() + 1;
     masker
@@ -265,7 +265,7 @@ fn each_watch_event_goes_out_with_its_newline_as_soon_as_it_is_complete() {
 
 #[test]
 fn a_table_of_secrets_masks_row_objects_and_keeps_cells() {
-    let (out, n) = run(None, secrets(false), SECRET_TABLE.as_bytes(), 16 * 1024).unwrap();
+    let (out, n) = run(None, secrets(), SECRET_TABLE.as_bytes(), 16 * 1024).unwrap();
     assert_absent(&out, SECRET_LIST_VALUES);
     assert_eq!(n, 3);
     let v: Value = serde_json::from_str(&out).unwrap();
@@ -276,7 +276,7 @@ fn a_table_of_secrets_masks_row_objects_and_keeps_cells() {
 
 #[test]
 fn a_metadata_table_masks_the_last_applied_secret() {
-    for t in [secrets(false), target("widgets", false)] {
+    for t in [secrets(), target("widgets")] {
         let (out, n) = run(None, t, SECRET_TABLE_METADATA.as_bytes(), 7).unwrap();
         assert_absent(&out, &["czNjcjN0LXBhc3N3b3Jk"]);
         assert_eq!(n, 1);
@@ -296,9 +296,88 @@ fn a_watch_of_tables_masks_the_rows_of_each_event() {
     let stream = format!(
         "{{\"type\":\"ADDED\",\"object\":{SECRET_TABLE}}}\n{{\"type\":\"MODIFIED\",\"object\":{SECRET_TABLE}}}\n"
     );
-    let (out, n) = run(None, target("widgets", true), stream.as_bytes(), 33).unwrap();
+    let (out, n) = run(None, target("widgets"), stream.as_bytes(), 33).unwrap();
     assert_absent(&out, SECRET_LIST_VALUES);
     assert_eq!(n, 6);
+}
+
+/// What the body is comes from the body: the same masker, made for a request, masks a list,
+/// a watch stream, a table, a metadata list and a watch of tables alike, split anywhere.
+#[test]
+fn every_shape_is_masked_whatever_the_request_suggested() {
+    let metadata_list = concat!(
+        r#"{"kind":"PartialObjectMetadataList","apiVersion":"meta.k8s.io/v1","metadata":{"resourceVersion":"5678"},"items":["#,
+        r#"{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":{"name":"db","namespace":"default","annotations":{"kubectl.kubernetes.io/last-applied-configuration":"{\"apiVersion\":\"v1\",\"data\":{\"password\":\"czNjcjN0LXBhc3N3b3Jk\"},\"kind\":\"Secret\",\"metadata\":{\"name\":\"db\"}}\n"}}}"#,
+        "]}"
+    );
+    let table_watch = format!("{{\"type\":\"ADDED\",\"object\":{SECRET_TABLE}}}\n");
+    let bodies: [(&str, &[&str]); 6] = [
+        (SECRET, SECRET_VALUES),
+        (SECRET_LIST, SECRET_LIST_VALUES),
+        (SECRET_WATCH, SECRET_WATCH_VALUES),
+        (SECRET_TABLE, SECRET_LIST_VALUES),
+        (metadata_list, &["czNjcjN0LXBhc3N3b3Jk"]),
+        (&table_watch, SECRET_LIST_VALUES),
+    ];
+    // The request may have been for one secret, a list, a watch or a table of them.
+    for t in [secrets(), target("widgets")] {
+        for (body, values) in bodies {
+            for chunk in [1, 7, 64, body.len()] {
+                let (out, n) = run(None, t.clone(), body.as_bytes(), chunk)
+                    .unwrap_or_else(|e| panic!("{e}: {body}"));
+                assert_absent(&out, values);
+                assert!(n > 0);
+            }
+        }
+    }
+}
+
+/// A list answered as a stream of documents, or a watch answered as one list: each document
+/// is read for what it is, one after the other.
+#[test]
+fn a_list_and_a_watch_back_to_back_are_each_masked() {
+    let body = format!("{SECRET_LIST}\n{SECRET_WATCH}{SECRET}");
+    let (out, _) = run(None, target("widgets"), body.as_bytes(), 5).unwrap();
+    assert_absent(&out, SECRET_LIST_VALUES);
+    assert_absent(&out, SECRET_WATCH_VALUES);
+    assert_absent(&out, SECRET_VALUES);
+}
+
+/// A document that claims one kind and carries the members of another (what a lenient client
+/// decodes by its expected type) is masked by its members: `items`, `rows` and `object` hold
+/// objects, and objects without a kind are taken for Secrets.
+#[test]
+fn members_are_read_for_what_they_hold_whatever_the_kind_says() {
+    for body in [
+        r#"{"kind":"Pod","items":[{"metadata":{"name":"a"},"data":{"k":"aHVudGVyMg=="}}]}"#,
+        r#"{"kind":"ConfigMap","type":"ADDED","object":{"data":{"k":"aHVudGVyMg=="}}}"#,
+        r#"{"kind":"Pod","rows":[{"cells":[],"object":{"data":{"k":"aHVudGVyMg=="}}}]}"#,
+        r#"{"type":"ADDED","object":{"metadata":{},"data":{"k":"aHVudGVyMg=="}}}"#,
+    ] {
+        for t in [secrets(), target("pods")] {
+            let (out, n) = run(None, t, body.as_bytes(), 3).unwrap();
+            assert!(!out.contains("aHVudGVyMg"), "{body} -> {out}");
+            assert_eq!(n, 1, "{body}");
+        }
+    }
+}
+
+/// The masker knows when what it wrote ends between two documents: a watch that must stop
+/// can then end with one more event.
+#[test]
+fn the_masker_says_when_its_output_ends_between_documents() {
+    let mut masker = Masker::new(None, &secrets());
+    let mut out = BytesMut::new();
+    assert!(masker.between_documents());
+    let first_end = SECRET_WATCH.find('\n').unwrap() + 1;
+    masker
+        .push(&SECRET_WATCH.as_bytes()[..first_end + 10], &mut out)
+        .unwrap();
+    assert!(!masker.between_documents());
+    masker
+        .push(&SECRET_WATCH.as_bytes()[first_end + 10..], &mut out)
+        .unwrap();
+    assert!(masker.between_documents());
 }
 
 #[test]
@@ -313,7 +392,7 @@ fn a_mixed_list_decides_per_item_by_kind() {
         ]
     })
     .to_string();
-    let (v, n) = mask(None, target("configmaps", false), &list);
+    let (v, n) = mask(None, target("configmaps"), &list);
     assert_eq!(v["items"][0]["data"]["greeting"], "hello-visible");
     assert_eq!(v["items"][1]["data"]["k"], MASKED_BASE64);
     assert_eq!(n, 1);
@@ -326,17 +405,17 @@ fn kind_after_data_is_looked_ahead_for() {
     let secret = r#"{"apiVersion":"v1","data":{"a":"c2VjcmV0LWFhYWFhYQ=="},"kind":"Secret","metadata":{"name":"x"}}"#;
     let custom = r#"{"apiVersion":"example.com/v1","data":{"a":"visible-value"},"kind":"Widget","metadata":{"name":"x"}}"#;
     for chunk in [1, 5, 1024] {
-        let (out, n) = run(None, target("widgets", false), secret.as_bytes(), chunk).unwrap();
+        let (out, n) = run(None, target("widgets"), secret.as_bytes(), chunk).unwrap();
         assert!(!out.contains("c2VjcmV0LWFhYWFhYQ=="), "{out}");
         assert_eq!(n, 1);
-        let (out, n) = run(None, target("widgets", false), custom.as_bytes(), chunk).unwrap();
+        let (out, n) = run(None, target("widgets"), custom.as_bytes(), chunk).unwrap();
         assert_eq!(out, custom);
         assert_eq!(n, 0);
     }
     // No kind at all: treated as a Secret, to fail safe.
     let (out, n) = run(
         None,
-        target("widgets", false),
+        target("widgets"),
         br#"{"data":{"a":"bm8ta2luZA=="}}"#,
         3,
     )
@@ -349,7 +428,7 @@ fn kind_after_data_is_looked_ahead_for() {
 fn an_unstructured_list_streams_its_items() {
     // Sorted keys: `items` comes before the list's `kind`; each item has its own.
     let list = r#"{"apiVersion":"example.com/v1","items":[{"apiVersion":"v1","data":{"a":"c2VjcmV0LWxpc3QtaXRlbQ=="},"kind":"Secret","metadata":{"name":"a"}},{"apiVersion":"example.com/v1","data":{"a":"visible"},"kind":"Widget","metadata":{"name":"b"}}],"kind":"WidgetList","metadata":{"continue":"","resourceVersion":"7"}}"#;
-    let (v, n) = mask(None, target("widgets", false), list);
+    let (v, n) = mask(None, target("widgets"), list);
     assert_eq!(v["items"][0]["data"]["a"], MASKED_BASE64);
     assert_eq!(v["items"][1]["data"]["a"], "visible");
     assert_eq!(n, 1);
@@ -364,7 +443,7 @@ fn an_object_with_items_before_its_kind_still_gets_its_paths() {
         ..Default::default()
     });
     let body = r#"{"apiVersion":"example.com/v1","items":[{"password":"pw-in-items-1","user":"u"},{"spec":{"token":"tok-in-item-2"}}],"kind":"Vault","metadata":{"name":"v"}}"#;
-    let (v, n) = mask(Some(p), target("vaults", false), body);
+    let (v, n) = mask(Some(p), target("vaults"), body);
     assert_eq!(v["items"][0], json!({"password": MASKED_TEXT, "user": "u"}));
     assert_eq!(v["items"][1]["spec"]["token"], MASKED_TEXT);
     assert_eq!(n, 2);
@@ -375,7 +454,7 @@ fn an_object_with_items_before_its_kind_still_gets_its_paths() {
 
 #[test]
 fn a_pod_list_masks_env_values_by_name_patterns_and_paths() {
-    let (v, n) = mask(Some(app_profile()), target("pods", false), POD_LIST);
+    let (v, n) = mask(Some(app_profile()), target("pods"), POD_LIST);
     let env = &v["items"][0]["spec"]["containers"][0]["env"];
     assert_eq!(env[0], json!({"name": "DB_PASSWORD", "value": MASKED_TEXT}));
     assert_eq!(env[1], json!({"name": "LOG_LEVEL", "value": "debug"}));
@@ -417,7 +496,7 @@ fn a_pod_list_masks_env_values_by_name_patterns_and_paths() {
 #[test]
 fn a_pattern_is_replaced_in_place_within_a_longer_string() {
     let body = r#"{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"c"},"data":{"curl":"curl -H 'Authorization: Bearer abc.DEF_1=' https://x"}}"#;
-    let (v, n) = mask(Some(app_profile()), target("configmaps", false), body);
+    let (v, n) = mask(Some(app_profile()), target("configmaps"), body);
     assert_eq!(
         v["data"]["curl"],
         "curl -H 'Authorization: gatehouse:masked' https://x"
@@ -428,7 +507,7 @@ fn a_pattern_is_replaced_in_place_within_a_longer_string() {
 #[test]
 fn keys_of_a_map_are_matched_by_regex() {
     let body = r#"{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"c"},"data":{"db_password":"pw-12345678","mode":"fast","API_TOKEN":"t-87654321"}}"#;
-    let (v, n) = mask(Some(app_profile()), target("configmaps", false), body);
+    let (v, n) = mask(Some(app_profile()), target("configmaps"), body);
     assert_eq!(
         v["data"],
         json!({"db_password": MASKED_TEXT, "mode": "fast", "API_TOKEN": MASKED_TEXT})
@@ -453,7 +532,7 @@ fn selected_numbers_booleans_objects_and_arrays_keep_their_types() {
         ..Default::default()
     });
     let body = r#"{"kind":"Widget","apiVersion":"example.com/v1","spec":{"replicas":3,"paused":true,"nothing":null,"selector":{"matchLabels":{"app":"web"},"n":[1,2.5,false,"x"]},"ports":[{"port":443,"name":"https"}],"kept":"yes"}}"#;
-    let (v, n) = mask(Some(p), target("widgets", false), body);
+    let (v, n) = mask(Some(p), target("widgets"), body);
     assert_eq!(
         v["spec"],
         json!({
@@ -478,7 +557,7 @@ fn wildcards_and_indices() {
         ..Default::default()
     });
     let body = r#"{"kind":"Widget","spec":{"a":{"secret":"s1-aaaaaa","open":"o"},"b":[{"secret":"s2-bbbbbb"}],"list":["zero","one","two"]},"data":{"x":"d1-cccccc"}}"#;
-    let (v, n) = mask(Some(p), target("widgets", false), body);
+    let (v, n) = mask(Some(p), target("widgets"), body);
     assert_eq!(v["spec"]["a"], json!({"secret": MASKED_TEXT, "open": "o"}));
     // `*` also stands for any element, `[1]` for one.
     assert_eq!(
@@ -497,7 +576,7 @@ fn binary_data_selected_by_a_profile_stays_base64() {
         ..Default::default()
     });
     let body = r#"{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"c"},"binaryData":{"blob":"AAECAwQFBgcICQ=="}}"#;
-    let (v, n) = mask(Some(p), target("configmaps", false), body);
+    let (v, n) = mask(Some(p), target("configmaps"), body);
     assert_eq!(v["binaryData"]["blob"], MASKED_BASE64);
     assert_eq!(n, 1);
 }
@@ -515,13 +594,7 @@ fn named_values_accept_custom_fields_and_an_array_path() {
     });
     let body = r#"{"kind":"Task","spec":{"params":[{"key":"secret","val":"v-1111111"},{"val":"v-2222222","key":"secret"},{"key":"public","val":"v-3333333"},{"key":"secret"},{"val":"v-4444444"}]}}"#;
     for chunk in [1, 3, 4096] {
-        let (out, n) = run(
-            Some(p.clone()),
-            target("tasks", false),
-            body.as_bytes(),
-            chunk,
-        )
-        .unwrap();
+        let (out, n) = run(Some(p.clone()), target("tasks"), body.as_bytes(), chunk).unwrap();
         let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(
             v["spec"]["params"],
@@ -562,7 +635,7 @@ fn profile_paths_reach_inside_the_last_applied_annotation_of_any_object() {
         }],
         ..Default::default()
     });
-    let (v, n) = mask(Some(p), target("deployments", false), &body);
+    let (v, n) = mask(Some(p), target("deployments"), &body);
     assert!(!v.to_string().contains("inner-secret-99"));
     assert_eq!(n, 1);
     let text = v["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
@@ -584,7 +657,7 @@ fn a_secrets_last_applied_that_is_not_json_is_masked_whole() {
         }},
     })
     .to_string();
-    let (v, n) = mask(None, secrets(false), &body);
+    let (v, n) = mask(None, secrets(), &body);
     assert_eq!(
         v["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"],
         MASKED_TEXT
@@ -594,7 +667,7 @@ fn a_secrets_last_applied_that_is_not_json_is_masked_whole() {
 
 #[test]
 fn objects_without_a_profile_and_outside_secrets_are_copied_byte_for_byte() {
-    let (out, n) = run(None, target("pods", false), POD_LIST.as_bytes(), 1000).unwrap();
+    let (out, n) = run(None, target("pods"), POD_LIST.as_bytes(), 1000).unwrap();
     assert_eq!(out, POD_LIST);
     assert_eq!(n, 0);
 }
@@ -606,7 +679,7 @@ fn escaped_strings_are_matched_on_their_text() {
         ..Default::default()
     });
     let body = r#"{"kind":"ConfigMap","data":{"a":"say \"tok-\u0031234567\" \u00e9"}}"#;
-    let (v, n) = mask(Some(p), target("configmaps", false), body);
+    let (v, n) = mask(Some(p), target("configmaps"), body);
     assert_eq!(v["data"]["a"], "say \"gatehouse:masked7\" \u{e9}");
     assert_eq!(n, 1);
 }
@@ -617,18 +690,14 @@ fn escaped_strings_are_matched_on_their_text() {
 #[test]
 fn output_is_the_same_however_the_input_is_chunked() {
     let cases: Vec<(Option<Arc<Profile>>, MaskTarget, String)> = vec![
-        (None, secrets(false), SECRET.to_string()),
-        (None, secrets(true), SECRET_WATCH.to_string()),
-        (None, secrets(false), SECRET_TABLE_METADATA.to_string()),
-        (
-            Some(app_profile()),
-            target("pods", false),
-            POD_LIST.to_string(),
-        ),
-        (None, target("pods", false), POD_LIST.to_string()),
+        (None, secrets(), SECRET.to_string()),
+        (None, secrets(), SECRET_WATCH.to_string()),
+        (None, secrets(), SECRET_TABLE_METADATA.to_string()),
+        (Some(app_profile()), target("pods"), POD_LIST.to_string()),
+        (None, target("pods"), POD_LIST.to_string()),
         (
             None,
-            target("widgets", false),
+            target("widgets"),
             r#"{"apiVersion":"v1","data":{"a":"c2VjcmV0LWFhYWFhYQ=="},"kind":"Secret"}"#
                 .to_string(),
         ),
@@ -637,7 +706,7 @@ fn output_is_the_same_however_the_input_is_chunked() {
         let (whole, whole_n) = run(p.clone(), t.clone(), input.as_bytes(), input.len()).unwrap();
         let bytes = input.as_bytes();
         for cut in 0..=bytes.len() {
-            let mut masker = Masker::new(p.clone(), t.clone());
+            let mut masker = Masker::new(p.clone(), &t);
             let mut out = BytesMut::new();
             masker.push(&bytes[..cut], &mut out).unwrap();
             masker.push(&bytes[cut..], &mut out).unwrap();
@@ -667,7 +736,7 @@ fn a_long_list_is_streamed_not_held() {
         list.push_str(pod);
     }
     list.push_str("]}");
-    let mut masker = Masker::new(Some(app_profile()), target("pods", false));
+    let mut masker = Masker::new(Some(app_profile()), &target("pods"));
     let mut out = BytesMut::new();
     let mut fed = 0;
     for piece in list.as_bytes().chunks(16 * 1024) {
@@ -698,67 +767,38 @@ fn malformed_input_fails_and_the_error_holds_no_body_bytes() {
     let truncated: Check = |e| matches!(e, MaskError::Truncated { .. });
     let malformed: Check = |e| matches!(e, MaskError::Malformed { .. });
     let not_json: Check = |e| *e == MaskError::NotJson;
-    let trailing: Check = |e| matches!(e, MaskError::TrailingData { .. });
-    let cases: &[(&[u8], bool, Check)] = &[
-        (b"k8s\x00\x0a\x0c\x0a\x02v1\x12\x06Secret", false, not_json),
-        (b"<html>hunter2</html>", true, not_json),
+    let cases: &[(&[u8], Check)] = &[
+        (b"k8s\x00\x0a\x0c\x0a\x02v1\x12\x06Secret", not_json),
+        (b"<html>hunter2</html>", not_json),
         (
             br#"{"kind":"Secret","data":{"a":"aHVudGVyMg=="}"#,
-            false,
             truncated,
         ),
-        (
-            br#"{"kind":"Secret","data":{"a":"aHVudGVy"#,
-            true,
-            truncated,
-        ),
-        (
-            br#"{"kind":"Secret"} {"data":{"a":"aHVudGVyMg=="}}"#,
-            false,
-            trailing,
-        ),
+        (br#"{"kind":"Secret","data":{"a":"aHVudGVy"#, truncated),
         (
             br#"{"kind":"Secret","data":{"a" "aHVudGVyMg=="}}"#,
-            false,
             malformed,
         ),
-        (
-            br#"{"kind":"Secret","data":{"a":aHVudGVyMg==}}"#,
-            true,
-            malformed,
-        ),
-        (
-            br#"{"kind":"Secret","data":["aHVudGVyMg==",]}"#,
-            false,
-            malformed,
-        ),
-        (
-            br#"{"data":{"a":"aHVudGVyMg=="},"kind":"Sec"#,
-            false,
-            truncated,
-        ),
-        (
-            br#"{"data":{"a":"aHVudGVyMg=="},"kind" 1}"#,
-            false,
-            malformed,
-        ),
+        (br#"{"kind":"Secret","data":{"a":aHVudGVyMg==}}"#, malformed),
+        (br#"{"kind":"Secret","data":["aHVudGVyMg==",]}"#, malformed),
+        (br#"{"data":{"a":"aHVudGVyMg=="},"kind":"Sec"#, truncated),
+        (br#"{"data":{"a":"aHVudGVyMg=="},"kind" 1}"#, malformed),
         (
             br#"{"type":"ADDED","object":{"kind":"Secret"}}}"#,
-            true,
             malformed,
         ),
         // Inside parts no rule looks into, JSON is checked just as strictly.
-        (br#"{"kind":"Pod","spec":{"a" 1}}"#, false, malformed),
-        (br#"{"kind":"Pod","spec":{"a":[1,]}}"#, false, malformed),
-        (br#"{"kind":"Pod","spec":{"a":[1}}}"#, false, malformed),
-        (br#"{"kind":"Pod","spec":{"a":{"b":1]}}"#, false, malformed),
-        (br#"{"kind":"Pod","spec":{"a":[tru]}}"#, false, malformed),
-        (br#"{"kind":"Pod","spec":{"a":[1,2"#, false, truncated),
-        (br#"[{"a":1}}"#, true, malformed),
+        (br#"{"kind":"Pod","spec":{"a" 1}}"#, malformed),
+        (br#"{"kind":"Pod","spec":{"a":[1,]}}"#, malformed),
+        (br#"{"kind":"Pod","spec":{"a":[1}}}"#, malformed),
+        (br#"{"kind":"Pod","spec":{"a":{"b":1]}}"#, malformed),
+        (br#"{"kind":"Pod","spec":{"a":[tru]}}"#, malformed),
+        (br#"{"kind":"Pod","spec":{"a":[1,2"#, truncated),
+        (br#"[{"a":1}}"#, malformed),
     ];
-    for (input, watch, expected) in cases {
+    for (input, expected) in cases {
         for chunk in [1, 4, 1024] {
-            let err = run(None, target("pods", *watch), input, chunk)
+            let err = run(None, target("pods"), input, chunk)
                 .err()
                 .unwrap_or_else(|| panic!("{:?} was accepted", String::from_utf8_lossy(input)));
             assert!(
@@ -782,7 +822,7 @@ fn nothing_unmasked_is_emitted_before_an_error() {
         &br#"{"apiVersion":"v1","data":{"a":"aHVudGVyMg=="},"kin"#[..],
         br#"{"apiVersion":"v1","data":{"a":"aHVudGVyMg=="},"kind":"Secret","metadata":{"name":"x"},"#,
     ] {
-        let mut masker = Masker::new(None, target("widgets", false));
+        let mut masker = Masker::new(None, &target("widgets"));
         let mut out = BytesMut::new();
         masker.push(input, &mut out).unwrap();
         assert!(masker.finish(&mut out).is_err());
@@ -794,12 +834,9 @@ fn nothing_unmasked_is_emitted_before_an_error() {
 
 #[test]
 fn an_empty_body_is_fine() {
+    assert_eq!(run(None, secrets(), b"", 1).unwrap(), (String::new(), 0));
     assert_eq!(
-        run(None, secrets(false), b"", 1).unwrap(),
-        (String::new(), 0)
-    );
-    assert_eq!(
-        run(None, secrets(true), b"\n", 1).unwrap(),
+        run(None, secrets(), b"\n", 1).unwrap(),
         ("\n".to_string(), 0)
     );
 }
@@ -811,16 +848,16 @@ fn an_empty_body_is_fine() {
 fn needs_masking_only_where_something_could_be_masked() {
     let p = app_profile();
     let empty = profile(ProfileSpec::default());
-    assert!(needs_masking(None, &secrets(false)));
-    assert!(needs_masking(None, &secrets(true)));
+    assert!(needs_masking(None, &secrets()));
+    assert!(needs_masking(None, &secrets()));
     assert!(needs_masking(
         None,
-        &MaskTarget::new("secrets", "example.com", false)
+        &MaskTarget::new("secrets", "example.com")
     ));
-    assert!(!needs_masking(None, &target("pods", false)));
-    assert!(!needs_masking(None, &target("", false)));
-    assert!(!needs_masking(Some(&empty), &target("pods", false)));
-    assert!(needs_masking(Some(&p), &target("pods", false)));
+    assert!(!needs_masking(None, &target("pods")));
+    assert!(!needs_masking(None, &target("")));
+    assert!(!needs_masking(Some(&empty), &target("pods")));
+    assert!(needs_masking(Some(&p), &target("pods")));
 }
 
 #[test]
@@ -831,7 +868,7 @@ fn mask_value_masks_a_request_body() {
         "data": {"password": "aHVudGVyMi1yZXF1ZXN0"},
         "stringData": {"token": "plain-request-token"},
     });
-    let n = mask_value(None, &target("widgets", false), &mut body);
+    let n = mask_value(None, &target("widgets"), &mut body);
     assert_eq!(n, 2);
     assert_eq!(body["data"]["password"], MASKED_BASE64);
     assert_eq!(body["stringData"]["token"], MASKED_TEXT);
@@ -839,12 +876,12 @@ fn mask_value_masks_a_request_body() {
 
     let mut pod: Value = serde_json::from_str(POD_LIST).unwrap();
     let pod = &mut pod["items"][0];
-    let n = mask_value(Some(&app_profile()), &target("pods", true), pod);
+    let n = mask_value(Some(&app_profile()), &target("pods"), pod);
     assert_eq!(n, 4);
     assert_eq!(pod["spec"]["containers"][0]["env"][0]["value"], MASKED_TEXT);
 
     let mut untouched = json!({"kind": "Pod", "spec": {"a": "b"}});
-    assert_eq!(mask_value(None, &target("pods", false), &mut untouched), 0);
+    assert_eq!(mask_value(None, &target("pods"), &mut untouched), 0);
     assert_eq!(untouched, json!({"kind": "Pod", "spec": {"a": "b"}}));
 }
 
@@ -937,7 +974,7 @@ mod random {
 
     fn body(rng: &mut StdRng, values: &mut Vec<String>) -> (String, MaskTarget) {
         match rng.random_range(0..5) {
-            0 => (secret(rng, values, true), target("anything", false)),
+            0 => (secret(rng, values, true), target("anything")),
             1 => {
                 let items: Vec<String> = (0..rng.random_range(0..5))
                     .map(|_| secret(rng, values, false))
@@ -947,7 +984,7 @@ mod random {
                         r#"{{"kind":"SecretList","apiVersion":"v1","metadata":{{}},"items":[{}]}}"#,
                         items.join(",")
                     ),
-                    target("secrets", false),
+                    target("secrets"),
                 )
             }
             2 => {
@@ -959,7 +996,7 @@ mod random {
                         )
                     })
                     .collect();
-                (events.join("\n") + "\n", target("secrets", true))
+                (events.join("\n") + "\n", target("secrets"))
             }
             3 => {
                 let rows: Vec<String> = (0..rng.random_range(1..4))
@@ -975,7 +1012,7 @@ mod random {
                         r#"{{"kind":"Table","apiVersion":"meta.k8s.io/v1","metadata":{{}},"columnDefinitions":[],"rows":[{}]}}"#,
                         rows.join(",")
                     ),
-                    target("secrets", false),
+                    target("secrets"),
                 )
             }
             _ => {
@@ -987,7 +1024,7 @@ mod random {
                         r#"{{"kind":"List","apiVersion":"v1","items":[{}]}}"#,
                         items.join(",")
                     ),
-                    target("widgets", false),
+                    target("widgets"),
                 )
             }
         }
@@ -1018,8 +1055,7 @@ mod random {
                 assert!(!out.contains(escaped.trim_matches('"')));
             }
             // Still JSON of the same shape, and masking it again changes nothing.
-            if !t.watch {
-                let a: Value = serde_json::from_str(&input).unwrap();
+            if let Ok(a) = serde_json::from_str::<Value>(&input) {
                 let b: Value = serde_json::from_str(&out).unwrap();
                 same_shape(&a, &b);
             }

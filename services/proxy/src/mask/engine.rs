@@ -113,10 +113,8 @@ enum Role {
     Annotations,
     /// Anything else inside an object.
     Plain,
-    /// Outside any object: list and table wrappers, watch event wrappers, table cells.
+    /// Outside any object: list and table wrappers, table cells.
     Envelope,
-    /// One watch event: its `object` is an object.
-    Event,
     /// A list's `items`: each element is an object.
     Items(ItemKind),
     /// A table's `rows`.
@@ -130,7 +128,7 @@ enum Role {
 impl Role {
     fn fits(self, obj: bool) -> bool {
         match self {
-            Role::Object { .. } | Role::Meta | Role::Annotations | Role::Event | Role::Row => obj,
+            Role::Object { .. } | Role::Meta | Role::Annotations | Role::Row => obj,
             Role::Items(_) | Role::Rows | Role::Elements => !obj,
             Role::Plain | Role::Envelope => true,
         }
@@ -363,7 +361,8 @@ pub(crate) struct Cx<'a> {
 #[derive(Debug)]
 pub(crate) struct Engine {
     forced_secret: bool,
-    watch: bool,
+    /// More than one document may follow (a watch stream is one per event).
+    stream: bool,
     nesting: u8,
     /// Input not yet processed (plus, during a lookahead, the input it holds).
     buf: Vec<u8>,
@@ -393,11 +392,12 @@ pub(crate) struct Engine {
 
 impl Engine {
     /// `forced_secret`: every object is a Secret (the request is for core `secrets`).
-    /// `watch`: the body is a stream of watch events rather than one document.
-    pub(crate) fn new(forced_secret: bool, watch: bool) -> Engine {
+    /// `stream`: the body may hold several documents one after the other (a watch stream);
+    /// each is read for what it is, whatever the request was.
+    pub(crate) fn new(forced_secret: bool, stream: bool) -> Engine {
         Engine {
             forced_secret,
-            watch,
+            stream,
             nesting: 0,
             buf: Vec::new(),
             base: 0,
@@ -692,9 +692,17 @@ impl Engine {
         }
     }
 
-    /// A value outside any container: the start of a document (or of a watch event).
+    /// Whether everything read so far is whole documents: what was written ends between two
+    /// documents, where a watch stream can take one more event.
+    pub(crate) fn between_documents(&self) -> bool {
+        self.stack.is_empty() && !self.skimming && self.lookahead.is_none()
+    }
+
+    /// A value outside any container: the start of a document. Every document starts as a
+    /// top-level object whose members say what it is: `items` (a list), `rows` (a table),
+    /// `object` (a watch event), or an object of its own.
     fn on_top(&mut self, cx: &mut Cx<'_>, tok: Token) -> Result<(), MaskError> {
-        if !self.watch && self.docs > 0 {
+        if !self.stream && self.docs > 0 {
             return Err(MaskError::TrailingData {
                 offset: self.base + tok.start as u64,
             });
@@ -708,15 +716,11 @@ impl Engine {
         }
         if !self.plan.ready {
             self.plan.reset(self.arena.len());
-            if self.watch {
-                self.plan.role = Role::Event;
-            } else {
-                self.plan.role = Role::Object {
-                    kind: Kind::Unresolved,
-                    top: true,
-                };
-                self.plan.fallback = Role::Elements;
-            }
+            self.plan.role = Role::Object {
+                kind: Kind::Unresolved,
+                top: true,
+            };
+            self.plan.fallback = Role::Elements;
         }
         self.on_value(cx, tok)
     }
@@ -769,7 +773,7 @@ impl Engine {
         let mut inside = true;
         match frame.role {
             Role::Envelope | Role::Items(_) | Role::Rows | Role::Elements => inside = false,
-            Role::Event | Role::Row => {
+            Role::Row => {
                 inside = false;
                 if key == b"object" {
                     plan.role = Role::Object {
@@ -780,16 +784,25 @@ impl Engine {
             }
             Role::Object { kind, top } => {
                 let listish = matches!(kind, Kind::List(_) | Kind::Table);
-                let open = top && matches!(kind, Kind::Unresolved | Kind::Absent);
                 plan.role = Role::Plain;
                 plan.fallback = Role::Plain;
-                if key == b"items" && (matches!(kind, Kind::List(_)) || open) {
+                // What a document is comes from its members, not from its `kind` alone nor
+                // from the request: whatever a top-level document claims, its `items` and
+                // `rows` hold objects and its `object` is a watch event's object, as a
+                // lenient client would read them. (No Kubernetes object has such top-level
+                // fields of its own; profile paths from the top go on inside as well.)
+                if key == b"items" && (matches!(kind, Kind::List(_)) || top) {
                     plan.role = Role::Items(match kind {
                         Kind::List(item) => item,
                         _ => ItemKind::Unresolved,
                     });
-                } else if key == b"rows" && (kind == Kind::Table || open) {
+                } else if key == b"rows" && (kind == Kind::Table || top) {
                     plan.role = Role::Rows;
+                } else if key == b"object" && top {
+                    plan.role = Role::Object {
+                        kind: Kind::Unresolved,
+                        top: false,
+                    };
                 } else if listish {
                     plan.role = Role::Envelope;
                 } else {
@@ -914,7 +927,7 @@ impl Engine {
                 plan.role = Role::Row;
                 return;
             }
-            Role::Envelope | Role::Event | Role::Row => return,
+            Role::Envelope | Role::Row => return,
             Role::Plain | Role::Object { .. } | Role::Meta | Role::Annotations => {
                 plan.role = Role::Plain;
                 plan.fallback = Role::Plain;
@@ -1057,7 +1070,7 @@ impl Engine {
                     }
                 }
                 Role::Meta | Role::Annotations | Role::Plain | Role::Items(_) => {}
-                Role::Envelope | Role::Event | Role::Rows | Role::Row | Role::Elements => {
+                Role::Envelope | Role::Rows | Role::Row | Role::Elements => {
                     self.arena.truncate(start);
                 }
             }

@@ -42,11 +42,17 @@
 //!
 //! # Shapes
 //!
-//! A single object; a list (`items[*]`, the kind of each item inferred from the list's kind,
-//! e.g. `SecretList`, or read from the item for `kind: List`); a watch stream (newline-delimited
-//! `{"type": ..., "object": {...}}` events, including `BOOKMARK` and `ERROR`); a `Table`
+//! What a response is comes from the response, never from the request: a list request
+//! answered with a watch stream, or a watch answered with a list, is masked as what it is.
+//! Every document in the body (one, or a stream of them) is read the same way, from its
+//! members: a single object; a list (`items[*]`, the kind of each item inferred from the
+//! list's kind, e.g. `SecretList`, or read from the item for `kind: List`); a watch event
+//! (`{"type": ..., "object": {...}}`, including `BOOKMARK` and `ERROR`); a `Table`
 //! (`rows[*].object`, whether a full object or `PartialObjectMetadata`; a watch of tables has a
-//! `Table` as each event's object). Table `cells` get the patterns only: for `secrets`,
+//! `Table` as each event's object). A top-level document's `items`, `rows` and `object` are
+//! treated as holding objects whatever its `kind` says, as a lenient client would read them.
+//! Which encodings can be masked at all (JSON, uncompressed) is the caller's check, on the
+//! response's `Content-Type` and `Content-Encoding`: see [`classify_response`]. Table `cells` get the patterns only: for `secrets`,
 //! kube-apiserver's table columns are Name, Type, Data (the *number* of keys) and Age, so no
 //! cell carries a value; a custom resource's printer column that shows a masked field would
 //! (columns do not say which field they print), so such fields should also be covered by a
@@ -85,23 +91,22 @@ pub const MASKED_BASE64: &str = "Z2F0ZWhvdXNlOm1hc2tlZA==";
 /// The annotation `kubectl apply` keeps the whole applied object in.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// What the response (or request body) being masked is for.
+/// What the response (or request body) being masked is for. Only ever widens what is masked
+/// (every object of a core `secrets` request is a Secret); what the body *is* — one object, a
+/// list, a table, a stream of watch events — the masker reads from the body itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MaskTarget {
     /// The request's resource (`secrets`, `pods`...); empty for non-resource requests.
     pub resource: String,
     /// The request's API group; empty for the core group.
     pub api_group: String,
-    /// The body is a watch stream (newline-delimited events) rather than one document.
-    pub watch: bool,
 }
 
 impl MaskTarget {
-    pub fn new(resource: impl Into<String>, api_group: impl Into<String>, watch: bool) -> Self {
+    pub fn new(resource: impl Into<String>, api_group: impl Into<String>) -> Self {
         MaskTarget {
             resource: resource.into(),
             api_group: api_group.into(),
-            watch,
         }
     }
 
@@ -124,6 +129,68 @@ pub enum MaskError {
     TrailingData { offset: u64 },
     #[error("the masker was fed after it finished")]
     Finished,
+}
+
+/// Why a response that must be masked cannot be, told from its headers before any of its body
+/// is read. Never holds body bytes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unmaskable {
+    #[error("the response is compressed ({0}); only an uncompressed body can be masked")]
+    Compressed(String),
+    #[error("the response is {0}, not JSON; only JSON can be masked")]
+    NotJson(String),
+    #[error("the response has {0} {1} headers; which one the client would read is unclear")]
+    Ambiguous(usize, &'static str),
+}
+
+/// Whether a response body can go through a [`Masker`], from what its headers say it is: JSON
+/// (`application/json` with any parameters — a watch stream, a `Table` — or a `+json` type),
+/// not compressed. A response without a `Content-Type` is left to the masker, which refuses
+/// anything that is not JSON.
+pub fn classify_response(headers: &http::HeaderMap) -> Result<(), Unmaskable> {
+    let single = |name: http::header::HeaderName, label: &'static str| {
+        let mut values = headers.get_all(&name).iter();
+        match (values.next(), values.next()) {
+            (None, _) => Ok(None),
+            (Some(v), None) => Ok(Some(v)),
+            (Some(_), Some(_)) => Err(Unmaskable::Ambiguous(
+                headers.get_all(&name).iter().count(),
+                label,
+            )),
+        }
+    };
+    let shown = |v: &http::HeaderValue| {
+        let text = String::from_utf8_lossy(v.as_bytes());
+        let mut shown: String = text.chars().take(80).collect();
+        if text.chars().count() > 80 {
+            shown.push('…');
+        }
+        format!("{shown:?}")
+    };
+    if let Some(encoding) = single(http::header::CONTENT_ENCODING, "Content-Encoding")?
+        && !encoding
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"identity")
+    {
+        return Err(Unmaskable::Compressed(shown(encoding)));
+    }
+    if let Some(content_type) = single(http::header::CONTENT_TYPE, "Content-Type")? {
+        let text = content_type.to_str().unwrap_or_default();
+        let essence = text.split(';').next().unwrap_or_default().trim();
+        let json = essence.eq_ignore_ascii_case("application/json")
+            || essence.rsplit_once('+').is_some_and(|(ty, suffix)| {
+                suffix.eq_ignore_ascii_case("json")
+                    && ty.len() > "application/".len()
+                    && ty
+                        .get(.."application/".len())
+                        .is_some_and(|t| t.eq_ignore_ascii_case("application/"))
+            });
+        if !json {
+            return Err(Unmaskable::NotJson(shown(content_type)));
+        }
+    }
+    Ok(())
 }
 
 /// Whether a JSON response for `target` must go through a [`Masker`]; false means its bytes
@@ -153,11 +220,19 @@ pub struct Masker {
 }
 
 impl Masker {
-    pub fn new(profile: Option<Arc<Profile>>, target: MaskTarget) -> Self {
+    /// A masker for a response body: one document or a stream of them (a watch), each read
+    /// for what it is.
+    pub fn new(profile: Option<Arc<Profile>>, target: &MaskTarget) -> Self {
         Masker {
-            engine: engine::Engine::new(target.is_core_secrets(), target.watch),
+            engine: engine::Engine::new(target.is_core_secrets(), true),
             profile,
         }
+    }
+
+    /// Whether the output so far ends between two whole documents (nothing of a document
+    /// has been written without its end), so a watch stream can take one more event.
+    pub fn between_documents(&self) -> bool {
+        self.engine.between_documents()
     }
 
     /// Masks `chunk`, appending to `out` everything that can be sent so far.
@@ -200,9 +275,7 @@ pub fn mask_value(
     let Ok(text) = serde_json::to_vec(value) else {
         return fail_closed(value);
     };
-    let mut single = target.clone();
-    single.watch = false;
-    let mut engine = engine::Engine::new(single.is_core_secrets(), false);
+    let mut engine = engine::Engine::new(target.is_core_secrets(), false);
     let mut out = BytesMut::with_capacity(text.len());
     let mut cx = engine::Cx {
         profile,
@@ -326,11 +399,7 @@ app-secrets:
             {"env": [{"name": "API_KEY", "value": "k-123"}, {"name": "MODE", "value": "m"}]}
         ]}});
         assert_eq!(
-            mask_value(
-                Some(&profile),
-                &MaskTarget::new("pods", "", false),
-                &mut pod
-            ),
+            mask_value(Some(&profile), &MaskTarget::new("pods", ""), &mut pod),
             1
         );
         assert_eq!(pod["spec"]["containers"][0]["env"][1]["value"], "m");
@@ -338,6 +407,69 @@ app-secrets:
         let unknown: Result<BTreeMap<String, ProfileSpec>, _> =
             yaml_serde::from_str("p:\n  pathz: [\"a\"]\n");
         assert!(unknown.is_err(), "unknown fields are refused");
+    }
+
+    #[test]
+    fn only_uncompressed_json_answers_can_be_masked() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = http::HeaderMap::new();
+            for (name, value) in pairs {
+                h.append(*name, http::HeaderValue::from_static(value));
+            }
+            h
+        };
+        for ok in [
+            headers(&[]),
+            headers(&[("content-type", "application/json")]),
+            headers(&[("content-type", "Application/JSON; charset=utf-8")]),
+            headers(&[(
+                "content-type",
+                "application/json;as=Table;v=v1;g=meta.k8s.io",
+            )]),
+            headers(&[("content-type", "application/merge-patch+json")]),
+            headers(&[
+                ("content-type", "application/json"),
+                ("content-encoding", "identity"),
+            ]),
+        ] {
+            assert_eq!(classify_response(&ok), Ok(()), "{ok:?}");
+        }
+        let refused = [
+            (
+                headers(&[("content-type", "application/vnd.kubernetes.protobuf")]),
+                "not JSON",
+            ),
+            (
+                headers(&[(
+                    "content-type",
+                    "application/vnd.kubernetes.protobuf;stream=watch",
+                )]),
+                "not JSON",
+            ),
+            (headers(&[("content-type", "application/cbor")]), "not JSON"),
+            (headers(&[("content-type", "application/yaml")]), "not JSON"),
+            (headers(&[("content-type", "text/html")]), "not JSON"),
+            (headers(&[("content-type", "+json")]), "not JSON"),
+            (
+                headers(&[
+                    ("content-type", "application/json"),
+                    ("content-encoding", "gzip"),
+                ]),
+                "compressed",
+            ),
+            (headers(&[("content-encoding", "br")]), "compressed"),
+            (
+                headers(&[
+                    ("content-type", "application/json"),
+                    ("content-type", "application/cbor"),
+                ]),
+                "2 Content-Type headers",
+            ),
+        ];
+        for (h, why) in refused {
+            let err = classify_response(&h).unwrap_err().to_string();
+            assert!(err.contains(why), "{h:?}: {err}");
+        }
     }
 
     #[test]
