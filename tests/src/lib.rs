@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod tamper;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -625,9 +626,23 @@ impl TestBed {
         headers: &[(&str, &str)],
         body: Option<&str>,
     ) -> Result<Reply> {
+        let proxy = self.stack().proxy_url();
+        self.request_via(&proxy, method, path, headers, body).await
+    }
+
+    /// [`TestBed::request_with`] to another proxy of this stack (`https://…`, the demo CA's
+    /// certificate).
+    pub async fn request_via(
+        &self,
+        proxy: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Result<Reply> {
         let mut builder = http::Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.stack().proxy_url()));
+            .uri(format!("{proxy}{path}"));
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }

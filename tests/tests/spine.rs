@@ -1089,3 +1089,191 @@ fn open_raw(path: &std::path::Path) -> anyhow::Result<rocksdb::DB> {
         cfs,
     )?)
 }
+
+/// What is masked is decided by what the API server answered, never by what was asked: an
+/// upstream that reads the request differently (a list served as a watch, a watch as a list)
+/// or answers in another form (a `Table`, a `PartialObjectMetadataList`) still has every Secret
+/// value masked; an answer that cannot be masked (protobuf, CBOR, gzip, protobuf labelled as
+/// JSON) is withheld with a 502 `Status` before any of it is sent, and a watch that turns into
+/// one ends with an `ERROR` event. The answers are the real apiserver's, re-read or re-encoded
+/// by a tampering hop (`gatehouse_tests::tamper`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_is_masked_for_what_it_is_or_withheld() -> Result {
+    use gatehouse_proxy::mask::{MASKED_BASE64, MASKED_TEXT};
+    use gatehouse_tests::tamper::{Tamper, TamperedProxy};
+
+    let bed = TestBed::start().await?;
+    const VALUE: &str = "tampered-answer-s3cret";
+    let encoded = base64::engine::general_purpose::STANDARD.encode(VALUE);
+    // Applied, so the value is also in the last-applied annotation a metadata list carries.
+    let applied = bed
+        .kubectl_stdin(
+            "ci-deployer",
+            &["apply", "-n", "apps", "-f", "-"],
+            &format!(
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: tampered\n  namespace: apps\n\
+                 stringData:\n  password: {VALUE}\n"
+            ),
+        )
+        .await?;
+    assert!(applied.success, "{}", applied.stderr);
+
+    let tampered = TamperedProxy::start(bed.stack()).await?;
+    let bearer = format!("Bearer {}", bed.mint("ci-deployer")?);
+    let auth = [("authorization", bearer.as_str())];
+    let list = "/api/v1/namespaces/apps/secrets";
+    let mut tampered_ids = Vec::new();
+    let mut withheld = 0;
+    for tamper in Tamper::ALL {
+        let watch = if tamper == Tamper::WatchAsList {
+            "watch=1&"
+        } else {
+            ""
+        };
+        let path = format!("{list}?{watch}{}", tamper.selector());
+        let reply = bed
+            .request_via(&tampered.url, "GET", &path, &auth, None)
+            .await?;
+        let text = String::from_utf8_lossy(&reply.bytes).into_owned();
+        assert!(
+            !text.contains(VALUE) && !text.contains(&encoded),
+            "{tamper:?}: a Secret value reached the caller: {text}"
+        );
+        let id = reply.request_id.clone().expect("request id");
+        tampered_ids.push(id.clone());
+        let shape = |needle: &str| text.contains(needle);
+        match tamper {
+            Tamper::ListAsWatch => {
+                assert_eq!(reply.status, 200, "{text}");
+                // The answer is watch events, each masked.
+                let events: Vec<Value> = text
+                    .lines()
+                    .map(serde_json::from_str)
+                    .collect::<std::result::Result<_, _>>()?;
+                let ours = events
+                    .iter()
+                    .find(|e| e["object"]["metadata"]["name"] == "tampered")
+                    .unwrap_or_else(|| panic!("no event for the Secret: {text}"));
+                assert_eq!(ours["type"], "ADDED");
+                assert_eq!(ours["object"]["data"]["password"], MASKED_BASE64);
+            }
+            Tamper::WatchAsList => {
+                assert_eq!(reply.status, 200, "{text}");
+                assert_eq!(reply.body["kind"], "SecretList", "{text}");
+                assert!(shape(MASKED_BASE64), "{text}");
+            }
+            Tamper::Table => {
+                assert_eq!(reply.status, 200, "{text}");
+                assert_eq!(reply.body["kind"], "Table", "{text}");
+                let row = reply.body["rows"]
+                    .as_array()
+                    .and_then(|rows| {
+                        rows.iter()
+                            .find(|r| r["object"]["metadata"]["name"] == "tampered")
+                    })
+                    .unwrap_or_else(|| panic!("no row for the Secret: {text}"));
+                assert_eq!(row["object"]["data"]["password"], MASKED_BASE64);
+            }
+            Tamper::Metadata => {
+                assert_eq!(reply.status, 200, "{text}");
+                assert_eq!(reply.body["kind"], "PartialObjectMetadataList", "{text}");
+                let item = reply.body["items"]
+                    .as_array()
+                    .and_then(|items| items.iter().find(|i| i["metadata"]["name"] == "tampered"))
+                    .unwrap_or_else(|| panic!("no item for the Secret: {text}"));
+                let applied = item["metadata"]["annotations"]
+                    ["kubectl.kubernetes.io/last-applied-configuration"]
+                    .as_str()
+                    .unwrap_or_default();
+                let applied: Value = serde_json::from_str(applied)?;
+                assert_eq!(applied["stringData"]["password"], MASKED_TEXT);
+            }
+            Tamper::Protobuf | Tamper::ProtobufAsJson | Tamper::Cbor | Tamper::Gzip => {
+                withheld += 1;
+                assert_eq!(reply.status, 502, "{tamper:?}: {text}");
+                assert_eq!(reply.body["kind"], "Status", "{text}");
+                let message = reply.body["message"].as_str().unwrap_or_default();
+                let why = match tamper {
+                    Tamper::Protobuf => "application/vnd.kubernetes.protobuf",
+                    Tamper::Cbor => "application/cbor",
+                    Tamper::Gzip => "compressed",
+                    _ => "not JSON",
+                };
+                assert!(
+                    message.contains("withheld") && message.contains(why),
+                    "{tamper:?}: {message}"
+                );
+            }
+        }
+        let events = bed.events_of(&id, &["response.completed"]).await?;
+        let completed = events
+            .iter()
+            .find(|e| e.name() == "response.completed")
+            .expect("completed");
+        assert_eq!(completed.data()["status"], reply.status, "{tamper:?}");
+    }
+
+    // A watch whose events turn out not to be JSON: its response has started, so it ends with
+    // an ERROR event carrying the 502, recorded as withheld.
+    let path = format!(
+        "{list}?watch=1&timeoutSeconds=5&{}",
+        Tamper::ProtobufAsJson.selector()
+    );
+    let reply = bed
+        .request_via(&tampered.url, "GET", &path, &auth, None)
+        .await?;
+    assert_eq!(reply.status, 200);
+    let text = String::from_utf8_lossy(&reply.bytes).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let event: Value = serde_json::from_str(lines[0])?;
+    assert_eq!(event["type"], "ERROR", "{text}");
+    assert_eq!(event["object"]["code"], 502, "{text}");
+    let id = reply.request_id.clone().expect("request id");
+    tampered_ids.push(id.clone());
+    let events = bed.events_of(&id, &["response.completed"]).await?;
+    let completed = events
+        .iter()
+        .find(|e| e.name() == "response.completed")
+        .expect("completed");
+    assert_eq!(completed.data()["outcome"], "withheld");
+    withheld += 1;
+
+    let metrics = admin_metrics(&tampered.admin_addr).await?;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("gatehouse_proxy_responses_withheld_total {withheld}")),
+        "{metrics}"
+    );
+    tampered.stop().await?;
+
+    // Nothing of the value is anywhere in the evidence either.
+    for event in bed.events().await? {
+        let bytes = String::from_utf8_lossy(&event.bytes);
+        assert!(!bytes.contains(VALUE) && !bytes.contains(&encoded));
+    }
+    // The apiserver's audit log shows what the tampering hop did: the cross-check of the
+    // ledger against it names a request served as something other than what was judged.
+    let err = match bed.finish().await {
+        Ok(_) => panic!("the audit cross-check missed the tampering"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        tampered_ids.iter().any(|id| err.contains(id.as_str())),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// A proxy's `/metrics`, from its admin port (plain HTTP on loopback).
+async fn admin_metrics(addr: &std::net::SocketAddr) -> anyhow::Result<String> {
+    use http_body_util::{BodyExt, Empty};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<bytes::Bytes>>();
+    let response = client
+        .get(format!("http://{addr}/metrics").parse()?)
+        .await?;
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
