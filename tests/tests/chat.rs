@@ -507,6 +507,16 @@ async fn forged_stale_and_replayed_callbacks_count_for_nothing() -> Result {
     respelled.signature = format!("v0={}", click.signature["v0=".len()..].to_uppercase());
     assert_ne!(respelled.signature, click.signature);
     assert_eq!(chat.slack.send(&url, &respelled).await.0, 401);
+    // Delivered again with a fresh signature, as only Slack could: the same interaction (its
+    // trigger_id) is acknowledged and not counted again.
+    let resigned = chat.slack.signed_request(
+        &click.path,
+        &click.content_type,
+        &click.body,
+        gatehouse_sandbox::chat::slack::now() + 1,
+    );
+    assert_ne!(resigned.signature, click.signature);
+    assert_eq!(chat.slack.send(&url, &resigned).await.0, 200);
 
     bob.vote(
         &approval_id,

@@ -197,6 +197,17 @@ pub trait VoteSink: Send + Sync + 'static {
     fn first_delivery<'a>(&'a self, key: &'a str) -> BoxFuture<'a, bool>;
 }
 
+/// The longest platform id (Slack trigger id, Teams activity id, Discord interaction id) a
+/// callback may carry; real ones are well under 100 bytes.
+pub const MAX_PLATFORM_ID: usize = 256;
+
+/// A platform's id for a delivery, if it is one: non-empty, at most [`MAX_PLATFORM_ID`] bytes of
+/// printable ASCII. Deduplication keys are made from it, so nothing else gets that far.
+pub fn platform_id(id: &str) -> Option<&str> {
+    (!id.is_empty() && id.len() <= MAX_PLATFORM_ID && id.bytes().all(|b| b.is_ascii_graphic()))
+        .then_some(id)
+}
+
 /// A platform call that failed. The message never contains a token or secret.
 #[derive(Debug, thiserror::Error)]
 #[error("{platform}: {message}")]

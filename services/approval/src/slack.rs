@@ -7,8 +7,9 @@
 //!   local fake. Plain `http://` is accepted for loopback only: the bot token rides along.
 //! - `POST /slack/interactivity` (block_actions) and `POST /slack/events` (Events API) are
 //!   checked with [`crate::callback::slack_v0`] over the raw body before anything in it is
-//!   read, then refused if the same signature was seen before. Events are also deduplicated by
-//!   `event_id`, because Slack re-signs its retries.
+//!   read, then refused if the same MAC was seen before. Events are also deduplicated by
+//!   `event_id` and button clicks by `trigger_id`, because Slack re-signs what it delivers
+//!   again.
 //! - Everything shown in Slack that a caller or approver could have chosen is escaped for
 //!   mrkdwn (`&`, `<`, `>`), so a reason cannot mention `@channel` or smuggle a link.
 
@@ -671,6 +672,20 @@ async fn interactivity(State(shared): State<Shared>, headers: HeaderMap, body: B
     let SlackInteractionEvent::BlockActions(actions) = event else {
         return StatusCode::OK.into_response();
     };
+    // One interaction, one count: a click Slack delivers again (re-signed, so the signature
+    // check cannot tell) carries the same trigger id.
+    let trigger = actions.trigger_id.to_string();
+    let Some(trigger) = crate::channel::platform_id(&trigger) else {
+        return refuse(StatusCode::BAD_REQUEST, "the interaction has no usable trigger_id");
+    };
+    if !shared
+        .votes
+        .first_delivery(&format!("slack-action:{trigger}"))
+        .await
+    {
+        info!("slack: interaction already handled");
+        return StatusCode::OK.into_response();
+    }
     let Some(user) = actions.user.as_ref().map(|u| u.id.to_string()) else {
         return StatusCode::OK.into_response();
     };

@@ -839,8 +839,8 @@ async fn messages(State(ep): State<Endpoint>, headers: HeaderMap, body: Bytes) -
     if activity.name.as_deref() != Some("adaptiveCard/action") {
         return StatusCode::NOT_IMPLEMENTED.into_response();
     }
-    let Some(activity_id) = activity.id.as_deref().filter(|id| !id.is_empty()) else {
-        return (StatusCode::BAD_REQUEST, "the activity has no id").into_response();
+    let Some(activity_id) = activity.id.as_deref().and_then(crate::channel::platform_id) else {
+        return (StatusCode::BAD_REQUEST, "the activity has no usable id").into_response();
     };
     if !ep
         .votes

@@ -43,6 +43,9 @@ pub const TEAM_ID: &str = "T0FAKETEAM";
 pub const APP_ID: &str = "A0FAKEAPP";
 pub const BOT_USER_ID: &str = "U0FAKEBOT";
 pub const BOT_ID: &str = "B0FAKEBOT";
+/// Makes each click's `trigger_id` unique.
+static NEXT_TRIGGER: AtomicU64 = AtomicU64::new(1);
+
 /// Slack's deprecated per-app verification token, present in payloads; not the bot token.
 const VERIFICATION_TOKEN: &str = "fakeVerificationTokenXYZ";
 
@@ -345,7 +348,11 @@ impl FakeSlack {
                 "channel_id": channel,
                 "is_ephemeral": false,
             },
-            "trigger_id": format!("{ts}.1234567890.0123456789abcdef0123456789abcdef"),
+            // Unique per interaction, as Slack's are: the receiver may deduplicate by it.
+            "trigger_id": format!(
+                "{ts}.1234567890.{:032x}",
+                NEXT_TRIGGER.fetch_add(1, Ordering::Relaxed)
+            ),
             "team": { "id": TEAM_ID, "domain": "gatehouse-test" },
             "enterprise": null,
             "is_enterprise_install": false,
