@@ -503,7 +503,7 @@ async fn a_request_read_two_ways_is_refused_before_anything_is_forwarded() -> Re
     let bearer = format!("Bearer {}", bed.mint("ci-deployer")?);
     let auth = ("authorization", bearer.as_str());
     type Header<'a> = (&'a str, &'a str);
-    let cases: [(&str, Vec<Header>, &str); 4] = [
+    let cases: [(&str, Vec<Header>, &str); 6] = [
         // Judged as a list, served as a live watch by a server that reads the last value.
         (
             "/api/v1/namespaces/apps/secrets?watch=false&watch=true",
@@ -528,6 +528,17 @@ async fn a_request_read_two_ways_is_refused_before_anything_is_forwarded() -> Re
                 ("accept", "application/vnd.kubernetes.protobuf"),
             ],
             "the accept header",
+        ),
+        // Names no object could have, and selectors holding control characters.
+        (
+            "/api/v1/namespaces/apps/secrets/db%00x",
+            vec![auth],
+            "the name in the path is not valid",
+        ),
+        (
+            "/api/v1/namespaces/apps/secrets?labelSelector=a%3Db%0A",
+            vec![auth],
+            "\"labelSelector\" holds a control character",
         ),
     ];
     for (path, headers, expected) in &cases {

@@ -585,7 +585,11 @@ async fn interactions(State(ep): State<Endpoint>, headers: HeaderMap, body: Byte
 async fn component(ep: Endpoint, interaction: Interaction) -> Response {
     // Discord's interaction ids are snowflakes: the key is the number, however it was spelled.
     let Some(id) = snowflake(&interaction.id) else {
-        return (StatusCode::BAD_REQUEST, "the interaction id is not a snowflake").into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            "the interaction id is not a snowflake",
+        )
+            .into_response();
     };
     if !ep.votes.first_delivery(&format!("discord:{id}")).await {
         tracing::info!(interaction = %interaction.id, "discord interaction replayed");

@@ -676,7 +676,10 @@ async fn interactivity(State(shared): State<Shared>, headers: HeaderMap, body: B
     // check cannot tell) carries the same trigger id.
     let trigger = actions.trigger_id.to_string();
     let Some(trigger) = crate::channel::platform_id(&trigger) else {
-        return refuse(StatusCode::BAD_REQUEST, "the interaction has no usable trigger_id");
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "the interaction has no usable trigger_id",
+        );
     };
     if !shared
         .votes

@@ -216,7 +216,16 @@ fn store_error(e: impl std::fmt::Display) -> StoreError {
 }
 
 fn hold_key(approval_id: &str) -> String {
-    format!("hold.{approval_id}")
+    // Approval ids are ULIDs; anything else is hex-encoded behind a `=` (which no ULID holds),
+    // so no id can reach into another key or be refused by the bucket's key rules.
+    if !approval_id.is_empty()
+        && approval_id.len() <= 64
+        && approval_id.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        format!("hold.{approval_id}")
+    } else {
+        format!("hold.={}", hex::encode(approval_id))
+    }
 }
 
 fn message_key(channel: ChannelKind, channel_id: &str, message_ref: &str) -> String {
@@ -412,4 +421,22 @@ pub fn parse_time(text: &str) -> Option<SystemTime> {
 
 pub fn format_time(t: SystemTime) -> String {
     gatehouse_events::envelope::format_rfc3339(time::OffsetDateTime::from(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hold_keys_escape_what_is_not_an_approval_id() {
+        assert_eq!(
+            hold_key("01JABCDEFGHJKMNPQRSTVWXYZ0"),
+            "hold.01JABCDEFGHJKMNPQRSTVWXYZ0"
+        );
+        // Wildcards, separators and empty ids cannot address other keys.
+        assert_eq!(hold_key("a.>"), "hold.=612e3e");
+        assert_eq!(hold_key("*"), "hold.=2a");
+        assert_eq!(hold_key(""), "hold.=");
+        assert_ne!(hold_key("=2a"), hold_key("*"));
+    }
 }

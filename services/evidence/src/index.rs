@@ -3,7 +3,8 @@
 //!
 //! Each index key is `kind (1 byte) ‖ value ‖ 0x00 ‖ entry index (u64 BE)` with an empty value,
 //! in the `index` column family, written in the same batch as the entry. Values are the event's
-//! own strings (a `0x00` inside one is cut there, so it cannot reach into the index part).
+//! own strings, escaped so that no value is a prefix of another's keys: `0x00` becomes
+//! `0x01 0x01` and `0x01` becomes `0x01 0x02` (order is kept; plain text is unchanged).
 //! Time keys are `'t' ‖ received_at (i64 BE with the sign bit flipped, so they sort) ‖ index`.
 
 use serde::Deserialize;
@@ -46,10 +47,15 @@ pub const TIME_TAG: u8 = b't';
 
 /// The key prefix of every entry indexed under `field` = `value`.
 pub fn prefix(field: Field, value: &str) -> Vec<u8> {
-    let value = value.split('\0').next().unwrap_or("");
     let mut key = Vec::with_capacity(value.len() + 2);
     key.push(field.tag());
-    key.extend_from_slice(value.as_bytes());
+    for &b in value.as_bytes() {
+        match b {
+            0 => key.extend_from_slice(&[1, 1]),
+            1 => key.extend_from_slice(&[1, 2]),
+            b => key.push(b),
+        }
+    }
     key.push(0);
     key
 }
@@ -245,7 +251,11 @@ mod tests {
     fn keys_sort_by_value_then_index_and_time_keys_by_time() {
         assert!(key(Field::Principal, "a", 9) < key(Field::Principal, "a", 10));
         assert!(key(Field::Principal, "a", u64::MAX) < key(Field::Principal, "ab", 0));
-        assert!(key(Field::Principal, "a\0b", 1).starts_with(&prefix(Field::Principal, "a")));
+        // A value holding the terminator is escaped, not cut: it is not found under a shorter one.
+        assert!(!key(Field::Principal, "a\0b", 1).starts_with(&prefix(Field::Principal, "a")));
+        assert!(key(Field::Principal, "a\0b", 1).starts_with(&prefix(Field::Principal, "a\0b")));
+        assert!(!key(Field::Principal, "a\u{1}", 1).starts_with(&prefix(Field::Principal, "a\0")));
+        assert_eq!(prefix(Field::Principal, "alice"), b"palice\0");
         assert!(time_key(-5, 0) < time_key(3, 0));
         assert!(time_key(3, 0) < time_key(4, 0));
         assert_eq!(entry_of(&key(Field::Verb, "get", 77)), Some(77));

@@ -51,6 +51,13 @@ pub enum ParseError {
     UnsupportedMethod(String),
     #[error("cannot tell the resource from {0}")]
     NoResource(String),
+    #[error("the {what} in the path is not valid: {rule}")]
+    InvalidSegment {
+        what: &'static str,
+        rule: &'static str,
+    },
+    #[error("the query parameter {0:?} holds a control character")]
+    ControlCharacter(String),
 }
 
 /// Parses a request. `query` is the raw query string, without `?`.
@@ -143,7 +150,71 @@ pub fn parse(method: &str, raw_path: &str, query: Option<&str>) -> Result<Reques
     if STREAMING_SUBRESOURCES.contains(&info.subresource.as_str()) {
         info.verb = info.subresource.clone();
     }
+    check_segments(&info)?;
     Ok(info)
+}
+
+/// The longest object name accepted. Most kinds allow 253 characters (a DNS subdomain); the
+/// few validated as path segments (RBAC roles) have no stated limit, so some room is left.
+const MAX_NAME: usize = 1024;
+
+/// What the path names must look like: what no Kubernetes object could be called is refused
+/// here, with the rule, rather than sent on for the API server to read its own way.
+fn check_segments(info: &RequestInfo) -> Result<(), ParseError> {
+    if !info.is_resource_request {
+        return Ok(());
+    }
+    let invalid = |what, rule| Err(ParseError::InvalidSegment { what, rule });
+    let lower = |s: &str, max: usize| {
+        !s.is_empty()
+            && s.len() <= max
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    if !info.namespace.is_empty() && !dns_label(&info.namespace) {
+        return invalid(
+            "namespace",
+            "a DNS label (lowercase letters, digits and '-', at most 63 characters)",
+        );
+    }
+    if !info.api_group.is_empty() && !lower(&info.api_group, 253) {
+        return invalid("API group", "lowercase letters, digits, '-' and '.'");
+    }
+    let version = &info.api_version;
+    if version.is_empty()
+        || version.len() > 63
+        || !version
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        return invalid("API version", "lowercase letters and digits");
+    }
+    if !lower(&info.resource, 253) {
+        return invalid("resource", "lowercase letters, digits, '-' and '.'");
+    }
+    if !info.subresource.is_empty() && !lower(&info.subresource, 253) {
+        return invalid("subresource", "lowercase letters, digits, '-' and '.'");
+    }
+    if !info.name.is_empty()
+        && (info.name.len() > MAX_NAME || info.name.chars().any(|c| c.is_control() || c == '%'))
+    {
+        return invalid(
+            "name",
+            "at most 1024 characters, without control characters or '%'",
+        );
+    }
+    Ok(())
+}
+
+/// RFC 1123 label, as Kubernetes names namespaces.
+fn dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
 }
 
 /// Query parameters the API server reads as lists: `command` of exec, `ports` of port-forward,
@@ -160,6 +231,9 @@ fn single_values(query: &str) -> Result<HashMap<Cow<'_, str>, Cow<'_, str>>, Par
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         if LIST_PARAMETERS.contains(&key.as_ref()) {
             continue;
+        }
+        if value.chars().any(char::is_control) {
+            return Err(ParseError::ControlCharacter(key.into_owned()));
         }
         match values.get(&key) {
             Some(first) if *first != value => {
@@ -395,6 +469,59 @@ mod tests {
             "/apis/rbac.authorization.k8s.io/v1/clusterroles/system:aggregate-to-edit"
         );
         assert_eq!(p("/"), "/");
+    }
+
+    #[test]
+    fn names_no_object_could_have_are_refused_with_the_rule() {
+        let what = |path: &str, query: Option<&str>| match parse("GET", path, query) {
+            Err(ParseError::InvalidSegment { what, .. }) => what,
+            other => panic!("{path}: {other:?}"),
+        };
+        assert_eq!(what("/api/v1/namespaces/Apps/pods", None), "namespace");
+        assert_eq!(what("/api/v1/namespaces/-apps/pods", None), "namespace");
+        assert_eq!(
+            what(&format!("/api/v1/namespaces/{}/pods", "a".repeat(64)), None),
+            "namespace"
+        );
+        assert_eq!(what("/api/v1/namespaces/apps/pods/a%00b", None), "name");
+        assert_eq!(what("/api/v1/namespaces/apps/pods/a%0Ab", None), "name");
+        assert_eq!(what("/api/v1/namespaces/apps/pods/a%25b", None), "name");
+        assert_eq!(
+            what(&format!("/api/v1/pods/{}", "a".repeat(1025)), None),
+            "name"
+        );
+        assert_eq!(what("/api/v1/namespaces/apps/Pods", None), "resource");
+        assert_eq!(
+            what("/api/v1/namespaces/apps/pods/a/St%61tus", None),
+            "subresource"
+        );
+        assert_eq!(what("/apis/Apps/v1/deployments", None), "API group");
+        assert_eq!(what("/apis/apps/v1.0/deployments", None), "API version");
+        assert_eq!(
+            parse("GET", "/api/v1/pods", Some("labelSelector=app%3Dweb%0A")),
+            Err(ParseError::ControlCharacter("labelSelector".into()))
+        );
+        // What Kubernetes allows goes through: RBAC names with ':' and spaces, long names,
+        // an exec command with a newline in it.
+        for (path, query) in [
+            (
+                "/apis/rbac.authorization.k8s.io/v1/clusterroles/system:a%20b",
+                None,
+            ),
+            ("/api/v1/namespaces/a-1/configmaps/x.y_z", None),
+            (
+                &*format!("/api/v1/namespaces/apps/pods/{}", "a".repeat(253)),
+                None,
+            ),
+            (
+                "/api/v1/namespaces/apps/pods/web/exec",
+                Some("command=sh&command=-c&command=echo%20a%0Aecho%20b"),
+            ),
+            ("/version", None),
+            ("/openapi/v3/apis/apps/v1", Some("hash=ABC")),
+        ] {
+            assert!(parse("GET", path, query).is_ok(), "{path}");
+        }
     }
 
     #[test]
