@@ -262,6 +262,18 @@ async fn a_denied_hold_is_refused_with_its_approval_id_and_only_approvers_may_vo
             let refused = alice.revoke(bad, None).await.unwrap_err().to_string();
             assert!(refused.contains("not a grant id"), "{bad}: {refused}");
         }
+        // A comment that is too long or holds control characters is refused, not cut.
+        for bad in ["x".repeat(1025), "ok\u{1b}[31mred".to_owned()] {
+            let refused = alice
+                .vote(&hold.approval_id, Ballot::Deny, Some(&bad))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                refused.contains("HTTP 400") && refused.contains("comment"),
+                "{refused}"
+            );
+        }
         // A well-formed id nobody issued is simply not there.
         let unknown = alice
             .show(&ulid::Ulid::new().to_string())

@@ -190,6 +190,31 @@ fn checked_id(what: &str, id: &str) -> Result<String, ApiError> {
         })
 }
 
+/// The longest comment or reason accepted, in characters.
+const MAX_TEXT: usize = 1024;
+
+/// A comment or reason as it will be shown in chat and kept in the record: at most
+/// [`MAX_TEXT`] characters, no control characters but newlines and tabs.
+fn checked_text(what: &str, text: Option<String>) -> Result<Option<String>, ApiError> {
+    let Some(text) = text else { return Ok(None) };
+    if text.chars().count() > MAX_TEXT {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the {what} is longer than {MAX_TEXT} characters"),
+        ));
+    }
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the {what} holds a control character"),
+        ));
+    }
+    Ok(Some(text))
+}
+
 /// The caller's approver identity, or why not.
 async fn approver(api: &Api, headers: &HeaderMap) -> Result<String, ApiError> {
     let verified = api
@@ -275,7 +300,7 @@ async fn vote(
             chat_user_id: principal,
             via: VoteVia::Command,
             ballot: body.vote,
-            comment: body.comment,
+            comment: checked_text("comment", body.comment)?,
         })
         .await;
     let hold = |approval_id: &str| {
@@ -353,7 +378,7 @@ async fn revoke(
     };
     match api
         .service
-        .revoke_grant(&id, &principal, body.reason)
+        .revoke_grant(&id, &principal, checked_text("reason", body.reason)?)
         .await
         .map_err(unavailable)?
     {
