@@ -246,8 +246,9 @@ impl Plan {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Goal {
-    /// The current object's `kind`; `stop_at_lists`: give up at `items` / `rows` (the body
-    /// may be a long list, which must not be held).
+    /// The current object's `kind`; `stop_at_lists`: give up at `items` / `rows` / `object`
+    /// (the body may be a long list or a large event, which must not be held; giving up means
+    /// the kind is taken as absent, so the value is masked).
     Kind { stop_at_lists: bool },
     /// The name for the `Named` entry at this arena index.
     Name { entry: u32 },
@@ -324,7 +325,7 @@ impl Lookahead {
                         Goal::Kind {
                             stop_at_lists: true
                         }
-                    ) && (key == "items" || key == "rows");
+                    ) && (key == "items" || key == "rows" || key == "object");
                     LaState::Colon(if key.as_bytes() == target {
                         KeyClass::Target
                     } else if stop {
