@@ -32,6 +32,10 @@ pub struct EvidenceConfig {
     /// Plain-HTTP `/metrics` and `/healthz`; none when unset.
     #[serde(default)]
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// Timeouts and connection limits of `admin_listen`
+    /// ([`gatehouse_listener::ConnectionLimits`]).
+    #[serde(default)]
+    pub admin_connections: gatehouse_listener::ConnectionLimits,
     /// Online backups (RocksDB checkpoints) of the ledger.
     #[serde(default)]
     pub backups: Option<BackupConfig>,
@@ -103,6 +107,7 @@ impl EvidenceConfig {
             prune_every: default_prune_every(),
             backups: None,
             admin_listen: None,
+            admin_connections: gatehouse_listener::ConnectionLimits::default(),
         }
     }
 
@@ -132,6 +137,7 @@ impl EvidenceConfig {
         {
             return Err("checkpoints.every must be at least 1s".into());
         }
+        self.admin_connections.validate("admin_connections")?;
         if self.consumer.is_empty()
             || !self
                 .consumer

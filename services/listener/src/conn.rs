@@ -43,7 +43,11 @@ impl Admission {
     }
 
     /// A permit for one more connection from `ip`, or why there is none.
-    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr, observer: &Observer) -> Result<Permit, Refusal> {
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        observer: &Observer,
+    ) -> Result<Permit, Refusal> {
         // `::ffff:a.b.c.d` on a dual-stack socket is the IPv4 client it stands for.
         let ip = ip.to_canonical();
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
@@ -76,7 +80,11 @@ pub(crate) struct Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut open = self.admission.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self
+            .admission
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         open.total = open.total.saturating_sub(1);
         if let Some(n) = open.per_address.get_mut(&self.ip) {
             *n -= 1;
@@ -362,7 +370,10 @@ mod tests {
             Refusal::PerAddressLimit
         );
         let _third = admission.admit(b, &observer).unwrap();
-        assert_eq!(admission.admit(b, &observer).unwrap_err(), Refusal::TotalLimit);
+        assert_eq!(
+            admission.admit(b, &observer).unwrap_err(),
+            Refusal::TotalLimit
+        );
         assert_eq!(observer.open(), 3);
         drop(first);
         assert_eq!(observer.open(), 2);
@@ -383,7 +394,10 @@ mod tests {
         };
         let start = Instant::now();
         // A new connection must send its first headers in time.
-        assert_eq!(activity.expired(header, idle, None).await, Timeout::HeaderRead);
+        assert_eq!(
+            activity.expired(header, idle, None).await,
+            Timeout::HeaderRead
+        );
         about(start.elapsed(), header);
 
         let request = InFlight::start(&activity, http::Version::HTTP_11);
@@ -397,7 +411,10 @@ mod tests {
         // The first byte of a next HTTP/1.1 request starts its header clock.
         let first_byte = Instant::now();
         activity.bytes_read();
-        assert_eq!(activity.expired(header, idle, None).await, Timeout::HeaderRead);
+        assert_eq!(
+            activity.expired(header, idle, None).await,
+            Timeout::HeaderRead
+        );
         about(first_byte.elapsed(), header);
 
         // Between HTTP/2 requests, frames are not requests: only the idle clock runs.

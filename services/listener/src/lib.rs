@@ -42,7 +42,10 @@ pub use serve::{DRAIN_TIMEOUT, Options, Peer, serve, serve_router};
 
 /// Binds `addr`; with port 0 the system picks a free port. `what` names the setting in the
 /// error (`listen`, `admin_listen`).
-pub async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<tokio::net::TcpListener, String> {
+pub async fn bind(
+    addr: std::net::SocketAddr,
+    what: &str,
+) -> Result<tokio::net::TcpListener, String> {
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))

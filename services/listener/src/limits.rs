@@ -116,11 +116,31 @@ impl ConnectionLimits {
     pub fn validate(&self, key: &str) -> Result<(), String> {
         let h2 = &self.http2;
         let durations = [
-            ("header_read_timeout", self.header_read_timeout, SECOND, FIVE_MINUTES),
+            (
+                "header_read_timeout",
+                self.header_read_timeout,
+                SECOND,
+                FIVE_MINUTES,
+            ),
             ("idle_timeout", self.idle_timeout, SECOND, HOUR),
-            ("tls_handshake_timeout", self.tls_handshake_timeout, SECOND, FIVE_MINUTES),
-            ("http2.keep_alive_interval", h2.keep_alive_interval, SECOND, HOUR),
-            ("http2.keep_alive_timeout", h2.keep_alive_timeout, SECOND, FIVE_MINUTES),
+            (
+                "tls_handshake_timeout",
+                self.tls_handshake_timeout,
+                SECOND,
+                FIVE_MINUTES,
+            ),
+            (
+                "http2.keep_alive_interval",
+                h2.keep_alive_interval,
+                SECOND,
+                HOUR,
+            ),
+            (
+                "http2.keep_alive_timeout",
+                h2.keep_alive_timeout,
+                SECOND,
+                FIVE_MINUTES,
+            ),
         ];
         for (field, value, least, most) in durations {
             if !(least..=most).contains(&value) {
@@ -193,7 +213,8 @@ mod tests {
     #[test]
     fn an_empty_section_is_the_defaults_and_they_validate() {
         assert_eq!(parse("{}").unwrap(), ConnectionLimits::default());
-        let some = parse("header_read_timeout: 5s\nhttp2: {max_concurrent_streams: 100}\n").unwrap();
+        let some =
+            parse("header_read_timeout: 5s\nhttp2: {max_concurrent_streams: 100}\n").unwrap();
         assert_eq!(some.header_read_timeout, Duration::from_secs(5));
         assert_eq!(some.http2.max_concurrent_streams, 100);
         assert_eq!(some.idle_timeout, Duration::from_secs(120));
@@ -207,7 +228,10 @@ mod tests {
             "connections.header_read_timeout must be between 1s and 5m (got 0s)"
         );
         let e = parse("idle_timeout: 30days").unwrap_err();
-        assert!(e.starts_with("connections.idle_timeout must be between 1s and 1h"), "{e}");
+        assert!(
+            e.starts_with("connections.idle_timeout must be between 1s and 1h"),
+            "{e}"
+        );
         let e = parse("max_connections: 0").unwrap_err();
         assert!(e.starts_with("connections.max_connections must be"), "{e}");
         let e = parse("max_connections: 10\nmax_connections_per_address: 11").unwrap_err();
@@ -230,6 +254,9 @@ mod tests {
         }
         .validate("api.connections")
         .unwrap_err();
-        assert!(e.starts_with("api.connections.tls_handshake_timeout"), "{e}");
+        assert!(
+            e.starts_with("api.connections.tls_handshake_timeout"),
+            "{e}"
+        );
     }
 }

@@ -122,7 +122,10 @@ async fn until_closed(stream: &mut TcpStream) -> (Vec<u8>, Duration) {
     let mut buf = [0u8; 4096];
     loop {
         match tokio::time::timeout_at(start + PATIENCE, stream.read(&mut buf)).await {
-            Err(_) => panic!("still open after {PATIENCE:?}; read {:?}", String::from_utf8_lossy(&seen)),
+            Err(_) => panic!(
+                "still open after {PATIENCE:?}; read {:?}",
+                String::from_utf8_lossy(&seen)
+            ),
             Ok(Ok(0)) | Ok(Err(_)) => return (seen, start.elapsed()),
             Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
         }
@@ -156,7 +159,11 @@ async fn response(stream: &mut TcpStream) -> String {
             .await
             .expect("a response in time")
             .unwrap();
-        assert!(n > 0, "closed mid-response: {:?}", String::from_utf8_lossy(&seen));
+        assert!(
+            n > 0,
+            "closed mid-response: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
         seen.extend_from_slice(&buf[..n]);
     }
 }
@@ -183,10 +190,16 @@ async fn half_a_request_line_is_closed_after_the_header_read_timeout() {
     stream.write_all(b"GET / HT").await.unwrap();
     let (sent, took) = until_closed(&mut stream).await;
     assert!(sent.is_empty(), "{:?}", String::from_utf8_lossy(&sent));
-    assert!(took >= SHORT - Duration::from_millis(50), "closed after {took:?}");
+    assert!(
+        took >= SHORT - Duration::from_millis(50),
+        "closed after {took:?}"
+    );
     assert_eq!(server.observer.timed_out(Timeout::HeaderRead), 1);
     assert_eq!(server.observer.timed_out(Timeout::Idle), 0);
-    eventually("the connection is no longer open", || server.observer.open() == 0).await;
+    eventually("the connection is no longer open", || {
+        server.observer.open() == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -194,7 +207,10 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_header_read_timeout
     let server = start(limits(SHORT, LONG)).await;
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
     let (_, took) = until_closed(&mut stream).await;
-    assert!(took >= SHORT - Duration::from_millis(50), "closed after {took:?}");
+    assert!(
+        took >= SHORT - Duration::from_millis(50),
+        "closed after {took:?}"
+    );
     assert_eq!(server.observer.timed_out(Timeout::HeaderRead), 1);
 }
 
@@ -204,10 +220,16 @@ async fn a_slow_next_request_on_a_keep_alive_connection_gets_the_header_timeout(
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
     stream.write_all(GET).await.unwrap();
     assert!(response(&mut stream).await.starts_with("HTTP/1.1 200"));
-    stream.write_all(b"GET / HTTP/1.1\r\nhost: te").await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: te")
+        .await
+        .unwrap();
     let (sent, took) = until_closed(&mut stream).await;
     assert!(sent.is_empty());
-    assert!(took < LONG / 2, "the idle timeout applied instead: {took:?}");
+    assert!(
+        took < LONG / 2,
+        "the idle timeout applied instead: {took:?}"
+    );
     assert_eq!(server.observer.timed_out(Timeout::HeaderRead), 1);
     assert_eq!(server.observer.timed_out(Timeout::Idle), 0);
 }
@@ -224,7 +246,10 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     // ...and once it is left idle it is closed.
     let (sent, took) = until_closed(&mut stream).await;
     assert!(sent.is_empty());
-    assert!(took >= SHORT - Duration::from_millis(50), "closed after {took:?}");
+    assert!(
+        took >= SHORT - Duration::from_millis(50),
+        "closed after {took:?}"
+    );
     assert_eq!(server.observer.timed_out(Timeout::Idle), 1);
     assert_eq!(server.observer.timed_out(Timeout::HeaderRead), 0);
     assert_eq!(server.observer.accepted(), 1);
@@ -239,7 +264,10 @@ async fn connections_over_the_per_address_limit_are_refused_and_counted() {
     .await;
     let first = TcpStream::connect(server.addr).await.unwrap();
     let mut second = TcpStream::connect(server.addr).await.unwrap();
-    eventually("two connections accepted", || server.observer.accepted() == 2).await;
+    eventually("two connections accepted", || {
+        server.observer.accepted() == 2
+    })
+    .await;
     let mut third = TcpStream::connect(server.addr).await.unwrap();
     let (sent, took) = until_closed(&mut third).await;
     assert!(sent.is_empty());
@@ -252,7 +280,10 @@ async fn connections_over_the_per_address_limit_are_refused_and_counted() {
     assert!(response(&mut other).await.starts_with("HTTP/1.1 200"));
     // A closed connection frees its place.
     drop(first);
-    eventually("the closed connection is let go", || server.observer.open() == 2).await;
+    eventually("the closed connection is let go", || {
+        server.observer.open() == 2
+    })
+    .await;
     let mut again = TcpStream::connect(server.addr).await.unwrap();
     again.write_all(GET).await.unwrap();
     assert!(response(&mut again).await.starts_with("HTTP/1.1 200"));
@@ -270,7 +301,10 @@ async fn connections_over_the_total_limit_are_refused_and_counted() {
     .await;
     let _a = connect_from("127.0.0.1", server.addr).await;
     let _b = connect_from("127.0.0.2", server.addr).await;
-    eventually("two connections accepted", || server.observer.accepted() == 2).await;
+    eventually("two connections accepted", || {
+        server.observer.accepted() == 2
+    })
+    .await;
     let mut c = connect_from("127.0.0.3", server.addr).await;
     let (sent, _) = until_closed(&mut c).await;
     assert!(sent.is_empty());
@@ -321,7 +355,9 @@ async fn an_upgraded_connection_outlives_the_idle_and_header_timeouts() {
     let server = start(limits(SHORT, SHORT)).await;
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
     stream
-        .write_all(b"GET /upgrade HTTP/1.1\r\nhost: test\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
+        .write_all(
+            b"GET /upgrade HTTP/1.1\r\nhost: test\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+        )
         .await
         .unwrap();
     let head = response(&mut stream).await;
@@ -329,7 +365,10 @@ async fn an_upgraded_connection_outlives_the_idle_and_header_timeouts() {
     // An exec session with nobody typing: quiet for several idle timeouts.
     let mut buf = [0u8; 16];
     let quiet = tokio::time::timeout(SHORT * 4, stream.read(&mut buf)).await;
-    assert!(quiet.is_err(), "the upgraded connection was closed: {quiet:?}");
+    assert!(
+        quiet.is_err(),
+        "the upgraded connection was closed: {quiet:?}"
+    );
     stream.write_all(b"still here").await.unwrap();
     let mut echoed = [0u8; 10];
     tokio::time::timeout(PATIENCE, stream.read_exact(&mut echoed))
@@ -342,7 +381,10 @@ async fn an_upgraded_connection_outlives_the_idle_and_header_timeouts() {
     // It still counts as open (and under the limits) until the session ends.
     assert_eq!(server.observer.open(), 1);
     drop(stream);
-    eventually("the ended session frees its place", || server.observer.open() == 0).await;
+    eventually("the ended session frees its place", || {
+        server.observer.open() == 0
+    })
+    .await;
 }
 
 // HTTP/2 frames, written by hand so the client does not keep to the server's limits itself.
@@ -404,7 +446,10 @@ async fn h2_connect(addr: SocketAddr) -> (TcpStream, Vec<(u16, u32)>) {
             .unwrap()
             .expect("server settings");
         if kind == SETTINGS && flags & 0x1 == 0 {
-            stream.write_all(&frame(SETTINGS, 0x1, 0, &[])).await.unwrap();
+            stream
+                .write_all(&frame(SETTINGS, 0x1, 0, &[]))
+                .await
+                .unwrap();
             return (stream, settings(&payload));
         }
     }
@@ -459,14 +504,20 @@ async fn an_http2_stream_in_flight_is_not_cut_but_an_idle_http2_connection_is() 
     assert_eq!(server.observer.timed_out(Timeout::Idle), 0);
     // With the stream reset by the client, the connection is idle and is closed with GOAWAY.
     let cancel = 0x8u32.to_be_bytes();
-    stream.write_all(&frame(RST_STREAM, 0, 1, &cancel)).await.unwrap();
+    stream
+        .write_all(&frame(RST_STREAM, 0, 1, &cancel))
+        .await
+        .unwrap();
     let start = Instant::now();
     let goaway = tokio::time::timeout(PATIENCE, async {
         loop {
             match read_frame(&mut stream).await {
                 Some((GOAWAY, ..)) => return true,
                 Some((PING, flags, _, payload)) if flags & 1 == 0 => {
-                    stream.write_all(&frame(PING, 1, 0, &payload)).await.unwrap();
+                    stream
+                        .write_all(&frame(PING, 1, 0, &payload))
+                        .await
+                        .unwrap();
                 }
                 Some(_) => {}
                 None => return false,
@@ -520,7 +571,10 @@ async fn a_tls_handshake_that_never_comes_is_cut_and_counted() {
     .await;
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
     let (_, took) = until_closed(&mut stream).await;
-    assert!(took >= SHORT - Duration::from_millis(50), "closed after {took:?}");
+    assert!(
+        took >= SHORT - Duration::from_millis(50),
+        "closed after {took:?}"
+    );
     assert_eq!(server.observer.timed_out(Timeout::TlsHandshake), 1);
     assert_eq!(server.observer.timed_out(Timeout::HeaderRead), 0);
 }
@@ -542,5 +596,8 @@ async fn shutdown_drains_a_request_in_flight_and_closes_idle_connections() {
     until_closed(&mut idle).await;
     let (rest, _) = until_closed(&mut streaming).await;
     let rest = String::from_utf8_lossy(&rest);
-    assert!(rest.contains("chunk 9\n") && rest.ends_with("0\r\n\r\n"), "{rest}");
+    assert!(
+        rest.contains("chunk 9\n") && rest.ends_with("0\r\n\r\n"),
+        "{rest}"
+    );
 }
