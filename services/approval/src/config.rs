@@ -131,3 +131,31 @@ impl ApprovalConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Result<ApprovalConfig, String> {
+        ApprovalConfig::from_yaml(&format!(
+            "nats: {{url: nats://127.0.0.1:4222}}\napprovers: a.yaml\n\
+             api: {{issuers: [{{issuer: https://idp.example, audiences: [a]}}]}}\n{extra}"
+        ))
+    }
+
+    #[test]
+    fn connection_limits_of_both_ports_default_and_are_checked() {
+        let defaults = config("").unwrap();
+        assert_eq!(defaults.connections, ConnectionLimits::default());
+        assert_eq!(defaults.admin_listen, None);
+        assert_eq!(
+            config("connections: {header_read_timeout: 0s}").unwrap_err(),
+            "connections.header_read_timeout must be between 1s and 5m (got 0s)"
+        );
+        assert!(
+            config("admin_connections: {http2: {max_concurrent_streams: 0}}")
+                .unwrap_err()
+                .starts_with("admin_connections.http2.max_concurrent_streams")
+        );
+    }
+}

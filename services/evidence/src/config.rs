@@ -184,4 +184,15 @@ mod tests {
         );
         assert!(config("retention_days: 30").is_err());
     }
+
+    #[test]
+    fn admin_connection_limits_default_and_bad_ones_are_refused() {
+        let limits = config("").unwrap().admin_connections;
+        assert_eq!(limits, gatehouse_listener::ConnectionLimits::default());
+        let refused = config("admin_connections: {idle_timeout: 0s}").unwrap_err();
+        assert_eq!(
+            refused,
+            "admin_connections.idle_timeout must be between 1s and 1h (got 0s)"
+        );
+    }
 }

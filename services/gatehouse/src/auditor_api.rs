@@ -1522,6 +1522,25 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_are_checked_with_the_rest_of_the_api_section() {
+        let config = |extra: &str| {
+            yaml_serde::from_str::<AuditorApiConfig>(&format!(
+                "listen: 127.0.0.1:0\nauditor_groups: [auditors]\n\
+                 issuers: [{{issuer: https://idp.example, audiences: [a]}}]\n{extra}"
+            ))
+            .unwrap()
+        };
+        config("").validate().unwrap();
+        assert_eq!(config("").connections, ConnectionLimits::default());
+        assert_eq!(
+            config("connections: {max_connections: 0}")
+                .validate()
+                .unwrap_err(),
+            "api.connections.max_connections must be between 1 and 1000000 (got 0)"
+        );
+    }
+
+    #[test]
     fn raw_events_stay_byte_for_byte() {
         let bytes = br#"{"b":1, "a":[2,3]}"#;
         assert_eq!(raw_event(bytes).get(), r#"{"b":1, "a":[2,3]}"#);

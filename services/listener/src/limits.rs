@@ -154,11 +154,13 @@ impl ConnectionLimits {
         }
         let counts = [
             ("max_connections", self.max_connections, 1, 1_000_000),
+            // Above `max_connections` it is harmless (the total binds first), so lowering
+            // `max_connections` alone stays valid.
             (
                 "max_connections_per_address",
                 self.max_connections_per_address,
                 1,
-                self.max_connections.max(1),
+                1_000_000,
             ),
             (
                 "http2.max_concurrent_streams",
@@ -187,11 +189,6 @@ impl ConnectionLimits {
         ];
         for (field, value, least, most) in counts {
             if !(least..=most).contains(&value) {
-                let most = if field == "max_connections_per_address" {
-                    format!("{most} (max_connections)")
-                } else {
-                    most.to_string()
-                };
                 return Err(format!(
                     "{key}.{field} must be between {least} and {most} (got {value})"
                 ));
@@ -234,11 +231,13 @@ mod tests {
         );
         let e = parse("max_connections: 0").unwrap_err();
         assert!(e.starts_with("connections.max_connections must be"), "{e}");
-        let e = parse("max_connections: 10\nmax_connections_per_address: 11").unwrap_err();
+        let e = parse("max_connections_per_address: 0").unwrap_err();
         assert_eq!(
             e,
-            "connections.max_connections_per_address must be between 1 and 10 (max_connections) (got 11)"
+            "connections.max_connections_per_address must be between 1 and 1000000 (got 0)"
         );
+        // Lowering the total alone is fine: the total binds before the per-address limit.
+        parse("max_connections: 10").unwrap();
         let e = parse("http2: {max_concurrent_streams: 0}").unwrap_err();
         assert!(e.contains("http2.max_concurrent_streams"), "{e}");
         let e = parse("http2: {max_header_list_size: 100}").unwrap_err();

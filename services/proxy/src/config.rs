@@ -477,7 +477,7 @@ mod tests {
             "connections.header_read_timeout must be between 1s and 5m (got 0s)"
         );
         let mut config = example();
-        config.admin_connections.max_connections_per_address = 65;
+        config.admin_connections.max_connections_per_address = 0;
         assert!(
             config
                 .validate()
