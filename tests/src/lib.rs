@@ -322,6 +322,9 @@ pub struct BedOptions {
     pub approval_channels: String,
     /// The cluster behind the proxy: the local control plane unless a test says otherwise.
     pub upstream: Upstream,
+    /// Timeouts and connection limits of every listener, as a YAML mapping
+    /// (`{header_read_timeout: 1s}`); empty: the defaults.
+    pub connections: String,
 }
 
 pub struct TestBed {
@@ -362,6 +365,7 @@ impl TestBed {
             &StackOptions {
                 upstream: options.upstream.clone(),
                 approval_channels: options.approval_channels.clone(),
+                connections: options.connections.clone(),
                 // An old resourceVersion answers 410 Gone within seconds, as on a busy cluster.
                 etcd_compaction_interval: Some(Duration::from_secs(10)),
                 ..StackOptions::default()

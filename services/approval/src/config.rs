@@ -10,6 +10,8 @@
 //! slack: {channel: C0123, bot_token_file: …, signing_secret_file: …}
 //! teams: {app_id: …, app_password_file: …, service_url: …, conversation_id: …}
 //! discord: {application_id: …, bot_token_file: …, public_key: …, channel_id: …}
+//! connections: {header_read_timeout: 10s, idle_timeout: 120s}   # optional; defaults shown
+//! admin_listen: 127.0.0.1:9092  # optional: /metrics and /healthz over plain HTTP
 //! ```
 
 use std::net::SocketAddr;
@@ -17,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use gatehouse_bus::BusConfig;
-use gatehouse_proxy::config::{IssuerConfig, ServerTlsConfig};
+use gatehouse_proxy::config::{ConnectionLimits, IssuerConfig, ServerTlsConfig};
 use serde::Deserialize;
 
 use crate::discord::DiscordConfig;
@@ -35,6 +37,17 @@ pub struct ApprovalConfig {
     /// behind an ingress that terminates TLS.
     #[serde(default)]
     pub tls: Option<ServerTlsConfig>,
+    /// Timeouts and connection limits of `listen` (see [`ConnectionLimits`]): chat platforms
+    /// call it from the internet.
+    #[serde(default)]
+    pub connections: ConnectionLimits,
+    /// Plain-HTTP `/metrics` (`gatehouse_approval_…`) and `/healthz`; none when unset. Keep it
+    /// off public networks.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Timeouts and connection limits of `admin_listen`.
+    #[serde(default)]
+    pub admin_connections: ConnectionLimits,
     /// Names this replica in events (`gatehouse/approval/<replica>`); defaults to the host name.
     #[serde(default)]
     pub replica: Option<String>,
@@ -108,11 +121,41 @@ impl ApprovalConfig {
         {
             return Err("max_grant_window must be more than zero and at most 24h".into());
         }
+        self.connections.validate("connections")?;
+        self.admin_connections.validate("admin_connections")?;
         if self.hold_retention < Duration::from_secs(3600) {
             return Err(
                 "hold_retention must be at least 1h (holds must outlive their expiry)".into(),
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Result<ApprovalConfig, String> {
+        ApprovalConfig::from_yaml(&format!(
+            "nats: {{url: nats://127.0.0.1:4222}}\napprovers: a.yaml\n\
+             api: {{issuers: [{{issuer: https://idp.example, audiences: [a]}}]}}\n{extra}"
+        ))
+    }
+
+    #[test]
+    fn connection_limits_of_both_ports_default_and_are_checked() {
+        let defaults = config("").unwrap();
+        assert_eq!(defaults.connections, ConnectionLimits::default());
+        assert_eq!(defaults.admin_listen, None);
+        assert_eq!(
+            config("connections: {header_read_timeout: 0s}").unwrap_err(),
+            "connections.header_read_timeout must be between 1s and 5m (got 0s)"
+        );
+        assert!(
+            config("admin_connections: {http2: {max_concurrent_streams: 0}}")
+                .unwrap_err()
+                .starts_with("admin_connections.http2.max_concurrent_streams")
+        );
     }
 }

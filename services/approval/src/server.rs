@@ -8,6 +8,8 @@ use axum::Router;
 use axum::routing::get;
 use gatehouse_bus::{Bus, GRANTS_MAX_AGE, grants_bucket};
 use gatehouse_proxy::authn::{Authenticator, AuthnOptions};
+use gatehouse_proxy::listener::prometheus_client::registry::Registry;
+use gatehouse_proxy::listener::{ConnectionLimits, ListenerMetrics, Options};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +27,12 @@ pub struct ApprovalServer {
     router: Router,
     listener: TcpListener,
     tls: Option<gatehouse_proxy::server::RouterTls>,
+    connections: ConnectionLimits,
+    /// The admin port (`admin_listen`) and its limits.
+    admin: Option<(TcpListener, ConnectionLimits)>,
+    /// `gatehouse_approval_…`: the listeners' connection metrics.
+    registry: Arc<Registry>,
+    listeners: ListenerMetrics,
     shutdown: CancellationToken,
 }
 
@@ -124,13 +132,37 @@ impl ApprovalServer {
             }
         };
         let listener = gatehouse_proxy::server::bind(config.listen).await?;
+        let admin = match config.admin_listen {
+            Some(addr) => Some((
+                gatehouse_proxy::listener::bind(addr, "admin_listen").await?,
+                config.admin_connections.clone(),
+            )),
+            None => None,
+        };
+        let mut registry = Registry::with_prefix("gatehouse_approval");
+        let listeners = ListenerMetrics::default();
+        listeners.register(&mut registry);
         Ok(Self {
             service,
             router,
             listener,
             tls,
+            connections: config.connections.clone(),
+            admin,
+            registry: Arc::new(registry),
+            listeners,
             shutdown,
         })
+    }
+
+    /// Where `/metrics` and `/healthz` answer, when `admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// The listeners' connection metrics (shared handles).
+    pub fn listeners(&self) -> &ListenerMetrics {
+        &self.listeners
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -152,17 +184,28 @@ impl ApprovalServer {
             tokio::spawn(Arc::clone(&self.service).run_sweeper(shutdown.clone())),
         ];
         tracing::info!(listen = %self.local_addr(), tls = self.tls.is_some(), "approval service serving");
-        if let Err(e) = gatehouse_proxy::server::serve_router(
+        let admin = self.admin.map(|(listener, limits)| {
+            let options = Options::new(limits, self.listeners.listener("admin"));
+            let router = gatehouse_proxy::listener::metrics::admin_router(self.registry.clone());
+            tokio::spawn(gatehouse_proxy::listener::serve_router(
+                listener,
+                options,
+                router,
+                shutdown.clone(),
+            ))
+        });
+        gatehouse_proxy::server::serve_router(
             self.listener,
             self.tls,
+            Options::new(self.connections, self.listeners.listener("approval")),
             self.router,
             shutdown.clone(),
         )
-        .await
-        {
-            tracing::error!(error = %e, "approval listener failed");
-        }
+        .await;
         shutdown.cancel();
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         for task in tasks {
             let _ = task.await;
         }

@@ -32,6 +32,10 @@ pub struct EvidenceConfig {
     /// Plain-HTTP `/metrics` and `/healthz`; none when unset.
     #[serde(default)]
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// Timeouts and connection limits of `admin_listen`
+    /// ([`gatehouse_listener::ConnectionLimits`]).
+    #[serde(default)]
+    pub admin_connections: gatehouse_listener::ConnectionLimits,
     /// Online backups (RocksDB checkpoints) of the ledger.
     #[serde(default)]
     pub backups: Option<BackupConfig>,
@@ -103,6 +107,7 @@ impl EvidenceConfig {
             prune_every: default_prune_every(),
             backups: None,
             admin_listen: None,
+            admin_connections: gatehouse_listener::ConnectionLimits::default(),
         }
     }
 
@@ -132,6 +137,7 @@ impl EvidenceConfig {
         {
             return Err("checkpoints.every must be at least 1s".into());
         }
+        self.admin_connections.validate("admin_connections")?;
         if self.consumer.is_empty()
             || !self
                 .consumer
@@ -177,5 +183,16 @@ mod tests {
             "{refused}"
         );
         assert!(config("retention_days: 30").is_err());
+    }
+
+    #[test]
+    fn admin_connection_limits_default_and_bad_ones_are_refused() {
+        let limits = config("").unwrap().admin_connections;
+        assert_eq!(limits, gatehouse_listener::ConnectionLimits::default());
+        let refused = config("admin_connections: {idle_timeout: 0s}").unwrap_err();
+        assert_eq!(
+            refused,
+            "admin_connections.idle_timeout must be between 1s and 1h (got 0s)"
+        );
     }
 }

@@ -50,6 +50,9 @@ pub struct Evidence {
     /// The checkpoint key and origin, when checkpoints are configured.
     signer: Option<Arc<Signing>>,
     metrics: metrics::Metrics,
+    /// The admin listener (`admin_listen`), bound at open and served by [`Evidence::run`].
+    admin: Mutex<Option<tokio::net::TcpListener>>,
+    admin_addr: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for Evidence {
@@ -89,18 +92,34 @@ impl Evidence {
         };
         let bus = Bus::connect(&config.nats, "gatehouse-evidence").await?;
         bus.ensure_stream(&config.nats.stream).await?;
+        let admin = match config.admin_listen {
+            Some(addr) => Some(
+                metrics::bind(addr)
+                    .await
+                    .map_err(|e| EvidenceError::Config(format!("admin_listen {addr}: {e}")))?,
+            ),
+            None => None,
+        };
+        let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
         Ok(Self {
             config,
             ledger: Arc::new(Mutex::new(ledger)),
             bus,
             signer,
             metrics: metrics::Metrics::new(),
+            admin: Mutex::new(admin),
+            admin_addr,
         })
     }
 
     /// The service's metrics (shared handles).
     pub fn metrics(&self) -> &metrics::Metrics {
         &self.metrics
+    }
+
+    /// Where `/metrics`, `/healthz` and `POST /checkpoint` answer, when `admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin_addr
     }
 
     /// The ledger's head right now.
@@ -119,11 +138,9 @@ impl Evidence {
             self.config.batch_max,
             self.metrics.clone(),
         );
-        let admin = match self.config.admin_listen {
-            Some(addr) => {
-                let listener = metrics::bind(addr)
-                    .await
-                    .map_err(|e| EvidenceError::Config(format!("admin_listen {addr}: {e}")))?;
+        let admin = self.admin.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let admin = match admin {
+            Some(listener) => {
                 tracing::info!(admin = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "evidence metrics serving");
                 let on_demand = checkpoint_route(
                     self.ledger.clone(),
@@ -132,6 +149,7 @@ impl Evidence {
                 );
                 Some(tokio::spawn(self.metrics.clone().serve(
                     listener,
+                    self.config.admin_connections.clone(),
                     on_demand,
                     shutdown.clone(),
                 )))

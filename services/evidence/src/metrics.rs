@@ -28,6 +28,7 @@ pub struct Metrics {
     checkpoints: Family<ResultLabels, Counter>,
     pruned: Counter,
     backups: Family<ResultLabels, Counter>,
+    listeners: gatehouse_listener::ListenerMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -85,6 +86,9 @@ impl Metrics {
         );
         let backups = Family::<ResultLabels, Counter>::default();
         registry.register("backups", "Ledger backups, by result", backups.clone());
+        // The admin port's and the auditor API's connections (listener `admin`, `auditor_api`).
+        let listeners = gatehouse_listener::ListenerMetrics::default();
+        listeners.register(&mut registry);
         Self {
             registry: Arc::new(registry),
             entries,
@@ -95,7 +99,13 @@ impl Metrics {
             checkpoints,
             pruned,
             backups,
+            listeners,
         }
+    }
+
+    /// The connection metrics of the process's listeners (shared handles).
+    pub fn listeners(&self) -> &gatehouse_listener::ListenerMetrics {
+        &self.listeners
     }
 
     pub fn committed(&self, appended: u64, ledger_entries: u64) {
@@ -135,13 +145,15 @@ impl Metrics {
         out
     }
 
-    /// Serves `/metrics`, `/healthz` and the routes of `extra` on `listen` until `stop`.
+    /// Serves `/metrics`, `/healthz` and the routes of `extra` on `listen` until `stop`, on
+    /// the guarded listener with `limits`.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
+        limits: gatehouse_listener::ConnectionLimits,
         extra: axum::Router,
         stop: CancellationToken,
-    ) -> std::io::Result<()> {
+    ) {
         use axum::routing::get;
         let metrics = self.clone();
         let router = axum::Router::new()
@@ -162,9 +174,8 @@ impl Metrics {
             )
             .route("/healthz", get(|| async { "ok" }))
             .merge(extra);
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
+        let options = gatehouse_listener::Options::new(limits, self.listeners.listener("admin"));
+        gatehouse_listener::serve_router(listener, options, router, stop).await;
     }
 }
 

@@ -9,6 +9,7 @@
 //!   issuers: [{issuer: https://idp.example.com, audiences: [gatehouse-evidence]}]
 //!   auditor_groups: [auditors]
 //!   policy: /etc/gatehouse/policy.yaml    # optional: the report's unused grants
+//!   connections: {header_read_timeout: 10s, idle_timeout: 120s}   # optional; defaults shown
 //! ```
 //!
 //! | method | path | answer |
@@ -59,7 +60,8 @@ use gatehouse_evidence::index::Field;
 use gatehouse_evidence::merkle::leaf_hash;
 use gatehouse_evidence::store::{LedgerError, Query as LedgerQuery};
 use gatehouse_proxy::authn::{Authenticator, AuthnError, AuthnOptions};
-use gatehouse_proxy::config::{IssuerConfig, ServerTlsConfig};
+use gatehouse_proxy::config::{ConnectionLimits, IssuerConfig, ServerTlsConfig};
+use gatehouse_proxy::listener::{ListenerMetrics, Observer, Options};
 use gatehouse_proxy::policy::Policy;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -116,6 +118,9 @@ pub struct AuditorApiConfig {
     /// The policy file, read at each report to list unused grants.
     #[serde(default)]
     pub policy: Option<PathBuf>,
+    /// Timeouts and connection limits of `listen` (see [`ConnectionLimits`]).
+    #[serde(default)]
+    pub connections: ConnectionLimits,
 }
 
 impl AuditorApiConfig {
@@ -138,6 +143,7 @@ impl AuditorApiConfig {
                 ));
             }
         }
+        self.connections.validate("api.connections")?;
         if let Some(tls) = &self.tls
             && tls.client_ca_file.is_some()
         {
@@ -156,6 +162,8 @@ pub struct AuditorApi {
     router: Router,
     listener: TcpListener,
     tls: Option<gatehouse_proxy::server::RouterTls>,
+    connections: ConnectionLimits,
+    observer: Observer,
     shutdown: CancellationToken,
 }
 
@@ -221,8 +229,17 @@ impl AuditorApi {
             router: routes(inner),
             listener,
             tls,
+            connections: config.connections.clone(),
+            observer: Observer::unregistered("auditor_api"),
             shutdown,
         })
+    }
+
+    /// Counts the listener's connections in `metrics` (the evidence service's, so they are on
+    /// its `/metrics`) as listener `auditor_api`.
+    pub fn with_metrics(mut self, metrics: &ListenerMetrics) -> Self {
+        self.observer = metrics.listener("auditor_api");
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -240,16 +257,14 @@ impl AuditorApi {
     pub async fn run(self) {
         let shutdown = self.shutdown.clone();
         tracing::info!(listen = %self.local_addr(), tls = self.tls.is_some(), "auditor API serving");
-        if let Err(e) = gatehouse_proxy::server::serve_router(
+        gatehouse_proxy::server::serve_router(
             self.listener,
             self.tls,
+            Options::new(self.connections, self.observer),
             self.router,
-            shutdown.clone(),
+            shutdown,
         )
-        .await
-        {
-            tracing::error!(error = %e, "auditor API listener failed");
-        }
+        .await;
     }
 }
 
@@ -1444,7 +1459,8 @@ pub async fn run_evidence(
         shutdown.clone(),
     )
     .await
-    .map_err(anyhow::Error::msg)?;
+    .map_err(anyhow::Error::msg)?
+    .with_metrics(service.metrics().listeners());
     tracing::info!(listen = %server.local_addr(), "auditor API serving");
     let task = tokio::spawn(server.run());
     let result = service.run(shutdown.clone()).await;
@@ -1503,6 +1519,25 @@ mod tests {
         assert_eq!(segment(&uri, "/v1/sessions/"), "01ABC");
         let uri: Uri = "/v1/events/17?size=3".parse().unwrap();
         assert_eq!(segment(&uri, "/v1/events/"), "17");
+    }
+
+    #[test]
+    fn connection_limits_are_checked_with_the_rest_of_the_api_section() {
+        let config = |extra: &str| {
+            yaml_serde::from_str::<AuditorApiConfig>(&format!(
+                "listen: 127.0.0.1:0\nauditor_groups: [auditors]\n\
+                 issuers: [{{issuer: https://idp.example, audiences: [a]}}]\n{extra}"
+            ))
+            .unwrap()
+        };
+        config("").validate().unwrap();
+        assert_eq!(config("").connections, ConnectionLimits::default());
+        assert_eq!(
+            config("connections: {max_connections: 0}")
+                .validate()
+                .unwrap_err(),
+            "api.connections.max_connections must be between 1 and 1000000 (got 0)"
+        );
     }
 
     #[test]

@@ -22,6 +22,14 @@ fn proxy_example_is_valid() {
 }
 
 #[test]
+fn approval_example_is_valid() {
+    let config =
+        gatehouse_approval::ApprovalConfig::from_yaml(&read("approval.example.yaml")).unwrap();
+    assert_eq!(config.connections.max_connections_per_address, 64);
+    assert!(config.admin_listen.is_some());
+}
+
+#[test]
 fn evidence_example_is_valid() {
     let config: gatehouse_evidence::EvidenceConfig =
         gatehouse::load_yaml(&example("evidence.example.yaml")).unwrap();

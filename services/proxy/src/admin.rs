@@ -5,7 +5,8 @@
 //!   frequent probes do not hammer what they check.
 //! - [`Admin`]: the bound listener; [`Admin::serve`] runs it until stopped.
 //!
-//! Plain HTTP on purpose: kubelet probes and Prometheus scrape over the pod network, and
+//! Served on the guarded listener ([`gatehouse_listener`], limits from `admin_connections`), so
+//! a slow or greedy scraper cannot hold the port. Plain HTTP on purpose: kubelet probes and Prometheus scrape over the pod network, and
 //! nothing here is secret (no tokens, no request contents; readiness reasons name only the
 //! failing dependency). Bind it to `127.0.0.1` when only in-pod callers need it, and keep it off
 //! public networks (a NetworkPolicy) when it is on the pod IP.
@@ -103,6 +104,7 @@ pub struct Admin {
     listener: TcpListener,
     metrics: Metrics,
     checks: Vec<Check>,
+    limits: gatehouse_listener::ConnectionLimits,
 }
 
 impl std::fmt::Debug for Admin {
@@ -128,7 +130,14 @@ impl Admin {
             listener,
             metrics,
             checks,
+            limits: gatehouse_listener::ConnectionLimits::default(),
         })
+    }
+
+    /// Timeouts and connection limits (`admin_connections`) instead of the defaults.
+    pub fn with_limits(mut self, limits: gatehouse_listener::ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -140,6 +149,10 @@ impl Admin {
     /// Serves until `stop`. From the moment `draining` is cancelled, `/readyz` answers 503 while
     /// `/healthz` and `/metrics` go on answering.
     pub async fn serve(self, draining: CancellationToken, stop: CancellationToken) {
+        let options = gatehouse_listener::Options::new(
+            self.limits,
+            self.metrics.listeners().listener("admin"),
+        );
         let state = Arc::new(AdminState {
             metrics: self.metrics,
             checks: self.checks,
@@ -152,12 +165,7 @@ impl Admin {
             .route("/readyz", get(ready))
             .route("/metrics", get(render_metrics))
             .with_state(state);
-        if let Err(e) = axum::serve(self.listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %e, "the admin server stopped");
-        }
+        gatehouse_listener::serve_router(self.listener, options, app, stop).await;
     }
 }
 

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use gatehouse_bus::BusConfig;
+pub use gatehouse_listener::ConnectionLimits;
 use serde::Deserialize;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -22,6 +23,12 @@ pub struct ProxyConfig {
     /// IP) for kubelet `httpGet` probes and Prometheus, and keep it off public networks.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: SocketAddr,
+    /// Timeouts and connection limits of `listen` (see [`ConnectionLimits`]).
+    #[serde(default)]
+    pub connections: ConnectionLimits,
+    /// The same for `admin_listen`.
+    #[serde(default)]
+    pub admin_connections: ConnectionLimits,
     /// Names this replica in events (`gatehouse/proxy/<replica>`); defaults to the host name.
     #[serde(default)]
     pub replica: Option<String>,
@@ -426,6 +433,8 @@ impl ProxyConfig {
                 ));
             }
         }
+        self.connections.validate("connections")?;
+        self.admin_connections.validate("admin_connections")?;
         if self.max_request_body == 0 {
             return Err("max_request_body must be greater than zero".into());
         }
@@ -455,6 +464,26 @@ mod tests {
         assert!(config.tls.client_ca_file.is_some());
         assert_eq!(config.tls.client_certs.principal, CertPrincipal::CommonName);
         assert_eq!(config.token_cache.max_entries, 10_000);
+        assert_eq!(config.connections, ConnectionLimits::default());
+        assert_eq!(config.admin_connections.max_connections, 64);
+    }
+
+    #[test]
+    fn bad_connection_limits_are_refused_naming_the_listener() {
+        let mut config = example();
+        config.connections.header_read_timeout = Duration::ZERO;
+        assert_eq!(
+            config.validate().unwrap_err(),
+            "connections.header_read_timeout must be between 1s and 5m (got 0s)"
+        );
+        let mut config = example();
+        config.admin_connections.max_connections_per_address = 0;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .starts_with("admin_connections.max_connections_per_address")
+        );
     }
 
     #[test]

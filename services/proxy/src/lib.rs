@@ -1,7 +1,8 @@
 //! `gatehouse proxy`: a Layer-7 gateway in front of the Kubernetes API server.
 //!
 //! Module map (in the order a request meets them; [`pipeline`] owns that order):
-//! - [`server`]: the HTTPS listener (rustls, h2 + http/1.1) and graceful drain.
+//! - [`server`]: the HTTPS listener (rustls, h2 + http/1.1) on the guarded listener
+//!   ([`listener`]: timeouts, connection limits, HTTP/2 limits) and graceful drain.
 //! - [`approvals`]: decisions for held requests and the shared grants, followed from NATS.
 //! - [`pipeline`]: parse → authenticate → identify → read body → authorize → record → forward
 //!   → mask → stream (or, for an upgrade, relay the session).
@@ -51,6 +52,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::ProxyConfig;
+/// The guarded listener every service serves on, re-exported so the approval service and the
+/// `gatehouse` binary use the same one.
+pub use gatehouse_listener as listener;
 pub use metrics::Metrics;
 
 /// How long `/readyz` may wait for the API server's own `/readyz`.
@@ -79,7 +83,7 @@ pub enum ProxyError {
 /// A proxy that is bound and ready to serve.
 pub struct Proxy {
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    options: server::Options,
     serving_cert: Arc<serving_cert::ServingCert>,
     pipeline: Arc<pipeline::Pipeline>,
     metrics: Metrics,
@@ -185,7 +189,13 @@ impl Proxy {
         ];
         let admin = admin::Admin::bind(config.admin_listen, metrics.clone(), checks)
             .await
-            .map_err(ProxyError::Startup)?;
+            .map_err(ProxyError::Startup)?
+            .with_limits(config.admin_connections.clone());
+        let options = server::Options::new(
+            config.connections.clone(),
+            metrics.listeners().listener("proxy"),
+        )
+        .with_tls(tls);
         // Say loudly if the credential is more than impersonation needs (or less): the
         // cluster's RBAC only decides when the proxy's own credential cannot do everything.
         tokio::spawn({
@@ -223,7 +233,7 @@ impl Proxy {
         );
         Ok(Self {
             listener,
-            tls,
+            options,
             serving_cert,
             pipeline,
             metrics,
@@ -269,7 +279,7 @@ impl Proxy {
             self.metrics.clone(),
             background.clone(),
         ));
-        server::serve(self.listener, self.tls, self.pipeline, shutdown).await;
+        server::serve(self.listener, self.options, self.pipeline, shutdown).await;
         let lost = pipeline.recorder.unacked();
         if lost > 0 {
             tracing::error!(

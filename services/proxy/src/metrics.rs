@@ -26,6 +26,7 @@
 //! | `responses_withheld_total` | counter (answers that could not be masked: 502 or cut) | |
 //! | `tls_reloads_total` | counter | result (`success`, `failure`) |
 //! | `build_info` | gauge (always 1) | version |
+//! | `connections_open`, `connections_accepted_total`, `connections_refused_total`, `connections_timed_out_total` | see [`gatehouse_listener::metrics`] | listener (`proxy`, `admin`) |
 
 use std::sync::Arc;
 
@@ -163,6 +164,7 @@ pub struct Metrics {
     holds_waiting: Gauge,
     holds_decided: Family<OutcomeLabels, Counter>,
     hold_release: Histogram,
+    listeners: gatehouse_listener::ListenerMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -290,6 +292,8 @@ impl Metrics {
             })
             .set(1);
         registry.register("build_info", "The proxy's version", build_info);
+        let listeners = gatehouse_listener::ListenerMetrics::default();
+        listeners.register(&mut registry);
         Self {
             registry: Arc::new(registry),
             requests,
@@ -309,7 +313,13 @@ impl Metrics {
             holds_waiting,
             holds_decided,
             hold_release,
+            listeners,
         }
+    }
+
+    /// The connection metrics of the proxy's listeners (the HTTPS port and the admin port).
+    pub fn listeners(&self) -> &gatehouse_listener::ListenerMetrics {
+        &self.listeners
     }
 
     /// Follow-up events being retried: +1 when one first fails, -1 when it is acked or given up.

@@ -1,5 +1,6 @@
-//! The HTTPS listener: TLS (rustls, ALPN h2 and http/1.1), one task per connection, graceful
-//! drain on shutdown.
+//! The HTTPS listener: TLS (rustls, ALPN h2 and http/1.1) on the guarded listener of
+//! [`gatehouse_listener`] (timeouts, connection limits, HTTP/2 limits, graceful drain), which
+//! the approval service and the auditor API serve on too.
 //!
 //! With a client CA configured the server asks every client for a certificate but does not
 //! require one; a certificate that verifies against the CA is attached to each request of its
@@ -10,27 +11,18 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
+pub use gatehouse_listener::{Options, Peer};
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::pipeline::Pipeline;
 use crate::serving_cert::ServingCert;
-
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long in-flight requests (watches included) get to finish after shutdown begins.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The verified client certificate (leaf) of the connection a request came on.
 #[derive(Clone, Debug)]
@@ -85,24 +77,25 @@ fn client_verifier(
 /// Accepts connections until `shutdown`, then stops accepting and drains.
 pub async fn serve(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    options: Options,
     pipeline: Arc<Pipeline>,
     shutdown: CancellationToken,
 ) {
     serve_with(
         listener,
-        tls,
+        options,
         move |request, peer| pipeline.clone().handle(request, peer),
         shutdown,
     )
     .await;
 }
 
-/// [`serve`] with any request handler; each request carries its connection's
+/// [`serve`] with any request handler, on the guarded listener ([`gatehouse_listener`]:
+/// timeouts and connection limits from `options`); each request carries its connection's
 /// [`PeerCertificate`], if the client presented one.
 pub async fn serve_with<H, F, B>(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    options: Options,
     handler: H,
     shutdown: CancellationToken,
 ) where
@@ -112,67 +105,22 @@ pub async fn serve_with<H, F, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let acceptor = TlsAcceptor::from(tls);
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let handler = handler.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let client_cert = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .map(|leaf| PeerCertificate(Arc::new(leaf.clone().into_owned())));
-            let service = service_fn(move |mut request: Request<Incoming>| {
-                if let Some(cert) = &client_cert {
-                    request.extensions_mut().insert(cert.clone());
-                }
-                // The pipeline fills in request_id; every line logged inside carries it.
-                let span = tracing::info_span!("request", request_id = tracing::field::Empty);
-                let response = handler(request, peer);
-                async move { Ok::<_, std::convert::Infallible>(response.await) }.instrument(span)
-            });
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+    gatehouse_listener::serve(
+        listener,
+        options,
+        move |mut request: Request<Incoming>, peer: &Peer| {
+            if let Some(cert) = &peer.client_certificate {
+                request
+                    .extensions_mut()
+                    .insert(PeerCertificate(cert.clone()));
             }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some connections were still open after the drain timeout");
-    }
+            // The pipeline fills in request_id; every line logged inside carries it.
+            let span = tracing::info_span!("request", request_id = tracing::field::Empty);
+            handler(request, peer.addr).instrument(span)
+        },
+        shutdown,
+    )
+    .await;
 }
 
 /// Binds `addr`; with port 0 the system picks a free port.
@@ -197,41 +145,24 @@ impl RouterTls {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown`: over `tls` (its certificate reloaded as
-/// it changes) or, without it, plain HTTP (for loopback or behind a TLS-terminating ingress).
+/// Serves `router` on `listener` until `shutdown`, on the guarded listener with `options`:
+/// over `tls` (its certificate reloaded as it changes) or, without it, plain HTTP (for loopback
+/// or behind a TLS-terminating ingress).
 pub async fn serve_router(
     listener: TcpListener,
     tls: Option<RouterTls>,
+    options: Options,
     router: axum::Router,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    use tower::ServiceExt;
+) {
     let Some(RouterTls { cert, config }) = tls else {
-        let stop = shutdown.clone();
-        return axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
+        return gatehouse_listener::serve_router(listener, options, router, shutdown).await;
     };
     let watch = tokio::spawn(cert.watch(
         crate::serving_cert::POLL_INTERVAL,
         crate::Metrics::new(),
         shutdown.clone(),
     ));
-    serve_with(
-        listener,
-        config,
-        move |request, _peer| {
-            let router = router.clone();
-            async move {
-                match router.oneshot(request.map(axum::body::Body::new)).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                }
-            }
-        },
-        shutdown,
-    )
-    .await;
+    gatehouse_listener::serve_router(listener, options.with_tls(config), router, shutdown).await;
     watch.abort();
-    Ok(())
 }

@@ -139,7 +139,17 @@ async fn start(client_ca: &CertifiedIssuer<'static, KeyPair>) -> Harness {
             Response::new(Full::new(Bytes::from(answer)))
         }
     };
-    tokio::spawn(server::serve_with(listener, tls, handler, shutdown.clone()));
+    let options = server::Options::new(
+        gatehouse_proxy::listener::ConnectionLimits::default(),
+        gatehouse_proxy::listener::Observer::unregistered("proxy"),
+    )
+    .with_tls(tls);
+    tokio::spawn(server::serve_with(
+        listener,
+        options,
+        handler,
+        shutdown.clone(),
+    ));
     Harness {
         addr,
         server_ca: server_ca.der().clone(),

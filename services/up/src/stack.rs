@@ -76,6 +76,9 @@ pub struct StackOptions {
     pub seed_demo: bool,
     /// The local control plane's etcd compaction interval (default: the apiserver's).
     pub etcd_compaction_interval: Option<Duration>,
+    /// A YAML mapping (`{header_read_timeout: 1s}`) given as the timeouts and connection
+    /// limits of every listener of the stack; empty: the defaults.
+    pub connections: String,
 }
 
 impl Default for StackOptions {
@@ -87,6 +90,7 @@ impl Default for StackOptions {
             approval_channels: String::new(),
             seed_demo: true,
             etcd_compaction_interval: None,
+            connections: String::new(),
         }
     }
 }
@@ -111,6 +115,10 @@ pub struct Stack {
     pub proxy_admin_addr: SocketAddr,
     /// The evidence service's auditor API (plain HTTP on loopback), and its task.
     pub auditor_api_addr: Option<SocketAddr>,
+    /// The evidence service's admin port (`/metrics`, `/healthz`, `POST /checkpoint`).
+    pub evidence_admin_addr: Option<SocketAddr>,
+    /// The approval service's admin port (`/metrics`, `/healthz`).
+    pub approval_admin_addr: Option<SocketAddr>,
     auditor_api_task: Option<JoinHandle<()>>,
     /// The approval service's callbacks and API (plain HTTP on loopback).
     pub approval_addr: SocketAddr,
@@ -207,6 +215,14 @@ impl Stack {
                 format!("{}\n", signer.verifier().to_vkey()),
             )?;
         }
+        // `key: {…}` for each listener's section when the options set one.
+        let connections = |key: &str| {
+            if options.connections.is_empty() {
+                String::new()
+            } else {
+                format!("{key}: {}\n", options.connections)
+            }
+        };
         let evidence_file = config_dir.join("evidence.yaml");
         std::fs::write(
             &evidence_file,
@@ -216,18 +232,24 @@ impl Stack {
                  data_dir: {data}\n\
                  nats:\n  url: {nats_url}\n\
                  checkpoints:\n  key_file: {key}\n  every: 10s\n\
+                 admin_listen: \"127.0.0.1:0\"\n\
+                 {admin_connections}\
                  api:\n  listen: \"127.0.0.1:0\"\n  auditor_groups: [auditors]\n\
-                 \x20 issuers:\n    - issuer: {issuer}\n      audiences: [{AUDIENCE}]\n",
+                 \x20 issuers:\n    - issuer: {issuer}\n      audiences: [{AUDIENCE}]\n\
+                 {api_connections}",
                 evidence = evidence_file.display(),
                 data = yaml_str(&dir),
                 key = yaml_str(&checkpoint_key),
                 issuer = issuer.url(),
+                admin_connections = connections("admin_connections"),
+                api_connections = connections("  connections"),
             ),
         )?;
         let evidence_stop = CancellationToken::new();
         let (evidence_config, api_config) =
             gatehouse::auditor_api::load_evidence_config(&evidence_file)?;
         let evidence = Arc::new(Evidence::open(evidence_config.clone()).await?);
+        let evidence_admin_addr = evidence.admin_addr();
         let auditor_api = match api_config {
             Some(api) => {
                 let bus =
@@ -241,7 +263,8 @@ impl Stack {
                     evidence_stop.clone(),
                 )
                 .await
-                .map_err(anyhow::Error::msg)?;
+                .map_err(anyhow::Error::msg)?
+                .with_metrics(evidence.metrics().listeners());
                 let addr = server.local_addr();
                 std::fs::write(dir.join("auditor.url"), format!("http://{addr}\n"))?;
                 let token = issuer.mint(demo::AUDITOR, AUDIENCE, &["auditors"], TOKEN_TTL)?;
@@ -268,6 +291,8 @@ impl Stack {
                 "# Written by `gatehouse up`; run the same service alone with\n\
                  #   gatehouse approval --config {approval}\n\
                  listen: \"127.0.0.1:0\"\n\
+                 admin_listen: \"127.0.0.1:0\"\n\
+                 {connections}{admin_connections}\
                  replica: up\n\
                  nats:\n  url: {nats_url}\n\
                  approvers: {approvers}\n\
@@ -276,6 +301,8 @@ impl Stack {
                 approval = approval_file.display(),
                 approvers = yaml_str(&approvers_file),
                 issuer = issuer.url(),
+                connections = connections("connections"),
+                admin_connections = connections("admin_connections"),
             ),
         )?;
         let approval_config = gatehouse_approval::ApprovalConfig::from_yaml(
@@ -288,6 +315,7 @@ impl Stack {
                 .await
                 .map_err(|e| anyhow::anyhow!("approval service: {e}"))?;
         let approval_addr = approval_server.local_addr();
+        let approval_admin_addr = approval_server.admin_addr();
         let approval = approval_server.service().clone();
         let approval_task = tokio::spawn(approval_server.run());
         std::fs::write(
@@ -307,6 +335,7 @@ impl Stack {
                  #   gatehouse proxy --config {proxy}\n\
                  listen: \"{listen}\"\n\
                  admin_listen: \"127.0.0.1:0\"\n\
+                 {connections}{admin_connections}\
                  replica: up\n\
                  tls:\n  cert_file: {cert}\n  key_file: {key}\n\
                  upstream:\n{upstream_yaml}\
@@ -324,6 +353,8 @@ impl Stack {
                 ci_issuer = ci_issuer.url(),
                 identities = yaml_str(&identities_file),
                 policy = yaml_str(&policy_file),
+                connections = connections("connections"),
+                admin_connections = connections("admin_connections"),
             ),
         )?;
         let proxy_config: ProxyConfig = load_yaml(&proxy_file)?;
@@ -345,6 +376,8 @@ impl Stack {
             proxy_addr,
             proxy_admin_addr,
             auditor_api_addr: auditor_api.as_ref().map(|(a, _)| *a),
+            evidence_admin_addr,
+            approval_admin_addr,
             auditor_api_task: auditor_api.map(|(_, t)| t),
             approval_addr,
             approval,
