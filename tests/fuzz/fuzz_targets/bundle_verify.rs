@@ -176,7 +176,10 @@ fn path() -> PathBuf {
 /// What a verified bundle may claim: only the truth.
 fn check_proves_only_the_truth(bundle: &[u8], verified: &gatehouse_proof::bundle::Verified) {
     let t = truth();
-    assert_eq!(verified.checkpoint, t.checkpoint, "a checkpoint the key never signed");
+    assert_eq!(
+        verified.checkpoint, t.checkpoint,
+        "a checkpoint the key never signed"
+    );
     let files = files(&archive(bundle).unwrap()).expect("a verified bundle unpacks");
     let events = lines(&files["events.jsonl"]);
     let proofs = proof_lines(&files["proofs.jsonl"]);
@@ -186,8 +189,14 @@ fn check_proves_only_the_truth(bundle: &[u8], verified: &gatehouse_proof::bundle
             .entries
             .get(index)
             .unwrap_or_else(|| panic!("entry {index} is not in the ledger"));
-        assert_eq!(event, true_event, "entry {index}: an event the ledger does not hold");
-        assert_eq!(fields, true_fields, "entry {index}: fields the ledger does not hold");
+        assert_eq!(
+            event, true_event,
+            "entry {index}: an event the ledger does not hold"
+        );
+        assert_eq!(
+            fields, true_fields,
+            "entry {index}: fields the ledger does not hold"
+        );
     }
     // Recordings and tombstones are evidence too: they must be one fixture's, unchanged.
     let evidence = |files: &BTreeMap<String, Vec<u8>>| -> BTreeMap<String, Vec<u8>> {

@@ -106,15 +106,23 @@ fuzz_target!(|data: &[u8]| {
             s.uncached.authenticate(&headers, None).await,
         )
     });
-    assert_eq!(first, uncached, "the cache answered differently from a check");
-    assert_eq!(second, uncached, "the cache answered differently the second time");
+    assert_eq!(
+        first, uncached,
+        "the cache answered differently from a check"
+    );
+    assert_eq!(
+        second, uncached,
+        "the cache answered differently the second time"
+    );
 
     let Ok(verified) = first else {
         return;
     };
     // What the proxy verified: the header's token, trimmed as `bearer_token` trims it.
     let token = token.trim();
-    let (signed, signature) = token.rsplit_once('.').expect("an accepted token has three parts");
+    let (signed, signature) = token
+        .rsplit_once('.')
+        .expect("an accepted token has three parts");
     let genuine = jsonwebtoken::crypto::sign(signed.as_bytes(), &s.key, Algorithm::RS256).unwrap();
     assert_eq!(
         signature, genuine,

@@ -142,7 +142,11 @@ fuzz_target!(|data: &[u8]| {
             content_type: case.content_type,
         };
         let decided = rule_of(&policy.decide(&input));
-        assert_eq!(decided, rule_of(&policy.decide(&input)), "decide is not stable");
+        assert_eq!(
+            decided,
+            rule_of(&policy.decide(&input)),
+            "decide is not stable"
+        );
         let explained = explain(&policy, &input);
         assert_eq!(
             verdict_of(&explained.verdict),

@@ -46,7 +46,10 @@ fuzz_target!(|data: &[u8]| {
 
     let again = parse(method, &info.path, query)
         .unwrap_or_else(|e| panic!("{path:?} normalised to {:?}, which fails: {e}", info.path));
-    assert_eq!(again, info, "re-parsing the normalised path changed the reading");
+    assert_eq!(
+        again, info,
+        "re-parsing the normalised path changed the reading"
+    );
 
     assert!(info.path.starts_with('/'), "{:?}", info.path);
     if info.path != "/" {
@@ -62,7 +65,10 @@ fuzz_target!(|data: &[u8]| {
         !info.path.chars().any(|c| c.is_control()
             || c.is_whitespace()
             || !c.is_ascii()
-            || matches!(c, '?' | '#' | '"' | '<' | '>' | '\\' | '^' | '`' | '{' | '|' | '}')),
+            || matches!(
+                c,
+                '?' | '#' | '"' | '<' | '>' | '\\' | '^' | '`' | '{' | '|' | '}'
+            )),
         "the normalised path {:?} is not canonical",
         info.path
     );

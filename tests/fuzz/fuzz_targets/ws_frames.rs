@@ -61,7 +61,10 @@ fuzz_target!(|data: &[u8]| {
     let max = BOUNDS[usize::from(mode >> 1) & 3];
     let (messages, failed) = read(role, max, stream, *seed);
     let (whole, whole_failed) = read(role, max, stream, 255);
-    assert_eq!(failed, whole_failed, "the cut changed whether the stream fails");
+    assert_eq!(
+        failed, whole_failed,
+        "the cut changed whether the stream fails"
+    );
     if !failed {
         assert_eq!(messages, whole, "the cut changed what was read");
     }
@@ -76,12 +79,21 @@ fuzz_target!(|data: &[u8]| {
         }
         let encoded = message.encode(mask);
         let mut reader = FrameReader::new(role).with_max_message(max);
-        let back = reader.push(&encoded).expect("a re-encoded message reads back");
-        assert_eq!(back, [message.clone()], "decode ∘ encode is not the identity");
+        let back = reader
+            .push(&encoded)
+            .expect("a re-encoded message reads back");
+        assert_eq!(
+            back,
+            [message.clone()],
+            "decode ∘ encode is not the identity"
+        );
         assert_eq!(back[0].encode(mask), encoded, "encoding is not stable");
         assert_eq!(reader.buffered(), 0);
 
-        for protocol in Subprotocol::ALL.into_iter().filter(|p| p.is_channel_framed()) {
+        for protocol in Subprotocol::ALL
+            .into_iter()
+            .filter(|p| p.is_channel_framed())
+        {
             let Ok(Some(decoded)) = channel::decode(protocol, message) else {
                 continue;
             };
