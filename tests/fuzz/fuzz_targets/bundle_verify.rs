@@ -47,12 +47,15 @@ struct EntryFields {
     previous_hash: String,
 }
 
+/// A bundle's files by path.
+type Files = BTreeMap<String, Vec<u8>>;
+
 struct Truth {
     key: NoteVerifier,
     /// By index: the event's bytes and its entry's fields.
     entries: HashMap<u64, (Vec<u8>, EntryFields)>,
     /// The files of each fixture, decompressed, and the archive itself.
-    fixtures: Vec<(BTreeMap<String, Vec<u8>>, Vec<u8>)>,
+    fixtures: Vec<(Files, Vec<u8>)>,
     checkpoint: gatehouse_proof::checkpoint::Checkpoint,
     dir: tempfile::TempDir,
 }
@@ -66,7 +69,7 @@ fn archive(bundle: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn files(tar_bytes: &[u8]) -> Option<BTreeMap<String, Vec<u8>>> {
+fn files(tar_bytes: &[u8]) -> Option<Files> {
     let mut files = BTreeMap::new();
     let mut archive = tar::Archive::new(tar_bytes);
     for entry in archive.entries().ok()? {
@@ -199,7 +202,7 @@ fn check_proves_only_the_truth(bundle: &[u8], verified: &gatehouse_proof::bundle
         );
     }
     // Recordings and tombstones are evidence too: they must be one fixture's, unchanged.
-    let evidence = |files: &BTreeMap<String, Vec<u8>>| -> BTreeMap<String, Vec<u8>> {
+    let evidence = |files: &Files| -> Files {
         files
             .iter()
             .filter(|(n, _)| n.starts_with("recordings/") || *n == "tombstones.jsonl")

@@ -84,7 +84,7 @@ fuzz_target!(|data: &[u8]| {
             .expect("a re-encoded message reads back");
         assert_eq!(
             back,
-            [message.clone()],
+            std::slice::from_ref(message),
             "decode ∘ encode is not the identity"
         );
         assert_eq!(back[0].encode(mask), encoded, "encoding is not stable");
