@@ -157,10 +157,12 @@ fn edit(bytes: &mut [u8], ops: &[u8]) {
 /// A sealed bundle from an archive: the exact gzip header bundles use, then the seal.
 fn sealed(tar_bytes: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();
+    // The default level: the header's XFL byte says "fast" or "best" for the others, and a
+    // verifier accepts only the header bundles are written with.
     let mut gz = flate2::GzBuilder::new()
         .mtime(0)
         .operating_system(255)
-        .write(&mut body, Compression::fast());
+        .write(&mut body, Compression::default());
     gz.write_all(tar_bytes).unwrap();
     gz.finish().unwrap();
     reseal(body)
