@@ -377,7 +377,11 @@ impl FrameReader {
 
     /// Inflates one frame's share of the connection's zlib stream (ends at a sync flush).
     fn inflate_block(&mut self, mut input: &[u8]) -> Result<Vec<u8>, StreamError> {
-        let mut out: Vec<u8> = Vec::with_capacity(input.len().saturating_mul(4).max(256));
+        // Room for a typical ratio, but never more than the bound allows (plus the one byte
+        // that shows a block is over it): a 16 MiB frame must not reserve 64 MiB.
+        let room = input.len().saturating_mul(4).max(256);
+        let mut out: Vec<u8> =
+            Vec::with_capacity(room.min(self.max_header_block.saturating_add(1)));
         loop {
             if out.len() == out.capacity() {
                 if out.len() >= self.max_header_block {
@@ -956,6 +960,22 @@ mod tests {
         assert!(matches!(err, StreamError::TooLarge { .. }), "{err}");
         let ok = FrameReader::new().push(&bytes).unwrap();
         assert_eq!(ok.len(), 1);
+        // At the bound exactly, read; one byte over, refused (the reservation is capped at the
+        // bound, so both sides of it are worth a check). The block: count, then one pair.
+        let at_bound = 4 + 4 + 3 + 4 + 4096;
+        assert_eq!(
+            FrameReader::new()
+                .with_max_header_block(at_bound)
+                .push(&bytes)
+                .unwrap()
+                .len(),
+            1
+        );
+        let err = FrameReader::new()
+            .with_max_header_block(at_bound - 1)
+            .push(&bytes)
+            .unwrap_err();
+        assert!(matches!(err, StreamError::TooLarge { .. }), "{err}");
     }
 
     fn raw_block(pairs: &[(&str, &str)]) -> Vec<u8> {
