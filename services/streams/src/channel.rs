@@ -179,12 +179,17 @@ pub fn decode(
 }
 
 /// The message carrying `payload` on `channel`: binary, or text for the base64 protocols.
+/// There the channel is the byte `'0' + channel`; from channel 80 on that byte is not ASCII, so
+/// the message goes binary (readers take either), never as the UTF-8 of another character.
 pub fn encode(protocol: Subprotocol, channel: u8, payload: &[u8]) -> Message {
     if protocol.is_base64() {
-        let mut text = String::with_capacity(1 + payload.len().div_ceil(3) * 4);
-        text.push(char::from(b'0'.wrapping_add(channel)));
-        STANDARD.encode_string(payload, &mut text);
-        Message::Text(Bytes::from(text))
+        let mut out = Vec::with_capacity(1 + payload.len().div_ceil(3) * 4);
+        out.push(b'0'.wrapping_add(channel));
+        out.extend_from_slice(STANDARD.encode(payload).as_bytes());
+        match String::from_utf8(out) {
+            Ok(text) => Message::Text(Bytes::from(text)),
+            Err(e) => Message::Binary(Bytes::from(e.into_bytes())),
+        }
     } else {
         let mut buf = Vec::with_capacity(payload.len() + 1);
         buf.push(channel);
@@ -261,6 +266,24 @@ mod tests {
         assert!(decode(Subprotocol::V4Base64Channel, &bad).is_err());
         let below = Message::Text(Bytes::from_static(b" aGk="));
         assert!(decode(Subprotocol::V4Base64Channel, &below).is_err());
+    }
+
+    /// Found by fuzzing (tests/fuzz, ws_frames): channel 146 was encoded as the two UTF-8
+    /// bytes of U+00C2 and read back as channel 147 with broken base64.
+    #[test]
+    fn every_channel_a_base64_message_can_name_round_trips() {
+        for channel in 0..=(u8::MAX - b'0') {
+            let m = encode(Subprotocol::V4Base64Channel, channel, b"hi");
+            assert_eq!(
+                decode(Subprotocol::V4Base64Channel, &m).unwrap(),
+                Some(ChannelMessage::Data {
+                    channel,
+                    payload: Bytes::from_static(b"hi")
+                }),
+                "{m:?}"
+            );
+            assert_eq!(matches!(m, Message::Text(_)), channel < 80);
+        }
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! type(16) | flags(8) | length(24)`, data frames with `0 | stream-id(31) | flags(8) |
 //! length(24)`. Only version 3 is accepted.
 
+use std::collections::HashSet;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
@@ -375,7 +377,11 @@ impl FrameReader {
 
     /// Inflates one frame's share of the connection's zlib stream (ends at a sync flush).
     fn inflate_block(&mut self, mut input: &[u8]) -> Result<Vec<u8>, StreamError> {
-        let mut out: Vec<u8> = Vec::with_capacity(input.len().saturating_mul(4).max(256));
+        // Room for a typical ratio, but never more than the bound allows (plus the one byte
+        // that shows a block is over it): a 16 MiB frame must not reserve 64 MiB.
+        let room = input.len().saturating_mul(4).max(256);
+        let mut out: Vec<u8> =
+            Vec::with_capacity(room.min(self.max_header_block.saturating_add(1)));
         loop {
             if out.len() == out.capacity() {
                 if out.len() >= self.max_header_block {
@@ -448,6 +454,7 @@ fn parse_header_block(mut raw: &[u8]) -> Result<Headers, StreamError> {
         )));
     }
     let mut headers = Vec::with_capacity(count);
+    let mut names = HashSet::with_capacity(count);
     let take = |raw: &mut &[u8]| -> Result<Vec<u8>, StreamError> {
         if raw.len() < 4 {
             return Err(truncated());
@@ -466,9 +473,16 @@ fn parse_header_block(mut raw: &[u8]) -> Result<Headers, StreamError> {
         if name.is_empty() {
             return Err(spdy_err("empty header name"));
         }
-        let name = String::from_utf8(name)
-            .map_err(|_| spdy_err("header name is not UTF-8"))?
-            .to_ascii_lowercase();
+        let name = String::from_utf8(name).map_err(|_| spdy_err("header name is not UTF-8"))?;
+        // kubectl's and the kubelet's framer (moby/spdystream) refuse a block with a name that
+        // is not lower-case or that appears twice; read here, such a block would have a reading
+        // (the first `streamtype`, say) that the peer never acts on.
+        if name.to_lowercase() != name {
+            return Err(spdy_err(format!("header name {name:?} is not lower-case")));
+        }
+        if !names.insert(name.clone()) {
+            return Err(spdy_err(format!("header name {name:?} appears twice")));
+        }
         let value = String::from_utf8(value).map_err(|_| spdy_err("header value is not UTF-8"))?;
         for v in value.split('\0') {
             headers.push((name.clone(), v.to_owned()));
@@ -946,5 +960,55 @@ mod tests {
         assert!(matches!(err, StreamError::TooLarge { .. }), "{err}");
         let ok = FrameReader::new().push(&bytes).unwrap();
         assert_eq!(ok.len(), 1);
+        // At the bound exactly, read; one byte over, refused (the reservation is capped at the
+        // bound, so both sides of it are worth a check). The block: count, then one pair.
+        let at_bound = 4 + 4 + 3 + 4 + 4096;
+        assert_eq!(
+            FrameReader::new()
+                .with_max_header_block(at_bound)
+                .push(&bytes)
+                .unwrap()
+                .len(),
+            1
+        );
+        let err = FrameReader::new()
+            .with_max_header_block(at_bound - 1)
+            .push(&bytes)
+            .unwrap_err();
+        assert!(matches!(err, StreamError::TooLarge { .. }), "{err}");
+    }
+
+    fn raw_block(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let mut raw = Vec::new();
+        raw.put_u32(pairs.len() as u32);
+        for (name, value) in pairs {
+            raw.put_u32(name.len() as u32);
+            raw.extend_from_slice(name.as_bytes());
+            raw.put_u32(value.len() as u32);
+            raw.extend_from_slice(value.as_bytes());
+        }
+        raw
+    }
+
+    /// Found by fuzzing (tests/fuzz, spdy_frames): a block naming `requestid` twice was read
+    /// (and a `StreamType` lower-cased), where kubectl's and the kubelet's framer refuse it.
+    #[test]
+    fn header_names_are_lower_case_and_unique_as_the_peers_require() {
+        let ok = parse_header_block(&raw_block(&[("streamtype", "data"), ("port", "80\08080")]));
+        assert_eq!(
+            ok.unwrap(),
+            h(&[("streamtype", "data"), ("port", "80"), ("port", "8080")])
+        );
+        let twice = raw_block(&[
+            ("streamtype", "stdin"),
+            ("port", "1"),
+            ("streamtype", "error"),
+        ]);
+        let err = parse_header_block(&twice).unwrap_err();
+        assert!(err.to_string().contains("appears twice"), "{err}");
+        for name in ["StreamType", "STREAMTYPE", "streamtypÉ"] {
+            let err = parse_header_block(&raw_block(&[(name, "stdin")])).unwrap_err();
+            assert!(err.to_string().contains("not lower-case"), "{err}");
+        }
     }
 }
