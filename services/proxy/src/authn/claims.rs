@@ -13,7 +13,9 @@
 //!
 //! The Kubernetes principal deliberately differs from the cluster's own
 //! `system:serviceaccount:NS:NAME`: the proxy impersonates the principal upstream, and a token
-//! from one cluster must not become a service account of the cluster behind the proxy.
+//! from one cluster must not become a service account of the cluster behind the proxy. For the
+//! same reason no mapping may yield a principal beginning with `system:` (a generic issuer's
+//! `sub: system:serviceaccount:…` is refused; a `principal_prefix` keeps such names apart).
 //!
 //! Template values are taken as they are; a template mixing claims should put a claim the
 //! issuer alone controls first (GitHub's `repository`), since a free-text claim (a GitHub
@@ -213,6 +215,18 @@ impl ClaimRules {
                 add(format!("{}{group}", self.groups_prefix));
             }
         }
+        let principal = format!("{}{principal}", self.principal_prefix);
+        // Impersonated upstream as `system:kube-controller-manager` or `system:node:…`, a
+        // token would act as a part of Kubernetes: no issuer may name one.
+        if principal.starts_with(SYSTEM_PREFIX) {
+            return Err(AuthnError::NoPrincipal(
+                principal
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(256)
+                    .collect(),
+            ));
+        }
         let attributes = self
             .attributes
             .iter()
@@ -221,7 +235,7 @@ impl ClaimRules {
         Ok(Verified {
             issuer: issuer.to_owned(),
             subject,
-            principal: format!("{}{principal}", self.principal_prefix),
+            principal,
             groups,
             attributes,
         })
@@ -425,6 +439,25 @@ mod tests {
         assert_eq!(v.groups, vec!["idp:ops"]);
         let v = rules("groups: ''").apply("i", &c).unwrap();
         assert!(v.groups.is_empty());
+    }
+
+    #[test]
+    fn a_principal_kubernetes_reserves_is_refused() {
+        for sub in [
+            "system:kube-controller-manager",
+            "system:node:n1",
+            "system:admin",
+        ] {
+            let c = claims(serde_json::json!({"sub": sub}));
+            assert!(
+                matches!(rules("{}").apply("i", &c), Err(AuthnError::NoPrincipal(p)) if p == sub),
+                "{sub}"
+            );
+        }
+        // A prefix keeps an IdP's names apart from Kubernetes' own.
+        let c = claims(serde_json::json!({"sub": "system:admin"}));
+        let v = rules("principal_prefix: 'idp:'").apply("i", &c).unwrap();
+        assert_eq!(v.principal, "idp:system:admin");
     }
 
     #[test]
