@@ -13,23 +13,9 @@
 //! - a resource request's verb is one of the Kubernetes verbs (or a streaming subresource).
 #![no_main]
 
+use gatehouse_proxy::policy::matcher::RESOURCE_VERBS;
 use gatehouse_proxy::request_info::parse;
 use libfuzzer_sys::fuzz_target;
-
-const VERBS: [&str; 12] = [
-    "get",
-    "list",
-    "watch",
-    "create",
-    "update",
-    "patch",
-    "delete",
-    "deletecollection",
-    "proxy",
-    "exec",
-    "attach",
-    "portforward",
-];
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -76,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
     if info.is_resource_request {
         assert!(!info.resource.is_empty(), "{info:?}");
         assert!(
-            VERBS.contains(&info.verb.as_str()),
+            RESOURCE_VERBS.contains(&info.verb.as_str()),
             "verb {:?} of {info:?}",
             info.verb
         );
