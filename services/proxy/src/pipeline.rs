@@ -615,11 +615,13 @@ impl Pipeline {
                 // Masking changes the length.
                 parts.headers.remove(http::header::CONTENT_LENGTH);
                 let mut body = MaskingBody::new(body, masker, stats.clone());
+                // Text (logs, `-f` too) is masked line by line and never refused: it starts
+                // at once, like a watch.
                 if json && ctx.info.verb == "watch" {
                     let event = Rejection::Unmaskable("a watch event".into())
                         .watch_error_event(Some(&ctx.info));
                     body = body.ending_watches_with(event);
-                } else if let Err(why) = body.prime().await {
+                } else if json && let Err(why) = body.prime().await {
                     return self.withhold(ctx, why.to_string(), record);
                 }
                 body.boxed_unsync()
