@@ -588,8 +588,8 @@ impl Pipeline {
     ///
     /// What is masked is decided by the response: its headers must say JSON, uncompressed,
     /// and the masker reads each document for what it is. A response that cannot be masked is
-    /// withheld with a 502 before anything of it is sent: for everything but a watch, the body
-    /// is read until the masker has something to send. A watch's response starts at once (as
+    /// withheld with a 502 before anything of it is sent: for a JSON answer other than a watch,
+    /// the body is read until the masker has something to send. A watch's response starts at once (as
     /// kube-apiserver's does, so clients see it open before its first event); an event that
     /// cannot be masked ends it with an `ERROR` event instead.
     async fn stream_back(
