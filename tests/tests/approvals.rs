@@ -250,6 +250,28 @@ async fn a_denied_hold_is_refused_with_its_approval_id_and_only_approvers_may_vo
             .await
             .unwrap_err();
         assert!(stranger.to_string().contains("403"), "{stranger}");
+        // `gatehouse approvals vote` as someone not in the registry: refused, exit 1 (not 2).
+        {
+            #[derive(clap::Parser)]
+            struct Cli {
+                #[command(subcommand)]
+                command: gatehouse::approvals_cmd::ApprovalsCommand,
+            }
+            let token = bed.home().join("mallory.jwt");
+            std::fs::write(&token, bed.mint("mallory@example.com")?)?;
+            let cli = <Cli as clap::Parser>::try_parse_from([
+                "gatehouse".as_ref(),
+                "vote".as_ref(),
+                hold.approval_id.as_ref(),
+                "--approve".as_ref(),
+                "--server".as_ref(),
+                bed.stack().approval_url().as_ref(),
+                "--token-file".as_ref(),
+                token.as_os_str(),
+            ])?;
+            let code = gatehouse::approvals_cmd::approvals(cli.command).await?;
+            assert_eq!(code, std::process::ExitCode::from(1));
+        }
         // Ids that are not ULIDs are refused at the edge with a 400, not looked up.
         for bad in ["not-an-id", "01M97TMFSJFREH331J9MPWQEZ%00", &"Z".repeat(26)] {
             let refused = alice.show(bad).await.unwrap_err().to_string();

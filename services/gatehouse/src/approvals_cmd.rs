@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use gatehouse_approval::api::HoldSummary;
-use gatehouse_approval::client::ApprovalClient;
+use gatehouse_approval::client::{ApprovalClient, ClientError};
 use gatehouse_events::Ballot;
 
 /// Where the approval service is and who is calling.
@@ -156,10 +156,22 @@ pub async fn approvals(command: ApprovalsCommand) -> anyhow::Result<ExitCode> {
                 (_, true, _) => Ballot::Deny,
                 _ => Ballot::Withdraw,
             };
-            let result = connection
+            let result = match connection
                 .client()?
                 .vote(&approval_id, ballot, comment.as_deref())
-                .await?;
+                .await
+            {
+                Ok(result) => result,
+                // Not an approver at all: as refused as a vote that does not count.
+                Err(ClientError::Refused {
+                    status: 403,
+                    message,
+                }) => {
+                    eprintln!("refused: {message}");
+                    return Ok(ExitCode::from(1));
+                }
+                Err(e) => return Err(e.into()),
+            };
             if !result.counted {
                 eprintln!(
                     "refused: {}",

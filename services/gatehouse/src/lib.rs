@@ -71,9 +71,13 @@ pub fn init_logging(format: LogFormat) {
             let _ = logging::json_subscriber(filter, std::io::stderr).try_init();
         }
         LogFormat::Text => {
+            // Colour only for a person at a terminal: a log file or pipe gets plain text.
+            use std::io::IsTerminal as _;
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_writer(std::io::stderr)
+                .with_ansi(colour)
                 .compact()
                 .try_init();
         }

@@ -76,3 +76,61 @@ fn a_kubeconfig_that_cannot_be_used_is_refused_naming_it() {
     assert!(stderr.contains("exec.kubeconfig"), "{stderr}");
     assert!(stderr.contains("exec"), "{stderr}");
 }
+
+/// Its log, when not written to a terminal, is plain text: no colour escapes in a file or pipe.
+#[test]
+fn a_log_that_is_not_a_terminal_has_no_colour_codes() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse-up"))
+        .args(["--sandbox", "--data-dir", dir.path().to_str().unwrap()])
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running gatehouse-up");
+    let stderr = child.stderr.take().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut log = String::new();
+    // Wait for log lines from the running services (tracing's level names), not only the
+    // plain progress messages.
+    while !log.contains("INFO") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match seen.recv_timeout(left) {
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+            }
+            Err(_) => break,
+        }
+    }
+    // SIGTERM: `up` stops its nats-server and the rest in order (a SIGKILL would leave them).
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let stop_by = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().ok().flatten().is_none() && Instant::now() < stop_by {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        log.contains("INFO"),
+        "no log line within the deadline:\n{log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log:\n{log}"
+    );
+}
