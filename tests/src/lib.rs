@@ -312,6 +312,15 @@ pub struct Reply {
     pub body: Value,
 }
 
+/// One plain GET (an admin port's `/metrics`, `/readyz`): the status and the body as text.
+pub async fn http_get(url: &str) -> Result<(u16, String)> {
+    let client = https_client::<Full<Bytes>>(client_tls(None, true)?, Duration::from_secs(5));
+    let response = client.get(url.parse()?).await?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8(body.to_vec())?))
+}
+
 /// What to start a [`TestBed`] with beyond the demo.
 #[derive(Debug, Default, Clone)]
 pub struct BedOptions {
@@ -466,12 +475,7 @@ impl TestBed {
 
     /// GET on the proxy's admin port (plain HTTP): (status, body).
     pub async fn admin_get(&self, path: &str) -> Result<(u16, String)> {
-        let client = https_client::<Full<Bytes>>(client_tls(None, true)?, Duration::from_secs(5));
-        let url = format!("{}{path}", self.stack().proxy_admin_url());
-        let response = client.get(url.parse()?).await?;
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok((status, String::from_utf8(body.to_vec())?))
+        http_get(&format!("{}{path}", self.stack().proxy_admin_url())).await
     }
 
     /// The demo issuer's URL (the `iss` it mints).

@@ -228,13 +228,14 @@ impl Tamperer {
         let (query, tamper) = unmark(parts.uri.query().unwrap_or_default());
         let mut query = query;
         match tamper {
-            Some(Tamper::ListAsWatch) => query.push(("watch".into(), "1".into())),
+            // A short timeout, so the stream the list becomes ends.
+            Some(Tamper::ListAsWatch) => {
+                query.retain(|(k, _)| k != "timeoutSeconds");
+                query.push(("watch".into(), "1".into()));
+                query.push(("timeoutSeconds".into(), "2".into()));
+            }
             Some(Tamper::WatchAsList) => query.retain(|(k, _)| k != "watch"),
             _ => {}
-        }
-        if tamper == Some(Tamper::ListAsWatch) {
-            query.retain(|(k, _)| k != "timeoutSeconds");
-            query.push(("timeoutSeconds".into(), "2".into()));
         }
         let accept = match tamper {
             Some(Tamper::Table) => Some("application/json;as=Table;v=v1;g=meta.k8s.io"),

@@ -162,8 +162,6 @@ async fn every_port_cuts_a_client_that_never_finishes_its_headers() -> Result {
             "{series}\n{proxy_metrics}"
         );
     }
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
     for (addr, prefix, listeners) in [
         (approval_admin, "gatehouse_approval", ["approval", "admin"]),
         (
@@ -172,12 +170,8 @@ async fn every_port_cuts_a_client_that_never_finishes_its_headers() -> Result {
             ["auditor_api", "admin"],
         ),
     ] {
-        let response = client
-            .get(format!("http://{addr}/metrics").parse()?)
-            .await?;
-        assert_eq!(response.status(), 200);
-        let body = http_body_util::BodyExt::collect(response.into_body()).await?;
-        let text = String::from_utf8(body.to_bytes().to_vec())?;
+        let (status, text) = gatehouse_tests::http_get(&format!("http://{addr}/metrics")).await?;
+        assert_eq!(status, 200);
         for listener in listeners {
             let series = format!(
                 "{prefix}_connections_timed_out_total{{listener=\"{listener}\",reason=\"header_read\"}}"

@@ -1250,7 +1250,8 @@ async fn an_answer_is_masked_for_what_it_is_or_withheld() -> Result {
     assert_eq!(completed.data()["outcome"], "withheld");
     withheld += 1;
 
-    let metrics = admin_metrics(&tampered.admin_addr).await?;
+    let (_, metrics) =
+        gatehouse_tests::http_get(&format!("http://{}/metrics", tampered.admin_addr)).await?;
     assert!(
         metrics
             .lines()
@@ -1275,16 +1276,4 @@ async fn an_answer_is_masked_for_what_it_is_or_withheld() -> Result {
         "{err}"
     );
     Ok(())
-}
-
-/// A proxy's `/metrics`, from its admin port (plain HTTP on loopback).
-async fn admin_metrics(addr: &std::net::SocketAddr) -> anyhow::Result<String> {
-    use http_body_util::{BodyExt, Empty};
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<bytes::Bytes>>();
-    let response = client
-        .get(format!("http://{addr}/metrics").parse()?)
-        .await?;
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok(String::from_utf8_lossy(&body).into_owned())
 }
