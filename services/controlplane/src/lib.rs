@@ -123,6 +123,31 @@ impl ControlPlane {
     /// order, each once the one before is ready; returns when nodes are Ready and the
     /// controllers have made the `default` ServiceAccount.
     pub async fn start(options: Options) -> Result<Self, ControlPlaneError> {
+        // Ports are found free and then handed to the processes, so another process can take
+        // one in between (ephemeral ports serve outgoing connections too): a component that
+        // could not bind its port is started again, with the rest, on new ports.
+        const ATTEMPTS: u32 = 3;
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(&options).await {
+                Err(ControlPlaneError::Exited { name, tail, .. })
+                    if attempt < ATTEMPTS && tail.contains("address already in use") =>
+                {
+                    tracing::warn!(component = %name, attempt, "a port was taken before its component bound it; starting again on new ports");
+                    let data = absolute(&options.dir)?.join("etcd");
+                    if data.exists() {
+                        std::fs::remove_dir_all(&data).map_err(|e| {
+                            ControlPlaneError::Io(format!("removing {}", data.display()), e)
+                        })?;
+                    }
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(options: &Options) -> Result<Self, ControlPlaneError> {
         let binaries = Binaries::locate()?;
         let dir = absolute(&options.dir)?;
         let started = Instant::now();
