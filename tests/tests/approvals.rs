@@ -417,3 +417,246 @@ async fn a_client_that_goes_away_withdraws_its_hold() -> Result {
     assert!(of(&finished.events, &hold.request_id, "approval.decided").is_empty());
     Ok(())
 }
+
+/// The approval service's signed statement for `hold`, signed with `key`, valid for
+/// `valid_for` seconds and naming `request_id` as the request it decides.
+fn decision_signed_by(
+    key: &gatehouse_proof::checkpoint::NoteSigner,
+    hold: &gatehouse_approval::api::HoldSummary,
+    request_id: &str,
+    valid_for: i64,
+) -> gatehouse_events::ApprovalDecided {
+    use gatehouse_events::*;
+    let now = time::OffsetDateTime::now_utc();
+    let decision = ApprovalDecided {
+        request_id: request_id.to_owned(),
+        approval_id: hold.approval_id.clone(),
+        outcome: ApprovalOutcome::Approved,
+        votes: vec![CountedVote {
+            approver: "bob@example.com".into(),
+            vote: Ballot::Approve,
+            channel: ChannelKind::Api,
+            via: VoteVia::Command,
+            at: envelope::format_rfc3339(now),
+            comment: None,
+        }],
+        decided_at: envelope::format_rfc3339(now),
+        grant_id: None,
+        attestation: None,
+    };
+    let statement = DecisionStatement {
+        decision: decision.clone(),
+        principal: hold.principal.clone(),
+        rule: hold.rule.clone(),
+        request: RequestInfo {
+            is_resource_request: true,
+            path: format!("/api/v1/namespaces/prod/configmaps/{}", hold.name),
+            verb: "delete".into(),
+            api_prefix: "api".into(),
+            api_version: "v1".into(),
+            namespace: "prod".into(),
+            resource: "configmaps".into(),
+            name: hold.name.clone(),
+            ..RequestInfo::default()
+        },
+        valid_until: envelope::format_rfc3339(now + time::Duration::seconds(valid_for)),
+    };
+    ApprovalDecided {
+        attestation: Some(gatehouse_proof::attest::sign(
+            key,
+            DECISION_STATEMENT,
+            &statement,
+        )),
+        ..decision
+    }
+}
+
+/// A grant letting ci-deployer delete configmaps in prod for ten minutes, signed by `key`.
+fn grant_signed_by(
+    key: Option<&gatehouse_proof::checkpoint::NoteSigner>,
+) -> gatehouse_events::GrantIssued {
+    use gatehouse_events::*;
+    let grant = GrantIssued {
+        request_id: EventId::new().to_string(),
+        grant_id: EventId::new().to_string(),
+        approval_id: EventId::new().to_string(),
+        principal: "ci-deployer".into(),
+        rule: "deployer-delete-prod".into(),
+        verb: "delete".into(),
+        api_group: String::new(),
+        resource: "configmaps".into(),
+        subresource: String::new(),
+        namespace: "prod".into(),
+        expires_at: envelope::format_rfc3339(
+            time::OffsetDateTime::now_utc() + time::Duration::minutes(10),
+        ),
+        approved_by: vec!["bob@example.com".into()],
+        attestation: None,
+    };
+    GrantIssued {
+        attestation: key.map(|k| gatehouse_proof::attest::sign(k, GRANT_STATEMENT, &grant)),
+        ..grant
+    }
+}
+
+/// `gatehouse_proxy_bus_refused_total`, summed over its labels.
+async fn refused_total(bed: &TestBed) -> anyhow::Result<u64> {
+    let (_, metrics) = bed.admin_get("/metrics").await?;
+    Ok(metrics
+        .lines()
+        .filter(|l| l.starts_with("gatehouse_proxy_bus_refused_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_decisions_and_grants_on_the_bus_release_and_admit_nothing() -> Result {
+    use gatehouse_events::{Envelope, Payload};
+    let logs = gatehouse_tests::LogCapture::install();
+    let bed = TestBed::start().await?;
+    for name in ["one", "two"] {
+        let out = bed
+            .admin_kubectl(&["create", "configmap", name, "-n", "prod"], None)
+            .await?;
+        assert!(out.success, "{}", out.stderr);
+    }
+    let kubectl =
+        bed.kubectl_spawn("ci-deployer", &["delete", "configmap", "one", "-n", "prod"])?;
+    let bob = bed.approvals_as("bob@example.com")?;
+    let hold = pending_hold(&bob).await?;
+
+    // Whoever can publish on the bus, without the approval service's key.
+    let nats = async_nats::connect(&bed.stack().nats_url).await?;
+    let jetstream = async_nats::jetstream::new(nats);
+    let attacker =
+        gatehouse_proof::checkpoint::NoteSigner::from_seed("approval.gatehouse.local", [0x42; 32])?;
+    // An insider's view: the real key, misused (a decision for another request; one past its
+    // validity), to show the proxy checks what a good signature says, too.
+    let real =
+        gatehouse_proof::attest::load_signing_key(&bed.stack().dir.join("keys/approval.key"))
+            .map_err(anyhow::Error::msg)?;
+    let mut unsigned = decision_signed_by(&attacker, &hold, &hold.request_id, 300);
+    unsigned.attestation = None;
+    // Signed votes, but the event beside the signature says otherwise.
+    let mut flipped = decision_signed_by(&real, &hold, &hold.request_id, 300);
+    flipped.votes.clear();
+    let forged = [
+        unsigned,
+        decision_signed_by(&attacker, &hold, &hold.request_id, 300),
+        flipped,
+        decision_signed_by(
+            &real,
+            &hold,
+            &gatehouse_events::EventId::new().to_string(),
+            300,
+        ),
+        decision_signed_by(&real, &hold, &hold.request_id, -5),
+    ];
+    for decision in forged {
+        let event = Envelope::new("gatehouse/approval/up", &hold.request_id, decision);
+        jetstream
+            .publish(
+                gatehouse_events::ApprovalDecided::subject(),
+                event.to_bytes()?.into(),
+            )
+            .await?
+            .await?;
+    }
+    eventually("five refused decisions", DEADLINE, || async {
+        (refused_total(&bed).await.ok()? >= 5).then_some(())
+    })
+    .await?;
+    assert_eq!(reached(&bed, "DELETE", "/configmaps/one").await?, 0);
+    assert_eq!(bob.list(false).await?.len(), 1, "still pending");
+
+    // Forged grants for the same kind of delete: unsigned, and signed by the wrong key.
+    let grants = jetstream.get_key_value("gatehouse_grants").await?;
+    for grant in [grant_signed_by(None), grant_signed_by(Some(&attacker))] {
+        grants
+            .put(&grant.grant_id, serde_json::to_vec(&grant)?.into())
+            .await?;
+    }
+    eventually("two refused grants", DEADLINE, || async {
+        (refused_total(&bed).await.ok()? >= 7).then_some(())
+    })
+    .await?;
+    let second = bed.kubectl_spawn("ci-deployer", &["delete", "configmap", "two", "-n", "prod"])?;
+    let held_too = eventually("the second delete held, not admitted", DEADLINE, || async {
+        bob.list(false)
+            .await
+            .ok()?
+            .into_iter()
+            .find(|h| h.name == "two")
+    })
+    .await?;
+    assert_eq!(reached(&bed, "DELETE", "/configmaps/two").await?, 0);
+
+    // The real decisions still decide.
+    bob.vote(&hold.approval_id, Ballot::Approve, None).await?;
+    let out = kubectl.wait_with_output().await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bob.vote(&held_too.approval_id, Ballot::Deny, None).await?;
+    assert!(!second.wait_with_output().await?.status.success());
+    assert_eq!(reached(&bed, "DELETE", "/configmaps/two").await?, 0);
+
+    if let Some(logs) = &logs {
+        let text = logs.text();
+        assert!(
+            text.contains("alarm=\"bus.refused\""),
+            "no alarm in the log"
+        );
+        assert!(!text.contains("PRIVATE+KEY"), "a key in the log");
+    }
+    let finished = bed.finish().await?;
+    let refused: Vec<(String, String, String)> = finished
+        .events
+        .iter()
+        .filter(|e| e.name() == "bus.refused")
+        .map(|e| {
+            let d = e.data();
+            let s = |k: &str| d[k].as_str().unwrap_or("").to_owned();
+            (s("message"), s("problem"), s("approval_id"))
+        })
+        .collect();
+    let decision = |problem: &str| {
+        (
+            "decision".to_owned(),
+            problem.to_owned(),
+            hold.approval_id.clone(),
+        )
+    };
+    for expected in [
+        decision("unsigned"),
+        decision("unknown_key"),
+        decision("mismatch"),
+        decision("expired"),
+    ] {
+        assert!(
+            refused.contains(&expected),
+            "{expected:?} not in {refused:?}"
+        );
+    }
+    assert_eq!(
+        refused.iter().filter(|r| r.0 == "decision").count(),
+        5,
+        "{refused:?}"
+    );
+    let grant_problems: Vec<&str> = refused
+        .iter()
+        .filter(|r| r.0 == "grant")
+        .map(|r| r.1.as_str())
+        .collect();
+    assert_eq!(grant_problems, ["unsigned", "unknown_key"]);
+    // The one decision that counted is the signed one, recorded with its signature.
+    let decided = of(&finished.events, &hold.request_id, "approval.decided");
+    assert!(decided.iter().any(|e| {
+        e.data()["attestation"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("gatehouse.dev/approval-decision/v1\n"))
+    }));
+    Ok(())
+}

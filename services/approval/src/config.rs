@@ -5,6 +5,7 @@
 //! tls: {cert_file: /tls/tls.crt, key_file: /tls/tls.key}   # omit only behind a TLS ingress
 //! nats: {url: nats://nats:4222}
 //! approvers: /etc/gatehouse/approvers.yaml
+//! signing_key_file: /etc/gatehouse/keys/approval.key   # signs decisions and grants (0600)
 //! api:                          # who may use `gatehouse approvals` / `gatehouse grants`
 //!   issuers: [{issuer: https://idp.example.com, audiences: [gatehouse]}]
 //! slack: {channel: C0123, bot_token_file: …, signing_secret_file: …}
@@ -54,6 +55,10 @@ pub struct ApprovalConfig {
     pub nats: BusConfig,
     /// The approver registry (see [`crate::approvers`]).
     pub approvers: PathBuf,
+    /// The Ed25519 key that signs every decision and grant (`gatehouse approvals keygen`;
+    /// mode 0600). Re-read before each signature, so replacing the file rotates the key; give
+    /// proxies the new verifier key first (their `approval_keys`).
+    pub signing_key_file: PathBuf,
     pub api: ApiConfig,
     #[serde(default)]
     pub slack: Option<SlackConfig>,
@@ -138,7 +143,7 @@ mod tests {
 
     fn config(extra: &str) -> Result<ApprovalConfig, String> {
         ApprovalConfig::from_yaml(&format!(
-            "nats: {{url: nats://127.0.0.1:4222}}\napprovers: a.yaml\n\
+            "nats: {{url: nats://127.0.0.1:4222}}\napprovers: a.yaml\nsigning_key_file: k\n\
              api: {{issuers: [{{issuer: https://idp.example, audiences: [a]}}]}}\n{extra}"
         ))
     }

@@ -67,6 +67,12 @@ impl ApprovalServer {
             .key_value(&grants_bucket(GRANTS_MAX_AGE, config.bucket_replicas))
             .await
             .map_err(|e| e.to_string())?;
+        // Fail at start, not at the first decision, if the key is missing or exposed.
+        let signer = gatehouse_proof::attest::load_signing_key(&config.signing_key_file)?;
+        tracing::info!(
+            key = %format!("{}/{}", signer.name(), hex::encode(signer.key_id())),
+            "decisions and grants are signed"
+        );
         let text = std::fs::read_to_string(&config.approvers)
             .map_err(|e| format!("reading approvers {}: {e}", config.approvers.display()))?;
         let approvers = Approvers::from_yaml(&text)
@@ -107,7 +113,10 @@ impl ApprovalServer {
             grants,
             approvers,
             channels.clone(),
-            config.max_grant_window,
+            crate::service::DecisionSettings {
+                max_grant_window: config.max_grant_window,
+                signing_key_file: config.signing_key_file.clone(),
+            },
         ));
         let votes: Arc<dyn crate::channel::VoteSink> = Arc::new(Arc::clone(&service));
         let mut router = crate::api::routes(Arc::clone(&service), Arc::new(authenticator))

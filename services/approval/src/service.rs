@@ -14,6 +14,7 @@
 //! counts the deciding vote.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -26,8 +27,8 @@ use futures::future::BoxFuture;
 use gatehouse_bus::{Bus, DurableConsumer};
 use gatehouse_events::{
     ApprovalDecided, ApprovalOutcome, ApprovalPosted, ApprovalVote, Ballot, ChannelKind,
-    CountedVote, Envelope, EventId, GrantIssued, GrantRevoked, Payload, RequestHeld,
-    RequestWithdrawn,
+    CountedVote, DECISION_STATEMENT, DecisionStatement, Envelope, EventId, GRANT_STATEMENT,
+    GrantIssued, GrantRevoked, Payload, RequestHeld, RequestWithdrawn,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -100,7 +101,23 @@ pub struct Service {
     channels: Vec<Channel>,
     /// Upper bound on any grant's window, whatever a rule asks.
     max_grant_window: Duration,
+    /// The key that signs decisions and grants, re-read for each so a rotation needs no
+    /// restart.
+    signing_key_file: PathBuf,
 }
+
+/// How decisions are made and sent.
+#[derive(Clone, Debug)]
+pub struct DecisionSettings {
+    /// Upper bound on any grant's window, whatever a rule asks.
+    pub max_grant_window: Duration,
+    /// The key that signs decisions and grants.
+    pub signing_key_file: PathBuf,
+}
+
+/// How long a signed decision may be acted on: proxies receive it within milliseconds; the
+/// margin covers a resend after a crash and clocks that disagree.
+pub const DECISION_VALIDITY: Duration = Duration::from_secs(5 * 60);
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -130,7 +147,7 @@ impl Service {
         grants: kv::Store,
         approvers: Approvers,
         channels: Vec<Channel>,
-        max_grant_window: Duration,
+        decisions: DecisionSettings,
     ) -> Self {
         Self {
             bus,
@@ -139,7 +156,8 @@ impl Service {
             grants,
             approvers,
             channels,
-            max_grant_window,
+            max_grant_window: decisions.max_grant_window,
+            signing_key_file: decisions.signing_key_file,
         }
     }
 
@@ -388,8 +406,17 @@ impl Service {
         let Some(decision) = &record.decision else {
             return;
         };
+        let signer = match gatehouse_proof::attest::load_signing_key(&self.signing_key_file) {
+            Ok(signer) => signer,
+            Err(e) => {
+                tracing::error!(approval_id = %decision.approval_id, error = %e, "the decision cannot be signed; will retry");
+                return;
+            }
+        };
+        let (decision, grant) = attest(&signer, record, decision, SystemTime::now());
+        let decision = &decision;
         let request_id = &record.held.request_id;
-        if let Some(grant) = &record.grant {
+        if let Some(grant) = &grant {
             let value = match serde_json::to_vec(grant) {
                 Ok(value) => value,
                 Err(e) => {
@@ -834,6 +861,7 @@ fn decide(
                     .iter()
                     .map(|v: &CountedVote| v.approver.clone())
                     .collect(),
+                attestation: None,
             })
         }
         _ => None,
@@ -845,10 +873,45 @@ fn decide(
         votes,
         decided_at: at.to_owned(),
         grant_id: grant.as_ref().map(|g| g.grant_id.clone()),
+        attestation: None,
     });
     record.decision_event_id = Some(EventId::new().to_string());
     record.grant_event_id = grant.as_ref().map(|_| EventId::new().to_string());
     record.grant = grant;
+}
+
+/// The decision and its grant as sent: each with the signed statement proxies act on.
+fn attest(
+    signer: &gatehouse_proof::checkpoint::NoteSigner,
+    record: &ApprovalRecord,
+    decision: &ApprovalDecided,
+    now: SystemTime,
+) -> (ApprovalDecided, Option<GrantIssued>) {
+    let held = &record.held;
+    let statement = DecisionStatement {
+        decision: decision.unattested(),
+        principal: held.identity.principal.clone(),
+        rule: held.rule.clone(),
+        request: held.request.clone(),
+        valid_until: format_time(now + DECISION_VALIDITY),
+    };
+    let decision = ApprovalDecided {
+        attestation: Some(gatehouse_proof::attest::sign(
+            signer,
+            DECISION_STATEMENT,
+            &statement,
+        )),
+        ..decision.unattested()
+    };
+    let grant = record.grant.as_ref().map(|grant| GrantIssued {
+        attestation: Some(gatehouse_proof::attest::sign(
+            signer,
+            GRANT_STATEMENT,
+            &grant.unattested(),
+        )),
+        ..grant.unattested()
+    });
+    (decision, grant)
 }
 
 async fn post_with_retries(channel: &Channel, view: &HoldView) -> Result<Posted, ChannelError> {

@@ -159,6 +159,10 @@ pub struct ApprovalDecided {
     pub decided_at: String,
     /// The grant the approval opened, if the rule has a grant window.
     pub grant_id: Option<String>,
+    /// The approval service's signed [`DecisionStatement`] (a signed note); proxies act on the
+    /// statement, never on the fields beside it. Absent only in events from before signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<String>,
 }
 
 impl Payload for ApprovalDecided {
@@ -185,6 +189,50 @@ pub struct GrantIssued {
     pub expires_at: String,
     /// The approvers whose votes opened it.
     pub approved_by: Vec<String>,
+    /// The approval service's signature over this grant (a signed note whose statement is the
+    /// grant without this field). Absent only in events from before signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<String>,
+}
+
+/// The kind line of a signed [`DecisionStatement`].
+pub const DECISION_STATEMENT: &str = "gatehouse.dev/approval-decision/v1";
+/// The kind line of a signed grant ([`GrantIssued`] without its attestation).
+pub const GRANT_STATEMENT: &str = "gatehouse.dev/grant/v1";
+
+/// What the approval service signs when it decides: the decision, the held request it
+/// decides (so it cannot be applied to another), and how long it may be acted on.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionStatement {
+    /// The decision, without its attestation.
+    pub decision: ApprovalDecided,
+    /// The held request, as `request.held` described it.
+    pub principal: String,
+    pub rule: String,
+    pub request: RequestInfo,
+    /// RFC 3339 UTC; a proxy refuses the statement after this.
+    pub valid_until: String,
+}
+
+impl ApprovalDecided {
+    /// This decision without its attestation: what a [`DecisionStatement`] holds.
+    pub fn unattested(&self) -> Self {
+        Self {
+            attestation: None,
+            ..self.clone()
+        }
+    }
+}
+
+impl GrantIssued {
+    /// This grant without its attestation: the signed statement.
+    pub fn unattested(&self) -> Self {
+        Self {
+            attestation: None,
+            ..self.clone()
+        }
+    }
 }
 
 impl Payload for GrantIssued {
@@ -204,4 +252,85 @@ pub struct GrantRevoked {
 
 impl Payload for GrantRevoked {
     const NAME: &'static str = "grant.revoked";
+}
+
+/// What was refused in a [`BusRefused`].
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusedMessage {
+    /// An `approval.decided` event on the stream.
+    Decision,
+    /// A value in the grants bucket.
+    Grant,
+}
+
+/// Why it was refused.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalProblem {
+    /// Not a decision or grant at all.
+    Unreadable,
+    Unsigned,
+    /// Signed by a key the service does not trust.
+    UnknownKey,
+    /// Signed by a trusted key, but the signature does not verify: changed or forged.
+    BadSignature,
+    /// Signed by a key whose trust window has ended.
+    RetiredKey,
+    /// The signed statement is not for what it came with (another approval id, request,
+    /// principal or grant key, or other fields than those signed).
+    Mismatch,
+    /// A statement already acted on, sent again (or a revoked grant written back).
+    Replayed,
+    /// Past its validity: a decision after `valid_until`, a grant written after it expired.
+    Expired,
+}
+
+/// `bus.refused`: a message a service would have acted on (a decision, a grant) was refused
+/// because it could not be verified; nothing was released or admitted on it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BusRefused {
+    pub message: RefusedMessage,
+    pub problem: RefusalProblem,
+    /// One sentence naming what was wrong.
+    pub detail: String,
+    /// What the message claimed to be about (not verified).
+    pub approval_id: Option<String>,
+    pub request_id: Option<String>,
+    pub grant_id: Option<String>,
+    /// The key that signed it, when one was identified (`name/id`).
+    pub key: Option<String>,
+    /// Where it was found (`stream GATEHOUSE sequence 42`, `bucket gatehouse_grants key K
+    /// revision 7`).
+    pub origin: String,
+}
+
+impl RefusedMessage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Decision => "decision",
+            Self::Grant => "grant",
+        }
+    }
+}
+
+impl RefusalProblem {
+    /// The name used in events and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unreadable => "unreadable",
+            Self::Unsigned => "unsigned",
+            Self::UnknownKey => "unknown_key",
+            Self::BadSignature => "bad_signature",
+            Self::RetiredKey => "retired_key",
+            Self::Mismatch => "mismatch",
+            Self::Replayed => "replayed",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+impl Payload for BusRefused {
+    const NAME: &'static str = "bus.refused";
 }

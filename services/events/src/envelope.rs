@@ -39,6 +39,16 @@ impl EventId {
     pub fn new() -> Self {
         Self(ulid::Ulid::new())
     }
+
+    /// The same id from the same inputs, on every replica: replicas that each record one
+    /// observation (a refused message every proxy saw) publish it once, deduplicated by
+    /// JetStream. `at_ms` is the observation's own time (e.g. the message's stream timestamp).
+    pub fn derived(at_ms: u64, what: &[u8]) -> Self {
+        let hash = blake3::hash(what);
+        let mut random = [0u8; 16];
+        random[6..].copy_from_slice(&hash.as_bytes()[..10]);
+        Self(ulid::Ulid::from_parts(at_ms, u128::from_be_bytes(random)))
+    }
 }
 
 impl Default for EventId {

@@ -6,7 +6,8 @@
 //!   `request.forwarded`, `response.completed`) and the types they share.
 //! - [`approval`]: payloads of just-in-time approval (`request.held`, `request.withdrawn`,
 //!   `approval.posted`,
-//!   `approval.vote`, `approval.decided`, `grant.issued`, `grant.revoked`).
+//!   `approval.vote`, `approval.decided`, `grant.issued`, `grant.revoked`), the statements the
+//!   approval service signs, and `bus.refused` (a decision or grant that did not verify).
 //! - [`audit`]: `audit.accessed` (every use of the auditor API), `ledger.pruned` and
 //!   `ledger.gap`.
 //! - [`session`]: payloads of exec / attach / port-forward sessions (`session.started`,
@@ -28,8 +29,9 @@ pub mod schema;
 pub mod session;
 
 pub use approval::{
-    ApprovalDecided, ApprovalOutcome, ApprovalPosted, ApprovalVote, Ballot, ChannelKind,
-    CountedVote, GrantIssued, GrantRevoked, RequestHeld, RequestWithdrawn, VoteVia,
+    ApprovalDecided, ApprovalOutcome, ApprovalPosted, ApprovalVote, Ballot, BusRefused,
+    ChannelKind, CountedVote, DECISION_STATEMENT, DecisionStatement, GRANT_STATEMENT, GrantIssued,
+    GrantRevoked, RefusalProblem, RefusedMessage, RequestHeld, RequestWithdrawn, VoteVia,
 };
 pub use audit::{AuditAccessed, AuditAction, LedgerGap, LedgerPruned};
 pub use envelope::{Envelope, EventId, Payload, SUBJECT_PREFIX};

@@ -75,6 +75,7 @@ fn every_type_has_a_schema() {
             "dev.gatehouse.approval.posted.v1",
             "dev.gatehouse.approval.vote.v1",
             "dev.gatehouse.audit.accessed.v1",
+            "dev.gatehouse.bus.refused.v1",
             "dev.gatehouse.grant.issued.v1",
             "dev.gatehouse.grant.revoked.v1",
             "dev.gatehouse.ledger.gap.v1",
@@ -394,9 +395,34 @@ fn approval_events_validate_and_refuse_drift() {
             }],
             decided_at: at.clone(),
             grant_id: Some(gid.clone()),
+            attestation: None,
         },
     );
     set.validate(&decided.to_bytes().unwrap()).unwrap();
+    let mut attested = decided.clone();
+    attested.data.attestation = Some("gatehouse.dev/approval-decision/v1\n{}\n\n— k AAAA\n".into());
+    set.validate(&attested.to_bytes().unwrap()).unwrap();
+    let refused_decision = Envelope::new(
+        &src,
+        &aid,
+        BusRefused {
+            message: RefusedMessage::Decision,
+            problem: RefusalProblem::UnknownKey,
+            detail: "it is signed by a key this service does not trust (k/0011aabb)".into(),
+            approval_id: Some(aid.clone()),
+            request_id: Some(rid.clone()),
+            grant_id: None,
+            key: None,
+            origin: "stream GATEHOUSE sequence 42".into(),
+        },
+    );
+    set.validate(&refused_decision.to_bytes().unwrap()).unwrap();
+    let mut bad_problem = refused_decision.to_bytes().unwrap();
+    let text = String::from_utf8(bad_problem.clone())
+        .unwrap()
+        .replace("unknown_key", "suspicious");
+    bad_problem = text.into_bytes();
+    assert!(set.validate(&bad_problem).is_err());
     let issued = Envelope::new(
         &approval,
         &rid,
@@ -413,6 +439,7 @@ fn approval_events_validate_and_refuse_drift() {
             namespace: "prod".into(),
             expires_at: at.clone(),
             approved_by: vec!["carol@example.com".into()],
+            attestation: None,
         },
     );
     set.validate(&issued.to_bytes().unwrap()).unwrap();

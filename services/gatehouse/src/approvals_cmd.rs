@@ -62,6 +62,16 @@ pub enum ApprovalsCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Make the Ed25519 key that signs decisions and grants: the private key goes to --out
+    /// (mode 0600; the approval service's `signing_key_file`), the verifier key to standard
+    /// output (a line of the proxies' `approval_keys` file).
+    Keygen {
+        /// The key's name, e.g. `approval.gatehouse.example.com`.
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +138,7 @@ fn read_trimmed(path: &Path) -> anyhow::Result<String> {
 
 pub async fn approvals(command: ApprovalsCommand) -> anyhow::Result<ExitCode> {
     match command {
+        ApprovalsCommand::Keygen { name, out } => crate::checkpoint_cmd::keygen(&name, &out),
         ApprovalsCommand::List {
             all,
             json,

@@ -66,19 +66,23 @@ pub enum CheckpointCommand {
     },
 }
 
+/// Writes a new Ed25519 key named `name` to `out` (mode 0600; never over an existing file)
+/// and prints its verifier key.
+pub fn keygen(name: &str, out: &std::path::Path) -> anyhow::Result<ExitCode> {
+    if out.exists() {
+        bail!("{} exists; refusing to overwrite a key", out.display());
+    }
+    let signer = NoteSigner::from_seed(name, rand::random())?;
+    crate::kubeconfig::write_private(out, &format!("{}\n", signer.to_skey()))
+        .with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("private key written to {} (mode 0600)", out.display());
+    println!("{}", signer.verifier().to_vkey());
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn run(command: CheckpointCommand) -> anyhow::Result<ExitCode> {
     match command {
-        CheckpointCommand::Keygen { name, out } => {
-            if out.exists() {
-                bail!("{} exists; refusing to overwrite a key", out.display());
-            }
-            let signer = NoteSigner::from_seed(&name, rand::random())?;
-            crate::kubeconfig::write_private(&out, &format!("{}\n", signer.to_skey()))
-                .with_context(|| format!("writing {}", out.display()))?;
-            eprintln!("private key written to {} (mode 0600)", out.display());
-            println!("{}", signer.verifier().to_vkey());
-            Ok(ExitCode::SUCCESS)
-        }
+        CheckpointCommand::Keygen { name, out } => keygen(&name, &out),
         CheckpointCommand::Sign {
             admin: Some(admin), ..
         } => sign_by_service(&admin).await,

@@ -296,6 +296,22 @@ impl NoteVerifier {
     }
 }
 
+/// The `(key name, key id hex)` of every signature line of a signed note, without checking any
+/// of them: to say which key signed something no configured key can check.
+pub fn note_signers(note: &str) -> Vec<(String, String)> {
+    let Some(split) = note.find("\n\n") else {
+        return Vec::new();
+    };
+    note[split + 2..]
+        .lines()
+        .filter_map(|line| {
+            let (name, blob) = line.strip_prefix(SIGNATURE_PREFIX)?.split_once(' ')?;
+            let blob = STANDARD.decode(blob).ok()?;
+            (blob.len() >= 4).then(|| (name.to_owned(), hex(&blob[..4])))
+        })
+        .collect()
+}
+
 /// `<name>+<8 hex id>+<base64 key with type byte>` → (name, id, key bytes).
 fn split_key(text: &str) -> Result<(&str, [u8; 4], Vec<u8>), CheckpointError> {
     let mut parts = text.splitn(3, '+');

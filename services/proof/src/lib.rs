@@ -1,6 +1,8 @@
 //! What an auditor checks offline, with nothing but this crate (no RocksDB, no NATS):
 //!
 //! Module map:
+//! - [`attest`]: signed statements between services (decisions and grants), and the keys
+//!   trusted to sign them.
 //! - [`bundle`]: evidence bundles (`.tar.gz`): writing them from disk-staged files, and
 //!   verifying one completely, offline.
 //! - [`checkpoint`]: signed checkpoints (C2SP tlog-checkpoint in a C2SP signed note, Ed25519).
@@ -9,6 +11,7 @@
 //!   proofs from stored perfect subtrees, and their verification.
 #![forbid(unsafe_code)]
 
+pub mod attest;
 pub mod bundle;
 pub mod checkpoint;
 pub mod entry;

@@ -44,6 +44,12 @@ pub struct ProxyConfig {
     pub identities: PathBuf,
     /// The policy (YAML file).
     pub policy: PathBuf,
+    /// The keys trusted to sign approval decisions and grants: a file with one verifier key
+    /// (`NAME+ID+KEY`, from `gatehouse approvals keygen`) per line, optionally followed by
+    /// `until=<RFC 3339>` for the old key of a rotation. Re-read when it changes. Without it
+    /// no held request is ever released and no grant admitted.
+    #[serde(default)]
+    pub approval_keys: Option<PathBuf>,
     /// Largest request body accepted (bytes). The API server's own limit is 3 MiB.
     #[serde(default = "default_max_request_body")]
     pub max_request_body: usize,

@@ -132,15 +132,33 @@ impl Proxy {
         let nats = bus.clone();
         // Followers of decisions and grants; they stop when `serve` returns.
         let followers = CancellationToken::new();
-        let approvals =
-            approvals::Approvals::start(&bus, config.nats.stream.replicas, followers.clone())
-                .await?;
+        let keys = approvals::ApprovalKeys::load(config.approval_keys.clone())
+            .map_err(ProxyError::Config)?;
+        if config.approval_keys.is_none() {
+            tracing::warn!(
+                "no approval_keys: no held request will be released and no grant admitted"
+            );
+        }
+        let (refusals, refused) = tokio::sync::mpsc::unbounded_channel();
+        let approvals = approvals::Approvals::start(
+            &bus,
+            config.nats.stream.replicas,
+            Arc::new(keys),
+            refusals,
+            followers.clone(),
+        )
+        .await?;
         let metrics = Metrics::new();
         let recorder = record::Recorder::new(
             bus,
             gatehouse_events::envelope::source("proxy", &replica),
             metrics.clone(),
         );
+        tokio::spawn(record::record_refusals(
+            recorder.clone(),
+            metrics.clone(),
+            refused,
+        ));
         let listener = server::bind(config.listen)
             .await
             .map_err(ProxyError::Startup)?;

@@ -25,6 +25,7 @@
 //! | `masked_fields_total` | counter | |
 //! | `responses_withheld_total` | counter (answers that could not be masked: 502 or cut) | |
 //! | `tls_reloads_total` | counter | result (`success`, `failure`) |
+//! | `bus_refused_total` | counter (decisions and grants refused: see `bus.refused`) | message (`decision`, `grant`), problem |
 //! | `build_info` | gauge (always 1) | version |
 //! | `connections_open`, `connections_accepted_total`, `connections_refused_total`, `connections_timed_out_total` | see [`gatehouse_listener::metrics`] | listener (`proxy`, `admin`) |
 
@@ -55,7 +56,7 @@ const PUBLISH_BUCKETS: [f64; 12] = [
 
 const DECISIONS: [&str; 3] = ["allow", "deny", "approve"];
 
-const EVENT_KINDS: [&str; 13] = [
+const EVENT_KINDS: [&str; 14] = [
     "request.received",
     "request.denied",
     "request.held",
@@ -69,6 +70,7 @@ const EVENT_KINDS: [&str; 13] = [
     "approval.decided",
     "grant.issued",
     "grant.revoked",
+    "bus.refused",
 ];
 
 /// `verb` if it is one of the known verbs, else `other`.
@@ -127,6 +129,12 @@ impl ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    message: &'static str,
+    problem: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -161,6 +169,7 @@ pub struct Metrics {
     masked_fields: Counter,
     responses_withheld: Counter,
     tls_reloads: Family<ResultLabels, Counter>,
+    bus_refused: Family<RefusedLabels, Counter>,
     holds_waiting: Gauge,
     holds_decided: Family<OutcomeLabels, Counter>,
     hold_release: Histogram,
@@ -267,6 +276,12 @@ impl Metrics {
             "Serving certificate reloads, by result (a failed reload keeps the previous pair)",
             tls_reloads.clone(),
         );
+        let bus_refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "bus_refused",
+            "Approval decisions and grants refused because they did not verify",
+            bus_refused.clone(),
+        );
         let holds_waiting = Gauge::default();
         registry.register(
             "holds_waiting",
@@ -310,6 +325,7 @@ impl Metrics {
             masked_fields,
             responses_withheld,
             tls_reloads,
+            bus_refused,
             holds_waiting,
             holds_decided,
             hold_release,
@@ -331,6 +347,14 @@ impl Metrics {
     /// Held requests waiting: +1 when held, -1 when decided or withdrawn.
     pub fn holds_waiting(&self, delta: i64) {
         self.holds_waiting.inc_by(delta);
+    }
+
+    /// A decision or grant was refused (`message`: `decision` or `grant`; `problem` as in
+    /// `bus.refused`).
+    pub fn bus_refused(&self, message: &'static str, problem: &'static str) {
+        self.bus_refused
+            .get_or_create(&RefusedLabels { message, problem })
+            .inc();
     }
 
     /// A held request ended: `approved`, `denied`, `expired` or `withdrawn`.

@@ -449,7 +449,15 @@ impl Pipeline {
         let approval_id = ulid::Ulid::new().to_string();
         let timeout = hold.hold_timeout();
         let expires_at = std::time::SystemTime::now() + timeout;
-        let mut waiter = self.approvals.wait(&approval_id);
+        let mut waiter = self.approvals.wait(
+            &approval_id,
+            crate::approvals::Expected {
+                request_id: ctx.id.clone(),
+                principal: identity.principal.clone(),
+                rule: hold.rule().to_owned(),
+                request: ctx.info.clone(),
+            },
+        );
         self.recorder
             .held(
                 ctx,

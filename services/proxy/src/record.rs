@@ -67,6 +67,37 @@ impl std::fmt::Debug for Recorder {
     }
 }
 
+/// Records, counts and alarms on every decision or grant the approvals follower refused,
+/// until the follower is gone.
+pub async fn record_refusals(
+    recorder: Recorder,
+    metrics: Metrics,
+    mut refused: tokio::sync::mpsc::UnboundedReceiver<crate::approvals::Refused>,
+) {
+    while let Some(crate::approvals::Refused {
+        id,
+        subject,
+        refused,
+    }) = refused.recv().await
+    {
+        let (message, problem) = (refused.message.as_str(), refused.problem.as_str());
+        metrics.bus_refused(message, problem);
+        tracing::error!(
+            alarm = "bus.refused",
+            message,
+            problem,
+            detail = %refused.detail,
+            origin = %refused.origin,
+            approval_id = refused.approval_id.as_deref().unwrap_or("-"),
+            grant_id = refused.grant_id.as_deref().unwrap_or("-"),
+            "ALARM: a {message} on the bus did not verify and was refused; nothing was released or admitted on it"
+        );
+        let mut event = Envelope::new(&recorder.source, &subject, refused);
+        event.id = id.to_string();
+        recorder.send(event).await;
+    }
+}
+
 impl Recorder {
     pub fn new(bus: Bus, source: String, metrics: Metrics) -> Self {
         Self {

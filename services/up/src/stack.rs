@@ -215,6 +215,23 @@ impl Stack {
                 format!("{}\n", signer.verifier().to_vkey()),
             )?;
         }
+        // The demo's approval key: signs decisions and grants; proxies trust its verifier key.
+        let approval_key = dir.join("keys").join("approval.key");
+        let approval_keys = dir.join("keys").join("approval-keys");
+        if !approval_key.exists() {
+            let signer = gatehouse_proof::checkpoint::NoteSigner::from_seed(
+                "approval.gatehouse.local",
+                rand::random(),
+            )?;
+            kubeconfig::write_private(&approval_key, &format!("{}\n", signer.to_skey()))?;
+            std::fs::write(
+                &approval_keys,
+                format!(
+                    "# Verifier keys of the approval service (gatehouse approvals keygen)\n{}\n",
+                    signer.verifier().to_vkey()
+                ),
+            )?;
+        }
         // `key: {…}` for each listener's section when the options set one.
         let connections = |key: &str| {
             if options.connections.is_empty() {
@@ -296,10 +313,12 @@ impl Stack {
                  replica: up\n\
                  nats:\n  url: {nats_url}\n\
                  approvers: {approvers}\n\
+                 signing_key_file: {approval_key}\n\
                  api:\n  issuers:\n    - issuer: {issuer}\n      audiences: [{AUDIENCE}]\n\
                  {approval_channels}",
                 approval = approval_file.display(),
                 approvers = yaml_str(&approvers_file),
+                approval_key = yaml_str(&approval_key),
                 issuer = issuer.url(),
                 connections = connections("connections"),
                 admin_connections = connections("admin_connections"),
@@ -345,8 +364,10 @@ impl Stack {
                  \x20   claims:\n      preset: github-actions\n\
                  \x20     principal: \"{{repository}}@{{environment|ref}}\"\n\
                  identities: {identities}\n\
-                 policy: {policy}\n",
+                 policy: {policy}\n\
+                 approval_keys: {approval_keys}\n",
                 proxy = proxy_file.display(),
+                approval_keys = yaml_str(&approval_keys),
                 cert = yaml_str(&proxy_cert_file),
                 key = yaml_str(&proxy_key_file),
                 issuer = issuer.url(),
