@@ -223,6 +223,14 @@ async fn a_denied_hold_is_refused_with_its_approval_id_and_only_approvers_may_vo
             .vote(&hold.approval_id, Ballot::Approve, None)
             .await?;
         assert!(!own.counted);
+        // alice owns ci-deployer: four eyes refuse her approval, and say why.
+        let owner = alice.vote(&hold.approval_id, Ballot::Approve, None).await?;
+        assert!(!owner.counted, "{owner:?}");
+        let why = owner.refusal.as_deref().unwrap_or("");
+        assert!(
+            why.contains("you own ci-deployer") && why.contains("deployer-delete-prod"),
+            "{why}"
+        );
         assert!(
             own.refusal
                 .as_deref()
@@ -336,7 +344,7 @@ async fn a_denied_hold_is_refused_with_its_approval_id_and_only_approvers_may_vo
         .iter()
         .filter(|v| v.data()["counted"] == false)
         .collect();
-    assert_eq!(refused.len(), 2, "both refused votes are on record");
+    assert_eq!(refused.len(), 3, "every refused vote is on record");
     let denied = of(events, &hold.request_id, "request.denied");
     assert_eq!(denied[0].data()["reason"], "approval_denied");
     assert_eq!(denied[0].data()["rule"], "deployer-delete-prod");

@@ -113,10 +113,11 @@ fn of<'a>(events: &'a [Event], subject: &str, name: &str) -> Vec<&'a Event> {
         .collect()
 }
 
+/// Prod deletes need two approvals, from SRE or security.
 fn policy_with_quorum_two() -> (String, String) {
     let text = gatehouse_up::demo::POLICY_YAML.replace(
         "      approver_groups: [sre]\n      quorum: 1\n",
-        "      approver_groups: [sre]\n      quorum: 2\n",
+        "      approver_groups: [sre, security]\n      quorum: 2\n",
     );
     assert_ne!(text, gatehouse_up::demo::POLICY_YAML);
     ("policy.yaml".into(), text)
@@ -240,18 +241,44 @@ async fn a_slack_button_approves_and_every_platform_shows_the_outcome() -> Resul
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_reactions_make_a_quorum_of_two_and_strangers_are_told_no() -> Result {
+async fn two_reactions_make_a_quorum_of_two_and_strangers_and_owners_are_told_no() -> Result {
     let chat = ChatBed::start(vec![policy_with_quorum_two()]).await?;
     let kubectl = chat
         .bed
         .kubectl_spawn("ci-deployer", &["delete", "pod", "api", "-n", "prod"])?;
     let (ts, approval_id) = chat.posted().await?;
     let url = chat.approval_url();
+    // alice owns ci-deployer: her approval is refused (four eyes), and she is told why.
     let (status, _) = chat
         .slack
         .react(
             &url,
             "U0ALICE01",
+            SLACK_CHANNEL,
+            &ts,
+            "white_check_mark",
+            true,
+        )
+        .await;
+    assert_eq!(status, 200);
+    chat.slack
+        .wait_for(
+            |calls| {
+                calls.iter().any(|c| {
+                    c.method == "chat.postEphemeral"
+                        && c.body["user"] == "U0ALICE01"
+                        && c.body.to_string().contains("you own ci-deployer")
+                })
+            },
+            DEADLINE,
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let (status, _) = chat
+        .slack
+        .react(
+            &url,
+            "U0CAROL01",
             SLACK_CHANNEL,
             &ts,
             "white_check_mark",
@@ -286,7 +313,7 @@ async fn two_reactions_make_a_quorum_of_two_and_strangers_are_told_no() -> Resul
         .await
         .map_err(anyhow::Error::msg)?;
     let bob = chat.bed.approvals_as("bob@example.com")?;
-    let one = eventually("alice's reaction to count", DEADLINE, || async {
+    let one = eventually("carol's reaction to count", DEADLINE, || async {
         bob.show(&approval_id)
             .await
             .ok()
@@ -326,7 +353,16 @@ async fn two_reactions_make_a_quorum_of_two_and_strangers_are_told_no() -> Resul
         .as_array()
         .map(|v| v.iter().filter_map(|v| v["approver"].as_str()).collect())
         .unwrap_or_default();
-    assert_eq!(approvers, ["alice@example.com", "bob@example.com"]);
+    assert_eq!(approvers, ["carol@example.com", "bob@example.com"]);
+    let refused: Vec<&str> = of(&finished.events, decided[0].subject(), "approval.vote")
+        .iter()
+        .filter(|v| v.data()["counted"] == false)
+        .filter_map(|v| v.data()["refusal"].as_str())
+        .collect();
+    assert!(
+        refused.iter().any(|r| r.contains("you own ci-deployer")),
+        "{refused:?}"
+    );
     assert!(
         decided[0].data()["votes"]
             .as_array()
@@ -368,9 +404,9 @@ async fn a_teams_deny_refuses_the_request_and_a_discord_button_approves_another(
     let kubectl = chat
         .bed
         .kubectl_spawn("ci-deployer", &["delete", "service", "api", "-n", "prod"])?;
-    let alice = chat.bed.approvals_as("alice@example.com")?;
+    let bob = chat.bed.approvals_as("bob@example.com")?;
     let hold = eventually("the second hold", DEADLINE, || async {
-        alice.list(false).await.ok()?.into_iter().next()
+        bob.list(false).await.ok()?.into_iter().next()
     })
     .await?;
     let message = eventually("the second Discord message", DEADLINE, || async {
@@ -384,7 +420,7 @@ async fn a_teams_deny_refuses_the_request_and_a_discord_button_approves_another(
         .discord
         .interact(
             &format!("{url}/discord/interactions"),
-            "100000000000000001",
+            "100000000000000002",
             &format!("gatehouse:approve:{}", hold.approval_id),
             &message.message_id,
             DISCORD_CHANNEL,
@@ -422,7 +458,7 @@ async fn a_teams_deny_refuses_the_request_and_a_discord_button_approves_another(
         seen,
         [
             ("teams", "deny", "bob@example.com"),
-            ("discord", "approve", "alice@example.com")
+            ("discord", "approve", "bob@example.com")
         ]
     );
     Ok(())

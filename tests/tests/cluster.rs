@@ -143,17 +143,17 @@ async fn deployments_roll_out_scale_and_roll_back() -> Result {
         "ci-deployer",
         &["scale", "deployment/payments", "-n", "prod", "--replicas=3"],
     )?;
-    let alice = bed.approvals_as("alice@example.com")?;
+    // bob, not alice: alice owns ci-deployer, and the owner may not approve (four eyes).
+    let bob = bed.approvals_as("bob@example.com")?;
     let hold = eventually("the scale to be held", DEADLINE, || async {
-        alice.list(false).await.ok()?.into_iter().next()
+        bob.list(false).await.ok()?.into_iter().next()
     })
     .await?;
     assert_eq!(
         (hold.rule.as_str(), hold.resource.as_str()),
         ("deployer-scale-prod", "apps/deployments/scale")
     );
-    alice
-        .vote(&hold.approval_id, Ballot::Approve, Some("peak traffic"))
+    bob.vote(&hold.approval_id, Ballot::Approve, Some("peak traffic"))
         .await?;
     let out = scale.wait_with_output().await?;
     assert!(

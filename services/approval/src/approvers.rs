@@ -27,6 +27,10 @@ pub struct ApproverEntry {
     pub identity: String,
     /// Groups that policy's `approver_groups` refer to.
     pub groups: Vec<String>,
+    /// The team they belong to: under a rule's `four_eyes: owner-and-team`, they may not
+    /// approve requests of identities registered to the same team.
+    #[serde(default)]
+    pub team: Option<String>,
     #[serde(default)]
     pub slack: Option<String>,
     #[serde(default)]
@@ -116,6 +120,7 @@ impl Approvers {
         Some(Voter {
             identity: entry.identity.clone(),
             groups: entry.groups.clone(),
+            team: entry.team.clone(),
         })
     }
 
@@ -127,6 +132,7 @@ impl Approvers {
             .map(|e| Voter {
                 identity: e.identity.clone(),
                 groups: e.groups.clone(),
+                team: e.team.clone(),
             })
     }
 

@@ -116,6 +116,10 @@ impl ApprovalRecord {
                 approver_groups: self.held.approver_groups.clone(),
                 quorum: self.held.quorum,
                 expires_at: self.expires_at(),
+                owner: self.held.identity.owner.clone(),
+                team: self.held.identity.team.clone(),
+                four_eyes: self.held.four_eyes,
+                rule: self.held.rule.clone(),
             },
             votes,
         )

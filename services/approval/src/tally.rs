@@ -5,12 +5,15 @@
 //! - Past its expiry it is expired, whatever the votes.
 //! - The requester cannot vote on its own request; only members of the hold's approver groups can
 //!   vote at all.
+//! - Four eyes: the requesting identity's owner (and, where the rule says so, approvers of its
+//!   team) cannot approve it; they may still deny it.
 //! - The same vote twice (a double click, a redelivered callback) changes nothing; a different
 //!   vote from the same approver replaces the first, and a vote can be withdrawn, until the hold
 //!   is decided. After that the outcome never changes.
 
 use std::time::SystemTime;
 
+use gatehouse_events::FourEyes;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +33,13 @@ pub struct Hold {
     /// Distinct approvals needed (at least 1).
     pub quorum: u32,
     pub expires_at: SystemTime,
+    /// The requesting identity's registered owner and team.
+    pub owner: Option<String>,
+    pub team: Option<String>,
+    /// The rule's four-eyes setting.
+    pub four_eyes: FourEyes,
+    /// The rule that held it, to name in refusals.
+    pub rule: String,
 }
 
 /// Someone voting, as the approver registry resolved them (never by display name).
@@ -37,6 +47,8 @@ pub struct Hold {
 pub struct Voter {
     pub identity: String,
     pub groups: Vec<String>,
+    /// The team the approver registry puts them in, if any.
+    pub team: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +70,20 @@ impl Outcome {
 pub enum Refusal {
     #[error("you cannot vote on your own request")]
     SelfApproval,
+    #[error(
+        "you own {principal}, whose request this is: someone else must approve it (four-eyes \
+         rule of {rule}; you may still deny it)"
+    )]
+    OwnerApproval { principal: String, rule: String },
+    #[error(
+        "you are in team {team}, which owns {principal}: someone outside the team must approve \
+         it (four-eyes rule of {rule}; you may still deny it)"
+    )]
+    TeamApproval {
+        team: String,
+        principal: String,
+        rule: String,
+    },
     #[error("you are not in any of the approver groups for this request ({0})")]
     NotAnApprover(String),
     #[error("this request was already decided")]
@@ -102,6 +128,9 @@ impl Tally {
     /// Counts a vote, or says why not. Returns the outcome after it.
     pub fn cast(&mut self, voter: &Voter, vote: Vote, now: SystemTime) -> Result<Outcome, Refusal> {
         self.check(voter, now)?;
+        if vote == Vote::Approve {
+            self.check_four_eyes(voter)?;
+        }
         match self
             .votes
             .iter_mut()
@@ -140,6 +169,30 @@ impl Tally {
             .any(|g| self.hold.approver_groups.contains(g))
         {
             return Err(Refusal::NotAnApprover(self.hold.approver_groups.join(", ")));
+        }
+        Ok(())
+    }
+
+    fn check_four_eyes(&self, voter: &Voter) -> Result<(), Refusal> {
+        let hold = &self.hold;
+        if hold.four_eyes == FourEyes::Off {
+            return Ok(());
+        }
+        if hold.owner.as_deref() == Some(voter.identity.as_str()) {
+            return Err(Refusal::OwnerApproval {
+                principal: hold.requester.clone(),
+                rule: hold.rule.clone(),
+            });
+        }
+        if hold.four_eyes == FourEyes::OwnerAndTeam
+            && let (Some(team), Some(own)) = (&hold.team, &voter.team)
+            && team == own
+        {
+            return Err(Refusal::TeamApproval {
+                team: team.clone(),
+                principal: hold.requester.clone(),
+                rule: hold.rule.clone(),
+            });
         }
         Ok(())
     }
@@ -187,6 +240,10 @@ mod tests {
             approver_groups: vec!["sre".into(), "security".into()],
             quorum,
             expires_at: t(600),
+            owner: Some("olivia".into()),
+            team: Some("platform".into()),
+            four_eyes: FourEyes::Owner,
+            rule: "prod-deletes".into(),
         })
     }
 
@@ -194,7 +251,59 @@ mod tests {
         Voter {
             identity: id.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            team: None,
         }
+    }
+
+    #[test]
+    fn the_owner_may_deny_but_not_approve_and_the_team_only_when_the_rule_says() {
+        let mut tally = hold(1);
+        let owner = voter("olivia", &["sre"]);
+        let refused = tally.cast(&owner, Vote::Approve, t(1)).unwrap_err();
+        assert_eq!(
+            refused,
+            Refusal::OwnerApproval {
+                principal: "ci-deployer".into(),
+                rule: "prod-deletes".into()
+            }
+        );
+        assert!(
+            refused.to_string().contains("you own ci-deployer"),
+            "{refused}"
+        );
+        assert!(tally.votes().is_empty());
+        // A teammate is fine under `owner`…
+        let teammate = Voter {
+            team: Some("platform".into()),
+            ..voter("pat", &["sre"])
+        };
+        assert!(hold(1).cast(&teammate, Vote::Approve, t(1)).is_ok());
+        // …not under `owner-and-team`, where someone from another team is.
+        let mut strict = hold(1);
+        strict.hold.four_eyes = FourEyes::OwnerAndTeam;
+        assert!(matches!(
+            strict.cast(&teammate, Vote::Approve, t(1)),
+            Err(Refusal::TeamApproval { team, .. }) if team == "platform"
+        ));
+        let outsider = Voter {
+            team: Some("security".into()),
+            ..voter("sam", &["security"])
+        };
+        assert!(matches!(
+            strict.cast(&outsider, Vote::Approve, t(1)),
+            Ok(Outcome::Approved { .. })
+        ));
+        // `off`: only the requester itself is barred.
+        let mut off = hold(1);
+        off.hold.four_eyes = FourEyes::Off;
+        assert!(off.cast(&owner, Vote::Approve, t(1)).is_ok());
+        // The owner may always deny.
+        assert_eq!(
+            tally.cast(&owner, Vote::Deny, t(2)),
+            Ok(Outcome::Denied {
+                by: "olivia".into()
+            })
+        );
     }
 
     #[test]

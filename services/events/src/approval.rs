@@ -31,6 +31,24 @@ pub struct RequestHeld {
     pub grant_window_s: Option<u64>,
     /// The caller's stated reason (`X-Gatehouse-Reason`), if any.
     pub reason: Option<String>,
+    /// Who, besides the requester, may not approve it. Events from before the rule existed
+    /// read as `owner`, the default.
+    #[serde(default)]
+    pub four_eyes: FourEyes,
+}
+
+/// The four-eyes rule of an approval: people accountable for the identity may not approve its
+/// requests (they may still deny them).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FourEyes {
+    /// The identity's registered owner may not approve.
+    #[default]
+    Owner,
+    /// Nor may approvers of the identity's team.
+    OwnerAndTeam,
+    /// Only the requester itself may not approve.
+    Off,
 }
 
 impl Payload for RequestHeld {

@@ -30,8 +30,9 @@ pub mod session;
 
 pub use approval::{
     ApprovalDecided, ApprovalOutcome, ApprovalPosted, ApprovalVote, Ballot, BusRefused,
-    ChannelKind, CountedVote, DECISION_STATEMENT, DecisionStatement, GRANT_STATEMENT, GrantIssued,
-    GrantRevoked, RefusalProblem, RefusedMessage, RequestHeld, RequestWithdrawn, VoteVia,
+    ChannelKind, CountedVote, DECISION_STATEMENT, DecisionStatement, FourEyes, GRANT_STATEMENT,
+    GrantIssued, GrantRevoked, RefusalProblem, RefusedMessage, RequestHeld, RequestWithdrawn,
+    VoteVia,
 };
 pub use audit::{AuditAccessed, AuditAction, LedgerGap, LedgerPruned};
 pub use envelope::{Envelope, EventId, Payload, SUBJECT_PREFIX};

@@ -344,9 +344,15 @@ fn approval_events_validate_and_refuse_drift() {
             expires_at: at.clone(),
             grant_window_s: Some(1800),
             reason: Some("hotfix for INC-42".into()),
+            four_eyes: FourEyes::OwnerAndTeam,
         },
     );
     set.validate(&held.to_bytes().unwrap()).unwrap();
+    assert!(
+        String::from_utf8(held.to_bytes().unwrap())
+            .unwrap()
+            .contains(r#""four_eyes":"owner-and-team""#)
+    );
 
     let approval = source("approval", "replica-1");
     let posted = Envelope::new(

@@ -184,6 +184,7 @@ impl Recorder {
                 )),
                 grant_window_s: hold.grant_window().map(|w| w.as_secs()),
                 reason,
+                four_eyes: hold.four_eyes(),
             },
         );
         let started = Instant::now();

@@ -707,7 +707,8 @@ fn print_guide(options: &UpOptions, stack: &Stack, kubectl: Option<&Path>) {
          \x20 {invocation} approvals list --data-dir {data} --as bob@example.com\n\
          \x20 {invocation} approvals vote APPROVAL_ID --approve --data-dir {data} --as bob@example.com\n\
          \x20 {invocation} grants list --data-dir {data} --as bob@example.com   # that kind of delete now passes for 15 min\n\
-         \x20 Approvers (alice, bob: sre; carol: security) are in {approvers}\n\n\
+         \x20 Approvers (alice, bob: sre; carol: security) are in {approvers}; alice owns ci-deployer,\n\
+         \x20 so she may deny its requests but not approve them (four eyes)\n\n\
          Policy: {policy} (reloaded when saved)  Identities: {identities} (edit, then restart)\n\
          Stop with Ctrl-C, then check the evidence and replay a session (its id is in the proxy log):\n\
          \x20 {invocation} ledger verify --data-dir {data}\n\

@@ -494,6 +494,7 @@ fn compile_approval(
         quorum,
         hold_timeout,
         grant_window,
+        four_eyes: approval.four_eyes.unwrap_or_default(),
     })
 }
 

@@ -117,6 +117,9 @@ pub(crate) struct ApprovalSpec {
     pub hold_timeout: Option<String>,
     #[serde(default)]
     pub grant_window: Option<String>,
+    /// `owner` (default), `owner-and-team` or `off`.
+    #[serde(default)]
+    pub four_eyes: Option<gatehouse_events::FourEyes>,
 }
 
 /// One entry of a `commands:` guardrail; the given conditions must all hold.

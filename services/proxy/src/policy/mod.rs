@@ -30,6 +30,8 @@
 //!       quorum: 2                # distinct approvers, default 1
 //!       hold_timeout: 15m        # default 10m, at most 24h
 //!       grant_window: 1h         # optional: repeat without a new vote, at most 7 days
+//!       four_eyes: owner         # the identity's owner may not approve (the default);
+//!                                # owner-and-team: nor its team's approvers; off
 //!   - id: no-shells
 //!     action: deny
 //!     verbs: [exec, attach]
@@ -184,6 +186,10 @@ impl Hold {
 
     pub fn grant_window(&self) -> Option<Duration> {
         self.approval.grant_window
+    }
+
+    pub fn four_eyes(&self) -> gatehouse_events::FourEyes {
+        self.approval.four_eyes
     }
 
     pub fn record(&self) -> RecordLevel {

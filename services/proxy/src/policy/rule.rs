@@ -24,6 +24,8 @@ pub struct Approval {
     /// After an approval, the same identity may repeat the same kind of request without a new
     /// vote for this long.
     pub grant_window: Option<Duration>,
+    /// Who besides the requester may not approve.
+    pub four_eyes: gatehouse_events::FourEyes,
 }
 
 /// A rule, compiled.
