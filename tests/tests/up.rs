@@ -1,7 +1,7 @@
 //! `gatehouse up --kubeconfig` in front of a cluster the user already has (here: a local
 //! control plane this test starts, standing in for kind or a cloud cluster). The credential is
 //! checked before anything starts: never system:masters, never cluster-admin, and it must be
-//! allowed to impersonate; with the ServiceAccount of deploy/kubernetes/proxy-rbac.yaml it
+//! allowed to impersonate; with the ServiceAccount of deploy/kubernetes/base/proxy/rbac.yaml it
 //! works, and requests go through as the impersonated caller.
 
 use std::time::Duration;

@@ -41,7 +41,7 @@ use process::{Spec, Supervisor};
 /// apiserver's post-start hooks (RBAC bootstrap among them) run before `/readyz` says ok.
 const READY_DEADLINE: Duration = Duration::from_secs(180);
 
-/// The namespace and name of the proxy's ServiceAccount (`deploy/kubernetes/proxy-rbac.yaml`).
+/// The namespace and name of the proxy's ServiceAccount (`deploy/kubernetes/base/proxy/rbac.yaml`).
 pub const PROXY_NAMESPACE: &str = "gatehouse";
 pub const PROXY_SERVICE_ACCOUNT: &str = "gatehouse-proxy";
 

@@ -228,7 +228,7 @@ impl Proxy {
                         Some(why) => tracing::error!(
                             user = %review.user,
                             "the proxy's upstream credential {why}; give it only what \
-                             deploy/kubernetes/proxy-rbac.yaml grants"
+                             deploy/kubernetes/base/proxy/rbac.yaml grants"
                         ),
                         None => tracing::info!(
                             user = %review.user,

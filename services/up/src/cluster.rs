@@ -2,7 +2,7 @@
 //! Kubernetes sandbox (`--sandbox`), or a cluster the user already has (`--kubeconfig`).
 //!
 //! On the local control plane the proxy runs as the ServiceAccount of
-//! `deploy/kubernetes/proxy-rbac.yaml`, which may impersonate and nothing else, and the cluster
+//! `deploy/kubernetes/base/proxy/rbac.yaml`, which may impersonate and nothing else, and the cluster
 //! starts as `deploy/demo/cluster.yaml` describes. A user's cluster is only read: its
 //! credential is checked (never `system:masters`, never cluster-admin, allowed to impersonate)
 //! and the RBAC the proxy needs is printed, but nothing is applied to it.
@@ -16,7 +16,7 @@ use gatehouse_controlplane::{ControlPlane, PROXY_NAMESPACE, PROXY_SERVICE_ACCOUN
 use gatehouse_sandbox::SandboxHandle;
 
 /// The proxy's RBAC: a ServiceAccount that may impersonate, nothing else.
-pub const PROXY_RBAC_YAML: &str = include_str!("../../../deploy/kubernetes/proxy-rbac.yaml");
+pub const PROXY_RBAC_YAML: &str = include_str!("../../../deploy/kubernetes/base/proxy/rbac.yaml");
 
 /// The demo cluster: namespaces, workloads, a Secret, RBAC for the demo identities.
 pub const DEMO_CLUSTER_YAML: &str = include_str!("../../../deploy/demo/cluster.yaml");
@@ -145,7 +145,7 @@ impl Cluster {
 }
 
 /// Starts the local control plane, gives the proxy its ServiceAccount (the RBAC of
-/// `deploy/kubernetes/proxy-rbac.yaml`) and a token in `token_file`, and with `seed` applies
+/// `deploy/kubernetes/base/proxy/rbac.yaml`) and a token in `token_file`, and with `seed` applies
 /// the demo cluster and waits until it runs: its pods Running and its RBAC in force.
 pub async fn start_control_plane(
     options: gatehouse_controlplane::Options,
@@ -158,7 +158,7 @@ pub async fn start_control_plane(
     plane
         .apply(PROXY_RBAC_YAML)
         .await
-        .context("applying deploy/kubernetes/proxy-rbac.yaml")?;
+        .context("applying deploy/kubernetes/base/proxy/rbac.yaml")?;
     write_proxy_token(&plane, token_file).await?;
     if seed {
         seed_demo(&plane).await?;
@@ -334,8 +334,8 @@ pub async fn check_external(file: &Path, context: Option<&str>) -> Result<(Strin
 pub fn rbac_instructions() -> String {
     format!(
         "The proxy needs a credential that may impersonate and nothing else, for example the \
-         ServiceAccount of deploy/kubernetes/proxy-rbac.yaml:\n\n\
-         \x20 kubectl apply -f deploy/kubernetes/proxy-rbac.yaml\n\
+         ServiceAccount of deploy/kubernetes/base/proxy/rbac.yaml:\n\n\
+         \x20 kubectl apply -f deploy/kubernetes/base/proxy/rbac.yaml\n\
          \x20 kubectl create token {PROXY_SERVICE_ACCOUNT} -n {PROXY_NAMESPACE} --duration 24h > proxy.token\n\
          \x20 kubectl config view --minify --raw > gatehouse.kubeconfig   # then replace its user with that token:\n\
          \x20 kubectl --kubeconfig gatehouse.kubeconfig config set-credentials gatehouse-proxy --token \"$(cat proxy.token)\"\n\
