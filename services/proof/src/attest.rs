@@ -37,9 +37,10 @@ pub enum AttestError {
     WrongKind { expected: String, found: String },
 }
 
-/// Reads a private key in signed-note form from a file that only its owner may read (mode
-/// 0600 or 0400): a key others could read is refused rather than used. Errors never hold the
-/// key.
+/// Reads a private key in signed-note form from a file no one else may read or change: the
+/// owner's bits and group read at most (0600, 0400, or 0440 — what the kubelet makes of a
+/// Secret's 0400 when the pod has an `fsGroup`). A key with group-write or any bit for others
+/// is refused rather than used. Errors never hold the key.
 pub fn load_signing_key(path: &std::path::Path) -> Result<NoteSigner, String> {
     let shown = path.display();
     #[cfg(unix)]
@@ -49,9 +50,9 @@ pub fn load_signing_key(path: &std::path::Path) -> Result<NoteSigner, String> {
             .map_err(|e| format!("signing key {shown}: {e}"))?
             .permissions()
             .mode();
-        if mode & 0o077 != 0 {
+        if mode & 0o037 != 0 {
             return Err(format!(
-                "signing key {shown} may be read by others (mode {:04o}); `chmod 600` it",
+                "signing key {shown} may be read or changed by others (mode {:04o}); `chmod 600` it",
                 mode & 0o777
             ));
         }
@@ -327,8 +328,15 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains(&key.to_skey()[20..]));
+        for refused in [0o604, 0o660, 0o620] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(refused)).unwrap();
+            assert!(load_signing_key(&path).is_err(), "{refused:o}");
+        }
+        for accepted in [0o600, 0o400, 0o440] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(accepted)).unwrap();
+            assert_eq!(load_signing_key(&path).unwrap().key_id(), key.key_id());
+        }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(load_signing_key(&path).unwrap().key_id(), key.key_id());
         std::fs::write(&path, "PRIVATE+KEY+x+00000000+AQ==\n").unwrap();
         let err = load_signing_key(&path).unwrap_err();
         assert!(!err.contains("AQ=="), "{err}");
