@@ -668,3 +668,119 @@ async fn forged_decisions_and_grants_on_the_bus_release_and_admit_nothing() -> R
     }));
     Ok(())
 }
+
+/// Whether the proxy shows a key matching `needle` among those it trusts now (it re-reads its
+/// `approval_keys` file every few seconds).
+async fn in_force(bed: &TestBed, needle: &str) -> bool {
+    let Ok((_, metrics)) = bed.admin_get("/metrics").await else {
+        return false;
+    };
+    metrics
+        .lines()
+        .any(|l| l.starts_with("gatehouse_proxy_approval_keys{") && l.contains(needle))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_approval_key_rotates_without_a_restart_and_a_retired_key_stops_counting() -> Result {
+    let bed = TestBed::start().await?;
+    for name in ["one", "two", "three"] {
+        let out = bed
+            .admin_kubectl(&["create", "configmap", name, "-n", "prod"], None)
+            .await?;
+        assert!(out.success, "{}", out.stderr);
+    }
+    let delete =
+        |name: &str| bed.kubectl_spawn("ci-deployer", &["delete", "configmap", name, "-n", "prod"]);
+    let bob = bed.approvals_as("bob@example.com")?;
+
+    // Under the first key: approved, and a grant opened.
+    let kubectl = delete("one")?;
+    let hold = pending_hold(&bob).await?;
+    bob.vote(&hold.approval_id, Ballot::Approve, None).await?;
+    assert!(kubectl.wait_with_output().await?.status.success());
+
+    // Rotate: proxies trust the new key beside the old one, then the approval service signs
+    // with the new key. Nothing restarts.
+    let keys = bed.stack().dir.join("keys");
+    let old_vkey = std::fs::read_to_string(keys.join("approval-keys"))?
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .unwrap_or_default()
+        .to_owned();
+    let new =
+        gatehouse_proof::checkpoint::NoteSigner::from_seed("approval.gatehouse.local", [0x5a; 32])?;
+    let new_label = format!(
+        "approval.gatehouse.local/{}",
+        new.key_id()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    std::fs::write(
+        keys.join("approval-keys"),
+        format!("{}\n{old_vkey}\n", new.verifier().to_vkey()),
+    )?;
+    eventually("the proxy to trust the new key", DEADLINE, || async {
+        in_force(&bed, &new_label).await.then_some(())
+    })
+    .await?;
+    gatehouse::kubeconfig::write_private(
+        &keys.join("approval.key"),
+        &format!("{}\n", new.to_skey()),
+    )?;
+    // The grant the old key signed still admits the same kind of delete.
+    let out = bed
+        .kubectl("ci-deployer", &["delete", "configmap", "two", "-n", "prod"])
+        .await?;
+    assert!(out.success, "{}", out.stderr);
+
+    // The old key's window ends: its grant no longer counts, so the next delete is held, and
+    // the new key's decision releases it.
+    std::fs::write(
+        keys.join("approval-keys"),
+        format!(
+            "{}\n{old_vkey} until=2000-01-01T00:00:00Z\n",
+            new.verifier().to_vkey()
+        ),
+    )?;
+    eventually("the proxy to retire the old key", DEADLINE, || async {
+        in_force(&bed, "until=2000-01-01T00:00:00Z")
+            .await
+            .then_some(())
+    })
+    .await?;
+    let kubectl = delete("three")?;
+    let held = eventually("the third delete held", DEADLINE, || async {
+        bob.list(false)
+            .await
+            .ok()?
+            .into_iter()
+            .find(|h| h.name == "three")
+    })
+    .await?;
+    bob.vote(&held.approval_id, Ballot::Approve, None).await?;
+    let out = kubectl.wait_with_output().await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let finished = bed.finish().await?;
+    let signer_of = |request_id: &str| -> Vec<String> {
+        of(&finished.events, request_id, "approval.decided")
+            .iter()
+            .filter_map(|e| e.data()["attestation"].as_str())
+            .flat_map(gatehouse_proof::checkpoint::note_signers)
+            .map(|(_, id)| id)
+            .collect()
+    };
+    let new_id: String = new.key_id().iter().map(|b| format!("{b:02x}")).collect();
+    assert_ne!(signer_of(&hold.request_id), [new_id.clone()]);
+    assert_eq!(signer_of(&held.request_id), [new_id]);
+    assert!(
+        finished.events.iter().all(|e| e.name() != "bus.refused"),
+        "nothing genuine was refused"
+    );
+    Ok(())
+}

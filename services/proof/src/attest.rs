@@ -82,6 +82,12 @@ impl TrustedKey {
     }
 }
 
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 fn label(name: &str, id: &str) -> String {
     format!("{name}/{id}")
 }
@@ -110,6 +116,25 @@ impl Keyring {
 
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// Whether the key labelled `label` (as in [`Opened::key`]) is trusted at `now`: what was
+    /// opened under a key that has since been removed or retired no longer counts.
+    pub fn trusts(&self, label: &str, now: SystemTime) -> bool {
+        self.keys
+            .iter()
+            .any(|k| k.label() == label && k.until.is_none_or(|until| now <= until))
+    }
+
+    /// Each key's label, and `until=…` for a key trusted only until then: what a log shows.
+    pub fn describe(&self) -> Vec<String> {
+        self.keys
+            .iter()
+            .map(|k| match k.until {
+                Some(until) => format!("{} until={}", k.label(), rfc3339(until)),
+                None => k.label(),
+            })
+            .collect()
     }
 
     pub fn labels(&self) -> Vec<String> {
@@ -184,9 +209,7 @@ impl Keyring {
         {
             return Err(AttestError::RetiredKey {
                 key: key.label(),
-                until: time::OffsetDateTime::from(until)
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default(),
+                until: rfc3339(until),
             });
         }
         let (found, json) = body.split_once('\n').unwrap_or((body, ""));
@@ -306,7 +329,10 @@ mod tests {
             Err(AttestError::RetiredKey { .. })
         ));
         let rotating = ring(&[(&key, Some(now + Duration::from_secs(60)))]);
-        assert!(rotating.open::<Grant>(KIND, &note, now).is_ok());
+        let opened = rotating.open::<Grant>(KIND, &note, now).unwrap();
+        assert!(rotating.trusts(&opened.key, now));
+        assert!(!rotating.trusts(&opened.key, now + Duration::from_secs(61)));
+        assert!(!ring(&[(&signer(2), None)]).trusts(&opened.key, now));
         // Nothing trusted at all.
         assert!(matches!(
             Keyring::default().open::<Grant>(KIND, &note, now),

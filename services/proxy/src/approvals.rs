@@ -67,14 +67,20 @@ pub struct Refused {
 pub struct ApprovalKeys {
     path: Option<PathBuf>,
     ring: RwLock<(Option<String>, Arc<Keyring>)>,
+    /// Shows the keys in force (`gatehouse_proxy_approval_keys`).
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl ApprovalKeys {
     /// Reads the file; an unreadable or invalid file is an error at start.
-    pub fn load(path: Option<PathBuf>) -> Result<Self, String> {
+    pub fn load(
+        path: Option<PathBuf>,
+        metrics: Option<crate::metrics::Metrics>,
+    ) -> Result<Self, String> {
         let keys = Self {
             path,
             ring: RwLock::new((None, Arc::new(Keyring::default()))),
+            metrics,
         };
         keys.reload()?;
         Ok(keys)
@@ -85,6 +91,7 @@ impl ApprovalKeys {
         Self {
             path: None,
             ring: RwLock::new((None, Arc::new(ring))),
+            metrics: None,
         }
     }
 
@@ -118,7 +125,10 @@ impl ApprovalKeys {
                 path.display()
             ));
         }
-        tracing::info!(keys = ?ring.labels(), "approval keys in force");
+        tracing::info!(keys = ?ring.describe(), "approval keys in force");
+        if let Some(metrics) = &self.metrics {
+            metrics.approval_keys(&ring.describe());
+        }
         if let Ok(mut current) = self.ring.write() {
             *current = (Some(text), Arc::new(ring));
         }
@@ -132,10 +142,18 @@ const KEYS_RELOAD: Duration = Duration::from_secs(5);
 /// decision's validity, it is refused as expired anyway.
 const DECIDED_MEMORY: Duration = Duration::from_secs(15 * 60);
 
+/// A grant that verified, and the key that signed it: it counts only while that key is
+/// trusted (a rotation's old key stops admitting its grants when its window ends).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Granted {
+    grant: GrantIssued,
+    key: String,
+}
+
 /// Held requests waiting on this replica, and the grants every replica shares.
 pub struct Approvals {
     waiters: Mutex<HashMap<String, Waiting>>,
-    grants: RwLock<HashMap<String, GrantIssued>>,
+    grants: RwLock<HashMap<String, Granted>>,
     /// Approval ids decided (by any replica), with the event that decided them.
     decided: Mutex<HashMap<String, (String, Instant)>>,
     /// Grant ids seen deleted (revoked): written back, they are refused.
@@ -351,7 +369,7 @@ impl Approvals {
         value: &[u8],
         revision: u64,
         written: SystemTime,
-    ) -> Option<GrantIssued> {
+    ) -> Option<Granted> {
         let origin = format!(
             "bucket {} key {key} revision {revision}",
             gatehouse_bus::GRANTS_BUCKET
@@ -453,7 +471,10 @@ impl Approvals {
             );
         }
         // Expired since it was written: stale, not forged.
-        expires.is_some_and(|t| t > now).then_some(grant)
+        expires.is_some_and(|t| t > now).then_some(Granted {
+            grant,
+            key: signer.unwrap_or_default(),
+        })
     }
 
     fn on_grant_removed(&self, key: &str) {
@@ -472,9 +493,12 @@ impl Approvals {
         rule: &str,
     ) -> Option<GrantIssued> {
         let now = SystemTime::now();
+        let keys = self.keys.current();
         let grants = self.grants.read().ok()?;
         grants
             .values()
+            .filter(|g| keys.trusts(&g.key, now))
+            .map(|g| &g.grant)
             .filter(|g| {
                 g.principal == principal
                     && g.rule == rule
@@ -649,7 +673,7 @@ async fn follow_grants(
                     }
                 }
                 let now = SystemTime::now();
-                map.retain(|_, g| expires(g).is_some_and(|t| t > now));
+                map.retain(|_, g| expires(&g.grant).is_some_and(|t| t > now));
             }
             Some(Err(e)) => tracing::warn!(error = %e, "following grants"),
             None => loop {
@@ -1002,10 +1026,8 @@ mod tests {
             bed.approvals.on_grant_put(key, &value, 1, written)
         };
         let good = grant(&bed.key, 600);
-        assert_eq!(
-            put(&bed, &good.grant_id, &good, now),
-            Some(good.unattested())
-        );
+        let admitted = put(&bed, &good.grant_id, &good, now).expect("admitted");
+        assert_eq!(admitted.grant, good.unattested());
 
         let unsigned = good.unattested();
         assert!(put(&bed, &good.grant_id, &unsigned, now).is_none());
@@ -1053,7 +1075,7 @@ mod tests {
         let first = NoteSigner::from_seed("approval.test", [1; 32]).unwrap();
         let second = NoteSigner::from_seed("approval.test", [2; 32]).unwrap();
         std::fs::write(&path, format!("{}\n", first.verifier().to_vkey())).unwrap();
-        let keys = ApprovalKeys::load(Some(path.clone())).unwrap();
+        let keys = ApprovalKeys::load(Some(path.clone()), None).unwrap();
         assert_eq!(keys.current().labels().len(), 1);
         assert!(!keys.reload().unwrap(), "unchanged");
         std::fs::write(
@@ -1072,6 +1094,6 @@ mod tests {
         assert_eq!(keys.current().labels().len(), 2, "the keys in force stay");
         std::fs::write(&path, "# nothing\n").unwrap();
         assert!(keys.reload().is_err());
-        assert!(ApprovalKeys::load(Some(dir.path().join("missing"))).is_err());
+        assert!(ApprovalKeys::load(Some(dir.path().join("missing")), None).is_err());
     }
 }

@@ -132,8 +132,10 @@ impl Proxy {
         let nats = bus.clone();
         // Followers of decisions and grants; they stop when `serve` returns.
         let followers = CancellationToken::new();
-        let keys = approvals::ApprovalKeys::load(config.approval_keys.clone())
-            .map_err(ProxyError::Config)?;
+        let metrics = Metrics::new();
+        let keys =
+            approvals::ApprovalKeys::load(config.approval_keys.clone(), Some(metrics.clone()))
+                .map_err(ProxyError::Config)?;
         if config.approval_keys.is_none() {
             tracing::warn!(
                 "no approval_keys: no held request will be released and no grant admitted"
@@ -148,7 +150,6 @@ impl Proxy {
             followers.clone(),
         )
         .await?;
-        let metrics = Metrics::new();
         let recorder = record::Recorder::new(
             bus,
             gatehouse_events::envelope::source("proxy", &replica),

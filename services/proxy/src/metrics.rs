@@ -25,6 +25,7 @@
 //! | `masked_fields_total` | counter | |
 //! | `responses_withheld_total` | counter (answers that could not be masked: 502 or cut) | |
 //! | `tls_reloads_total` | counter | result (`success`, `failure`) |
+//! | `approval_keys` | gauge (1 per approval key trusted now) | key (`name/id`, with ` until=…` for a retiring key) |
 //! | `bus_refused_total` | counter (decisions and grants refused: see `bus.refused`) | message (`decision`, `grant`), problem |
 //! | `build_info` | gauge (always 1) | version |
 //! | `connections_open`, `connections_accepted_total`, `connections_refused_total`, `connections_timed_out_total` | see [`gatehouse_listener::metrics`] | listener (`proxy`, `admin`) |
@@ -129,6 +130,11 @@ impl ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabels {
+    key: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefusedLabels {
     message: &'static str,
     problem: &'static str,
@@ -170,6 +176,7 @@ pub struct Metrics {
     responses_withheld: Counter,
     tls_reloads: Family<ResultLabels, Counter>,
     bus_refused: Family<RefusedLabels, Counter>,
+    approval_keys: Family<KeyLabels, Gauge>,
     holds_waiting: Gauge,
     holds_decided: Family<OutcomeLabels, Counter>,
     hold_release: Histogram,
@@ -282,6 +289,12 @@ impl Metrics {
             "Approval decisions and grants refused because they did not verify",
             bus_refused.clone(),
         );
+        let approval_keys = Family::<KeyLabels, Gauge>::default();
+        registry.register(
+            "approval_keys",
+            "Approval service keys this proxy trusts now (1 each)",
+            approval_keys.clone(),
+        );
         let holds_waiting = Gauge::default();
         registry.register(
             "holds_waiting",
@@ -326,6 +339,7 @@ impl Metrics {
             responses_withheld,
             tls_reloads,
             bus_refused,
+            approval_keys,
             holds_waiting,
             holds_decided,
             hold_release,
@@ -355,6 +369,17 @@ impl Metrics {
         self.bus_refused
             .get_or_create(&RefusedLabels { message, problem })
             .inc();
+    }
+
+    /// The approval keys now in force, as [`gatehouse_proof::attest::Keyring::describe`]
+    /// names them; keys no longer trusted disappear.
+    pub fn approval_keys(&self, keys: &[String]) {
+        self.approval_keys.clear();
+        for key in keys {
+            self.approval_keys
+                .get_or_create(&KeyLabels { key: key.clone() })
+                .set(1);
+        }
     }
 
     /// A held request ended: `approved`, `denied`, `expired` or `withdrawn`.
