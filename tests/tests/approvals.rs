@@ -776,7 +776,7 @@ async fn the_approval_key_rotates_without_a_restart_and_a_retired_key_stops_coun
             .collect()
     };
     let new_id: String = new.key_id().iter().map(|b| format!("{b:02x}")).collect();
-    assert_ne!(signer_of(&hold.request_id), [new_id.clone()]);
+    assert_ne!(signer_of(&hold.request_id), std::slice::from_ref(&new_id));
     assert_eq!(signer_of(&held.request_id), [new_id]);
     assert!(
         finished.events.iter().all(|e| e.name() != "bus.refused"),

@@ -423,8 +423,8 @@ impl Approvals {
             Ok(opened) => opened,
             Err(e) => return refuse(attest_problem(&e), format!("the grant: {e}"), None),
         };
-        let key = opened.key;
-        let signer = Some(key.clone());
+        let signed_by = opened.key;
+        let signer = Some(signed_by.clone());
         let grant = opened.statement;
         if grant != claimed.unattested() || grant.attestation.is_some() {
             return refuse(
@@ -474,7 +474,7 @@ impl Approvals {
         // Expired since it was written: stale, not forged.
         expires.is_some_and(|t| t > now).then_some(Granted {
             grant,
-            key,
+            key: signed_by,
         })
     }
 
