@@ -45,6 +45,26 @@ impl BusConfig {
         }
     }
 
+    /// The servers in `url`: one, or a cluster's, comma-separated (`nats://a:4222,nats://b:4222`).
+    pub fn servers(&self) -> Result<Vec<async_nats::ServerAddr>, String> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<async_nats::ServerAddr>()
+                    .map_err(|e| format!("{s:?} is not a NATS server address: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|servers| {
+                if servers.is_empty() {
+                    Err("nats.url names no server".into())
+                } else {
+                    Ok(servers)
+                }
+            })
+    }
+
     /// The NATS token, from the environment only.
     pub fn token(&self) -> Option<String> {
         std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty())
@@ -70,6 +90,7 @@ impl BusConfig {
         if self.stream.replicas == 0 || self.stream.replicas > 5 {
             return Err("nats.stream.replicas must be between 1 and 5".into());
         }
+        self.servers()?;
         if self.publish_timeout.is_zero() {
             return Err("nats.publish_timeout must be greater than zero".into());
         }
@@ -133,6 +154,21 @@ fn default_connect_timeout() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_url_names_each_server_and_a_bad_one_is_refused() {
+        let servers = BusConfig::new("nats://127.0.0.1:4222, nats://127.0.0.1:4223,")
+            .servers()
+            .unwrap();
+        assert_eq!(servers.len(), 2);
+        assert_eq!(servers[1].port(), 4223);
+        assert!(
+            BusConfig::new("nats://127.0.0.1:4222,nats://host:port")
+                .validate()
+                .is_err()
+        );
+        assert!(BusConfig::new(" , ").servers().is_err());
+    }
 
     #[test]
     fn defaults_satisfy_the_invariants() {

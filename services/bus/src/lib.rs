@@ -85,7 +85,10 @@ impl Bus {
             .connection_timeout(config.connect_timeout)
             // Reconnect forever: a NATS restart must not take a proxy down, it fails closed.
             .max_reconnects(None)
-            .connect(config.url.as_str())
+            .connect(config.servers().map_err(|message| BusError::Connect {
+                url: config.url.clone(),
+                message,
+            })?)
             .await
             .map_err(|e| BusError::Connect {
                 url: config.url.clone(),
