@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
-use gatehouse_bus::{Bus, BusConfig};
+use gatehouse_bus::Bus;
 use gatehouse_events::schema::{SchemaSet, default_dir};
 use gatehouse_evidence::Ledger;
 use gatehouse_evidence::verify;
@@ -381,8 +381,9 @@ impl TestBed {
             },
         )
         .await?;
+        // The admin user: the stack's nats-server admits no anonymous client.
         let reader = Bus::connect(
-            &BusConfig::new(stack.nats_url.clone()),
+            &stack.nats_config(gatehouse::nats_server::NatsRole::Admin),
             "gatehouse-test-reader",
         )
         .await?;
