@@ -402,6 +402,19 @@ impl TestBed {
         self.stack.as_ref().expect("the stack is running")
     }
 
+    /// The permissions violations the stack's nats-server logged: each is a service using a
+    /// subject its credential does not allow. Empty when all is well (or NATS is external).
+    pub fn nats_refusals(&self) -> Result<Vec<String>> {
+        let Some(server) = self.stack().nats_server.as_ref() else {
+            return Ok(Vec::new());
+        };
+        Ok(std::fs::read_to_string(server.log_file())?
+            .lines()
+            .filter(|line| line.contains("Violation"))
+            .map(str::to_owned)
+            .collect())
+    }
+
     pub fn stack_mut(&mut self) -> &mut Stack {
         self.stack.as_mut().expect("the stack is running")
     }

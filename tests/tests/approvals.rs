@@ -145,6 +145,32 @@ async fn a_held_delete_goes_through_once_approved_and_its_grant_admits_the_next(
         .await?;
     let out = kubectl.wait_with_output().await?;
     assert!(!out.status.success());
+    // Every service did all of the above under its own NATS user, refused nothing.
+    assert_eq!(bed.nats_refusals()?, Vec::<String>::new());
+    // Those users are real: the proxy's may not publish a decision on the stack's server.
+    let proxy_bus = gatehouse_bus::Bus::connect(
+        &bed.stack()
+            .nats_config(gatehouse::nats_server::NatsRole::Proxy),
+        "forger",
+    )
+    .await?;
+    let forged = proxy_bus
+        .enqueue_bytes(
+            "gatehouse.approval.decided".into(),
+            "forged",
+            bytes::Bytes::from_static(b"{}"),
+        )
+        .await?
+        .wait()
+        .await;
+    assert!(forged.is_err(), "a proxy's decision was acked: {forged:?}");
+    let refused = bed.nats_refusals()?;
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("gatehouse.approval.decided")),
+        "{refused:?}"
+    );
 
     let finished = bed.finish().await?;
     let events = &finished.events;

@@ -249,6 +249,11 @@ impl NatsServer {
         })
     }
 
+    /// The server's log (`STORE_DIR/nats-server.log`).
+    pub fn log_file(&self) -> PathBuf {
+        self.store_dir.join("nats-server.log")
+    }
+
     /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> &str {
         &self.url
