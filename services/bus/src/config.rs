@@ -21,7 +21,8 @@ pub struct BusConfig {
     #[serde(default)]
     pub credentials_file: Option<PathBuf>,
     /// A file holding this service's NKey user seed (`SU…`), for servers configured with
-    /// `deploy/nats/gatehouse.conf`. Read at connect; must be readable by its owner only.
+    /// `deploy/nats/gatehouse.conf`. Read at connect; refused if others (group: beyond read)
+    /// may read or change it.
     #[serde(default)]
     pub nkey_file: Option<PathBuf>,
     /// CA bundle for `tls://` servers; setting it requires TLS.
@@ -85,16 +86,17 @@ impl BusConfig {
     }
 }
 
-/// Reads an NKey user seed from `path`, refusing a file others may read. Errors name the file
-/// and never its content.
+/// Reads an NKey user seed from `path`, refusing a file others may read or change (0600, 0400
+/// and 0440 pass). Errors name the file and never its content.
 pub fn read_nkey_seed(path: &Path) -> Result<String, String> {
     use std::os::unix::fs::PermissionsExt;
     let shown = path.display();
     let metadata = std::fs::metadata(path).map_err(|e| format!("nats.nkey_file {shown}: {e}"))?;
     let mode = metadata.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    // Group read is allowed: the kubelet turns a Secret's 0400 into 0440 under an fsGroup.
+    if mode & 0o037 != 0 {
         return Err(format!(
-            "nats.nkey_file {shown} has mode {mode:04o}, so others on this machine can read the \
+            "nats.nkey_file {shown} has mode {mode:04o}, so others may read or change the \
              service's NATS key; make it 0600 or 0400 (chmod 600 {shown})"
         ));
     }
@@ -201,7 +203,14 @@ mod tests {
         let path = dir.join("svc.nk");
         let seed = "SUAM4IXJ3TQZUWD5OBR5A4SMVHPJSCAT4IZDTHKMXWBGGDLGOCQ7E2UOXI";
         std::fs::write(&path, format!("{seed}\n")).unwrap();
-        for (mode, ok) in [(0o600, true), (0o400, true), (0o640, false), (0o604, false)] {
+        for (mode, ok) in [
+            (0o600, true),
+            (0o400, true),
+            (0o440, true),
+            (0o660, false),
+            (0o620, false),
+            (0o604, false),
+        ] {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
             let result = read_nkey_seed(&path);
             assert_eq!(result.is_ok(), ok, "mode {mode:o}: {result:?}");
