@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
-use gatehouse_bus::{Bus, BusConfig};
+use gatehouse_bus::Bus;
 use gatehouse_events::schema::{SchemaSet, default_dir};
 use gatehouse_evidence::Ledger;
 use gatehouse_evidence::verify;
@@ -382,8 +382,9 @@ impl TestBed {
             },
         )
         .await?;
+        // The admin user: the stack's nats-server admits no anonymous client.
         let reader = Bus::connect(
-            &BusConfig::new(stack.nats_url.clone()),
+            &stack.nats_config(gatehouse::nats_server::NatsRole::Admin),
             "gatehouse-test-reader",
         )
         .await?;
@@ -400,6 +401,19 @@ impl TestBed {
 
     pub fn stack(&self) -> &Stack {
         self.stack.as_ref().expect("the stack is running")
+    }
+
+    /// The permissions violations the stack's nats-server logged: each is a service using a
+    /// subject its credential does not allow. Empty when all is well (or NATS is external).
+    pub fn nats_refusals(&self) -> Result<Vec<String>> {
+        let Some(server) = self.stack().nats_server.as_ref() else {
+            return Ok(Vec::new());
+        };
+        Ok(std::fs::read_to_string(server.log_file())?
+            .lines()
+            .filter(|line| line.contains("Violation"))
+            .map(str::to_owned)
+            .collect())
     }
 
     pub fn stack_mut(&mut self) -> &mut Stack {

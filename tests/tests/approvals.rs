@@ -135,6 +135,15 @@ async fn a_held_delete_goes_through_once_approved_and_its_grant_admits_the_next(
     let revoked = bob.revoke(&grant.grant_id, Some("done")).await?;
     assert_eq!(revoked.grant_id, grant.grant_id);
     assert!(bob.grants().await?.is_empty());
+    // Revocation reaches proxies through the grants bucket, a moment after the API answers.
+    eventually("the proxy to drop the revoked grant", DEADLINE, || async {
+        let (_, metrics) = bed.admin_get("/metrics").await.ok()?;
+        metrics
+            .lines()
+            .any(|l| l == "gatehouse_proxy_grants 0")
+            .then_some(())
+    })
+    .await?;
     let kubectl = bed.kubectl_spawn(
         "ci-deployer",
         &["delete", "configmap", "three", "-n", "prod"],
@@ -145,6 +154,32 @@ async fn a_held_delete_goes_through_once_approved_and_its_grant_admits_the_next(
         .await?;
     let out = kubectl.wait_with_output().await?;
     assert!(!out.status.success());
+    // Every service did all of the above under its own NATS user, refused nothing.
+    assert_eq!(bed.nats_refusals()?, Vec::<String>::new());
+    // Those users are real: the proxy's may not publish a decision on the stack's server.
+    let proxy_bus = gatehouse_bus::Bus::connect(
+        &bed.stack()
+            .nats_config(gatehouse::nats_server::NatsRole::Proxy),
+        "forger",
+    )
+    .await?;
+    let forged = proxy_bus
+        .enqueue_bytes(
+            "gatehouse.approval.decided".into(),
+            "forged",
+            bytes::Bytes::from_static(b"{}"),
+        )
+        .await?
+        .wait()
+        .await;
+    assert!(forged.is_err(), "a proxy's decision was acked: {forged:?}");
+    let refused = bed.nats_refusals()?;
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("gatehouse.approval.decided")),
+        "{refused:?}"
+    );
 
     let finished = bed.finish().await?;
     let events = &finished.events;
@@ -533,9 +568,15 @@ async fn forged_decisions_and_grants_on_the_bus_release_and_admit_nothing() -> R
     let bob = bed.approvals_as("bob@example.com")?;
     let hold = pending_hold(&bob).await?;
 
-    // Whoever can publish on the bus, without the approval service's key.
-    let nats = async_nats::connect(&bed.stack().nats_url).await?;
-    let jetstream = async_nats::jetstream::new(nats);
+    // Whoever can publish decisions on the bus (here with the approval service's own NATS
+    // credential, as if it leaked), without the approval service's signing key.
+    let bus = gatehouse_bus::Bus::connect(
+        &bed.stack()
+            .nats_config(gatehouse::nats_server::NatsRole::Approval),
+        "forger",
+    )
+    .await?;
+    let jetstream = bus.jetstream().clone();
     let attacker =
         gatehouse_proof::checkpoint::NoteSigner::from_seed("approval.gatehouse.local", [0x42; 32])?;
     // An insider's view: the real key, misused (a decision for another request; one past its

@@ -123,6 +123,8 @@ async fn an_allowed_request_is_recorded_then_forwarded_as_the_caller() -> Result
     let digest = BodyDigest::of(&reply.bytes);
     assert_eq!(completed["body"]["bytes"], digest.bytes);
     assert_eq!(completed["body"]["blake3"], digest.blake3);
+    // Proxy and evidence ran as their own NATS users, and the server refused them nothing.
+    assert_eq!(bed.nats_refusals()?, Vec::<String>::new());
 
     bed.finish().await?;
     Ok(())

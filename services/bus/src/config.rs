@@ -1,6 +1,6 @@
 //! Bus configuration, shared by every service's YAML file under the key `nats`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +20,11 @@ pub struct BusConfig {
     /// A NATS `.creds` file (JWT + NKey), for operator-mode deployments.
     #[serde(default)]
     pub credentials_file: Option<PathBuf>,
+    /// A file holding this service's NKey user seed (`SU…`), for servers configured with
+    /// `deploy/nats/gatehouse.conf`. Read at connect; refused if others (group: beyond read)
+    /// may read or change it.
+    #[serde(default)]
+    pub nkey_file: Option<PathBuf>,
     /// CA bundle for `tls://` servers; setting it requires TLS.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -38,6 +43,7 @@ impl BusConfig {
         Self {
             url: url.into(),
             credentials_file: None,
+            nkey_file: None,
             ca_file: None,
             publish_timeout: default_publish_timeout(),
             connect_timeout: default_connect_timeout(),
@@ -72,6 +78,9 @@ impl BusConfig {
 
     /// Checks the settings that protect the invariants.
     pub fn validate(&self) -> Result<(), String> {
+        if self.nkey_file.is_some() && self.credentials_file.is_some() {
+            return Err("nats: set nkey_file or credentials_file, not both".into());
+        }
         if self.stream.duplicate_window < MIN_DUPLICATE_WINDOW {
             return Err(format!(
                 "nats.stream.duplicate_window is {}, but it must be at least {} so that a retried \
@@ -96,6 +105,30 @@ impl BusConfig {
         }
         Ok(())
     }
+}
+
+/// Reads an NKey user seed from `path`, refusing a file others may read or change (0600, 0400
+/// and 0440 pass). Errors name the file and never its content.
+pub fn read_nkey_seed(path: &Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let metadata = std::fs::metadata(path).map_err(|e| format!("nats.nkey_file {shown}: {e}"))?;
+    let mode = metadata.permissions().mode() & 0o777;
+    // Group read is allowed: the kubelet turns a Secret's 0400 into 0440 under an fsGroup.
+    if mode & 0o037 != 0 {
+        return Err(format!(
+            "nats.nkey_file {shown} has mode {mode:04o}, so others may read or change the \
+             service's NATS key; make it 0600 or 0400 (chmod 600 {shown})"
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("nats.nkey_file {shown}: {e}"))?;
+    let seed = text.trim();
+    if !seed.starts_with("SU") {
+        return Err(format!(
+            "nats.nkey_file {shown} does not hold an NKey user seed (one line starting with SU)"
+        ));
+    }
+    Ok(seed.to_owned())
 }
 
 /// What the `GATEHOUSE` stream must look like.
@@ -196,6 +229,38 @@ mod tests {
     fn unknown_fields_are_refused() {
         let r: Result<BusConfig, _> = serde_json::from_str(r#"{"url": "nats://x", "strem": {}}"#);
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn an_nkey_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("gatehouse-nkey-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("svc.nk");
+        let seed = "SUAM4IXJ3TQZUWD5OBR5A4SMVHPJSCAT4IZDTHKMXWBGGDLGOCQ7E2UOXI";
+        std::fs::write(&path, format!("{seed}\n")).unwrap();
+        for (mode, ok) in [
+            (0o600, true),
+            (0o400, true),
+            (0o440, true),
+            (0o660, false),
+            (0o620, false),
+            (0o604, false),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let result = read_nkey_seed(&path);
+            assert_eq!(result.is_ok(), ok, "mode {mode:o}: {result:?}");
+            if let Err(e) = result {
+                assert!(e.contains("chmod 600") && !e.contains(seed), "{e}");
+            } else {
+                assert_eq!(result.unwrap(), seed);
+            }
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&path, "not a seed").unwrap();
+        let e = read_nkey_seed(&path).unwrap_err();
+        assert!(e.contains("user seed") && !e.contains("not a seed"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn yaml_free_parse(json: &str) -> BusConfig {

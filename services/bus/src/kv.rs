@@ -28,7 +28,8 @@ pub struct Bucket {
 }
 
 impl Bus {
-    /// Opens the bucket, creating it if missing. Safe to call from every replica at once.
+    /// Opens the bucket, creating it if missing (which a least-privilege service credential may
+    /// not: see `deploy/nats/README.md`). Safe to call from every replica at once.
     pub async fn key_value(&self, bucket: &Bucket) -> Result<kv::Store, BusError> {
         let err = |message: String| BusError::Stream {
             stream: format!("KV_{}", bucket.name),
@@ -51,7 +52,7 @@ impl Bus {
         self.js
             .get_or_create_stream(config)
             .await
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(self.with_refusal(e.to_string())))?;
         self.js
             .get_key_value(bucket.name.as_str())
             .await

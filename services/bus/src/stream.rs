@@ -1,4 +1,8 @@
 //! The `GATEHOUSE` stream: created if missing, checked (and, where safe, updated) if present.
+//!
+//! With `deploy/nats/gatehouse.conf` only the admin credential may create or update streams:
+//! services then only read the stream's info, and one that finds it missing or wrong stops
+//! with an error naming the refusal and `gatehouse nats setup`.
 
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 
@@ -58,7 +62,7 @@ impl Bus {
                 self.js
                     .update_stream(config)
                     .await
-                    .map_err(|e| err(format!("update failed: {e}")))
+                    .map_err(|e| err(self.with_refusal(format!("update failed: {e}"))))
             }
             Err(e)
                 if matches!(
@@ -71,7 +75,7 @@ impl Bus {
                     .js
                     .create_stream(wanted)
                     .await
-                    .map_err(|e| err(format!("create failed: {e}")))?;
+                    .map_err(|e| err(self.with_refusal(format!("create failed: {e}"))))?;
                 tracing::info!(stream = %settings.name, "created the JetStream stream");
                 Ok(created
                     .info()

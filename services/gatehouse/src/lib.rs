@@ -27,6 +27,7 @@ pub mod checkpoint_cmd;
 pub mod kubeconfig;
 pub mod ledger;
 pub mod logging;
+pub mod nats_cmd;
 pub mod nats_server;
 pub mod policy_cmd;
 pub mod replay;

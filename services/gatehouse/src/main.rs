@@ -88,6 +88,11 @@ enum Command {
         #[command(subcommand)]
         command: gatehouse::checkpoint_cmd::CheckpointCommand,
     },
+    /// NATS: create the stream and buckets with the admin credential (deploy/nats/README.md).
+    Nats {
+        #[command(subcommand)]
+        command: gatehouse::nats_cmd::NatsCommand,
+    },
     /// Check a policy file, or explain which rule decides a request.
     Policy {
         #[command(subcommand)]
@@ -221,6 +226,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Policy { command } => return gatehouse::policy_cmd::run(command),
+        Command::Nats { command } => return gatehouse::nats_cmd::run(command).await,
         Command::Checkpoint { command } => return gatehouse::checkpoint_cmd::run(command).await,
         Command::Export(args) => return gatehouse::bundle_cmd::export(args),
         Command::Verify(args) => return gatehouse::bundle_cmd::verify(args),

@@ -3,6 +3,9 @@
 //! Started on a port the server picks itself (`-p -1`), which it reports in a ports file, so
 //! nothing depends on a fixed port. Stopped with SIGTERM (JetStream flushes its store) and
 //! killed outright if it lingers, or when the handle is dropped.
+//!
+//! [`NatsServer::start_secured`] runs it with Gatehouse's authorization
+//! (`deploy/nats/gatehouse.conf`, built into this binary) and a fresh NKey user per service.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -41,19 +44,118 @@ pub enum NatsServerError {
     Exited { status: String, log: PathBuf },
 }
 
+/// `deploy/nats/gatehouse.conf`: one NKey user per service, each allowed only its subjects.
+pub const GATEHOUSE_CONF: &str = include_str!("../../../deploy/nats/gatehouse.conf");
+
+/// The NATS users of `deploy/nats/gatehouse.conf`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NatsRole {
+    Proxy,
+    Approval,
+    Evidence,
+    /// Creates and fixes the stream and buckets (`gatehouse nats setup`); no service runs as it.
+    Admin,
+}
+
+impl NatsRole {
+    pub const ALL: [NatsRole; 4] = [Self::Proxy, Self::Approval, Self::Evidence, Self::Admin];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Proxy => "proxy",
+            Self::Approval => "approval",
+            Self::Evidence => "evidence",
+            Self::Admin => "admin",
+        }
+    }
+
+    /// The environment variable the configuration reads the role's public key from.
+    pub fn env(self) -> &'static str {
+        match self {
+            Self::Proxy => "GATEHOUSE_PROXY_NKEY",
+            Self::Approval => "GATEHOUSE_APPROVAL_NKEY",
+            Self::Evidence => "GATEHOUSE_EVIDENCE_NKEY",
+            Self::Admin => "GATEHOUSE_ADMIN_NKEY",
+        }
+    }
+}
+
+/// One NKey user per [`NatsRole`]: the seed in `DIR/<role>.nk` (mode 0600, for the service's
+/// `nats.nkey_file`), the public key for the server's configuration.
+#[derive(Clone, Debug)]
+pub struct NatsKeys {
+    dir: PathBuf,
+    public: Vec<(NatsRole, String)>,
+}
+
+impl NatsKeys {
+    /// Generates a fresh key per role into `dir`, replacing any there.
+    pub fn generate(dir: &Path) -> Result<Self, NatsServerError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| NatsServerError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let mut public = Vec::new();
+        for role in NatsRole::ALL {
+            let pair = nkeys::KeyPair::new_user();
+            let seed = pair.seed().map_err(|e| NatsServerError::Io {
+                path: dir.to_owned(),
+                source: std::io::Error::other(format!("generating an NKey: {e}")),
+            })?;
+            let path = dir.join(format!("{}.nk", role.name()));
+            // Removed first: an existing file would keep its mode.
+            let _ = std::fs::remove_file(&path);
+            crate::kubeconfig::write_private(&path, &format!("{seed}\n")).map_err(io(&path))?;
+            public.push((role, pair.public_key()));
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+            public,
+        })
+    }
+
+    /// The file holding `role`'s seed.
+    pub fn seed_file(&self, role: NatsRole) -> PathBuf {
+        self.dir.join(format!("{}.nk", role.name()))
+    }
+
+    /// `role`'s public key (`U…`).
+    pub fn public_key(&self, role: NatsRole) -> &str {
+        self.public
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map_or("", |(_, key)| key.as_str())
+    }
+}
+
 /// A running `nats-server`.
 #[derive(Debug)]
 pub struct NatsServer {
     child: Option<Child>,
     url: String,
     store_dir: PathBuf,
+    /// The users it was started with, if any; a restart keeps them.
+    keys: Option<NatsKeys>,
 }
 
 impl NatsServer {
     /// Starts `nats-server -js` with its store (and its log, `nats-server.log`) under `store_dir`,
     /// on a port the server picks.
     pub async fn start(store_dir: &Path) -> Result<Self, NatsServerError> {
-        Self::spawn(store_dir, None).await
+        Self::spawn(store_dir, None, None).await
+    }
+
+    /// Like [`NatsServer::start`], with `deploy/nats/gatehouse.conf` (written to
+    /// `store_dir/gatehouse.conf`) and the users in `keys`: clients must then authenticate, and
+    /// each may use only its role's subjects.
+    pub async fn start_secured(store_dir: &Path, keys: &NatsKeys) -> Result<Self, NatsServerError> {
+        Self::spawn(store_dir, None, Some(keys.clone())).await
+    }
+
+    /// The users the server was started with.
+    pub fn keys(&self) -> Option<&NatsKeys> {
+        self.keys.as_ref()
     }
 
     /// Stops the server and starts it again on the same port with the same store, as an
@@ -65,11 +167,15 @@ impl NatsServer {
             .rsplit(':')
             .next()
             .and_then(|p| p.parse::<u16>().ok());
-        *self = Self::spawn(&self.store_dir.clone(), port).await?;
+        *self = Self::spawn(&self.store_dir.clone(), port, self.keys.clone()).await?;
         Ok(())
     }
 
-    async fn spawn(store_dir: &Path, port: Option<u16>) -> Result<Self, NatsServerError> {
+    async fn spawn(
+        store_dir: &Path,
+        port: Option<u16>,
+        keys: Option<NatsKeys>,
+    ) -> Result<Self, NatsServerError> {
         let binary = find_binary().ok_or(NatsServerError::NotFound)?;
         let io = |path: &Path| {
             let path = path.to_owned();
@@ -85,7 +191,16 @@ impl NatsServer {
             .map_err(io(&log))?;
         let log_err = log_file.try_clone().map_err(io(&log))?;
         let jetstream_dir = store_dir.join("jetstream");
-        let mut child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        if let Some(keys) = &keys {
+            let conf = store_dir.join("gatehouse.conf");
+            std::fs::write(&conf, GATEHOUSE_CONF).map_err(io(&conf))?;
+            command.arg("--config").arg(&conf);
+            for role in NatsRole::ALL {
+                command.env(role.env(), keys.public_key(role));
+            }
+        }
+        let mut child = command
             .arg("--jetstream")
             .arg("--store_dir")
             .arg(&jetstream_dir)
@@ -130,7 +245,13 @@ impl NatsServer {
             child: Some(child),
             url,
             store_dir: store_dir.to_owned(),
+            keys,
         })
+    }
+
+    /// The server's log (`STORE_DIR/nats-server.log`).
+    pub fn log_file(&self) -> PathBuf {
+        self.store_dir.join("nats-server.log")
     }
 
     /// `nats://127.0.0.1:PORT`.

@@ -160,6 +160,7 @@ pub struct Approvals {
     revoked: Mutex<HashMap<String, Instant>>,
     keys: Arc<ApprovalKeys>,
     refusals: mpsc::UnboundedSender<Refused>,
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Approvals {
@@ -178,9 +179,13 @@ impl Approvals {
         replicas: usize,
         keys: Arc<ApprovalKeys>,
         refusals: mpsc::UnboundedSender<Refused>,
+        metrics: crate::metrics::Metrics,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, BusError> {
-        let approvals = Arc::new(Self::new(keys, refusals));
+        let approvals = Arc::new(Self {
+            metrics: Some(metrics),
+            ..Self::new(keys, refusals)
+        });
         tokio::spawn(reload_keys(Arc::clone(&approvals.keys), shutdown.clone()));
         let grants = bus
             .key_value(&grants_bucket(GRANTS_MAX_AGE, replicas))
@@ -216,6 +221,7 @@ impl Approvals {
             revoked: Mutex::default(),
             keys,
             refusals,
+            metrics: None,
         }
     }
 
@@ -675,6 +681,9 @@ async fn follow_grants(
                 }
                 let now = SystemTime::now();
                 map.retain(|_, g| expires(&g.grant).is_some_and(|t| t > now));
+                if let Some(metrics) = &approvals.metrics {
+                    metrics.grants(map.len());
+                }
             }
             Some(Err(e)) => tracing::warn!(error = %e, "following grants"),
             None => loop {

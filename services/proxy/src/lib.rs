@@ -147,6 +147,7 @@ impl Proxy {
             config.nats.stream.replicas,
             Arc::new(keys),
             refusals,
+            metrics.clone(),
             followers.clone(),
         )
         .await?;

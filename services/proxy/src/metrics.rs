@@ -25,6 +25,7 @@
 //! | `masked_fields_total` | counter | |
 //! | `responses_withheld_total` | counter (answers that could not be masked: 502 or cut) | |
 //! | `tls_reloads_total` | counter | result (`success`, `failure`) |
+//! | `grants` | gauge (grants this replica would admit requests on: verified, not expired or revoked) | |
 //! | `approval_keys` | gauge (1 per approval key trusted now) | key (`name/id`, with ` until=…` for a retiring key) |
 //! | `bus_refused_total` | counter (decisions and grants refused: see `bus.refused`) | message (`decision`, `grant`), problem |
 //! | `build_info` | gauge (always 1) | version |
@@ -177,6 +178,7 @@ pub struct Metrics {
     tls_reloads: Family<ResultLabels, Counter>,
     bus_refused: Family<RefusedLabels, Counter>,
     approval_keys: Family<KeyLabels, Gauge>,
+    grants: Gauge,
     holds_waiting: Gauge,
     holds_decided: Family<OutcomeLabels, Counter>,
     hold_release: Histogram,
@@ -295,6 +297,12 @@ impl Metrics {
             "Approval service keys this proxy trusts now (1 each)",
             approval_keys.clone(),
         );
+        let grants = Gauge::default();
+        registry.register(
+            "grants",
+            "Grants this replica admits requests on now (verified, not expired or revoked)",
+            grants.clone(),
+        );
         let holds_waiting = Gauge::default();
         registry.register(
             "holds_waiting",
@@ -340,6 +348,7 @@ impl Metrics {
             tls_reloads,
             bus_refused,
             approval_keys,
+            grants,
             holds_waiting,
             holds_decided,
             hold_release,
@@ -380,6 +389,11 @@ impl Metrics {
                 .get_or_create(&KeyLabels { key: key.clone() })
                 .set(1);
         }
+    }
+
+    /// Grants known to this replica now.
+    pub fn grants(&self, n: usize) {
+        self.grants.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// A held request ended: `approved`, `denied`, `expired` or `withdrawn`.

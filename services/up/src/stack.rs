@@ -4,7 +4,9 @@
 //!
 //! Layout of DIR:
 //! ```text
-//! nats/         nats-server's JetStream store and log (when gatehouse starts it)
+//! nats/         nats-server's JetStream store, log and configuration (deploy/nats/gatehouse.conf)
+//!               and, in nats/keys/, a fresh NKey seed per service (mode 0600), when gatehouse
+//!               starts it
 //! ledger/       the evidence ledger (RocksDB)
 //! controlplane/ the local control plane: etcd's data, its PKI, logs, the apiserver's audit log
 //! tls/          the demo CA and the proxy's (and sandbox's) certificates
@@ -21,7 +23,8 @@
 //! ```
 //!
 //! Start order: NATS, PKI, the cluster (control plane or sandbox, seeded with the demo), issuer,
-//! evidence, approval, proxy, kubeconfigs. Stop order: proxy (drains), approval, evidence (after
+//! the stream and buckets (as NATS's admin user, on gatehouse's own server), evidence, approval,
+//! proxy, kubeconfigs. Stop order: proxy (drains), approval, evidence (after
 //! catching up with the stream, so the ledger holds every event of the session), the cluster,
 //! issuer, NATS.
 
@@ -33,7 +36,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use gatehouse::kubeconfig;
 use gatehouse::load_yaml;
-use gatehouse::nats_server::NatsServer;
+use gatehouse::nats_server::{NatsKeys, NatsRole, NatsServer};
 use gatehouse_evidence::{Evidence, EvidenceError};
 use gatehouse_proxy::{Proxy, ProxyConfig};
 use gatehouse_sandbox::issuer::{Issuer, IssuerKeys};
@@ -99,7 +102,8 @@ impl Default for StackOptions {
 pub struct Stack {
     /// The data directory (absolute).
     pub dir: PathBuf,
-    /// The nats-server `up` started, if it started one.
+    /// The nats-server `up` started, if it started one: with `deploy/nats/gatehouse.conf`,
+    /// every service connecting as its own NKey user.
     pub nats_server: Option<NatsServer>,
     pub nats_url: String,
     /// The demo CA (PEM) that signed the proxy's (and the sandbox's) certificates.
@@ -171,11 +175,21 @@ impl Stack {
         let nats_url = match options.nats_url.as_deref() {
             Some(url) => url.to_owned(),
             None => {
-                let server = NatsServer::start(&dir.join("nats")).await?;
+                // Fresh keys at every start: the server is new too, and a key left from an
+                // earlier run opens nothing.
+                let keys = NatsKeys::generate(&dir.join("nats").join("keys"))?;
+                let server = NatsServer::start_secured(&dir.join("nats"), &keys).await?;
                 let url = server.url().to_owned();
                 nats_server = Some(server);
                 url
             }
+        };
+        let nats_keys = nats_server.as_ref().and_then(NatsServer::keys);
+        // `  nkey_file: …` under each service's `nats:` when the stack runs its own server.
+        let nkey = |role: NatsRole| {
+            nats_keys
+                .map(|k| format!("  nkey_file: {}\n", yaml_str(&k.seed_file(role))))
+                .unwrap_or_default()
         };
 
         let keys = IssuerKeys::load_or_generate(&dir.join("issuer"))?;
@@ -240,6 +254,45 @@ impl Stack {
                 format!("{key}: {}\n", options.connections)
             }
         };
+        let approvers_file =
+            keep_or_write(&config_dir.join("approvers.yaml"), demo::APPROVERS_YAML)?;
+        let approval_file = config_dir.join("approval.yaml");
+        std::fs::write(
+            &approval_file,
+            format!(
+                "# Written by `gatehouse up`; run the same service alone with\n\
+                 #   gatehouse approval --config {approval}\n\
+                 listen: \"127.0.0.1:0\"\n\
+                 admin_listen: \"127.0.0.1:0\"\n\
+                 {connections}{admin_connections}\
+                 replica: up\n\
+                 nats:\n  url: {nats_url}\n{nkey}\
+                 approvers: {approvers}\n\
+                 signing_key_file: {approval_key}\n\
+                 api:\n  issuers:\n    - issuer: {issuer}\n      audiences: [{AUDIENCE}]\n\
+                 {approval_channels}",
+                approval = approval_file.display(),
+                approvers = yaml_str(&approvers_file),
+                approval_key = yaml_str(&approval_key),
+                issuer = issuer.url(),
+                connections = connections("connections"),
+                admin_connections = connections("admin_connections"),
+                nkey = nkey(NatsRole::Approval),
+            ),
+        )?;
+        let approval_config = gatehouse_approval::ApprovalConfig::from_yaml(
+            &std::fs::read_to_string(&approval_file)?,
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {e}", approval_file.display()))?;
+        // Services may not create or change streams on the stack's own server: the stream and
+        // buckets are made here, as the admin, before any service starts.
+        if let Some(keys) = nats_keys {
+            let mut admin = gatehouse_bus::BusConfig::new(nats_url.clone());
+            admin.stream = approval_config.nats.stream.clone();
+            admin.nkey_file = Some(keys.seed_file(NatsRole::Admin));
+            let bus = gatehouse_bus::Bus::connect(&admin, "gatehouse-up-setup").await?;
+            gatehouse::nats_cmd::setup(&bus, &approval_config).await?;
+        }
         let evidence_file = config_dir.join("evidence.yaml");
         std::fs::write(
             &evidence_file,
@@ -247,7 +300,7 @@ impl Stack {
                 "# Written by `gatehouse up`; run the same service alone with\n\
                  #   gatehouse evidence --config {evidence}\n\
                  data_dir: {data}\n\
-                 nats:\n  url: {nats_url}\n\
+                 nats:\n  url: {nats_url}\n{nkey}\
                  checkpoints:\n  key_file: {key}\n  every: 10s\n\
                  admin_listen: \"127.0.0.1:0\"\n\
                  {admin_connections}\
@@ -260,6 +313,7 @@ impl Stack {
                 issuer = issuer.url(),
                 admin_connections = connections("admin_connections"),
                 api_connections = connections("  connections"),
+                nkey = nkey(NatsRole::Evidence),
             ),
         )?;
         let evidence_stop = CancellationToken::new();
@@ -299,35 +353,6 @@ impl Stack {
             async move { evidence.run(stop).await }
         });
 
-        let approvers_file =
-            keep_or_write(&config_dir.join("approvers.yaml"), demo::APPROVERS_YAML)?;
-        let approval_file = config_dir.join("approval.yaml");
-        std::fs::write(
-            &approval_file,
-            format!(
-                "# Written by `gatehouse up`; run the same service alone with\n\
-                 #   gatehouse approval --config {approval}\n\
-                 listen: \"127.0.0.1:0\"\n\
-                 admin_listen: \"127.0.0.1:0\"\n\
-                 {connections}{admin_connections}\
-                 replica: up\n\
-                 nats:\n  url: {nats_url}\n\
-                 approvers: {approvers}\n\
-                 signing_key_file: {approval_key}\n\
-                 api:\n  issuers:\n    - issuer: {issuer}\n      audiences: [{AUDIENCE}]\n\
-                 {approval_channels}",
-                approval = approval_file.display(),
-                approvers = yaml_str(&approvers_file),
-                approval_key = yaml_str(&approval_key),
-                issuer = issuer.url(),
-                connections = connections("connections"),
-                admin_connections = connections("admin_connections"),
-            ),
-        )?;
-        let approval_config = gatehouse_approval::ApprovalConfig::from_yaml(
-            &std::fs::read_to_string(&approval_file)?,
-        )
-        .map_err(|e| anyhow::anyhow!("{}: {e}", approval_file.display()))?;
         let approval_stop = CancellationToken::new();
         let approval_server =
             gatehouse_approval::ApprovalServer::start(&approval_config, approval_stop.clone())
@@ -358,7 +383,7 @@ impl Stack {
                  replica: up\n\
                  tls:\n  cert_file: {cert}\n  key_file: {key}\n\
                  upstream:\n{upstream_yaml}\
-                 nats:\n  url: {nats_url}\n\
+                 nats:\n  url: {nats_url}\n{nkey}\
                  issuers:\n  - issuer: {issuer}\n    audiences: [{AUDIENCE}]\n\
                  \x20 - issuer: {ci_issuer}\n    audiences: [{AUDIENCE}]\n\
                  \x20   claims:\n      preset: github-actions\n\
@@ -374,6 +399,7 @@ impl Stack {
                 ci_issuer = ci_issuer.url(),
                 identities = yaml_str(&identities_file),
                 policy = yaml_str(&policy_file),
+                nkey = nkey(NatsRole::Proxy),
                 connections = connections("connections"),
                 admin_connections = connections("admin_connections"),
             ),
@@ -409,6 +435,18 @@ impl Stack {
             proxy_stop,
             proxy_task,
         })
+    }
+
+    /// How `role` connects to the stack's NATS: its URL and, when the stack runs its own
+    /// nats-server, the role's NKey seed file.
+    pub fn nats_config(&self, role: NatsRole) -> gatehouse_bus::BusConfig {
+        let mut config = gatehouse_bus::BusConfig::new(self.nats_url.clone());
+        config.nkey_file = self
+            .nats_server
+            .as_ref()
+            .and_then(NatsServer::keys)
+            .map(|keys| keys.seed_file(role));
+        config
     }
 
     /// `https://127.0.0.1:PORT` of the proxy.
