@@ -335,6 +335,11 @@ pub struct BedOptions {
     /// Timeouts and connection limits of every listener, as a YAML mapping
     /// (`{header_read_timeout: 1s}`); empty: the defaults.
     pub connections: String,
+    /// An external NATS (e.g. a [`nats_cluster::NatsCluster`]) instead of the stack's own, its
+    /// users, and the replicas of the stream and buckets on it.
+    pub nats_url: Option<String>,
+    pub nats_keys: Option<gatehouse::nats_server::NatsKeys>,
+    pub nats_replicas: usize,
 }
 
 pub struct TestBed {
@@ -376,6 +381,9 @@ impl TestBed {
                 upstream: options.upstream.clone(),
                 approval_channels: options.approval_channels.clone(),
                 connections: options.connections.clone(),
+                nats_url: options.nats_url.clone(),
+                nats_keys: options.nats_keys.clone(),
+                nats_replicas: options.nats_replicas.max(1),
                 // An old resourceVersion answers 410 Gone within seconds, as on a busy cluster.
                 etcd_compaction_interval: Some(Duration::from_secs(10)),
                 ..StackOptions::default()

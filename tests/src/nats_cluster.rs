@@ -168,10 +168,12 @@ impl NatsCluster {
             if let Some(child) = self.nodes[i].child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
+                let log = self.log_text(i);
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
                 bail!(
-                    "nats-server {} exited during start-up ({status}); see {}",
+                    "nats-server {} exited during start-up ({status}): {}",
                     self.nodes[i].name,
-                    self.log(i).display()
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
                 );
             }
             if Instant::now() > deadline {

@@ -69,6 +69,11 @@ pub struct StackOptions {
     pub upstream: Upstream,
     /// Use this NATS (with JetStream) instead of starting nats-server.
     pub nats_url: Option<String>,
+    /// With `nats_url`: the users that NATS was started with (`deploy/nats/gatehouse.conf`),
+    /// so each service connects as its own and the admin sets the stream up.
+    pub nats_keys: Option<NatsKeys>,
+    /// JetStream replicas of the stream and buckets (3 on a three-node cluster).
+    pub nats_replicas: usize,
     /// Where the proxy listens.
     pub listen: SocketAddr,
     /// YAML sections (`slack:`, `teams:`, `discord:`) added to the approval service's
@@ -89,6 +94,8 @@ impl Default for StackOptions {
         Self {
             upstream: Upstream::default(),
             nats_url: None,
+            nats_keys: None,
+            nats_replicas: 1,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             approval_channels: String::new(),
             seed_demo: true,
@@ -106,6 +113,9 @@ pub struct Stack {
     /// every service connecting as its own NKey user.
     pub nats_server: Option<NatsServer>,
     pub nats_url: String,
+    /// The users every service connects as, when NATS was started with Gatehouse's
+    /// authorization.
+    pub nats_keys: Option<NatsKeys>,
     /// The demo CA (PEM) that signed the proxy's (and the sandbox's) certificates.
     pub ca_pem: String,
     /// The cluster behind the proxy.
@@ -184,12 +194,23 @@ impl Stack {
                 url
             }
         };
-        let nats_keys = nats_server.as_ref().and_then(NatsServer::keys);
-        // `  nkey_file: …` under each service's `nats:` when the stack runs its own server.
+        let nats_keys = nats_server
+            .as_ref()
+            .and_then(NatsServer::keys)
+            .or(options.nats_keys.as_ref())
+            .cloned();
+        let replicas = options.nats_replicas.max(1);
+        // `  nkey_file: …` under each service's `nats:` when NATS has Gatehouse's users, and the
+        // stream's replicas when there are more than one.
         let nkey = |role: NatsRole| {
-            nats_keys
+            let mut yaml = nats_keys
+                .as_ref()
                 .map(|k| format!("  nkey_file: {}\n", yaml_str(&k.seed_file(role))))
-                .unwrap_or_default()
+                .unwrap_or_default();
+            if replicas > 1 {
+                yaml.push_str(&format!("  stream:\n    replicas: {replicas}\n"));
+            }
+            yaml
         };
 
         let keys = IssuerKeys::load_or_generate(&dir.join("issuer"))?;
@@ -269,6 +290,7 @@ impl Stack {
                  nats:\n  url: {nats_url}\n{nkey}\
                  approvers: {approvers}\n\
                  signing_key_file: {approval_key}\n\
+                 bucket_replicas: {replicas}\n\
                  api:\n  issuers:\n    - issuer: {issuer}\n      audiences: [{AUDIENCE}]\n\
                  {approval_channels}",
                 approval = approval_file.display(),
@@ -286,7 +308,7 @@ impl Stack {
         .map_err(|e| anyhow::anyhow!("{}: {e}", approval_file.display()))?;
         // Services may not create or change streams on the stack's own server: the stream and
         // buckets are made here, as the admin, before any service starts.
-        if let Some(keys) = nats_keys {
+        if let Some(keys) = &nats_keys {
             let mut admin = gatehouse_bus::BusConfig::new(nats_url.clone());
             admin.stream = approval_config.nats.stream.clone();
             admin.nkey_file = Some(keys.seed_file(NatsRole::Admin));
@@ -415,6 +437,7 @@ impl Stack {
             dir,
             nats_server,
             nats_url,
+            nats_keys,
             ca_pem,
             cluster,
             issuer,
@@ -441,11 +464,7 @@ impl Stack {
     /// nats-server, the role's NKey seed file.
     pub fn nats_config(&self, role: NatsRole) -> gatehouse_bus::BusConfig {
         let mut config = gatehouse_bus::BusConfig::new(self.nats_url.clone());
-        config.nkey_file = self
-            .nats_server
-            .as_ref()
-            .and_then(NatsServer::keys)
-            .map(|keys| keys.seed_file(role));
+        config.nkey_file = self.nats_keys.as_ref().map(|keys| keys.seed_file(role));
         config
     }
 

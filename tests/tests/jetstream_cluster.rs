@@ -1,0 +1,368 @@
+//! Gatehouse on a three-node JetStream cluster (real nats-server processes, Gatehouse's NATS
+//! users and permissions, the stream and buckets at three replicas), with nodes SIGKILLed and
+//! restarted under steady load through two proxies:
+//!
+//! 1. one node down, then back: requests keep going through, a held delete is still released;
+//! 2. another node down, then back;
+//! 3. two nodes down (no quorum): every request the proxies answer is a 503 and none reaches the
+//!    cluster; after the nodes return, both proxies forward again.
+//!
+//! Then: every answered-200 request's `request.received` is in the ledger exactly once, no
+//! event id is doubled, nothing refused reached the API server, and (`TestBed::finish`) the
+//! ledger equals the stream byte for byte and matches the API server's audit log.
+//! `GATEHOUSE_WRITE_RESULTS=1` writes the figures to `tests/bench/results/jetstream-cluster.json`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gatehouse::nats_server::NatsKeys;
+use gatehouse_events::Ballot;
+use gatehouse_tests::nats_cluster::NatsCluster;
+use gatehouse_tests::{BedOptions, DEADLINE, TestBed, eventually};
+use tokio_util::sync::CancellationToken;
+
+type Result = anyhow::Result<()>;
+
+/// Load: this many clients per proxy, each sending a request every `PACE` (or as soon as the
+/// last is answered, if that took longer): a steady rate, bounded so the run stays short.
+const CLIENTS_PER_PROXY: usize = 2;
+const PACE: Duration = Duration::from_millis(40);
+/// How long each phase runs under load.
+const PHASE: Duration = Duration::from_secs(3);
+
+#[derive(Clone, Debug)]
+struct Answer {
+    proxy: usize,
+    started: Instant,
+    finished: Instant,
+    status: u16,
+    request_id: Option<String>,
+    message: String,
+}
+
+async fn run_load(
+    bed: Arc<TestBed>,
+    proxies: Vec<String>,
+    token: String,
+    answers: Arc<Mutex<Vec<Answer>>>,
+    stop: CancellationToken,
+) {
+    let mut clients = Vec::new();
+    for (proxy, url) in proxies.iter().enumerate() {
+        for _ in 0..CLIENTS_PER_PROXY {
+            let (bed, url, token, answers, stop) = (
+                bed.clone(),
+                url.clone(),
+                token.clone(),
+                answers.clone(),
+                stop.clone(),
+            );
+            clients.push(tokio::spawn(async move {
+                let auth = format!("Bearer {token}");
+                let mut pace = tokio::time::interval(PACE);
+                pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                while !stop.is_cancelled() {
+                    pace.tick().await;
+                    let started = Instant::now();
+                    let reply = bed
+                        .request_via(
+                            &url,
+                            "GET",
+                            "/api/v1/namespaces/apps/configmaps",
+                            &[("authorization", auth.as_str())],
+                            None,
+                        )
+                        .await;
+                    let finished = Instant::now();
+                    let answer = match reply {
+                        Ok(reply) => Answer {
+                            proxy,
+                            started,
+                            finished,
+                            status: reply.status,
+                            request_id: reply.request_id,
+                            message: reply.body["message"].as_str().unwrap_or("").to_owned(),
+                        },
+                        Err(e) => Answer {
+                            proxy,
+                            started,
+                            finished,
+                            status: 0,
+                            request_id: None,
+                            message: e.to_string(),
+                        },
+                    };
+                    if let Ok(mut all) = answers.lock() {
+                        all.push(answer);
+                    }
+                }
+            }));
+        }
+    }
+    for client in clients {
+        let _ = client.await;
+    }
+}
+
+fn answers_between(answers: &Mutex<Vec<Answer>>, from: Instant, to: Instant) -> Vec<Answer> {
+    answers
+        .lock()
+        .map(|a| {
+            a.iter()
+                .filter(|a| a.started >= from && a.finished <= to)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn count(answers: &[Answer], status: u16) -> usize {
+    answers.iter().filter(|a| a.status == status).count()
+}
+
+/// Waits until each proxy has answered a request with 200 that started after `since`.
+async fn both_forwarding(answers: &Mutex<Vec<Answer>>, since: Instant, proxies: usize) -> Duration {
+    let deadline = since + Duration::from_secs(60);
+    loop {
+        let forwarding: BTreeSet<usize> = answers_between(answers, since, Instant::now())
+            .iter()
+            .filter(|a| a.status == 200)
+            .map(|a| a.proxy)
+            .collect();
+        if forwarding.len() == proxies || Instant::now() > deadline {
+            return since.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_proxies_ride_out_node_losses_and_refuse_everything_without_a_quorum() -> Result {
+    let dir = tempfile::tempdir()?;
+    let keys = NatsKeys::generate(&dir.path().join("nats-keys"))?;
+    let env = gatehouse::nats_server::NatsRole::ALL
+        .iter()
+        .map(|r| (r.env().to_owned(), keys.public_key(*r).to_owned()))
+        .collect();
+    let mut cluster = NatsCluster::start(
+        &dir.path().join("cluster"),
+        3,
+        gatehouse::nats_server::GATEHOUSE_CONF,
+        env,
+    )
+    .await?;
+    let bed = Arc::new(
+        TestBed::start_with(BedOptions {
+            nats_url: Some(cluster.url()),
+            nats_keys: Some(keys),
+            nats_replicas: 3,
+            ..BedOptions::default()
+        })
+        .await?,
+    );
+    let stack = bed.stack();
+    let out = bed
+        .admin_kubectl(&["create", "configmap", "settings", "-n", "prod"], None)
+        .await?;
+    assert!(out.success, "{}", out.stderr);
+
+    // A second proxy replica on the same cluster.
+    let stop_proxy_2 = CancellationToken::new();
+    let text = std::fs::read_to_string(stack.dir.join("config/proxy.yaml"))?
+        .replace("replica: up", "replica: up-2");
+    let mut config: gatehouse_proxy::ProxyConfig = yaml_serde::from_str(&text)?;
+    config.listen = "127.0.0.1:0".parse()?;
+    let proxy_2 = gatehouse_proxy::Proxy::build(config).await?;
+    let proxies = vec![
+        stack.proxy_url(),
+        format!("https://{}", proxy_2.local_addr()),
+    ];
+    let proxy_2 = tokio::spawn(proxy_2.serve(stop_proxy_2.clone()));
+
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let stop_load = CancellationToken::new();
+    let load = tokio::spawn(run_load(
+        bed.clone(),
+        proxies.clone(),
+        bed.mint("ci-deployer")?,
+        answers.clone(),
+        stop_load.clone(),
+    ));
+    let began = Instant::now();
+    tokio::time::sleep(PHASE).await;
+
+    // 1. Node 1 down: the others keep a quorum. A held delete is still released.
+    let t1 = Instant::now();
+    cluster.kill(0).await?;
+    let kubectl = bed.kubectl_spawn(
+        "ci-deployer",
+        &["delete", "configmap", "settings", "-n", "prod"],
+    )?;
+    let bob = bed.approvals_as("bob@example.com")?;
+    let hold = eventually("the delete to be held", DEADLINE, || async {
+        bob.list(false).await.ok()?.into_iter().next()
+    })
+    .await?;
+    bob.vote(&hold.approval_id, Ballot::Approve, None).await?;
+    let out = kubectl.wait_with_output().await?;
+    assert!(
+        out.status.success(),
+        "held delete with a node down: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(PHASE).await;
+    cluster.restart(0).await?;
+    let back_1 = Instant::now();
+    tokio::time::sleep(PHASE).await;
+
+    // 2. Node 2 down, then back.
+    let t2 = Instant::now();
+    cluster.kill(1).await?;
+    tokio::time::sleep(PHASE).await;
+    cluster.restart(1).await?;
+    let back_2 = Instant::now();
+    tokio::time::sleep(PHASE).await;
+
+    // 3. Nodes 2 and 3 down: no quorum, nothing may be forwarded.
+    let t3 = Instant::now();
+    cluster.kill(1).await?;
+    cluster.kill(2).await?;
+    let quorum_lost = Instant::now();
+    tokio::time::sleep(PHASE).await;
+    let restarting = Instant::now();
+    cluster.restart(1).await?;
+    cluster.restart(2).await?;
+    let restarted = Instant::now();
+    let recovery = both_forwarding(&answers, restarted, proxies.len()).await;
+    tokio::time::sleep(PHASE).await;
+    stop_load.cancel();
+    load.await?;
+    let ended = Instant::now();
+
+    let all = answers_between(&answers, began, ended);
+    let phase = |from, to| answers_between(&answers, from, to);
+    let (one_down, two_down, no_quorum) = (
+        phase(t1, back_1),
+        phase(t2, back_2),
+        phase(quorum_lost, restarting),
+    );
+    // A node lost with a quorum left: requests keep being forwarded.
+    assert!(
+        count(&one_down, 200) > 0,
+        "nothing forwarded with node 1 down"
+    );
+    assert!(
+        count(&two_down, 200) > 0,
+        "nothing forwarded with node 2 down"
+    );
+    // Without a quorum, every answer is the audit trail's 503; nothing else got through.
+    assert!(
+        !no_quorum.is_empty(),
+        "no request was answered without a quorum"
+    );
+    for answer in &no_quorum {
+        assert_eq!(answer.status, 503, "without a quorum: {answer:?}");
+        assert!(
+            answer.message.contains("audit trail"),
+            "a 503 that does not say why: {answer:?}"
+        );
+    }
+    assert!(
+        recovery < Duration::from_secs(60),
+        "the proxies did not forward again within 60 s of the quorum's return"
+    );
+    let unexpected: Vec<&Answer> = all
+        .iter()
+        .filter(|a| a.status != 200 && a.status != 503)
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "answers other than 200 and 503: {unexpected:?}"
+    );
+
+    stop_proxy_2.cancel();
+    proxy_2.await?;
+    let upstream: BTreeSet<String> = bed
+        .upstream_requests()
+        .await?
+        .into_iter()
+        .filter_map(|r| r.audit_id)
+        .collect();
+    let bed =
+        Arc::into_inner(bed).ok_or_else(|| anyhow::anyhow!("the load still holds the bed"))?;
+    let finished = bed.finish().await?;
+
+    // Every request answered 200 was received, acked, recorded once and forwarded once; none
+    // answered 503 reached the cluster; no event is in the ledger twice.
+    let mut received: BTreeMap<&str, usize> = BTreeMap::new();
+    for event in finished
+        .events
+        .iter()
+        .filter(|e| e.name() == "request.received")
+    {
+        *received.entry(event.subject()).or_default() += 1;
+    }
+    let mut ok_ids = 0;
+    for answer in all.iter().filter(|a| a.status == 200) {
+        let id = answer.request_id.as_deref().unwrap_or("");
+        assert_eq!(
+            received.get(id),
+            Some(&1),
+            "answered 200 but recorded otherwise: {answer:?}"
+        );
+        assert!(
+            upstream.contains(id),
+            "answered 200 but not in the API server's log: {id}"
+        );
+        ok_ids += 1;
+    }
+    for answer in all.iter().filter(|a| a.status == 503) {
+        if let Some(id) = &answer.request_id {
+            assert!(
+                !upstream.contains(id),
+                "answered 503 but forwarded: {answer:?}"
+            );
+        }
+    }
+    let ids: BTreeSet<&str> = finished
+        .events
+        .iter()
+        .map(|e| e.value["id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        ids.len(),
+        finished.events.len(),
+        "an event id is in the ledger twice"
+    );
+
+    let figures = serde_json::json!({
+        "nodes": 3,
+        "replicas": 3,
+        "proxies": proxies.len(),
+        "clients_per_proxy": CLIENTS_PER_PROXY,
+        "pace_ms_per_client": PACE.as_millis() as u64,
+        "phase_seconds": PHASE.as_secs(),
+        "requests": all.len(),
+        "forwarded_200": ok_ids,
+        "refused_503": count(&all, 503),
+        "one_node_down": { "requests": one_down.len(), "ok": count(&one_down, 200), "refused_503": count(&one_down, 503) },
+        "another_node_down": { "requests": two_down.len(), "ok": count(&two_down, 200), "refused_503": count(&two_down, 503) },
+        "no_quorum": { "requests": no_quorum.len(), "refused_503": count(&no_quorum, 503), "seconds": restarting.duration_since(quorum_lost).as_secs_f64() },
+        "seconds_to_forward_again_after_quorum_returned": (recovery.as_millis() as f64) / 1000.0,
+        "seconds_to_restart_two_nodes": restarted.duration_since(restarting).as_secs_f64(),
+        "ledger_events": finished.events.len(),
+        "ledger_request_received": received.len(),
+        "held_delete_released_with_a_node_down": true,
+        "answers_other_than_200_503": unexpected.len(),
+        "load_seconds": ended.duration_since(began).as_secs_f64(),
+        "t3_to_quorum_lost_ms": quorum_lost.duration_since(t3).as_millis() as u64,
+    });
+    println!("{}", serde_json::to_string_pretty(&figures)?);
+    if std::env::var_os("GATEHOUSE_WRITE_RESULTS").is_some() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("bench/results/jetstream-cluster.json");
+        std::fs::write(path, serde_json::to_string_pretty(&figures)? + "\n")?;
+    }
+    Ok(())
+}
