@@ -46,6 +46,17 @@ fn policy_with_short_holds() -> (String, String) {
     ("policy.yaml".into(), text)
 }
 
+/// Creates these ConfigMaps in `prod`, behind the proxy's back.
+async fn configmaps_in_prod(bed: &TestBed, names: &[&str]) -> anyhow::Result<()> {
+    for name in names {
+        let out = bed
+            .admin_kubectl(&["create", "configmap", name, "-n", "prod"], None)
+            .await?;
+        anyhow::ensure!(out.success, "creating configmap {name}: {}", out.stderr);
+    }
+    Ok(())
+}
+
 async fn pending_hold(
     client: &gatehouse_approval::client::ApprovalClient,
 ) -> anyhow::Result<gatehouse_approval::api::HoldSummary> {
@@ -58,12 +69,7 @@ async fn pending_hold(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_delete_goes_through_once_approved_and_its_grant_admits_the_next() -> Result {
     let bed = TestBed::start().await?;
-    for name in ["one", "two", "three"] {
-        let out = bed
-            .admin_kubectl(&["create", "configmap", name, "-n", "prod"], None)
-            .await?;
-        assert!(out.success, "{}", out.stderr);
-    }
+    configmaps_in_prod(&bed, &["one", "two", "three"]).await?;
     let kubectl =
         bed.kubectl_spawn("ci-deployer", &["delete", "configmap", "one", "-n", "prod"])?;
     let bob = bed.approvals_as("bob@example.com")?;
@@ -557,12 +563,7 @@ async fn forged_decisions_and_grants_on_the_bus_release_and_admit_nothing() -> R
     use gatehouse_events::{Envelope, Payload};
     let logs = gatehouse_tests::LogCapture::install();
     let bed = TestBed::start().await?;
-    for name in ["one", "two"] {
-        let out = bed
-            .admin_kubectl(&["create", "configmap", name, "-n", "prod"], None)
-            .await?;
-        assert!(out.success, "{}", out.stderr);
-    }
+    configmaps_in_prod(&bed, &["one", "two"]).await?;
     let kubectl =
         bed.kubectl_spawn("ci-deployer", &["delete", "configmap", "one", "-n", "prod"])?;
     let bob = bed.approvals_as("bob@example.com")?;
@@ -724,12 +725,7 @@ async fn in_force(bed: &TestBed, needle: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_approval_key_rotates_without_a_restart_and_a_retired_key_stops_counting() -> Result {
     let bed = TestBed::start().await?;
-    for name in ["one", "two", "three"] {
-        let out = bed
-            .admin_kubectl(&["create", "configmap", name, "-n", "prod"], None)
-            .await?;
-        assert!(out.success, "{}", out.stderr);
-    }
+    configmaps_in_prod(&bed, &["one", "two", "three"]).await?;
     let delete =
         |name: &str| bed.kubectl_spawn("ci-deployer", &["delete", "configmap", name, "-n", "prod"]);
     let bob = bed.approvals_as("bob@example.com")?;
