@@ -45,6 +45,13 @@ pub struct SharedCheckpoint {
     pub key: String,
 }
 
+/// The value of a `consumer.<name>` key.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct Claim {
+    replica: String,
+    instance: String,
+}
+
 /// This replica's role, as `/status` shows it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Role {
@@ -72,6 +79,9 @@ pub struct Lease {
     ttl: Duration,
     state: Mutex<State>,
     consumer_revision: Mutex<Option<u64>>,
+    /// This process, in the consumer claim: another process with the same replica name and
+    /// consumer is told apart from an earlier run of this one.
+    instance: String,
     metrics: crate::metrics::Metrics,
 }
 
@@ -82,8 +92,9 @@ pub enum LeaseError {
     #[error("lease bucket {BUCKET}: {0}")]
     Kv(String),
     #[error(
-        "the durable consumer {consumer:?} is in use by the evidence replica {holder:?}: give each \
-         replica its own `consumer` (e.g. \"evidence-{{replica}}\") and its own data_dir"
+        "the durable consumer {consumer:?} is in use by the evidence replica {holder:?} (another \
+         live process): give each replica its own `replica` name, `consumer` (e.g. \
+         \"evidence-{{replica}}\") and data_dir"
     )]
     ConsumerInUse { consumer: String, holder: String },
 }
@@ -120,6 +131,16 @@ impl Lease {
                 replicas: bus_replicas(bus).await,
             })
             .await?;
+        if let Ok(mut stream) = bus.jetstream().get_stream(format!("KV_{BUCKET}")).await
+            && let Ok(info) = stream.info().await
+            && info.config.max_age != ttl
+        {
+            tracing::warn!(
+                lease_ttl = ?ttl,
+                bucket_max_age = ?info.config.max_age,
+                "lease_ttl differs from the lease bucket's max_age, which other replicas set: the bucket's wins (runbooks/evidence-failover.md)"
+            );
+        }
         metrics.replica(&replica, &consumer);
         let lease = Self {
             leases,
@@ -137,9 +158,10 @@ impl Lease {
                 renewed: None,
             }),
             consumer_revision: Mutex::new(None),
+            instance: gatehouse_events::EventId::new().to_string(),
             metrics,
         };
-        lease.claim_consumer().await?;
+        lease.claim_consumer_at_start().await?;
         Ok(lease)
     }
 
@@ -170,20 +192,98 @@ impl Lease {
         format!("consumer.{}", self.consumer)
     }
 
-    /// Claims (or renews the claim on) the durable consumer. Two replicas sharing a consumer
-    /// would each get part of the stream: neither ledger would be whole.
-    async fn claim_consumer(&self) -> Result<(), LeaseError> {
+    fn claim_value(&self) -> Bytes {
+        let claim = Claim {
+            replica: self.replica.clone(),
+            instance: self.instance.clone(),
+        };
+        Bytes::from(serde_json::to_vec(&claim).unwrap_or_default())
+    }
+
+    /// Claims the durable consumer at start. Two processes sharing a consumer would each get
+    /// part of the stream, and neither ledger would be whole. A claim held by another process
+    /// is watched for half a lease: a live holder renews it (refused), a dead one does not
+    /// (taken over).
+    async fn claim_consumer_at_start(&self) -> Result<(), LeaseError> {
         let key = self.consumer_key();
-        let value = Bytes::from(self.replica.clone());
+        let kv_error = |e: String| LeaseError::Kv(e);
+        let mut seen: Option<(u64, Instant)> = None;
+        loop {
+            let entry = self
+                .leases
+                .entry(key.clone())
+                .await
+                .map_err(|e| kv_error(e.to_string()))?;
+            let revision = match entry {
+                Some(e) if e.operation == kv::Operation::Put => {
+                    let holder = serde_json::from_slice::<Claim>(&e.value)
+                        .map(|c| c.replica)
+                        .unwrap_or_else(|_| String::from_utf8_lossy(&e.value).into_owned());
+                    match seen {
+                        Some((revision, _)) if revision != e.revision => {
+                            return Err(LeaseError::ConsumerInUse {
+                                consumer: self.consumer.clone(),
+                                holder,
+                            });
+                        }
+                        Some((_, since)) if since.elapsed() >= self.ttl / 2 => {
+                            match self
+                                .leases
+                                .update(&key, self.claim_value(), e.revision)
+                                .await
+                            {
+                                Ok(revision) => {
+                                    tracing::info!(consumer = %self.consumer, previous = %holder, "took over the claim on the durable consumer from a process that stopped renewing it");
+                                    revision
+                                }
+                                Err(_) => {
+                                    return Err(LeaseError::ConsumerInUse {
+                                        consumer: self.consumer.clone(),
+                                        holder,
+                                    });
+                                }
+                            }
+                        }
+                        Some(_) => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                        None => {
+                            seen = Some((e.revision, Instant::now()));
+                            continue;
+                        }
+                    }
+                }
+                // Free (never claimed, released or lapsed).
+                _ => match self.leases.create(&key, self.claim_value()).await {
+                    Ok(revision) => revision,
+                    Err(_) => continue, // another process was quicker: look again
+                },
+            };
+            *self
+                .consumer_revision
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(revision);
+            return Ok(());
+        }
+    }
+
+    /// Renews the claim on the durable consumer (every round).
+    async fn renew_consumer_claim(&self) -> Result<(), LeaseError> {
+        let key = self.consumer_key();
         let known = *self
             .consumer_revision
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let result = match known {
-            Some(revision) => self.leases.update(&key, value.clone(), revision).await.ok(),
+        let renewed = match known {
+            Some(revision) => self
+                .leases
+                .update(&key, self.claim_value(), revision)
+                .await
+                .ok(),
             None => None,
         };
-        let revision = match result {
+        let revision = match renewed {
             Some(revision) => revision,
             None => {
                 let entry = self
@@ -192,21 +292,30 @@ impl Lease {
                     .await
                     .map_err(|e| LeaseError::Kv(e.to_string()))?;
                 match entry {
-                    Some(e) if e.operation == kv::Operation::Put && e.value != value => {
+                    Some(e)
+                        if e.operation == kv::Operation::Put && e.value != self.claim_value() =>
+                    {
+                        *self
+                            .consumer_revision
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()) = None;
+                        let holder = serde_json::from_slice::<Claim>(&e.value)
+                            .map(|c| c.replica)
+                            .unwrap_or_default();
                         return Err(LeaseError::ConsumerInUse {
                             consumer: self.consumer.clone(),
-                            holder: String::from_utf8_lossy(&e.value).into_owned(),
+                            holder,
                         });
                     }
-                    // Ours (an earlier run of this replica), or free.
                     Some(e) => self
                         .leases
-                        .update(&key, value, e.revision)
+                        .update(&key, self.claim_value(), e.revision)
                         .await
                         .map_err(|e| LeaseError::Kv(e.to_string()))?,
+                    // Lapsed (NATS was away longer than a lease): claim it again.
                     None => self
                         .leases
-                        .create(&key, value)
+                        .create(&key, self.claim_value())
                         .await
                         .map_err(|e| LeaseError::Kv(e.to_string()))?,
                 }
@@ -222,7 +331,7 @@ impl Lease {
     /// One round: renews the lease when holding it, else takes it if it is free (or held by an
     /// earlier run of this same replica). Logs every change of role.
     pub async fn tick(&self) {
-        if let Err(e) = self.claim_consumer().await {
+        if let Err(e) = self.renew_consumer_claim().await {
             tracing::error!(alarm = "evidence_consumer_shared", error = %e, "durable consumer claim");
         }
         let (active, revision, since) = {
@@ -341,8 +450,22 @@ impl Lease {
         }
     }
 
-    /// Gives the lease up (a clean stop).
+    /// Gives the lease and the consumer claim up (a clean stop), so that a standby takes over
+    /// and a restart claims the consumer at once.
     pub async fn release(&self) {
+        let claim = self
+            .consumer_revision
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(revision) = claim
+            && let Err(e) = self
+                .leases
+                .delete_expect_revision(self.consumer_key(), Some(revision))
+                .await
+        {
+            tracing::warn!(error = %e, "releasing the consumer claim failed; it lapses by itself");
+        }
         let revision = self
             .state
             .lock()
