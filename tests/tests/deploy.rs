@@ -587,8 +587,9 @@ fn every_file_the_services_read_is_mounted() {
 fn the_evidence_ledger_is_on_a_retained_volume_of_one_writer() {
     let (_, objects) = render();
     let evidence = named(&objects, "StatefulSet", "gatehouse-evidence");
-    // One writer per ledger (RocksDB's lock): never two pods at once.
-    assert_eq!(evidence["spec"]["replicas"], 1);
+    // Two replicas (runbooks/evidence-failover.md), each the one writer of its own ledger (a
+    // claim per pod) fed by its own durable consumer, on different nodes.
+    assert_eq!(evidence["spec"]["replicas"], 2);
     assert_eq!(evidence["spec"]["podManagementPolicy"], "OrderedReady");
     let retention = &evidence["spec"]["persistentVolumeClaimRetentionPolicy"];
     assert_eq!(retention["whenDeleted"], "Retain");
@@ -617,13 +618,25 @@ fn the_evidence_ledger_is_on_a_retained_volume_of_one_writer() {
     // The ledger and its backups on different volumes, so one lost disk loses one of them.
     assert_ne!(config["data_dir"], config["backups"]["dir"]);
     assert_eq!(claims.len(), 2);
-    // No disruption budget: with one replica it would block every node drain.
-    let labels = &evidence["spec"]["template"]["metadata"]["labels"];
     assert!(
-        !kind(&objects, "PodDisruptionBudget")
-            .iter()
-            .any(|p| selects(&p["spec"]["selector"], labels))
+        config["consumer"].as_str().unwrap().contains("{replica}"),
+        "the replicas would share one durable consumer"
     );
+    assert!(
+        config.get("replica").is_none(),
+        "the replica name must come from the pod ($HOSTNAME)"
+    );
+    let anti = &evidence["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        [0];
+    assert_eq!(anti["topologyKey"], "kubernetes.io/hostname");
+    let labels = &evidence["spec"]["template"]["metadata"]["labels"];
+    assert!(selects(&anti["labelSelector"], labels));
+    // Drains take one replica at a time; the other carries on.
+    let budget = kind(&objects, "PodDisruptionBudget")
+        .into_iter()
+        .find(|p| selects(&p["spec"]["selector"], labels))
+        .expect("a disruption budget for evidence");
+    assert_eq!(budget["spec"]["maxUnavailable"], 1);
 }
 
 #[test]

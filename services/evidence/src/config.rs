@@ -13,9 +13,18 @@ pub struct EvidenceConfig {
     pub data_dir: PathBuf,
     pub nats: BusConfig,
     /// Durable consumer name. It tracks this ledger's position in the stream, so two ledgers
-    /// must not share it.
+    /// (two replicas) must not share it; `{replica}` in it is replaced by the replica's name.
     #[serde(default = "default_consumer")]
     pub consumer: String,
+    /// This replica's name, shown in `/status`, the metrics and the lease
+    /// (`runbooks/evidence-failover.md`). Defaults to `$HOSTNAME`, else `evidence`.
+    #[serde(default)]
+    pub replica: Option<String>,
+    /// How long the active replica's lease outlives its last renewal (renewed every third of
+    /// it): a standby takes over at most this long after the active one dies. Every replica of
+    /// one stream must use the same value (the first creates the lease bucket with it).
+    #[serde(default = "default_lease_ttl", with = "humantime_serde")]
+    pub lease_ttl: Duration,
     /// Most events appended (and fsynced) in one group commit.
     #[serde(default = "default_batch_max")]
     pub batch_max: usize,
@@ -101,6 +110,8 @@ impl EvidenceConfig {
             data_dir,
             nats,
             consumer: default_consumer(),
+            replica: None,
+            lease_ttl: default_lease_ttl(),
             batch_max: default_batch_max(),
             checkpoints: None,
             retention_days: default_retention_days(),
@@ -138,19 +149,54 @@ impl EvidenceConfig {
             return Err("checkpoints.every must be at least 1s".into());
         }
         self.admin_connections.validate("admin_connections")?;
-        if self.consumer.is_empty()
-            || !self
-                .consumer
+        let replica = self.replica_name();
+        if replica.is_empty()
+            || replica.len() > 64
+            || !replica
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             return Err(format!(
-                "consumer {:?} must be letters, digits, '-' or '_'",
-                self.consumer
+                "replica {replica:?} must be 1 to 64 letters, digits, '-' or '_'"
+            ));
+        }
+        let consumer = self.consumer_name();
+        if consumer.is_empty()
+            || !consumer
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "consumer {consumer:?} must be letters, digits, '-' or '_'"
+            ));
+        }
+        if self.lease_ttl < Duration::from_secs(1) || self.lease_ttl > Duration::from_secs(60) {
+            return Err(format!(
+                "lease_ttl must be between 1s and 60s (got {})",
+                humantime_serde::re::humantime::format_duration(self.lease_ttl)
             ));
         }
         Ok(())
     }
+
+    /// The replica's name: `replica`, else `$HOSTNAME` (a StatefulSet pod's name), else
+    /// `evidence`.
+    pub fn replica_name(&self) -> String {
+        self.replica
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "evidence".to_owned())
+    }
+
+    /// The durable consumer's name, `{replica}` replaced.
+    pub fn consumer_name(&self) -> String {
+        self.consumer.replace("{replica}", &self.replica_name())
+    }
+}
+
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(6)
 }
 
 fn default_consumer() -> String {
@@ -183,6 +229,20 @@ mod tests {
             "{refused}"
         );
         assert!(config("retention_days: 30").is_err());
+    }
+
+    #[test]
+    fn replica_consumer_and_lease_are_checked() {
+        let c = config("replica: evidence-1\nconsumer: \"evidence-{replica}\"").unwrap();
+        assert_eq!(c.replica_name(), "evidence-1");
+        assert_eq!(c.consumer_name(), "evidence-evidence-1");
+        assert_eq!(c.lease_ttl, Duration::from_secs(6));
+        let refused = config("replica: \"a b\"").unwrap_err();
+        assert!(refused.contains("replica \"a b\""), "{refused}");
+        let refused = config("lease_ttl: 500ms").unwrap_err();
+        assert_eq!(refused, "lease_ttl must be between 1s and 60s (got 500ms)");
+        assert!(config("lease_ttl: 61s").is_err());
+        assert!(config("consumer: \"a.{replica}\"").is_err());
     }
 
     #[test]

@@ -146,6 +146,8 @@ impl Ingestor {
         let mut expected = head.last_sequence + 1;
         let mut entries = Vec::new();
         let mut gaps = Vec::new();
+        // The stream time of the first message after each gap, which every replica sees alike.
+        let mut gap_times = Vec::new();
         for message in delivered {
             let info = message
                 .info()
@@ -156,7 +158,12 @@ impl Ingestor {
                 continue;
             }
             if sequence > expected {
-                self.fill(expected, sequence, &mut entries, &mut gaps)
+                let found = Found {
+                    entries: &mut entries,
+                    gaps: &mut gaps,
+                    gap_times: &mut gap_times,
+                };
+                self.fill(expected, sequence, nanos(info.published), found)
                     .await?;
             }
             entries.push(NewEntry {
@@ -181,9 +188,9 @@ impl Ingestor {
         // The alarm as an event too, once the gap is on record: it reaches the ledger (and
         // anyone watching the stream) like any other event.
         self.metrics.committed(count as u64, head.next_index);
-        for gap in recorded {
+        for (gap, at) in recorded.iter().zip(gap_times) {
             self.metrics.gap(gap.first, gap.last);
-            self.announce(&gap).await;
+            self.announce(gap, at).await;
         }
         tracing::debug!(
             appended = count,
@@ -199,15 +206,21 @@ impl Ingestor {
         &self,
         from: u64,
         to: u64,
-        entries: &mut Vec<NewEntry>,
-        gaps: &mut Vec<Gap>,
+        to_time: i64,
+        found: Found<'_>,
     ) -> Result<(), IngestError> {
+        let Found {
+            entries,
+            gaps,
+            gap_times,
+        } = found;
         let mut missing_since: Option<u64> = None;
         for (sequence, stored) in self.bus.stored_messages(from..to).await? {
             match stored {
                 Some(message) => {
                     if let Some(first) = missing_since.take() {
                         gaps.push(alarm(first, sequence - 1));
+                        gap_times.push(nanos(message.time));
                     }
                     entries.push(NewEntry {
                         stream_sequence: sequence,
@@ -222,14 +235,22 @@ impl Ingestor {
         }
         if let Some(first) = missing_since {
             gaps.push(alarm(first, to - 1));
+            gap_times.push(to_time);
         }
         Ok(())
     }
 
-    async fn announce(&self, gap: &Gap) {
+    /// Publishes `ledger.gap`. Every replica finds the same gap, so the event id is derived
+    /// from the gap and the stream time after it: JetStream keeps the first and drops the
+    /// others as duplicates.
+    async fn announce(&self, gap: &Gap, at: i64) {
         let detected = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(gap.detected_at))
             .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-        let id = gatehouse_events::EventId::new().to_string();
+        let at_ms = u64::try_from(at / 1_000_000).unwrap_or(0);
+        let mut what = b"ledger.gap\0".to_vec();
+        what.extend_from_slice(&gap.first.to_be_bytes());
+        what.extend_from_slice(&gap.last.to_be_bytes());
+        let id = gatehouse_events::EventId::derived(at_ms, &what).to_string();
         let event = gatehouse_events::Envelope::new(
             &gatehouse_events::envelope::source("evidence", "ledger"),
             &id,
@@ -247,6 +268,13 @@ impl Ingestor {
     fn head(&self) -> Result<Head, IngestError> {
         Ok(self.ledger.lock().unwrap_or_else(|p| p.into_inner()).head())
     }
+}
+
+/// Where [`Ingestor::fill`] puts what it found.
+struct Found<'a> {
+    entries: &'a mut Vec<NewEntry>,
+    gaps: &'a mut Vec<Gap>,
+    gap_times: &'a mut Vec<i64>,
 }
 
 /// Logs the alarm for a gap and returns its record.

@@ -17,6 +17,7 @@ pub mod config;
 pub use gatehouse_proof::{entry, merkle};
 pub mod index;
 pub mod ingest;
+pub mod lease;
 pub mod metrics;
 pub mod retention;
 pub mod store;
@@ -40,6 +41,8 @@ pub enum EvidenceError {
     Bus(#[from] gatehouse_bus::BusError),
     #[error(transparent)]
     Ingest(#[from] ingest::IngestError),
+    #[error(transparent)]
+    Lease(#[from] lease::LeaseError),
 }
 
 /// An open evidence service: the ledger and the bus, ready to ingest.
@@ -50,6 +53,8 @@ pub struct Evidence {
     /// The checkpoint key and origin, when checkpoints are configured.
     signer: Option<Arc<Signing>>,
     metrics: metrics::Metrics,
+    /// Which replica is active (signs checkpoints, records pruning).
+    lease: Arc<lease::Lease>,
     /// The admin listener (`admin_listen`), bound at open and served by [`Evidence::run`].
     admin: Mutex<Option<tokio::net::TcpListener>>,
     admin_addr: Option<std::net::SocketAddr>,
@@ -92,6 +97,21 @@ impl Evidence {
         };
         let bus = Bus::connect(&config.nats, "gatehouse-evidence").await?;
         bus.ensure_stream(&config.nats.stream).await?;
+        let metrics = metrics::Metrics::new();
+        let lease = lease::Lease::open(
+            &bus,
+            config.replica_name(),
+            config.consumer_name(),
+            config.lease_ttl,
+            metrics.clone(),
+        )
+        .await?;
+        tracing::info!(
+            replica = %lease.replica(),
+            consumer = %config.consumer_name(),
+            lease_ttl = ?config.lease_ttl,
+            "evidence replica"
+        );
         let admin = match config.admin_listen {
             Some(addr) => Some(
                 metrics::bind(addr)
@@ -106,7 +126,8 @@ impl Evidence {
             ledger: Arc::new(Mutex::new(ledger)),
             bus,
             signer,
-            metrics: metrics::Metrics::new(),
+            metrics,
+            lease: Arc::new(lease),
             admin: Mutex::new(admin),
             admin_addr,
         })
@@ -122,6 +143,11 @@ impl Evidence {
         self.admin_addr
     }
 
+    /// This replica's role now.
+    pub fn role(&self) -> lease::Role {
+        self.lease.role()
+    }
+
     /// The ledger's head right now.
     pub fn head(&self) -> Head {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner()).head()
@@ -130,7 +156,7 @@ impl Evidence {
     /// Ingests until `shutdown` is cancelled, then flushes the ledger so that all of it is in
     /// checksummed table files.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), EvidenceError> {
-        let consumer = DurableConsumer::new(self.config.consumer.clone(), "gatehouse.>");
+        let consumer = DurableConsumer::new(self.config.consumer_name(), "gatehouse.>");
         let ingestor = ingest::Ingestor::new(
             self.bus.clone(),
             self.ledger.clone(),
@@ -138,6 +164,13 @@ impl Evidence {
             self.config.batch_max,
             self.metrics.clone(),
         );
+        // Take the lease now if it is free, so a lone replica is active before it serves.
+        self.lease.tick().await;
+        let leasing = {
+            let lease = self.lease.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move { lease.run(stop).await })
+        };
         let admin = self.admin.lock().unwrap_or_else(|p| p.into_inner()).take();
         let admin = match admin {
             Some(listener) => {
@@ -146,7 +179,13 @@ impl Evidence {
                     self.ledger.clone(),
                     self.signer.clone(),
                     self.metrics.clone(),
-                );
+                    self.lease.clone(),
+                )
+                .merge(status_route(
+                    self.ledger.clone(),
+                    self.lease.clone(),
+                    self.config.consumer_name(),
+                ));
                 Some(tokio::spawn(self.metrics.clone().serve(
                     listener,
                     self.config.admin_connections.clone(),
@@ -164,6 +203,7 @@ impl Evidence {
                 let ledger = self.ledger.clone();
                 let stop = shutdown.clone();
                 let metrics = self.metrics.clone();
+                let lease = self.lease.clone();
                 tokio::spawn(async move {
                     let mut tick = tokio::time::interval(config.every);
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -171,7 +211,7 @@ impl Evidence {
                         tokio::select! {
                             _ = stop.cancelled() => return,
                             _ = tick.tick() => {
-                                let _ = issue_checkpoint(&ledger, &signer, &metrics);
+                                let _ = checkpoint_round(&ledger, &signer, &metrics, &lease).await;
                             }
                         }
                     }
@@ -182,6 +222,7 @@ impl Evidence {
             let bus = self.bus.clone();
             let stop = shutdown.clone();
             let metrics = self.metrics.clone();
+            let lease = self.lease.clone();
             let (every, days) = (self.config.prune_every, self.config.retention_days);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
@@ -190,7 +231,9 @@ impl Evidence {
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tick.tick() => {
-                            if let Some(n) = prune(&ledger, &bus, days).await {
+                            // Every replica prunes its own ledger; the active one records it.
+                            let record = lease.is_active().then_some(&bus);
+                            if let Some(n) = prune(&ledger, record, days).await {
                                 metrics.pruned(n);
                             }
                         }
@@ -222,9 +265,12 @@ impl Evidence {
         if let Some(task) = checkpoints {
             let _ = task.await;
         }
+        let _ = leasing.await;
         if let Some(signer) = &self.signer {
-            let _ = issue_checkpoint(&self.ledger, signer, &self.metrics);
+            let _ = checkpoint_round(&self.ledger, signer, &self.metrics, &self.lease).await;
         }
+        // After the last checkpoint: a standby takes over now, not when the lease expires.
+        self.lease.release().await;
         if let Some(task) = admin {
             let _ = task.await;
         }
@@ -331,6 +377,148 @@ fn issue_checkpoint(
     issued
 }
 
+/// One checkpoint round. First the checkpoint the active replica last shared is recorded in
+/// this ledger (after checking this tree has the same root at its size); then, on the active
+/// replica only, a checkpoint is signed (which must extend every one recorded) and shared.
+/// `Ok(None)`: nothing signed (a standby, or still catching up to the shared checkpoint).
+async fn checkpoint_round(
+    ledger: &Arc<Mutex<Ledger>>,
+    signing: &Arc<Signing>,
+    metrics: &metrics::Metrics,
+    lease: &lease::Lease,
+) -> Result<Option<store::Issued>, String> {
+    let refused = |why: String| {
+        metrics.checkpoint(false);
+        tracing::error!(alarm = "checkpoint_refused", error = %why, "checkpoint not signed");
+        why
+    };
+    let shared = match lease.latest_checkpoint().await {
+        Ok(shared) => shared,
+        Err(e) if lease.is_active() => {
+            return Err(refused(format!(
+                "the shared checkpoint could not be read: {e}"
+            )));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the shared checkpoint could not be read");
+            return Ok(None);
+        }
+    };
+    if let Some(shared) = shared {
+        let writer = ledger.clone();
+        let recorded = tokio::task::spawn_blocking(move || {
+            writer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record_checkpoint(&shared.note, &shared.key)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        match recorded {
+            Ok(store::Recorded::New { size }) => {
+                tracing::info!(size, "recorded the checkpoint the active replica shared")
+            }
+            Ok(store::Recorded::Known { .. }) => {}
+            Ok(store::Recorded::Ahead { size, tree_size }) => {
+                if lease.is_active() {
+                    tracing::info!(
+                        shared = size,
+                        tree_size,
+                        "not signing until the ledger reaches the last shared checkpoint"
+                    );
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(refused(e.to_string())),
+        }
+    }
+    if !lease.is_active() {
+        return Ok(None);
+    }
+    let (writer, signing2, metrics2) = (ledger.clone(), signing.clone(), metrics.clone());
+    let issued = tokio::task::spawn_blocking(move || {
+        let issued = issue_checkpoint(&writer, &signing2, &metrics2)?;
+        let key = match &issued {
+            store::Issued::Signed { size, .. } => writer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .checkpoint_key(*size)?,
+            store::Issued::Unchanged { .. } => None,
+        };
+        Ok::<_, LedgerError>((issued, key))
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let (issued, key) = issued.map_err(|e| e.to_string())?;
+    if let (store::Issued::Signed { size, note }, Some(key)) = (&issued, key) {
+        let shared = lease::SharedCheckpoint {
+            size: *size,
+            note: note.clone(),
+            key,
+        };
+        if let Err(e) = lease.share_checkpoint(&shared).await {
+            tracing::warn!(error = %e, size, "the checkpoint is signed but not shared with the standby");
+        }
+    }
+    Ok(Some(issued))
+}
+
+/// What `GET /status` on the admin listener answers: this replica's role and ledger.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Status {
+    pub replica: String,
+    pub consumer: String,
+    /// Whether this replica holds the lease (signs checkpoints, records pruning).
+    pub active: bool,
+    /// When it took its current role (RFC 3339).
+    pub since: String,
+    /// The active replica as this one last saw it.
+    pub active_replica: Option<String>,
+    /// Entries in the ledger.
+    pub entries: u64,
+    /// The last stream sequence applied.
+    pub last_sequence: u64,
+    /// The Merkle root over all entries (hex), equal on every replica at the same size.
+    pub root: Option<String>,
+    /// The size of the latest checkpoint in this ledger (signed here or recorded from the
+    /// active replica).
+    pub checkpoint_size: Option<u64>,
+}
+
+fn status_route(
+    ledger: Arc<Mutex<Ledger>>,
+    lease: Arc<lease::Lease>,
+    consumer: String,
+) -> axum::Router {
+    axum::Router::new().route(
+        "/status",
+        axum::routing::get(move || {
+            let (ledger, lease, consumer) = (ledger.clone(), lease.clone(), consumer.clone());
+            async move {
+                let role = lease.role();
+                let (head, root, checkpoint_size) = {
+                    let ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
+                    let head = ledger.head();
+                    let root = ledger.root(ledger.tree_size()).ok().map(hex::encode);
+                    let checkpoint = ledger.latest_checkpoint().ok().flatten().map(|(s, _)| s);
+                    (head, root, checkpoint)
+                };
+                axum::Json(Status {
+                    replica: lease.replica().to_owned(),
+                    consumer,
+                    active: role.active && lease.is_active(),
+                    since: role.since,
+                    active_replica: role.active_replica,
+                    entries: head.next_index,
+                    last_sequence: head.last_sequence,
+                    root,
+                    checkpoint_size,
+                })
+            }
+        }),
+    )
+}
+
 /// What `POST /checkpoint` on the admin listener answers.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct OnDemand {
@@ -346,13 +534,19 @@ fn checkpoint_route(
     ledger: Arc<Mutex<Ledger>>,
     signing: Option<Arc<Signing>>,
     metrics: metrics::Metrics,
+    lease: Arc<lease::Lease>,
 ) -> axum::Router {
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
     axum::Router::new().route(
         "/checkpoint",
         axum::routing::post(move || {
-            let (ledger, signing, metrics) = (ledger.clone(), signing.clone(), metrics.clone());
+            let (ledger, signing, metrics, lease) = (
+                ledger.clone(),
+                signing.clone(),
+                metrics.clone(),
+                lease.clone(),
+            );
             async move {
                 let Some(signing) = signing else {
                     return (
@@ -361,8 +555,20 @@ fn checkpoint_route(
                     )
                         .into_response();
                 };
+                if !lease.is_active() {
+                    let active = lease.role().active_replica.unwrap_or_else(|| "none".into());
+                    return (
+                        StatusCode::CONFLICT,
+                        format!(
+                            "this evidence replica ({}) is a standby; the active replica ({active}) signs checkpoints\n",
+                            lease.replica()
+                        ),
+                    )
+                        .into_response();
+                }
+                let issued = checkpoint_round(&ledger, &signing, &metrics, &lease).await;
                 let result = tokio::task::spawn_blocking(move || {
-                    let issued = issue_checkpoint(&ledger, &signing, &metrics)?;
+                    let issued = issued.map_err(|why| LedgerError::Inconsistent { size: 0, why })?;
                     let latest = ledger
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -371,13 +577,18 @@ fn checkpoint_route(
                 })
                 .await;
                 match result {
-                    Ok(Ok((store::Issued::Signed { size, note }, _))) => axum::Json(OnDemand {
+                    Ok(Ok((None, _))) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "checkpoint not signed: this replica is still catching up to the checkpoint the previous active replica signed\n",
+                    )
+                        .into_response(),
+                    Ok(Ok((Some(store::Issued::Signed { size, note }), _))) => axum::Json(OnDemand {
                         signed: true,
                         size,
                         note,
                     })
                     .into_response(),
-                    Ok(Ok((store::Issued::Unchanged { size }, latest))) => axum::Json(OnDemand {
+                    Ok(Ok((Some(store::Issued::Unchanged { size }), latest))) => axum::Json(OnDemand {
                         signed: false,
                         size,
                         note: latest.map(|(_, note)| note).unwrap_or_default(),
@@ -443,7 +654,8 @@ pub fn backup(ledger: &Mutex<Ledger>, config: &config::BackupConfig) -> bool {
 
 /// Prunes what is past retention and records it as `ledger.pruned` (which the ledger then
 /// ingests like any event).
-pub async fn prune(ledger: &Mutex<Ledger>, bus: &Bus, retention_days: u32) -> Option<u64> {
+/// `bus` is `None` on a standby: the active replica records its own pruning of the same entries.
+pub async fn prune(ledger: &Mutex<Ledger>, bus: Option<&Bus>, retention_days: u32) -> Option<u64> {
     let now =
         i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(i64::MAX);
     let result = {
@@ -452,6 +664,15 @@ pub async fn prune(ledger: &Mutex<Ledger>, bus: &Bus, retention_days: u32) -> Op
     };
     match result {
         Ok(pruned) => {
+            let Some(bus) = bus else {
+                if pruned.pruned > 0 {
+                    tracing::info!(
+                        entries = pruned.pruned,
+                        "pruned payloads past retention (standby: the active replica records it)"
+                    );
+                }
+                return Some(pruned.pruned);
+            };
             if let Err(e) = publish_pruned(bus, &pruned, retention_days).await {
                 tracing::error!(error = %e, entries = pruned.pruned, "pruned, but ledger.pruned was not recorded");
             }

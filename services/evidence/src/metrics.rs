@@ -12,6 +12,12 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabels {
+    replica: String,
+    consumer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -28,6 +34,9 @@ pub struct Metrics {
     checkpoints: Family<ResultLabels, Counter>,
     pruned: Counter,
     backups: Family<ResultLabels, Counter>,
+    active: Gauge,
+    role_changes: Counter,
+    replica: Family<ReplicaLabels, Gauge>,
     listeners: gatehouse_listener::ListenerMetrics,
 }
 
@@ -86,6 +95,24 @@ impl Metrics {
         );
         let backups = Family::<ResultLabels, Counter>::default();
         registry.register("backups", "Ledger backups, by result", backups.clone());
+        let active = Gauge::default();
+        registry.register(
+            "active",
+            "1 while this replica holds the lease (signs checkpoints), 0 while it is a standby",
+            active.clone(),
+        );
+        let role_changes = Counter::default();
+        registry.register(
+            "role_changes",
+            "Times this replica became active or standby",
+            role_changes.clone(),
+        );
+        let replica = Family::<ReplicaLabels, Gauge>::default();
+        registry.register(
+            "replica_info",
+            "This replica's name and durable consumer (value 1)",
+            replica.clone(),
+        );
         // The admin port's and the auditor API's connections (listener `admin`, `auditor_api`).
         let listeners = gatehouse_listener::ListenerMetrics::default();
         listeners.register(&mut registry);
@@ -99,6 +126,9 @@ impl Metrics {
             checkpoints,
             pruned,
             backups,
+            active,
+            role_changes,
+            replica,
             listeners,
         }
     }
@@ -135,6 +165,20 @@ impl Metrics {
     pub fn backup(&self, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.backups.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn replica(&self, replica: &str, consumer: &str) {
+        self.replica
+            .get_or_create(&ReplicaLabels {
+                replica: replica.to_owned(),
+                consumer: consumer.to_owned(),
+            })
+            .set(1);
+    }
+
+    pub fn active(&self, active: bool) {
+        self.active.set(i64::from(active));
+        self.role_changes.inc();
     }
 
     pub fn encode(&self) -> String {

@@ -206,6 +206,17 @@ pub enum Issued {
     Unchanged { size: u64 },
 }
 
+/// What [`Ledger::record_checkpoint`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// Recorded now: the tree has the same root at that size.
+    New { size: u64 },
+    /// Already recorded.
+    Known { size: u64 },
+    /// The checkpoint is larger than this tree (still catching up); nothing recorded.
+    Ahead { size: u64, tree_size: u64 },
+}
+
 /// Where the chain ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Head {
@@ -523,6 +534,55 @@ impl Ledger {
         wo.set_sync(true);
         self.db.write_opt(batch, &wo).map_err(self.db_error())?;
         Ok(Issued::Signed { size, note })
+    }
+
+    /// Records a checkpoint another replica signed over the same stream, after checking that
+    /// this ledger's tree has the same root at that size (replicas ingest the same stream in
+    /// the same order, so their trees are identical). A standby that takes over then signs
+    /// only checkpoints that extend it ([`Ledger::issue_checkpoint`] checks that).
+    pub fn record_checkpoint(&mut self, note: &str, key: &str) -> Result<Recorded, LedgerError> {
+        use gatehouse_proof::checkpoint::Checkpoint;
+        if self.read_only {
+            return Err(LedgerError::ReadOnly);
+        }
+        let theirs =
+            Checkpoint::from_note_unverified(note).map_err(|e| LedgerError::Inconsistent {
+                size: 0,
+                why: format!("the shared checkpoint does not parse: {e}"),
+            })?;
+        if theirs.size > self.tree_size {
+            return Ok(Recorded::Ahead {
+                size: theirs.size,
+                tree_size: self.tree_size,
+            });
+        }
+        if self.root(theirs.size)? != theirs.root {
+            return Err(LedgerError::Inconsistent {
+                size: theirs.size,
+                why: "this ledger's root at that size differs from the root another replica signed"
+                    .into(),
+            });
+        }
+        let mut note_key = CHECKPOINT_PREFIX.to_vec();
+        note_key.extend_from_slice(&theirs.size.to_be_bytes());
+        let meta = self.cf(CF_META)?;
+        if self
+            .db
+            .get_cf(&meta, &note_key)
+            .map_err(self.db_error())?
+            .is_some()
+        {
+            return Ok(Recorded::Known { size: theirs.size });
+        }
+        let mut batch = WriteBatch::default();
+        batch.put_cf(&meta, note_key, note.as_bytes());
+        let mut vkey = CHECKPOINT_KEY_PREFIX.to_vec();
+        vkey.extend_from_slice(&theirs.size.to_be_bytes());
+        batch.put_cf(&meta, vkey, key.as_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo).map_err(self.db_error())?;
+        Ok(Recorded::New { size: theirs.size })
     }
 
     /// The latest checkpoint issued: its tree size and signed note.

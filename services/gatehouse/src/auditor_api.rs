@@ -1443,10 +1443,7 @@ pub async fn run_evidence(
         return Ok(gatehouse_evidence::run(evidence, shutdown).await?);
     };
     api.validate().map_err(anyhow::Error::msg)?;
-    let replica = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "evidence-0".to_owned());
+    let replica = evidence.replica_name();
     let bus = gatehouse_bus::Bus::connect(&evidence.nats, "gatehouse-evidence-api").await?;
     bus.ensure_stream(&evidence.nats.stream).await?;
     // The ledger first: the API reads what the service opened (and built indexes for).
