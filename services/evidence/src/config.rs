@@ -195,8 +195,11 @@ impl EvidenceConfig {
     }
 }
 
+/// How long the active replica's lease lives unless renewed.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(6);
+
 fn default_lease_ttl() -> Duration {
-    Duration::from_secs(6)
+    DEFAULT_LEASE_TTL
 }
 
 fn default_consumer() -> String {

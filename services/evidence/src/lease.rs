@@ -113,24 +113,9 @@ impl Lease {
         ttl: Duration,
         metrics: crate::metrics::Metrics,
     ) -> Result<Self, LeaseError> {
-        let leases = bus
-            .key_value(&Bucket {
-                name: BUCKET.into(),
-                description: "Gatehouse evidence: the active replica's lease".into(),
-                max_age: ttl,
-                history: 1,
-                replicas: bus_replicas(bus).await,
-            })
-            .await?;
-        let checkpoints = bus
-            .key_value(&Bucket {
-                name: CHECKPOINTS_BUCKET.into(),
-                description: "Gatehouse evidence: the latest signed checkpoint".into(),
-                max_age: Duration::ZERO,
-                history: 1,
-                replicas: bus_replicas(bus).await,
-            })
-            .await?;
+        let [lease_bucket, checkpoints_bucket] = buckets(ttl, bus_replicas(bus).await);
+        let leases = bus.key_value(&lease_bucket).await?;
+        let checkpoints = bus.key_value(&checkpoints_bucket).await?;
         if let Ok(mut stream) = bus.jetstream().get_stream(format!("KV_{BUCKET}")).await
             && let Ok(info) = stream.info().await
             && info.config.max_age != ttl
@@ -534,6 +519,28 @@ impl Lease {
 }
 
 /// The buckets get as many replicas as the stream (one per JetStream node of a cluster).
+/// The evidence service's buckets: the active replica's lease (entries live `ttl` unless
+/// renewed) and the latest signed checkpoint. Created by `gatehouse nats setup` where services
+/// may not create streams.
+pub fn buckets(ttl: Duration, replicas: usize) -> [Bucket; 2] {
+    [
+        Bucket {
+            name: BUCKET.into(),
+            description: "Gatehouse evidence: the active replica's lease".into(),
+            max_age: ttl,
+            history: 1,
+            replicas,
+        },
+        Bucket {
+            name: CHECKPOINTS_BUCKET.into(),
+            description: "Gatehouse evidence: the latest signed checkpoint".into(),
+            max_age: Duration::ZERO,
+            history: 1,
+            replicas,
+        },
+    ]
+}
+
 async fn bus_replicas(bus: &Bus) -> usize {
     match bus.jetstream().get_stream(bus.stream_name()).await {
         Ok(mut stream) => match stream.info().await {

@@ -15,7 +15,7 @@ use gatehouse_bus::{Bus, GRANTS_MAX_AGE, grants_bucket};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum NatsCommand {
-    /// Create (or fix) the GATEHOUSE stream and the approval and grant buckets. Run it with
+    /// Create (or fix) the GATEHOUSE stream and the approval, grant and evidence buckets. Run it with
     /// the admin credential before the services start, and after an upgrade.
     Setup {
         /// The approval service's configuration: NATS URL, stream settings, bucket replicas
@@ -59,5 +59,11 @@ pub async fn setup(bus: &Bus, approval: &ApprovalConfig) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("approval buckets: {}", e.0))?;
     bus.key_value(&grants_bucket(GRANTS_MAX_AGE, approval.bucket_replicas))
         .await?;
+    for bucket in gatehouse_evidence::lease::buckets(
+        gatehouse_evidence::config::DEFAULT_LEASE_TTL,
+        approval.bucket_replicas,
+    ) {
+        bus.key_value(&bucket).await?;
+    }
     Ok(())
 }
