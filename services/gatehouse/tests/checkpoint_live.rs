@@ -1,8 +1,11 @@
 //! Checkpoints on demand from the running evidence service, and a key rotated under it: the
 //! real `gatehouse evidence` process, a real `nats-server`, and the CLI.
 
-use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
+mod support;
+use support::*;
+
+use std::process::Stdio;
+use std::time::Duration;
 
 use gatehouse::nats_server::NatsServer;
 use gatehouse_bus::{Bus, BusConfig};
@@ -10,45 +13,6 @@ use gatehouse_evidence::Ledger;
 use gatehouse_proof::checkpoint::NoteVerifier;
 use gatehouse_proof::merkle::verify_consistency;
 use tokio::io::AsyncBufReadExt;
-
-fn cli(args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(args)
-        .output()
-        .expect("running gatehouse")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn event(n: usize) -> gatehouse_events::Envelope<gatehouse_events::RequestForwarded> {
-    let id = gatehouse_events::EventId::new().to_string();
-    gatehouse_events::Envelope::new(
-        &gatehouse_events::envelope::source("proxy", "checkpoint-test"),
-        &id,
-        gatehouse_events::RequestForwarded {
-            request_id: id.clone(),
-            upstream: "https://127.0.0.1:6443".into(),
-            impersonated_user: format!("bot-{n}"),
-            impersonated_groups: vec![],
-        },
-    )
-}
-
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn entries(data_dir: &std::path::Path) -> u64 {
-    Ledger::open_read_only(data_dir)
-        .map(|l| l.head().next_index)
-        .unwrap_or(0)
-}
 
 /// `checkpoint sign --admin`, parsed: the note's signer must be `key`.
 fn sign_now(admin: &str, key: &NoteVerifier) -> gatehouse_proof::checkpoint::Checkpoint {
@@ -121,7 +85,7 @@ async fn the_running_service_signs_on_demand_and_picks_up_a_rotated_key() {
         .await
         .unwrap();
     for n in 0..10 {
-        bus.publish(&event(n)).await.unwrap();
+        bus.publish(&event("checkpoint-test", n)).await.unwrap();
     }
     wait_for("10 entries", || entries(&data_dir) >= 10).await;
     let first = sign_now(&admin, &first_key);
@@ -157,7 +121,7 @@ async fn the_running_service_signs_on_demand_and_picks_up_a_rotated_key() {
     );
 
     for n in 10..15 {
-        bus.publish(&event(n)).await.unwrap();
+        bus.publish(&event("checkpoint-test", n)).await.unwrap();
     }
     wait_for("15 entries", || entries(&data_dir) >= 15).await;
     let second = sign_now(&admin, &second_key);

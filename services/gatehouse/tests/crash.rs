@@ -2,8 +2,11 @@
 //! again and again: after the last restart every event is in the ledger exactly once, in
 //! stream order, byte for byte, and the chain and the tree verify.
 
+mod support;
+use support::*;
+
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gatehouse::nats_server::NatsServer;
 use gatehouse_bus::{Bus, BusConfig};
@@ -11,20 +14,6 @@ use gatehouse_evidence::Ledger;
 use gatehouse_evidence::verify::verify;
 
 const EVENTS: usize = 6_000;
-
-fn event(n: usize) -> gatehouse_events::Envelope<gatehouse_events::RequestForwarded> {
-    let id = gatehouse_events::EventId::new().to_string();
-    gatehouse_events::Envelope::new(
-        &gatehouse_events::envelope::source("proxy", "crash-test"),
-        &id,
-        gatehouse_events::RequestForwarded {
-            request_id: id.clone(),
-            upstream: "https://127.0.0.1:6443".into(),
-            impersonated_user: format!("bot-{n}"),
-            impersonated_groups: vec![],
-        },
-    )
-}
 
 fn evidence(config: &std::path::Path) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
@@ -35,21 +24,6 @@ fn evidence(config: &std::path::Path) -> tokio::process::Child {
         .kill_on_drop(true)
         .spawn()
         .expect("starting gatehouse evidence")
-}
-
-/// Entries in the ledger right now, read beside the running service.
-fn entries(data_dir: &std::path::Path) -> u64 {
-    Ledger::open_read_only(data_dir)
-        .map(|l| l.head().next_index)
-        .unwrap_or(0)
-}
-
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,7 +53,9 @@ async fn killed_mid_batch_it_loses_and_doubles_nothing() {
         let bus = bus.clone();
         async move {
             for n in 0..EVENTS {
-                bus.publish(&event(n)).await.expect("published");
+                bus.publish(&event("crash-test", n))
+                    .await
+                    .expect("published");
                 if n % 200 == 0 {
                     tokio::task::yield_now().await;
                 }

@@ -4,6 +4,9 @@
 //! the killed one's; no acked event is lost or doubled. The killed replica, restarted on its
 //! data directory, catches up to the same root and stands by.
 
+mod support;
+use support::*;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,27 +25,6 @@ const LEASE_TTL: Duration = Duration::from_secs(2);
 /// Published before the kill, and at least this many after the takeover.
 const BEFORE_KILL: usize = 500;
 const AFTER_TAKEOVER: usize = 500;
-
-fn event(n: usize) -> gatehouse_events::Envelope<gatehouse_events::RequestForwarded> {
-    let id = gatehouse_events::EventId::new().to_string();
-    gatehouse_events::Envelope::new(
-        &gatehouse_events::envelope::source("proxy", "failover-test"),
-        &id,
-        gatehouse_events::RequestForwarded {
-            request_id: id.clone(),
-            upstream: "https://127.0.0.1:6443".into(),
-            impersonated_user: format!("bot-{n}"),
-            impersonated_groups: vec![],
-        },
-    )
-}
-
-fn cli(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(args)
-        .output()
-        .expect("running gatehouse")
-}
 
 /// A running replica: its process, admin address and log.
 struct Replica {
@@ -269,7 +251,10 @@ async fn killing_the_active_replica_loses_nothing_and_the_standby_carries_on() {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
-                let ack = bus.publish(&event(n)).await.expect("published and acked");
+                let ack = bus
+                    .publish(&event("failover-test", n))
+                    .await
+                    .expect("published and acked");
                 assert!(!ack.duplicate);
                 acked.lock().unwrap().push(ack.sequence);
                 n += 1;
