@@ -843,10 +843,21 @@ impl TestBed {
 
     /// Every event in the stream, in order.
     pub async fn events(&self) -> Result<Vec<Event>> {
-        self.reader
-            .read_all()
-            .await?
-            .into_iter()
+        // Reading takes a fresh consumer; just after a cluster node was lost, creating one
+        // can time out while the cluster settles, so a few attempts.
+        let mut attempt = 0;
+        let all = loop {
+            match self.reader.read_all().await {
+                Ok(all) => break all,
+                Err(e) if attempt < 5 => {
+                    tracing::warn!(error = %e, "reading the stream; trying again");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        all.into_iter()
             .map(|(sequence, bytes)| {
                 let value = serde_json::from_slice(&bytes)
                     .with_context(|| format!("event {sequence} is not JSON"))?;
@@ -953,6 +964,21 @@ impl TestBed {
                 .with_context(|| format!("event {} ({})", event.sequence, event.name()))?;
         }
 
+        // The evidence service may still be catching up (after NATS lost a node, its consumer
+        // waits for a new leader): the ledger is compared once it has everything.
+        let last = events.last().map_or(0, |e| e.sequence);
+        if let Some(admin) = self.stack().evidence_admin_addr {
+            eventually(
+                "the ledger to catch up with the stream",
+                DEADLINE,
+                || async {
+                    let (_, body) = http_get(&format!("http://{admin}/status")).await.ok()?;
+                    let status: Value = serde_json::from_str(&body).ok()?;
+                    (status["last_sequence"].as_u64()? >= last).then_some(())
+                },
+            )
+            .await?;
+        }
         let stack = self.stack.take().expect("the stack is running");
         let dir = stack.dir.clone();
         let audit_log = stack
@@ -967,7 +993,6 @@ impl TestBed {
             cross_check_audit(&events, &audit, proxy)?;
         }
         let ledger = Ledger::open_read_only(&dir)?;
-        let last = events.last().map_or(0, |e| e.sequence);
         if head.last_sequence != last || head.next_index != events.len() as u64 {
             bail!(
                 "the ledger holds {} entries up to sequence {}, the stream {} events up to {}",

@@ -207,6 +207,8 @@ impl ApprovalRecord {
 #[derive(Clone)]
 pub struct Store {
     approvals: kv::Store,
+    /// The approvals bucket's stream, to list holds without a consumer.
+    approvals_stream: async_nats::jetstream::stream::Stream,
     deliveries: kv::Store,
 }
 
@@ -274,8 +276,14 @@ impl Store {
             })
             .await
             .map_err(store_error)?;
+        let approvals_stream = bus
+            .jetstream()
+            .get_stream(format!("KV_{APPROVALS_BUCKET}"))
+            .await
+            .map_err(store_error)?;
         Ok(Self {
             approvals,
+            approvals_stream,
             deliveries,
         })
     }
@@ -347,11 +355,19 @@ impl Store {
 
     /// Every record, newest last.
     pub async fn list(&self) -> Result<Vec<ApprovalRecord>, StoreError> {
-        let mut keys = self.approvals.keys().await.map_err(store_error)?;
+        // One stream-info request naming each hold's subject. A key listing would need a
+        // consumer, which after the loss of a cluster node can take far longer to come back
+        // than the bucket's new leader.
+        let prefix = format!("$KV.{APPROVALS_BUCKET}.hold.");
+        let mut subjects = self
+            .approvals_stream
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .map_err(store_error)?;
         let mut ids = Vec::new();
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(store_error)?;
-            if let Some(id) = key.strip_prefix("hold.") {
+        while let Some(subject) = subjects.next().await {
+            let (subject, _) = subject.map_err(store_error)?;
+            if let Some(id) = subject.strip_prefix(&prefix) {
                 ids.push(id.to_owned());
             }
         }

@@ -316,8 +316,13 @@ impl Lease {
     /// One round: renews the lease when holding it, else takes it if it is free (or held by an
     /// earlier run of this same replica). Logs every change of role.
     pub async fn tick(&self) {
-        if let Err(e) = self.renew_consumer_claim().await {
-            tracing::error!(alarm = "evidence_consumer_shared", error = %e, "durable consumer claim");
+        match self.renew_consumer_claim().await {
+            Ok(()) => {}
+            Err(e @ LeaseError::ConsumerInUse { .. }) => {
+                tracing::error!(alarm = "evidence_consumer_shared", error = %e, "durable consumer claim");
+            }
+            // NATS unreachable or electing a leader: the claim is renewed on a later round.
+            Err(e) => tracing::warn!(error = %e, "durable consumer claim not renewed"),
         }
         let (active, revision, since) = {
             let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
