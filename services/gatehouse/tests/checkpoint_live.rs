@@ -26,18 +26,8 @@ fn sign_now(admin: &str, key: &NoteVerifier) -> gatehouse_proof::checkpoint::Che
 async fn the_running_service_signs_on_demand_and_picks_up_a_rotated_key() {
     let dir = tempfile::tempdir().unwrap();
     let mut nats = NatsServer::start(&dir.path().join("nats")).await.unwrap();
-    let key_file = dir.path().join("checkpoint.key");
+    let (key_file, first_key) = checkpoint_key(dir.path());
     let key_path = key_file.to_str().unwrap();
-    let out = cli(&[
-        "checkpoint",
-        "keygen",
-        "--name",
-        "gatehouse.test/ledger",
-        "--out",
-        key_path,
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let first_key = NoteVerifier::from_vkey(&text(&out.stdout)).unwrap();
 
     let data_dir = dir.path().join("evidence");
     let config = dir.path().join("evidence.yaml");

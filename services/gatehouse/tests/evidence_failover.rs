@@ -17,7 +17,6 @@ use gatehouse::nats_server::NatsServer;
 use gatehouse_bus::{Bus, BusConfig};
 use gatehouse_evidence::verify::verify;
 use gatehouse_evidence::{Ledger, Status};
-use gatehouse_proof::checkpoint::NoteVerifier;
 use gatehouse_proof::merkle::verify_consistency;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
@@ -169,22 +168,8 @@ async fn killing_the_active_replica_loses_nothing_and_the_standby_carries_on() {
     let test_started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let mut nats = NatsServer::start(&dir.path().join("nats")).await.unwrap();
-    let key_file = dir.path().join("checkpoint.key");
+    let (key_file, verifier) = checkpoint_key(dir.path());
     let key_path = key_file.to_str().unwrap();
-    let out = cli(&[
-        "checkpoint",
-        "keygen",
-        "--name",
-        "gatehouse.test/ledger",
-        "--out",
-        key_path,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let verifier = NoteVerifier::from_vkey(&String::from_utf8_lossy(&out.stdout)).unwrap();
     let (config_a, data_a) = write_config(dir.path(), nats.url(), key_path, "evidence-a");
     let (config_b, data_b) = write_config(dir.path(), nats.url(), key_path, "evidence-b");
 

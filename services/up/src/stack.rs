@@ -202,7 +202,7 @@ impl Stack {
         let replicas = options.nats_replicas.max(1);
         // `  nkey_file: …` under each service's `nats:` when NATS has Gatehouse's users, and the
         // stream's replicas when there are more than one.
-        let nkey = |role: NatsRole| {
+        let nats_extra = |role: NatsRole| {
             let mut yaml = nats_keys
                 .as_ref()
                 .map(|k| format!("  nkey_file: {}\n", yaml_str(&k.seed_file(role))))
@@ -287,7 +287,7 @@ impl Stack {
                  admin_listen: \"127.0.0.1:0\"\n\
                  {connections}{admin_connections}\
                  replica: up\n\
-                 nats:\n  url: {nats_url}\n{nkey}\
+                 nats:\n  url: {nats_url}\n{nats_extra}\
                  approvers: {approvers}\n\
                  signing_key_file: {approval_key}\n\
                  bucket_replicas: {replicas}\n\
@@ -299,7 +299,7 @@ impl Stack {
                 issuer = issuer.url(),
                 connections = connections("connections"),
                 admin_connections = connections("admin_connections"),
-                nkey = nkey(NatsRole::Approval),
+                nats_extra = nats_extra(NatsRole::Approval),
             ),
         )?;
         let approval_config = gatehouse_approval::ApprovalConfig::from_yaml(
@@ -322,7 +322,7 @@ impl Stack {
                 "# Written by `gatehouse up`; run the same service alone with\n\
                  #   gatehouse evidence --config {evidence}\n\
                  data_dir: {data}\n\
-                 nats:\n  url: {nats_url}\n{nkey}\
+                 nats:\n  url: {nats_url}\n{nats_extra}\
                  checkpoints:\n  key_file: {key}\n  every: 10s\n\
                  admin_listen: \"127.0.0.1:0\"\n\
                  {admin_connections}\
@@ -335,7 +335,7 @@ impl Stack {
                 issuer = issuer.url(),
                 admin_connections = connections("admin_connections"),
                 api_connections = connections("  connections"),
-                nkey = nkey(NatsRole::Evidence),
+                nats_extra = nats_extra(NatsRole::Evidence),
             ),
         )?;
         let evidence_stop = CancellationToken::new();
@@ -405,7 +405,7 @@ impl Stack {
                  replica: up\n\
                  tls:\n  cert_file: {cert}\n  key_file: {key}\n\
                  upstream:\n{upstream_yaml}\
-                 nats:\n  url: {nats_url}\n{nkey}\
+                 nats:\n  url: {nats_url}\n{nats_extra}\
                  issuers:\n  - issuer: {issuer}\n    audiences: [{AUDIENCE}]\n\
                  \x20 - issuer: {ci_issuer}\n    audiences: [{AUDIENCE}]\n\
                  \x20   claims:\n      preset: github-actions\n\
@@ -421,7 +421,7 @@ impl Stack {
                 ci_issuer = ci_issuer.url(),
                 identities = yaml_str(&identities_file),
                 policy = yaml_str(&policy_file),
-                nkey = nkey(NatsRole::Proxy),
+                nats_extra = nats_extra(NatsRole::Proxy),
                 connections = connections("connections"),
                 admin_connections = connections("admin_connections"),
             ),

@@ -6,6 +6,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use gatehouse_evidence::Ledger;
+use gatehouse_proof::checkpoint::NoteVerifier;
 
 /// Runs `gatehouse ARGS` to completion.
 pub fn cli(args: &[&str]) -> Output {
@@ -51,4 +52,20 @@ pub fn entries(data_dir: &std::path::Path) -> u64 {
     Ledger::open_read_only(data_dir)
         .map(|l| l.head().next_index)
         .unwrap_or(0)
+}
+
+/// `gatehouse checkpoint keygen` into `dir/checkpoint.key`: the key file and its verifier.
+pub fn checkpoint_key(dir: &std::path::Path) -> (std::path::PathBuf, NoteVerifier) {
+    let key_file = dir.join("checkpoint.key");
+    let out = cli(&[
+        "checkpoint",
+        "keygen",
+        "--name",
+        "gatehouse.test/ledger",
+        "--out",
+        key_file.to_str().expect("a UTF-8 temporary path"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let verifier = NoteVerifier::from_vkey(&text(&out.stdout)).expect("a verifier key");
+    (key_file, verifier)
 }
