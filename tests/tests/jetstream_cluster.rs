@@ -3,8 +3,8 @@
 //! restarted under steady load through two proxies:
 //!
 //! 1. one node down, then back: requests are refused (503) while leaders are elected, then
-//!    go through again;
-//! 2. another node down, then back;
+//!    go through again, and a delete held while the node is down is released once approved;
+//! 2. another node down, then back, with another held delete released;
 //! 3. two nodes down (no quorum): every request the proxies answer is a 503 and none reaches the
 //!    cluster; after the nodes return, both proxies forward again.
 //!
@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gatehouse::nats_server::NatsKeys;
+use gatehouse_events::Ballot;
 use gatehouse_tests::nats_cluster::NatsCluster;
-use gatehouse_tests::{BedOptions, TestBed};
+use gatehouse_tests::{BedOptions, DEADLINE, TestBed, eventually};
 use tokio_util::sync::CancellationToken;
 
 type Result = anyhow::Result<()>;
@@ -137,6 +138,64 @@ async fn both_forwarding(answers: &Mutex<Vec<Answer>>, since: Instant, proxies: 
     }
 }
 
+/// The demo policy without a grant window, so every delete in `prod` is held (an approval
+/// opens no grant that would admit the next one).
+fn policy_without_grants() -> (String, String) {
+    let text = gatehouse_up::demo::POLICY_YAML.replace(
+        "      hold_timeout: 10m\n      grant_window: 15m\n",
+        "      hold_timeout: 10m\n",
+    );
+    assert_ne!(text, gatehouse_up::demo::POLICY_YAML);
+    ("policy.yaml".into(), text)
+}
+
+/// Deletes ConfigMap `name` in `prod` as `ci-deployer`: the delete is held, bob approves, and
+/// kubectl must succeed. Returns how long the release took after the vote was counted.
+async fn held_delete_released(bed: &TestBed, name: &str) -> anyhow::Result<Duration> {
+    let out = bed
+        .admin_kubectl(&["create", "configmap", name, "-n", "prod"], None)
+        .await?;
+    anyhow::ensure!(out.success, "creating configmap {name}: {}", out.stderr);
+    let kubectl = bed.kubectl_spawn("ci-deployer", &["delete", "configmap", name, "-n", "prod"])?;
+    let bob = bed.approvals_as("bob@example.com")?;
+    let hold = eventually(&format!("the delete of {name} held"), DEADLINE, || async {
+        bob.list(false)
+            .await
+            .ok()?
+            .into_iter()
+            .find(|h| h.name == name)
+    })
+    .await?;
+    eventually(
+        &format!("bob's vote on {name} counted"),
+        DEADLINE,
+        || async {
+            let vote = bob
+                .vote(&hold.approval_id, Ballot::Approve, None)
+                .await
+                .ok()?;
+            vote.counted.then_some(())
+        },
+    )
+    .await?;
+    let voted = Instant::now();
+    let out = tokio::time::timeout(DEADLINE, kubectl.wait_with_output())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("the approved delete of {name} was not released within {DEADLINE:?}")
+        })??;
+    let released = voted.elapsed();
+    anyhow::ensure!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout)
+                .contains(&format!("configmap \"{name}\" deleted")),
+        "the approved delete of {name}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(released)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_proxies_ride_out_node_losses_and_refuse_everything_without_a_quorum() -> Result {
     let dir = tempfile::tempdir()?;
@@ -157,6 +216,7 @@ async fn two_proxies_ride_out_node_losses_and_refuse_everything_without_a_quorum
             nats_url: Some(cluster.url()),
             nats_keys: Some(keys),
             nats_replicas: 3,
+            config_files: vec![policy_without_grants()],
             ..BedOptions::default()
         })
         .await?,
@@ -191,9 +251,6 @@ async fn two_proxies_ride_out_node_losses_and_refuse_everything_without_a_quorum
     // Every stream and bucket is replicated three times. The first node lost leads the approval
     // bucket where it can (not the `GATEHOUSE` stream: see below); the second leads the
     // `GATEHOUSE` stream, so every request waits for its new leader.
-    //
-    // Known gap (issue 13, still open): a request held while a node is down is not yet reliably
-    // released within 30 s of its approval, so this test does not hold one.
     let admin = gatehouse_bus::Bus::connect(
         &stack.nats_config(gatehouse::nats_server::NatsRole::Admin),
         "cluster-test-admin",
@@ -244,6 +301,7 @@ async fn two_proxies_ride_out_node_losses_and_refuse_everything_without_a_quorum
     // While the streams it led elect new leaders, requests are refused (503); then both
     // proxies forward again.
     let one_lost_recovery = both_forwarding(&answers, Instant::now(), proxies.len()).await;
+    let one_lost_release = held_delete_released(&bed, "first").await?;
     tokio::time::sleep(PHASE).await;
     cluster.restart(first).await?;
     let back_1 = Instant::now();
@@ -253,6 +311,7 @@ async fn two_proxies_ride_out_node_losses_and_refuse_everything_without_a_quorum
     let t2 = Instant::now();
     cluster.kill(second).await?;
     let other_lost_recovery = both_forwarding(&answers, Instant::now(), proxies.len()).await;
+    let other_lost_release = held_delete_released(&bed, "second").await?;
     tokio::time::sleep(PHASE).await;
     cluster.restart(second).await?;
     let back_2 = Instant::now();
@@ -396,6 +455,8 @@ async fn two_proxies_ride_out_node_losses_and_refuse_everything_without_a_quorum
         "seconds_to_forward_again_after_losing_the_second_node": (other_lost_recovery.as_millis() as f64) / 1000.0,
         "second_node_killed_led": leaders.iter().filter(|(_, l)| l.as_str() == cluster.name(second)).map(|(s, _)| *s).collect::<Vec<_>>(),
         "first_node_killed_led": leaders.iter().filter(|(_, l)| l.as_str() == cluster.name(first)).map(|(s, _)| *s).collect::<Vec<_>>(),
+        "seconds_from_vote_to_release_with_the_first_node_down": (one_lost_release.as_millis() as f64) / 1000.0,
+        "seconds_from_vote_to_release_with_the_second_node_down": (other_lost_release.as_millis() as f64) / 1000.0,
         "seconds_to_restart_two_nodes": restarted.duration_since(restarting).as_secs_f64(),
         "ledger_events": finished.events.len(),
         "ledger_request_received": received.len(),

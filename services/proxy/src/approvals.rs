@@ -2,9 +2,10 @@
 //! approval replica decided it), and the grants approvals opened (whichever proxy replica held
 //! the approved request).
 //!
-//! - Decisions come from an ordered consumer on the Gatehouse stream (new messages only; it
-//!   recreates itself after a disconnect from where it stopped) and are handed to the request
-//!   waiting for that approval id, if it is held on this replica.
+//! - Decisions come from a consumer of this replica's own on the Gatehouse stream, replicated
+//!   like the stream (new messages only; replaced after missed heartbeats, from where it
+//!   stopped) and are handed to the request waiting for that approval id, if it is held on
+//!   this replica.
 //! - Grants are mirrored from the grants bucket by a KV watch (current values first, then
 //!   changes), so a lookup is a map read and a revocation takes effect on every replica.
 //!
@@ -190,7 +191,7 @@ impl Approvals {
         let grants = bus
             .key_value(&grants_bucket(GRANTS_MAX_AGE, replicas))
             .await?;
-        let decisions = decisions(bus, DeliverPolicy::New).await?;
+        let decisions = open_decisions(bus, None).await?;
         tokio::spawn(follow_decisions(
             Arc::clone(&approvals),
             bus.clone(),
@@ -557,11 +558,25 @@ impl Drop for Waiter {
     }
 }
 
-type Decisions = async_nats::jetstream::consumer::push::Ordered;
+/// How often the decisions consumer must show it is alive; two missed and it is replaced.
+const DECISIONS_HEARTBEAT: Duration = Duration::from_secs(1);
+/// A decisions consumer nobody listens to any more (this replica stopped or replaced it) is
+/// removed by the server after this long.
+const DECISIONS_ABANDONED: Duration = Duration::from_secs(120);
 
-async fn decisions(bus: &Bus, from: DeliverPolicy) -> Result<Decisions, BusError> {
+/// This replica's feed of decisions: a push consumer replicated like the stream (so losing the
+/// node that leads it moves it, instead of ending it), acks off, and where it began.
+struct Decisions {
+    messages: push::Messages,
+    /// The stream sequence it starts after: the last one seen, or the stream's end at creation.
+    after: u64,
+}
+
+/// A new decisions consumer, with a name of its own, starting after stream sequence `after`
+/// (`None`: at the stream's end).
+async fn open_decisions(bus: &Bus, after: Option<u64>) -> Result<Decisions, BusError> {
     let err = |e: String| BusError::Consumer {
-        consumer: "approval decisions (ordered)".into(),
+        consumer: "approval decisions".into(),
         message: e,
     };
     let stream = bus
@@ -569,29 +584,43 @@ async fn decisions(bus: &Bus, from: DeliverPolicy) -> Result<Decisions, BusError
         .get_stream(bus.stream_name())
         .await
         .map_err(|e| err(e.to_string()))?;
+    // Everything after the stream's end as it was just read: a decision published meanwhile is
+    // still delivered.
+    let after = after.unwrap_or(stream.cached_info().state.last_sequence);
+    // Durable so that it is replicated; it is never deleted by us (the bus lets no service
+    // delete consumers) but expires once abandoned.
+    let name = format!("gatehouse-proxy-decisions-{:016x}", rand::random::<u64>());
     let consumer = stream
-        .create_consumer(push::OrderedConfig {
+        .create_consumer(push::Config {
+            durable_name: Some(name),
             deliver_subject: bus.client().new_inbox(),
             filter_subject: ApprovalDecided::subject(),
-            deliver_policy: from,
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            },
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+            idle_heartbeat: DECISIONS_HEARTBEAT,
+            flow_control: true,
+            inactive_threshold: DECISIONS_ABANDONED,
             ..Default::default()
         })
         .await
         .map_err(|e| err(e.to_string()))?;
-    consumer.messages().await.map_err(|e| err(e.to_string()))
+    let messages = consumer.messages().await.map_err(|e| err(e.to_string()))?;
+    Ok(Decisions { messages, after })
 }
 
 async fn follow_decisions(
     approvals: Arc<Approvals>,
     bus: Bus,
-    mut messages: Decisions,
+    mut feed: Decisions,
     shutdown: CancellationToken,
 ) {
-    let mut last_sequence = 0;
+    let mut last_sequence = feed.after;
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => return,
-            next = messages.next() => next,
+            next = feed.messages.next() => next,
         };
         match next {
             Some(Ok(message)) => {
@@ -607,30 +636,24 @@ async fn follow_decisions(
                 }
                 approvals.on_decision(&message.payload, sequence, at_ms);
             }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "following approval decisions");
-            }
-            None => {
-                // The ordered consumer gave up (for example NATS was gone too long): start
-                // again after the last decision seen, so none is missed.
+            // Missed heartbeats (its node was lost, or this client's) or the end of the feed:
+            // a new consumer after the last decision seen, so none is missed and none is
+            // waited for longer than a new consumer takes.
+            next => {
+                if let Some(Err(e)) = next {
+                    tracing::warn!(error = %e, "following approval decisions; following anew");
+                }
                 loop {
-                    let from = if last_sequence == 0 {
-                        DeliverPolicy::New
-                    } else {
-                        DeliverPolicy::ByStartSequence {
-                            start_sequence: last_sequence + 1,
-                        }
-                    };
-                    match decisions(&bus, from).await {
-                        Ok(m) => {
-                            messages = m;
+                    match open_decisions(&bus, Some(last_sequence)).await {
+                        Ok(d) => {
+                            feed = d;
                             break;
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "re-following approval decisions");
                             tokio::select! {
                                 _ = shutdown.cancelled() => return,
-                                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                             }
                         }
                     }
@@ -685,8 +708,12 @@ async fn follow_grants(
                     metrics.grants(map.len());
                 }
             }
-            Some(Err(e)) => tracing::warn!(error = %e, "following grants"),
-            None => loop {
+            // As for decisions: a stalled watch (its consumer's node was lost) is replaced, not
+            // left to recover by itself.
+            next => loop {
+                if let Some(Err(e)) = &next {
+                    tracing::warn!(error = %e, "following grants; watching anew");
+                }
                 // Watching again replays the current values, so a revocation missed while
                 // disconnected is not missed for good.
                 match grants.watch_with_history(">").await {
