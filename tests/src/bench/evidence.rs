@@ -1,5 +1,6 @@
 //! Evidence throughput: ledger ingest (group commits, fsync each), bundle export, and bundle
-//! verification on one thread, over events of about 1 KB shaped like `request.received`.
+//! verification on one thread, and the ledger walk (`gatehouse ledger verify`) on one core
+//! and on every core, over events of about 1 KB shaped like `request.received`.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,10 @@ pub struct Throughput {
     pub export_mb_per_s: f64,
     pub bundle_bytes: u64,
     pub verify_events_per_s: f64,
+    /// `gatehouse ledger verify`'s walk on one thread, and on every core.
+    pub ledger_verify_events_per_s_one_core: f64,
+    pub ledger_verify_events_per_s_all_cores: f64,
+    pub cores: usize,
 }
 
 fn event(n: u64) -> Vec<u8> {
@@ -83,7 +88,30 @@ pub fn measure(events: u64, batch: usize) -> Result<Throughput> {
         "the bundle holds {} events, not {events}",
         verified.manifest.counts.events
     );
+
+    // The ledger walk, in a pool of one thread and in one of every core.
+    let ledger = Ledger::open_read_only(dir.path())?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut ledger_verify = Vec::new();
+    for threads in [1, cores] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?;
+        let started = Instant::now();
+        let walked = pool.install(|| gatehouse_evidence::verify::verify(&ledger))?;
+        let elapsed = started.elapsed();
+        let walked = walked.map_err(|b| anyhow::anyhow!("the ledger does not verify: {b}"))?;
+        anyhow::ensure!(
+            walked.entries == events,
+            "the ledger walk saw {} entries",
+            walked.entries
+        );
+        ledger_verify.push(rate(events as f64, elapsed));
+    }
     Ok(Throughput {
+        ledger_verify_events_per_s_one_core: ledger_verify[0],
+        ledger_verify_events_per_s_all_cores: ledger_verify[1],
+        cores,
         events,
         batch,
         event_bytes,

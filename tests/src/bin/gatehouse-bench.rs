@@ -1,4 +1,4 @@
-//! `gatehouse-bench run|soak`: the benchmark harness (`tests/bench/run`, `tests/bench/soak`
+//! `gatehouse-bench run|soak|evidence`: the benchmark harness (`tests/bench/run`, `tests/bench/soak`
 //! build it in release mode and call it). See `gatehouse_tests::bench`.
 
 use std::path::PathBuf;
@@ -83,6 +83,14 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
     },
+    /// The ledger alone (ingest, export, bundle verify, `ledger verify` on one core and on
+    /// every core), printed as JSON: the evidence figures of `run` without the rest.
+    Evidence {
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        #[arg(long, default_value_t = 1_000)]
+        batch: usize,
+    },
     /// Sustained load while the evidence service is killed and restarted and nats-server is
     /// restarted; then checks that nothing was lost or doubled.
     Soak {
@@ -120,6 +128,13 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Evidence { events, batch } => {
+            let figures =
+                tokio::task::spawn_blocking(move || bench::evidence::measure(events, batch))
+                    .await??;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run {
             dir,
             out,
