@@ -48,6 +48,10 @@ pub struct EvidenceConfig {
     /// Online backups (RocksDB checkpoints) of the ledger.
     #[serde(default)]
     pub backups: Option<BackupConfig>,
+    /// Write-once archives of sealed segments to S3 Object Lock storage
+    /// (`runbooks/archive.md`).
+    #[serde(default)]
+    pub archive: Option<crate::archive::ArchiveConfig>,
 }
 
 /// Where and how often the ledger is backed up; restore is `runbooks/ledger-restore.md`.
@@ -117,6 +121,7 @@ impl EvidenceConfig {
             retention_days: default_retention_days(),
             prune_every: default_prune_every(),
             backups: None,
+            archive: None,
             admin_listen: None,
             admin_connections: gatehouse_listener::ConnectionLimits::default(),
         }
@@ -147,6 +152,9 @@ impl EvidenceConfig {
             && c.every < Duration::from_secs(1)
         {
             return Err("checkpoints.every must be at least 1s".into());
+        }
+        if let Some(archive) = &self.archive {
+            archive.validate()?;
         }
         self.admin_connections.validate("admin_connections")?;
         let replica = self.replica_name();
