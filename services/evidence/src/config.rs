@@ -155,6 +155,12 @@ impl EvidenceConfig {
         }
         if let Some(archive) = &self.archive {
             archive.validate()?;
+            if self.checkpoints.is_none() {
+                return Err(
+                    "archive needs checkpoints: segments are archived as signed checkpoints cover them"
+                        .into(),
+                );
+            }
         }
         self.admin_connections.validate("admin_connections")?;
         let replica = self.replica_name();
@@ -254,6 +260,21 @@ mod tests {
         assert_eq!(refused, "lease_ttl must be between 1s and 60s (got 500ms)");
         assert!(config("lease_ttl: 61s").is_err());
         assert!(config("consumer: \"a.{replica}\"").is_err());
+    }
+
+    #[test]
+    fn an_archive_needs_checkpoints_and_six_years() {
+        let archive = "archive: {bucket: b, credentials_file: /c}\n";
+        let refused = config(archive).unwrap_err();
+        assert!(
+            refused.starts_with("archive needs checkpoints"),
+            "{refused}"
+        );
+        let with = format!("{archive}checkpoints: {{key_file: /k}}\n");
+        assert_eq!(config(&with).unwrap().archive.unwrap().retention_days, 2192);
+        let short = "archive: {bucket: b, credentials_file: /c, retention_days: 365}\n\
+                     checkpoints: {key_file: /k}\n";
+        assert!(config(short).unwrap_err().contains("at least 2192 days"));
     }
 
     #[test]
