@@ -1155,7 +1155,7 @@ mod tests {
         let created = time::macros::datetime!(2026-12-01 10:00:00.5 UTC);
         let nanos = created.unix_timestamp_nanos() as i64;
         let until = retain_until(nanos, MIN_RETENTION_DAYS, now);
-        assert_eq!(until, time::macros::datetime!(2032-12-02 10:00:01 UTC));
+        assert_eq!(until, time::macros::datetime!(2032-12-01 10:00:01 UTC));
         // Entries already older than the retention still get a lock in the future.
         let old = time::macros::datetime!(2019-01-01 0:00 UTC).unix_timestamp_nanos() as i64;
         assert_eq!(
