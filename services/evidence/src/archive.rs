@@ -848,12 +848,17 @@ pub async fn round(
             (l.archived_through()?.unwrap_or(0), l.tree_size())
         };
         report.archived_through = from;
-        let next = archive
-            .segments(Some(from))
-            .await?
-            .into_iter()
+        let listed = archive.segments(Some(from)).await?;
+        let next = listed
+            .iter()
             .find(|(start, _, complete)| *start == from && *complete);
-        if let Some((start, end, _)) = next {
+        // An upload cut short (no manifest) is finished with the same end, so that its objects
+        // are the same bytes and no second directory starts at `from`.
+        let unfinished = listed
+            .iter()
+            .find(|(start, end, complete)| *start == from && !complete && *end <= tree_size)
+            .map(|(_, end, _)| *end);
+        if let Some(&(start, end, _)) = next {
             if end > tree_size {
                 // Archived by a replica further ahead; this one has not ingested that far.
                 return Ok(report);
@@ -894,7 +899,10 @@ pub async fn round(
         let reader = ledger.clone();
         let sealed = tokio::task::spawn_blocking(move || {
             let now = time::OffsetDateTime::now_utc();
-            seal_next(&lock(&reader), from, max, days, now)
+            match unfinished {
+                Some(end) => seal(&lock(&reader), from, end, days, now).map(Some),
+                None => seal_next(&lock(&reader), from, max, days, now),
+            }
         })
         .await
         .map_err(|e| ArchiveError::Restore(e.to_string()))??;
@@ -1004,6 +1012,19 @@ async fn restore_into(
             archive.config.segments_prefix()
         )));
     }
+    // A directory without a manifest beside a complete one of the same start is an upload
+    // that was cut short and then sealed differently: the complete one is the segment.
+    let segments: Vec<(u64, u64, bool)> = segments
+        .iter()
+        .filter(|(start, end, complete)| {
+            let superseded = !complete && segments.iter().any(|(s, _, c)| s == start && *c);
+            if superseded {
+                tracing::warn!(segment = %segment_name(*start, *end), "ignoring an incomplete segment beside a complete one");
+            }
+            !superseded
+        })
+        .copied()
+        .collect();
     let total = segments.len() as u64;
     let mut ledger = Ledger::open(staging)?;
     let mut expected = 0u64;
