@@ -213,40 +213,51 @@ async fn segments_are_locked_for_six_years_and_a_wiped_ledger_is_restored_from_t
     let mut nats = NatsServer::start(&dir.path().join("nats")).await.unwrap();
     let (key_file, verifier) = checkpoint_key(dir.path());
     let vkey = verifier.to_vkey();
-    let data_dir = dir.path().join("evidence");
-    let config = dir.path().join("evidence.yaml");
     let archive_section = archive_yaml(&s3.endpoint, BUCKET, &credentials)
         .lines()
         .map(|l| format!("  {l}\n"))
         .collect::<String>();
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir: {:?}\nnats: {{url: {:?}}}\nreplica: archive-test\n\
-             checkpoints: {{key_file: {:?}, every: 1s}}\narchive:\n{archive_section}",
-            data_dir.display().to_string(),
-            nats.url(),
-            key_file.display().to_string(),
-        ),
-    )
-    .unwrap();
     let bus = Bus::connect(&BusConfig::new(nats.url()), "archive-test")
         .await
         .unwrap();
     bus.ensure_stream(&BusConfig::new(nats.url()).stream)
         .await
         .unwrap();
-    let log_path = dir.path().join("evidence.log");
-    let mut evidence = tokio::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(["evidence", "--config"])
-        .arg(&config)
-        .env("GATEHOUSE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting gatehouse evidence");
+    let replica = |name: &str| {
+        let data_dir = dir.path().join(name);
+        let config = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir: {:?}\nnats: {{url: {:?}}}\nreplica: {name}\n\
+                 consumer: \"evidence-{{replica}}\"\nlease_ttl: 2s\n\
+                 checkpoints: {{key_file: {:?}, every: 1s}}\narchive:\n{archive_section}",
+                data_dir.display().to_string(),
+                nats.url(),
+                key_file.display().to_string(),
+            ),
+        )
+        .unwrap();
+        let log_path = dir.path().join(format!("{name}.log"));
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(["evidence", "--config"])
+            .arg(&config)
+            .env("GATEHOUSE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting gatehouse evidence");
+        (child, data_dir, config, log_path)
+    };
+    // Two replicas: A takes the lease and uploads; B stands by and only adopts what A archived.
+    let (mut evidence, data_dir, config, log_path) = replica("evidence-a");
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    wait_until("evidence-a active", Duration::from_secs(30), || async {
+        log().contains("is now ACTIVE")
+    })
+    .await;
+    let (mut standby, standby_dir, _, standby_log) = replica("evidence-b");
 
     // Three bursts, each archived before the next: at least three segments.
     let mut published = 0;
@@ -260,6 +271,24 @@ async fn segments_are_locked_for_six_years_and_a_wiped_ledger_is_restored_from_t
         .await;
     }
     assert!(!log().contains("archive_failed"), "{}", log());
+    assert!(log().contains("ledger segment archived"), "{}", log());
+    wait_until(
+        "the standby to adopt the archive",
+        Duration::from_secs(60),
+        || async { archive_progress(&standby_dir) == archive_progress(&data_dir) },
+    )
+    .await;
+    let standby_log = std::fs::read_to_string(&standby_log).unwrap();
+    assert!(
+        standby_log.contains("is now STANDBY") || !standby_log.contains("is now ACTIVE"),
+        "{standby_log}"
+    );
+    assert!(
+        !standby_log.contains("ledger segment archived"),
+        "the standby uploaded:\n{standby_log}"
+    );
+    assert!(!standby_log.contains("archive_failed"), "{standby_log}");
+    standby.kill().await.unwrap();
 
     // Every object is under compliance-mode lock until six years after its segment's newest
     // entry.
