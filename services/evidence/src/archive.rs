@@ -499,6 +499,18 @@ fn s3_error<E: std::error::Error + 'static>(op: &'static str, key: &str, e: E) -
     }
 }
 
+async fn read_body(
+    response: aws_sdk_s3::operation::get_object::GetObjectOutput,
+    key: &str,
+) -> Result<Vec<u8>, ArchiveError> {
+    let body = response
+        .body
+        .collect()
+        .await
+        .map_err(|e| s3_error("GetObject", key, e))?;
+    Ok(body.into_bytes().to_vec())
+}
+
 impl Archive {
     /// Reads the credentials file and builds the client (no request is made).
     pub fn connect(config: &ArchiveConfig) -> Result<Self, ArchiveError> {
@@ -584,12 +596,7 @@ impl Archive {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
             Err(e) => return Err(s3_error("GetObject", key, e)),
         };
-        let body = response
-            .body
-            .collect()
-            .await
-            .map_err(|e| s3_error("GetObject", key, e))?;
-        Ok(Some(body.into_bytes().to_vec()))
+        Ok(Some(read_body(response, key).await?))
     }
 
     /// The **first** version of the object at `key` (what the archiver wrote, under its lock),
@@ -629,12 +636,7 @@ impl Archive {
             .send()
             .await
             .map_err(|e| s3_error("GetObject", key, e))?;
-        let body = response
-            .body
-            .collect()
-            .await
-            .map_err(|e| s3_error("GetObject", key, e))?;
-        Ok(Some((body.into_bytes().to_vec(), versions.len() - 1)))
+        Ok(Some((read_body(response, key).await?, versions.len() - 1)))
     }
 
     /// Writes `body` at `key` once, under compliance-mode Object Lock until `retain_until`,

@@ -283,6 +283,17 @@ pub struct Gap {
     pub detected_at: i64,
 }
 
+impl Gap {
+    /// Its `meta` record: `gap/` ‖ first → last ‖ detected_at.
+    fn record(&self) -> (Vec<u8>, Vec<u8>) {
+        let mut key = GAP_PREFIX.to_vec();
+        key.extend_from_slice(&self.first.to_be_bytes());
+        let mut value = self.last.to_be_bytes().to_vec();
+        value.extend_from_slice(&self.detected_at.to_be_bytes());
+        (key, value)
+    }
+}
+
 /// One stored entry as read back: the hash that was stored, and the stored encoding.
 #[derive(Clone, Debug)]
 pub struct StoredEntry {
@@ -462,13 +473,16 @@ impl Ledger {
             };
         }
         for gap in gaps {
-            let mut key = GAP_PREFIX.to_vec();
-            key.extend_from_slice(&gap.first.to_be_bytes());
-            let mut value = gap.last.to_be_bytes().to_vec();
-            value.extend_from_slice(&gap.detected_at.to_be_bytes());
+            let (key, value) = gap.record();
             batch.put_cf(&meta_cf, key, value);
             head.last_sequence = head.last_sequence.max(gap.last);
         }
+        self.commit_head(batch, head)
+    }
+
+    /// Writes `batch` with the new head, tree size and index size, durably, and takes them on.
+    fn commit_head(&mut self, mut batch: WriteBatch, head: Head) -> Result<Head, LedgerError> {
+        let meta_cf = self.cf(CF_META)?;
         batch.put_cf(&meta_cf, KEY_HEAD, head.encode());
         batch.put_cf(&meta_cf, KEY_TREE_SIZE, head.next_index.to_be_bytes());
         batch.put_cf(&meta_cf, KEY_INDEX_SIZE, head.next_index.to_be_bytes());
@@ -1360,10 +1374,7 @@ impl Ledger {
             };
         }
         for gap in gaps {
-            let mut key = GAP_PREFIX.to_vec();
-            key.extend_from_slice(&gap.first.to_be_bytes());
-            let mut value = gap.last.to_be_bytes().to_vec();
-            value.extend_from_slice(&gap.detected_at.to_be_bytes());
+            let (key, value) = gap.record();
             batch.put_cf(&meta_cf, key, value);
             head.last_sequence = head.last_sequence.max(gap.last);
         }
@@ -1375,22 +1386,13 @@ impl Ledger {
             key.extend_from_slice(&size.to_be_bytes());
             batch.put_cf(&meta_cf, key, vkey.as_bytes());
         }
-        batch.put_cf(&meta_cf, KEY_HEAD, head.encode());
-        batch.put_cf(&meta_cf, KEY_TREE_SIZE, head.next_index.to_be_bytes());
-        batch.put_cf(&meta_cf, KEY_INDEX_SIZE, head.next_index.to_be_bytes());
         // Everything restored came from the archive: archiving goes on from here.
         batch.put_cf(
             &meta_cf,
             KEY_ARCHIVED_THROUGH,
             head.next_index.to_be_bytes(),
         );
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db.write_opt(batch, &wo).map_err(self.db_error())?;
-        self.head = head;
-        self.tree_size = head.next_index;
-        self.index_size = head.next_index;
-        Ok(head)
+        self.commit_head(batch, head)
     }
 }
 

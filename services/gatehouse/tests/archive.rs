@@ -181,6 +181,15 @@ fn refusal<T: std::fmt::Debug, E: aws_sdk_s3::error::ProvideErrorMetadata + std:
     code.to_owned()
 }
 
+/// Restores into `data_dir` and expects exit 1 with `expected` in the message, and no ledger.
+fn restore_fails(config: &Path, data_dir: &Path, vkey: &str, expected: &str) {
+    let out = restore(config, data_dir, vkey);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(expected), "expected {expected:?} in:\n{err}");
+    assert!(!data_dir.join("ledger").exists());
+}
+
 fn restore(config: &Path, data_dir: &Path, vkey: &str) -> std::process::Output {
     cli(&[
         "ledger",
@@ -489,14 +498,12 @@ async fn segments_are_locked_for_six_years_and_a_wiped_ledger_is_restored_from_t
     std::fs::create_dir_all(dir.path().join("stranger")).unwrap();
     let (_, stranger) = checkpoint_key(&dir.path().join("stranger"));
     let other = dir.path().join("elsewhere");
-    let wrong_key = restore(&config, &other, &stranger.to_vkey());
-    assert_eq!(wrong_key.status.code(), Some(1));
-    assert!(
-        text(&wrong_key.stderr).contains("is not signed by any key given"),
-        "{}",
-        text(&wrong_key.stderr)
+    restore_fails(
+        &config,
+        &other,
+        &stranger.to_vkey(),
+        "is not signed by any key given",
     );
-    assert!(!other.join("ledger").exists());
 
     // A plain copy of the archive (no lock): altered, incomplete and missing segments fail.
     client
@@ -549,14 +556,12 @@ async fn segments_are_locked_for_six_years_and_a_wiped_ledger_is_restored_from_t
         .send()
         .await
         .unwrap();
-    let out = restore(&copy_yaml, &fresh("altered"), &vkey);
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains(&format!("segment {s0:020}-{e0:020}: entries was altered")),
-        "{err}"
+    restore_fails(
+        &copy_yaml,
+        &fresh("altered"),
+        &vkey,
+        &format!("segment {s0:020}-{e0:020}: entries was altered"),
     );
-    assert!(!fresh("altered").join("ledger").exists());
 
     let (s1, e1, _) = segments[1];
     client
@@ -574,14 +579,11 @@ async fn segments_are_locked_for_six_years_and_a_wiped_ledger_is_restored_from_t
         .send()
         .await
         .unwrap();
-    let out = restore(&copy_yaml, &fresh("incomplete"), &vkey);
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains(&format!(
-            "segment {s1:020}-{e1:020}: its manifest is missing"
-        )),
-        "{err}"
+    restore_fails(
+        &copy_yaml,
+        &fresh("incomplete"),
+        &vkey,
+        &format!("segment {s1:020}-{e1:020}: its manifest is missing"),
     );
 
     let listed = client
@@ -600,14 +602,11 @@ async fn segments_are_locked_for_six_years_and_a_wiped_ledger_is_restored_from_t
             .await
             .unwrap();
     }
-    let out = restore(&copy_yaml, &fresh("missing"), &vkey);
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains(&format!(
-            "segment missing: the archive has no segment starting at entry {s1}"
-        )),
-        "{err}"
+    restore_fails(
+        &copy_yaml,
+        &fresh("missing"),
+        &vkey,
+        &format!("segment missing: the archive has no segment starting at entry {s1}"),
     );
 
     nats.stop().await;
