@@ -276,7 +276,7 @@ fn encode_entries(entries: &[(u64, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
-/// Reads the `entries` object back; `None` names where it stops making sense.
+/// Reads the `entries` object back; the error says where it stops making sense.
 fn decode_entries(mut bytes: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, String> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
