@@ -1,11 +1,13 @@
 //! Write-once archives against a real S3 server with Object Lock (versitygw, built from its Go
 //! module by `deploy/archive/build`), on loopback, with a real nats-server and RocksDB:
 //! - `gatehouse evidence` archives sealed segments on its schedule, every object under
-//!   compliance-mode Object Lock until six years after its newest entry;
+//!   compliance-mode Object Lock until six years after its newest entry; of two replicas only
+//!   the lease holder uploads, and the standby adopts what it archived;
 //! - the server refuses to delete a locked version or shorten its retention, even to the root
 //!   user; a PUT over a key only adds a version, and restore still reads the first one;
 //! - with the ledger directory wiped, `gatehouse ledger restore --from-archive` rebuilds it, and
-//!   `gatehouse ledger verify` passes with the same checkpoints and roots;
+//!   `gatehouse ledger verify` passes with the same checkpoints and roots, and the service
+//!   started on it ingests and archives on;
 //! - in a plain copy of the archive (no lock, as someone holding a copy could change it), an
 //!   altered object, a missing manifest and a missing segment each make restore fail, naming
 //!   the segment.
@@ -179,6 +181,17 @@ fn refusal<T: std::fmt::Debug, E: aws_sdk_s3::error::ProvideErrorMetadata + std:
         err.as_service_error().and_then(|e| e.message())
     );
     code.to_owned()
+}
+
+/// Stops a `gatehouse evidence` process with SIGTERM and expects a clean exit.
+async fn stop(evidence: &mut tokio::process::Child, log: &str) {
+    let pid = nix::unistd::Pid::from_raw(evidence.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), evidence.wait())
+        .await
+        .expect("a clean stop")
+        .unwrap();
+    assert!(status.success(), "{log}");
 }
 
 /// Restores into `data_dir` and expects exit 1 with `expected` in the message, and no ledger.
@@ -453,13 +466,7 @@ async fn segments_are_locked_for_six_years_and_a_wiped_ledger_is_restored_from_t
     );
 
     // Stop the service, wipe its ledger, restore it from the archive.
-    let pid = nix::unistd::Pid::from_raw(evidence.id().unwrap() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), evidence.wait())
-        .await
-        .expect("a clean stop")
-        .unwrap();
-    assert!(status.success(), "{}", log());
+    stop(&mut evidence, &log()).await;
     std::fs::remove_dir_all(data_dir.join("ledger")).unwrap();
     let out = restore(&config, &data_dir, &vkey);
     assert!(
@@ -486,6 +493,26 @@ async fn segments_are_locked_for_six_years_and_a_wiped_ledger_is_restored_from_t
     assert_eq!(restored.checkpoints().unwrap(), original_checkpoints);
     assert_eq!(restored.archived_through().unwrap(), Some(archived_through));
     drop(restored);
+    // The service carries on from the restored ledger: it ingests and archives what follows.
+    let (mut evidence, _, _, _) = replica("evidence-a");
+    wait_until(
+        "evidence-a active again",
+        Duration::from_secs(30),
+        || async { log().contains("is now ACTIVE") },
+    )
+    .await;
+    publish(&bus, 10).await;
+    wait_until(
+        "the events after the restore archived",
+        Duration::from_secs(60),
+        || async {
+            let (entries, archived) = archive_progress(&data_dir);
+            entries >= archived_through + 10 && archived == entries
+        },
+    )
+    .await;
+    assert!(!log().contains("archive_failed"), "{}", log());
+    stop(&mut evidence, &log()).await;
     // A second restore never writes over the ledger now there.
     let again = restore(&config, &data_dir, &vkey);
     assert_eq!(again.status.code(), Some(2));
