@@ -35,6 +35,10 @@ pub struct EvidenceConfig {
     /// [`MIN_RETENTION_DAYS`] (six years); a smaller value is refused.
     #[serde(default = "default_retention_days")]
     pub retention_days: u32,
+    /// Write-once archives of sealed segments to S3 Object Lock storage
+    /// (`runbooks/archive.md`).
+    #[serde(default)]
+    pub archive: Option<crate::archive::ArchiveConfig>,
     /// How often payloads past retention are pruned (at start, then on this schedule).
     #[serde(default = "default_prune_every", with = "humantime_serde")]
     pub prune_every: Duration,
@@ -48,10 +52,6 @@ pub struct EvidenceConfig {
     /// Online backups (RocksDB checkpoints) of the ledger.
     #[serde(default)]
     pub backups: Option<BackupConfig>,
-    /// Write-once archives of sealed segments to S3 Object Lock storage
-    /// (`runbooks/archive.md`).
-    #[serde(default)]
-    pub archive: Option<crate::archive::ArchiveConfig>,
 }
 
 /// Where and how often the ledger is backed up; restore is `runbooks/ledger-restore.md`.
@@ -118,10 +118,10 @@ impl EvidenceConfig {
             lease_ttl: default_lease_ttl(),
             batch_max: default_batch_max(),
             checkpoints: None,
+            archive: None,
             retention_days: default_retention_days(),
             prune_every: default_prune_every(),
             backups: None,
-            archive: None,
             admin_listen: None,
             admin_connections: gatehouse_listener::ConnectionLimits::default(),
         }
@@ -140,6 +140,15 @@ impl EvidenceConfig {
         if self.batch_max == 0 || self.batch_max > 100_000 {
             return Err("batch_max must be between 1 and 100000".into());
         }
+        if let Some(archive) = &self.archive {
+            archive.validate()?;
+            if self.checkpoints.is_none() {
+                return Err(
+                    "archive needs checkpoints: segments are archived as signed checkpoints cover them"
+                        .into(),
+                );
+            }
+        }
         if let Some(b) = &self.backups
             && (b.every < Duration::from_secs(60) || b.keep == 0)
         {
@@ -152,15 +161,6 @@ impl EvidenceConfig {
             && c.every < Duration::from_secs(1)
         {
             return Err("checkpoints.every must be at least 1s".into());
-        }
-        if let Some(archive) = &self.archive {
-            archive.validate()?;
-            if self.checkpoints.is_none() {
-                return Err(
-                    "archive needs checkpoints: segments are archived as signed checkpoints cover them"
-                        .into(),
-                );
-            }
         }
         self.admin_connections.validate("admin_connections")?;
         let replica = self.replica_name();
