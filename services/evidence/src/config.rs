@@ -35,6 +35,10 @@ pub struct EvidenceConfig {
     /// [`MIN_RETENTION_DAYS`] (six years); a smaller value is refused.
     #[serde(default = "default_retention_days")]
     pub retention_days: u32,
+    /// Write-once archives of sealed segments to S3 Object Lock storage
+    /// (`runbooks/archive.md`).
+    #[serde(default)]
+    pub archive: Option<crate::archive::ArchiveConfig>,
     /// How often payloads past retention are pruned (at start, then on this schedule).
     #[serde(default = "default_prune_every", with = "humantime_serde")]
     pub prune_every: Duration,
@@ -114,6 +118,7 @@ impl EvidenceConfig {
             lease_ttl: default_lease_ttl(),
             batch_max: default_batch_max(),
             checkpoints: None,
+            archive: None,
             retention_days: default_retention_days(),
             prune_every: default_prune_every(),
             backups: None,
@@ -134,6 +139,15 @@ impl EvidenceConfig {
         }
         if self.batch_max == 0 || self.batch_max > 100_000 {
             return Err("batch_max must be between 1 and 100000".into());
+        }
+        if let Some(archive) = &self.archive {
+            archive.validate()?;
+            if self.checkpoints.is_none() {
+                return Err(
+                    "archive needs checkpoints: segments are archived as signed checkpoints cover them"
+                        .into(),
+                );
+            }
         }
         if let Some(b) = &self.backups
             && (b.every < Duration::from_secs(60) || b.keep == 0)
@@ -246,6 +260,21 @@ mod tests {
         assert_eq!(refused, "lease_ttl must be between 1s and 60s (got 500ms)");
         assert!(config("lease_ttl: 61s").is_err());
         assert!(config("consumer: \"a.{replica}\"").is_err());
+    }
+
+    #[test]
+    fn an_archive_needs_checkpoints_and_six_years() {
+        let archive = "archive: {bucket: b, credentials_file: /c}\n";
+        let refused = config(archive).unwrap_err();
+        assert!(
+            refused.starts_with("archive needs checkpoints"),
+            "{refused}"
+        );
+        let with = format!("{archive}checkpoints: {{key_file: /k}}\n");
+        assert_eq!(config(&with).unwrap().archive.unwrap().retention_days, 2192);
+        let short = "archive: {bucket: b, credentials_file: /c, retention_days: 365}\n\
+                     checkpoints: {key_file: /k}\n";
+        assert!(config(short).unwrap_err().contains("at least 2192 days"));
     }
 
     #[test]

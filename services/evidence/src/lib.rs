@@ -9,9 +9,12 @@
 //!   session, decision, event type, and time.
 //! - [`ingest`]: the durable JetStream consumer that feeds the ledger in stream order.
 //! - [`verify`]: re-walking the chain and naming the first bad entry.
+//! - [`archive`]: write-once archives of sealed segments (S3 Object Lock), and restoring a
+//!   ledger from them.
 //! - [`config`]: the service's YAML configuration.
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod config;
 /// Re-exported so the ledger's formats have one home ([`gatehouse_proof`]).
 pub use gatehouse_proof::{entry, merkle};
@@ -55,6 +58,8 @@ pub struct Evidence {
     metrics: metrics::Metrics,
     /// Which replica is active (signs checkpoints, records pruning).
     lease: Arc<lease::Lease>,
+    /// The bucket sealed segments are archived to, when `archive` is configured.
+    archive: Option<archive::Archive>,
     /// The admin listener (`admin_listen`), bound at open and served by [`Evidence::run`].
     admin: Mutex<Option<tokio::net::TcpListener>>,
     admin_addr: Option<std::net::SocketAddr>,
@@ -95,6 +100,19 @@ impl Evidence {
             }
             None => None,
         };
+        let mut ledger = ledger;
+        let archive = match &config.archive {
+            Some(a) => {
+                let archive = archive::Archive::connect(a)
+                    .map_err(|e| EvidenceError::Config(e.to_string()))?;
+                // From now on pruning waits for the archive (see `archive`).
+                let through = ledger.archived_through()?.unwrap_or(0);
+                ledger.set_archived_through(through)?;
+                tracing::info!(archive = ?archive, archived_through = through, every = ?a.every, "archiving sealed segments");
+                Some(archive)
+            }
+            None => None,
+        };
         let bus = Bus::connect(&config.nats, "gatehouse-evidence").await?;
         bus.ensure_stream(&config.nats.stream).await?;
         let metrics = metrics::Metrics::new();
@@ -128,6 +146,7 @@ impl Evidence {
             signer,
             metrics,
             lease: Arc::new(lease),
+            archive,
             admin: Mutex::new(admin),
             admin_addr,
         })
@@ -257,7 +276,28 @@ impl Evidence {
                 }
             })
         });
+        let archiving = self.archive.clone().map(|archive| {
+            let (ledger, stop, metrics, lease) = (
+                self.ledger.clone(),
+                shutdown.clone(),
+                self.metrics.clone(),
+                self.lease.clone(),
+            );
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(archive.config().every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => archive_round(&ledger, &archive, &metrics, &lease).await,
+                    }
+                }
+            })
+        });
         let result = ingestor.run(shutdown).await;
+        if let Some(task) = archiving {
+            let _ = task.await;
+        }
         let _ = pruning.await;
         if let Some(task) = backups {
             let _ = task.await;
@@ -608,6 +648,23 @@ fn checkpoint_route(
             }
         }),
     )
+}
+
+/// One archiving round: the lease holder uploads sealed segments; a standby only adopts those
+/// in the bucket that hold its own entries (so its pruning can follow). A failure is an alarm.
+async fn archive_round(
+    ledger: &Arc<Mutex<Ledger>>,
+    archive: &archive::Archive,
+    metrics: &metrics::Metrics,
+    lease: &lease::Lease,
+) {
+    match archive::round(ledger, archive, lease.is_active()).await {
+        Ok(round) => metrics.archive_round(Some(round.archived_through)),
+        Err(e) => {
+            metrics.archive_round(None);
+            tracing::error!(alarm = "archive_failed", error = %e, "ledger segments not archived (runbooks/archive.md)");
+        }
+    }
 }
 
 /// Takes a backup into a new directory named by the time, and removes the oldest beyond

@@ -34,6 +34,8 @@ pub struct Metrics {
     checkpoints: Family<ResultLabels, Counter>,
     pruned: Counter,
     backups: Family<ResultLabels, Counter>,
+    archived_through: Gauge,
+    archive_rounds: Family<ResultLabels, Counter>,
     active: Gauge,
     role_changes: Counter,
     replica: Family<ReplicaLabels, Gauge>,
@@ -95,6 +97,18 @@ impl Metrics {
         );
         let backups = Family::<ResultLabels, Counter>::default();
         registry.register("backups", "Ledger backups, by result", backups.clone());
+        let archived_through = Gauge::default();
+        registry.register(
+            "archived_through",
+            "Entries before this index are in the write-once archive",
+            archived_through.clone(),
+        );
+        let archive_rounds = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "archive_rounds",
+            "Archiving rounds, by result (a failure is also an archive_failed alarm)",
+            archive_rounds.clone(),
+        );
         let active = Gauge::default();
         registry.register(
             "active",
@@ -126,6 +140,8 @@ impl Metrics {
             checkpoints,
             pruned,
             backups,
+            archived_through,
+            archive_rounds,
             active,
             role_changes,
             replica,
@@ -165,6 +181,21 @@ impl Metrics {
     pub fn backup(&self, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.backups.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// An archiving round: where archiving stands after it, or `None` when it failed.
+    pub fn archive_round(&self, archived_through: Option<u64>) {
+        let result = match archived_through {
+            Some(through) => {
+                self.archived_through
+                    .set(i64::try_from(through).unwrap_or(i64::MAX));
+                "success"
+            }
+            None => "failure",
+        };
+        self.archive_rounds
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     pub fn replica(&self, replica: &str, consumer: &str) {

@@ -189,6 +189,9 @@ pub enum LedgerError {
     NotIndexed,
     #[error("legal hold record: {0}")]
     Hold(String),
+    /// An archived entry that cannot be put back where it claims to belong.
+    #[error("restoring entry {index}: {why}")]
+    Restore { index: u64, why: String },
     /// The ledger no longer extends what an earlier checkpoint signed: it was rewritten. No
     /// checkpoint is signed over it.
     #[error(
@@ -278,6 +281,17 @@ pub struct Gap {
     pub first: u64,
     pub last: u64,
     pub detected_at: i64,
+}
+
+impl Gap {
+    /// Its `meta` record: `gap/` ‖ first → last ‖ detected_at.
+    fn record(&self) -> (Vec<u8>, Vec<u8>) {
+        let mut key = GAP_PREFIX.to_vec();
+        key.extend_from_slice(&self.first.to_be_bytes());
+        let mut value = self.last.to_be_bytes().to_vec();
+        value.extend_from_slice(&self.detected_at.to_be_bytes());
+        (key, value)
+    }
 }
 
 /// One stored entry as read back: the hash that was stored, and the stored encoding.
@@ -459,13 +473,16 @@ impl Ledger {
             };
         }
         for gap in gaps {
-            let mut key = GAP_PREFIX.to_vec();
-            key.extend_from_slice(&gap.first.to_be_bytes());
-            let mut value = gap.last.to_be_bytes().to_vec();
-            value.extend_from_slice(&gap.detected_at.to_be_bytes());
+            let (key, value) = gap.record();
             batch.put_cf(&meta_cf, key, value);
             head.last_sequence = head.last_sequence.max(gap.last);
         }
+        self.commit_head(batch, head)
+    }
+
+    /// Writes `batch` with the new head, tree size and index size, durably, and takes them on.
+    fn commit_head(&mut self, mut batch: WriteBatch, head: Head) -> Result<Head, LedgerError> {
+        let meta_cf = self.cf(CF_META)?;
         batch.put_cf(&meta_cf, KEY_HEAD, head.encode());
         batch.put_cf(&meta_cf, KEY_TREE_SIZE, head.next_index.to_be_bytes());
         batch.put_cf(&meta_cf, KEY_INDEX_SIZE, head.next_index.to_be_bytes());
@@ -997,6 +1014,9 @@ impl Ledger {
             ..Pruned::default()
         };
         let start = self.read_u64(KEY_PRUNED_THROUGH)?;
+        // Once archiving is set up, only archived entries are pruned: the archive must hold
+        // every payload before the ledger lets it go (`crate::archive`).
+        let archived = self.archived_through()?;
         let mut resume: Option<u64> = None;
         let mut index = start;
         let entries_cf = self.cf(CF_ENTRIES)?;
@@ -1011,6 +1031,10 @@ impl Ledger {
                 let Some(key) = stored.key else {
                     break;
                 };
+                if archived.is_some_and(|a| key >= a) {
+                    done = true;
+                    break;
+                }
                 index = key + 1;
                 if stored.tombstone().is_some() {
                     continue;
@@ -1193,6 +1217,182 @@ impl Ledger {
                     .map_err(self.db_error())
             }
         }
+    }
+}
+
+/// `meta` key: the index archiving resumes from, u64 BE (`crate::archive`). Present once
+/// archiving was set up for this ledger; from then on pruning stops at it.
+const KEY_ARCHIVED_THROUGH: &[u8] = b"archived_through";
+
+/// Write-once archives ([`crate::archive`]): where archiving stands, and restoring archived
+/// entries into an empty ledger.
+impl Ledger {
+    /// The index archiving resumes from (every entry before it is archived); `None` when
+    /// archiving was never set up for this ledger.
+    pub fn archived_through(&self) -> Result<Option<u64>, LedgerError> {
+        let cf = self.cf(CF_META)?;
+        Ok(
+            match self
+                .db
+                .get_cf(&cf, KEY_ARCHIVED_THROUGH)
+                .map_err(self.db_error())?
+            {
+                Some(bytes) if bytes.len() == 8 => Some(be_u64(&bytes)),
+                _ => None,
+            },
+        )
+    }
+
+    /// The checkpoints of sizes in `(above, through]`, smallest first, at most `limit`.
+    pub fn checkpoints_in(
+        &self,
+        above: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, LedgerError> {
+        let cf = self.cf(CF_META)?;
+        let mut from = CHECKPOINT_PREFIX.to_vec();
+        from.extend_from_slice(&above.saturating_add(1).to_be_bytes());
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(&cf, IteratorMode::From(&from, Direction::Forward))
+        {
+            let (key, value) = item.map_err(self.db_error())?;
+            let Some(size) = key.strip_prefix(CHECKPOINT_PREFIX) else {
+                break;
+            };
+            if size.len() != 8 {
+                continue;
+            }
+            let size = be_u64(size);
+            if size > through || out.len() >= limit {
+                break;
+            }
+            out.push((size, String::from_utf8_lossy(&value).into_owned()));
+        }
+        Ok(out)
+    }
+
+    /// Records (durably) that entries before `next` are archived. Never moves back.
+    pub fn set_archived_through(&mut self, next: u64) -> Result<(), LedgerError> {
+        if self.read_only {
+            return Err(LedgerError::ReadOnly);
+        }
+        let next = next.max(self.archived_through()?.unwrap_or(0));
+        let cf = self.cf(CF_META)?;
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .put_cf_opt(&cf, KEY_ARCHIVED_THROUGH, next.to_be_bytes(), &wo)
+            .map_err(self.db_error())
+    }
+
+    /// Appends archived entries exactly as they were stored (`entry_hash ‖ encoding`, or a
+    /// tombstone), with their gap records and the checkpoints (note, verifier key) over them,
+    /// in one durable batch; the tree nodes are recomputed from the leaves. Each entry must be
+    /// the next index, link to the head and carry a higher stream sequence; the whole chain is
+    /// then checked again by [`crate::verify`].
+    pub fn append_restored(
+        &mut self,
+        entries: &[(u64, Vec<u8>)],
+        gaps: &[Gap],
+        checkpoints: &[(u64, String, String)],
+    ) -> Result<Head, LedgerError> {
+        if self.read_only {
+            return Err(LedgerError::ReadOnly);
+        }
+        let (entries_cf, meta_cf, tree_cf, index_cf) = (
+            self.cf(CF_ENTRIES)?,
+            self.cf(CF_META)?,
+            self.cf(CF_TREE)?,
+            self.cf(CF_INDEX)?,
+        );
+        let mut head = self.head;
+        let mut batch = WriteBatch::default();
+        let mut fresh = std::collections::HashMap::new();
+        for (index, value) in entries {
+            let index = *index;
+            let refuse = |why: String| LedgerError::Restore { index, why };
+            if index != head.next_index {
+                return Err(refuse(format!("expected index {}", head.next_index)));
+            }
+            if value.len() < 32 {
+                return Err(refuse(format!("{} bytes is too short", value.len())));
+            }
+            let stored = parse_stored(&index.to_be_bytes(), value);
+            let (claimed, previous, sequence, leaf, indexed) = match Entry::decode(&stored.encoding)
+            {
+                Ok(e) => {
+                    if entry_hash(&stored.encoding) != stored.stored_hash {
+                        return Err(refuse("its contents do not hash to its stored hash".into()));
+                    }
+                    let keys = index_keys(index, e.received_at, &e.event);
+                    let leaf = merkle::leaf_hash(&stored.encoding);
+                    (e.index, e.previous_hash, e.stream_sequence, leaf, keys)
+                }
+                Err(e) => match stored.tombstone() {
+                    Some(t) => (
+                        t.index,
+                        t.previous_hash,
+                        t.stream_sequence,
+                        t.leaf_hash,
+                        vec![],
+                    ),
+                    None => return Err(refuse(format!("not an entry or a tombstone: {e}"))),
+                },
+            };
+            if claimed != index {
+                return Err(refuse(format!("it claims index {claimed}")));
+            }
+            if previous != head.hash {
+                return Err(refuse("it does not link to the entry before it".into()));
+            }
+            if sequence <= head.last_sequence {
+                return Err(refuse(format!(
+                    "stream sequence {sequence} is not above {}",
+                    head.last_sequence
+                )));
+            }
+            batch.put_cf(&entries_cf, index.to_be_bytes(), value);
+            for key in indexed {
+                batch.put_cf(&index_cf, key, []);
+            }
+            for (level, i, node) in
+                merkle::completed_by(index, leaf, |level, i| match fresh.get(&(level, i)) {
+                    Some(node) => Ok(*node),
+                    None => self.node(level, i),
+                })?
+            {
+                batch.put_cf(&tree_cf, node_key(level, i), node);
+                fresh.insert((level, i), node);
+            }
+            head = Head {
+                next_index: index + 1,
+                hash: stored.stored_hash,
+                last_sequence: sequence,
+            };
+        }
+        for gap in gaps {
+            let (key, value) = gap.record();
+            batch.put_cf(&meta_cf, key, value);
+            head.last_sequence = head.last_sequence.max(gap.last);
+        }
+        for (size, note, vkey) in checkpoints {
+            let mut key = CHECKPOINT_PREFIX.to_vec();
+            key.extend_from_slice(&size.to_be_bytes());
+            batch.put_cf(&meta_cf, key, note.as_bytes());
+            let mut key = CHECKPOINT_KEY_PREFIX.to_vec();
+            key.extend_from_slice(&size.to_be_bytes());
+            batch.put_cf(&meta_cf, key, vkey.as_bytes());
+        }
+        // Everything restored came from the archive: archiving goes on from here.
+        batch.put_cf(
+            &meta_cf,
+            KEY_ARCHIVED_THROUGH,
+            head.next_index.to_be_bytes(),
+        );
+        self.commit_head(batch, head)
     }
 }
 

@@ -12,6 +12,8 @@
 //! - [`bundle_cmd`]: `gatehouse export` (an evidence bundle) and `gatehouse verify` (check one).
 //! - [`checkpoint_cmd`]: `gatehouse checkpoint keygen|sign|show`.
 //! - [`retention_cmd`]: `gatehouse ledger hold place|list|release` and `gatehouse ledger prune`.
+//! - [`restore_cmd`]: `gatehouse ledger restore --from-archive`, a ledger rebuilt from its
+//!   write-once archive.
 //! - [`policy_cmd`]: `gatehouse policy check` and `gatehouse policy explain`.
 //! - [`nats_server`]: a local `nats-server` with JetStream (for `gatehouse-up` and for tests).
 //! - [`kubeconfig`]: kubeconfig files, and files only their owner reads.
@@ -32,6 +34,7 @@ pub mod nats_server;
 pub mod policy_cmd;
 pub mod replay;
 pub mod report;
+pub mod restore_cmd;
 pub mod retention_cmd;
 pub mod up_cmd;
 

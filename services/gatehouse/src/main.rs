@@ -126,6 +126,10 @@ enum LedgerCommand {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Rebuild a ledger from its write-once archive (S3 Object Lock): every segment in order,
+    /// digests checked, then verified like `ledger verify` and every archived checkpoint's
+    /// signature and root checked. Exit 1 naming a missing or altered segment.
+    Restore(gatehouse::restore_cmd::RestoreArgs),
     /// Prune payloads past `retention_days` (not under a legal hold) into tombstones that keep
     /// every hash, and record `ledger.pruned`. The evidence service does this on its own
     /// schedule; this is for a ledger it is not running on.
@@ -237,6 +241,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Ledger {
             command: LedgerCommand::Backup { data_dir, out },
         } => return gatehouse::retention_cmd::backup(data_dir, out),
+        Command::Ledger {
+            command: LedgerCommand::Restore(args),
+        } => return gatehouse::restore_cmd::restore(args).await,
         Command::Ledger {
             command: LedgerCommand::Prune { config, now },
         } => return gatehouse::retention_cmd::prune(config, now).await,
