@@ -160,6 +160,7 @@ impl AuditorApiConfig {
 /// A started (bound, not yet serving) auditor API.
 pub struct AuditorApi {
     router: Router,
+    inner: Arc<Inner>,
     listener: TcpListener,
     tls: Option<gatehouse_proxy::server::RouterTls>,
     connections: ConnectionLimits,
@@ -224,9 +225,11 @@ impl AuditorApi {
             auditor_groups: config.auditor_groups.clone(),
             policy: config.policy.clone(),
             ledger_jobs: Arc::new(Semaphore::new(LEDGER_JOBS)),
+            checkpoint_key: std::sync::OnceLock::new(),
         });
         Ok(Self {
-            router: routes(inner),
+            router: routes(inner.clone()),
+            inner,
             listener,
             tls,
             connections: config.connections.clone(),
@@ -239,6 +242,14 @@ impl AuditorApi {
     /// its `/metrics`) as listener `auditor_api`.
     pub fn with_metrics(mut self, metrics: &ListenerMetrics) -> Self {
         self.observer = metrics.listener("auditor_api");
+        self
+    }
+
+    /// The checkpoint key file (`checkpoints.key_file`): bundles are signed with it (read at
+    /// each bundle, so a rotated key is used once it has signed a checkpoint). Without it,
+    /// `/v1/bundle` answers 503.
+    pub fn with_checkpoint_key(self, key_file: PathBuf) -> Self {
+        let _ = self.inner.checkpoint_key.set(key_file);
         self
     }
 
@@ -304,6 +315,8 @@ struct Inner {
     auditor_groups: Vec<String>,
     policy: Option<PathBuf>,
     ledger_jobs: Arc<Semaphore>,
+    /// The checkpoint key file, read at each bundle to sign its manifest.
+    checkpoint_key: std::sync::OnceLock<PathBuf>,
 }
 
 fn routes(inner: Arc<Inner>) -> Router {
@@ -1219,6 +1232,13 @@ impl Inner {
         let partial = self
             .scratch
             .join(format!("bundle-{}{PARTIAL_SUFFIX}", call.access_id));
+        let Some(key_file) = self.checkpoint_key.get().cloned() else {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "bundles are signed with the checkpoint key, and this evidence service has none \
+                 configured (checkpoints.key_file)",
+            ));
+        };
         let (file, events) = self
             .ledger_job(move |dir| {
                 // Said plainly here; write_bundle would fail with the same news as an error.
@@ -1231,7 +1251,9 @@ impl Inner {
                         "the ledger has no signed checkpoint yet, so nothing can be proven",
                     ));
                 }
-                let written = write_partial(dir, &spec, &partial);
+                let signer = gatehouse_evidence::load_signer(&key_file)
+                    .map_err(|e| ApiError::internal("the checkpoint key could not be read", e))?;
+                let written = write_partial(dir, &spec, &signer, &partial);
                 // Unlinked once open (or on failure): the open handle keeps the data for the
                 // body, and nothing is left behind whatever happens to the call.
                 let _ = std::fs::remove_file(&partial);
@@ -1264,6 +1286,7 @@ impl Inner {
 fn write_partial(
     data_dir: &Path,
     spec: &BundleSpec,
+    signer: &gatehouse_proof::checkpoint::NoteSigner,
     partial: &Path,
 ) -> Result<(std::fs::File, u64), ApiError> {
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -1274,7 +1297,11 @@ fn write_partial(
         .open(partial)
         .map_err(|e| ApiError::internal("the bundle could not be written", e))?;
     let mut out = BufWriter::new(file);
-    let manifest = crate::bundle_cmd::write_bundle(data_dir, spec, &mut out, true)
+    let signing = crate::bundle_cmd::Signing {
+        signer,
+        since: None,
+    };
+    let manifest = crate::bundle_cmd::write_bundle(data_dir, spec, &signing, &mut out, true)
         .map_err(|e| ApiError::internal("the bundle could not be written", format!("{e:#}")))?;
     out.flush()
         .map_err(|e| ApiError::internal("the bundle could not be written", e))?;
@@ -1458,6 +1485,10 @@ pub async fn run_evidence(
     .await
     .map_err(anyhow::Error::msg)?
     .with_metrics(service.metrics().listeners());
+    let server = match &evidence.checkpoints {
+        Some(c) => server.with_checkpoint_key(c.key_file.clone()),
+        None => server,
+    };
     tracing::info!(listen = %server.local_addr(), "auditor API serving");
     let task = tokio::spawn(server.run());
     let result = service.run(shutdown.clone()).await;
