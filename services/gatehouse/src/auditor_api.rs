@@ -17,6 +17,7 @@
 //! | GET | `/v1/events?principal=&owner=&namespace=&verb=&resource=&request_id=&session_id=&decision=&type=&from=&to=&after=&limit=` | `{"events": [{index, stream_sequence, received_at, event}], "next_after"}` |
 //! | GET | `/v1/events/{index}?size=N` | the entry, its inclusion proof in the tree of `size` (default: the latest checkpoint's) and that checkpoint |
 //! | GET | `/v1/checkpoint` | the latest signed checkpoint (`text/plain`) |
+//! | GET | `/v1/checkpoints?after=&limit=` | past signed checkpoints, oldest first: `{"checkpoints": [{size, note}], "next_after"}` (sizes above `after`; `next_after` is `null` on the last page) |
 //! | GET | `/v1/consistency?old=M&new=N` | both roots and the consistency proof (`new` defaults to the latest checkpoint's size) |
 //! | GET | `/v1/sessions/{id}/replay` | the session as asciicast v2 |
 //! | GET | `/v1/bundle?from=&to=&principal=&namespace=&request_id=` | an evidence bundle (`.tar.gz`, `schemas/bundle.md`) |
@@ -324,6 +325,7 @@ fn routes(inner: Arc<Inner>) -> Router {
         .route("/v1/events", get(search))
         .route("/v1/events/{index}", get(event))
         .route("/v1/checkpoint", get(checkpoint))
+        .route("/v1/checkpoints", get(checkpoints))
         .route("/v1/consistency", get(consistency))
         .route("/v1/sessions/{id}/replay", get(replay))
         .route("/v1/bundle", get(bundle))
@@ -1053,6 +1055,56 @@ async fn checkpoint(State(api): State<Arc<Inner>>, headers: HeaderMap, uri: Uri)
     .await
 }
 
+async fn checkpoints(State(api): State<Arc<Inner>>, headers: HeaderMap, uri: Uri) -> Response {
+    api.audited(
+        AuditAction::Checkpoint,
+        headers,
+        uri,
+        Vec::new(),
+        &["after", "limit"],
+        Inner::checkpoints,
+    )
+    .await
+}
+
+/// One page of the signed checkpoints, for auditors to keep (and pass to `gatehouse verify
+/// --trusted`).
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CheckpointPage {
+    pub checkpoints: Vec<SignedCheckpoint>,
+    /// Ask again with `after` = this for the next page; `null` on the last.
+    pub next_after: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SignedCheckpoint {
+    pub size: u64,
+    /// The signed note, exactly as stored.
+    pub note: String,
+}
+
+/// The checkpoints of sizes above `after`, oldest first, at most `limit` of them.
+pub fn checkpoint_page(
+    all: Vec<(u64, String)>,
+    after: Option<u64>,
+    limit: usize,
+) -> CheckpointPage {
+    let mut checkpoints: Vec<SignedCheckpoint> = all
+        .into_iter()
+        .filter(|(size, _)| after.is_none_or(|a| *size > a))
+        .map(|(size, note)| SignedCheckpoint { size, note })
+        .take(limit + 1)
+        .collect();
+    let next_after = (checkpoints.len() > limit).then(|| {
+        checkpoints.truncate(limit);
+        checkpoints.last().map_or(0, |c| c.size)
+    });
+    CheckpointPage {
+        checkpoints,
+        next_after,
+    }
+}
+
 #[derive(Serialize)]
 struct ConsistencyAnswer {
     old: u64,
@@ -1085,6 +1137,20 @@ impl Inner {
         let (_, note) =
             latest.ok_or_else(|| ApiError::not_found("the ledger has no signed checkpoint yet"))?;
         Ok(bytes_answer("text/plain; charset=utf-8", note, None))
+    }
+
+    async fn checkpoints(self: Arc<Self>, call: Call) -> Result<Answer, ApiError> {
+        let after: Option<u64> = call.number("after")?;
+        let limit: usize = call.number("limit")?.unwrap_or(DEFAULT_LIMIT);
+        if limit == 0 || limit > MAX_LIMIT {
+            return Err(ApiError::bad_request(format!(
+                "limit must be 1 to {MAX_LIMIT}"
+            )));
+        }
+        let all = self
+            .ledger_job(|dir| open_ledger(dir)?.checkpoints().map_err(ledger_error))
+            .await?;
+        json_answer(&checkpoint_page(all, after, limit), None)
     }
 
     async fn consistency(self: Arc<Self>, call: Call) -> Result<Answer, ApiError> {

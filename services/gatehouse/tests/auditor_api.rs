@@ -365,9 +365,12 @@ impl Bed {
             policy.display()
         ))?;
         let shutdown = CancellationToken::new();
+        let key_file = dir.path().join("checkpoint.key");
+        std::fs::write(&key_file, signer()?.to_skey())?;
         let api = AuditorApi::start(&config, data_dir, bus.clone(), "test-0", shutdown.clone())
             .await
-            .map_err(anyhow::Error::msg)?;
+            .map_err(anyhow::Error::msg)?
+            .with_checkpoint_key(key_file);
         let addr = api.local_addr();
         tokio::spawn(api.run());
         let client = https_client(
