@@ -823,11 +823,34 @@ async fn the_latest_checkpoint_and_a_consistency_proof_verify_while_the_ledger_g
             .open(reply.json()?["checkpoint"].as_str().expect("note"))?,
         old
     );
+    // Past checkpoints, paged, oldest first, as stored: what an auditor saves for
+    // `gatehouse verify --trusted`.
+    let reply = bed.get("/v1/checkpoints?limit=1", Some(&token)).await?;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let page = reply.json()?;
+    assert_eq!(page["checkpoints"][0]["size"], 12);
+    assert_eq!(
+        bed.verifier
+            .open(page["checkpoints"][0]["note"].as_str().expect("note"))?,
+        old
+    );
+    assert_eq!(page["next_after"], 12);
+    let reply = bed.get("/v1/checkpoints?after=12", Some(&token)).await?;
+    let page = reply.json()?;
+    assert_eq!(page["checkpoints"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        bed.verifier
+            .open(page["checkpoints"][0]["note"].as_str().expect("note"))?,
+        new
+    );
+    assert_eq!(page["next_after"], serde_json::Value::Null);
     for bad in [
         "/v1/consistency?old=13&new=12",
         "/v1/consistency?old=1&new=16",
         "/v1/consistency",
         "/v1/checkpoint?size=3",
+        "/v1/checkpoints?limit=0",
+        "/v1/checkpoints?after=x",
     ] {
         let reply = bed.get(bad, Some(&token)).await?;
         assert_eq!(
