@@ -181,7 +181,11 @@ fn an_auditor_checks_a_bundle_extends_the_checkpoint_they_saved() {
         "-o",
         dir.path().join("x.tar.gz").to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(2), "an error, not a failed verification");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an error, not a failed verification"
+    );
     assert!(
         text(&out.stderr).contains("is not signed by the key given"),
         "{}",

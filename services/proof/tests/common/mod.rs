@@ -53,10 +53,7 @@ pub fn event(i: u64) -> String {
 }
 
 pub fn ledger(n: u64) -> Ledger {
-    let mut ledger = Ledger {
-        entries: vec![],
-        nodes: HashMap::new(),
-    };
+    let mut entries = Vec::new();
     let mut previous = GENESIS_HASH;
     for i in 0..n {
         let entry = Entry {
@@ -66,8 +63,21 @@ pub fn ledger(n: u64) -> Ledger {
             previous_hash: previous,
             event: event(i).into_bytes(),
         };
+        previous = entry_hash(&entry.encode().unwrap());
+        entries.push(entry);
+    }
+    ledger_of(entries)
+}
+
+/// The ledger of these entries (indexes 0, 1, 2, …), with its tree.
+pub fn ledger_of(entries: Vec<Entry>) -> Ledger {
+    let mut ledger = Ledger {
+        entries: vec![],
+        nodes: HashMap::new(),
+    };
+    for entry in entries {
+        let i = entry.index;
         let encoding = entry.encode().unwrap();
-        previous = entry_hash(&encoding);
         let nodes = &ledger.nodes;
         let done = merkle::completed_by(i, merkle::leaf_hash(&encoding), |l, j| {
             nodes.get(&(l, j)).copied().ok_or(())
