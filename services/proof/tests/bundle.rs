@@ -114,3 +114,18 @@ fn a_v1_bundle_verifies_with_a_warning() {
     assert_eq!(verified.warnings, [V1_WARNING]);
     assert_eq!(verified.manifest.format, FORMAT_V1);
 }
+
+/// Bundles the v1 exporter wrote from a real ledger (the fuzz fixtures) still verify, warning.
+#[test]
+fn real_v1_bundles_still_verify_with_the_warning() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fuzz/fixtures");
+    let vkey = std::fs::read_to_string(format!("{fixtures}/checkpoint.vkey")).unwrap();
+    let key = gatehouse_proof::checkpoint::NoteVerifier::from_vkey(&vkey).unwrap();
+    for name in ["all", "range", "readonly-bot"] {
+        let path = std::path::PathBuf::from(format!("{fixtures}/{name}.tar.gz"));
+        let verified =
+            verify(&path, Some(&key), |_| {}).unwrap_or_else(|f| panic!("{name}: {f:?}"));
+        assert_eq!(verified.manifest.format, FORMAT_V1);
+        assert_eq!(verified.warnings, [V1_WARNING]);
+    }
+}
