@@ -212,7 +212,7 @@ def main(bundle_path, vkey_path):
             started.setdefault(e["subject"], e)
         elif e.get("type") == "dev.gatehouse.session.data.v1":
             data.setdefault(e["subject"], []).append(e["data"])
-    sessions = {s for s in started if s and all(c.isascii() and (c.isalnum() or c in "-_") for c in s)}
+    sessions = {s for s in started if 0 < len(s) <= 84 and all(c.isascii() and (c.isalnum() or c in "-_") for c in s)}
     held = {n[len("recordings/"):-len(".cast")] for n in files if n.startswith("recordings/")}
     check(held == sessions, "the recordings are not one per session started in the bundle")
     check(manifest["counts"]["sessions"] == len(held), "counts.sessions is wrong")

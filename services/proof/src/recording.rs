@@ -50,9 +50,10 @@ struct Size {
     height: u64,
 }
 
-/// The session id a bundle may name a recording after: `[A-Za-z0-9_-]+`.
+/// The session id a bundle may name a recording after: `[A-Za-z0-9_-]{1,84}`, so that
+/// `recordings/<id>.cast` fits a ustar name field (100 bytes) without a prefix.
 pub fn valid_session_id(id: &str) -> bool {
-    !id.is_empty()
+    (1..=84).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
