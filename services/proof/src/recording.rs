@@ -134,8 +134,9 @@ fn json_string(text: &str) -> String {
 }
 
 /// Takes the longest valid UTF-8 prefix out of `buffer` (each maximal invalid subpart becomes
-/// U+FFFD), leaving an incomplete trailing character for the next chunk.
-fn take_utf8(buffer: &mut Vec<u8>) -> String {
+/// U+FFFD), leaving an incomplete trailing character for the next chunk (`gatehouse replay`
+/// shares it).
+pub fn take_utf8(buffer: &mut Vec<u8>) -> String {
     let mut text = String::new();
     loop {
         match std::str::from_utf8(buffer) {
@@ -165,6 +166,18 @@ fn take_utf8(buffer: &mut Vec<u8>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utf8_split_across_chunks_is_stitched() {
+        let euro = "€".as_bytes();
+        let mut buffer = vec![b'a', euro[0]];
+        assert_eq!(take_utf8(&mut buffer), "a");
+        buffer.extend_from_slice(&euro[1..]);
+        assert_eq!(take_utf8(&mut buffer), "€");
+        assert!(buffer.is_empty());
+        let mut bad = vec![b'x', 0xff, b'y'];
+        assert_eq!(take_utf8(&mut bad), "x\u{fffd}y");
+    }
 
     #[test]
     fn a_recording_follows_the_events_in_seq_order_and_stitches_characters() {
