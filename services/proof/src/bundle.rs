@@ -907,8 +907,8 @@ pub fn verify_with(
             events
         }
     };
-    events.finish(&manifest, &mut failures);
-    check_tombstones(dir.path(), &manifest, &checkpoint, &mut failures);
+    let pruned = check_tombstones(dir.path(), &manifest, &checkpoint, &mut failures);
+    events.finish(&manifest, &pruned, &mut failures);
     check_recordings(dir.path(), &members, v2, &mut failures);
     let extends = check_consistency(dir.path(), &members, &checkpoint, &mut failures);
     let trusted = options.trusted.and_then(|note| {
@@ -1475,6 +1475,9 @@ struct ProofLineRef<'a> {
 
 /// Contiguity breaks reported one by one at most; beyond, they are counted.
 const HOLES_SHOWN: usize = 100;
+/// Places where consecutive lines skip entries, kept to be matched with tombstones; a
+/// contiguous bundle has one per run of pruned entries, a filtered one many (not needed).
+const HOLES_KEPT: usize = 1 << 20;
 
 /// The per-event checks, line by line: entry hash, inclusion proof, order, uniqueness, links.
 /// Contiguity and the counts are judged by [`EventCheck::finish`], once the manifest (the
@@ -1627,7 +1630,7 @@ impl EventCheck {
                     format!("entry {} does not link to entry {prev_index}", proof.index),
                 );
             } else if proof.index != prev_index + 1 {
-                if self.holes.len() < HOLES_SHOWN {
+                if self.holes.len() < HOLES_KEPT {
                     self.holes.push((line, prev_index + 1, proof.index - 1));
                 } else {
                     self.more_holes += 1;
@@ -1639,19 +1642,29 @@ impl EventCheck {
     }
 
     /// The per-line failures, then what the manifest promised and the lines did not keep.
-    fn finish(self, manifest: &Manifest, failures: &mut Vec<String>) {
+    /// `pruned`: the tombstones' indexes, which account for entries a contiguous bundle skips.
+    fn finish(self, manifest: &Manifest, pruned: &BTreeSet<u64>, failures: &mut Vec<String>) {
         let start = failures.len();
         failures.extend(self.failures);
         if manifest.contiguous {
-            for (line, first, last) in &self.holes {
+            let missing = self.holes.iter().filter(|(_, first, last)| {
+                pruned.range(first..=last).count() as u64 != last - first + 1
+            });
+            let mut shown = 0;
+            for (line, first, last) in missing {
+                shown += 1;
+                if shown > HOLES_SHOWN {
+                    failures.push("and more places where entries are missing".into());
+                    break;
+                }
                 failures.push(format!(
                     "event on line {line}: entries {first} to {last} are missing from a bundle \
-                     that promises every entry"
+                     that promises every entry (and not all are tombstones)"
                 ));
             }
             if self.more_holes > 0 {
                 failures.push(format!(
-                    "and {} more places where entries are missing",
+                    "{} more places where entries are skipped than a verifier keeps",
                     self.more_holes
                 ));
             }
@@ -1675,15 +1688,17 @@ impl EventCheck {
     }
 }
 
+/// Rule 9; returns the indexes of the tombstones proven.
 fn check_tombstones(
     dir: &Path,
     manifest: &Manifest,
     checkpoint: &Checkpoint,
     failures: &mut Vec<String>,
-) {
+) -> BTreeSet<u64> {
+    let mut pruned = BTreeSet::new();
     let Ok(file) = File::open(dir.join("tombstones.jsonl")) else {
         failures.push(Rule::Tombstones.fail("tombstones.jsonl cannot be read"));
-        return;
+        return pruned;
     };
     let mut count = 0u64;
     let mut previous: Option<u64> = None;
@@ -1692,7 +1707,7 @@ fn check_tombstones(
             failures.push(
                 Rule::Tombstones.fail(format!("tombstones.jsonl line {} cannot be read", n + 1)),
             );
-            return;
+            return pruned;
         };
         count += 1;
         let ok = serde_json::from_str::<TombstoneLine>(&line)
@@ -1708,13 +1723,12 @@ fn check_tombstones(
                     .iter()
                     .map(|h| unhex(h))
                     .collect::<Option<Vec<_>>>()?;
-                Some(verify_inclusion(
-                    &leaf,
-                    t.index,
-                    checkpoint.size,
-                    &path,
-                    &checkpoint.root,
-                ))
+                let proven =
+                    verify_inclusion(&leaf, t.index, checkpoint.size, &path, &checkpoint.root);
+                if proven {
+                    pruned.insert(t.index);
+                }
+                Some(proven)
             })
             .unwrap_or(false);
         if !ok {
@@ -1731,6 +1745,7 @@ fn check_tombstones(
             manifest.counts.tombstones
         )));
     }
+    pruned
 }
 
 #[cfg(test)]

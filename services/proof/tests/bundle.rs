@@ -73,6 +73,45 @@ fn a_filtered_bundle_is_not_held_to_contiguity() {
     assert!(!verified.manifest.contiguous);
 }
 
+/// Retention pruned some entries of the range: a contiguous bundle skips them in
+/// `events.jsonl` and accounts for each with a tombstone; without the tombstone it fails.
+#[test]
+fn a_contiguous_bundle_accounts_for_pruned_entries_with_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bundle.tar.gz");
+    write_bundle(
+        &path,
+        &Spec {
+            pruned: vec![1, 7, 8, 9],
+            ..Spec::new(16, 0..12)
+        },
+    );
+    let key = signer().verifier();
+    let verified = verify(&path, Some(&key), |_| {}).unwrap();
+    assert_eq!(verified.manifest.counts.events, 8);
+    assert_eq!(verified.manifest.counts.tombstones, 4);
+    assert!(verified.manifest.contiguous);
+
+    let mut members = read_members(&std::fs::read(&path).unwrap());
+    let tombstones =
+        String::from_utf8(member(&mut members, "tombstones.jsonl").data.clone()).unwrap();
+    let kept: String = tombstones
+        .lines()
+        .filter(|l| !l.starts_with("{\"index\":8,"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    member(&mut members, "tombstones.jsonl").data = kept.into_bytes();
+    resign(&mut members, &signer(), |m| m.counts.tombstones = 3);
+    let short = dir.path().join("short.tar.gz");
+    std::fs::write(&short, pack(&members)).unwrap();
+    let failures = verify(&short, Some(&key), |_| {}).unwrap_err();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(
+        failures[0].starts_with("rule 8 (events)") && failures[0].contains("entries 7 to 9"),
+        "{failures:?}"
+    );
+}
+
 #[test]
 fn every_single_flipped_byte_fails_verification() {
     let dir = tempfile::tempdir().unwrap();

@@ -119,6 +119,8 @@ pub struct Spec {
     pub sparse: bool,
     /// A consistency proof from the tree of this many entries.
     pub since: Option<u64>,
+    /// Entries in the range whose payload was pruned: tombstones instead of events.
+    pub pruned: Vec<u64>,
 }
 
 impl Spec {
@@ -128,6 +130,7 @@ impl Spec {
             range,
             sparse: false,
             since: None,
+            pruned: Vec::new(),
         }
     }
 }
@@ -143,9 +146,13 @@ pub fn write_bundle(path: &Path, spec: &Spec) -> Manifest {
     }
     for i in spec.range.clone().filter(|i| !spec.sparse || i % 2 == 0) {
         let proof = merkle::inclusion_proof(&mut ledger, i, n).unwrap();
-        writer
-            .add_entry(&ledger.entries[i as usize], &proof)
-            .unwrap();
+        let entry = &ledger.entries[i as usize];
+        if spec.pruned.contains(&i) {
+            let leaf = merkle::leaf_hash(&entry.encode().unwrap());
+            writer.add_tombstone(i, &leaf, &proof).unwrap();
+        } else {
+            writer.add_entry(entry, &proof).unwrap();
+        }
     }
     let mut filters = BTreeMap::new();
     if spec.sparse {
