@@ -135,6 +135,10 @@ fn a_complete_bundle() {
             text(&e["entry_hash"])
         );
     }
+    // The session's recording, from its events alone.
+    let events: Vec<&[u8]> = entries.iter().map(|e| e.event.as_slice()).collect();
+    let cast = gatehouse_proof::recording::asciicast(events[3], &events[4..]).unwrap();
+    assert_eq!(String::from_utf8(cast).unwrap(), text(&v["recording"]));
     let size = entries.len() as u64;
     let since = v["since"].as_u64().unwrap();
     let mut ledger = ledger_of(entries.clone());
