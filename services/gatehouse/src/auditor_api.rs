@@ -20,7 +20,7 @@
 //! | GET | `/v1/checkpoints?after=&limit=` | past signed checkpoints, oldest first: `{"checkpoints": [{size, note}], "next_after"}` (sizes above `after`; `next_after` is `null` on the last page) |
 //! | GET | `/v1/consistency?old=M&new=N` | both roots and the consistency proof (`new` defaults to the latest checkpoint's size) |
 //! | GET | `/v1/sessions/{id}/replay` | the session as asciicast v2 |
-//! | GET | `/v1/bundle?from=&to=&principal=&namespace=&request_id=` | an evidence bundle (`.tar.gz`, `schemas/bundle.md`) |
+//! | GET | `/v1/bundle?from=&to=&principal=&namespace=&request_id=&since=` | an evidence bundle (`.tar.gz`, `schemas/bundle.md`), signed with the checkpoint key; `since=N`: with a consistency proof from the checkpoint of N entries |
 //! | GET | `/v1/reports/access-review?from=&to=&format=json\|csv\|html` | the access review |
 //!
 //! Every call carries a bearer token from a configured issuer whose groups include one of
@@ -1279,7 +1279,14 @@ async fn bundle(State(api): State<Arc<Inner>>, headers: HeaderMap, uri: Uri) -> 
         headers,
         uri,
         Vec::new(),
-        &["from", "to", "principal", "namespace", "request_id"],
+        &[
+            "from",
+            "to",
+            "principal",
+            "namespace",
+            "request_id",
+            "since",
+        ],
         Inner::bundle,
     )
     .await
@@ -1298,6 +1305,7 @@ impl Inner {
         let partial = self
             .scratch
             .join(format!("bundle-{}{PARTIAL_SUFFIX}", call.access_id));
+        let since: Option<u64> = call.number("since")?;
         let Some(key_file) = self.checkpoint_key.get().cloned() else {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -1319,7 +1327,26 @@ impl Inner {
                 }
                 let signer = gatehouse_evidence::load_signer(&key_file)
                     .map_err(|e| ApiError::internal("the checkpoint key could not be read", e))?;
-                let written = write_partial(dir, &spec, &signer, &partial);
+                // `since`: the size of a checkpoint the auditor holds; the bundle proves its own
+                // checkpoint extends the one stored at that size (the auditor compares roots).
+                let since = match since {
+                    None => None,
+                    Some(size) => Some(
+                        open_ledger(dir)?
+                            .checkpoints()
+                            .map_err(ledger_error)?
+                            .into_iter()
+                            .find(|(s, _)| *s == size)
+                            .map(|(_, note)| note)
+                            .ok_or_else(|| {
+                                ApiError::bad_request(format!(
+                                    "since: no checkpoint of {size} entries was signed (see \
+                                     /v1/checkpoints)"
+                                ))
+                            })?,
+                    ),
+                };
+                let written = write_partial(dir, &spec, &signer, since.as_deref(), &partial);
                 // Unlinked once open (or on failure): the open handle keeps the data for the
                 // body, and nothing is left behind whatever happens to the call.
                 let _ = std::fs::remove_file(&partial);
@@ -1353,6 +1380,7 @@ fn write_partial(
     data_dir: &Path,
     spec: &BundleSpec,
     signer: &gatehouse_proof::checkpoint::NoteSigner,
+    since: Option<&str>,
     partial: &Path,
 ) -> Result<(std::fs::File, u64), ApiError> {
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -1363,10 +1391,7 @@ fn write_partial(
         .open(partial)
         .map_err(|e| ApiError::internal("the bundle could not be written", e))?;
     let mut out = BufWriter::new(file);
-    let signing = crate::bundle_cmd::Signing {
-        signer,
-        since: None,
-    };
+    let signing = crate::bundle_cmd::Signing { signer, since };
     let manifest = crate::bundle_cmd::write_bundle(data_dir, spec, &signing, &mut out, true)
         .map_err(|e| ApiError::internal("the bundle could not be written", format!("{e:#}")))?;
     out.flush()

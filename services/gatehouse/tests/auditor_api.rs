@@ -960,6 +960,28 @@ async fn a_bundle_downloads_and_verifies_offline() -> Result {
     let bad = bed.get("/v1/bundle?verb=get", Some(&token)).await?;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
 
+    // Since a checkpoint the auditor holds: the bundle extends it (and one never signed is
+    // refused).
+    let held = bed.get("/v1/checkpoint", Some(&token)).await?.text();
+    bed.writer.issue_checkpoint(&signer()?, ORIGIN)?;
+    let extended = bed.get("/v1/bundle?since=12", Some(&token)).await?;
+    assert_eq!(extended.status, StatusCode::OK, "{}", extended.text());
+    let since = bed.dir.path().join("since.tar.gz");
+    std::fs::write(&since, &extended.body)?;
+    let verified = gatehouse_proof::bundle::verify_with(
+        &since,
+        gatehouse_proof::bundle::Options {
+            key: Some(&bed.verifier),
+            trusted: Some(&held),
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .map_err(|f| anyhow::anyhow!("{f:?}"))?;
+    assert_eq!(verified.trusted.map(|t| t.size), Some(12));
+    let never = bed.get("/v1/bundle?since=5", Some(&token)).await?;
+    assert_eq!(never.status, StatusCode::BAD_REQUEST, "{}", never.text());
+
     // Nothing is left behind on disk.
     let scratch: Vec<_> = std::fs::read_dir(bed.data_dir().join("auditor-api-tmp"))?
         .flatten()
@@ -973,6 +995,7 @@ async fn a_bundle_downloads_and_verifies_offline() -> Result {
     assert_eq!(filtered["events"], 2);
     assert_eq!(filtered["parameters"]["principal"], "readonly-bot");
     assert_eq!(filtered["parameters"]["from"], time(0));
+    assert_eq!(trail[&extended.access_id()]["parameters"]["since"], "12");
     Ok(())
 }
 
