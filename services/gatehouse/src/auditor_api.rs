@@ -254,6 +254,14 @@ impl AuditorApi {
         self
     }
 
+    /// The evidence service's checkpoint key, if its configuration has `checkpoints:`.
+    pub fn with_evidence_config(self, evidence: &gatehouse_evidence::EvidenceConfig) -> Self {
+        match &evidence.checkpoints {
+            Some(c) => self.with_checkpoint_key(c.key_file.clone()),
+            None => self,
+        }
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
@@ -1575,11 +1583,8 @@ pub async fn run_evidence(
     )
     .await
     .map_err(anyhow::Error::msg)?
-    .with_metrics(service.metrics().listeners());
-    let server = match &evidence.checkpoints {
-        Some(c) => server.with_checkpoint_key(c.key_file.clone()),
-        None => server,
-    };
+    .with_metrics(service.metrics().listeners())
+    .with_evidence_config(&evidence);
     tracing::info!(listen = %server.local_addr(), "auditor API serving");
     let task = tokio::spawn(server.run());
     let result = service.run(shutdown.clone()).await;
