@@ -3,7 +3,8 @@
 alone (not from the Rust code): key ids, a signed checkpoint, the seal, a signed manifest and one
 complete small bundle. services/proof/tests/vectors.rs reproduces them byte for byte.
 
-usage: make.py            writes keys.json, checkpoint.json, seal.json, manifest.json,
+usage: ~/.cache/gatehouse/venv/bin/python schemas/vectors/make.py
+                          writes keys.json, checkpoint.json, seal.json, manifest.json,
                           bundle.json and bundle.tar.gz beside this file
 needs: blake3, cryptography (e.g. a venv under ~/.cache/gatehouse/venv)
 """
