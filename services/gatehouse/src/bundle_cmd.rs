@@ -332,11 +332,16 @@ pub fn write_bundle(
     let scope = Scope {
         filters,
         contiguous: !filtered,
-        from: spec.from.clone(),
-        to: spec.to.clone(),
+        // In UTC, as the manifest's times are (the bounds asked for may carry an offset).
+        from: from.map(utc).transpose()?,
+        to: to.map(utc).transpose()?,
         created_at: gatehouse_events::envelope::now_rfc3339(),
     };
     Ok(writer.finish(scope, out)?)
+}
+
+fn utc(t: OffsetDateTime) -> anyhow::Result<String> {
+    Ok(t.to_offset(time::UtcOffset::UTC).format(&Rfc3339)?)
 }
 
 fn nanos(t: OffsetDateTime) -> i64 {

@@ -145,6 +145,19 @@ fn an_auditor_checks_a_bundle_extends_the_checkpoint_they_saved() {
     let out = export(&plain, &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(verify(&plain, &[]).status.success());
+    // Bounds asked for with an offset are written in UTC, as the manifest's times are.
+    let ranged = dir.path().join("ranged.tar.gz");
+    let out = export(&ranged, &["--from", "2026-11-22T17:00:02+01:00"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = verify(&ranged, &["--json"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    assert_eq!(report["first_index"], 2, "events from 16:00:02Z on");
     let out = verify(&plain, &["--trusted", old.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
