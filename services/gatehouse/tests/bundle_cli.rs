@@ -53,6 +53,23 @@ fn sign(data: &str, key: &str) {
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
+/// The JSON report of a verification that succeeded.
+fn verified(out: std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    serde_json::from_str(&text(&out.stdout)).unwrap()
+}
+
+/// A verification that failed (exit 1) naming `rule`.
+fn fails(out: std::process::Output, rule: &str) {
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains(rule), "{}", text(&out.stderr));
+}
+
 #[test]
 fn an_auditor_checks_a_bundle_extends_the_checkpoint_they_saved() {
     let dir = tempfile::tempdir().unwrap();
@@ -126,14 +143,10 @@ fn an_auditor_checks_a_bundle_extends_the_checkpoint_they_saved() {
         args.extend_from_slice(extra);
         cli(&args)
     };
-    let out = verify(&bundle, &["--trusted", old.to_str().unwrap(), "--json"]);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    let report = verified(verify(
+        &bundle,
+        &["--trusted", old.to_str().unwrap(), "--json"],
+    ));
     assert_eq!(report["format"], "gatehouse.bundle.v2");
     assert_eq!(report["trusted"]["size"], 5);
     assert_eq!(report["extends"]["size"], 5);
@@ -149,21 +162,11 @@ fn an_auditor_checks_a_bundle_extends_the_checkpoint_they_saved() {
     let ranged = dir.path().join("ranged.tar.gz");
     let out = export(&ranged, &["--from", "2026-11-22T17:00:02+01:00"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = verify(&ranged, &["--json"]);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    let report = verified(verify(&ranged, &["--json"]));
     assert_eq!(report["first_index"], 2, "events from 16:00:02Z on");
-    let out = verify(&plain, &["--trusted", old.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("rule 12 (trusted checkpoint)"),
-        "{}",
-        text(&out.stderr)
+    fails(
+        verify(&plain, &["--trusted", old.to_str().unwrap()]),
+        "rule 12 (trusted checkpoint)",
     );
 
     // A changed byte fails naming rule 1.
@@ -172,13 +175,7 @@ fn an_auditor_checks_a_bundle_extends_the_checkpoint_they_saved() {
     bytes[middle] ^= 1;
     let changed = dir.path().join("changed.tar.gz");
     std::fs::write(&changed, bytes).unwrap();
-    let out = verify(&changed, &[]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("rule 1 (seal)"),
-        "{}",
-        text(&out.stderr)
-    );
+    fails(verify(&changed, &[]), "rule 1 (seal)");
 
     // Exporting with a key that did not sign the checkpoint is refused, clearly.
     let other = dir.path().join("other");
