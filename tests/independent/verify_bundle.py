@@ -3,7 +3,8 @@
 schemas/bundle.md alone (not from the Rust code), so the documents are tested as a contract.
 
 usage: verify_bundle.py BUNDLE VKEY_FILE        exit 0 if it verifies, 1 naming the failure
-needs: blake3, cryptography
+needs: blake3, cryptography; recordings are rebuilt with schemas/vectors/make.py's `recording`
+(also written from bundle.md alone)
 """
 import base64
 import gzip
@@ -15,13 +16,26 @@ import sys
 import tarfile
 import zlib
 
+import os
+
 import blake3
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../schemas/vectors"))
+from make import recording, subproof  # noqa: E402  (bundle.md's recordings; ledger.md's PROOF)
 
 HEADER = bytes.fromhex("1f8b08000000000000ff")
 SEAL_LEN = 112
 TAG = b"gatehouse.ledger.entry.v1\x00"
-ORDER = ["checkpoint", "keys/", "events.jsonl", "proofs.jsonl", "tombstones.jsonl", "recordings/"]
+ORDER = ["checkpoint", "consistency.json", "keys/checkpoint.vkey", "events.jsonl", "proofs.jsonl",
+         "tombstones.jsonl", "recordings/", "INDEX.md", "manifest.json", "manifest.sig"]
+
+
+def rank(name):
+    for i, prefix in enumerate(ORDER):
+        if name == prefix or (prefix.endswith("/") and name.startswith(prefix)):
+            return i
+    raise Failed(f"{name} is not a member a bundle holds")
 
 
 class Failed(Exception):
@@ -76,7 +90,8 @@ def parse_vkey(text):
     return name, computed, Ed25519PublicKey.from_public_bytes(raw[1:])
 
 
-def open_checkpoint(note, vkey):
+def open_note(note, vkey):
+    """The text of a signed note, if the key signed it."""
     name, key_id, public = vkey
     text, _, signatures = note.partition("\n\n")
     text += "\n"
@@ -86,10 +101,41 @@ def open_checkpoint(note, vkey):
         blob = base64.b64decode(blob)
         if signer == name and blob[:4] == key_id:
             public.verify(blob[4:], text.encode())  # raises if forged
-            origin, size, root = text.split("\n")[:3]
-            check(str(int(size)) == size, "the tree size is not canonical decimal")
-            return origin, int(size), base64.b64decode(root)
-    raise Failed("the checkpoint is not signed by the given key")
+            return text
+    raise Failed("the note is not signed by the given key")
+
+
+def open_checkpoint(note, vkey):
+    origin, size, root = open_note(note, vkey).split("\n")[:3]
+    check(str(int(size)) == size, "the tree size is not canonical decimal")
+    return origin, int(size), base64.b64decode(root)
+
+
+def verify_consistency(old, new, old_root, new_root, proof):
+    # RFC 9162 2.1.4.2, as ledger.md restates it.
+    if old == new:
+        return not proof and old_root == new_root
+    path = ([old_root] if old & (old - 1) == 0 else []) + proof
+    if not path or old == 0 or old > new:
+        return False
+    fn, sn = old - 1, new - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr, sr = node(c, fr), node(c, sr)
+            while fn & 1 == 0 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = node(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and fr == old_root and sr == new_root
 
 
 def main(bundle_path, vkey_path):
@@ -106,16 +152,26 @@ def main(bundle_path, vkey_path):
             check(member.name not in files, f"{member.name} appears twice")
             files[member.name] = archive.extractfile(member).read()
             order.append(member.name)
-    check(order[-1] == "manifest.json", "manifest.json is not last")
+    check([(rank(n), n) for n in order] == sorted((rank(n), n) for n in order),
+          "the members are not in bundle.md's order")
     manifest = json.loads(files["manifest.json"])
-    check(manifest["format"] == "gatehouse.bundle.v1", "unknown format")
+    v2 = manifest["format"] == "gatehouse.bundle.v2"
+    check(v2 or manifest["format"] == "gatehouse.bundle.v1", "unknown format")
+    check(manifest["contiguous"] == (manifest["filters"] == {}), "contiguous is not 'no filters'")
     listed = manifest["files"]
-    check(set(listed) == set(files) - {"manifest.json"}, "the manifest lists other files")
+    check(set(listed) == set(files) - {"manifest.json", "manifest.sig"}, "the manifest lists other files")
     for name, d in listed.items():
         check(len(files[name]) == d["bytes"] and blake3.blake3(files[name]).hexdigest() == d["blake3"],
               f"{name} does not match its digest")
-    vkey = parse_vkey(open(vkey_path).read())
+    vkey_text = open(vkey_path).read().strip()
+    vkey = parse_vkey(vkey_text)
+    check(files["keys/checkpoint.vkey"].decode() == vkey_text + "\n",
+          "keys/checkpoint.vkey is not the given key")
     origin, size, root = open_checkpoint(files["checkpoint"].decode(), vkey)
+    if v2:
+        text = open_note(files["manifest.sig"].decode(), vkey)
+        check(text == "gatehouse-bundle-manifest v2\n" + blake3.blake3(files["manifest.json"]).hexdigest() + "\n",
+              "manifest.sig does not sign manifest.json")
     cp = manifest["checkpoint"]
     check((cp["origin"], cp["size"], cp["root"]) == (origin, size, root.hex()), "the manifest names another checkpoint")
 
@@ -124,6 +180,12 @@ def main(bundle_path, vkey_path):
     events = events[:-1] if files["events.jsonl"] else []
     proofs = files["proofs.jsonl"].decode().splitlines()
     check(len(events) == len(proofs) == manifest["counts"]["events"], "line counts differ")
+    pruned = set()
+    for line in files["tombstones.jsonl"].decode().splitlines():
+        t = json.loads(line)
+        check(verify_inclusion(bytes.fromhex(t["leaf_hash"]), t["index"], size,
+                               [bytes.fromhex(h) for h in t["inclusion"]], root), "a tombstone is not proven")
+        pruned.add(t["index"])
     previous = None
     for event, line in zip(events, proofs):
         p = json.loads(line)
@@ -138,12 +200,34 @@ def main(bundle_path, vkey_path):
             if p["index"] == previous[0] + 1:
                 check(bytes.fromhex(p["previous_hash"]) == previous[1], f"entry {p['index']} does not link")
             elif manifest["contiguous"]:
-                raise Failed(f"entries missing before {p['index']}")
+                check(all(i in pruned for i in range(previous[0] + 1, p["index"])),
+                      f"entries missing before {p['index']}, not all tombstones")
         previous = (p["index"], entry_hash)
-    for line in files["tombstones.jsonl"].decode().splitlines():
-        t = json.loads(line)
-        check(verify_inclusion(bytes.fromhex(t["leaf_hash"]), t["index"], size,
-                               [bytes.fromhex(h) for h in t["inclusion"]], root), "a tombstone is not proven")
+    started, data = {}, {}
+    for event in events:
+        try:
+            e = json.loads(event)
+        except ValueError:
+            continue
+        if not isinstance(e, dict):
+            continue
+        if e.get("type") == "dev.gatehouse.session.started.v1":
+            started.setdefault(e["subject"], e)
+        elif e.get("type") == "dev.gatehouse.session.data.v1":
+            data.setdefault(e["subject"], []).append(e["data"])
+    sessions = {s for s in started if 0 < len(s) <= 84 and all(c.isascii() and (c.isalnum() or c in "-_") for c in s)}
+    held = {n[len("recordings/"):-len(".cast")] for n in files if n.startswith("recordings/")}
+    check(held == sessions, "the recordings are not one per session started in the bundle")
+    check(manifest["counts"]["sessions"] == len(held), "counts.sessions is wrong")
+    if v2:
+        for s in sessions:
+            check(files[f"recordings/{s}.cast"] == recording(started[s], data.get(s, [])),
+                  f"recordings/{s}.cast is not what its events make")
+        if "consistency.json" in files:
+            c = json.loads(files["consistency.json"])
+            check(verify_consistency(c["old_size"], size, bytes.fromhex(c["old_root"]), root,
+                                     [bytes.fromhex(h) for h in c["proof"]]),
+                  "the consistency proof does not verify")
     print(f"OK: {len(events)} events proven against {origin} size {size}")
 
 

@@ -17,9 +17,10 @@
 //! | GET | `/v1/events?principal=&owner=&namespace=&verb=&resource=&request_id=&session_id=&decision=&type=&from=&to=&after=&limit=` | `{"events": [{index, stream_sequence, received_at, event}], "next_after"}` |
 //! | GET | `/v1/events/{index}?size=N` | the entry, its inclusion proof in the tree of `size` (default: the latest checkpoint's) and that checkpoint |
 //! | GET | `/v1/checkpoint` | the latest signed checkpoint (`text/plain`) |
+//! | GET | `/v1/checkpoints?after=&limit=` | past signed checkpoints, oldest first: `{"checkpoints": [{size, note}], "next_after"}` (sizes above `after`; `next_after` is `null` on the last page) |
 //! | GET | `/v1/consistency?old=M&new=N` | both roots and the consistency proof (`new` defaults to the latest checkpoint's size) |
 //! | GET | `/v1/sessions/{id}/replay` | the session as asciicast v2 |
-//! | GET | `/v1/bundle?from=&to=&principal=&namespace=&request_id=` | an evidence bundle (`.tar.gz`, `schemas/bundle.md`) |
+//! | GET | `/v1/bundle?from=&to=&principal=&namespace=&request_id=&since=` | an evidence bundle (`.tar.gz`, `schemas/bundle.md`), signed with the checkpoint key; `since=N`: with a consistency proof from the checkpoint of N entries |
 //! | GET | `/v1/reports/access-review?from=&to=&format=json\|csv\|html` | the access review |
 //!
 //! Every call carries a bearer token from a configured issuer whose groups include one of
@@ -160,6 +161,7 @@ impl AuditorApiConfig {
 /// A started (bound, not yet serving) auditor API.
 pub struct AuditorApi {
     router: Router,
+    inner: Arc<Inner>,
     listener: TcpListener,
     tls: Option<gatehouse_proxy::server::RouterTls>,
     connections: ConnectionLimits,
@@ -224,9 +226,11 @@ impl AuditorApi {
             auditor_groups: config.auditor_groups.clone(),
             policy: config.policy.clone(),
             ledger_jobs: Arc::new(Semaphore::new(LEDGER_JOBS)),
+            checkpoint_key: std::sync::OnceLock::new(),
         });
         Ok(Self {
-            router: routes(inner),
+            router: routes(inner.clone()),
+            inner,
             listener,
             tls,
             connections: config.connections.clone(),
@@ -240,6 +244,22 @@ impl AuditorApi {
     pub fn with_metrics(mut self, metrics: &ListenerMetrics) -> Self {
         self.observer = metrics.listener("auditor_api");
         self
+    }
+
+    /// The checkpoint key file (`checkpoints.key_file`): bundles are signed with it (read at
+    /// each bundle, so a rotated key is used once it has signed a checkpoint). Without it,
+    /// `/v1/bundle` answers 503.
+    pub fn with_checkpoint_key(self, key_file: PathBuf) -> Self {
+        let _ = self.inner.checkpoint_key.set(key_file);
+        self
+    }
+
+    /// The evidence service's checkpoint key, if its configuration has `checkpoints:`.
+    pub fn with_evidence_config(self, evidence: &gatehouse_evidence::EvidenceConfig) -> Self {
+        match &evidence.checkpoints {
+            Some(c) => self.with_checkpoint_key(c.key_file.clone()),
+            None => self,
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -304,6 +324,8 @@ struct Inner {
     auditor_groups: Vec<String>,
     policy: Option<PathBuf>,
     ledger_jobs: Arc<Semaphore>,
+    /// The checkpoint key file, read at each bundle to sign its manifest.
+    checkpoint_key: std::sync::OnceLock<PathBuf>,
 }
 
 fn routes(inner: Arc<Inner>) -> Router {
@@ -311,6 +333,7 @@ fn routes(inner: Arc<Inner>) -> Router {
         .route("/v1/events", get(search))
         .route("/v1/events/{index}", get(event))
         .route("/v1/checkpoint", get(checkpoint))
+        .route("/v1/checkpoints", get(checkpoints))
         .route("/v1/consistency", get(consistency))
         .route("/v1/sessions/{id}/replay", get(replay))
         .route("/v1/bundle", get(bundle))
@@ -1040,6 +1063,56 @@ async fn checkpoint(State(api): State<Arc<Inner>>, headers: HeaderMap, uri: Uri)
     .await
 }
 
+async fn checkpoints(State(api): State<Arc<Inner>>, headers: HeaderMap, uri: Uri) -> Response {
+    api.audited(
+        AuditAction::Checkpoint,
+        headers,
+        uri,
+        Vec::new(),
+        &["after", "limit"],
+        Inner::checkpoints,
+    )
+    .await
+}
+
+/// One page of the signed checkpoints, for auditors to keep (and pass to `gatehouse verify
+/// --trusted`).
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CheckpointPage {
+    pub checkpoints: Vec<SignedCheckpoint>,
+    /// Ask again with `after` = this for the next page; `null` on the last.
+    pub next_after: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SignedCheckpoint {
+    pub size: u64,
+    /// The signed note, exactly as stored.
+    pub note: String,
+}
+
+/// The checkpoints of sizes above `after`, oldest first, at most `limit` of them.
+pub fn checkpoint_page(
+    all: Vec<(u64, String)>,
+    after: Option<u64>,
+    limit: usize,
+) -> CheckpointPage {
+    let mut checkpoints: Vec<SignedCheckpoint> = all
+        .into_iter()
+        .filter(|(size, _)| after.is_none_or(|a| *size > a))
+        .map(|(size, note)| SignedCheckpoint { size, note })
+        .take(limit + 1)
+        .collect();
+    let next_after = (checkpoints.len() > limit).then(|| {
+        checkpoints.truncate(limit);
+        checkpoints.last().map_or(0, |c| c.size)
+    });
+    CheckpointPage {
+        checkpoints,
+        next_after,
+    }
+}
+
 #[derive(Serialize)]
 struct ConsistencyAnswer {
     old: u64,
@@ -1072,6 +1145,20 @@ impl Inner {
         let (_, note) =
             latest.ok_or_else(|| ApiError::not_found("the ledger has no signed checkpoint yet"))?;
         Ok(bytes_answer("text/plain; charset=utf-8", note, None))
+    }
+
+    async fn checkpoints(self: Arc<Self>, call: Call) -> Result<Answer, ApiError> {
+        let after: Option<u64> = call.number("after")?;
+        let limit: usize = call.number("limit")?.unwrap_or(DEFAULT_LIMIT);
+        if limit == 0 || limit > MAX_LIMIT {
+            return Err(ApiError::bad_request(format!(
+                "limit must be 1 to {MAX_LIMIT}"
+            )));
+        }
+        let all = self
+            .ledger_job(|dir| open_ledger(dir)?.checkpoints().map_err(ledger_error))
+            .await?;
+        json_answer(&checkpoint_page(all, after, limit), None)
     }
 
     async fn consistency(self: Arc<Self>, call: Call) -> Result<Answer, ApiError> {
@@ -1200,7 +1287,14 @@ async fn bundle(State(api): State<Arc<Inner>>, headers: HeaderMap, uri: Uri) -> 
         headers,
         uri,
         Vec::new(),
-        &["from", "to", "principal", "namespace", "request_id"],
+        &[
+            "from",
+            "to",
+            "principal",
+            "namespace",
+            "request_id",
+            "since",
+        ],
         Inner::bundle,
     )
     .await
@@ -1219,6 +1313,14 @@ impl Inner {
         let partial = self
             .scratch
             .join(format!("bundle-{}{PARTIAL_SUFFIX}", call.access_id));
+        let since: Option<u64> = call.number("since")?;
+        let Some(key_file) = self.checkpoint_key.get().cloned() else {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "bundles are signed with the checkpoint key, and this evidence service has none \
+                 configured (checkpoints.key_file)",
+            ));
+        };
         let (file, events) = self
             .ledger_job(move |dir| {
                 // Said plainly here; write_bundle would fail with the same news as an error.
@@ -1231,7 +1333,28 @@ impl Inner {
                         "the ledger has no signed checkpoint yet, so nothing can be proven",
                     ));
                 }
-                let written = write_partial(dir, &spec, &partial);
+                let signer = gatehouse_evidence::load_signer(&key_file)
+                    .map_err(|e| ApiError::internal("the checkpoint key could not be read", e))?;
+                // `since`: the size of a checkpoint the auditor holds; the bundle proves its own
+                // checkpoint extends the one stored at that size (the auditor compares roots).
+                let since = match since {
+                    None => None,
+                    Some(size) => Some(
+                        open_ledger(dir)?
+                            .checkpoints()
+                            .map_err(ledger_error)?
+                            .into_iter()
+                            .find(|(s, _)| *s == size)
+                            .map(|(_, note)| note)
+                            .ok_or_else(|| {
+                                ApiError::bad_request(format!(
+                                    "since: no checkpoint of {size} entries was signed (see \
+                                     /v1/checkpoints)"
+                                ))
+                            })?,
+                    ),
+                };
+                let written = write_partial(dir, &spec, &signer, since.as_deref(), &partial);
                 // Unlinked once open (or on failure): the open handle keeps the data for the
                 // body, and nothing is left behind whatever happens to the call.
                 let _ = std::fs::remove_file(&partial);
@@ -1264,6 +1387,8 @@ impl Inner {
 fn write_partial(
     data_dir: &Path,
     spec: &BundleSpec,
+    signer: &gatehouse_proof::checkpoint::NoteSigner,
+    since: Option<&str>,
     partial: &Path,
 ) -> Result<(std::fs::File, u64), ApiError> {
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -1274,7 +1399,8 @@ fn write_partial(
         .open(partial)
         .map_err(|e| ApiError::internal("the bundle could not be written", e))?;
     let mut out = BufWriter::new(file);
-    let manifest = crate::bundle_cmd::write_bundle(data_dir, spec, &mut out, true)
+    let signing = crate::bundle_cmd::Signing { signer, since };
+    let manifest = crate::bundle_cmd::write_bundle(data_dir, spec, &signing, &mut out, true)
         .map_err(|e| ApiError::internal("the bundle could not be written", format!("{e:#}")))?;
     out.flush()
         .map_err(|e| ApiError::internal("the bundle could not be written", e))?;
@@ -1457,7 +1583,8 @@ pub async fn run_evidence(
     )
     .await
     .map_err(anyhow::Error::msg)?
-    .with_metrics(service.metrics().listeners());
+    .with_metrics(service.metrics().listeners())
+    .with_evidence_config(&evidence);
     tracing::info!(listen = %server.local_addr(), "auditor API serving");
     let task = tokio::spawn(server.run());
     let result = service.run(shutdown.clone()).await;

@@ -11,7 +11,7 @@ use clap::Args;
 use gatehouse_evidence::Ledger;
 use gatehouse_evidence::entry::Entry;
 use gatehouse_proof::bundle::{self, BundleWriter, Scope};
-use gatehouse_proof::checkpoint::{Checkpoint, NoteVerifier};
+use gatehouse_proof::checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -40,6 +40,14 @@ pub struct ExportArgs {
     /// Where to write the bundle (.tar.gz).
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
+    /// The checkpoint key (`PRIVATE+KEY+…`, the evidence service's `checkpoints.key_file`):
+    /// it signs the bundle's manifest, and must be the key that signed the latest checkpoint.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// A checkpoint the auditor holds (a file with its signed note): the bundle gets a
+    /// consistency proof that its checkpoint extends that one (`consistency.json`).
+    #[arg(long, value_name = "CHECKPOINT")]
+    pub since: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -53,6 +61,13 @@ pub struct VerifyArgs {
     /// the bundle is used, which proves the bundle consistent but not whose ledger it is.
     #[arg(long, value_name = "VKEY")]
     pub key: Option<String>,
+    /// A checkpoint you hold (a file with its signed note, e.g. from `gatehouse checkpoint
+    /// list`): the bundle's checkpoint must extend it, by the bundle's consistency proof.
+    #[arg(long, value_name = "CHECKPOINT")]
+    pub trusted: Option<PathBuf>,
+    /// The key that signed the --trusted checkpoint, if not --key (e.g. before a rotation).
+    #[arg(long, value_name = "VKEY", requires = "trusted")]
+    pub trusted_key: Option<String>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -145,9 +160,24 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         namespace: args.namespace.clone(),
         request_id: args.request_id.clone(),
     };
+    let signer = gatehouse_evidence::load_signer(&args.key).map_err(anyhow::Error::msg)?;
+    let since = args
+        .since
+        .as_ref()
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("--since {}", p.display())))
+        .transpose()?;
     let file = std::fs::File::create(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
-    let manifest = write_bundle(&args.data_dir, &spec, BufWriter::new(file), args.quiet)?;
+    let manifest = write_bundle(
+        &args.data_dir,
+        &spec,
+        &Signing {
+            signer: &signer,
+            since: since.as_deref(),
+        },
+        BufWriter::new(file),
+        args.quiet,
+    )?;
     let bytes = std::fs::metadata(&args.output)
         .map(|m| m.len())
         .unwrap_or(0);
@@ -170,12 +200,23 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Who signs a bundle, and what it must show it extends.
+#[derive(Clone, Copy, Debug)]
+pub struct Signing<'a> {
+    /// The checkpoint key: it signs the manifest.
+    pub signer: &'a NoteSigner,
+    /// A checkpoint note the auditor holds: the bundle carries a consistency proof from it.
+    pub since: Option<&'a str>,
+}
+
 /// Writes the bundle `spec` asks for, from the ledger in `data_dir` (opened read-only: the
 /// evidence service may be running), to `out`. Entries are staged on disk, never held whole
-/// in memory; only entries the latest signed checkpoint covers are included.
+/// in memory (the recordings are made in memory from their sessions' events); only entries
+/// the latest signed checkpoint covers are included.
 pub fn write_bundle(
     data_dir: &std::path::Path,
     spec: &BundleSpec,
+    signing: &Signing<'_>,
     out: impl std::io::Write,
     quiet: bool,
 ) -> anyhow::Result<bundle::Manifest> {
@@ -193,28 +234,53 @@ pub fn write_bundle(
              `checkpoints` for gatehouse evidence, or run `gatehouse checkpoint sign`"
         );
     };
-    let checkpoint = Checkpoint::from_note_unverified(&note)?;
-    let vkey = ledger
-        .checkpoint_key(size)?
-        .context("the checkpoint's verifier key is not recorded in the ledger")?;
+    let mut writer = BundleWriter::new(&note, signing.signer.clone()).with_context(|| {
+        format!(
+            "the latest checkpoint (size {size}) is not signed by the key given, whose verifier \
+             key is {}; after a rotation, sign a checkpoint with the new key first (`gatehouse \
+             checkpoint sign`)",
+            signing.signer.verifier().to_vkey()
+        )
+    })?;
+    let checkpoint = writer.checkpoint().clone();
     if ledger.root(size)? != checkpoint.root {
         bail!(
             "the ledger's tree of {size} entries no longer has the root its checkpoint signed; \
              run `gatehouse ledger verify`"
         );
     }
+    if let Some(since) = signing.since {
+        let old = Checkpoint::from_note_unverified(since).context("--since")?;
+        if old.origin != checkpoint.origin {
+            bail!(
+                "--since is a checkpoint of {:?}, this ledger's are of {:?}",
+                old.origin,
+                checkpoint.origin
+            );
+        }
+        if old.size == 0 || old.size > size {
+            bail!(
+                "--since is a checkpoint of {} entries; the latest checkpoint has {size}, and a \
+                 consistency proof needs 1 to {size}",
+                old.size
+            );
+        }
+        if ledger.root(old.size)? != old.root {
+            bail!(
+                "the ledger's tree of {} entries does not have the root of the --since \
+                 checkpoint: this ledger does not extend it",
+                old.size
+            );
+        }
+        let proof = ledger.consistency_proof(old.size, size)?;
+        writer.add_consistency(old.size, &old.root, &proof)?;
+    }
     let filtered = spec.filtered();
-    let mut writer = BundleWriter::new()?;
-    writer.add_file("checkpoint", |w| w.write_all(note.as_bytes()))?;
-    writer.add_file("keys/checkpoint.vkey", |w| {
-        w.write_all(format!("{vkey}\n").as_bytes())
-    })?;
 
     let mut prover = ledger.prover(size)?;
     let progress = bar(quiet, size, "export");
     // Requests (and sessions) chosen by the filters, by id: their later events follow them.
     let mut chosen: HashSet<String> = HashSet::new();
-    let mut sessions: Vec<String> = Vec::new();
     for stored in ledger.entries(0)? {
         let stored = stored?;
         let Some(index) = stored.key.filter(|i| *i < size) else {
@@ -246,29 +312,12 @@ pub fn write_bundle(
         if filtered && !matches(spec, &head, &mut chosen) {
             continue;
         }
-        if head.kind == "dev.gatehouse.session.started.v1" {
-            sessions.push(head.subject.clone());
-        }
         let proof = prover.inclusion_proof(index)?;
         writer.add_entry(&entry, &proof)?;
     }
     progress.finish_and_clear();
     drop(prover);
     drop(ledger);
-
-    for session in &sessions {
-        if !session
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            continue;
-        }
-        let recording = crate::replay::load(data_dir, session)?;
-        let options = crate::replay::ReplayOptions { input: true };
-        writer.add_file(&format!("recordings/{session}.cast"), |w| {
-            crate::replay::asciicast(&recording, options, w).map_err(std::io::Error::other)
-        })?;
-    }
 
     let mut filters = BTreeMap::new();
     for (name, value) in [
@@ -283,11 +332,16 @@ pub fn write_bundle(
     let scope = Scope {
         filters,
         contiguous: !filtered,
-        from: spec.from.clone(),
-        to: spec.to.clone(),
+        // In UTC, as the manifest's times are (the bounds asked for may carry an offset).
+        from: from.map(utc).transpose()?,
+        to: to.map(utc).transpose()?,
         created_at: gatehouse_events::envelope::now_rfc3339(),
     };
-    Ok(writer.finish(&checkpoint, scope, out)?)
+    Ok(writer.finish(scope, out)?)
+}
+
+fn utc(t: OffsetDateTime) -> anyhow::Result<String> {
+    Ok(t.to_offset(time::UtcOffset::UTC).format(&Rfc3339)?)
 }
 
 fn nanos(t: OffsetDateTime) -> i64 {
@@ -338,14 +392,28 @@ fn matches(args: &BundleSpec, head: &Head, chosen: &mut HashSet<String>) -> bool
     ok
 }
 
+/// A verifier key given on the command line, or a file holding one.
+fn vkey_arg(flag: &str, value: &str) -> anyhow::Result<NoteVerifier> {
+    let text = std::fs::read_to_string(value).unwrap_or_else(|_| value.to_owned());
+    NoteVerifier::from_vkey(&text).with_context(|| format!("--{flag}"))
+}
+
 pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let key = match &args.key {
-        Some(k) => {
-            let text = std::fs::read_to_string(k).unwrap_or_else(|_| k.clone());
-            Some(NoteVerifier::from_vkey(&text).context("--key")?)
-        }
-        None => None,
-    };
+    let key = args
+        .key
+        .as_deref()
+        .map(|k| vkey_arg("key", k))
+        .transpose()?;
+    let trusted_key = args
+        .trusted_key
+        .as_deref()
+        .map(|k| vkey_arg("trusted-key", k))
+        .transpose()?;
+    let trusted = args
+        .trusted
+        .as_ref()
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("--trusted {}", p.display())))
+        .transpose()?;
     let total = std::fs::metadata(&args.bundle)
         .with_context(|| format!("reading {}", args.bundle.display()))?
         .len();
@@ -354,7 +422,12 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         ProgressStyle::with_template("verify [{bar:40}] {bytes}/{total_bytes} {msg} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let result = bundle::verify(&args.bundle, key.as_ref(), |p| {
+    let options = bundle::Options {
+        key: key.as_ref(),
+        trusted: trusted.as_deref(),
+        trusted_key: trusted_key.as_ref(),
+    };
+    let result = bundle::verify_with(&args.bundle, options, |p| {
         progress.set_position(p.read.min(total));
         if p.events > 0 {
             progress.set_message(format!("{} events checked", p.events));
@@ -377,6 +450,10 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                         "key": v.key,
                         "key_from_bundle": v.key_from_bundle,
                         "filters": v.manifest.filters,
+                        "format": v.manifest.format,
+                        "extends": v.extends.map(|(size, root)| serde_json::json!({"size": size, "root": hex::encode(root)})),
+                        "trusted": v.trusted.as_ref().map(|t| serde_json::json!({"size": t.size, "root": hex::encode(t.root)})),
+                        "warnings": v.warnings,
                     })
                 );
             } else {
@@ -411,6 +488,22 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                     hex::encode(v.checkpoint.root)
                 );
                 println!("  signed by    {}", v.key);
+                println!("  format       {}", v.manifest.format);
+                if let Some((size, root)) = v.extends {
+                    println!(
+                        "  extends      the tree of {size} entries with root {}",
+                        hex::encode(root)
+                    );
+                }
+                if let Some(t) = &v.trusted {
+                    println!(
+                        "  trusted      extends your checkpoint of {} entries",
+                        t.size
+                    );
+                }
+                for warning in &v.warnings {
+                    println!("  WARNING      {warning}");
+                }
                 if v.key_from_bundle {
                     println!(
                         "  WARNING      the key came from inside the bundle; pass --key with the \

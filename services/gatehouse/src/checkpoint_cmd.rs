@@ -1,5 +1,6 @@
-//! `gatehouse checkpoint keygen|sign|show`: the keys that sign checkpoints, and checkpoints on
-//! demand.
+//! `gatehouse checkpoint keygen|sign|show|list`: the keys that sign checkpoints, checkpoints on
+//! demand, and the past ones for auditors to keep (`list`, from the ledger's data directory;
+//! auditors without it read the same from the auditor API's `GET /v1/checkpoints`).
 //!
 //! Rotation: `rotate --key-file FILE` moves the key aside (`FILE.retired-TIME`) and writes a
 //! new one in its place. The evidence service re-reads the key file before every checkpoint, so
@@ -54,6 +55,21 @@ pub enum CheckpointCommand {
         key_file: PathBuf,
         #[arg(long)]
         name: Option<String>,
+    },
+    /// List the signed checkpoints the ledger keeps, oldest first: one line each (size, root,
+    /// signers), or with --json one JSON object per line (`{"size", "note"}`); with --save DIR,
+    /// also write each note to DIR/checkpoint-SIZE (what `gatehouse verify --trusted` and
+    /// `gatehouse export --since` take).
+    List {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Only checkpoints of more than N entries.
+        #[arg(long, value_name = "N")]
+        after: Option<u64>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "DIR")]
+        save: Option<PathBuf>,
     },
     /// Print the latest checkpoint; with --vkey, verify its signature and that the ledger's tree
     /// still has that root (exit 1 if not).
@@ -145,6 +161,12 @@ pub async fn run(command: CheckpointCommand) -> anyhow::Result<ExitCode> {
             println!("{}", new.verifier().to_vkey());
             Ok(ExitCode::SUCCESS)
         }
+        CheckpointCommand::List {
+            data_dir,
+            after,
+            json,
+            save,
+        } => list(&data_dir, after, json, save.as_deref()),
         CheckpointCommand::Show { data_dir, vkey } => {
             let ledger = Ledger::open_read_only(&data_dir)?;
             let Some((_, note)) = ledger.latest_checkpoint()? else {
@@ -190,6 +212,43 @@ pub async fn run(command: CheckpointCommand) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// `gatehouse checkpoint list`.
+fn list(
+    data_dir: &std::path::Path,
+    after: Option<u64>,
+    json: bool,
+    save: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let ledger = Ledger::open_read_only(data_dir)?;
+    let checkpoints = ledger.checkpoints()?;
+    drop(ledger);
+    if let Some(dir) = save {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    for (size, note) in checkpoints
+        .into_iter()
+        .filter(|(size, _)| after.is_none_or(|a| *size > a))
+    {
+        if let Some(dir) = save {
+            let path = dir.join(format!("checkpoint-{size}"));
+            std::fs::write(&path, &note).with_context(|| format!("writing {}", path.display()))?;
+        }
+        if json {
+            println!("{}", serde_json::json!({"size": size, "note": note}));
+            continue;
+        }
+        let root = Checkpoint::from_note_unverified(&note)
+            .map(|c| hex::encode(c.root))
+            .unwrap_or_else(|e| format!("(unreadable: {e})"));
+        let signers: Vec<String> = gatehouse_proof::checkpoint::note_signers(&note)
+            .into_iter()
+            .map(|(name, id)| format!("{name}+{id}"))
+            .collect();
+        println!("{size}\t{root}\t{}", signers.join(","));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Asks the running evidence service to sign a checkpoint (`POST /checkpoint` on its admin

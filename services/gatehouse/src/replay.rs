@@ -17,6 +17,7 @@ use gatehouse_events::{
     envelope::Payload,
 };
 use gatehouse_evidence::Ledger;
+use gatehouse_proof::recording::take_utf8;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -284,36 +285,6 @@ pub fn asciicast(recording: &Recording, options: ReplayOptions, out: &mut dyn Wr
     Ok(())
 }
 
-/// Takes the longest valid UTF-8 prefix out of `buffer` (invalid bytes become U+FFFD), leaving
-/// an incomplete trailing character for the next chunk.
-fn take_utf8(buffer: &mut Vec<u8>) -> String {
-    let mut text = String::new();
-    loop {
-        match std::str::from_utf8(buffer) {
-            Ok(s) => {
-                text.push_str(s);
-                buffer.clear();
-                return text;
-            }
-            Err(e) => {
-                let valid = e.valid_up_to();
-                text.push_str(std::str::from_utf8(&buffer[..valid]).unwrap_or_default());
-                match e.error_len() {
-                    // Incomplete at the end: wait for the rest.
-                    None => {
-                        buffer.drain(..valid);
-                        return text;
-                    }
-                    Some(bad) => {
-                        text.push(char::REPLACEMENT_CHARACTER);
-                        buffer.drain(..valid + bad);
-                    }
-                }
-            }
-        }
-    }
-}
-
 fn decode(chunk: &SessionData) -> Result<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
         .decode(&chunk.data)
@@ -340,18 +311,6 @@ fn shell_words(words: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utf8_split_across_chunks_is_stitched() {
-        let euro = "€".as_bytes();
-        let mut buffer = vec![b'a', euro[0]];
-        assert_eq!(take_utf8(&mut buffer), "a");
-        buffer.extend_from_slice(&euro[1..]);
-        assert_eq!(take_utf8(&mut buffer), "€");
-        assert!(buffer.is_empty());
-        let mut bad = vec![b'x', 0xff, b'y'];
-        assert_eq!(take_utf8(&mut bad), "x\u{fffd}y");
-    }
 
     #[test]
     fn commands_are_quoted_for_reading() {

@@ -365,9 +365,12 @@ impl Bed {
             policy.display()
         ))?;
         let shutdown = CancellationToken::new();
+        let key_file = dir.path().join("checkpoint.key");
+        std::fs::write(&key_file, signer()?.to_skey())?;
         let api = AuditorApi::start(&config, data_dir, bus.clone(), "test-0", shutdown.clone())
             .await
-            .map_err(anyhow::Error::msg)?;
+            .map_err(anyhow::Error::msg)?
+            .with_checkpoint_key(key_file);
         let addr = api.local_addr();
         tokio::spawn(api.run());
         let client = https_client(
@@ -820,11 +823,34 @@ async fn the_latest_checkpoint_and_a_consistency_proof_verify_while_the_ledger_g
             .open(reply.json()?["checkpoint"].as_str().expect("note"))?,
         old
     );
+    // Past checkpoints, paged, oldest first, as stored: what an auditor saves for
+    // `gatehouse verify --trusted`.
+    let reply = bed.get("/v1/checkpoints?limit=1", Some(&token)).await?;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let page = reply.json()?;
+    assert_eq!(page["checkpoints"][0]["size"], 12);
+    assert_eq!(
+        bed.verifier
+            .open(page["checkpoints"][0]["note"].as_str().expect("note"))?,
+        old
+    );
+    assert_eq!(page["next_after"], 12);
+    let reply = bed.get("/v1/checkpoints?after=12", Some(&token)).await?;
+    let page = reply.json()?;
+    assert_eq!(page["checkpoints"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        bed.verifier
+            .open(page["checkpoints"][0]["note"].as_str().expect("note"))?,
+        new
+    );
+    assert_eq!(page["next_after"], serde_json::Value::Null);
     for bad in [
         "/v1/consistency?old=13&new=12",
         "/v1/consistency?old=1&new=16",
         "/v1/consistency",
         "/v1/checkpoint?size=3",
+        "/v1/checkpoints?limit=0",
+        "/v1/checkpoints?after=x",
     ] {
         let reply = bed.get(bad, Some(&token)).await?;
         assert_eq!(
@@ -934,6 +960,28 @@ async fn a_bundle_downloads_and_verifies_offline() -> Result {
     let bad = bed.get("/v1/bundle?verb=get", Some(&token)).await?;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
 
+    // Since a checkpoint the auditor holds: the bundle extends it (and one never signed is
+    // refused).
+    let held = bed.get("/v1/checkpoint", Some(&token)).await?.text();
+    bed.writer.issue_checkpoint(&signer()?, ORIGIN)?;
+    let extended = bed.get("/v1/bundle?since=12", Some(&token)).await?;
+    assert_eq!(extended.status, StatusCode::OK, "{}", extended.text());
+    let since = bed.dir.path().join("since.tar.gz");
+    std::fs::write(&since, &extended.body)?;
+    let verified = gatehouse_proof::bundle::verify_with(
+        &since,
+        gatehouse_proof::bundle::Options {
+            key: Some(&bed.verifier),
+            trusted: Some(&held),
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .map_err(|f| anyhow::anyhow!("{f:?}"))?;
+    assert_eq!(verified.trusted.map(|t| t.size), Some(12));
+    let never = bed.get("/v1/bundle?since=5", Some(&token)).await?;
+    assert_eq!(never.status, StatusCode::BAD_REQUEST, "{}", never.text());
+
     // Nothing is left behind on disk.
     let scratch: Vec<_> = std::fs::read_dir(bed.data_dir().join("auditor-api-tmp"))?
         .flatten()
@@ -947,6 +995,7 @@ async fn a_bundle_downloads_and_verifies_offline() -> Result {
     assert_eq!(filtered["events"], 2);
     assert_eq!(filtered["parameters"]["principal"], "readonly-bot");
     assert_eq!(filtered["parameters"]["from"], time(0));
+    assert_eq!(trail[&extended.access_id()]["parameters"]["since"], "12");
     Ok(())
 }
 

@@ -358,6 +358,40 @@ fn legal_holds_keep_what_they_match_when_the_ledger_is_pruned() {
         "{}",
         text(&verify.stdout)
     );
+    // A bundle of the pruned ledger accounts for the pruned entries with tombstones.
+    let key = dir.path().join("checkpoint.key");
+    let keygen = gatehouse(&[
+        "checkpoint",
+        "keygen",
+        "--name",
+        "gatehouse.test/ledger",
+        "--out",
+        key.to_str().unwrap(),
+    ]);
+    let vkey = text(&keygen.stdout).trim().to_owned();
+    let key = key.to_str().unwrap();
+    let signed = gatehouse(&["checkpoint", "sign", "--data-dir", data, "--key", key]);
+    assert!(signed.status.success(), "{}", text(&signed.stderr));
+    let bundle = dir.path().join("pruned.tar.gz");
+    let bundle = bundle.to_str().unwrap();
+    let export = gatehouse(&[
+        "export",
+        "--data-dir",
+        data,
+        "--key",
+        key,
+        "--quiet",
+        "-o",
+        bundle,
+    ]);
+    assert!(export.status.success(), "{}", text(&export.stderr));
+    let checked = gatehouse(&["verify", bundle, "--key", &vkey, "--json", "--quiet"]);
+    assert!(checked.status.success(), "{}", text(&checked.stdout));
+    assert!(
+        text(&checked.stdout).contains("\"tombstones\":3"),
+        "{}",
+        text(&checked.stdout)
+    );
     // ledger.pruned was recorded on NATS.
     let stored = runtime.block_on(async {
         let bus = gatehouse_bus::Bus::connect(&gatehouse_bus::BusConfig::new(nats.url()), "t")

@@ -1,40 +1,104 @@
 //! Evidence bundles: a `.tar.gz` an auditor verifies offline with nothing but the bundle and a
-//! verifier key (`schemas/bundle.md` has every byte).
+//! verifier key (`schemas/bundle.md` has every byte and every rule).
 //!
 //! ```text
-//! checkpoint          the signed checkpoint every proof is against
-//! keys/checkpoint.vkey  its verifier key (a verifier given its own key ignores this one)
-//! events.jsonl        one event per line, the exact bytes the ledger stores
-//! proofs.jsonl        one line per event: its entry fields and inclusion proof
-//! tombstones.jsonl    pruned entries: their leaf hash and inclusion proof
-//! recordings/*.cast   asciicast v2 of the sessions in range
-//! INDEX.md            for people
-//! manifest.json       filters, range, counts, and the BLAKE3 of every other file (last)
+//! checkpoint            the signed checkpoint every proof is against
+//! consistency.json      optional: the checkpoint extends an older one (RFC 9162 proof)
+//! keys/checkpoint.vkey  its verifier key (a verifier given its own key checks it is the same)
+//! events.jsonl          one event per line, the exact bytes the ledger stores
+//! proofs.jsonl          one line per event: its entry fields and inclusion proof
+//! tombstones.jsonl      pruned entries: their leaf hash and inclusion proof
+//! recordings/*.cast     asciicast v2 of the sessions in the bundle, rebuilt from their events
+//! INDEX.md              for people
+//! manifest.json         filters, range, counts, and the BLAKE3 of every other file
+//! manifest.sig          a signed note over manifest.json's BLAKE3, by the checkpoint's key
 //! ```
 //!
 //! The archive is one gzip member; a second, fixed-size member (the [`seal`]) carries the
 //! BLAKE3 of every byte before it.
 //!
 //! [`BundleWriter`] stages files on disk (never the whole bundle in memory) and streams the
-//! archive out; [`verify`] checks it in one pass (see there).
+//! archive out; [`verify_with`] checks it in one pass against the numbered rules of
+//! `schemas/bundle.md` ([`Rule`]), each failure naming its rule.
 
 use std::borrow::Cow;
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use flate2::Compression;
-use flate2::read::GzDecoder;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{Checkpoint, NoteVerifier};
+use crate::checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
 use crate::entry::{Entry, EntryRef, Hash, entry_hash};
-use crate::merkle::{ProofChecker, verify_inclusion};
+use crate::merkle::{ProofChecker, verify_consistency, verify_inclusion};
+use crate::recording::{self, SESSION_DATA, SESSION_STARTED};
 
-pub const FORMAT: &str = "gatehouse.bundle.v1";
+/// The format bundles are written in.
+pub const FORMAT: &str = "gatehouse.bundle.v2";
+/// The first format: still verified, with a warning (its manifest is not signed).
+pub const FORMAT_V1: &str = "gatehouse.bundle.v1";
+
+/// The first line of the note `manifest.sig` signs. A checkpoint's second line is a decimal
+/// size and a manifest note's is 64 hex digits, so neither can pass for the other.
+pub const MANIFEST_NOTE_HEADER: &str = "gatehouse-bundle-manifest v2";
+
+/// The text of the signed note over a manifest: the header line, then the manifest file's
+/// BLAKE3 in lower-case hex, each line ending with a newline.
+pub fn manifest_note_text(manifest_json: &[u8]) -> String {
+    format!(
+        "{MANIFEST_NOTE_HEADER}\n{}\n",
+        blake3::hash(manifest_json).to_hex()
+    )
+}
+
+/// The numbered rules of `schemas/bundle.md` (*Verifying a bundle*); every failure names one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Rule {
+    Seal = 1,
+    Gzip = 2,
+    Tar = 3,
+    Members = 4,
+    Manifest = 5,
+    ManifestSignature = 6,
+    Checkpoint = 7,
+    Events = 8,
+    Tombstones = 9,
+    Recordings = 10,
+    Consistency = 11,
+    Trusted = 12,
+}
+
+impl Rule {
+    pub fn number(self) -> u8 {
+        self as u8
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::Seal => "seal",
+            Rule::Gzip => "gzip",
+            Rule::Tar => "tar",
+            Rule::Members => "members",
+            Rule::Manifest => "manifest",
+            Rule::ManifestSignature => "manifest signature",
+            Rule::Checkpoint => "checkpoint",
+            Rule::Events => "events",
+            Rule::Tombstones => "tombstones",
+            Rule::Recordings => "recordings",
+            Rule::Consistency => "consistency",
+            Rule::Trusted => "trusted checkpoint",
+        }
+    }
+
+    /// A failure of this rule: `rule N (name): what`.
+    pub fn fail(self, what: impl std::fmt::Display) -> String {
+        format!("rule {} ({}): {what}", self.number(), self.name())
+    }
+}
 
 /// One line of `proofs.jsonl`: what, with the event's bytes, makes its ledger entry, and the
 /// entry's inclusion proof against the bundle's checkpoint.
@@ -60,6 +124,18 @@ pub struct TombstoneLine {
     /// Hex leaf hash (the payload is gone; the hash stays in the tree).
     pub leaf_hash: String,
     pub inclusion: Vec<String>,
+}
+
+/// `consistency.json`: the bundle's checkpoint extends the tree of `old_size` entries whose
+/// root is `old_root` (a checkpoint the auditor held when asking for the bundle).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyFile {
+    pub old_size: u64,
+    /// Hex.
+    pub old_root: String,
+    /// Hex hashes: RFC 9162 PROOF(old_size, D[size]).
+    pub proof: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -110,9 +186,12 @@ pub struct Manifest {
     pub range: Range,
     pub checkpoint: CheckpointRef,
     pub counts: Counts,
-    /// Every file but this one.
+    /// Every file but this one (and `manifest.sig`).
     pub files: BTreeMap<String, FileDigest>,
 }
+
+/// The filters a manifest may name.
+pub const FILTERS: [&str; 3] = ["principal", "namespace", "request_id"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -152,24 +231,17 @@ pub fn seal(digest: &Hash) -> [u8; SEAL_LEN] {
 /// verifier accepts no other, so no header byte can change unnoticed (the rest of the stream is
 /// covered by gzip's CRC-32 and length).
 pub fn gzip_header() -> [u8; 10] {
-    let mut out = Vec::new();
-    let encoder = flate2::GzBuilder::new()
-        .mtime(0)
-        .operating_system(255)
-        .write(&mut out, Compression::default());
-    let _ = encoder.finish();
-    let mut header = [0u8; 10];
-    header.copy_from_slice(&out[..10]);
-    header
+    [0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff]
 }
 
 fn hexs(hashes: &[Hash]) -> Vec<String> {
     hashes.iter().map(|h| faster_hex::hex_string(h)).collect()
 }
 
+/// 32 bytes from exactly 64 lower-case hex digits (the only spelling a bundle uses).
 fn unhex(text: &str) -> Option<Hash> {
     let mut hash = [0u8; 32];
-    if text.len() != 64 {
+    if text.len() != 64 || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     faster_hex::hex_decode(text.as_bytes(), &mut hash).ok()?;
@@ -184,6 +256,14 @@ struct Hashing<T> {
 }
 
 impl<T> Hashing<T> {
+    fn new(inner: T) -> Self {
+        Self {
+            inner,
+            hasher: blake3::Hasher::new(),
+            bytes: 0,
+        }
+    }
+
     fn digest(&self) -> FileDigest {
         FileDigest {
             bytes: self.bytes,
@@ -226,14 +306,74 @@ pub struct Scope {
     pub created_at: String,
 }
 
-/// Builds a bundle: entries and files are staged in a temporary directory as they come.
+/// The parts of an event a bundle looks at: its type and subject.
+#[derive(Deserialize)]
+struct EventHead<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    subject: Option<Cow<'a, str>>,
+}
+
+/// The `session.started` and `session.data` events of each session in a bundle, in order.
+#[derive(Default)]
+struct Sessions {
+    started: BTreeMap<String, Vec<u8>>,
+    data: BTreeMap<String, Vec<Vec<u8>>>,
+}
+
+impl Sessions {
+    fn add(&mut self, event: &[u8]) {
+        let Ok(head) = serde_json::from_slice::<EventHead<'_>>(event) else {
+            return;
+        };
+        let Some(subject) = head.subject else {
+            return;
+        };
+        match head.kind.as_ref() {
+            // The first `session.started` is the session's (the ledger never holds two).
+            SESSION_STARTED => {
+                self.started
+                    .entry(subject.into_owned())
+                    .or_insert_with(|| event.to_vec());
+            }
+            SESSION_DATA => self
+                .data
+                .entry(subject.into_owned())
+                .or_default()
+                .push(event.to_vec()),
+            _ => {}
+        }
+    }
+
+    /// Each recording a bundle of these events holds: (session id, asciicast bytes).
+    fn recordings(&self) -> impl Iterator<Item = (&str, Result<Vec<u8>, String>)> {
+        self.started
+            .iter()
+            .filter(|(id, _)| recording::valid_session_id(id))
+            .map(|(id, started)| {
+                let data: Vec<&[u8]> = self
+                    .data
+                    .get(id)
+                    .map(|d| d.iter().map(Vec::as_slice).collect())
+                    .unwrap_or_default();
+                (id.as_str(), recording::asciicast(started, &data))
+            })
+    }
+}
+
+/// Builds a bundle: entries and files are staged in a temporary directory as they come; the
+/// recordings are made from the sessions' events as [`BundleWriter::add_entry`] sees them.
 pub struct BundleWriter {
     dir: tempfile::TempDir,
+    note: String,
+    checkpoint: Checkpoint,
+    signer: NoteSigner,
     events: Hashing<BufWriter<File>>,
     proofs: Hashing<BufWriter<File>>,
     tombstones: Hashing<BufWriter<File>>,
-    /// Other files by bundle path, with digests.
-    files: BTreeMap<String, FileDigest>,
+    consistency: Option<Vec<u8>>,
+    sessions: Sessions,
     counts: Counts,
     first: Option<u64>,
     last: Option<u64>,
@@ -248,27 +388,71 @@ impl std::fmt::Debug for BundleWriter {
 }
 
 impl BundleWriter {
-    pub fn new() -> Result<Self, BundleError> {
+    /// A bundle against the signed checkpoint `note`, whose manifest `signer` signs: it must be
+    /// the key that signed the checkpoint, so an auditor needs one key for both.
+    pub fn new(note: &str, signer: NoteSigner) -> Result<Self, BundleError> {
+        let checkpoint = signer.verifier().open(note).map_err(|e| {
+            BundleError::Invalid(format!(
+                "the manifest is signed with the key that signed the checkpoint, and the \
+                 checkpoint does not open with {}: {e}",
+                signer.verifier().to_vkey()
+            ))
+        })?;
         let dir = tempfile::Builder::new()
             .prefix("gatehouse-bundle-")
             .tempdir()?;
         let open = |name: &str| -> io::Result<Hashing<BufWriter<File>>> {
-            Ok(Hashing {
-                inner: BufWriter::new(File::create(dir.path().join(name))?),
-                hasher: blake3::Hasher::new(),
-                bytes: 0,
-            })
+            Ok(Hashing::new(BufWriter::new(File::create(
+                dir.path().join(name),
+            )?)))
         };
         Ok(Self {
             events: open("events.jsonl")?,
             proofs: open("proofs.jsonl")?,
             tombstones: open("tombstones.jsonl")?,
             dir,
-            files: BTreeMap::new(),
+            note: note.to_owned(),
+            checkpoint,
+            signer,
+            consistency: None,
+            sessions: Sessions::default(),
             counts: Counts::default(),
             first: None,
             last: None,
         })
+    }
+
+    /// The checkpoint the bundle proves against.
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+
+    /// Adds `consistency.json`: the bundle's checkpoint extends the tree of `old_size` entries
+    /// with `old_root`, by `proof` (RFC 9162). Refused if the proof does not verify.
+    pub fn add_consistency(
+        &mut self,
+        old_size: u64,
+        old_root: &Hash,
+        proof: &[Hash],
+    ) -> Result<(), BundleError> {
+        let c = &self.checkpoint;
+        if old_size == 0 || !verify_consistency(old_size, c.size, old_root, &c.root, proof) {
+            return Err(BundleError::Invalid(format!(
+                "the checkpoint of {} entries does not extend the tree of {old_size} entries \
+                 with root {}",
+                c.size,
+                hex::encode(old_root)
+            )));
+        }
+        let file = ConsistencyFile {
+            old_size,
+            old_root: hex::encode(old_root),
+            proof: hexs(proof),
+        };
+        let mut bytes = serde_json::to_vec(&file).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        self.consistency = Some(bytes);
+        Ok(())
     }
 
     /// Adds an entry (in increasing index order) with its inclusion proof.
@@ -277,6 +461,12 @@ impl BundleWriter {
             return Err(BundleError::Invalid(format!(
                 "entry {} added after entry {:?}: entries go in increasing order",
                 entry.index, self.last
+            )));
+        }
+        if entry.index >= self.checkpoint.size {
+            return Err(BundleError::Invalid(format!(
+                "entry {} is beyond the checkpoint's {} entries",
+                entry.index, self.checkpoint.size
             )));
         }
         if entry.event.contains(&b'\n') {
@@ -300,6 +490,7 @@ impl BundleWriter {
         };
         serde_json::to_writer(&mut self.proofs, &line).map_err(io::Error::other)?;
         self.proofs.write_all(b"\n")?;
+        self.sessions.add(&entry.event);
         self.counts.events += 1;
         self.first.get_or_insert(entry.index);
         self.last = Some(entry.index);
@@ -324,46 +515,13 @@ impl BundleWriter {
         Ok(())
     }
 
-    /// Adds a file under `keys/` or `recordings/`, or `checkpoint`; `write` fills it.
-    pub fn add_file(
-        &mut self,
-        name: &str,
-        write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-    ) -> Result<(), BundleError> {
-        if !allowed_path(name) || matches!(name, "events.jsonl" | "proofs.jsonl" | "INDEX.md") {
-            return Err(BundleError::Invalid(format!(
-                "{name} is not a file a bundle may add"
-            )));
-        }
-        let path = self.dir.path().join(name);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let mut out = Hashing {
-            inner: BufWriter::new(File::create(&path)?),
-            hasher: blake3::Hasher::new(),
-            bytes: 0,
-        };
-        write(&mut out)?;
-        out.flush()?;
-        if name.starts_with("recordings/") {
-            self.counts.sessions += 1;
-        }
-        self.files.insert(name.to_owned(), out.digest());
-        Ok(())
-    }
-
     pub fn counts(&self) -> &Counts {
         &self.counts
     }
 
-    /// Writes the archive to `out`: the staged files, then `INDEX.md`, then `manifest.json`.
-    pub fn finish(
-        mut self,
-        checkpoint: &Checkpoint,
-        scope: Scope,
-        out: impl Write,
-    ) -> Result<Manifest, BundleError> {
+    /// Writes the archive to `out`, in the order of `schemas/bundle.md`, with the manifest and
+    /// its signature last, then the seal.
+    pub fn finish(self, scope: Scope, out: impl Write) -> Result<Manifest, BundleError> {
         let Scope {
             filters,
             contiguous,
@@ -371,6 +529,16 @@ impl BundleWriter {
             to,
             created_at,
         } = scope;
+        let mut files: Vec<(String, Source)> = vec![
+            ("checkpoint".into(), Source::Bytes(self.note.into_bytes())),
+            (
+                "keys/checkpoint.vkey".into(),
+                Source::Bytes(format!("{}\n", self.signer.verifier().to_vkey()).into_bytes()),
+            ),
+        ];
+        if let Some(bytes) = self.consistency {
+            files.insert(1, ("consistency.json".into(), Source::Bytes(bytes)));
+        }
         for (name, file) in [
             ("events.jsonl", self.events),
             ("proofs.jsonl", self.proofs),
@@ -378,8 +546,26 @@ impl BundleWriter {
         ] {
             let mut file = file;
             file.flush()?;
-            self.files.insert(name.to_owned(), file.digest());
+            files.push((name.into(), Source::Staged(file.digest())));
         }
+        let mut recordings = Vec::new();
+        for (id, cast) in self.sessions.recordings() {
+            let cast = cast.map_err(|e| BundleError::Invalid(format!("session {id}: {e}")))?;
+            recordings.push((format!("recordings/{id}.cast"), Source::Bytes(cast)));
+        }
+        // In byte order of the member names (not of the ids: `-` sorts before `.`).
+        recordings.sort_by(|a, b| a.0.cmp(&b.0));
+        let sessions = recordings.len() as u64;
+        files.extend(recordings);
+        let mut counts = self.counts.clone();
+        counts.sessions = sessions;
+        let digest = |source: &Source| match source {
+            Source::Bytes(b) => FileDigest {
+                bytes: b.len() as u64,
+                blake3: blake3::hash(b).to_hex().to_string(),
+            },
+            Source::Staged(d) => d.clone(),
+        };
         let mut manifest = Manifest {
             format: FORMAT.to_owned(),
             created_at,
@@ -392,51 +578,42 @@ impl BundleWriter {
                 to,
             },
             checkpoint: CheckpointRef {
-                origin: checkpoint.origin.clone(),
-                size: checkpoint.size,
-                root: hex::encode(checkpoint.root),
+                origin: self.checkpoint.origin.clone(),
+                size: self.checkpoint.size,
+                root: hex::encode(self.checkpoint.root),
             },
-            counts: self.counts.clone(),
-            files: self.files.clone(),
+            counts,
+            files: files.iter().map(|(n, s)| (n.clone(), digest(s))).collect(),
         };
         let index = index_md(&manifest);
         manifest.files.insert(
             "INDEX.md".to_owned(),
-            FileDigest {
-                bytes: index.len() as u64,
-                blake3: blake3::hash(index.as_bytes()).to_hex().to_string(),
-            },
+            digest(&Source::Bytes(index.clone().into_bytes())),
         );
-        let manifest_json = serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?;
+        files.push(("INDEX.md".into(), Source::Bytes(index.into_bytes())));
+        let mut manifest_json = serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?;
+        manifest_json.push(b'\n');
+        let signature = self.signer.sign_note(&manifest_note_text(&manifest_json));
+        files.push(("manifest.json".into(), Source::Bytes(manifest_json)));
+        files.push(("manifest.sig".into(), Source::Bytes(signature.into_bytes())));
 
-        let hashed = Hashing {
-            inner: out,
-            hasher: blake3::Hasher::new(),
-            bytes: 0,
-        };
+        let hashed = Hashing::new(out);
         let gz = flate2::GzBuilder::new()
             .mtime(0)
             .operating_system(255)
             .write(hashed, Compression::default());
         let mut tar = tar::Builder::new(gz);
-        let mut order: Vec<&String> = manifest.files.keys().collect();
-        // The checkpoint and key first, so a reader has them before the proofs.
-        order.sort_by_key(|name| (file_rank(name), (*name).clone()));
-        for name in order {
-            if name == "INDEX.md" {
-                continue;
+        for (name, source) in &files {
+            match source {
+                Source::Bytes(b) => append(&mut tar, name, b.len() as u64, b.as_slice())?,
+                Source::Staged(d) => append(
+                    &mut tar,
+                    name,
+                    d.bytes,
+                    File::open(self.dir.path().join(name))?,
+                )?,
             }
-            let path = self.dir.path().join(name);
-            let size = std::fs::metadata(&path)?.len();
-            append(&mut tar, name, size, File::open(&path)?)?;
         }
-        append(&mut tar, "INDEX.md", index.len() as u64, index.as_bytes())?;
-        append(
-            &mut tar,
-            "manifest.json",
-            manifest_json.len() as u64,
-            manifest_json.as_slice(),
-        )?;
         let gz = tar.into_inner()?;
         let hashed = gz.finish()?;
         let digest: Hash = *hashed.hasher.finalize().as_bytes();
@@ -447,15 +624,34 @@ impl BundleWriter {
     }
 }
 
-fn file_rank(name: &str) -> u8 {
-    match name {
+/// Where a member's bytes are while a bundle is written.
+enum Source {
+    Bytes(Vec<u8>),
+    /// In the staging directory under the member's name.
+    Staged(FileDigest),
+}
+
+/// The position of a member in a bundle (`schemas/bundle.md`, *The archive*); members of the
+/// same rank (recordings) go in byte order of their names.
+fn member_rank(name: &str) -> Option<u8> {
+    Some(match name {
         "checkpoint" => 0,
-        n if n.starts_with("keys/") => 1,
-        "events.jsonl" => 2,
-        "proofs.jsonl" => 3,
-        "tombstones.jsonl" => 4,
-        _ => 5,
-    }
+        "consistency.json" => 1,
+        "keys/checkpoint.vkey" => 2,
+        "events.jsonl" => 3,
+        "proofs.jsonl" => 4,
+        "tombstones.jsonl" => 5,
+        "INDEX.md" => 7,
+        "manifest.json" => 8,
+        "manifest.sig" => 9,
+        _ => {
+            let id = name.strip_prefix("recordings/")?.strip_suffix(".cast")?;
+            if !recording::valid_session_id(id) {
+                return None;
+            }
+            6
+        }
+    })
 }
 
 fn append(
@@ -472,25 +668,6 @@ fn append(
     header.set_gid(0);
     header.set_entry_type(tar::EntryType::Regular);
     tar.append_data(&mut header, name, data)
-}
-
-/// The files a bundle may hold.
-fn allowed_path(name: &str) -> bool {
-    let simple = |rest: &str| {
-        !rest.is_empty()
-            && !rest.starts_with('.')
-            && rest
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-    };
-    match name {
-        "manifest.json" | "INDEX.md" | "checkpoint" | "events.jsonl" | "proofs.jsonl"
-        | "tombstones.jsonl" => true,
-        _ => name
-            .strip_prefix("keys/")
-            .or_else(|| name.strip_prefix("recordings/"))
-            .is_some_and(simple),
-    }
 }
 
 fn index_md(m: &Manifest) -> String {
@@ -513,7 +690,7 @@ fn index_md(m: &Manifest) -> String {
         }
     ));
     out.push_str(&format!(
-        "- {} session recordings (asciicast v2, `recordings/`)\n",
+        "- {} session recordings (asciicast v2, `recordings/`, rebuilt from the session events)\n",
         m.counts.sessions
     ));
     out.push_str(&format!(
@@ -531,7 +708,8 @@ fn index_md(m: &Manifest) -> String {
     }
     out.push_str(&format!(
         "\nEvery event is proven to be in the ledger whose Merkle tree of {} entries has the root \
-         `{}`, signed in `checkpoint` by the key in `keys/checkpoint.vkey` (origin `{}`).\n\n",
+         `{}`, signed in `checkpoint` by the key in `keys/checkpoint.vkey` (origin `{}`), which \
+         also signs `manifest.json` (in `manifest.sig`).\n\n",
         m.checkpoint.size, m.checkpoint.root, m.checkpoint.origin
     ));
     out.push_str("## How to check it\n\n```sh\ngatehouse verify BUNDLE.tar.gz --key YOUR-COPY-OF-THE.vkey\n```\n\n");
@@ -547,11 +725,17 @@ fn index_md(m: &Manifest) -> String {
 pub struct Verified {
     pub manifest: Manifest,
     pub checkpoint: Checkpoint,
-    /// The key that signed the checkpoint.
+    /// The key that signed the checkpoint (and, from v2, the manifest).
     pub key: String,
     /// The key came from the bundle itself (no `--key` given): the bundle is consistent, but
     /// only a key from elsewhere says whose ledger it is.
     pub key_from_bundle: bool,
+    /// What this bundle cannot prove (a v1 bundle): to be shown with the result.
+    pub warnings: Vec<String>,
+    /// The older tree `consistency.json` proves the checkpoint extends: (size, root).
+    pub extends: Option<(u64, Hash)>,
+    /// The trusted checkpoint the bundle's was shown to extend.
+    pub trusted: Option<Checkpoint>,
 }
 
 /// How far verification is, for a progress bar.
@@ -563,117 +747,148 @@ pub struct Progress {
     pub events: u64,
 }
 
-/// Checks a bundle completely: gzip header and checksum, the file set, every file's digest,
-/// the checkpoint's signature, every event's entry hash and inclusion proof, order, uniqueness,
-/// contiguity where promised, chain links between neighbours, and the counts. Returns every
-/// failure found, each naming what failed (`Err` is never empty).
-///
-/// One pass over the archive: files are unpacked into a temporary directory as they come, except
-/// `proofs.jsonl`, which is checked as it streams past against the already unpacked
-/// `events.jsonl` and checkpoint (the order bundles are written in). A bundle in another order
-/// is unpacked whole and checked afterwards, with the same result.
+/// What to verify a bundle against.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options<'a> {
+    /// The operator's verifier key; without it the bundle's own key is used.
+    pub key: Option<&'a NoteVerifier>,
+    /// A signed checkpoint note the auditor already holds: the bundle's checkpoint must extend
+    /// it (rule 12).
+    pub trusted: Option<&'a str>,
+    /// The key that signed `trusted`; by default the one the bundle is checked with.
+    pub trusted_key: Option<&'a NoteVerifier>,
+}
+
+/// What a v1 bundle cannot prove, said with every v1 bundle that verifies.
+pub const V1_WARNING: &str = "format gatehouse.bundle.v1: its manifest is not signed, so its \
+    filters, contiguity claim, counts, range and file list are not authenticated (whoever held \
+    the bundle could have changed them, or dropped events and said it is not contiguous, and \
+    re-sealed it), and its session recordings are not checked against the session events; \
+    every event in it is still proven against the signed checkpoint";
+
+/// [`verify_with`] with a key only.
 pub fn verify(
     bundle: &Path,
     key: Option<&NoteVerifier>,
+    progress: impl FnMut(Progress),
+) -> Result<Verified, Vec<String>> {
+    verify_with(
+        bundle,
+        Options {
+            key,
+            ..Options::default()
+        },
+        progress,
+    )
+}
+
+/// Checks a bundle against every rule of `schemas/bundle.md` (*Verifying a bundle*) and
+/// returns every failure found, each starting `rule N (name):` (`Err` is never empty). Rules
+/// 1 to 4 (the file's structure) stop at their first failure; the others are all reported.
+///
+/// One pass over the archive: files are unpacked into a temporary directory as they come, except
+/// `proofs.jsonl`, which is checked as it streams past against the already unpacked
+/// `events.jsonl` and checkpoint (the order bundles are written in).
+pub fn verify_with(
+    bundle: &Path,
+    options: Options<'_>,
     mut progress: impl FnMut(Progress),
 ) -> Result<Verified, Vec<String>> {
     let one = |m: String| vec![m];
-    let mut file = File::open(bundle).map_err(|e| one(format!("{}: {e}", bundle.display())))?;
-    let total = file
-        .metadata()
-        .map_err(|e| one(format!("{}: {e}", bundle.display())))?
-        .len();
+    let io_error = |e: io::Error| vec![format!("{}: {e}", bundle.display())];
+    let mut file = File::open(bundle).map_err(io_error)?;
+    let total = file.metadata().map_err(io_error)?.len();
     if total < (SEAL_LEN + 10) as u64 {
-        return Err(one("the bundle is too short to be one".into()));
+        return Err(one(Rule::Seal.fail("the file is too short to be a bundle")));
     }
     let body_len = total - SEAL_LEN as u64;
-    // The seal: the BLAKE3 of every byte before it, rebuilt exactly.
+    // Rule 1: the BLAKE3 of every byte before the seal, rebuilt exactly.
     let mut hasher = blake3::Hasher::new();
-    io::copy(&mut (&mut file).take(body_len), &mut hasher)
-        .map_err(|e| one(format!("{}: {e}", bundle.display())))?;
+    io::copy(&mut (&mut file).take(body_len), &mut hasher).map_err(io_error)?;
     let mut found = [0u8; SEAL_LEN];
-    file.read_exact(&mut found)
-        .map_err(|e| one(format!("{}: {e}", bundle.display())))?;
+    file.read_exact(&mut found).map_err(io_error)?;
     if found != seal(hasher.finalize().as_bytes()) {
-        return Err(one(
+        return Err(one(Rule::Seal.fail(
             "the seal (the bundle's last gzip member) does not match the bytes before it: the \
-             bundle was changed or cut"
-                .into(),
-        ));
+             bundle was changed or cut",
+        )));
     }
-    let mut file = File::open(bundle).map_err(|e| one(format!("{}: {e}", bundle.display())))?;
+    let mut file = File::open(bundle).map_err(io_error)?;
     let mut header = [0u8; 10];
-    file.read_exact(&mut header)
-        .map_err(|_| one("the bundle is too short to be a .tar.gz".into()))?;
+    file.read_exact(&mut header).map_err(io_error)?;
     if header != gzip_header() {
-        return Err(one(format!(
+        return Err(one(Rule::Gzip.fail(format!(
             "the gzip header is {} but bundles start with {}",
             hex::encode(header),
             hex::encode(gzip_header())
-        )));
+        ))));
     }
     drop(file);
     let dir = tempfile::Builder::new()
         .prefix("gatehouse-verify-")
         .tempdir()
         .map_err(|e| one(format!("a temporary directory: {e}")))?;
-    let Unpacked { digests, streamed } =
-        unpack(bundle, body_len, dir.path(), key, &mut progress).map_err(one)?;
+    let Unpacked {
+        members,
+        digests,
+        streamed,
+    } = unpack(bundle, body_len, dir.path(), options.key, &mut progress).map_err(one)?;
     let mut failures = Vec::new();
 
-    let manifest: Manifest = std::fs::read(dir.path().join("manifest.json"))
-        .map_err(|_| one("manifest.json is missing".into()))
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| one(format!("manifest.json: {e}"))))?;
-    if manifest.format != FORMAT {
-        return Err(one(format!(
-            "manifest.json: format {:?}, expected {FORMAT:?}",
-            manifest.format
-        )));
-    }
-    for (name, digest) in &manifest.files {
-        match digests.get(name) {
-            None => failures.push(format!("{name} is listed in the manifest but missing")),
-            Some(found) if found != digest => failures.push(format!(
-                "{name}: BLAKE3 {} ({} bytes), the manifest says {} ({} bytes)",
-                found.blake3, found.bytes, digest.blake3, digest.bytes
-            )),
-            Some(_) => {}
+    // Rule 5 first as far as the format: which members rule 4 expects depends on it.
+    let Ok(manifest_bytes) = std::fs::read(dir.path().join("manifest.json")) else {
+        return Err(one(Rule::Members.fail("manifest.json is missing")));
+    };
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| one(Rule::Manifest.fail(format!("manifest.json does not parse: {e}"))))?;
+    let v2 = match manifest.format.as_str() {
+        FORMAT => true,
+        FORMAT_V1 => false,
+        other => {
+            return Err(one(Rule::Manifest.fail(format!(
+                "format {other:?}, expected {FORMAT:?} (or {FORMAT_V1:?})"
+            ))));
         }
-    }
-    for name in digests.keys() {
-        if name != "manifest.json" && !manifest.files.contains_key(name) {
-            failures.push(format!("{name} is in the bundle but not in the manifest"));
-        }
-    }
-    for required in [
-        "checkpoint",
-        "events.jsonl",
-        "proofs.jsonl",
-        "tombstones.jsonl",
-    ] {
-        if !digests.contains_key(required) {
-            failures.push(format!("{required} is missing"));
-        }
-    }
-    if !failures.is_empty() {
-        return Err(failures);
-    }
+    };
+    check_members(&members, v2).map_err(|m| one(Rule::Members.fail(m)))?;
+    check_manifest(&manifest, &members, &digests, &mut failures);
 
-    let (checkpoint, verifier, key_from_bundle) = open_checkpoint(dir.path(), key).map_err(one)?;
+    // Rule 7 before 6: the manifest is signed by the checkpoint's key.
+    let (checkpoint, verifier, key_from_bundle) =
+        open_checkpoint(dir.path(), options.key).map_err(|m| one(Rule::Checkpoint.fail(m)))?;
     let claimed = &manifest.checkpoint;
     if claimed.origin != checkpoint.origin
         || claimed.size != checkpoint.size
         || claimed.root != hex::encode(checkpoint.root)
     {
-        failures.push(
-            "manifest.json names another checkpoint than the signed one in `checkpoint`".into(),
-        );
+        failures
+            .push(Rule::Checkpoint.fail(
+                "manifest.json names another checkpoint than the signed one in `checkpoint`",
+            ));
+    }
+    if v2 {
+        match std::fs::read_to_string(dir.path().join("manifest.sig")) {
+            Err(e) => failures.push(Rule::ManifestSignature.fail(format!("manifest.sig: {e}"))),
+            Ok(note) => match verifier.verify_note(&note) {
+                Ok(text) if text == manifest_note_text(&manifest_bytes) => {}
+                Ok(_) => failures.push(Rule::ManifestSignature.fail(
+                    "manifest.sig signs another text than the header line and manifest.json's \
+                     BLAKE3",
+                )),
+                Err(crate::checkpoint::CheckpointError::NotSigned { name, id }) => {
+                    failures.push(Rule::ManifestSignature.fail(format!(
+                        "manifest.sig carries no signature by key {name} ({id})"
+                    )))
+                }
+                Err(e) => failures.push(Rule::ManifestSignature.fail(format!("manifest.sig: {e}"))),
+            },
+        }
     }
 
+    // Rule 8.
     let events = match streamed {
         Some(events) => events,
         None => {
-            // Not in the order bundles are written: check the unpacked files.
             let mut events = EventCheck::new(&checkpoint);
             let open = |name: &str| File::open(dir.path().join(name));
             match (open("events.jsonl"), open("proofs.jsonl")) {
@@ -692,8 +907,19 @@ pub fn verify(
             events
         }
     };
-    events.finish(&manifest, &mut failures);
-    check_tombstones(dir.path(), &manifest, &checkpoint, &mut failures);
+    let pruned = check_tombstones(dir.path(), &manifest, &checkpoint, &mut failures);
+    events.finish(&manifest, &pruned, &mut failures);
+    check_recordings(dir.path(), &members, v2, &mut failures);
+    let extends = check_consistency(dir.path(), &members, &checkpoint, &mut failures);
+    let trusted = options.trusted.and_then(|note| {
+        check_trusted(
+            note,
+            options.trusted_key.unwrap_or(&verifier),
+            &checkpoint,
+            extends,
+            &mut failures,
+        )
+    });
 
     if failures.is_empty() {
         Ok(Verified {
@@ -701,6 +927,9 @@ pub fn verify(
             checkpoint,
             key: verifier.to_vkey(),
             key_from_bundle,
+            warnings: if v2 { vec![] } else { vec![V1_WARNING.into()] },
+            extends,
+            trusted,
         })
     } else {
         Err(failures)
@@ -710,39 +939,238 @@ pub fn verify(
 /// Buffer for reading the unpacked and streamed JSON Lines files.
 const READ_BUFFER: usize = 256 * 1024;
 
-/// The signed checkpoint in `dir`, opened with `key` or, without one, the bundle's own key.
+/// Rule 4: every member a bundle of this format must hold, none it may not, in order.
+fn check_members(members: &[String], v2: bool) -> Result<(), String> {
+    let mut required = vec![
+        "checkpoint",
+        "keys/checkpoint.vkey",
+        "events.jsonl",
+        "proofs.jsonl",
+        "tombstones.jsonl",
+        "INDEX.md",
+        "manifest.json",
+    ];
+    if v2 {
+        required.push("manifest.sig");
+    } else if let Some(name) = members
+        .iter()
+        .find(|m| matches!(m.as_str(), "manifest.sig" | "consistency.json"))
+    {
+        return Err(format!("{name} is not a member of a {FORMAT_V1} bundle"));
+    }
+    for name in required {
+        if !members.iter().any(|m| m == name) {
+            return Err(format!("{name} is missing"));
+        }
+    }
+    for pair in members.windows(2) {
+        let key = |name: &str| (member_rank(name), name.to_owned());
+        if key(&pair[0]) >= key(&pair[1]) {
+            return Err(format!(
+                "{} comes after {}: members go in the order of schemas/bundle.md",
+                pair[1], pair[0]
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An RFC 3339 time in UTC.
+fn utc_time(text: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .filter(|t| t.offset().is_utc())
+}
+
+/// Rule 5 beyond the format: fields, and the digest of every other member.
+fn check_manifest(
+    manifest: &Manifest,
+    members: &[String],
+    digests: &BTreeMap<String, FileDigest>,
+    failures: &mut Vec<String>,
+) {
+    let mut fail = |what: String| failures.push(Rule::Manifest.fail(what));
+    if utc_time(&manifest.created_at).is_none() {
+        fail(format!(
+            "created_at {:?} is not an RFC 3339 time in UTC",
+            manifest.created_at
+        ));
+    }
+    let mut bounds = Vec::new();
+    for (name, value) in [("from", &manifest.range.from), ("to", &manifest.range.to)] {
+        if let Some(text) = value {
+            match utc_time(text) {
+                Some(t) => bounds.push(t),
+                None => fail(format!(
+                    "range.{name} {text:?} is not an RFC 3339 time in UTC"
+                )),
+            }
+        }
+    }
+    if let [from, to] = bounds[..]
+        && from >= to
+    {
+        fail("range.from is not before range.to".into());
+    }
+    for (name, value) in &manifest.filters {
+        if !FILTERS.contains(&name.as_str()) || value.is_empty() {
+            fail(format!(
+                "filters names {name:?} = {value:?}, which is no filter"
+            ));
+        }
+    }
+    if manifest.contiguous != manifest.filters.is_empty() {
+        fail(format!(
+            "contiguous is {} with {} filters: a bundle is contiguous exactly when it has no \
+             filters",
+            manifest.contiguous,
+            manifest.filters.len()
+        ));
+    }
+    if unhex(&manifest.checkpoint.root).is_none() {
+        fail("checkpoint.root is not 64 lower-case hex digits".into());
+    }
+    let recordings = members
+        .iter()
+        .filter(|m| m.starts_with("recordings/"))
+        .count() as u64;
+    if manifest.counts.sessions != recordings {
+        fail(format!(
+            "counts.sessions is {}, the bundle holds {recordings} recordings",
+            manifest.counts.sessions
+        ));
+    }
+    for name in members {
+        if !matches!(name.as_str(), "manifest.json" | "manifest.sig")
+            && !manifest.files.contains_key(name)
+        {
+            fail(format!("{name} is in the bundle but not in files"));
+        }
+    }
+    for (name, digest) in &manifest.files {
+        if unhex(&digest.blake3).is_none() {
+            fail(format!(
+                "files: {name}'s BLAKE3 is not 64 lower-case hex digits"
+            ));
+        }
+        match digests.get(name) {
+            Some(found) if !matches!(name.as_str(), "manifest.json" | "manifest.sig") => {
+                if found != digest {
+                    fail(format!(
+                        "{name}: BLAKE3 {} ({} bytes), files says {} ({} bytes)",
+                        found.blake3, found.bytes, digest.blake3, digest.bytes
+                    ));
+                }
+            }
+            _ => fail(format!(
+                "files lists {name}, which is not a member it may list"
+            )),
+        }
+    }
+}
+
+/// Rule 7: the checkpoint in `dir`, opened with `key` or, without one, the bundle's own key;
+/// `keys/checkpoint.vkey` must be one line holding the key that signed it.
 fn open_checkpoint(
     dir: &Path,
     key: Option<&NoteVerifier>,
 ) -> Result<(Checkpoint, NoteVerifier, bool), String> {
-    let (verifier, key_from_bundle) = match key {
-        Some(k) => (k.clone(), false),
-        None => {
-            let text = std::fs::read_to_string(dir.join("keys/checkpoint.vkey"))
-                .map_err(|_| "no --key given and keys/checkpoint.vkey is missing".to_owned())?;
-            let k =
-                NoteVerifier::from_vkey(&text).map_err(|e| format!("keys/checkpoint.vkey: {e}"))?;
-            (k, true)
-        }
-    };
+    let text = std::fs::read_to_string(dir.join("keys/checkpoint.vkey"))
+        .map_err(|_| "keys/checkpoint.vkey is missing or not UTF-8".to_owned())?;
+    let line = text
+        .strip_suffix('\n')
+        .filter(|l| !l.contains('\n'))
+        .ok_or("keys/checkpoint.vkey is not one line ending with a newline")?;
+    let own = NoteVerifier::from_vkey(line).map_err(|e| format!("keys/checkpoint.vkey: {e}"))?;
+    if let Some(k) = key
+        && k.to_vkey() != own.to_vkey()
+    {
+        return Err(format!(
+            "keys/checkpoint.vkey holds {}, not the key given ({})",
+            own.to_vkey(),
+            k.to_vkey()
+        ));
+    }
     let note =
         std::fs::read_to_string(dir.join("checkpoint")).map_err(|e| format!("checkpoint: {e}"))?;
-    let checkpoint = verifier
-        .open(&note)
-        .map_err(|e| format!("checkpoint: {e}"))?;
-    Ok((checkpoint, verifier, key_from_bundle))
+    let checkpoint = own.open(&note).map_err(|e| format!("checkpoint: {e}"))?;
+    Ok((checkpoint, own, key.is_none()))
+}
+
+/// Counts bytes read through it.
+struct Counting<R> {
+    inner: R,
+    read: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// The gzip layer, remembering whether it failed (rule 2) rather than the tar inside (rule 3).
+struct Gunzip<R: BufRead> {
+    inner: flate2::bufread::GzDecoder<R>,
+    failed: Rc<Cell<bool>>,
+}
+
+impl<R: BufRead> Read for Gunzip<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|_| self.failed.set(true))
+    }
 }
 
 struct Unpacked {
-    /// Every file's digest, `proofs.jsonl` included.
+    /// Member names in archive order.
+    members: Vec<String>,
+    /// Every member's digest, `proofs.jsonl` included.
     digests: BTreeMap<String, FileDigest>,
     /// The events, if they were checked while `proofs.jsonl` streamed past.
     streamed: Option<EventCheck>,
 }
 
-/// Unpacks into `dir`, hashing each file, and checks `proofs.jsonl` on the way when the
-/// checkpoint and `events.jsonl` came before it; refuses odd paths, types and duplicates, and
-/// reads the gzip stream to its end so its checksum is checked.
+/// Rule 3 for one member's header: a ustar regular file, mode 0644, owned by 0:0, time 0, no
+/// link, no user or group name, no prefix; returns its name.
+fn member_name(header: &tar::Header) -> Result<String, String> {
+    let name = String::from_utf8(header.path_bytes().into_owned())
+        .map_err(|_| "a member's name is not UTF-8".to_owned())?;
+    let Some(ustar) = header.as_ustar() else {
+        return Err(format!("{name}: not a POSIX ustar header"));
+    };
+    let bytes = header.as_bytes();
+    let problems = [
+        (bytes[156] != b'0', "type is not a regular file (`0`)"),
+        (header.mode().ok() != Some(0o644), "mode is not 0644"),
+        (header.uid().ok() != Some(0), "uid is not 0"),
+        (header.gid().ok() != Some(0), "gid is not 0"),
+        (header.mtime().ok() != Some(0), "mtime is not 0"),
+        (
+            header.link_name_bytes().is_some_and(|l| !l.is_empty()),
+            "it names a link",
+        ),
+        (
+            header.username_bytes().is_some_and(|u| !u.is_empty())
+                || header.groupname_bytes().is_some_and(|g| !g.is_empty()),
+            "it names a user or group",
+        ),
+        (
+            ustar.prefix.iter().any(|&b| b != 0),
+            "its prefix is not empty",
+        ),
+    ];
+    if let Some((_, what)) = problems.iter().find(|(bad, _)| *bad) {
+        return Err(format!("{name}: {what}"));
+    }
+    Ok(name)
+}
+
+/// Unpacks into `dir`, hashing each member, and checks `proofs.jsonl` on the way when the
+/// checkpoint and `events.jsonl` came before it. Rules 2 and 3, and rule 4's names and
+/// duplicates: the gzip member decompresses with its checksums and ends where the seal starts;
+/// the tar is ustar members and then exactly the two zero blocks.
 fn unpack(
     bundle: &Path,
     body_len: u64,
@@ -750,46 +1178,47 @@ fn unpack(
     key: Option<&NoteVerifier>,
     progress: &mut impl FnMut(Progress),
 ) -> Result<Unpacked, String> {
-    /// Counts the compressed bytes read, for the progress bar.
-    struct Counting<R> {
-        inner: R,
-        read: Rc<Cell<u64>>,
-    }
-    impl<R: Read> Read for Counting<R> {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = self.inner.read(buf)?;
-            self.read.set(self.read.get() + n as u64);
-            Ok(n)
-        }
-    }
     let read = Rc::new(Cell::new(0u64));
+    let inflated = Rc::new(Cell::new(0u64));
+    let gzip_failed = Rc::new(Cell::new(false));
     let file = File::open(bundle).map_err(|e| e.to_string())?;
-    let counting = Counting {
-        inner: BufReader::with_capacity(READ_BUFFER, file).take(body_len),
-        read: read.clone(),
+    let compressed = BufReader::with_capacity(
+        READ_BUFFER,
+        Counting {
+            inner: file.take(body_len),
+            read: read.clone(),
+        },
+    );
+    let mut archive = tar::Archive::new(Counting {
+        inner: Gunzip {
+            inner: flate2::bufread::GzDecoder::new(compressed),
+            failed: gzip_failed.clone(),
+        },
+        read: inflated.clone(),
+    });
+    let damaged = |e: io::Error| {
+        if gzip_failed.get() {
+            Rule::Gzip.fail(format!("the gzip member does not decompress: {e}"))
+        } else {
+            Rule::Tar.fail(format!("the archive is damaged: {e}"))
+        }
     };
-    let mut archive = tar::Archive::new(GzDecoder::new(counting));
+    let mut members = Vec::new();
     let mut digests = BTreeMap::new();
     let mut streamed = None;
-    let entries = archive
-        .entries()
-        .map_err(|e| format!("the bundle is not a tar.gz: {e}"))?;
+    // Bytes the tar should take: a header block per member and its data padded to blocks.
+    let mut expected = 0u64;
+    let entries = archive.entries().map_err(damaged)?.raw(true);
     for entry in entries {
-        let mut entry = entry.map_err(|e| format!("the archive is damaged: {e}"))?;
-        let name = entry
-            .path()
-            .map_err(|e| format!("a file name is unreadable: {e}"))?
-            .to_string_lossy()
-            .into_owned();
-        if entry.header().entry_type() != tar::EntryType::Regular {
-            return Err(format!("{name} is not a regular file"));
-        }
-        if !allowed_path(&name) {
-            return Err(format!("{name} is not a file a bundle holds"));
+        let mut entry = entry.map_err(damaged)?;
+        let name = member_name(entry.header()).map_err(|m| Rule::Tar.fail(m))?;
+        if member_rank(&name).is_none() {
+            return Err(Rule::Members.fail(format!("{name} is not a member a bundle holds")));
         }
         if digests.contains_key(&name) {
-            return Err(format!("{name} appears twice"));
+            return Err(Rule::Members.fail(format!("{name} appears twice")));
         }
+        expected += 512 + entry.size().div_ceil(512) * 512;
         // `proofs.jsonl` after the checkpoint and `events.jsonl`: checked as it streams past.
         let streaming = (name == "proofs.jsonl" && digests.contains_key("events.jsonl"))
             .then(|| {
@@ -799,11 +1228,7 @@ fn unpack(
             .flatten();
         let digest = match streaming {
             Some((checkpoint, events)) => {
-                let mut proofs = Hashing {
-                    inner: &mut entry,
-                    hasher: blake3::Hasher::new(),
-                    bytes: 0,
-                };
+                let mut proofs = Hashing::new(&mut entry);
                 let mut check = EventCheck::new(&checkpoint);
                 check.run(
                     BufReader::with_capacity(READ_BUFFER, events),
@@ -816,7 +1241,7 @@ fn unpack(
                     },
                 );
                 // Whatever the check left unread still counts for the digest.
-                io::copy(&mut proofs, &mut io::sink()).map_err(|e| format!("{name}: {e}"))?;
+                io::copy(&mut proofs, &mut io::sink()).map_err(damaged)?;
                 streamed = Some(check);
                 proofs.digest()
             }
@@ -825,30 +1250,212 @@ fn unpack(
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
                 }
-                let mut out = Hashing {
-                    inner: BufWriter::new(File::create(&path).map_err(|e| e.to_string())?),
-                    hasher: blake3::Hasher::new(),
-                    bytes: 0,
-                };
-                io::copy(&mut entry, &mut out).map_err(|e| format!("{name}: {e}"))?;
+                let mut out = Hashing::new(BufWriter::new(
+                    File::create(&path).map_err(|e| e.to_string())?,
+                ));
+                io::copy(&mut entry, &mut out).map_err(damaged)?;
                 out.flush().map_err(|e| e.to_string())?;
                 out.digest()
             }
         };
+        members.push(name.clone());
         digests.insert(name, digest);
         progress(Progress {
             read: read.get(),
             events: streamed.as_ref().map_or(0, |c: &EventCheck| c.line),
         });
     }
-    // Whatever follows the tar's end must still decompress, with a matching checksum.
+    // After the members: zero blocks only, two of them, then the gzip member's end exactly
+    // where the seal starts.
     let mut rest = archive.into_inner();
-    io::copy(&mut rest, &mut io::sink()).map_err(|e| format!("the gzip stream is damaged: {e}"))?;
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = rest.read(&mut buffer).map_err(damaged)?;
+        if n == 0 {
+            break;
+        }
+        if buffer[..n].iter().any(|&b| b != 0) {
+            return Err(Rule::Tar.fail("data follows the archive's end"));
+        }
+    }
+    if inflated.get() != expected + 1024 {
+        return Err(Rule::Tar.fail(format!(
+            "the archive is {} bytes: its members and the two zero blocks that end it make {}",
+            inflated.get(),
+            expected + 1024
+        )));
+    }
+    let mut compressed = rest.inner.inner.into_inner();
+    if !compressed.fill_buf().map_err(|e| e.to_string())?.is_empty() {
+        return Err(Rule::Gzip.fail("bytes follow the archive's gzip member before the seal"));
+    }
     progress(Progress {
         read: read.get(),
         events: streamed.as_ref().map_or(0, |c| c.line),
     });
-    Ok(Unpacked { digests, streamed })
+    Ok(Unpacked {
+        members,
+        digests,
+        streamed,
+    })
+}
+
+/// Rule 10: one recording per session whose `session.started` is in the bundle and whose id
+/// may name a file, none other; from v2, each one is exactly what its events make.
+fn check_recordings(dir: &Path, members: &[String], v2: bool, failures: &mut Vec<String>) {
+    let mut sessions = Sessions::default();
+    let Ok(file) = File::open(dir.join("events.jsonl")) else {
+        return;
+    };
+    let mut reader = BufReader::with_capacity(READ_BUFFER, file);
+    let mut line = Vec::new();
+    while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        sessions.add(&line);
+        line.clear();
+    }
+    let held: BTreeSet<&str> = members
+        .iter()
+        .filter_map(|m| m.strip_prefix("recordings/")?.strip_suffix(".cast"))
+        .collect();
+    let mut made = BTreeSet::new();
+    for (id, cast) in sessions.recordings() {
+        made.insert(id.to_owned());
+        if !held.contains(id) {
+            failures.push(Rule::Recordings.fail(format!(
+                "session {id} started in the bundle, and recordings/{id}.cast is missing"
+            )));
+            continue;
+        }
+        if !v2 {
+            continue;
+        }
+        let path = dir.join(format!("recordings/{id}.cast"));
+        match (cast, std::fs::read(&path)) {
+            (Ok(cast), Ok(found)) if cast == found => {}
+            (Ok(_), Ok(_)) => failures.push(Rule::Recordings.fail(format!(
+                "recordings/{id}.cast is not the recording session {id}'s events make"
+            ))),
+            (Err(e), _) => failures.push(Rule::Recordings.fail(format!(
+                "session {id}'s recording cannot be made from its events: {e}"
+            ))),
+            (_, Err(e)) => {
+                failures.push(Rule::Recordings.fail(format!("recordings/{id}.cast: {e}")))
+            }
+        }
+    }
+    for id in held {
+        if !made.contains(id) {
+            failures.push(Rule::Recordings.fail(format!(
+                "recordings/{id}.cast is for a session that did not start in the bundle"
+            )));
+        }
+    }
+}
+
+/// Rule 11: `consistency.json`, if present, proves the checkpoint extends the older tree it
+/// names; returns that tree's (size, root).
+fn check_consistency(
+    dir: &Path,
+    members: &[String],
+    checkpoint: &Checkpoint,
+    failures: &mut Vec<String>,
+) -> Option<(u64, Hash)> {
+    if !members.iter().any(|m| m == "consistency.json") {
+        return None;
+    }
+    let mut fail = |what: &str| {
+        failures.push(Rule::Consistency.fail(what));
+        None
+    };
+    let Ok(bytes) = std::fs::read(dir.join("consistency.json")) else {
+        return fail("consistency.json cannot be read");
+    };
+    let Some(text) = bytes.strip_suffix(b"\n").filter(|t| !t.contains(&b'\n')) else {
+        return fail("consistency.json is not one line ending with a newline");
+    };
+    let Ok(file) = serde_json::from_slice::<ConsistencyFile>(text) else {
+        return fail("consistency.json does not parse as {old_size, old_root, proof}");
+    };
+    let (Some(old_root), Some(proof)) = (
+        unhex(&file.old_root),
+        file.proof
+            .iter()
+            .map(|h| unhex(h))
+            .collect::<Option<Vec<_>>>(),
+    ) else {
+        return fail("a hash in consistency.json is not 64 lower-case hex digits");
+    };
+    if file.old_size == 0
+        || !verify_consistency(
+            file.old_size,
+            checkpoint.size,
+            &old_root,
+            &checkpoint.root,
+            &proof,
+        )
+    {
+        return fail(&format!(
+            "the consistency proof from the tree of {} entries to the checkpoint's {} does not verify",
+            file.old_size, checkpoint.size
+        ));
+    }
+    Some((file.old_size, old_root))
+}
+
+/// Rule 12: the bundle's checkpoint extends `note`, a checkpoint the auditor holds.
+fn check_trusted(
+    note: &str,
+    key: &NoteVerifier,
+    checkpoint: &Checkpoint,
+    extends: Option<(u64, Hash)>,
+    failures: &mut Vec<String>,
+) -> Option<Checkpoint> {
+    let mut fail = |what: String| {
+        failures.push(Rule::Trusted.fail(what));
+        None
+    };
+    let trusted = match key.open(note) {
+        Ok(t) => t,
+        Err(e) => return fail(format!("the trusted checkpoint: {e}")),
+    };
+    if trusted.origin != checkpoint.origin {
+        return fail(format!(
+            "the trusted checkpoint is of {:?}, the bundle's of {:?}",
+            trusted.origin, checkpoint.origin
+        ));
+    }
+    if trusted.size > checkpoint.size {
+        return fail(format!(
+            "the bundle's checkpoint ({} entries) is older than the trusted one ({})",
+            checkpoint.size, trusted.size
+        ));
+    }
+    let extended = if trusted.size == checkpoint.size {
+        trusted.root == checkpoint.root
+    } else {
+        extends == Some((trusted.size, trusted.root))
+    };
+    if !extended {
+        let why = match extends {
+            _ if trusted.size == checkpoint.size => "another root at the same size".to_owned(),
+            None => "the bundle holds no consistency proof (consistency.json)".to_owned(),
+            Some((size, _)) if size == trusted.size => {
+                "its consistency proof starts from another root at that size".to_owned()
+            }
+            Some((size, _)) => format!(
+                "its consistency proof starts from the tree of {size} entries, not {}",
+                trusted.size
+            ),
+        };
+        return fail(format!(
+            "the bundle's checkpoint is not shown to extend the trusted one of {} entries: {why}",
+            trusted.size
+        ));
+    }
+    Some(trusted)
 }
 
 /// A line of `proofs.jsonl` as read: strings borrowed from the line where they can be.
@@ -868,6 +1475,9 @@ struct ProofLineRef<'a> {
 
 /// Contiguity breaks reported one by one at most; beyond, they are counted.
 const HOLES_SHOWN: usize = 100;
+/// Places where consecutive lines skip entries, kept to be matched with tombstones; a
+/// contiguous bundle has one per run of pruned entries, a filtered one many (not needed).
+const HOLES_KEPT: usize = 1 << 20;
 
 /// The per-event checks, line by line: entry hash, inclusion proof, order, uniqueness, links.
 /// Contiguity and the counts are judged by [`EventCheck::finish`], once the manifest (the
@@ -1020,7 +1630,7 @@ impl EventCheck {
                     format!("entry {} does not link to entry {prev_index}", proof.index),
                 );
             } else if proof.index != prev_index + 1 {
-                if self.holes.len() < HOLES_SHOWN {
+                if self.holes.len() < HOLES_KEPT {
                     self.holes.push((line, prev_index + 1, proof.index - 1));
                 } else {
                     self.more_holes += 1;
@@ -1032,18 +1642,29 @@ impl EventCheck {
     }
 
     /// The per-line failures, then what the manifest promised and the lines did not keep.
-    fn finish(self, manifest: &Manifest, failures: &mut Vec<String>) {
+    /// `pruned`: the tombstones' indexes, which account for entries a contiguous bundle skips.
+    fn finish(self, manifest: &Manifest, pruned: &BTreeSet<u64>, failures: &mut Vec<String>) {
+        let start = failures.len();
         failures.extend(self.failures);
         if manifest.contiguous {
-            for (line, first, last) in &self.holes {
+            let missing = self.holes.iter().filter(|(_, first, last)| {
+                pruned.range(first..=last).count() as u64 != last - first + 1
+            });
+            let mut shown = 0;
+            for (line, first, last) in missing {
+                shown += 1;
+                if shown > HOLES_SHOWN {
+                    failures.push("and more places where entries are missing".into());
+                    break;
+                }
                 failures.push(format!(
                     "event on line {line}: entries {first} to {last} are missing from a bundle \
-                     that promises every entry"
+                     that promises every entry (and not all are tombstones)"
                 ));
             }
             if self.more_holes > 0 {
                 failures.push(format!(
-                    "and {} more places where entries are missing",
+                    "{} more places where entries are skipped than a verifier keeps",
                     self.more_holes
                 ));
             }
@@ -1061,57 +1682,70 @@ impl EventCheck {
                 self.first, manifest.range.first_index, manifest.range.last_index
             ));
         }
+        for failure in &mut failures[start..] {
+            *failure = Rule::Events.fail(&failure);
+        }
     }
 }
 
+/// Rule 9; returns the indexes of the tombstones proven.
 fn check_tombstones(
     dir: &Path,
     manifest: &Manifest,
     checkpoint: &Checkpoint,
     failures: &mut Vec<String>,
-) {
+) -> BTreeSet<u64> {
+    let mut pruned = BTreeSet::new();
     let Ok(file) = File::open(dir.join("tombstones.jsonl")) else {
-        failures.push("tombstones.jsonl cannot be read".into());
-        return;
+        failures.push(Rule::Tombstones.fail("tombstones.jsonl cannot be read"));
+        return pruned;
     };
     let mut count = 0u64;
+    let mut previous: Option<u64> = None;
     for (n, line) in BufReader::new(file).lines().enumerate() {
         let Ok(line) = line else {
-            failures.push(format!("tombstones.jsonl line {} cannot be read", n + 1));
-            return;
+            failures.push(
+                Rule::Tombstones.fail(format!("tombstones.jsonl line {} cannot be read", n + 1)),
+            );
+            return pruned;
         };
         count += 1;
         let ok = serde_json::from_str::<TombstoneLine>(&line)
             .ok()
             .and_then(|t| {
+                if previous.is_some_and(|p| t.index <= p) {
+                    return Some(false);
+                }
+                previous = Some(t.index);
                 let leaf = unhex(&t.leaf_hash)?;
                 let path = t
                     .inclusion
                     .iter()
                     .map(|h| unhex(h))
                     .collect::<Option<Vec<_>>>()?;
-                Some(verify_inclusion(
-                    &leaf,
-                    t.index,
-                    checkpoint.size,
-                    &path,
-                    &checkpoint.root,
-                ))
+                let proven =
+                    verify_inclusion(&leaf, t.index, checkpoint.size, &path, &checkpoint.root);
+                if proven {
+                    pruned.insert(t.index);
+                }
+                Some(proven)
             })
             .unwrap_or(false);
         if !ok {
-            failures.push(format!(
-                "tombstones.jsonl line {}: the pruned entry is not proven in the checkpointed tree",
+            failures.push(Rule::Tombstones.fail(format!(
+                "tombstones.jsonl line {}: malformed, out of order, or the pruned entry is not \
+                 proven in the checkpointed tree",
                 n + 1
-            ));
+            )));
         }
     }
     if count != manifest.counts.tombstones {
-        failures.push(format!(
+        failures.push(Rule::Tombstones.fail(format!(
             "the bundle holds {count} tombstones, the manifest says {}",
             manifest.counts.tombstones
-        ));
+        )));
     }
+    pruned
 }
 
 #[cfg(test)]
@@ -1123,7 +1757,11 @@ mod tests {
         let hash: Hash = std::array::from_fn(|i| (i * 7) as u8);
         let text = hex::encode(hash);
         assert_eq!(unhex(&text), Some(hash));
-        assert_eq!(unhex(&text.to_uppercase()), Some(hash));
+        assert_eq!(
+            unhex(&text.to_uppercase()),
+            None,
+            "upper-case hex is refused"
+        );
         assert_eq!(unhex(&text[..62]), None);
         assert_eq!(unhex(&format!("{text}00")), None);
         assert_eq!(unhex(&format!("{}zz", &text[..62])), None);

@@ -7,6 +7,7 @@
 //!   verifying one completely, offline.
 //! - [`checkpoint`]: signed checkpoints (C2SP tlog-checkpoint in a C2SP signed note, Ed25519).
 //! - [`entry`]: the byte-exact ledger entry encoding and its BLAKE3 hash (`schemas/ledger.md`).
+//! - [`recording`]: session recordings (asciicast v2) rebuilt from session events.
 //! - [`merkle`]: the RFC 9162-shaped Merkle tree (BLAKE3): roots, inclusion and consistency
 //!   proofs from stored perfect subtrees, and their verification.
 #![forbid(unsafe_code)]
@@ -16,3 +17,4 @@ pub mod bundle;
 pub mod checkpoint;
 pub mod entry;
 pub mod merkle;
+pub mod recording;

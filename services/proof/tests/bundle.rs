@@ -1,145 +1,122 @@
-//! Bundles written and verified with nothing but this crate: a good one verifies, and every
-//! single byte of it, flipped, makes verification fail.
+//! Bundles written and verified with nothing but this crate: a good one verifies, every single
+//! byte of it, flipped, makes verification fail, and a v1 bundle verifies with a warning.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+mod common;
 
-use gatehouse_proof::bundle::{BundleWriter, Scope, verify};
-use gatehouse_proof::checkpoint::{Checkpoint, NoteSigner};
-use gatehouse_proof::entry::{Entry, GENESIS_HASH, Hash, entry_hash};
-use gatehouse_proof::merkle::{self, NodeSource};
-
-/// A ledger in memory: entries, and the tree's perfect subtrees as the store keeps them.
-struct Ledger {
-    entries: Vec<Entry>,
-    nodes: HashMap<(u8, u64), Hash>,
-}
-
-impl NodeSource for Ledger {
-    type Error = String;
-    fn node(&mut self, level: u8, index: u64) -> Result<Hash, String> {
-        self.nodes
-            .get(&(level, index))
-            .copied()
-            .ok_or_else(|| format!("{level}/{index}"))
-    }
-}
-
-fn ledger(n: u64) -> Ledger {
-    let mut ledger = Ledger {
-        entries: vec![],
-        nodes: HashMap::new(),
-    };
-    let mut previous = GENESIS_HASH;
-    for i in 0..n {
-        let entry = Entry {
-            index: i,
-            stream_sequence: i + 1,
-            received_at: 1_795_000_000_000_000_000 + i as i64,
-            previous_hash: previous,
-            event: format!(r#"{{"id":"{i}","type":"dev.gatehouse.request.received.v1"}}"#)
-                .into_bytes(),
-        };
-        let encoding = entry.encode().unwrap();
-        previous = entry_hash(&encoding);
-        let nodes = &ledger.nodes;
-        let done = merkle::completed_by(i, merkle::leaf_hash(&encoding), |l, j| {
-            nodes.get(&(l, j)).copied().ok_or(())
-        })
-        .unwrap();
-        for (l, j, h) in done {
-            ledger.nodes.insert((l, j), h);
-        }
-        ledger.entries.push(entry);
-    }
-    ledger
-}
-
-fn signer() -> NoteSigner {
-    NoteSigner::from_seed("gatehouse.example.com/ledger", [3u8; 32]).unwrap()
-}
-
-/// Writes a bundle of entries `range` (every one, or every other with `sparse`).
-fn write_bundle(path: &Path, n: u64, range: std::ops::Range<u64>, sparse: bool) {
-    let mut ledger = ledger(n);
-    let root = merkle::root(&mut ledger, n).unwrap();
-    let checkpoint = Checkpoint {
-        origin: "gatehouse.example.com/ledger".into(),
-        size: n,
-        root,
-    };
-    let signer = signer();
-    let mut writer = BundleWriter::new().unwrap();
-    writer
-        .add_file("checkpoint", |w| {
-            w.write_all(signer.sign(&checkpoint).as_bytes())
-        })
-        .unwrap();
-    writer
-        .add_file("keys/checkpoint.vkey", |w| {
-            w.write_all(format!("{}\n", signer.verifier().to_vkey()).as_bytes())
-        })
-        .unwrap();
-    for i in range.filter(|i| !sparse || i % 2 == 0) {
-        let proof = merkle::inclusion_proof(&mut ledger, i, n).unwrap();
-        writer
-            .add_entry(&ledger.entries[i as usize], &proof)
-            .unwrap();
-    }
-    writer
-        .add_file("recordings/01SESSION.cast", |w| {
-            w.write_all(b"{\"version\":2}\n")
-        })
-        .unwrap();
-    let mut filters = BTreeMap::new();
-    if sparse {
-        filters.insert("principal".to_owned(), "ci-deployer".to_owned());
-    }
-    let out = std::fs::File::create(path).unwrap();
-    let scope = Scope {
-        filters,
-        contiguous: !sparse,
-        created_at: "2026-11-22T16:00:00Z".into(),
-        ..Scope::default()
-    };
-    writer.finish(&checkpoint, scope, out).unwrap();
-}
+use common::*;
+use gatehouse_proof::bundle::{FORMAT_V1, V1_WARNING, verify};
 
 #[test]
 fn a_bundle_verifies_with_its_key_and_says_when_the_key_came_from_inside() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bundle.tar.gz");
-    write_bundle(&path, 37, 5..30, false);
+    write_bundle(&path, &Spec::new(37, 0..30));
     let key = signer().verifier();
     let verified = verify(&path, Some(&key), |_| {}).unwrap();
-    assert_eq!(verified.manifest.counts.events, 25);
-    assert_eq!(verified.manifest.range.first_index, Some(5));
+    assert_eq!(verified.manifest.counts.events, 30);
+    assert_eq!(verified.manifest.counts.sessions, 1);
+    assert_eq!(verified.manifest.range.first_index, Some(0));
     assert_eq!(verified.manifest.range.last_index, Some(29));
     assert_eq!(verified.checkpoint.size, 37);
+    assert!(verified.warnings.is_empty());
     assert!(!verified.key_from_bundle);
     let inside = verify(&path, None, |_| {}).unwrap();
     assert!(inside.key_from_bundle);
-    // Another key: the checkpoint is not its.
-    let other = NoteSigner::from_seed("gatehouse.example.com/ledger", [4u8; 32]).unwrap();
-    let failures = verify(&path, Some(&other.verifier()), |_| {}).unwrap_err();
-    assert!(failures[0].contains("no signature by key"), "{failures:?}");
+    // Another key: the bundle's key is not it.
+    let failures = verify(&path, Some(&other_signer().verifier()), |_| {}).unwrap_err();
+    assert!(
+        failures[0].starts_with("rule 7 (checkpoint)"),
+        "{failures:?}"
+    );
+
+    // The recording is made from the session's events, byte for byte.
+    let members = read_members(&std::fs::read(&path).unwrap());
+    let cast = members
+        .iter()
+        .find(|m| m.name == format!("recordings/{SESSION}.cast"))
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(cast.data.clone()).unwrap(),
+        "{\"height\":24,\"title\":\"ci-deployer apps/web sh\",\"version\":2,\"width\":80}\n\
+         [0.012500,\"o\",\"hello\\n\"]\n[0.040000,\"i\",\"exit\\n\"]\n"
+    );
+    let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "checkpoint",
+            "keys/checkpoint.vkey",
+            "events.jsonl",
+            "proofs.jsonl",
+            "tombstones.jsonl",
+            "recordings/01SESSION.cast",
+            "INDEX.md",
+            "manifest.json",
+            "manifest.sig"
+        ]
+    );
 }
 
 #[test]
 fn a_filtered_bundle_is_not_held_to_contiguity() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bundle.tar.gz");
-    write_bundle(&path, 20, 0..20, true);
+    write_bundle(
+        &path,
+        &Spec {
+            sparse: true,
+            ..Spec::new(20, 0..20)
+        },
+    );
     let verified = verify(&path, Some(&signer().verifier()), |_| {}).unwrap();
     assert_eq!(verified.manifest.counts.events, 10);
     assert!(!verified.manifest.contiguous);
+}
+
+/// Retention pruned some entries of the range: a contiguous bundle skips them in
+/// `events.jsonl` and accounts for each with a tombstone; without the tombstone it fails.
+#[test]
+fn a_contiguous_bundle_accounts_for_pruned_entries_with_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bundle.tar.gz");
+    write_bundle(
+        &path,
+        &Spec {
+            pruned: vec![1, 7, 8, 9],
+            ..Spec::new(16, 0..12)
+        },
+    );
+    let key = signer().verifier();
+    let verified = verify(&path, Some(&key), |_| {}).unwrap();
+    assert_eq!(verified.manifest.counts.events, 8);
+    assert_eq!(verified.manifest.counts.tombstones, 4);
+    assert!(verified.manifest.contiguous);
+
+    let mut members = read_members(&std::fs::read(&path).unwrap());
+    let tombstones =
+        String::from_utf8(member(&mut members, "tombstones.jsonl").data.clone()).unwrap();
+    let kept: String = tombstones
+        .lines()
+        .filter(|l| !l.starts_with("{\"index\":8,"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    member(&mut members, "tombstones.jsonl").data = kept.into_bytes();
+    resign(&mut members, &signer(), |m| m.counts.tombstones = 3);
+    let short = dir.path().join("short.tar.gz");
+    std::fs::write(&short, pack(&members)).unwrap();
+    let failures = verify(&short, Some(&key), |_| {}).unwrap_err();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(
+        failures[0].starts_with("rule 8 (events)") && failures[0].contains("entries 7 to 9"),
+        "{failures:?}"
+    );
 }
 
 #[test]
 fn every_single_flipped_byte_fails_verification() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bundle.tar.gz");
-    write_bundle(&path, 9, 0..9, false);
+    write_bundle(&path, &Spec::new(9, 0..9));
     let good = std::fs::read(&path).unwrap();
     let key = signer().verifier();
     assert!(verify(&path, Some(&key), |_| {}).is_ok());
@@ -155,5 +132,39 @@ fn every_single_flipped_byte_fails_verification() {
                 good.len()
             );
         }
+    }
+}
+
+/// A v1 bundle (no manifest signature, recordings made from the whole ledger) still verifies,
+/// saying what it cannot prove; v1 is held to the rules it was written to.
+#[test]
+fn a_v1_bundle_verifies_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bundle.tar.gz");
+    write_bundle(&path, &Spec::new(9, 0..9));
+    let mut members = read_members(&std::fs::read(&path).unwrap());
+    members.retain(|m| m.name != "manifest.sig");
+    // v1 recordings came from the whole ledger: not rebuilt from the bundle's events.
+    member(&mut members, "recordings/01SESSION.cast").data = b"{\"version\":2}\n".to_vec();
+    resign(&mut members, &signer(), |m| m.format = FORMAT_V1.into());
+    let v1 = dir.path().join("v1.tar.gz");
+    std::fs::write(&v1, pack(&members)).unwrap();
+    let verified = verify(&v1, Some(&signer().verifier()), |_| {}).unwrap();
+    assert_eq!(verified.warnings, [V1_WARNING]);
+    assert_eq!(verified.manifest.format, FORMAT_V1);
+}
+
+/// Bundles the v1 exporter wrote from a real ledger (the fuzz fixtures) still verify, warning.
+#[test]
+fn real_v1_bundles_still_verify_with_the_warning() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fuzz/fixtures");
+    let vkey = std::fs::read_to_string(format!("{fixtures}/checkpoint.vkey")).unwrap();
+    let key = gatehouse_proof::checkpoint::NoteVerifier::from_vkey(&vkey).unwrap();
+    for name in ["all", "range", "readonly-bot"] {
+        let path = std::path::PathBuf::from(format!("{fixtures}/{name}.tar.gz"));
+        let verified =
+            verify(&path, Some(&key), |_| {}).unwrap_or_else(|f| panic!("{name}: {f:?}"));
+        assert_eq!(verified.manifest.format, FORMAT_V1);
+        assert_eq!(verified.warnings, [V1_WARNING]);
     }
 }

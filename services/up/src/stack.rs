@@ -357,7 +357,8 @@ impl Stack {
                 )
                 .await
                 .map_err(anyhow::Error::msg)?
-                .with_metrics(evidence.metrics().listeners());
+                .with_metrics(evidence.metrics().listeners())
+                .with_evidence_config(&evidence_config);
                 let addr = server.local_addr();
                 std::fs::write(dir.join("auditor.url"), format!("http://{addr}\n"))?;
                 let token = issuer.mint(demo::AUDITOR, AUDIENCE, &["auditors"], TOKEN_TTL)?;

@@ -74,7 +74,11 @@ pub fn measure(events: u64, batch: usize) -> Result<Throughput> {
     let bundle = dir.path().join("bundle.tar.gz");
     let started = Instant::now();
     let file = std::io::BufWriter::new(std::fs::File::create(&bundle)?);
-    write_bundle(dir.path(), &BundleSpec::default(), file, true)?;
+    let signing = gatehouse::bundle_cmd::Signing {
+        signer: &signer,
+        since: None,
+    };
+    write_bundle(dir.path(), &BundleSpec::default(), &signing, file, true)?;
     let export = started.elapsed();
     let bundle_bytes = std::fs::metadata(&bundle)?.len();
 
