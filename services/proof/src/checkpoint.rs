@@ -25,7 +25,7 @@ use crate::entry::Hash;
 /// The signed-note signature type of Ed25519.
 const ED25519: u8 = 0x01;
 /// The em dash and space that start a signature line.
-const SIGNATURE_PREFIX: &str = "\u{2014} ";
+pub(crate) const SIGNATURE_PREFIX: &str = "\u{2014} ";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CheckpointError {
@@ -190,6 +190,15 @@ impl NoteSigner {
         }
     }
 
+    /// The same key under another name.
+    pub fn with_name(&self, name: &str) -> Result<Self, CheckpointError> {
+        check_name(name)?;
+        Ok(Self {
+            name: name.to_owned(),
+            key: self.key.clone(),
+        })
+    }
+
     /// The signed note: the checkpoint's text, a blank line, one signature line.
     pub fn sign(&self, checkpoint: &Checkpoint) -> String {
         self.sign_note(&checkpoint.body())
@@ -260,25 +269,9 @@ impl NoteVerifier {
 
     /// The text of a signed note, if this key signed it.
     pub fn verify_note<'a>(&self, note: &'a str) -> Result<&'a str, CheckpointError> {
-        let bad = |m: &str| CheckpointError::Malformed(m.to_owned());
-        let split = note
-            .find("\n\n")
-            .ok_or_else(|| bad("no blank line between the text and the signatures"))?;
-        let (body, signatures) = (&note[..split + 1], &note[split + 2..]);
-        if !signatures.ends_with('\n') {
-            return Err(bad("the last signature line does not end with a newline"));
-        }
+        let (body, signatures) = split_note(note)?;
         let id = self.key_id();
-        for line in signatures.lines() {
-            let rest = line
-                .strip_prefix(SIGNATURE_PREFIX)
-                .ok_or_else(|| bad("a signature line does not start with an em dash"))?;
-            let (name, blob) = rest
-                .split_once(' ')
-                .ok_or_else(|| bad("a signature line has no signature"))?;
-            let blob = STANDARD
-                .decode(blob)
-                .map_err(|_| bad("a signature is not base64"))?;
+        for (name, blob) in signatures {
             if name != self.name || blob.len() < 4 || blob[..4] != id {
                 continue;
             }
@@ -294,6 +287,45 @@ impl NoteVerifier {
             id: hex(&id),
         })
     }
+
+    /// The same public key under another name (a name is part of a signed-note key: the key id
+    /// hashes it).
+    pub fn with_name(&self, name: &str) -> Result<Self, CheckpointError> {
+        check_name(name)?;
+        Ok(Self {
+            name: name.to_owned(),
+            key: self.key,
+        })
+    }
+}
+
+/// A signed note's text (final newline included) and its signature lines as (key name,
+/// decoded `key id ‖ signature`); every line must be well-formed.
+pub(crate) fn split_note(note: &str) -> Result<(&str, Vec<(&str, Vec<u8>)>), CheckpointError> {
+    let bad = |m: &str| CheckpointError::Malformed(m.to_owned());
+    let split = note
+        .find("\n\n")
+        .ok_or_else(|| bad("no blank line between the text and the signatures"))?;
+    let (body, signatures) = (&note[..split + 1], &note[split + 2..]);
+    if !signatures.ends_with('\n') {
+        return Err(bad("the last signature line does not end with a newline"));
+    }
+    signatures
+        .lines()
+        .map(|line| {
+            let rest = line
+                .strip_prefix(SIGNATURE_PREFIX)
+                .ok_or_else(|| bad("a signature line does not start with an em dash"))?;
+            let (name, blob) = rest
+                .split_once(' ')
+                .ok_or_else(|| bad("a signature line has no signature"))?;
+            let blob = STANDARD
+                .decode(blob)
+                .map_err(|_| bad("a signature is not base64"))?;
+            Ok((name, blob))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(|lines| (body, lines))
 }
 
 /// The `(key name, key id hex)` of every signature line of a signed note, without checking any
@@ -334,7 +366,7 @@ fn split_key(text: &str) -> Result<(&str, [u8; 4], Vec<u8>), CheckpointError> {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
