@@ -48,6 +48,9 @@ pub struct EvidenceConfig {
     /// Online backups (RocksDB checkpoints) of the ledger.
     #[serde(default)]
     pub backups: Option<BackupConfig>,
+    /// C2SP witnesses that cosign every checkpoint (`crate::witness`).
+    #[serde(default)]
+    pub witnesses: Option<crate::witness::WitnessesConfig>,
 }
 
 /// Where and how often the ledger is backed up; restore is `runbooks/ledger-restore.md`.
@@ -117,6 +120,7 @@ impl EvidenceConfig {
             retention_days: default_retention_days(),
             prune_every: default_prune_every(),
             backups: None,
+            witnesses: None,
             admin_listen: None,
             admin_connections: gatehouse_listener::ConnectionLimits::default(),
         }
@@ -147,6 +151,12 @@ impl EvidenceConfig {
             && c.every < Duration::from_secs(1)
         {
             return Err("checkpoints.every must be at least 1s".into());
+        }
+        if let Some(w) = &self.witnesses {
+            if self.checkpoints.is_none() && !w.list.is_empty() {
+                return Err("witnesses cosign checkpoints: configure checkpoints too".into());
+            }
+            w.validate()?;
         }
         self.admin_connections.validate("admin_connections")?;
         let replica = self.replica_name();

@@ -10,6 +10,7 @@
 //! - [`ingest`]: the durable JetStream consumer that feeds the ledger in stream order.
 //! - [`verify`]: re-walking the chain and naming the first bad entry.
 //! - [`config`]: the service's YAML configuration.
+//! - [`witness`]: C2SP witnesses cosigning every checkpoint (`tlog-witness`).
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod retention;
 pub mod store;
 pub mod verify;
+pub mod witness;
 
 use std::sync::{Arc, Mutex};
 
@@ -91,13 +93,22 @@ impl Evidence {
                     every = ?c.every,
                     "signing checkpoints"
                 );
-                Some(Arc::new(signing))
+                Some(signing)
             }
             None => None,
         };
         let bus = Bus::connect(&config.nats, "gatehouse-evidence").await?;
         bus.ensure_stream(&config.nats.stream).await?;
         let metrics = metrics::Metrics::new();
+        let signer = match (signer, &config.witnesses) {
+            (Some(mut signing), Some(w)) if !w.list.is_empty() => {
+                signing.witnesses = Some(Arc::new(
+                    witness::Witnesses::new(w, metrics.clone()).map_err(EvidenceError::Config)?,
+                ));
+                Some(Arc::new(signing))
+            }
+            (signing, _) => signing.map(Arc::new),
+        };
         let lease = lease::Lease::open(
             &bus,
             config.replica_name(),
@@ -307,6 +318,8 @@ pub struct Signing {
     key_file: std::path::PathBuf,
     origin: Option<String>,
     current: Mutex<gatehouse_proof::checkpoint::NoteSigner>,
+    /// The witnesses every checkpoint goes to, when configured.
+    witnesses: Option<Arc<witness::Witnesses>>,
 }
 
 impl Signing {
@@ -315,6 +328,7 @@ impl Signing {
             current: Mutex::new(load_signer(&config.key_file)?),
             key_file: config.key_file.clone(),
             origin: config.origin.clone(),
+            witnesses: None,
         })
     }
 
@@ -459,6 +473,11 @@ async fn checkpoint_round(
         if let Err(e) = lease.share_checkpoint(&shared).await {
             tracing::warn!(error = %e, size, "the checkpoint is signed but not shared with the standby");
         }
+    }
+    // The active replica only (standbys returned above); also after an unchanged round, so a
+    // witness that missed the last checkpoint gets it.
+    if let Some(witnesses) = &signing.witnesses {
+        witnesses.cosign_latest(ledger, &signing.current().0).await;
     }
     Ok(Some(issued))
 }

@@ -12,6 +12,7 @@ use gatehouse_evidence::Ledger;
 use gatehouse_evidence::entry::Entry;
 use gatehouse_proof::bundle::{self, BundleWriter, Scope};
 use gatehouse_proof::checkpoint::{Checkpoint, NoteVerifier};
+use gatehouse_proof::cosignature::{self, CosignatureVerifier};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -53,6 +54,13 @@ pub struct VerifyArgs {
     /// the bundle is used, which proves the bundle consistent but not whose ledger it is.
     #[arg(long, value_name = "VKEY")]
     pub key: Option<String>,
+    /// A witness's cosignature/v1 verifier key (`NAME+ID+KEY`, or a file holding it);
+    /// repeatable. See `--min-witnesses`.
+    #[arg(long = "witness", value_name = "VKEY")]
+    pub witnesses: Vec<String>,
+    /// How many of the `--witness` keys must have cosigned the bundle's checkpoint.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub min_witnesses: usize,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -209,6 +217,11 @@ pub fn write_bundle(
     writer.add_file("keys/checkpoint.vkey", |w| {
         w.write_all(format!("{vkey}\n").as_bytes())
     })?;
+    if let Some(witnessed) = gatehouse_evidence::witness::witnessed_checkpoint(&ledger, size)? {
+        writer.add_file(gatehouse_proof::cosignature::BUNDLE_MEMBER, |w| {
+            w.write_all(witnessed.as_bytes())
+        })?;
+    }
 
     let mut prover = ledger.prover(size)?;
     let progress = bar(quiet, size, "export");
@@ -354,15 +367,28 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         ProgressStyle::with_template("verify [{bar:40}] {bytes}/{total_bytes} {msg} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    let witnesses = args
+        .witnesses
+        .iter()
+        .map(|w| {
+            let text = std::fs::read_to_string(w).unwrap_or_else(|_| w.clone());
+            CosignatureVerifier::from_vkey(&text).with_context(|| format!("--witness {w}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let result = bundle::verify(&args.bundle, key.as_ref(), |p| {
         progress.set_position(p.read.min(total));
         if p.events > 0 {
             progress.set_message(format!("{} events checked", p.events));
         }
+    })
+    .and_then(|v| {
+        let cosigned = cosignature::check_bundle(&args.bundle, &v, &witnesses, args.min_witnesses)
+            .map_err(|e| vec![e])?;
+        Ok((v, cosigned))
     });
     progress.finish_and_clear();
     match result {
-        Ok(v) => {
+        Ok((v, cosigned)) => {
             if args.json {
                 println!(
                     "{}",
@@ -377,6 +403,7 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                         "key": v.key,
                         "key_from_bundle": v.key_from_bundle,
                         "filters": v.manifest.filters,
+                        "witnesses": cosigned.iter().map(|c| serde_json::json!({"name": c.witness, "timestamp": c.timestamp})).collect::<Vec<_>>(),
                     })
                 );
             } else {
@@ -411,6 +438,9 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                     hex::encode(v.checkpoint.root)
                 );
                 println!("  signed by    {}", v.key);
+                for c in &cosigned {
+                    println!("  cosigned by  {} (at {})", c.witness, c.timestamp);
+                }
                 if v.key_from_bundle {
                     println!(
                         "  WARNING      the key came from inside the bundle; pass --key with the \

@@ -450,7 +450,7 @@ impl BundleWriter {
 fn file_rank(name: &str) -> u8 {
     match name {
         "checkpoint" => 0,
-        n if n.starts_with("keys/") => 1,
+        n if n.starts_with("keys/") || n == crate::cosignature::BUNDLE_MEMBER => 1,
         "events.jsonl" => 2,
         "proofs.jsonl" => 3,
         "tombstones.jsonl" => 4,
@@ -486,6 +486,8 @@ fn allowed_path(name: &str) -> bool {
     match name {
         "manifest.json" | "INDEX.md" | "checkpoint" | "events.jsonl" | "proofs.jsonl"
         | "tombstones.jsonl" => true,
+        // Witness cosignatures (`cosignature.rs`); optional.
+        crate::cosignature::BUNDLE_MEMBER => true,
         _ => name
             .strip_prefix("keys/")
             .or_else(|| name.strip_prefix("recordings/"))

@@ -34,6 +34,9 @@ use crate::entry::Hash;
 const COSIGNATURE_V1: u8 = 0x04;
 /// What the witnessed checkpoint's origin adds to the ledger's.
 pub const WITNESSED_ORIGIN_SUFFIX: &str = "/rfc6962";
+/// The bundle member holding the witnessed checkpoint of the bundle's checkpoint, with its
+/// cosignatures (`schemas/bundle.md`, *Witnesses*).
+pub const BUNDLE_MEMBER: &str = "witnessed-checkpoint";
 /// The witnessed checkpoint's extension line starts with this.
 const BLAKE3_ROOT_LINE: &str = "blake3-root ";
 
@@ -248,6 +251,72 @@ pub fn check_witnessed(
         });
     }
     Ok(cosigned)
+}
+
+/// The witnessed checkpoint in the bundle at `path` (which [`crate::bundle::verify`] accepted
+/// with `manifest`), checked against the manifest's digest of it; `None` when there is none.
+pub fn bundle_member(
+    path: &std::path::Path,
+    manifest: &crate::bundle::Manifest,
+) -> Result<Option<String>, String> {
+    use std::io::Read;
+    let Some(digest) = manifest.files.get(BUNDLE_MEMBER) else {
+        return Ok(None);
+    };
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let entries = archive.entries().map_err(|e| e.to_string())?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        if entry.path().map_err(|e| e.to_string())?.to_str() != Some(BUNDLE_MEMBER) {
+            continue;
+        }
+        let mut text = String::new();
+        entry
+            .by_ref()
+            .take(1 << 20)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("{BUNDLE_MEMBER}: {e}"))?;
+        // Read again after verification: it must still be the file the manifest names.
+        if blake3::hash(text.as_bytes()).to_hex().as_str() != digest.blake3 {
+            return Err(format!(
+                "{BUNDLE_MEMBER} does not match its digest in manifest.json"
+            ));
+        }
+        return Ok(Some(text));
+    }
+    Err(format!(
+        "manifest.json names {BUNDLE_MEMBER} but the archive lacks it"
+    ))
+}
+
+/// `gatehouse verify --witness … --min-witnesses K` after the bundle verified: at least `min`
+/// of `witnesses` cosigned the witnessed checkpoint of the bundle's checkpoint. With no witness
+/// keys and `min` 0 nothing is required; the cosigners found are returned either way.
+pub fn check_bundle(
+    path: &std::path::Path,
+    verified: &crate::bundle::Verified,
+    witnesses: &[CosignatureVerifier],
+    min: usize,
+) -> Result<Vec<Cosigned>, String> {
+    if witnesses.is_empty() && min == 0 {
+        return Ok(Vec::new());
+    }
+    if witnesses.len() < min {
+        return Err(format!(
+            "--min-witnesses {min} needs at least {min} --witness keys; {} given",
+            witnesses.len()
+        ));
+    }
+    let Some(note) = bundle_member(path, &verified.manifest)? else {
+        return Err(format!(
+            "the bundle has no {BUNDLE_MEMBER}: no witness cosigned its checkpoint (or it was \
+             exported before witnesses were configured)"
+        ));
+    };
+    let log = NoteVerifier::from_vkey(&verified.key).map_err(|e| e.to_string())?;
+    check_witnessed(&verified.checkpoint, &log, &note, witnesses, min)
+        .map_err(|e| format!("{BUNDLE_MEMBER}: {e}"))
 }
 
 /// Adds the signature lines of `lines` (a witness's answer) that `note` lacks to `note`.
