@@ -1271,7 +1271,10 @@ impl Ledger {
     }
 
     /// Stores witness records, together and durably.
-    pub fn put_witness_records(&mut self, records: &[(String, Vec<u8>)]) -> Result<(), LedgerError> {
+    pub fn put_witness_records(
+        &mut self,
+        records: &[(String, Vec<u8>)],
+    ) -> Result<(), LedgerError> {
         if self.read_only {
             return Err(LedgerError::ReadOnly);
         }
@@ -1320,4 +1323,3 @@ impl Ledger {
         Ok(out)
     }
 }
-

@@ -211,7 +211,11 @@ fn peaks_record(peaks: &Peaks) -> Vec<u8> {
 }
 
 /// The RFC 6962 leaf hashes of indexes `start .. end`.
-fn rfc6962_leaves(ledger: &Ledger, start: u64, end: u64) -> Result<Vec<gatehouse_proof::entry::Hash>, LedgerError> {
+fn rfc6962_leaves(
+    ledger: &Ledger,
+    start: u64,
+    end: u64,
+) -> Result<Vec<gatehouse_proof::entry::Hash>, LedgerError> {
     Ok(ledger
         .leaf_hashes(start, end)?
         .iter()
@@ -401,7 +405,9 @@ impl Witnesses {
                     if theirs > size {
                         return refused(
                             Refusal::Ahead,
-                            format!("the witness holds size {theirs}, beyond this checkpoint's {size}"),
+                            format!(
+                                "the witness holds size {theirs}, beyond this checkpoint's {size}"
+                            ),
                         );
                     }
                     tracing::info!(
@@ -438,7 +444,10 @@ impl Witnesses {
                 other => return refused(Refusal::Error, format!("{other}: {}", clip(&answer))),
             }
         }
-        refused(Refusal::Conflict, "still in conflict after one retry".into())
+        refused(
+            Refusal::Conflict,
+            "still in conflict after one retry".into(),
+        )
     }
 
     /// Checks a 200 answer's cosignature and keeps it.
@@ -500,7 +509,10 @@ impl Witnesses {
             })
             .await
         };
-        if let Err(e) = stored.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+        if let Err(e) = stored
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
             tracing::error!(alarm = "witness.unrecorded", witness = %witness.name, size, error = %e, "a cosignature was received but not stored");
         }
         self.metrics.witness_cosigned(&witness.name);
@@ -517,7 +529,11 @@ impl Witnesses {
             .body(Full::new(bytes::Bytes::from(body)))
             .map_err(|e| e.to_string())?;
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| e.to_string())?;
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| e.to_string())?;
             let status = response.status().as_u16();
             // A cosignature response is a few lines; more is not read.
             let body = http_body_util::Limited::new(response.into_body(), 64 * 1024)
