@@ -299,9 +299,12 @@ impl NoteVerifier {
     }
 }
 
-/// A signed note's text (final newline included) and its signature lines as (key name,
-/// decoded `key id ‖ signature`); every line must be well-formed.
-pub(crate) fn split_note(note: &str) -> Result<(&str, Vec<(&str, Vec<u8>)>), CheckpointError> {
+/// A signature line: its key name and the decoded `key id ‖ signature`.
+pub(crate) type SignatureLine<'a> = (&'a str, Vec<u8>);
+
+/// A signed note's text (final newline included) and its signature lines; every line must be
+/// well-formed.
+pub(crate) fn split_note(note: &str) -> Result<(&str, Vec<SignatureLine<'_>>), CheckpointError> {
     let bad = |m: &str| CheckpointError::Malformed(m.to_owned());
     let split = note
         .find("\n\n")

@@ -402,8 +402,14 @@ mod tests {
         let w = CosignatureVerifier::from_vkey(KAT_VKEY).unwrap();
         // Signed by the log, cosigned by nobody: enough for 0, not for 1.
         assert!(check_witnessed(&checkpoint, &log.verifier(), &witnessed, &[], 0).is_ok());
-        let e =
-            check_witnessed(&checkpoint, &log.verifier(), &witnessed, &[w.clone()], 1).unwrap_err();
+        let e = check_witnessed(
+            &checkpoint,
+            &log.verifier(),
+            &witnessed,
+            std::slice::from_ref(&w),
+            1,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("0 of the 1 witness keys"), "{e}");
         // Another root: the witnessed checkpoint does not stand for it.
         let other = Checkpoint {
