@@ -105,6 +105,14 @@ impl Evidence {
                 signing.witnesses = Some(Arc::new(
                     witness::Witnesses::new(w, metrics.clone()).map_err(EvidenceError::Config)?,
                 ));
+                let (signer, origin) = signing.current();
+                // What each witness must be told to trust (runbooks/witnesses.md).
+                tracing::info!(
+                    origin = %witness::witnessed_origin(&origin),
+                    key = %witness::witnessed_vkey(&signer, &origin),
+                    witnesses = w.list.len(),
+                    "submitting checkpoints to witnesses"
+                );
                 Some(Arc::new(signing))
             }
             (signing, _) => signing.map(Arc::new),

@@ -24,9 +24,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use gatehouse_proof::checkpoint::{Checkpoint, NoteSigner};
-use gatehouse_proof::cosignature::{
-    CosignatureVerifier, merge_signature_lines, witnessed_body, witnessed_origin,
-};
+use gatehouse_proof::cosignature::{CosignatureVerifier, merge_signature_lines, witnessed_body};
 use gatehouse_proof::rfc6962::{self, Peaks};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -221,6 +219,17 @@ fn rfc6962_leaves(
         .iter()
         .map(rfc6962::leaf_hash)
         .collect())
+}
+
+pub use gatehouse_proof::cosignature::witnessed_origin;
+
+/// The verifier key witnesses must trust for `origin`'s witnessed checkpoints: the checkpoint
+/// key under the witnessed origin's name.
+pub fn witnessed_vkey(signer: &NoteSigner, origin: &str) -> String {
+    signer
+        .with_name(&witnessed_origin(origin))
+        .map(|s| s.verifier().to_vkey())
+        .unwrap_or_default()
 }
 
 /// The witnessed checkpoint (with every cosignature received) of the checkpoint at `size`.
