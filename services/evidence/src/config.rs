@@ -230,6 +230,25 @@ mod tests {
     }
 
     #[test]
+    fn witnesses_need_checkpoints_valid_keys_and_distinct_names() {
+        let keys = "checkpoints: {key_file: /tmp/k}\n";
+        let vkey = "witness.example/w1+18041f2a+BBl/ayPhbIUyxqvIOPrNXqeJvgx2spIDNAOb+os9No1h";
+        let one = format!("witnesses: {{list: [{{url: 'http://127.0.0.1:1', vkey: '{vkey}'}}]}}\n");
+        assert!(config(&format!("{keys}{one}")).is_ok());
+        let e = config(&one).unwrap_err();
+        assert!(e.contains("configure checkpoints too"), "{e}");
+        let e = config(&format!("{keys}{}", one.replace("+BBl", "+ABl"))).unwrap_err();
+        assert!(e.contains("not a cosignature/v1 vkey"), "{e}");
+        let e = config(&format!("{keys}{}", one.replace("http://", "ftp://"))).unwrap_err();
+        assert!(e.contains("must be http:// or https://"), "{e}");
+        let twice = format!(
+            "witnesses: {{list: [{{url: 'http://127.0.0.1:1', vkey: '{vkey}'}}, {{url: 'http://127.0.0.1:2', vkey: '{vkey}'}}]}}\n"
+        );
+        let e = config(&format!("{keys}{twice}")).unwrap_err();
+        assert!(e.contains("configured twice"), "{e}");
+    }
+
+    #[test]
     fn retention_below_six_years_is_refused_citing_the_rule() {
         assert_eq!(config("").unwrap().retention_days, 2_192);
         assert_eq!(
