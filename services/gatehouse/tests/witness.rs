@@ -20,7 +20,7 @@ use gatehouse_bus::{Bus, BusConfig};
 use gatehouse_evidence::Ledger;
 use gatehouse_proof::checkpoint::{Checkpoint, NoteSigner};
 use gatehouse_proof::cosignature::{CosignatureVerifier, witnessed_body, witnessed_origin};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncBufReadExt;
 
 const ORIGIN: &str = "gatehouse.test/ledger";
 
@@ -227,106 +227,20 @@ async fn listening_port(pid: u32) -> u16 {
     }
 }
 
-/// `gatehouse evidence` as a process: its admin address and log.
-struct EvidenceProcess {
-    child: tokio::process::Child,
-    admin: String,
-    log: Arc<Mutex<Vec<String>>>,
+/// `POST /checkpoint`: signs one now and submits it to the witnesses; its size.
+async fn checkpoint(evidence: &EvidenceProcess) -> u64 {
+    let (status, body) = http(&evidence.admin, "POST", "/checkpoint", "").await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    answer["size"].as_u64().unwrap()
 }
 
-impl EvidenceProcess {
-    async fn start(config: &Path) -> Self {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-            .args(["evidence", "--config"])
-            .arg(config)
-            .env("GATEHOUSE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting gatehouse evidence");
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let admin = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                log.lock().unwrap().push(line.clone());
-                if line.contains("evidence metrics serving")
-                    && let Some(at) = line.find("127.0.0.1:")
-                {
-                    let port: String = line[at + 10..]
-                        .chars()
-                        .take_while(char::is_ascii_digit)
-                        .collect();
-                    return format!("127.0.0.1:{port}");
-                }
-            }
-            panic!("evidence stopped:\n{}", log.lock().unwrap().join("\n"));
-        })
-        .await
-        .expect("the admin address in the log");
-        let sink = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Self { child, admin, log }
-    }
-
-    fn log_lines(&self, needle: &str) -> Vec<String> {
-        let log = self.log.lock().unwrap();
-        log.iter().filter(|l| l.contains(needle)).cloned().collect()
-    }
-
-    /// `POST /checkpoint`: signs one now and submits it to the witnesses; its size.
-    async fn checkpoint(&self) -> u64 {
-        let (status, body) = http(&self.admin, "POST", "/checkpoint", "").await;
-        assert_eq!(status, 200, "{body}");
-        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
-        answer["size"].as_u64().unwrap()
-    }
-
-    async fn metric(&self, line_start: &str) -> u64 {
-        let (_, body) = http(&self.admin, "GET", "/metrics", "").await;
-        body.lines()
-            .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    async fn terminate(mut self) {
-        let pid = self.child.id().expect("running") as i32;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("a clean stop")
-            .unwrap();
-        assert!(status.success(), "{}", self.log.lock().unwrap().join("\n"));
-    }
-}
-
-/// One HTTP/1.1 request: status and body.
-async fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!(
-                "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-                 Content-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response[9..12].parse().unwrap();
-    let (_, body) = response.split_once("\r\n\r\n").unwrap();
-    (status, body.to_owned())
+/// The value of the metric line starting with `line_start` (0 when absent).
+async fn metric(evidence: &EvidenceProcess, line_start: &str) -> u64 {
+    let (_, body) = http(&evidence.admin, "GET", "/metrics", "").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 async fn publish(bus: &Bus, n: usize) {
@@ -427,7 +341,7 @@ async fn litewitnesses_cosign_every_checkpoint_and_a_forked_one_raises_the_alarm
         entries(&data_dir) >= 20
     })
     .await;
-    let first = evidence.checkpoint().await;
+    let first = checkpoint(&evidence).await;
     assert!(first >= 20);
     assert_eq!(cosigners(&data_dir, first, &[&w1, &w2, &w3]), ["w1", "w2"]);
 
@@ -438,16 +352,18 @@ async fn litewitnesses_cosign_every_checkpoint_and_a_forked_one_raises_the_alarm
         entries(&data_dir) >= first + 37
     })
     .await;
-    let second = evidence.checkpoint().await;
+    let second = checkpoint(&evidence).await;
     assert!(second > first);
     assert_eq!(cosigners(&data_dir, second, &[&w1, &w2, &w3]), ["w1", "w2"]);
     assert_eq!((w1.size(&bin), w2.size(&bin)), (second, second));
     assert_eq!(w3.size(&bin), 1, "the forked witness moved");
 
     // The fork: w3 is asked (from 0), says it holds size 1, is sent a proof from 1, refuses it.
-    let refused = evidence
-        .metric("gatehouse_evidence_witness_refusals_total{witness=\"w3\",reason=\"inconsistent\"}")
-        .await;
+    let refused = metric(
+        &evidence,
+        "gatehouse_evidence_witness_refusals_total{witness=\"w3\",reason=\"inconsistent\"}",
+    )
+    .await;
     assert!(refused >= 1, "no refusal counted");
     let alarms = evidence.log_lines("witness.refused");
     assert!(
@@ -463,9 +379,11 @@ async fn litewitnesses_cosign_every_checkpoint_and_a_forked_one_raises_the_alarm
         "{alarms:?}"
     );
     assert!(
-        evidence
-            .metric("gatehouse_evidence_witness_cosignatures_total{witness=\"w1\"}")
-            .await
+        metric(
+            &evidence,
+            "gatehouse_evidence_witness_cosignatures_total{witness=\"w1\"}"
+        )
+        .await
             >= 2
     );
 
@@ -478,7 +396,7 @@ async fn litewitnesses_cosign_every_checkpoint_and_a_forked_one_raises_the_alarm
         entries(&data_dir) >= second + 11
     })
     .await;
-    let third = evidence.checkpoint().await;
+    let third = checkpoint(&evidence).await;
     assert!(third > second);
     assert_eq!(cosigners(&data_dir, third, &[&w1, &w2, &w3]), ["w1", "w2"]);
     let resynced = evidence.log_lines("holds another size");

@@ -349,6 +349,19 @@ pub fn note_signers(note: &str) -> Vec<(String, String)> {
 
 /// `<name>+<8 hex id>+<base64 key with type byte>` → (name, id, key bytes).
 fn split_key(text: &str) -> Result<(&str, [u8; 4], Vec<u8>), CheckpointError> {
+    match split_typed_key(text)? {
+        (name, id, ED25519, key) => Ok((name, id, key)),
+        _ => Err(CheckpointError::BadKey(
+            "only Ed25519 keys (type 0x01) are supported",
+        )),
+    }
+}
+
+/// A vkey's parts: name, key id, signed-note type byte, key bytes.
+pub(crate) type KeyParts<'a> = (&'a str, [u8; 4], u8, Vec<u8>);
+
+/// `<name>+<8 hex id>+<base64 key with type byte>` → its parts.
+pub(crate) fn split_typed_key(text: &str) -> Result<KeyParts<'_>, CheckpointError> {
     let mut parts = text.splitn(3, '+');
     let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(CheckpointError::BadKey("expected NAME+ID+KEY"));
@@ -362,10 +375,8 @@ fn split_key(text: &str) -> Result<(&str, [u8; 4], Vec<u8>), CheckpointError> {
         .decode(key)
         .map_err(|_| CheckpointError::BadKey("the key is not base64"))?;
     match key.split_first() {
-        Some((&ED25519, rest)) => Ok((name, id, rest.to_vec())),
-        _ => Err(CheckpointError::BadKey(
-            "only Ed25519 keys (type 0x01) are supported",
-        )),
+        Some((&kind, rest)) => Ok((name, id, kind, rest.to_vec())),
+        None => Err(CheckpointError::BadKey("the key is empty")),
     }
 }
 

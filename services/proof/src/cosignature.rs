@@ -27,7 +27,9 @@ use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use sha2::{Digest, Sha256};
 
-use crate::checkpoint::{Checkpoint, CheckpointError, NoteVerifier, hex, split_note};
+use crate::checkpoint::{
+    Checkpoint, CheckpointError, NoteVerifier, hex, split_note, split_typed_key,
+};
 use crate::entry::Hash;
 
 /// The signed-note signature type of Ed25519 cosignatures (`cosignature/v1`).
@@ -72,37 +74,28 @@ pub struct CosignatureVerifier {
 
 impl CosignatureVerifier {
     pub fn from_vkey(text: &str) -> Result<Self, CosignatureError> {
-        let mut parts = text.trim().splitn(3, '+');
-        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(CosignatureError::BadKey("expected NAME+ID+KEY"));
-        };
+        let (name, id, kind, key) = split_typed_key(text.trim()).map_err(|e| match e {
+            CheckpointError::BadKey(why) => CosignatureError::BadKey(why),
+            _ => CosignatureError::BadKey("expected NAME+ID+KEY"),
+        })?;
         if name.is_empty() || name.chars().any(|c| c.is_whitespace()) {
             return Err(CosignatureError::BadKey("the name is empty or has spaces"));
         }
-        let id = u32::from_str_radix(id, 16)
-            .ok()
-            .filter(|_| id.len() == 8)
-            .ok_or(CosignatureError::BadKey("the key id is not 8 hex digits"))?;
-        let key = STANDARD
-            .decode(key)
-            .map_err(|_| CosignatureError::BadKey("the key is not base64"))?;
-        let key: [u8; 32] = match key.split_first() {
-            Some((&COSIGNATURE_V1, rest)) => rest
-                .try_into()
-                .map_err(|_| CosignatureError::BadKey("an Ed25519 public key is 32 bytes"))?,
-            _ => {
-                return Err(CosignatureError::BadKey(
-                    "only Ed25519 cosignatures (type 0x04) are supported",
-                ));
-            }
-        };
+        if kind != COSIGNATURE_V1 {
+            return Err(CosignatureError::BadKey(
+                "only Ed25519 cosignatures (type 0x04) are supported",
+            ));
+        }
+        let key: [u8; 32] = key
+            .try_into()
+            .map_err(|_| CosignatureError::BadKey("an Ed25519 public key is 32 bytes"))?;
         let key = VerifyingKey::from_bytes(&key)
             .map_err(|_| CosignatureError::BadKey("not a valid Ed25519 public key"))?;
         let verifier = Self {
             name: name.to_owned(),
             key,
         };
-        if verifier.key_id() != id.to_be_bytes() {
+        if verifier.key_id() != id {
             return Err(CosignatureError::BadKey(
                 "the key id does not match the key",
             ));

@@ -14,6 +14,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::entry::Hash;
+use crate::merkle::split;
 
 pub fn empty_root() -> Hash {
     Sha256::digest(b"").into()
@@ -140,11 +141,6 @@ fn mth(leaves: &[Hash]) -> Hash {
     node_hash(&mth(&leaves[..k]), &mth(&leaves[k..]))
 }
 
-/// Largest power of two strictly below `n` (`n ≥ 2`).
-fn split(n: u64) -> u64 {
-    1 << (63 - (n - 1).leading_zeros())
-}
-
 /// RFC 6962 §2.1.2 `SUBPROOF(m, D[start:start+n], b)`; `hash(start, n)` gives `MTH` of a
 /// subtree.
 fn subproof(
@@ -172,8 +168,8 @@ fn subproof(
     Ok(())
 }
 
-/// Checks an RFC 6962 consistency proof (RFC 9162 §2.1.4.2's algorithm, which accepts the
-/// proofs RFC 6962 §2.1.2 makes).
+/// Checks an RFC 6962 consistency proof (RFC 9162 §2.1.4.2's algorithm, shared with the
+/// ledger's own tree, which accepts the proofs RFC 6962 §2.1.2 makes).
 pub fn verify_consistency(
     old: u64,
     new: u64,
@@ -181,48 +177,15 @@ pub fn verify_consistency(
     new_root: &Hash,
     proof: &[Hash],
 ) -> bool {
-    if old > new {
-        return false;
-    }
-    if old == new {
-        return proof.is_empty() && old_root == new_root;
-    }
-    if old == 0 {
-        return proof.is_empty();
-    }
-    let mut path: Vec<Hash> = proof.to_vec();
-    if old.is_power_of_two() {
-        path.insert(0, *old_root);
-    }
-    let Some((first, rest)) = path.split_first() else {
-        return false;
-    };
-    let (mut fn_, mut sn) = (old - 1, new - 1);
-    while fn_ & 1 == 1 {
-        fn_ >>= 1;
-        sn >>= 1;
-    }
-    let (mut fr, mut sr) = (*first, *first);
-    for c in rest {
-        if sn == 0 {
-            return false;
-        }
-        if fn_ & 1 == 1 || fn_ == sn {
-            fr = node_hash(c, &fr);
-            sr = node_hash(c, &sr);
-            if fn_ & 1 == 0 {
-                while fn_ & 1 == 0 && fn_ != 0 {
-                    fn_ >>= 1;
-                    sn >>= 1;
-                }
-            }
-        } else {
-            sr = node_hash(&sr, c);
-        }
-        fn_ >>= 1;
-        sn >>= 1;
-    }
-    sn == 0 && fr == *old_root && sr == *new_root
+    crate::merkle::verify_consistency_with(
+        node_hash,
+        empty_root(),
+        old,
+        new,
+        old_root,
+        new_root,
+        proof,
+    )
 }
 
 #[cfg(test)]
