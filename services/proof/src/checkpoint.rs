@@ -109,13 +109,29 @@ fn check_name(name: &str) -> Result<(), CheckpointError> {
 
 /// The signed-note key id of an Ed25519 key named `name`.
 pub fn key_id(name: &str, public: &VerifyingKey) -> [u8; 4] {
+    typed_key_id(name, ED25519, public)
+}
+
+/// `SHA-256(name ‖ "\n" ‖ type byte ‖ public key)[..4]`: the key id of every signed-note key type.
+pub(crate) fn typed_key_id(name: &str, kind: u8, public: &VerifyingKey) -> [u8; 4] {
     let mut hasher = Sha256::new();
     hasher.update(name.as_bytes());
     hasher.update(b"\n");
-    hasher.update([ED25519]);
+    hasher.update([kind]);
     hasher.update(public.as_bytes());
     let digest = hasher.finalize();
     [digest[0], digest[1], digest[2], digest[3]]
+}
+
+/// `<name>+<id hex>+<base64(type byte ‖ public key)>`.
+pub(crate) fn format_vkey(name: &str, kind: u8, public: &VerifyingKey) -> String {
+    let mut key = vec![kind];
+    key.extend_from_slice(public.as_bytes());
+    format!(
+        "{name}+{}+{}",
+        hex(&typed_key_id(name, kind, public)),
+        STANDARD.encode(key)
+    )
 }
 
 /// Signs checkpoints. Its `Debug` never shows the key.
@@ -244,14 +260,7 @@ impl NoteVerifier {
     }
 
     pub fn to_vkey(&self) -> String {
-        let mut key = vec![ED25519];
-        key.extend_from_slice(self.key.as_bytes());
-        format!(
-            "{}+{}+{}",
-            self.name,
-            hex(&self.key_id()),
-            STANDARD.encode(key)
-        )
+        format_vkey(&self.name, ED25519, &self.key)
     }
 
     pub fn name(&self) -> &str {

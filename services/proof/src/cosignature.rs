@@ -25,10 +25,10 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
-use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{
-    Checkpoint, CheckpointError, NoteVerifier, hex, split_note, split_typed_key,
+    Checkpoint, CheckpointError, NoteVerifier, format_vkey, split_note, split_typed_key,
+    typed_key_id,
 };
 use crate::entry::Hash;
 
@@ -104,14 +104,7 @@ impl CosignatureVerifier {
     }
 
     pub fn to_vkey(&self) -> String {
-        let mut key = vec![COSIGNATURE_V1];
-        key.extend_from_slice(self.key.as_bytes());
-        format!(
-            "{}+{}+{}",
-            self.name,
-            hex(&self.key_id()),
-            STANDARD.encode(key)
-        )
+        format_vkey(&self.name, COSIGNATURE_V1, &self.key)
     }
 
     pub fn name(&self) -> &str {
@@ -119,13 +112,7 @@ impl CosignatureVerifier {
     }
 
     pub fn key_id(&self) -> [u8; 4] {
-        let mut h = Sha256::new();
-        h.update(self.name.as_bytes());
-        h.update(b"\n");
-        h.update([COSIGNATURE_V1]);
-        h.update(self.key.as_bytes());
-        let d = h.finalize();
-        [d[0], d[1], d[2], d[3]]
+        typed_key_id(&self.name, COSIGNATURE_V1, &self.key)
     }
 
     /// The timestamp of this key's cosignature on `note`: `Ok(None)` when it has none (lines
