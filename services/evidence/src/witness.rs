@@ -342,13 +342,17 @@ impl Witnesses {
             }
         };
         let known = {
-            let ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
-            read_peaks(&ledger, &cosigned_record(&witness.name))
+            let (ledger, record) = (ledger.clone(), cosigned_record(&witness.name));
+            tokio::task::spawn_blocking(move || {
+                read_peaks(&ledger.lock().unwrap_or_else(|p| p.into_inner()), &record)
+            })
+            .await
         };
         let mut old = match known {
-            Ok(Some(p)) => p,
-            Ok(None) => Peaks::default(),
-            Err(e) => return refused(Refusal::Error, e),
+            Ok(Ok(Some(p))) => p,
+            Ok(Ok(None)) => Peaks::default(),
+            Ok(Err(e)) => return refused(Refusal::Error, e),
+            Err(e) => return refused(Refusal::Error, e.to_string()),
         };
         if old == *peaks && witness.verifier.verify(note).is_ok_and(|t| t.is_some()) {
             return Outcome::Cosigned {

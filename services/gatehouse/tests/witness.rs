@@ -306,7 +306,7 @@ async fn litewitnesses_cosign_every_checkpoint_and_a_forked_one_raises_the_alarm
 
     let data_dir = dir.path().join("evidence");
     let config = dir.path().join("evidence.yaml");
-    let witness_list: String = [&w1, &w2, &w3]
+    let mut witness_list: String = [&w1, &w2, &w3]
         .iter()
         .map(|w| {
             format!(
@@ -315,6 +315,15 @@ async fn litewitnesses_cosign_every_checkpoint_and_a_forked_one_raises_the_alarm
             )
         })
         .collect();
+    // And one that is down: a loopback port bound and released, so nothing answers there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    witness_list.push_str(&format!(
+        "    - {{name: down, url: \"http://{closed}\", vkey: {:?}}}\n",
+        w1.vkey
+    ));
     std::fs::write(
         &config,
         format!(
@@ -377,6 +386,15 @@ async fn litewitnesses_cosign_every_checkpoint_and_a_forked_one_raises_the_alarm
             .iter()
             .any(|l| l.contains("witness=w1") || l.contains("witness=w2")),
         "{alarms:?}"
+    );
+    // A witness that is down is an alarm at every checkpoint, and stops none.
+    assert!(
+        metric(
+            &evidence,
+            "gatehouse_evidence_witness_refusals_total{witness=\"down\",reason=\"unreachable\"}"
+        )
+        .await
+            >= 2
     );
     assert!(
         metric(
