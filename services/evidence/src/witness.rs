@@ -62,8 +62,10 @@ fn default_timeout() -> Duration {
 
 impl WitnessesConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.timeout < Duration::from_millis(100) || self.timeout > Duration::from_secs(300) {
-            return Err("witnesses.timeout must be between 100ms and 5m".into());
+        // A checkpoint round (and `POST /checkpoint`, which `gatehouse checkpoint sign` waits
+        // 60 s for) waits for the witnesses: at most two requests each.
+        if self.timeout < Duration::from_millis(100) || self.timeout > Duration::from_secs(20) {
+            return Err("witnesses.timeout must be between 100ms and 20s".into());
         }
         let mut names = Vec::new();
         for w in &self.list {
@@ -232,6 +234,19 @@ pub fn witnessed_vkey(signer: &NoteSigner, origin: &str) -> String {
         .unwrap_or_default()
 }
 
+/// `peaks` grown to `end` leaves, reading the leaves in chunks (a first run over a large ledger
+/// never holds all of them).
+fn grow(ledger: &Ledger, mut peaks: Peaks, end: u64) -> Result<Peaks, String> {
+    const CHUNK: u64 = 1 << 16;
+    while peaks.size < end {
+        let to = end.min(peaks.size + CHUNK);
+        for leaf in rfc6962_leaves(ledger, peaks.size, to).map_err(|e| e.to_string())? {
+            peaks.push(leaf);
+        }
+    }
+    Ok(peaks)
+}
+
 /// The witnessed checkpoint (with every cosignature received) of the checkpoint at `size`.
 pub fn witnessed_checkpoint(ledger: &Ledger, size: u64) -> Result<Option<String>, LedgerError> {
     Ok(ledger
@@ -373,7 +388,12 @@ impl Witnesses {
             }
             let proof = {
                 let (ledger, old) = (ledger.clone(), old.clone());
+                let target = peaks.clone();
                 let proved = tokio::task::spawn_blocking(move || {
+                    if old.size == 0 {
+                        // From the empty tree no proof is sent (nor are the leaves read).
+                        return Ok((Vec::new(), target));
+                    }
                     let ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
                     let leaves =
                         rfc6962_leaves(&ledger, old.size, size).map_err(|e| e.to_string())?;
@@ -433,13 +453,7 @@ impl Witnesses {
                         let ledger = ledger.clone();
                         tokio::task::spawn_blocking(move || {
                             let ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
-                            let leaves =
-                                rfc6962_leaves(&ledger, 0, theirs).map_err(|e| e.to_string())?;
-                            let mut p = Peaks::default();
-                            for leaf in leaves {
-                                p.push(leaf);
-                            }
-                            Ok::<_, String>(p)
+                            grow(&ledger, Peaks::default(), theirs)
                         })
                         .await
                     };
@@ -575,8 +589,8 @@ fn prepare(
         // A tree past this checkpoint (a restored ledger): rebuilt from the leaves.
         _ => Peaks::default(),
     };
-    let leaves = rfc6962_leaves(ledger, tree.size, size).map_err(|e| e.to_string())?;
-    let (_, peaks) = tree.extend(&leaves).map_err(|e| e.to_string())?;
+    tree.check().map_err(|e| e.to_string())?;
+    let peaks = grow(ledger, tree, size)?;
     if let Some(note) = witnessed_checkpoint(ledger, size).map_err(|e| e.to_string())? {
         return Ok((note, peaks));
     }
