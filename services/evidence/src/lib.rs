@@ -103,7 +103,8 @@ impl Evidence {
         let signer = match (signer, &config.witnesses) {
             (Some(mut signing), Some(w)) if !w.list.is_empty() => {
                 signing.witnesses = Some(Arc::new(
-                    witness::Witnesses::new(w, metrics.clone()).map_err(EvidenceError::Config)?,
+                    witness::Witnesses::new(w, metrics.clone(), Some(bus.clone()))
+                        .map_err(EvidenceError::Config)?,
                 ));
                 let (signer, origin) = signing.current();
                 // What each witness must be told to trust (runbooks/witnesses.md).

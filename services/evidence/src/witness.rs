@@ -16,7 +16,7 @@
 //!
 //! A witness that refuses (inconsistent, unknown log, a size it cannot be brought to) or cannot
 //! be reached raises an alarm: an ERROR log line with `alarm="witness.refused"`, and
-//! `gatehouse_evidence_witness_refusals_total{witness,reason}`.
+//! `gatehouse_evidence_witness_refusals_total{witness,reason}`, and a `witness.refused` event.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -124,6 +124,7 @@ pub struct Witnesses {
     timeout: Duration,
     client: HttpClient,
     metrics: Metrics,
+    bus: Option<gatehouse_bus::Bus>,
     /// One submission round at a time: a witness must see sizes in order.
     round: tokio::sync::Mutex<()>,
 }
@@ -255,7 +256,12 @@ pub fn witnessed_checkpoint(ledger: &Ledger, size: u64) -> Result<Option<String>
 }
 
 impl Witnesses {
-    pub fn new(config: &WitnessesConfig, metrics: Metrics) -> Result<Self, String> {
+    /// `bus`: where `witness.refused` events go (none in tools that only read).
+    pub fn new(
+        config: &WitnessesConfig,
+        metrics: Metrics,
+        bus: Option<gatehouse_bus::Bus>,
+    ) -> Result<Self, String> {
         config.validate()?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
@@ -271,6 +277,7 @@ impl Witnesses {
             timeout: config.timeout,
             client: Client::builder(TokioExecutor::new()).build(connector),
             metrics,
+            bus,
             round: tokio::sync::Mutex::new(()),
         })
     }
@@ -340,22 +347,6 @@ impl Witnesses {
         peaks: &Peaks,
     ) -> Outcome {
         let size = peaks.size;
-        let refused = |reason: Refusal, detail: String| {
-            self.metrics.witness_refused(&witness.name, reason.label());
-            tracing::error!(
-                alarm = "witness.refused",
-                witness = %witness.name,
-                url = %witness.url,
-                reason = reason.label(),
-                size,
-                detail = %detail,
-                "the witness did not cosign the checkpoint"
-            );
-            Outcome::Refused {
-                witness: witness.name.clone(),
-                reason,
-            }
-        };
         let known = {
             let (ledger, record) = (ledger.clone(), cosigned_record(&witness.name));
             tokio::task::spawn_blocking(move || {
@@ -366,8 +357,12 @@ impl Witnesses {
         let mut old = match known {
             Ok(Ok(Some(p))) => p,
             Ok(Ok(None)) => Peaks::default(),
-            Ok(Err(e)) => return refused(Refusal::Error, e),
-            Err(e) => return refused(Refusal::Error, e.to_string()),
+            Ok(Err(e)) => return self.refuse(witness, size, Refusal::Error, e).await,
+            Err(e) => {
+                return self
+                    .refuse(witness, size, Refusal::Error, e.to_string())
+                    .await;
+            }
         };
         if old == *peaks && witness.verifier.verify(note).is_ok_and(|t| t.is_some()) {
             return Outcome::Cosigned {
@@ -378,13 +373,17 @@ impl Witnesses {
         // One retry: a 409 names the size the witness holds; prove from there.
         for attempt in 0..2 {
             if old.size > size {
-                return refused(
-                    Refusal::Ahead,
-                    format!(
-                        "the witness cosigned size {} of this log, beyond this checkpoint",
-                        old.size
-                    ),
-                );
+                return self
+                    .refuse(
+                        witness,
+                        size,
+                        Refusal::Ahead,
+                        format!(
+                            "the witness cosigned size {} of this log, beyond this checkpoint",
+                            old.size
+                        ),
+                    )
+                    .await;
             }
             let proof = {
                 let (ledger, old) = (ledger.clone(), old.clone());
@@ -403,13 +402,21 @@ impl Witnesses {
                 match proved {
                     Ok(Ok((proof, after))) if &after == peaks => proof,
                     Ok(Ok(_)) => {
-                        return refused(
-                            Refusal::Error,
-                            "the stored peaks do not lead to this checkpoint's tree".into(),
-                        );
+                        return self
+                            .refuse(
+                                witness,
+                                size,
+                                Refusal::Error,
+                                "the stored peaks do not lead to this checkpoint's tree".into(),
+                            )
+                            .await;
                     }
-                    Ok(Err(e)) => return refused(Refusal::Error, e),
-                    Err(e) => return refused(Refusal::Error, e.to_string()),
+                    Ok(Err(e)) => return self.refuse(witness, size, Refusal::Error, e).await,
+                    Err(e) => {
+                        return self
+                            .refuse(witness, size, Refusal::Error, e.to_string())
+                            .await;
+                    }
                 }
             };
             let mut body = format!("old {}\n", old.size);
@@ -421,7 +428,7 @@ impl Witnesses {
             body.push_str(note);
             let (status, answer) = match self.post(witness, body).await {
                 Ok(answer) => answer,
-                Err(e) => return refused(Refusal::Unreachable, e),
+                Err(e) => return self.refuse(witness, size, Refusal::Unreachable, e).await,
             };
             match status {
                 200 => return self.accept(witness, ledger, note, peaks, &answer).await,
@@ -430,18 +437,18 @@ impl Witnesses {
                         .strip_suffix('\n')
                         .and_then(|s| s.parse::<u64>().ok())
                     else {
-                        return refused(
-                            Refusal::Error,
-                            format!("409 without a tree size: {}", clip(&answer)),
-                        );
+                        return self
+                            .refuse(
+                                witness,
+                                size,
+                                Refusal::Error,
+                                format!("409 without a tree size: {}", clip(&answer)),
+                            )
+                            .await;
                     };
                     if theirs > size {
-                        return refused(
-                            Refusal::Ahead,
-                            format!(
-                                "the witness holds size {theirs}, beyond this checkpoint's {size}"
-                            ),
-                        );
+                        let why = format!("the witness holds size {theirs}, beyond {size}");
+                        return self.refuse(witness, size, Refusal::Ahead, why).await;
                     }
                     tracing::info!(
                         witness = %witness.name,
@@ -459,22 +466,99 @@ impl Witnesses {
                     };
                     old = match from {
                         Ok(Ok(p)) => p,
-                        Ok(Err(e)) => return refused(Refusal::Error, e),
-                        Err(e) => return refused(Refusal::Error, e.to_string()),
+                        Ok(Err(e)) => return self.refuse(witness, size, Refusal::Error, e).await,
+                        Err(e) => {
+                            return self
+                                .refuse(witness, size, Refusal::Error, e.to_string())
+                                .await;
+                        }
                     };
                 }
-                409 => return refused(Refusal::Conflict, clip(&answer)),
-                422 => return refused(Refusal::Inconsistent, clip(&answer)),
-                404 => return refused(Refusal::UnknownLog, clip(&answer)),
-                403 => return refused(Refusal::Forbidden, clip(&answer)),
-                400 => return refused(Refusal::BadRequest, clip(&answer)),
-                other => return refused(Refusal::Error, format!("{other}: {}", clip(&answer))),
+                409 => {
+                    return self
+                        .refuse(witness, size, Refusal::Conflict, clip(&answer))
+                        .await;
+                }
+                422 => {
+                    return self
+                        .refuse(witness, size, Refusal::Inconsistent, clip(&answer))
+                        .await;
+                }
+                404 => {
+                    return self
+                        .refuse(witness, size, Refusal::UnknownLog, clip(&answer))
+                        .await;
+                }
+                403 => {
+                    return self
+                        .refuse(witness, size, Refusal::Forbidden, clip(&answer))
+                        .await;
+                }
+                400 => {
+                    return self
+                        .refuse(witness, size, Refusal::BadRequest, clip(&answer))
+                        .await;
+                }
+                other => {
+                    return self
+                        .refuse(
+                            witness,
+                            size,
+                            Refusal::Error,
+                            format!("{other}: {}", clip(&answer)),
+                        )
+                        .await;
+                }
             }
         }
-        refused(
+        self.refuse(
+            witness,
+            size,
             Refusal::Conflict,
             "still in conflict after one retry".into(),
         )
+        .await
+    }
+
+    /// The alarm for a witness that did not cosign: an ERROR log line, the refusals metric,
+    /// and a `witness.refused` event (into the ledger, like every event).
+    async fn refuse(
+        &self,
+        witness: &Witness,
+        size: u64,
+        reason: Refusal,
+        detail: String,
+    ) -> Outcome {
+        self.metrics.witness_refused(&witness.name, reason.label());
+        let detail = clip(&detail);
+        tracing::error!(
+            alarm = "witness.refused",
+            witness = %witness.name,
+            url = %witness.url,
+            reason = reason.label(),
+            size,
+            detail = %detail,
+            "the witness did not cosign the checkpoint"
+        );
+        if let Some(bus) = &self.bus {
+            let event = gatehouse_events::Envelope::new(
+                &gatehouse_events::envelope::source("evidence", "witness"),
+                &witness.name,
+                gatehouse_events::WitnessRefused {
+                    witness: witness.name.clone(),
+                    reason: reason.label().to_owned(),
+                    size,
+                    detail,
+                },
+            );
+            if let Err(e) = bus.publish(&event).await {
+                tracing::error!(error = %e, witness = %witness.name, "the witness.refused event could not be published");
+            }
+        }
+        Outcome::Refused {
+            witness: witness.name.clone(),
+            reason,
+        }
     }
 
     /// Checks a 200 answer's cosignature and keeps it.
@@ -500,20 +584,9 @@ impl Witnesses {
                     Err(e) => e.to_string(),
                     _ => format!("no cosignature by {}", witness.verifier.to_vkey()),
                 };
-                self.metrics
-                    .witness_refused(&witness.name, Refusal::BadCosignature.label());
-                tracing::error!(
-                    alarm = "witness.refused",
-                    witness = %witness.name,
-                    reason = Refusal::BadCosignature.label(),
-                    size,
-                    detail = %detail,
-                    "the witness answered without a valid cosignature"
-                );
-                return Outcome::Refused {
-                    witness: witness.name.clone(),
-                    reason: Refusal::BadCosignature,
-                };
+                return self
+                    .refuse(witness, size, Refusal::BadCosignature, detail)
+                    .await;
             }
         }
         // Only this witness's lines are kept; the stored note is re-read so answers arriving

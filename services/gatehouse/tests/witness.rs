@@ -424,6 +424,31 @@ async fn litewitnesses_cosign_every_checkpoint_and_a_forked_one_raises_the_alarm
     );
     evidence.terminate().await;
 
+    // Each refusal is also an event, in the ledger like every other.
+    let ledger = Ledger::open_read_only(&data_dir).unwrap();
+    let mut refusal_events = Vec::new();
+    for stored in ledger.entries(0).unwrap() {
+        let stored = stored.unwrap();
+        let entry = gatehouse_evidence::entry::Entry::decode(&stored.encoding).unwrap();
+        let event: serde_json::Value = serde_json::from_slice(&entry.event).unwrap();
+        if event["type"] == "dev.gatehouse.witness.refused.v1" {
+            refusal_events.push((
+                event["data"]["witness"].clone(),
+                event["data"]["reason"].clone(),
+            ));
+        }
+    }
+    drop(ledger);
+    assert!(
+        refusal_events.contains(&("w3".into(), "inconsistent".into()))
+            && refusal_events.contains(&("down".into(), "unreachable".into())),
+        "{refusal_events:?}"
+    );
+    assert!(
+        refusal_events.iter().all(|(w, _)| w == "w3" || w == "down"),
+        "{refusal_events:?}"
+    );
+
     // The bundle carries the cosigned witnessed checkpoint.
     let bundle = dir.path().join("bundle.tar.gz");
     let out = cli(&[
