@@ -511,8 +511,8 @@ fn approval_events_validate_and_refuse_drift() {
     );
     set.validate(&gap.to_bytes().unwrap()).unwrap();
     let refused = Envelope::new(
-        &source("evidence", "evidence-0"),
-        "w1",
+        &source("evidence", "witness"),
+        &EventId::new().to_string(),
         WitnessRefused {
             witness: "w1".into(),
             reason: "inconsistent".into(),

@@ -541,9 +541,11 @@ impl Witnesses {
             "the witness did not cosign the checkpoint"
         );
         if let Some(bus) = &self.bus {
+            // Its own subject: a refusal belongs to no request.
+            let subject = gatehouse_events::EventId::new().to_string();
             let event = gatehouse_events::Envelope::new(
                 &gatehouse_events::envelope::source("evidence", "witness"),
-                &witness.name,
+                &subject,
                 gatehouse_events::WitnessRefused {
                     witness: witness.name.clone(),
                     reason: reason.label().to_owned(),
