@@ -221,6 +221,7 @@ async fn approval_and_evidence_say_only_what_they_own() -> Result {
 
     // Evidence publishes its own events, not decisions, and writes no grant.
     evidence.publish("gatehouse.ledger.gap").await?;
+    evidence.publish("gatehouse.witness.refused").await?;
     let decided = evidence.publish("gatehouse.approval.decided").await;
     assert!(decided.is_err(), "{decided:?}");
     evidence.refusal_of("gatehouse.approval.decided").await;
