@@ -69,6 +69,8 @@ async fn a_bundle_of_the_whole_ledger_and_one_of_an_identity_verify_offline() ->
         key: Some(vkey_file.display().to_string()),
         json: true,
         quiet: true,
+        witnesses: Vec::new(),
+        min_witnesses: 0,
     })?;
     assert_eq!(code, std::process::ExitCode::SUCCESS);
 
@@ -139,6 +141,8 @@ async fn a_bundle_of_the_whole_ledger_and_one_of_an_identity_verify_offline() ->
         key: Some(vkey_file.display().to_string()),
         json: false,
         quiet: true,
+        witnesses: Vec::new(),
+        min_witnesses: 0,
     })?;
     assert_eq!(code, std::process::ExitCode::from(1));
     assert!(!independent(&changed)?.status.success());

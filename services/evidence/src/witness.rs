@@ -282,10 +282,6 @@ impl Witnesses {
         })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.witnesses.is_empty()
-    }
-
     /// Submits the ledger's latest checkpoint (see [`Witnesses::cosign`]); failures are
     /// alarms, logged and counted.
     pub async fn cosign_latest(&self, ledger: &Arc<Mutex<Ledger>>, signer: &NoteSigner) {
@@ -474,40 +470,17 @@ impl Witnesses {
                         }
                     };
                 }
-                409 => {
-                    return self
-                        .refuse(witness, size, Refusal::Conflict, clip(&answer))
-                        .await;
-                }
-                422 => {
-                    return self
-                        .refuse(witness, size, Refusal::Inconsistent, clip(&answer))
-                        .await;
-                }
-                404 => {
-                    return self
-                        .refuse(witness, size, Refusal::UnknownLog, clip(&answer))
-                        .await;
-                }
-                403 => {
-                    return self
-                        .refuse(witness, size, Refusal::Forbidden, clip(&answer))
-                        .await;
-                }
-                400 => {
-                    return self
-                        .refuse(witness, size, Refusal::BadRequest, clip(&answer))
-                        .await;
-                }
                 other => {
-                    return self
-                        .refuse(
-                            witness,
-                            size,
-                            Refusal::Error,
-                            format!("{other}: {}", clip(&answer)),
-                        )
-                        .await;
+                    let reason = match other {
+                        409 => Refusal::Conflict,
+                        422 => Refusal::Inconsistent,
+                        404 => Refusal::UnknownLog,
+                        403 => Refusal::Forbidden,
+                        400 => Refusal::BadRequest,
+                        _ => Refusal::Error,
+                    };
+                    let detail = format!("{other}: {}", clip(&answer));
+                    return self.refuse(witness, size, reason, detail).await;
                 }
             }
         }
