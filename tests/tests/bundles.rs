@@ -73,6 +73,8 @@ async fn a_bundle_of_the_whole_ledger_and_one_of_an_identity_verify_offline() ->
         trusted_key: None,
         json: true,
         quiet: true,
+        witnesses: Vec::new(),
+        min_witnesses: 0,
     })?;
     assert_eq!(code, std::process::ExitCode::SUCCESS);
 
@@ -145,6 +147,8 @@ async fn a_bundle_of_the_whole_ledger_and_one_of_an_identity_verify_offline() ->
         trusted_key: None,
         json: false,
         quiet: true,
+        witnesses: Vec::new(),
+        min_witnesses: 0,
     })?;
     assert_eq!(code, std::process::ExitCode::from(1));
     assert!(!independent(&changed)?.status.success());

@@ -221,6 +221,7 @@ async fn approval_and_evidence_say_only_what_they_own() -> Result {
 
     // Evidence publishes its own events, not decisions, and writes no grant.
     evidence.publish("gatehouse.ledger.gap").await?;
+    evidence.publish("gatehouse.witness.refused").await?;
     let decided = evidence.publish("gatehouse.approval.decided").await;
     assert!(decided.is_err(), "{decided:?}");
     evidence.refusal_of("gatehouse.approval.decided").await;
@@ -243,7 +244,7 @@ async fn approval_and_evidence_say_only_what_they_own() -> Result {
         config.nkey_file = Some(bed.keys.seed_file(NatsRole::Evidence));
         Bus::connect(&config, "evidence").await?
     };
-    assert_eq!(bus.read_all().await?.len(), 2);
+    assert_eq!(bus.read_all().await?.len(), 3);
 
     // Not even the admin deletes or purges the stream.
     let mut admin = bed.raw(NatsRole::Admin).await?;
@@ -251,7 +252,7 @@ async fn approval_and_evidence_say_only_what_they_own() -> Result {
     admin
         .refusal_of(&format!("$JS.API.STREAM.DELETE.{STREAM}"))
         .await;
-    assert_eq!(bed.admin.last_sequence().await?, 2);
+    assert_eq!(bed.admin.last_sequence().await?, 3);
     Ok(())
 }
 

@@ -78,3 +78,23 @@ pub struct LedgerGap {
 impl Payload for LedgerGap {
     const NAME: &'static str = "ledger.gap";
 }
+
+/// `witness.refused`: a witness did not cosign a checkpoint (it refused it, answered without a
+/// valid cosignature, or could not be reached). An alarm; `inconsistent` may mean a fork.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessRefused {
+    /// The witness's name in the evidence configuration.
+    pub witness: String,
+    /// Why: `inconsistent`, `ahead`, `conflict`, `unknown_log`, `forbidden`, `bad_request`,
+    /// `bad_cosignature`, `unreachable` or `error` (runbooks/witnesses.md).
+    pub reason: String,
+    /// The tree size of the checkpoint it was asked to cosign.
+    pub size: u64,
+    /// What the witness answered, or what went wrong (clipped).
+    pub detail: String,
+}
+
+impl Payload for WitnessRefused {
+    const NAME: &'static str = "witness.refused";
+}

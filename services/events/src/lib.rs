@@ -8,8 +8,8 @@
 //!   `approval.posted`,
 //!   `approval.vote`, `approval.decided`, `grant.issued`, `grant.revoked`), the statements the
 //!   approval service signs, and `bus.refused` (a decision or grant that did not verify).
-//! - [`audit`]: `audit.accessed` (every use of the auditor API), `ledger.pruned` and
-//!   `ledger.gap`.
+//! - [`audit`]: `audit.accessed` (every use of the auditor API), `ledger.pruned`,
+//!   `ledger.gap` and `witness.refused`.
 //! - [`session`]: payloads of exec / attach / port-forward sessions (`session.started`,
 //!   `session.data`, `session.ended`).
 //! - [`schema`] (feature `schema`): validates encoded events against the JSON Schemas in
@@ -34,7 +34,7 @@ pub use approval::{
     GrantIssued, GrantRevoked, RefusalProblem, RefusedMessage, RequestHeld, RequestWithdrawn,
     VoteVia,
 };
-pub use audit::{AuditAccessed, AuditAction, LedgerGap, LedgerPruned};
+pub use audit::{AuditAccessed, AuditAction, LedgerGap, LedgerPruned, WitnessRefused};
 pub use envelope::{Envelope, EventId, Payload, SUBJECT_PREFIX};
 pub use request::{
     BodyDigest, BodyEncoding, Decision, DecisionAction, DenialReason, Identity, RecordLevel,

@@ -89,6 +89,7 @@ fn every_type_has_a_schema() {
             "dev.gatehouse.session.data.v1",
             "dev.gatehouse.session.ended.v1",
             "dev.gatehouse.session.started.v1",
+            "dev.gatehouse.witness.refused.v1",
         ]
     );
 }
@@ -509,6 +510,20 @@ fn approval_events_validate_and_refuse_drift() {
         },
     );
     set.validate(&gap.to_bytes().unwrap()).unwrap();
+    let refused = Envelope::new(
+        &source("evidence", "witness"),
+        &EventId::new().to_string(),
+        WitnessRefused {
+            witness: "w1".into(),
+            reason: "inconsistent".into(),
+            size: 57,
+            detail: "bad consistency proof".into(),
+        },
+    );
+    set.validate(&refused.to_bytes().unwrap()).unwrap();
+    let mut odd = serde_json::to_value(&refused).unwrap();
+    odd["data"]["reason"] = "sulking".into();
+    assert!(!violations(&set, odd).is_empty());
     let mut short = serde_json::to_value(&pruned).unwrap();
     short["data"]["retention_days"] = 30.into();
     assert!(!violations(&set, short).is_empty());

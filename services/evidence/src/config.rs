@@ -52,6 +52,9 @@ pub struct EvidenceConfig {
     /// Online backups (RocksDB checkpoints) of the ledger.
     #[serde(default)]
     pub backups: Option<BackupConfig>,
+    /// C2SP witnesses that cosign every checkpoint (`crate::witness`).
+    #[serde(default)]
+    pub witnesses: Option<crate::witness::WitnessesConfig>,
 }
 
 /// Where and how often the ledger is backed up; restore is `runbooks/ledger-restore.md`.
@@ -122,6 +125,7 @@ impl EvidenceConfig {
             retention_days: default_retention_days(),
             prune_every: default_prune_every(),
             backups: None,
+            witnesses: None,
             admin_listen: None,
             admin_connections: gatehouse_listener::ConnectionLimits::default(),
         }
@@ -161,6 +165,12 @@ impl EvidenceConfig {
             && c.every < Duration::from_secs(1)
         {
             return Err("checkpoints.every must be at least 1s".into());
+        }
+        if let Some(w) = &self.witnesses {
+            if self.checkpoints.is_none() && !w.list.is_empty() {
+                return Err("witnesses cosign checkpoints: configure checkpoints too".into());
+            }
+            w.validate()?;
         }
         self.admin_connections.validate("admin_connections")?;
         let replica = self.replica_name();
@@ -231,6 +241,25 @@ mod tests {
         let text = format!("data_dir: /tmp/x\nnats: {{url: nats://127.0.0.1:4222}}\n{extra}");
         let config: EvidenceConfig = yaml_serde::from_str(&text).map_err(|e| e.to_string())?;
         config.validate().map(|_| config)
+    }
+
+    #[test]
+    fn witnesses_need_checkpoints_valid_keys_and_distinct_names() {
+        let keys = "checkpoints: {key_file: /tmp/k}\n";
+        let vkey = "witness.example/w1+18041f2a+BBl/ayPhbIUyxqvIOPrNXqeJvgx2spIDNAOb+os9No1h";
+        let one = format!("witnesses: {{list: [{{url: 'http://127.0.0.1:1', vkey: '{vkey}'}}]}}\n");
+        assert!(config(&format!("{keys}{one}")).is_ok());
+        let e = config(&one).unwrap_err();
+        assert!(e.contains("configure checkpoints too"), "{e}");
+        let e = config(&format!("{keys}{}", one.replace("+BBl", "+ABl"))).unwrap_err();
+        assert!(e.contains("not a cosignature/v1 vkey"), "{e}");
+        let e = config(&format!("{keys}{}", one.replace("http://", "ftp://"))).unwrap_err();
+        assert!(e.contains("must be http:// or https://"), "{e}");
+        let twice = format!(
+            "witnesses: {{list: [{{url: 'http://127.0.0.1:1', vkey: '{vkey}'}}, {{url: 'http://127.0.0.1:2', vkey: '{vkey}'}}]}}\n"
+        );
+        let e = config(&format!("{keys}{twice}")).unwrap_err();
+        assert!(e.contains("configured twice"), "{e}");
     }
 
     #[test]

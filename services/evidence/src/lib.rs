@@ -12,6 +12,7 @@
 //! - [`archive`]: write-once archives of sealed segments (S3 Object Lock), and restoring a
 //!   ledger from them.
 //! - [`config`]: the service's YAML configuration.
+//! - [`witness`]: C2SP witnesses cosigning every checkpoint (`tlog-witness`).
 #![forbid(unsafe_code)]
 
 pub mod archive;
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod retention;
 pub mod store;
 pub mod verify;
+pub mod witness;
 
 use std::sync::{Arc, Mutex};
 
@@ -96,7 +98,7 @@ impl Evidence {
                     every = ?c.every,
                     "signing checkpoints"
                 );
-                Some(Arc::new(signing))
+                Some(signing)
             }
             None => None,
         };
@@ -116,6 +118,24 @@ impl Evidence {
         let bus = Bus::connect(&config.nats, "gatehouse-evidence").await?;
         bus.ensure_stream(&config.nats.stream).await?;
         let metrics = metrics::Metrics::new();
+        let signer = match (signer, &config.witnesses) {
+            (Some(mut signing), Some(w)) if !w.list.is_empty() => {
+                signing.witnesses = Some(Arc::new(
+                    witness::Witnesses::new(w, metrics.clone(), Some(bus.clone()))
+                        .map_err(EvidenceError::Config)?,
+                ));
+                let (signer, origin) = signing.current();
+                // What each witness must be told to trust (runbooks/witnesses.md).
+                tracing::info!(
+                    origin = %witness::witnessed_origin(&origin),
+                    key = %witness::witnessed_vkey(&signer, &origin),
+                    witnesses = w.list.len(),
+                    "submitting checkpoints to witnesses"
+                );
+                Some(Arc::new(signing))
+            }
+            (signing, _) => signing.map(Arc::new),
+        };
         let lease = lease::Lease::open(
             &bus,
             config.replica_name(),
@@ -347,6 +367,8 @@ pub struct Signing {
     key_file: std::path::PathBuf,
     origin: Option<String>,
     current: Mutex<gatehouse_proof::checkpoint::NoteSigner>,
+    /// The witnesses every checkpoint goes to, when configured.
+    witnesses: Option<Arc<witness::Witnesses>>,
 }
 
 impl Signing {
@@ -355,6 +377,7 @@ impl Signing {
             current: Mutex::new(load_signer(&config.key_file)?),
             key_file: config.key_file.clone(),
             origin: config.origin.clone(),
+            witnesses: None,
         })
     }
 
@@ -499,6 +522,11 @@ async fn checkpoint_round(
         if let Err(e) = lease.share_checkpoint(&shared).await {
             tracing::warn!(error = %e, size, "the checkpoint is signed but not shared with the standby");
         }
+    }
+    // The active replica only (standbys returned above); also after an unchanged round, so a
+    // witness that missed the last checkpoint gets it.
+    if let Some(witnesses) = &signing.witnesses {
+        witnesses.cosign_latest(ledger, &signing.current().0).await;
     }
     Ok(Some(issued))
 }

@@ -18,6 +18,17 @@ struct ReplicaLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WitnessLabels {
+    witness: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    witness: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -40,6 +51,8 @@ pub struct Metrics {
     role_changes: Counter,
     replica: Family<ReplicaLabels, Gauge>,
     listeners: gatehouse_listener::ListenerMetrics,
+    witness_cosignatures: Family<WitnessLabels, Counter>,
+    witness_refusals: Family<RefusalLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -130,8 +143,22 @@ impl Metrics {
         // The admin port's and the auditor API's connections (listener `admin`, `auditor_api`).
         let listeners = gatehouse_listener::ListenerMetrics::default();
         listeners.register(&mut registry);
+        let witness_cosignatures = Family::<WitnessLabels, Counter>::default();
+        registry.register(
+            "witness_cosignatures",
+            "Checkpoints a witness cosigned (C2SP tlog-witness)",
+            witness_cosignatures.clone(),
+        );
+        let witness_refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "witness_refusals",
+            "Checkpoints a witness refused or could not be asked to cosign, by reason (each an ALARM log line)",
+            witness_refusals.clone(),
+        );
         Self {
             registry: Arc::new(registry),
+            witness_cosignatures,
+            witness_refusals,
             entries,
             batches,
             ledger_entries,
@@ -171,6 +198,23 @@ impl Metrics {
         let result = if signed { "signed" } else { "refused" };
         self.checkpoints
             .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub fn witness_cosigned(&self, witness: &str) {
+        self.witness_cosignatures
+            .get_or_create(&WitnessLabels {
+                witness: witness.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn witness_refused(&self, witness: &str, reason: &'static str) {
+        self.witness_refusals
+            .get_or_create(&RefusalLabels {
+                witness: witness.to_owned(),
+                reason,
+            })
             .inc();
     }
 

@@ -143,6 +143,9 @@ const KEY_PRUNED_THROUGH: &[u8] = b"pruned_through";
 const LEGAL_HOLD_PREFIX: &[u8] = b"legal-hold/";
 const CHECKPOINT_PREFIX: &[u8] = b"checkpoint/";
 const CHECKPOINT_KEY_PREFIX: &[u8] = b"checkpoint-key/";
+/// The witness client's records (`witness.rs`): what each witness last cosigned, and the
+/// witnessed checkpoints with their cosignatures.
+const WITNESS_PREFIX: &[u8] = b"witness/";
 /// Entries hashed into the tree per batch when building it for a ledger written before it.
 const BACKFILL_BATCH: u64 = 10_000;
 
@@ -1456,4 +1459,67 @@ fn be_u64(bytes: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&bytes[..8]);
     u64::from_be_bytes(b)
+}
+/// What the witness client (`crate::witness`) keeps in the ledger.
+impl Ledger {
+    /// The witness record stored under `name`, if any.
+    pub fn witness_record(&self, name: &str) -> Result<Option<Vec<u8>>, LedgerError> {
+        let cf = self.cf(CF_META)?;
+        let mut key = WITNESS_PREFIX.to_vec();
+        key.extend_from_slice(name.as_bytes());
+        self.db.get_cf(&cf, key).map_err(self.db_error())
+    }
+
+    /// Stores witness records, together and durably.
+    pub fn put_witness_records(
+        &mut self,
+        records: &[(String, Vec<u8>)],
+    ) -> Result<(), LedgerError> {
+        if self.read_only {
+            return Err(LedgerError::ReadOnly);
+        }
+        let cf = self.cf(CF_META)?;
+        let mut batch = WriteBatch::default();
+        for (name, value) in records {
+            let mut key = WITNESS_PREFIX.to_vec();
+            key.extend_from_slice(name.as_bytes());
+            batch.put_cf(&cf, key, value);
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo).map_err(self.db_error())
+    }
+
+    /// The (BLAKE3) leaf hashes of indexes `start .. end`, in order.
+    pub fn leaf_hashes(&self, start: u64, end: u64) -> Result<Vec<Hash>, LedgerError> {
+        let cf = self.cf(CF_TREE)?;
+        let mut out = Vec::with_capacity(usize::try_from(end.saturating_sub(start)).unwrap_or(0));
+        let from = node_key(0, start);
+        for item in self
+            .db
+            .iterator_cf(&cf, IteratorMode::From(&from, Direction::Forward))
+        {
+            if out.len() as u64 >= end.saturating_sub(start) {
+                break;
+            }
+            let (key, value) = item.map_err(self.db_error())?;
+            let expected = start + out.len() as u64;
+            if key.as_ref() != node_key(0, expected) || value.len() != 32 {
+                return Err(LedgerError::MissingNode {
+                    level: 0,
+                    index: expected,
+                });
+            }
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&value);
+            out.push(hash);
+        }
+        if (out.len() as u64) < end.saturating_sub(start) {
+            return Err(LedgerError::MissingNode {
+                level: 0,
+                index: start + out.len() as u64,
+            });
+        }
+        Ok(out)
+    }
 }

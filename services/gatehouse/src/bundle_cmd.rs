@@ -12,6 +12,7 @@ use gatehouse_evidence::Ledger;
 use gatehouse_evidence::entry::Entry;
 use gatehouse_proof::bundle::{self, BundleWriter, Scope};
 use gatehouse_proof::checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
+use gatehouse_proof::cosignature::{self, CosignatureVerifier};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -68,6 +69,13 @@ pub struct VerifyArgs {
     /// The key that signed the --trusted checkpoint, if not --key (e.g. before a rotation).
     #[arg(long, value_name = "VKEY", requires = "trusted")]
     pub trusted_key: Option<String>,
+    /// A witness's cosignature/v1 verifier key (`NAME+ID+KEY`, or a file holding it);
+    /// repeatable. See `--min-witnesses`.
+    #[arg(long = "witness", value_name = "VKEY")]
+    pub witnesses: Vec<String>,
+    /// How many of the `--witness` keys must have cosigned the bundle's checkpoint.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub min_witnesses: usize,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -276,6 +284,9 @@ pub fn write_bundle(
         writer.add_consistency(old.size, &old.root, &proof)?;
     }
     let filtered = spec.filtered();
+    if let Some(witnessed) = gatehouse_evidence::witness::witnessed_checkpoint(&ledger, size)? {
+        writer.add_witnessed_checkpoint(&witnessed);
+    }
 
     let mut prover = ledger.prover(size)?;
     let progress = bar(quiet, size, "export");
@@ -422,6 +433,14 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         ProgressStyle::with_template("verify [{bar:40}] {bytes}/{total_bytes} {msg} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    let witnesses = args
+        .witnesses
+        .iter()
+        .map(|w| {
+            let text = std::fs::read_to_string(w).unwrap_or_else(|_| w.clone());
+            CosignatureVerifier::from_vkey(&text).with_context(|| format!("--witness {w}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let options = bundle::Options {
         key: key.as_ref(),
         trusted: trusted.as_deref(),
@@ -432,10 +451,15 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         if p.events > 0 {
             progress.set_message(format!("{} events checked", p.events));
         }
+    })
+    .and_then(|v| {
+        let cosigned = cosignature::check_bundle(&args.bundle, &v, &witnesses, args.min_witnesses)
+            .map_err(|e| vec![e])?;
+        Ok((v, cosigned))
     });
     progress.finish_and_clear();
     match result {
-        Ok(v) => {
+        Ok((v, cosigned)) => {
             if args.json {
                 println!(
                     "{}",
@@ -454,6 +478,7 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                         "extends": v.extends.map(|(size, root)| serde_json::json!({"size": size, "root": hex::encode(root)})),
                         "trusted": v.trusted.as_ref().map(|t| serde_json::json!({"size": t.size, "root": hex::encode(t.root)})),
                         "warnings": v.warnings,
+                        "witnesses": cosigned.iter().map(|c| serde_json::json!({"name": c.witness, "timestamp": c.timestamp})).collect::<Vec<_>>(),
                     })
                 );
             } else {
@@ -503,6 +528,9 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 }
                 for warning in &v.warnings {
                     println!("  WARNING      {warning}");
+                }
+                for c in &cosigned {
+                    println!("  cosigned by  {} (at {})", c.witness, c.timestamp);
                 }
                 if v.key_from_bundle {
                     println!(

@@ -4,7 +4,6 @@
 mod support;
 use support::*;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use gatehouse::nats_server::NatsServer;
@@ -12,7 +11,6 @@ use gatehouse_bus::{Bus, BusConfig};
 use gatehouse_evidence::Ledger;
 use gatehouse_proof::checkpoint::NoteVerifier;
 use gatehouse_proof::merkle::verify_consistency;
-use tokio::io::AsyncBufReadExt;
 
 /// `checkpoint sign --admin`, parsed: the note's signer must be `key`.
 fn sign_now(admin: &str, key: &NoteVerifier) -> gatehouse_proof::checkpoint::Checkpoint {
@@ -41,35 +39,12 @@ async fn the_running_service_signs_on_demand_and_picks_up_a_rotated_key() {
         ),
     )
     .unwrap();
-    let mut service = tokio::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(["evidence", "--config"])
-        .arg(&config)
-        .env("GATEHOUSE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // The admin address is whatever port the service bound; it logs it.
-    let mut log = tokio::io::BufReader::new(service.stderr.take().unwrap()).lines();
-    let admin = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = log.next_line().await.unwrap() {
-            if line.contains("evidence metrics serving")
-                && let Some(at) = line.find("127.0.0.1:")
-            {
-                let port: String = line[at + 10..]
-                    .chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect();
-                return format!("http://127.0.0.1:{port}");
-            }
-        }
-        panic!("the service stopped before serving its admin port");
-    })
-    .await
-    .expect("the admin address in the log");
-    // Keep draining the log so the service never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+    let EvidenceProcess {
+        child: mut service,
+        admin,
+        log: _log,
+    } = EvidenceProcess::start(&config).await;
+    let admin = format!("http://{admin}");
 
     let bus = Bus::connect(&BusConfig::new(nats.url()), "checkpoint-publisher")
         .await

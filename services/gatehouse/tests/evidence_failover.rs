@@ -8,7 +8,6 @@ mod support;
 use support::*;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,7 +17,7 @@ use gatehouse_bus::{Bus, BusConfig};
 use gatehouse_evidence::verify::verify;
 use gatehouse_evidence::{Ledger, Status};
 use gatehouse_proof::merkle::verify_consistency;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LEASE_TTL: Duration = Duration::from_secs(2);
 /// Published before the kill, and at least this many after the takeover.
@@ -35,44 +34,7 @@ struct Replica {
 
 impl Replica {
     async fn start(name: &'static str, config: &Path) -> Self {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-            .args(["evidence", "--config"])
-            .arg(config)
-            .env("GATEHOUSE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting gatehouse evidence");
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        // The admin port is whatever the service bound; it logs it.
-        let admin = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                log.lock().unwrap().push(line.clone());
-                if line.contains("evidence metrics serving")
-                    && let Some(at) = line.find("127.0.0.1:")
-                {
-                    let port: String = line[at + 10..]
-                        .chars()
-                        .take_while(char::is_ascii_digit)
-                        .collect();
-                    return format!("127.0.0.1:{port}");
-                }
-            }
-            panic!(
-                "replica {name} stopped before serving its admin port:\n{}",
-                log.lock().unwrap().join("\n")
-            );
-        })
-        .await
-        .expect("the admin address in the log");
-        let sink = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let EvidenceProcess { child, admin, log } = EvidenceProcess::start(config).await;
         Self {
             name,
             child,
@@ -91,23 +53,9 @@ impl Replica {
         self.log.lock().unwrap().iter().any(|l| l.contains(needle))
     }
 
-    async fn terminate(mut self) {
-        let pid = self.child.id().expect("running") as i32;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("a clean stop within 30s")
-            .unwrap();
-        assert!(
-            status.success(),
-            "replica {} exited {status}:\n{}",
-            self.name,
-            self.log.lock().unwrap().join("\n")
-        );
+    async fn terminate(self) {
+        let (child, admin, log) = (self.child, self.admin, self.log);
+        EvidenceProcess { child, admin, log }.terminate().await;
     }
 }
 

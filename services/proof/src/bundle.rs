@@ -373,6 +373,8 @@ pub struct BundleWriter {
     proofs: Hashing<BufWriter<File>>,
     tombstones: Hashing<BufWriter<File>>,
     consistency: Option<Vec<u8>>,
+    /// `witnessed-checkpoint`, when witnesses cosigned the checkpoint.
+    witnessed: Option<Vec<u8>>,
     sessions: Sessions,
     counts: Counts,
     first: Option<u64>,
@@ -415,6 +417,7 @@ impl BundleWriter {
             checkpoint,
             signer,
             consistency: None,
+            witnessed: None,
             sessions: Sessions::default(),
             counts: Counts::default(),
             first: None,
@@ -453,6 +456,12 @@ impl BundleWriter {
         bytes.push(b'\n');
         self.consistency = Some(bytes);
         Ok(())
+    }
+
+    /// Adds the witnessed checkpoint (`crate::cosignature`) with the witnesses' cosignatures,
+    /// as stored; `gatehouse verify --witness` checks it against the bundle's checkpoint.
+    pub fn add_witnessed_checkpoint(&mut self, note: &str) {
+        self.witnessed = Some(note.as_bytes().to_vec());
     }
 
     /// Adds an entry (in increasing index order) with its inclusion proof.
@@ -538,6 +547,12 @@ impl BundleWriter {
         ];
         if let Some(bytes) = self.consistency {
             files.insert(1, ("consistency.json".into(), Source::Bytes(bytes)));
+        }
+        if let Some(bytes) = self.witnessed {
+            files.push((
+                crate::cosignature::BUNDLE_MEMBER.into(),
+                Source::Bytes(bytes),
+            ));
         }
         for (name, file) in [
             ("events.jsonl", self.events),
@@ -638,18 +653,19 @@ fn member_rank(name: &str) -> Option<u8> {
         "checkpoint" => 0,
         "consistency.json" => 1,
         "keys/checkpoint.vkey" => 2,
-        "events.jsonl" => 3,
-        "proofs.jsonl" => 4,
-        "tombstones.jsonl" => 5,
-        "INDEX.md" => 7,
-        "manifest.json" => 8,
-        "manifest.sig" => 9,
+        crate::cosignature::BUNDLE_MEMBER => 3,
+        "events.jsonl" => 4,
+        "proofs.jsonl" => 5,
+        "tombstones.jsonl" => 6,
+        "INDEX.md" => 8,
+        "manifest.json" => 9,
+        "manifest.sig" => 10,
         _ => {
             let id = name.strip_prefix("recordings/")?.strip_suffix(".cast")?;
             if !recording::valid_session_id(id) {
                 return None;
             }
-            6
+            7
         }
     })
 }
@@ -952,10 +968,10 @@ fn check_members(members: &[String], v2: bool) -> Result<(), String> {
     ];
     if v2 {
         required.push("manifest.sig");
-    } else if let Some(name) = members
-        .iter()
-        .find(|m| matches!(m.as_str(), "manifest.sig" | "consistency.json"))
-    {
+    } else if let Some(name) = members.iter().find(|m| {
+        matches!(m.as_str(), "manifest.sig" | "consistency.json")
+            || m.as_str() == crate::cosignature::BUNDLE_MEMBER
+    }) {
         return Err(format!("{name} is not a member of a {FORMAT_V1} bundle"));
     }
     for name in required {

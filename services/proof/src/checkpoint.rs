@@ -25,7 +25,7 @@ use crate::entry::Hash;
 /// The signed-note signature type of Ed25519.
 const ED25519: u8 = 0x01;
 /// The em dash and space that start a signature line.
-const SIGNATURE_PREFIX: &str = "\u{2014} ";
+pub(crate) const SIGNATURE_PREFIX: &str = "\u{2014} ";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CheckpointError {
@@ -109,13 +109,29 @@ fn check_name(name: &str) -> Result<(), CheckpointError> {
 
 /// The signed-note key id of an Ed25519 key named `name`.
 pub fn key_id(name: &str, public: &VerifyingKey) -> [u8; 4] {
+    typed_key_id(name, ED25519, public)
+}
+
+/// `SHA-256(name ‖ "\n" ‖ type byte ‖ public key)[..4]`: the key id of every signed-note key type.
+pub(crate) fn typed_key_id(name: &str, kind: u8, public: &VerifyingKey) -> [u8; 4] {
     let mut hasher = Sha256::new();
     hasher.update(name.as_bytes());
     hasher.update(b"\n");
-    hasher.update([ED25519]);
+    hasher.update([kind]);
     hasher.update(public.as_bytes());
     let digest = hasher.finalize();
     [digest[0], digest[1], digest[2], digest[3]]
+}
+
+/// `<name>+<id hex>+<base64(type byte ‖ public key)>`.
+pub(crate) fn format_vkey(name: &str, kind: u8, public: &VerifyingKey) -> String {
+    let mut key = vec![kind];
+    key.extend_from_slice(public.as_bytes());
+    format!(
+        "{name}+{}+{}",
+        hex(&typed_key_id(name, kind, public)),
+        STANDARD.encode(key)
+    )
 }
 
 /// Signs checkpoints. Its `Debug` never shows the key.
@@ -190,6 +206,15 @@ impl NoteSigner {
         }
     }
 
+    /// The same key under another name.
+    pub fn with_name(&self, name: &str) -> Result<Self, CheckpointError> {
+        check_name(name)?;
+        Ok(Self {
+            name: name.to_owned(),
+            key: self.key.clone(),
+        })
+    }
+
     /// The signed note: the checkpoint's text, a blank line, one signature line.
     pub fn sign(&self, checkpoint: &Checkpoint) -> String {
         self.sign_note(&checkpoint.body())
@@ -235,14 +260,7 @@ impl NoteVerifier {
     }
 
     pub fn to_vkey(&self) -> String {
-        let mut key = vec![ED25519];
-        key.extend_from_slice(self.key.as_bytes());
-        format!(
-            "{}+{}+{}",
-            self.name,
-            hex(&self.key_id()),
-            STANDARD.encode(key)
-        )
+        format_vkey(&self.name, ED25519, &self.key)
     }
 
     pub fn name(&self) -> &str {
@@ -260,25 +278,9 @@ impl NoteVerifier {
 
     /// The text of a signed note, if this key signed it.
     pub fn verify_note<'a>(&self, note: &'a str) -> Result<&'a str, CheckpointError> {
-        let bad = |m: &str| CheckpointError::Malformed(m.to_owned());
-        let split = note
-            .find("\n\n")
-            .ok_or_else(|| bad("no blank line between the text and the signatures"))?;
-        let (body, signatures) = (&note[..split + 1], &note[split + 2..]);
-        if !signatures.ends_with('\n') {
-            return Err(bad("the last signature line does not end with a newline"));
-        }
+        let (body, signatures) = split_note(note)?;
         let id = self.key_id();
-        for line in signatures.lines() {
-            let rest = line
-                .strip_prefix(SIGNATURE_PREFIX)
-                .ok_or_else(|| bad("a signature line does not start with an em dash"))?;
-            let (name, blob) = rest
-                .split_once(' ')
-                .ok_or_else(|| bad("a signature line has no signature"))?;
-            let blob = STANDARD
-                .decode(blob)
-                .map_err(|_| bad("a signature is not base64"))?;
+        for (name, blob) in signatures {
             if name != self.name || blob.len() < 4 || blob[..4] != id {
                 continue;
             }
@@ -294,6 +296,48 @@ impl NoteVerifier {
             id: hex(&id),
         })
     }
+
+    /// The same public key under another name (a name is part of a signed-note key: the key id
+    /// hashes it).
+    pub fn with_name(&self, name: &str) -> Result<Self, CheckpointError> {
+        check_name(name)?;
+        Ok(Self {
+            name: name.to_owned(),
+            key: self.key,
+        })
+    }
+}
+
+/// A signature line: its key name and the decoded `key id ‖ signature`.
+pub(crate) type SignatureLine<'a> = (&'a str, Vec<u8>);
+
+/// A signed note's text (final newline included) and its signature lines; every line must be
+/// well-formed.
+pub(crate) fn split_note(note: &str) -> Result<(&str, Vec<SignatureLine<'_>>), CheckpointError> {
+    let bad = |m: &str| CheckpointError::Malformed(m.to_owned());
+    let split = note
+        .find("\n\n")
+        .ok_or_else(|| bad("no blank line between the text and the signatures"))?;
+    let (body, signatures) = (&note[..split + 1], &note[split + 2..]);
+    if !signatures.ends_with('\n') {
+        return Err(bad("the last signature line does not end with a newline"));
+    }
+    signatures
+        .lines()
+        .map(|line| {
+            let rest = line
+                .strip_prefix(SIGNATURE_PREFIX)
+                .ok_or_else(|| bad("a signature line does not start with an em dash"))?;
+            let (name, blob) = rest
+                .split_once(' ')
+                .ok_or_else(|| bad("a signature line has no signature"))?;
+            let blob = STANDARD
+                .decode(blob)
+                .map_err(|_| bad("a signature is not base64"))?;
+            Ok((name, blob))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(|lines| (body, lines))
 }
 
 /// The `(key name, key id hex)` of every signature line of a signed note, without checking any
@@ -314,6 +358,19 @@ pub fn note_signers(note: &str) -> Vec<(String, String)> {
 
 /// `<name>+<8 hex id>+<base64 key with type byte>` → (name, id, key bytes).
 fn split_key(text: &str) -> Result<(&str, [u8; 4], Vec<u8>), CheckpointError> {
+    match split_typed_key(text)? {
+        (name, id, ED25519, key) => Ok((name, id, key)),
+        _ => Err(CheckpointError::BadKey(
+            "only Ed25519 keys (type 0x01) are supported",
+        )),
+    }
+}
+
+/// A vkey's parts: name, key id, signed-note type byte, key bytes.
+pub(crate) type KeyParts<'a> = (&'a str, [u8; 4], u8, Vec<u8>);
+
+/// `<name>+<8 hex id>+<base64 key with type byte>` → its parts.
+pub(crate) fn split_typed_key(text: &str) -> Result<KeyParts<'_>, CheckpointError> {
     let mut parts = text.splitn(3, '+');
     let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(CheckpointError::BadKey("expected NAME+ID+KEY"));
@@ -327,14 +384,12 @@ fn split_key(text: &str) -> Result<(&str, [u8; 4], Vec<u8>), CheckpointError> {
         .decode(key)
         .map_err(|_| CheckpointError::BadKey("the key is not base64"))?;
     match key.split_first() {
-        Some((&ED25519, rest)) => Ok((name, id, rest.to_vec())),
-        _ => Err(CheckpointError::BadKey(
-            "only Ed25519 keys (type 0x01) are supported",
-        )),
+        Some((&kind, rest)) => Ok((name, id, kind, rest.to_vec())),
+        None => Err(CheckpointError::BadKey("the key is empty")),
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

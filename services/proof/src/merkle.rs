@@ -42,7 +42,7 @@ pub trait NodeSource {
 }
 
 /// Largest power of two strictly below `n` (`n ≥ 2`).
-fn split(n: u64) -> u64 {
+pub(crate) fn split(n: u64) -> u64 {
     1 << (63 - (n - 1).leading_zeros())
 }
 
@@ -298,6 +298,20 @@ pub fn verify_consistency(
     new_root: &Hash,
     proof: &[Hash],
 ) -> bool {
+    verify_consistency_with(node_hash, empty_root(), old, new, old_root, new_root, proof)
+}
+
+/// [`verify_consistency`] for a tree of the same shape with another node hash (and empty
+/// root): the RFC 6962 SHA-256 tree of [`crate::rfc6962`].
+pub(crate) fn verify_consistency_with(
+    node_hash: fn(&Hash, &Hash) -> Hash,
+    empty_root: Hash,
+    old: u64,
+    new: u64,
+    old_root: &Hash,
+    new_root: &Hash,
+    proof: &[Hash],
+) -> bool {
     if old > new {
         return false;
     }
@@ -305,7 +319,7 @@ pub fn verify_consistency(
         return proof.is_empty() && old_root == new_root;
     }
     if old == 0 {
-        return proof.is_empty() && *old_root == empty_root();
+        return proof.is_empty() && *old_root == empty_root;
     }
     let mut path: Vec<Hash> = Vec::with_capacity(proof.len() + 1);
     if old.is_power_of_two() {

@@ -73,6 +73,7 @@ fuzz_target!(|data: &[u8]| {
     round_trip::<AuditAccessed>(data, document);
     round_trip::<LedgerPruned>(data, document);
     round_trip::<LedgerGap>(data, document);
+    round_trip::<WitnessRefused>(data, document);
     round_trip::<SessionStarted>(data, document);
     round_trip::<SessionData>(data, document);
     round_trip::<SessionEnded>(data, document);

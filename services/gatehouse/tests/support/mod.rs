@@ -2,11 +2,14 @@
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
 
-use std::process::Output;
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gatehouse_evidence::Ledger;
 use gatehouse_proof::checkpoint::NoteVerifier;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 /// Runs `gatehouse ARGS` to completion.
 pub fn cli(args: &[&str]) -> Output {
@@ -68,4 +71,105 @@ pub fn checkpoint_key(dir: &std::path::Path) -> (std::path::PathBuf, NoteVerifie
     assert!(out.status.success(), "{}", text(&out.stderr));
     let verifier = NoteVerifier::from_vkey(&text(&out.stdout)).expect("a verifier key");
     (key_file, verifier)
+}
+
+/// `gatehouse evidence --config FILE` as a process: its admin address (`127.0.0.1:PORT`, the
+/// port it bound and logged) and its log lines, kept as they arrive.
+pub struct EvidenceProcess {
+    pub child: tokio::process::Child,
+    pub admin: String,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl EvidenceProcess {
+    pub async fn start(config: &Path) -> Self {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(["evidence", "--config"])
+            .arg(config)
+            .env("GATEHOUSE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting gatehouse evidence");
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let admin = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                log.lock().unwrap().push(line.clone());
+                if line.contains("evidence metrics serving")
+                    && let Some(at) = line.find("127.0.0.1:")
+                {
+                    let port: String = line[at + 10..]
+                        .chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect();
+                    return format!("127.0.0.1:{port}");
+                }
+            }
+            panic!(
+                "gatehouse evidence stopped before serving its admin port:\n{}",
+                log.lock().unwrap().join("\n")
+            );
+        })
+        .await
+        .expect("the admin address in the log");
+        // Keep draining the log so the service never blocks on a full pipe.
+        let sink = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { child, admin, log }
+    }
+
+    /// The log lines containing `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(needle)).cloned().collect()
+    }
+
+    /// SIGTERM, then a clean exit within 30 s.
+    pub async fn terminate(mut self) {
+        let pid = self.child.id().expect("running") as i32;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("a clean stop within 30s")
+            .unwrap();
+        assert!(
+            status.success(),
+            "gatehouse evidence exited {status}:\n{}",
+            self.log.lock().unwrap().join("\n")
+        );
+    }
+}
+
+/// One plain HTTP/1.1 request to `addr`: the status and the body.
+pub async fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (_, body) = response.split_once("\r\n\r\n").unwrap_or_default();
+    (status, body.to_owned())
 }
