@@ -455,6 +455,8 @@ async fn litewitnesses_cosign_every_checkpoint_and_a_forked_one_raises_the_alarm
         "export",
         "--data-dir",
         data_dir.to_str().unwrap(),
+        "--key",
+        key_file.to_str().unwrap(),
         "-o",
         bundle.to_str().unwrap(),
         "--quiet",
