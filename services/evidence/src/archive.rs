@@ -186,6 +186,10 @@ pub struct Manifest {
     pub head_hash: String,
     pub gaps: Vec<ArchivedGap>,
     pub checkpoints: Vec<ArchivedCheckpoint>,
+    /// The witnessed checkpoints (with the cosignatures received by the time the segment was
+    /// sealed) of the segment's checkpoints that witnesses were shown; absent when none were.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub witnessed: Vec<ArchivedWitnessed>,
     /// RFC 3339: the Object Lock retain-until date of every object of the segment.
     pub retain_until: String,
 }
@@ -210,6 +214,14 @@ pub struct ArchivedCheckpoint {
     /// The verifier key the ledger recorded with it (signed-note form); restore checks the
     /// signature against the keys it is given, not this one.
     pub verifier_key: String,
+}
+
+/// A witnessed checkpoint (`crate::witness`) as stored, cosignatures included.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ArchivedWitnessed {
+    pub size: u64,
+    pub note: ObjectDigest,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -239,6 +251,10 @@ const MANIFEST_OBJECT: &str = "manifest.json";
 
 fn checkpoint_object(size: u64) -> String {
     format!("checkpoint.{size:020}")
+}
+
+fn witnessed_object(size: u64) -> String {
+    format!("witnessed.{size:020}")
 }
 
 /// A segment ready to upload: its objects (name, bytes), the manifest last.
@@ -420,6 +436,17 @@ pub fn seal(
         });
         objects.push((object, note.into_bytes()));
     }
+    let mut witnessed = Vec::new();
+    for size in checkpoints.iter().map(|c| c.size) {
+        if let Some(note) = crate::witness::witnessed_checkpoint(ledger, size)? {
+            let object = witnessed_object(size);
+            witnessed.push(ArchivedWitnessed {
+                size,
+                note: digest(&object, note.as_bytes()),
+            });
+            objects.push((object, note.into_bytes()));
+        }
+    }
     if checkpoints.last().map(|c| c.size) != Some(end) {
         return Err(bad(format!("no checkpoint of size {end} in the ledger")));
     }
@@ -434,6 +461,7 @@ pub fn seal(
         head_hash,
         gaps,
         checkpoints,
+        witnessed,
         retain_until: gatehouse_events::envelope::format_rfc3339(retain_until),
     };
     let manifest_bytes = serde_json::to_vec_pretty(&manifest)
@@ -1077,6 +1105,17 @@ async fn restore_into(
                 .map_err(|_| bad(format!("checkpoint {} is not UTF-8", c.size)))?;
             checkpoints.push((c.size, note, c.verifier_key.clone()));
         }
+        let mut witnessed = Vec::new();
+        for w in &manifest.witnessed {
+            if !manifest.checkpoints.iter().any(|c| c.size == w.size) {
+                return Err(bad(format!(
+                    "lists a witnessed checkpoint of size {} without its checkpoint",
+                    w.size
+                )));
+            }
+            let note = archive.checked(&manifest, &w.note).await?;
+            witnessed.push((w.size, note));
+        }
         let gaps: Vec<Gap> = manifest
             .gaps
             .iter()
@@ -1088,6 +1127,13 @@ async fn restore_into(
             .collect();
         ledger
             .append_restored(&entries, &gaps, &checkpoints)
+            .map_err(|e| bad(e.to_string()))?;
+        let records: Vec<(String, Vec<u8>)> = witnessed
+            .into_iter()
+            .map(|(size, note)| (crate::witness::checkpoint_record(size), note))
+            .collect();
+        ledger
+            .put_witness_records(&records)
             .map_err(|e| bad(e.to_string()))?;
         if hex::encode(ledger.root(end)?) != manifest.root {
             return Err(bad(
@@ -1125,6 +1171,18 @@ async fn restore_into(
                 checkpoint.size,
                 hex::encode(checkpoint.root)
             )));
+        }
+        // Its witnessed checkpoint, if archived: signed by the same key for the same tree (the
+        // cosignatures are checked by whoever holds the witnesses' keys: `gatehouse verify`).
+        if let Some(note) = crate::witness::witnessed_checkpoint(&ledger, size)? {
+            let signed = verifiers.iter().any(|v| {
+                gatehouse_proof::cosignature::check_witnessed(&checkpoint, v, &note, &[], 0).is_ok()
+            });
+            if !signed {
+                return Err(ArchiveError::Restore(format!(
+                    "the archived witnessed checkpoint of size {size} is not the checkpoint's,                      signed by a key given"
+                )));
+            }
         }
         checked.push((size, checkpoint.root));
     }

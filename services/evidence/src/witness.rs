@@ -191,7 +191,7 @@ fn cosigned_record(witness: &str) -> String {
     format!("cosigned/{witness}")
 }
 
-fn checkpoint_record(size: u64) -> String {
+pub(crate) fn checkpoint_record(size: u64) -> String {
     format!("checkpoint/{size:020}")
 }
 

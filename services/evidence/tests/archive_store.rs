@@ -153,3 +153,64 @@ fn segments_end_at_checkpoints_and_restore_to_the_same_roots() {
     );
     assert_eq!(restored.archived_through().unwrap(), Some(10));
 }
+
+#[test]
+fn a_segment_carries_the_witnessed_checkpoints_of_its_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ledger, signer) = ledger(dir.path());
+    // The witnessed checkpoint of size 10 (the same leaves in an RFC 6962 tree), as the
+    // evidence service stores it once witnesses were shown it.
+    let (_, note) = ledger.checkpoints().unwrap().pop().unwrap();
+    let checkpoint = signer.verifier().open(&note).unwrap();
+    let mut peaks = gatehouse_proof::rfc6962::Peaks::default();
+    for stored in ledger.entries(0).unwrap() {
+        let stored = stored.unwrap();
+        let leaf = gatehouse_proof::merkle::leaf_hash(&stored.encoding);
+        peaks.push(gatehouse_proof::rfc6962::leaf_hash(&leaf));
+    }
+    let body = gatehouse_proof::cosignature::witnessed_body(&checkpoint, &peaks.root());
+    let origin = gatehouse_proof::cosignature::witnessed_origin(&checkpoint.origin);
+    let witnessed = signer.with_name(&origin).unwrap().sign_note(&body);
+    ledger
+        .put_witness_records(&[(
+            format!("checkpoint/{:020}", 10),
+            witnessed.clone().into_bytes(),
+        )])
+        .unwrap();
+
+    // The segment ending at 4 was never witnessed: its manifest has no `witnessed`.
+    let first = seal(&ledger, 0, 4, 2_192, now()).unwrap();
+    assert!(first.manifest.witnessed.is_empty());
+    assert!(
+        !first
+            .objects
+            .iter()
+            .any(|(n, _)| n.starts_with("witnessed."))
+    );
+    let manifest = String::from_utf8(first.objects.last().unwrap().1.clone()).unwrap();
+    assert!(!manifest.contains("witnessed"), "{manifest}");
+
+    // The one ending at 10 carries it byte for byte, with its digest in the manifest.
+    let second = seal(&ledger, 4, 10, 2_192, now()).unwrap();
+    let name = format!("witnessed.{:020}", 10);
+    let object = &second.objects.iter().find(|(n, _)| *n == name).unwrap().1;
+    assert_eq!(object, witnessed.as_bytes());
+    assert_eq!(second.manifest.witnessed.len(), 1);
+    let listed = &second.manifest.witnessed[0];
+    assert_eq!(
+        (listed.size, listed.note.name.as_str()),
+        (10, name.as_str())
+    );
+    assert_eq!(listed.note.blake3, blake3::hash(object).to_hex().as_str());
+    // The manifest is still written last.
+    assert_eq!(second.objects.last().unwrap().0, "manifest.json");
+    // And what restore checks of it holds: the checkpoint key signed it for this tree.
+    gatehouse_proof::cosignature::check_witnessed(
+        &checkpoint,
+        &signer.verifier(),
+        std::str::from_utf8(object).unwrap(),
+        &[],
+        0,
+    )
+    .unwrap();
+}
