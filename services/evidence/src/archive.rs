@@ -330,7 +330,20 @@ pub fn seal_next(
     retention_days: u32,
     now: time::OffsetDateTime,
 ) -> Result<Option<SealedSegment>, ArchiveError> {
-    let tree_size = ledger.tree_size();
+    seal_next_through(ledger, from, max_entries, u64::MAX, retention_days, now)
+}
+
+/// [`seal_next`], ending at a checkpoint no larger than `through` (the checkpoints whose
+/// witness round has finished, when witnesses are configured).
+pub fn seal_next_through(
+    ledger: &Ledger,
+    from: u64,
+    max_entries: u64,
+    through: u64,
+    retention_days: u32,
+    now: time::OffsetDateTime,
+) -> Result<Option<SealedSegment>, ArchiveError> {
+    let tree_size = ledger.tree_size().min(through);
     let within = ledger.checkpoints_in(
         from,
         from.saturating_add(max_entries).min(tree_size),
@@ -866,10 +879,13 @@ fn lock(ledger: &Mutex<Ledger>) -> std::sync::MutexGuard<'_, Ledger> {
 /// One round: adopt the segments already in the bucket that continue this ledger's archived
 /// part, then (when `upload`, on the lease holder) seal and upload the segments the
 /// checkpoints cover beyond it. The mark moves after each segment, so a failure loses nothing.
+/// `seal_through`: when witnesses are configured, the largest checkpoint whose witness round
+/// has finished; no segment is sealed past it, so each carries its checkpoints' cosignatures.
 pub async fn round(
     ledger: &Arc<Mutex<Ledger>>,
     archive: &Archive,
     upload: bool,
+    seal_through: Option<u64>,
 ) -> Result<Round, ArchiveError> {
     let mut report = Round::default();
     loop {
@@ -931,7 +947,14 @@ pub async fn round(
             let now = time::OffsetDateTime::now_utc();
             match unfinished {
                 Some(end) => seal(&lock(&reader), from, end, days, now).map(Some),
-                None => seal_next(&lock(&reader), from, max, days, now),
+                None => seal_next_through(
+                    &lock(&reader),
+                    from,
+                    max,
+                    seal_through.unwrap_or(u64::MAX),
+                    days,
+                    now,
+                ),
             }
         })
         .await

@@ -303,13 +303,14 @@ impl Evidence {
                 self.metrics.clone(),
                 self.lease.clone(),
             );
+            let witnesses = self.signer.as_ref().and_then(|s| s.witnesses.clone());
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(archive.config().every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => return,
-                        _ = tick.tick() => archive_round(&ledger, &archive, &metrics, &lease).await,
+                        _ = tick.tick() => archive_round(&ledger, &archive, &metrics, &lease, witnesses.as_deref()).await,
                     }
                 }
             })
@@ -680,13 +681,17 @@ fn checkpoint_route(
 
 /// One archiving round: the lease holder uploads sealed segments; a standby only adopts those
 /// in the bucket that hold its own entries (so its pruning can follow). A failure is an alarm.
+/// With witnesses, a segment ends at a checkpoint whose witness round has finished, so the
+/// archive carries the cosignatures of its checkpoints.
 async fn archive_round(
     ledger: &Arc<Mutex<Ledger>>,
     archive: &archive::Archive,
     metrics: &metrics::Metrics,
     lease: &lease::Lease,
+    witnesses: Option<&witness::Witnesses>,
 ) {
-    match archive::round(ledger, archive, lease.is_active()).await {
+    let seal_through = witnesses.map(witness::Witnesses::submitted_through);
+    match archive::round(ledger, archive, lease.is_active(), seal_through).await {
         Ok(round) => metrics.archive_round(Some(round.archived_through)),
         Err(e) => {
             metrics.archive_round(None);

@@ -18,6 +18,7 @@
 //! be reached raises an alarm: an ERROR log line with `alarm="witness.refused"`, and
 //! `gatehouse_evidence_witness_refusals_total{witness,reason}`, and a `witness.refused` event.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -127,6 +128,9 @@ pub struct Witnesses {
     bus: Option<gatehouse_bus::Bus>,
     /// One submission round at a time: a witness must see sizes in order.
     round: tokio::sync::Mutex<()>,
+    /// The largest checkpoint size whose submission round has finished (whatever each
+    /// witness answered): the archive seals no segment past it (`archive::round`).
+    submitted_through: AtomicU64,
 }
 
 impl std::fmt::Debug for Witnesses {
@@ -279,6 +283,7 @@ impl Witnesses {
             metrics,
             bus,
             round: tokio::sync::Mutex::new(()),
+            submitted_through: AtomicU64::new(0),
         })
     }
 
@@ -306,6 +311,15 @@ impl Witnesses {
         if let Err(e) = self.cosign(ledger, signer, &checkpoint).await {
             tracing::error!(alarm = "witness.refused", size = checkpoint.size, error = %e, "the witnessed checkpoint could not be made");
         }
+        // Done with this checkpoint, cosigned or not: a witness that is down holds up no
+        // archive beyond its timeout.
+        self.submitted_through
+            .fetch_max(checkpoint.size, Ordering::SeqCst);
+    }
+
+    /// The largest checkpoint size whose submission round has finished since start-up.
+    pub fn submitted_through(&self) -> u64 {
+        self.submitted_through.load(Ordering::SeqCst)
     }
 
     /// Makes and stores the witnessed checkpoint of `checkpoint` (the ledger's, just signed),

@@ -10,230 +10,15 @@
 mod support;
 use support::*;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 use gatehouse::nats_server::NatsServer;
 use gatehouse_bus::{Bus, BusConfig};
 use gatehouse_evidence::Ledger;
 use gatehouse_proof::checkpoint::{Checkpoint, NoteSigner};
 use gatehouse_proof::cosignature::{CosignatureVerifier, witnessed_body, witnessed_origin};
-use tokio::io::AsyncBufReadExt;
 
 const ORIGIN: &str = "gatehouse.test/ledger";
-
-/// The directory holding litewitness and witnessctl: `$GATEHOUSE_WITNESS_BIN`, else what
-/// deploy/witness/build prints (it builds them on first use).
-fn witness_bin() -> PathBuf {
-    if let Some(dir) = std::env::var_os("GATEHOUSE_WITNESS_BIN") {
-        return PathBuf::from(dir);
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/witness/build");
-    let out = std::process::Command::new(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("running deploy/witness/build");
-    assert!(out.status.success(), "deploy/witness/build failed");
-    PathBuf::from(text(&out.stdout).trim())
-}
-
-fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str], env: &[(&str, &Path)]) -> String {
-    let mut command = std::process::Command::new(program.as_ref());
-    command.args(args);
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let out = command.output().expect("running a witness tool");
-    assert!(
-        out.status.success(),
-        "{:?} {args:?}: {}{}",
-        program.as_ref(),
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-/// One litewitness with its own ssh-agent (holding its key) and database.
-struct Litewitness {
-    name: String,
-    url: String,
-    vkey: String,
-    db: PathBuf,
-    _agent: tokio::process::Child,
-    _child: tokio::process::Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Litewitness {
-    async fn start(bin: &Path, dir: &Path, name: &str, log_vkey: &str) -> Self {
-        let dir = dir.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let key = dir.join("key");
-        run(
-            "ssh-keygen",
-            &[
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                name,
-                "-f",
-                key.to_str().unwrap(),
-            ],
-            &[],
-        );
-        let socket = dir.join("agent.sock");
-        let agent = tokio::process::Command::new("ssh-agent")
-            .arg("-D")
-            .arg("-a")
-            .arg(&socket)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting ssh-agent");
-        wait_for("the ssh-agent socket", || socket.exists()).await;
-        run(
-            "ssh-add",
-            &["-q", key.to_str().unwrap()],
-            &[("SSH_AUTH_SOCK", &socket)],
-        );
-        let fingerprint = run(
-            "ssh-keygen",
-            &["-l", "-f", &format!("{}.pub", key.display())],
-            &[],
-        )
-        .split_whitespace()
-        .nth(1)
-        .expect("a fingerprint")
-        .to_owned();
-        let db = dir.join("witness.db");
-        let origin = witnessed_origin(ORIGIN);
-        let db_arg = db.to_str().unwrap();
-        let witnessctl = bin.join("witnessctl");
-        run(
-            &witnessctl,
-            &["add-log", "-db", db_arg, "-origin", &origin],
-            &[],
-        );
-        run(
-            &witnessctl,
-            &[
-                "add-key", "-db", db_arg, "-origin", &origin, "-key", log_vkey,
-            ],
-            &[],
-        );
-        let mut child = tokio::process::Command::new(bin.join("litewitness"))
-            .args(["-name", &format!("witness.test/{name}"), "-db", db_arg])
-            .arg("-ssh-agent")
-            .arg(&socket)
-            .args(["-key", &fingerprint, "-listen", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting litewitness");
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let vkey = tokio::time::timeout(Duration::from_secs(30), async {
-            let mut vkey = None;
-            while let Some(line) = lines.next_line().await.unwrap() {
-                log.lock().unwrap().push(line.clone());
-                if let Some(at) = line.find("vkey=") {
-                    vkey = Some(line[at + 5..].split_whitespace().next().unwrap().to_owned());
-                }
-                if line.contains("msg=listening") {
-                    return vkey.expect("litewitness logs its verifier key first");
-                }
-            }
-            panic!(
-                "litewitness {name} stopped:\n{}",
-                log.lock().unwrap().join("\n")
-            );
-        })
-        .await
-        .expect("litewitness listening");
-        let sink = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        // It logs the address it was given (port 0); the port it bound is read from /proc.
-        let pid = child.id().expect("running");
-        let port = listening_port(pid).await;
-        Self {
-            name: name.to_owned(),
-            url: format!("http://127.0.0.1:{port}"),
-            vkey,
-            db,
-            _agent: agent,
-            _child: child,
-            log,
-        }
-    }
-
-    fn verifier(&self) -> CosignatureVerifier {
-        CosignatureVerifier::from_vkey(&self.vkey).expect("litewitness's vkey")
-    }
-
-    /// The size of the log the witness last cosigned (witnessctl list-logs).
-    fn size(&self, bin: &Path) -> u64 {
-        let out = run(
-            bin.join("witnessctl"),
-            &["list-logs", "-db", self.db.to_str().unwrap()],
-            &[],
-        );
-        let line: serde_json::Value = serde_json::from_str(out.trim()).expect("one log");
-        line["size"].as_u64().expect("a size")
-    }
-}
-
-/// The TCP port process `pid` listens on at 127.0.0.1 (its socket inodes in /proc/PID/fd,
-/// matched in /proc/net/tcp).
-async fn listening_port(pid: u32) -> u16 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|dir| {
-                dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                    .filter_map(|l| {
-                        let l = l.to_string_lossy().into_owned();
-                        Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-        for row in table.lines().skip(1) {
-            let f: Vec<&str> = row.split_whitespace().collect();
-            if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
-                let (addr, port) = f[1].split_once(':').unwrap();
-                if addr == "0100007F" {
-                    return u16::from_str_radix(port, 16).unwrap();
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "litewitness {pid} never listened"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// `POST /checkpoint`: signs one now and submits it to the witnesses; its size.
-async fn checkpoint(evidence: &EvidenceProcess) -> u64 {
-    let (status, body) = http(&evidence.admin, "POST", "/checkpoint", "").await;
-    assert_eq!(status, 200, "{body}");
-    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
-    answer["size"].as_u64().unwrap()
-}
 
 /// The value of the metric line starting with `line_start` (0 when absent).
 async fn metric(evidence: &EvidenceProcess, line_start: &str) -> u64 {
@@ -276,9 +61,9 @@ async fn litewitnesses_cosign_every_checkpoint_and_a_forked_one_raises_the_alarm
         .unwrap()
         .to_vkey();
 
-    let w1 = Litewitness::start(&bin, dir.path(), "w1", &log_vkey).await;
-    let w2 = Litewitness::start(&bin, dir.path(), "w2", &log_vkey).await;
-    let w3 = Litewitness::start(&bin, dir.path(), "w3", &log_vkey).await;
+    let w1 = Litewitness::start(&bin, dir.path(), "w1", ORIGIN, &log_vkey).await;
+    let w2 = Litewitness::start(&bin, dir.path(), "w2", ORIGIN, &log_vkey).await;
+    let w3 = Litewitness::start(&bin, dir.path(), "w3", ORIGIN, &log_vkey).await;
 
     // w3 first sees a fork: another tree at size 1, signed with the log's own key. It cosigns
     // it, having nothing to compare it with.
@@ -306,15 +91,7 @@ async fn litewitnesses_cosign_every_checkpoint_and_a_forked_one_raises_the_alarm
 
     let data_dir = dir.path().join("evidence");
     let config = dir.path().join("evidence.yaml");
-    let mut witness_list: String = [&w1, &w2, &w3]
-        .iter()
-        .map(|w| {
-            format!(
-                "    - {{name: {}, url: {:?}, vkey: {:?}}}\n",
-                w.name, w.url, w.vkey
-            )
-        })
-        .collect();
+    let mut witness_list: String = [&w1, &w2, &w3].iter().map(|w| w.config_line()).collect();
     // And one that is down: a loopback port bound and released, so nothing answers there.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -350,7 +127,7 @@ async fn litewitnesses_cosign_every_checkpoint_and_a_forked_one_raises_the_alarm
         entries(&data_dir) >= 20
     })
     .await;
-    let first = checkpoint(&evidence).await;
+    let first = checkpoint_now(&evidence).await;
     assert!(first >= 20);
     assert_eq!(cosigners(&data_dir, first, &[&w1, &w2, &w3]), ["w1", "w2"]);
 
@@ -361,7 +138,7 @@ async fn litewitnesses_cosign_every_checkpoint_and_a_forked_one_raises_the_alarm
         entries(&data_dir) >= first + 37
     })
     .await;
-    let second = checkpoint(&evidence).await;
+    let second = checkpoint_now(&evidence).await;
     assert!(second > first);
     assert_eq!(cosigners(&data_dir, second, &[&w1, &w2, &w3]), ["w1", "w2"]);
     assert_eq!((w1.size(&bin), w2.size(&bin)), (second, second));
@@ -414,7 +191,7 @@ async fn litewitnesses_cosign_every_checkpoint_and_a_forked_one_raises_the_alarm
         entries(&data_dir) >= second + 11
     })
     .await;
-    let third = checkpoint(&evidence).await;
+    let third = checkpoint_now(&evidence).await;
     assert!(third > second);
     assert_eq!(cosigners(&data_dir, third, &[&w1, &w2, &w3]), ["w1", "w2"]);
     let resynced = evidence.log_lines("holds another size");
@@ -506,10 +283,7 @@ async fn litewitnesses_cosign_every_checkpoint_and_a_forked_one_raises_the_alarm
         "{why}"
     );
     // A witness nobody here runs: refused.
-    let stranger = CosignatureVerifier::from_vkey(
-        "witness.example/w1+18041f2a+BBl/ayPhbIUyxqvIOPrNXqeJvgx2spIDNAOb+os9No1h",
-    )
-    .unwrap();
+    let stranger = CosignatureVerifier::from_vkey(STRANGER_WITNESS_VKEY).unwrap();
     let unknown = verify(&["--witness", &stranger.to_vkey(), "--min-witnesses", "1"]);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(

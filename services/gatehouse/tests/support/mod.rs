@@ -173,3 +173,8 @@ pub async fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, Str
     let (_, body) = response.split_once("\r\n\r\n").unwrap_or_default();
     (status, body.to_owned())
 }
+
+pub mod litewitness;
+pub mod s3;
+pub use litewitness::*;
+pub use s3::*;

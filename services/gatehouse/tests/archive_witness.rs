@@ -1,0 +1,207 @@
+//! Cosignatures outlive the ledger: a `gatehouse evidence` process on a real nats-server submits
+//! its checkpoints to two litewitness processes and archives sealed segments to a real S3
+//! server with Object Lock (versitygw). Every archived segment carries the witnessed
+//! checkpoints of its checkpoints with both cosignatures (the archive seals no segment past a
+//! checkpoint whose witness round has not finished). With the ledger directory wiped,
+//! `gatehouse ledger restore --from-archive` brings the cosignatures back: a bundle exported
+//! from the restored ledger passes `gatehouse verify --witness W1 --witness W2
+//! --min-witnesses 2`, and fails with a witness key that never cosigned.
+
+mod support;
+use support::*;
+
+use gatehouse::nats_server::NatsServer;
+use gatehouse_bus::{Bus, BusConfig};
+use gatehouse_evidence::Ledger;
+use gatehouse_evidence::archive::{Archive, ArchiveConfig};
+use gatehouse_proof::cosignature::witnessed_origin;
+
+const ORIGIN: &str = "gatehouse.test/ledger";
+const BUCKET: &str = "evidence-archive";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cosignatures_are_archived_and_restored_with_the_ledger() {
+    let bin = witness_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(&dir.path().join("s3")).await;
+    let credentials = write_credentials(dir.path());
+    let archive_section = archive_yaml(&s3.endpoint, BUCKET, &credentials);
+    let archive_config: ArchiveConfig = yaml_serde::from_str(&archive_section).unwrap();
+    let archive = Archive::connect(&archive_config).unwrap();
+    archive
+        .client()
+        .create_bucket()
+        .bucket(BUCKET)
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .expect("a bucket with Object Lock");
+
+    let mut nats = NatsServer::start(&dir.path().join("nats")).await.unwrap();
+    let nats_url = nats.url().to_owned();
+    let (key_file, verifier) = checkpoint_key(dir.path());
+    let vkey = verifier.to_vkey();
+    let log_vkey = verifier
+        .with_name(&witnessed_origin(ORIGIN))
+        .unwrap()
+        .to_vkey();
+    let w1 = Litewitness::start(&bin, dir.path(), "w1", ORIGIN, &log_vkey).await;
+    let w2 = Litewitness::start(&bin, dir.path(), "w2", ORIGIN, &log_vkey).await;
+
+    // Checkpoints on demand (the schedule's is an hour away), archiving every second.
+    let data_dir = dir.path().join("evidence");
+    let config = dir.path().join("evidence.yaml");
+    let archive_section: String = archive_section
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect();
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir: {:?}\nnats: {{url: {nats_url:?}}}\nreplica: evidence\n\
+             admin_listen: 127.0.0.1:0\n\
+             checkpoints: {{key_file: {:?}, every: 1h}}\n\
+             witnesses:\n  timeout: 10s\n  list:\n{}{}archive:\n{archive_section}",
+            data_dir.display().to_string(),
+            key_file.display().to_string(),
+            w1.config_line(),
+            w2.config_line(),
+        ),
+    )
+    .unwrap();
+
+    let bus = Bus::connect(&BusConfig::new(&nats_url), "archive-witness-test")
+        .await
+        .unwrap();
+    bus.ensure_stream(&BusConfig::new(&nats_url).stream)
+        .await
+        .unwrap();
+    let evidence = EvidenceProcess::start(&config).await;
+    // Two checkpoints over two bursts, each cosigned by both witnesses (POST /checkpoint
+    // answers after the witness round).
+    let mut published = 0;
+    let mut sizes = Vec::new();
+    for burst in [30, 40] {
+        for i in 0..burst {
+            bus.publish(&event("archive-witness-test", i))
+                .await
+                .unwrap();
+        }
+        published += burst as u64;
+        wait_for("the ledger to hold the burst", || {
+            entries(&data_dir) >= published
+        })
+        .await;
+        sizes.push(checkpoint_now(&evidence).await);
+    }
+    let last = *sizes.last().unwrap();
+    assert!(last >= published, "{sizes:?}");
+    assert_eq!((w1.size(&bin), w2.size(&bin)), (last, last));
+    wait_for("the last checkpoint archived", || {
+        archive_progress(&data_dir).1 == last
+    })
+    .await;
+    assert!(
+        evidence.log_lines("archive_failed").is_empty(),
+        "{:?}",
+        evidence.log_lines("archive_failed")
+    );
+
+    // Each archived checkpoint has its witnessed checkpoint beside it, cosigned by both.
+    let segments = archive.segments(None).await.unwrap();
+    assert!(segments.len() >= 2, "{segments:?}");
+    let mut archived_sizes = Vec::new();
+    for &(start, end, complete) in &segments {
+        assert!(complete, "{segments:?}");
+        let manifest = archive.manifest(start, end).await.unwrap().unwrap();
+        let checkpoints: Vec<u64> = manifest.checkpoints.iter().map(|c| c.size).collect();
+        let witnessed: Vec<u64> = manifest.witnessed.iter().map(|w| w.size).collect();
+        assert_eq!(witnessed, checkpoints, "segment {start}-{end}");
+        for w in &manifest.witnessed {
+            let note = archive
+                .get(&archive.key(start, end, &w.note.name))
+                .await
+                .unwrap()
+                .expect("the witnessed checkpoint object");
+            let note = String::from_utf8(note).unwrap();
+            for witness in [&w1, &w2] {
+                assert!(
+                    witness.verifier().verify(&note).unwrap().is_some(),
+                    "segment {start}-{end}: witnessed.{} has no cosignature of {}:\n{note}",
+                    w.size,
+                    witness.name
+                );
+            }
+        }
+        archived_sizes.extend(checkpoints);
+    }
+    for size in &sizes {
+        assert!(archived_sizes.contains(size), "{size} not archived");
+    }
+
+    // The ledger is lost; the archive brings it back, cosignatures included.
+    evidence.terminate().await;
+    std::fs::remove_dir_all(data_dir.join("ledger")).unwrap();
+    let out = restore(&config, &data_dir, &vkey);
+    assert!(
+        out.status.success(),
+        "restore failed:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let restored = Ledger::open_read_only(&data_dir).unwrap();
+    assert_eq!(
+        restored.latest_checkpoint().unwrap().map(|(size, _)| size),
+        Some(last)
+    );
+    drop(restored);
+
+    let bundle = dir.path().join("bundle.tar.gz");
+    let out = cli(&[
+        "export",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--key",
+        key_file.to_str().unwrap(),
+        "-o",
+        bundle.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let verify = |witnesses: &[&str]| {
+        let mut args = vec![
+            "verify",
+            bundle.to_str().unwrap(),
+            "--key",
+            &vkey,
+            "--quiet",
+        ];
+        for w in witnesses {
+            args.extend(["--witness", w]);
+        }
+        args.extend(["--min-witnesses", "2"]);
+        cli(&args)
+    };
+    let ok = verify(&[&w1.vkey, &w2.vkey]);
+    assert!(
+        ok.status.success(),
+        "{}{}",
+        text(&ok.stdout),
+        text(&ok.stderr)
+    );
+    let report = text(&ok.stdout);
+    assert!(report.contains("cosigned by  witness.test/w1"), "{report}");
+    assert!(report.contains("cosigned by  witness.test/w2"), "{report}");
+
+    // A witness key that never cosigned does not count towards the two required.
+    let short = verify(&[&w1.vkey, STRANGER_WITNESS_VKEY]);
+    assert_eq!(short.status.code(), Some(1));
+    let why = text(&short.stderr);
+    assert!(
+        why.contains(
+            "1 of the 2 witness keys given cosigned the checkpoint, fewer than the 2 required"
+        ) && why.contains("witness.example/w1: no cosignature"),
+        "{why}"
+    );
+    nats.stop().await;
+}
