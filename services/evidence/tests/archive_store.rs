@@ -4,7 +4,7 @@
 //! link.
 
 use gatehouse_evidence::Ledger;
-use gatehouse_evidence::archive::{seal, seal_next};
+use gatehouse_evidence::archive::{seal, seal_next, seal_next_through};
 use gatehouse_evidence::store::NewEntry;
 use gatehouse_evidence::verify::verify;
 use gatehouse_proof::checkpoint::NoteSigner;
@@ -87,6 +87,16 @@ fn segments_end_at_checkpoints_and_restore_to_the_same_roots() {
         seal_next(&ledger, 4, 2, 2_192, now()).unwrap().unwrap().end,
         10
     );
+    // Sealing waits for the witnesses: no segment ends past the last checkpoint shown to them.
+    let through = |from, through| {
+        seal_next_through(&ledger, from, 6, through, 2_192, now())
+            .unwrap()
+            .map(|s| s.end)
+    };
+    assert_eq!(through(0, 3), None);
+    assert_eq!(through(0, 4), Some(4));
+    assert_eq!(through(4, 9), None);
+    assert_eq!(through(4, 10), Some(10));
     let (_, note) = ledger.checkpoints().unwrap().pop().unwrap();
     let archived_note = &second
         .objects

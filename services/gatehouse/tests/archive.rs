@@ -13,6 +13,7 @@
 //!   the segment.
 
 mod support;
+use support::s3::*;
 use support::*;
 
 use std::path::Path;

@@ -8,6 +8,8 @@
 //! --min-witnesses 2`, and fails with a witness key that never cosigned.
 
 mod support;
+use support::litewitness::*;
+use support::s3::*;
 use support::*;
 
 use gatehouse::nats_server::NatsServer;

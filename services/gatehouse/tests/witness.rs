@@ -8,6 +8,7 @@
 //! refuses the real checkpoints, which raises the alarm (log line and metric).
 
 mod support;
+use support::litewitness::*;
 use support::*;
 
 use std::path::Path;

@@ -176,5 +176,3 @@ pub async fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, Str
 
 pub mod litewitness;
 pub mod s3;
-pub use litewitness::*;
-pub use s3::*;
