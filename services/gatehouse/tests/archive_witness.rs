@@ -1,8 +1,8 @@
 //! Cosignatures outlive the ledger: a `gatehouse evidence` process on a real nats-server submits
 //! its checkpoints to two litewitness processes and archives sealed segments to a real S3
 //! server with Object Lock (versitygw). Every archived segment carries the witnessed
-//! checkpoints of its checkpoints with both cosignatures (the archive seals no segment past a
-//! checkpoint whose witness round has not finished). With the ledger directory wiped,
+//! checkpoints of its checkpoints with both cosignatures, although one witness answers late:
+//! the archive seals no segment past a checkpoint whose witness round has not finished. With the ledger directory wiped,
 //! `gatehouse ledger restore --from-archive` brings the cosignatures back: a bundle exported
 //! from the restored ledger passes `gatehouse verify --witness W1 --witness W2
 //! --min-witnesses 2`, and fails with a witness key that never cosigned.
@@ -12,14 +12,52 @@ use support::litewitness::*;
 use support::s3::*;
 use support::*;
 
+use std::time::Duration;
+
 use gatehouse::nats_server::NatsServer;
 use gatehouse_bus::{Bus, BusConfig};
 use gatehouse_evidence::Ledger;
 use gatehouse_evidence::archive::{Archive, ArchiveConfig};
 use gatehouse_proof::cosignature::witnessed_origin;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ORIGIN: &str = "gatehouse.test/ledger";
 const BUCKET: &str = "evidence-archive";
+
+/// A loopback proxy to `upstream` that holds every chunk of the answers for `delay`: a slow
+/// witness, so a witness round spans archive rounds (`every: 1s`) and a segment sealed before
+/// the round finished would lack its cosignature.
+async fn slow_proxy(upstream: &str, delay: Duration) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let upstream = upstream.trim_start_matches("http://").to_owned();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                });
+                let mut chunk = vec![0u8; 16 * 1024];
+                while let Ok(n) = server_read.read(&mut chunk).await {
+                    if n == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(delay).await;
+                    if client_write.write_all(&chunk[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cosignatures_are_archived_and_restored_with_the_ledger() {
@@ -50,6 +88,11 @@ async fn cosignatures_are_archived_and_restored_with_the_ledger() {
     let w1 = Litewitness::start(&bin, dir.path(), "w1", ORIGIN, &log_vkey).await;
     let w2 = Litewitness::start(&bin, dir.path(), "w2", ORIGIN, &log_vkey).await;
 
+    // w1 answers 1.5 s late: each witness round spans at least one archive round.
+    let w1_slow = w1.config_line().replace(
+        &w1.url,
+        &slow_proxy(&w1.url, Duration::from_millis(1500)).await,
+    );
     // Checkpoints on demand (the schedule's is an hour away), archiving every second.
     let data_dir = dir.path().join("evidence");
     let config = dir.path().join("evidence.yaml");
@@ -66,7 +109,7 @@ async fn cosignatures_are_archived_and_restored_with_the_ledger() {
              witnesses:\n  timeout: 10s\n  list:\n{}{}archive:\n{archive_section}",
             data_dir.display().to_string(),
             key_file.display().to_string(),
-            w1.config_line(),
+            w1_slow,
             w2.config_line(),
         ),
     )
