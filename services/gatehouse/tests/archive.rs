@@ -102,15 +102,8 @@ async fn segments_are_locked_for_six_years_and_a_wiped_ledger_is_restored_from_t
     let dir = tempfile::tempdir().unwrap();
     let s3 = S3Server::start(&dir.path().join("s3")).await;
     let credentials = write_credentials(dir.path());
-    let locked = archive(&archive_yaml(&s3.endpoint, BUCKET, &credentials));
+    let locked = locked_archive(&archive_yaml(&s3.endpoint, BUCKET, &credentials)).await;
     let client = locked.client().clone();
-    client
-        .create_bucket()
-        .bucket(BUCKET)
-        .object_lock_enabled_for_bucket(true)
-        .send()
-        .await
-        .expect("a bucket with Object Lock");
 
     // The evidence service, archiving every second in segments of at most 50 entries.
     let mut nats = NatsServer::start(&dir.path().join("nats")).await.unwrap();

@@ -17,7 +17,6 @@ use std::time::Duration;
 use gatehouse::nats_server::NatsServer;
 use gatehouse_bus::{Bus, BusConfig};
 use gatehouse_evidence::Ledger;
-use gatehouse_evidence::archive::{Archive, ArchiveConfig};
 use gatehouse_proof::cosignature::witnessed_origin;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -66,16 +65,7 @@ async fn cosignatures_are_archived_and_restored_with_the_ledger() {
     let s3 = S3Server::start(&dir.path().join("s3")).await;
     let credentials = write_credentials(dir.path());
     let archive_section = archive_yaml(&s3.endpoint, BUCKET, &credentials);
-    let archive_config: ArchiveConfig = yaml_serde::from_str(&archive_section).unwrap();
-    let archive = Archive::connect(&archive_config).unwrap();
-    archive
-        .client()
-        .create_bucket()
-        .bucket(BUCKET)
-        .object_lock_enabled_for_bucket(true)
-        .send()
-        .await
-        .expect("a bucket with Object Lock");
+    let archive = locked_archive(&archive_section).await;
 
     let mut nats = NatsServer::start(&dir.path().join("nats")).await.unwrap();
     let nats_url = nats.url().to_owned();
@@ -202,32 +192,8 @@ async fn cosignatures_are_archived_and_restored_with_the_ledger() {
     drop(restored);
 
     let bundle = dir.path().join("bundle.tar.gz");
-    let out = cli(&[
-        "export",
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--key",
-        key_file.to_str().unwrap(),
-        "-o",
-        bundle.to_str().unwrap(),
-        "--quiet",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let verify = |witnesses: &[&str]| {
-        let mut args = vec![
-            "verify",
-            bundle.to_str().unwrap(),
-            "--key",
-            &vkey,
-            "--quiet",
-        ];
-        for w in witnesses {
-            args.extend(["--witness", w]);
-        }
-        args.extend(["--min-witnesses", "2"]);
-        cli(&args)
-    };
-    let ok = verify(&[&w1.vkey, &w2.vkey]);
+    export_bundle(&data_dir, &key_file, &bundle);
+    let ok = verify_witnessed(&bundle, &vkey, &[&w1.vkey, &w2.vkey], 2);
     assert!(
         ok.status.success(),
         "{}{}",
@@ -239,7 +205,7 @@ async fn cosignatures_are_archived_and_restored_with_the_ledger() {
     assert!(report.contains("cosigned by  witness.test/w2"), "{report}");
 
     // A witness key that never cosigned does not count towards the two required.
-    let short = verify(&[&w1.vkey, STRANGER_WITNESS_VKEY]);
+    let short = verify_witnessed(&bundle, &vkey, &[&w1.vkey, STRANGER_WITNESS_VKEY], 2);
     assert_eq!(short.status.code(), Some(1));
     let why = text(&short.stderr);
     assert!(

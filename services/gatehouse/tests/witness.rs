@@ -229,31 +229,9 @@ async fn litewitnesses_cosign_every_checkpoint_and_a_forked_one_raises_the_alarm
 
     // The bundle carries the cosigned witnessed checkpoint.
     let bundle = dir.path().join("bundle.tar.gz");
-    let out = cli(&[
-        "export",
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--key",
-        key_file.to_str().unwrap(),
-        "-o",
-        bundle.to_str().unwrap(),
-        "--quiet",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    export_bundle(&data_dir, &key_file, &bundle);
     let key = verifier.to_vkey();
-    let verify = |extra: &[&str]| {
-        let mut args = vec!["verify", bundle.to_str().unwrap(), "--key", &key, "--quiet"];
-        args.extend_from_slice(extra);
-        cli(&args)
-    };
-    let ok = verify(&[
-        "--witness",
-        &w1.vkey,
-        "--witness",
-        &w2.vkey,
-        "--min-witnesses",
-        "2",
-    ]);
+    let ok = verify_witnessed(&bundle, &key, &[&w1.vkey, &w2.vkey], 2);
     assert!(
         ok.status.success(),
         "{}{}",
@@ -265,16 +243,7 @@ async fn litewitnesses_cosign_every_checkpoint_and_a_forked_one_raises_the_alarm
     assert!(report.contains("cosigned by  witness.test/w2"), "{report}");
 
     // Three required, and the third witness given never cosigned: refused, naming it.
-    let three = verify(&[
-        "--witness",
-        &w1.vkey,
-        "--witness",
-        &w2.vkey,
-        "--witness",
-        &w3.vkey,
-        "--min-witnesses",
-        "3",
-    ]);
+    let three = verify_witnessed(&bundle, &key, &[&w1.vkey, &w2.vkey, &w3.vkey], 3);
     assert_eq!(three.status.code(), Some(1));
     let why = text(&three.stderr);
     assert!(
@@ -285,7 +254,7 @@ async fn litewitnesses_cosign_every_checkpoint_and_a_forked_one_raises_the_alarm
     );
     // A witness nobody here runs: refused.
     let stranger = CosignatureVerifier::from_vkey(STRANGER_WITNESS_VKEY).unwrap();
-    let unknown = verify(&["--witness", &stranger.to_vkey(), "--min-witnesses", "1"]);
+    let unknown = verify_witnessed(&bundle, &key, &[&stranger.to_vkey()], 1);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(
         text(&unknown.stderr).contains("0 of the 1 witness keys"),

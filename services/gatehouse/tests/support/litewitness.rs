@@ -229,6 +229,22 @@ async fn listening_port(pid: u32) -> u16 {
     }
 }
 
+/// `gatehouse verify BUNDLE --key VKEY --witness W… --min-witnesses MIN`.
+pub fn verify_witnessed(
+    bundle: &Path,
+    vkey: &str,
+    witnesses: &[&str],
+    min: usize,
+) -> std::process::Output {
+    let min = min.to_string();
+    let mut args = vec!["verify", bundle.to_str().unwrap(), "--key", vkey, "--quiet"];
+    for w in witnesses {
+        args.extend(["--witness", w]);
+    }
+    args.extend(["--min-witnesses", &min]);
+    super::cli(&args)
+}
+
 /// `POST /checkpoint`: signs one now and submits it to the witnesses; its size.
 pub async fn checkpoint_now(evidence: &EvidenceProcess) -> u64 {
     let (status, body) = http(&evidence.admin, "POST", "/checkpoint", "").await;

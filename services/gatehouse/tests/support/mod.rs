@@ -174,5 +174,21 @@ pub async fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, Str
     (status, body.to_owned())
 }
 
+/// `gatehouse export --data-dir DATA_DIR --key KEY_FILE -o BUNDLE` (the whole ledger); fails
+/// the test if it fails.
+pub fn export_bundle(data_dir: &Path, key_file: &Path, bundle: &Path) {
+    let out = cli(&[
+        "export",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--key",
+        key_file.to_str().unwrap(),
+        "-o",
+        bundle.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
 pub mod litewitness;
 pub mod s3;

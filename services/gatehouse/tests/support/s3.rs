@@ -6,6 +6,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use gatehouse_evidence::Ledger;
+use gatehouse_evidence::archive::{Archive, ArchiveConfig};
 
 use super::{cli, text};
 
@@ -103,6 +104,21 @@ pub fn archive_yaml(endpoint: &str, bucket: &str, credentials: &Path) -> String 
          prefix: test/ledger\nevery: 1s\nsegment_max_entries: 50\n",
         credentials.display().to_string()
     )
+}
+
+/// The archive `yaml` (an `archive:` section) describes, its bucket created with Object Lock.
+pub async fn locked_archive(yaml: &str) -> Archive {
+    let config: ArchiveConfig = yaml_serde::from_str(yaml).unwrap();
+    let archive = Archive::connect(&config).unwrap();
+    archive
+        .client()
+        .create_bucket()
+        .bucket(&config.bucket)
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .expect("a bucket with Object Lock");
+    archive
 }
 
 /// (entries, archived through) of the ledger in `data_dir`, read without the writer's lock.
