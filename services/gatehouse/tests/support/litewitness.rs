@@ -245,6 +245,20 @@ pub fn verify_witnessed(
     super::cli(&args)
 }
 
+/// Expects `verify_witnessed` to have passed, its report naming each witness as a cosigner.
+pub fn assert_cosigned_by(verified: &std::process::Output, witnesses: &[&Litewitness]) {
+    let report = text(&verified.stdout);
+    assert!(
+        verified.status.success(),
+        "{report}{}",
+        text(&verified.stderr)
+    );
+    for w in witnesses {
+        let line = format!("cosigned by  witness.test/{}", w.name);
+        assert!(report.contains(&line), "{report}");
+    }
+}
+
 /// `POST /checkpoint`: signs one now and submits it to the witnesses; its size.
 pub async fn checkpoint_now(evidence: &EvidenceProcess) -> u64 {
     let (status, body) = http(&evidence.admin, "POST", "/checkpoint", "").await;
