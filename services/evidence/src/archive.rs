@@ -750,20 +750,47 @@ impl Archive {
     }
 
     /// Uploads a sealed segment, its manifest last. Returns how many objects were written now
-    /// (the others were there already, with the same bytes).
-    pub async fn upload(&self, segment: &SealedSegment) -> Result<usize, ArchiveError> {
+    /// (the others were there already, with the same bytes), and the manifest as uploaded.
+    ///
+    /// Finishing an upload cut short may find a `witnessed.<size>` object written with fewer
+    /// cosignatures than the ledger holds now: that object is locked, so it stays, and the
+    /// manifest names the bytes it holds (the later cosignatures go with later segments).
+    pub async fn upload(&self, segment: &SealedSegment) -> Result<(usize, Manifest), ArchiveError> {
         let mut written = 0;
+        let mut manifest = segment.manifest.clone();
         for (name, bytes) in &segment.objects {
+            if name == MANIFEST_OBJECT {
+                continue;
+            }
             let key = self.key(segment.start, segment.end, name);
-            if self
+            match self
                 .put_once(&key, bytes.clone(), segment.retain_until)
-                .await?
-                == Put::Written
+                .await
             {
-                written += 1;
+                Ok(Put::Written) => written += 1,
+                Ok(Put::AlreadyThere) => {}
+                Err(ArchiveError::Conflict { .. }) if name.starts_with("witnessed.") => {
+                    let existing = self.get(&key).await?.ok_or_else(|| ArchiveError::Segment {
+                        segment: segment_name(segment.start, segment.end),
+                        why: format!("{name} vanished while it was read"),
+                    })?;
+                    if let Some(w) = manifest.witnessed.iter_mut().find(|w| w.note.name == *name) {
+                        w.note = digest(name, &existing);
+                    }
+                    tracing::warn!(object = %key, "kept the witnessed checkpoint uploaded before the upload was cut short; cosignatures received since go with later segments");
+                }
+                Err(e) => return Err(e),
             }
         }
-        Ok(written)
+        let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| ArchiveError::Segment {
+            segment: segment_name(segment.start, segment.end),
+            why: format!("serialising the manifest: {e}"),
+        })?;
+        let key = self.key(segment.start, segment.end, MANIFEST_OBJECT);
+        if self.put_once(&key, bytes, segment.retain_until).await? == Put::Written {
+            written += 1;
+        }
+        Ok((written, manifest))
     }
 
     /// Segment directories under the prefix (`start`, `end`, whether it has its manifest),
@@ -962,7 +989,7 @@ pub async fn round(
         let Some(sealed) = sealed else {
             return Ok(report);
         };
-        let written = archive.upload(&sealed).await?;
+        let (written, _) = archive.upload(&sealed).await?;
         lock(ledger).set_archived_through(sealed.end)?;
         tracing::info!(
             segment = %segment_name(sealed.start, sealed.end),

@@ -513,3 +513,74 @@ async fn segments_are_locked_for_six_years_and_a_wiped_ledger_is_restored_from_t
     nats.stop().await;
     drop(s3);
 }
+
+/// An upload cut short after its `witnessed.<size>` object, finished once more cosignatures
+/// were stored: the locked object stays, and the manifest names what it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_upload_keeps_the_witnessed_checkpoint_already_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(&dir.path().join("s3")).await;
+    let credentials = write_credentials(dir.path());
+    let archive = locked_archive(&archive_yaml(&s3.endpoint, BUCKET, &credentials)).await;
+
+    let mut ledger = Ledger::open(&dir.path().join("ledger")).unwrap();
+    let signer =
+        gatehouse_proof::checkpoint::NoteSigner::from_seed("gatehouse.test/ledger", [3; 32])
+            .unwrap();
+    let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap();
+    let entries: Vec<_> = (1..=5)
+        .map(|n| gatehouse_evidence::store::NewEntry {
+            stream_sequence: n,
+            received_at: now,
+            event: format!(r#"{{"type":"dev.gatehouse.test.v1","subject":"req-{n}"}}"#)
+                .into_bytes(),
+        })
+        .collect();
+    ledger.append(&entries, &[]).unwrap();
+    ledger
+        .issue_checkpoint(&signer, "gatehouse.test/ledger")
+        .unwrap();
+    // Stand-ins for the witnessed checkpoint before and after a second witness answered.
+    let record = format!("checkpoint/{:020}", 5);
+    let first = b"witnessed, one cosignature\n".to_vec();
+    let later = b"witnessed, two cosignatures\n".to_vec();
+    ledger
+        .put_witness_records(&[(record.clone(), first.clone())])
+        .unwrap();
+    let sealed =
+        gatehouse_evidence::archive::seal(&ledger, 0, 5, 2_192, time::OffsetDateTime::now_utc())
+            .unwrap();
+    // Cut short: every object but the manifest.
+    for (name, bytes) in sealed.objects.iter().filter(|(n, _)| n != "manifest.json") {
+        archive
+            .put_once(&archive.key(0, 5, name), bytes.clone(), sealed.retain_until)
+            .await
+            .unwrap();
+    }
+
+    ledger.put_witness_records(&[(record, later)]).unwrap();
+    let resealed =
+        gatehouse_evidence::archive::seal(&ledger, 0, 5, 2_192, time::OffsetDateTime::now_utc())
+            .unwrap();
+    let (written, manifest) = archive.upload(&resealed).await.unwrap();
+    assert_eq!(written, 1, "only the manifest was missing");
+    let name = format!("witnessed.{:020}", 5);
+    let held = archive
+        .get(&archive.key(0, 5, &name))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(held, first);
+    // What the first seal said of the object it wrote, not what the second would have.
+    assert_eq!(manifest.witnessed, sealed.manifest.witnessed);
+    assert_ne!(manifest.witnessed, resealed.manifest.witnessed);
+    let uploaded: Manifest = serde_json::from_slice(
+        &archive
+            .get(&archive.key(0, 5, "manifest.json"))
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(uploaded, manifest);
+}
