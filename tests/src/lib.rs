@@ -844,15 +844,14 @@ impl TestBed {
     /// Every event in the stream, in order.
     pub async fn events(&self) -> Result<Vec<Event>> {
         // Reading takes a fresh consumer; just after a cluster node was lost, creating one
-        // can time out while the cluster settles, so a few attempts.
-        let mut attempt = 0;
+        // can time out while the cluster settles, so it is tried again until the deadline.
+        let started = std::time::Instant::now();
         let all = loop {
             match self.reader.read_all().await {
                 Ok(all) => break all,
-                Err(e) if attempt < 5 => {
+                Err(e) if started.elapsed() < DEADLINE => {
                     tracing::warn!(error = %e, "reading the stream; trying again");
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -26,7 +26,7 @@ use aws_sdk_s3::types::{
     VersioningConfiguration,
 };
 use gatehouse::nats_server::NatsServer;
-use gatehouse_bus::{Bus, BusConfig};
+use gatehouse_bus::Bus;
 use gatehouse_evidence::Ledger;
 use gatehouse_evidence::archive::{Archive, ArchiveConfig, Manifest};
 
@@ -113,12 +113,7 @@ async fn segments_are_locked_for_six_years_and_a_wiped_ledger_is_restored_from_t
         .lines()
         .map(|l| format!("  {l}\n"))
         .collect::<String>();
-    let bus = Bus::connect(&BusConfig::new(nats.url()), "archive-test")
-        .await
-        .unwrap();
-    bus.ensure_stream(&BusConfig::new(nats.url()).stream)
-        .await
-        .unwrap();
+    let bus = publisher(nats.url(), "archive-test").await;
     let replica = |name: &str| {
         let data_dir = dir.path().join(name);
         let config = dir.path().join(format!("{name}.yaml"));

@@ -15,7 +15,6 @@ use support::*;
 use std::time::Duration;
 
 use gatehouse::nats_server::NatsServer;
-use gatehouse_bus::{Bus, BusConfig};
 use gatehouse_evidence::Ledger;
 use gatehouse_proof::cosignature::witnessed_origin;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -105,12 +104,7 @@ async fn cosignatures_are_archived_and_restored_with_the_ledger() {
     )
     .unwrap();
 
-    let bus = Bus::connect(&BusConfig::new(&nats_url), "archive-witness-test")
-        .await
-        .unwrap();
-    bus.ensure_stream(&BusConfig::new(&nats_url).stream)
-        .await
-        .unwrap();
+    let bus = publisher(&nats_url, "archive-witness-test").await;
     let evidence = EvidenceProcess::start(&config).await;
     // Two checkpoints over two bursts, each cosigned by both witnesses (POST /checkpoint
     // answers after the witness round).

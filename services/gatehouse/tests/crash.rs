@@ -9,7 +9,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use gatehouse::nats_server::NatsServer;
-use gatehouse_bus::{Bus, BusConfig};
 use gatehouse_evidence::Ledger;
 use gatehouse_evidence::verify::verify;
 
@@ -41,12 +40,7 @@ async fn killed_mid_batch_it_loses_and_doubles_nothing() {
         ),
     )
     .unwrap();
-    let bus = Bus::connect(&BusConfig::new(nats.url()), "crash-publisher")
-        .await
-        .unwrap();
-    bus.ensure_stream(&BusConfig::new(nats.url()).stream)
-        .await
-        .unwrap();
+    let bus = publisher(nats.url(), "crash-publisher").await;
 
     // Events keep coming while the service is killed and restarted.
     let publisher = tokio::spawn({

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gatehouse::nats_server::NatsServer;
-use gatehouse_bus::{Bus, BusConfig};
 use gatehouse_evidence::verify::verify;
 use gatehouse_evidence::{Ledger, Status};
 use gatehouse_proof::merkle::verify_consistency;
@@ -121,12 +120,7 @@ async fn killing_the_active_replica_loses_nothing_and_the_standby_carries_on() {
     let (config_a, data_a) = write_config(dir.path(), nats.url(), key_path, "evidence-a");
     let (config_b, data_b) = write_config(dir.path(), nats.url(), key_path, "evidence-b");
 
-    let bus = Bus::connect(&BusConfig::new(nats.url()), "failover-publisher")
-        .await
-        .unwrap();
-    bus.ensure_stream(&BusConfig::new(nats.url()).stream)
-        .await
-        .unwrap();
+    let bus = publisher(nats.url(), "failover-publisher").await;
 
     // A first, so that A is the active one; then B stands by.
     let a = Replica::start("evidence-a", &config_a).await;

@@ -14,7 +14,7 @@ use support::*;
 use std::path::Path;
 
 use gatehouse::nats_server::NatsServer;
-use gatehouse_bus::{Bus, BusConfig};
+use gatehouse_bus::Bus;
 use gatehouse_evidence::Ledger;
 use gatehouse_proof::checkpoint::{Checkpoint, NoteSigner};
 use gatehouse_proof::cosignature::{CosignatureVerifier, witnessed_body, witnessed_origin};
@@ -115,12 +115,7 @@ async fn litewitnesses_cosign_every_checkpoint_and_a_forked_one_raises_the_alarm
     )
     .unwrap();
 
-    let bus = Bus::connect(&BusConfig::new(&nats_url), "witness-publisher")
-        .await
-        .unwrap();
-    bus.ensure_stream(&BusConfig::new(&nats_url).stream)
-        .await
-        .unwrap();
+    let bus = publisher(&nats_url, "witness-publisher").await;
     publish(&bus, 20).await;
 
     let evidence = EvidenceProcess::start(&config).await;

@@ -190,5 +190,14 @@ pub fn export_bundle(data_dir: &Path, key_file: &Path, bundle: &Path) {
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
+/// A client of the NATS server at `url` named `name`, with the `GATEHOUSE` stream in place
+/// (as `gatehouse nats setup` would leave it), for tests that publish events themselves.
+pub async fn publisher(url: &str, name: &str) -> gatehouse_bus::Bus {
+    let config = gatehouse_bus::BusConfig::new(url);
+    let bus = gatehouse_bus::Bus::connect(&config, name).await.unwrap();
+    bus.ensure_stream(&config.stream).await.unwrap();
+    bus
+}
+
 pub mod litewitness;
 pub mod s3;
