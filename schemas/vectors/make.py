@@ -52,8 +52,9 @@ def encoding(index, sequence, received_at, previous, event):
             + struct.pack(">I", len(event)) + event)
 
 
-def leaf(enc):
-    return blake3.blake3(b"\x00" + enc).digest()
+def leaf(entry_hash):
+    """Ledger format v2: the leaf is over the entry hash (v1's was over the whole encoding)."""
+    return blake3.blake3(b"\x00" + entry_hash).digest()
 
 
 def node(left, right):
@@ -126,7 +127,18 @@ for i, event in enumerate(EVENTS):
                     "previous_hash": previous, "event": event, "encoding": enc,
                     "entry_hash": entry_hash})
     previous = entry_hash
-LEAVES = [leaf(e["encoding"]) for e in ENTRIES]
+LEAVES = [leaf(e["entry_hash"]) for e in ENTRIES]
+
+
+def multiproof(start, leaves, proven):
+    """tree.jsonl: every largest subtree with no proven leaf, left to right (bundle.md)."""
+    n = len(leaves)
+    if not any(start <= i < start + n for i in proven):
+        return [(start, n, mth(leaves))]
+    if n == 1:
+        return []
+    k = split(n)
+    return multiproof(start, leaves[:k], proven) + multiproof(start + k, leaves[k:], proven)
 
 
 def checkpoint_note(size):
@@ -259,42 +271,47 @@ def index_md(m):
     return out
 
 
-def bundle(size, since):
+def bundle(size, since, first):
     _, note = checkpoint_note(size)
     members = [("checkpoint", note.encode())]
     consistency = {"old_size": since, "old_root": mth(LEAVES[:since]).hex(),
                    "proof": [h.hex() for h in subproof(since, LEAVES[:size], True)]}
     members.append(("consistency.json", json.dumps(consistency, separators=(",", ":")).encode() + b"\n"))
     members.append(("keys/checkpoint.vkey", (VKEY + "\n").encode()))
-    events, proofs = b"", b""
-    for e in ENTRIES[:size]:
+    held = ENTRIES[first:size]
+    tree = b"".join(json.dumps({"start": s, "size": z, "hash": h.hex()},
+                               separators=(",", ":")).encode() + b"\n"
+                    for s, z, h in multiproof(0, LEAVES[:size], [e["index"] for e in held]))
+    events, entries = b"", b""
+    for e in held:
         events += e["event"] + b"\n"
-        proofs += json.dumps({
+        entries += json.dumps({
             "index": e["index"], "stream_sequence": e["stream_sequence"],
             "received_at": e["received_at"], "previous_hash": e["previous_hash"].hex(),
-            "entry_hash": e["entry_hash"].hex(),
-            "inclusion": [h.hex() for h in path(e["index"], LEAVES[:size])],
         }, separators=(",", ":")).encode() + b"\n"
-    members += [("events.jsonl", events), ("proofs.jsonl", proofs), ("tombstones.jsonl", b"")]
+    described = [("tombstones.jsonl", b""), ("tree.jsonl", tree), ("entries.jsonl", entries),
+                 ("events.jsonl", events)]
     started = json.loads(EVENTS[3])
-    members.append((f"recordings/{SESSION}.cast", recording(started, CHUNKS)))
+    described.append((f"recordings/{SESSION}.cast", recording(started, CHUNKS)))
     manifest = {
         "format": "gatehouse.bundle.v2",
         "created_at": CREATED_AT,
         "filters": {},
         "contiguous": True,
-        "range": {"first_index": 0, "last_index": size - 1, "from": None, "to": None},
+        "range": {"first_index": first, "last_index": size - 1, "from": None, "to": None},
         "checkpoint": {"origin": NAME, "size": size, "root": mth(LEAVES[:size]).hex()},
-        "counts": {"events": size, "sessions": 1, "tombstones": 0},
-        "files": {name: digest(data) for name, data in members},
+        "ledger_format": "gatehouse.ledger.v2",
+        "counts": {"events": len(held), "sessions": 1, "tombstones": 0},
+        "files": {name: digest(data) for name, data in members + described},
     }
     index = index_md(manifest).encode()
     manifest["files"]["INDEX.md"] = digest(index)
     manifest["files"] = dict(sorted(manifest["files"].items()))
-    members.append(("INDEX.md", index))
+    described.append(("INDEX.md", index))
     manifest_bytes = json.dumps(manifest, indent=2).encode() + b"\n"
     signature = sign_note(manifest_note_text(manifest_bytes))
     members += [("manifest.json", manifest_bytes), ("manifest.sig", signature.encode())]
+    members += described
     archive = tar(members)
     body = gzip_member(archive)
     return members, archive, body + seal(body), manifest_bytes, signature
@@ -315,7 +332,7 @@ def main():
     })
     text, note = checkpoint_note(3)
     write("checkpoint.json", {
-        "description": "The tree of entries A, B, C of ledger.md (size 3) signed as a checkpoint with keys.json's key. " + note_by,
+        "description": "The tree (ledger format v2: leaves over entry hashes) of entries A, B, C of ledger.md (size 3) signed as a checkpoint with keys.json's key. " + note_by,
         "origin": NAME, "size": 3, "root_hex": mth(LEAVES[:3]).hex(), "text": text, "note": note,
     })
     seals = []
@@ -326,8 +343,8 @@ def main():
         "description": "The seal (bundle.md, 'The file') over the bytes before it. " + note_by,
         "seals": seals,
     })
-    size, since = len(ENTRIES), 3
-    members, archive, whole, manifest_bytes, signature = bundle(size, since)
+    size, since, first = len(ENTRIES), 3, 1
+    members, archive, whole, manifest_bytes, signature = bundle(size, since, first)
     write("manifest.json", {
         "description": "The complete bundle's manifest.json and its manifest.sig (a signed note over its BLAKE3, signed with keys.json's key). " + note_by,
         "manifest": manifest_bytes.decode(), "note_text": manifest_note_text(manifest_bytes),
@@ -336,9 +353,10 @@ def main():
     with open(os.path.join(HERE, "bundle.tar.gz"), "wb") as f:
         f.write(whole)
     write("bundle.json", {
-        "description": f"bundle.tar.gz: every entry of a {size}-entry ledger (A, B, C of ledger.md, then a session), with a consistency proof from the tree of {since} (checkpoint.json), written by make.py. The Rust writer, given the same entries, checkpoint, created_at and since, must write the same tar (the archive member's decompressed bytes); deflate may differ. " + note_by,
+        "description": f"bundle.tar.gz: entries {first} to {size - 1} of a {size}-entry ledger of format v2 (A, B, C of ledger.md, then a session; tree.jsonl gives leaf A), with a consistency proof from the tree of {since} (checkpoint.json), written by make.py. The Rust writer, given the same entries, checkpoint, created_at and since, must write the same tar (the archive member's decompressed bytes); deflate may differ. " + note_by,
         "created_at": CREATED_AT,
         "since": since,
+        "first": first,
         "entries": [{"index": e["index"], "stream_sequence": e["stream_sequence"],
                      "received_at": e["received_at"], "previous_hash": e["previous_hash"].hex(),
                      "event": e["event"].decode(), "entry_hash": e["entry_hash"].hex()}

@@ -33,7 +33,7 @@ use aws_sdk_s3::types::{ChecksumAlgorithm, ObjectLockMode};
 use serde::{Deserialize, Serialize};
 
 use crate::config::MIN_RETENTION_DAYS;
-use crate::entry::{Entry, Hash};
+use crate::entry::{Entry, Hash, LedgerFormat};
 use crate::store::{Gap, Ledger, LedgerError};
 
 /// The `archive:` section of the evidence configuration (and what `ledger restore
@@ -192,6 +192,14 @@ pub struct Manifest {
     pub witnessed: Vec<ArchivedWitnessed>,
     /// RFC 3339: the Object Lock retain-until date of every object of the segment.
     pub retain_until: String,
+    /// The archived ledger's format (what its Merkle leaves are); absent in segments of
+    /// format v1 ledgers archived before it was recorded.
+    #[serde(default = "ledger_v1")]
+    pub ledger_format: LedgerFormat,
+}
+
+fn ledger_v1() -> LedgerFormat {
+    LedgerFormat::V1
 }
 
 pub const MANIFEST_FORMAT: &str = "gatehouse.archive.segment.v1";
@@ -464,6 +472,7 @@ pub fn seal(
         return Err(bad(format!("no checkpoint of size {end} in the ledger")));
     }
     let manifest = Manifest {
+        ledger_format: ledger.format(),
         format: MANIFEST_FORMAT.into(),
         start,
         end,
@@ -1133,6 +1142,16 @@ async fn restore_into(
             segment: name.clone(),
             why,
         };
+        // The restored ledger is in the archived one's format (every segment's is the same).
+        ledger
+            .set_format_while_empty(manifest.ledger_format)
+            .map_err(|_| {
+                bad(format!(
+                    "is of ledger format {}, the segments before it of {}",
+                    manifest.ledger_format.marker(),
+                    ledger.format().marker()
+                ))
+            })?;
         let entries = archive.checked(&manifest, &manifest.entries).await?;
         let entries = decode_entries(&entries).map_err(|e| bad(format!("entries: {e}")))?;
         if entries.len() as u64 != end - start {

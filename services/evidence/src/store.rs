@@ -2,7 +2,7 @@
 //!
 //! Layout (column families; byte formats in `schemas/ledger.md`):
 //! - `entries`: key = index as u64 big-endian; value = entry_hash (32 bytes) ‖ entry encoding.
-//! - `meta`: `format` → `gatehouse.ledger.v1`; `head` → next_index u64 BE ‖ head_hash 32 bytes ‖
+//! - `meta`: `format` → `gatehouse.ledger.v2` (or `v1`, whose leaves hash the encoding); `head` → next_index u64 BE ‖ head_hash 32 bytes ‖
 //!   last_stream_sequence u64 BE; `gap/` ‖ first missing sequence u64 BE → last missing sequence
 //!   u64 BE ‖ detected_at i64 BE (nanoseconds); `tree_size` → leaves in the tree, u64 BE;
 //!   `checkpoint/` ‖ tree size u64 BE → the signed checkpoint (C2SP signed note, UTF-8);
@@ -28,7 +28,9 @@ use rocksdb::{
     Options, WriteBatch, WriteOptions,
 };
 
-use crate::entry::{DecodeError, Entry, EventTooLarge, GENESIS_HASH, Hash, entry_hash};
+use crate::entry::{
+    DecodeError, Entry, EventTooLarge, GENESIS_HASH, Hash, LedgerFormat, entry_hash,
+};
 use crate::index;
 use crate::merkle;
 use crate::retention::{self, HoldQuery, LegalHold, Pruned, Tombstone};
@@ -86,6 +88,17 @@ impl Prover<'_> {
         }
         merkle::inclusion_proof(&mut self.nodes, index, self.size)
     }
+
+    /// The hash of the subtree over entries `start .. start + size` of this tree.
+    pub fn subtree(&mut self, start: u64, size: u64) -> Result<Hash, LedgerError> {
+        if size == 0 || start.saturating_add(size) > self.size {
+            return Err(LedgerError::BeyondTree {
+                asked: start.saturating_add(size),
+                tree_size: self.size,
+            });
+        }
+        merkle::subtree_hash(&mut self.nodes, start, size)
+    }
 }
 
 /// A search over the indexes ([`Ledger::search`]).
@@ -132,7 +145,6 @@ pub const CF_ENTRIES: &str = "entries";
 pub const CF_META: &str = "meta";
 pub const CF_TREE: &str = "tree";
 pub const CF_INDEX: &str = "index";
-pub const FORMAT: &[u8] = b"gatehouse.ledger.v1";
 
 const KEY_FORMAT: &[u8] = b"format";
 const KEY_HEAD: &[u8] = b"head";
@@ -323,6 +335,8 @@ pub struct Ledger {
     /// Entries the search indexes cover.
     index_size: u64,
     read_only: bool,
+    /// What a Merkle leaf is in this ledger (fixed when it was created).
+    format: LedgerFormat,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -335,8 +349,15 @@ impl std::fmt::Debug for Ledger {
 }
 
 impl Ledger {
-    /// Opens (creating if needed) the ledger under `data_dir/ledger` for appending.
+    /// Opens (creating if needed, in the current format) the ledger under `data_dir/ledger`
+    /// for appending.
     pub fn open(data_dir: &Path) -> Result<Self, LedgerError> {
+        Self::open_as(data_dir, LedgerFormat::CURRENT)
+    }
+
+    /// Opens the ledger under `data_dir/ledger`, creating it in `format` if there is none (an
+    /// existing ledger keeps its own format).
+    pub fn open_as(data_dir: &Path, format: LedgerFormat) -> Result<Self, LedgerError> {
         let path = ledger_dir(data_dir);
         std::fs::create_dir_all(&path).map_err(|source| LedgerError::Io {
             path: path.clone(),
@@ -351,7 +372,7 @@ impl Ledger {
                 source,
             }
         })?;
-        Self::finish_open(db, path, false)
+        Self::finish_open(db, path, false, format)
     }
 
     /// Opens an existing ledger without taking the writer's lock, for verification and export
@@ -378,11 +399,16 @@ impl Ledger {
                 source,
             },
         )?;
-        Self::finish_open(db, path, true)
+        Self::finish_open(db, path, true, LedgerFormat::CURRENT)
     }
 
     /// Checks (or, for a new ledger, writes) the format marker and loads the head.
-    fn finish_open(db: DB, path: PathBuf, read_only: bool) -> Result<Self, LedgerError> {
+    fn finish_open(
+        db: DB,
+        path: PathBuf,
+        read_only: bool,
+        format_if_new: LedgerFormat,
+    ) -> Result<Self, LedgerError> {
         let mut ledger = Self {
             db,
             path,
@@ -390,8 +416,9 @@ impl Ledger {
             tree_size: 0,
             index_size: 0,
             read_only,
+            format: format_if_new,
         };
-        ledger.check_or_write_format()?;
+        ledger.format = ledger.check_or_write_format(format_if_new)?;
         ledger.head = ledger.read_head()?;
         ledger.tree_size = ledger.read_size(CF_TREE, KEY_TREE_SIZE)?;
         ledger.index_size = ledger.read_size(CF_INDEX, KEY_INDEX_SIZE)?;
@@ -414,6 +441,11 @@ impl Ledger {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The ledger's format: what its Merkle leaves are.
+    pub fn format(&self) -> LedgerFormat {
+        self.format
     }
 
     /// The head as of the last append (or opening).
@@ -460,7 +492,7 @@ impl Ledger {
             }
             for (level, index, node) in merkle::completed_by(
                 head.next_index,
-                merkle::leaf_hash(&encoding),
+                self.format.leaf(&encoding, &hash),
                 |level, index| match fresh.get(&(level, index)) {
                     Some(node) => Ok(*node),
                     None => self.node(level, index),
@@ -745,7 +777,7 @@ impl Ledger {
                 .ok_or(LedgerError::MissingNode { level: 0, index })?;
             let stored = parse_stored(&index.to_be_bytes(), &value);
             for (level, i, node) in
-                merkle::completed_by(index, merkle::leaf_hash(&stored.encoding), |level, i| {
+                merkle::completed_by(index, self.leaf(&stored), |level, i| {
                     match fresh.get(&(level, i)) {
                         Some(node) => Ok(*node),
                         None => self.node(level, i),
@@ -901,6 +933,27 @@ impl Ledger {
                 })?;
                 Ok(parse_stored(&key, &value))
             }))
+    }
+
+    /// A forward scan over the stored entries from `from`, read in batches with readahead
+    /// and without filling the block cache (a whole-ledger walk would only evict it).
+    pub fn scan_entries(&self, from: u64) -> Result<EntryScan<'_>, LedgerError> {
+        let cf = self.cf(CF_ENTRIES)?;
+        let mut iter = self.db.raw_iterator_cf_opt(&cf, scan_options());
+        iter.seek(from.to_be_bytes());
+        Ok(EntryScan {
+            iter,
+            path: self.path.clone(),
+        })
+    }
+
+    /// Stored tree nodes read in order, one forward scan per level, for a walk that meets
+    /// each level's nodes in increasing index order.
+    pub fn scan_nodes(&self) -> NodeScan<'_> {
+        NodeScan {
+            ledger: self,
+            levels: Vec::new(),
+        }
     }
 
     /// The entry at `index`, decoded, or `None`.
@@ -1068,7 +1121,7 @@ impl Ledger {
                     stream_sequence: entry.stream_sequence,
                     received_at: entry.received_at,
                     previous_hash: entry.previous_hash,
-                    leaf_hash: merkle::leaf_hash(&stored.encoding),
+                    leaf_hash: self.leaf(&stored),
                     event_length: entry.event.len() as u32,
                     event_blake3: *blake3::hash(&entry.event).as_bytes(),
                     pruned_at: now,
@@ -1199,12 +1252,38 @@ impl Ledger {
         }
     }
 
-    fn check_or_write_format(&self) -> Result<(), LedgerError> {
+    /// The leaf of a stored entry whose stored hash is its entry hash (checked by whoever
+    /// relies on it: verification, restore).
+    fn leaf(&self, stored: &StoredEntry) -> Hash {
+        self.format.leaf(&stored.encoding, &stored.stored_hash)
+    }
+
+    /// Makes an empty ledger one of `format` (a restore takes the archived ledger's).
+    pub fn set_format_while_empty(&mut self, format: LedgerFormat) -> Result<(), LedgerError> {
+        if self.format == format {
+            return Ok(());
+        }
+        if self.read_only || self.head.next_index > 0 {
+            return Err(LedgerError::WrongFormat {
+                path: self.path.clone(),
+                found: self.format.marker().into(),
+            });
+        }
+        let cf = self.cf(CF_META)?;
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .put_cf_opt(&cf, KEY_FORMAT, format.marker(), &wo)
+            .map_err(self.db_error())?;
+        self.format = format;
+        Ok(())
+    }
+
+    fn check_or_write_format(&self, format_if_new: LedgerFormat) -> Result<LedgerFormat, LedgerError> {
         let cf = self.cf(CF_META)?;
         let found = self.db.get_cf(&cf, KEY_FORMAT).map_err(self.db_error())?;
         match found {
-            Some(f) if f == FORMAT => Ok(()),
-            Some(f) => Err(LedgerError::WrongFormat {
+            Some(f) => LedgerFormat::from_marker(&f).ok_or_else(|| LedgerError::WrongFormat {
                 path: self.path.clone(),
                 found: String::from_utf8_lossy(&f).into_owned(),
             }),
@@ -1216,8 +1295,9 @@ impl Ledger {
                 let mut wo = WriteOptions::default();
                 wo.set_sync(true);
                 self.db
-                    .put_cf_opt(&cf, KEY_FORMAT, FORMAT, &wo)
-                    .map_err(self.db_error())
+                    .put_cf_opt(&cf, KEY_FORMAT, format_if_new.marker(), &wo)
+                    .map_err(self.db_error())?;
+                Ok(format_if_new)
             }
         }
     }
@@ -1331,7 +1411,7 @@ impl Ledger {
                         return Err(refuse("its contents do not hash to its stored hash".into()));
                     }
                     let keys = index_keys(index, e.received_at, &e.event);
-                    let leaf = merkle::leaf_hash(&stored.encoding);
+                    let leaf = self.leaf(&stored);
                     (e.index, e.previous_hash, e.stream_sequence, leaf, keys)
                 }
                 Err(e) => match stored.tombstone() {
@@ -1439,6 +1519,77 @@ fn column_families() -> Vec<ColumnFamilyDescriptor> {
 
 /// Splits a stored value into the stored hash and the encoding. A value too short to hold a
 /// hash keeps an all-zero hash and whatever bytes it has, so verification reports it.
+fn scan_options() -> rocksdb::ReadOptions {
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.fill_cache(false);
+    opts.set_readahead_size(4 << 20);
+    opts
+}
+
+/// See [`Ledger::scan_entries`].
+pub struct EntryScan<'a> {
+    iter: rocksdb::DBRawIteratorWithThreadMode<'a, DB>,
+    path: PathBuf,
+}
+
+impl EntryScan<'_> {
+    /// Appends up to `max` entries to `out`; fewer at the end of the entries.
+    pub fn next_batch(&mut self, max: usize, out: &mut Vec<StoredEntry>) -> Result<(), LedgerError> {
+        for _ in 0..max {
+            let (Some(key), Some(value)) = (self.iter.key(), self.iter.value()) else {
+                break;
+            };
+            out.push(parse_stored(key, value));
+            self.iter.next();
+        }
+        self.iter.status().map_err(|source| LedgerError::Db {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// See [`Ledger::scan_nodes`].
+pub struct NodeScan<'a> {
+    ledger: &'a Ledger,
+    levels: Vec<Option<rocksdb::DBRawIteratorWithThreadMode<'a, DB>>>,
+}
+
+impl NodeScan<'_> {
+    /// The stored node at `level`, `index`: the next one of its level when the walk goes in
+    /// order (a seek otherwise).
+    pub fn node(&mut self, level: u8, index: u64) -> Result<Hash, LedgerError> {
+        let key = node_key(level, index);
+        let l = usize::from(level);
+        if self.levels.len() <= l {
+            self.levels.resize_with(l + 1, || None);
+        }
+        let iter = match &mut self.levels[l] {
+            Some(iter) => iter,
+            slot => {
+                let cf = self.ledger.cf(CF_TREE)?;
+                let mut iter = self.ledger.db.raw_iterator_cf_opt(&cf, scan_options());
+                iter.seek(key);
+                slot.insert(iter)
+            }
+        };
+        if iter.key() != Some(&key[..]) {
+            iter.seek(key);
+        }
+        let found = match (iter.key(), iter.value()) {
+            (Some(k), Some(v)) if k == key && v.len() == 32 => {
+                let mut hash = [0u8; 32];
+                hash.copy_from_slice(v);
+                Some(hash)
+            }
+            _ => None,
+        };
+        iter.status().map_err(self.ledger.db_error())?;
+        iter.next();
+        found.ok_or(LedgerError::MissingNode { level, index })
+    }
+}
+
 fn parse_stored(key: &[u8], value: &[u8]) -> StoredEntry {
     let key = (key.len() == 8).then(|| be_u64(key));
     let mut stored_hash = [0u8; 32];

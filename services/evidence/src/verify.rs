@@ -11,7 +11,7 @@
 
 use std::fmt;
 
-use crate::entry::{Entry, GENESIS_HASH, Hash, entry_hash};
+use crate::entry::{EntryRef, GENESIS_HASH, Hash, LedgerFormat, entry_hash};
 use crate::merkle;
 use rayon::prelude::*;
 
@@ -134,11 +134,11 @@ struct Hashed {
 
 /// Decodes and hashes one stored entry; a problem found in the entry alone is returned for the
 /// ordered walk to report at its index.
-fn hash_stored(stored: &StoredEntry) -> Result<Hashed, Problem> {
+fn hash_stored(format: LedgerFormat, stored: &StoredEntry) -> Result<Hashed, Problem> {
     // A pruned entry keeps every field but the event: its stored hash is what the next entry
     // links to and its leaf hash is what the tree holds; only the event's own bytes can no
     // longer be checked.
-    match Entry::decode(&stored.encoding) {
+    match EntryRef::decode(&stored.encoding) {
         Ok(entry) => {
             let computed = entry_hash(&stored.encoding);
             if Some(entry.index) == stored.key && computed != stored.stored_hash {
@@ -150,7 +150,8 @@ fn hash_stored(stored: &StoredEntry) -> Result<Hashed, Problem> {
             Ok(Hashed {
                 fields: (entry.index, entry.previous_hash, entry.stream_sequence),
                 computed,
-                leaf: merkle::leaf_hash(&stored.encoding),
+                // Format v2 hashes the entry's bytes once: the leaf is over the entry hash.
+                leaf: format.leaf(&stored.encoding, &computed),
                 pruned: false,
             })
         }
@@ -187,29 +188,34 @@ pub fn verify_with_progress(
     let mut frontier: Vec<(u8, Hash)> = Vec::new();
     let mut pruned = 0u64;
 
-    // Entries are read in order and hashed in parallel a batch at a time (the two BLAKE3
-    // passes per entry are most of the cost); the chain, sequence and tree checks then run in
-    // order over the batch, so the first index that fails is still the one named.
-    let mut entries = ledger.entries(0)?;
+    // Entries are read in order and hashed in parallel a batch at a time (BLAKE3 over each
+    // entry is most of the cost), the next batch read while this one is hashed; the chain,
+    // sequence and tree checks then run in order over the batch, so the first index that
+    // fails is still the one named. Tree nodes are read by one forward scan per level.
+    let format = ledger.format();
+    let mut scan = ledger.scan_entries(0)?;
+    let mut nodes = ledger.scan_nodes();
+    let mut batch = Vec::with_capacity(VERIFY_BATCH);
+    let mut read_error = scan.next_batch(VERIFY_BATCH, &mut batch).err();
     loop {
-        let mut batch = Vec::with_capacity(VERIFY_BATCH);
-        let mut read_error = None;
-        for item in entries.by_ref() {
-            match item {
-                Ok(stored) => batch.push(stored),
-                Err(e) => {
-                    read_error = Some(e);
-                    break;
-                }
-            }
-            if batch.len() == VERIFY_BATCH {
-                break;
-            }
-        }
         if batch.is_empty() && read_error.is_none() {
             break;
         }
-        let hashed: Vec<Result<Hashed, Problem>> = batch.par_iter().map(hash_stored).collect();
+        let mut next = Vec::with_capacity(VERIFY_BATCH);
+        let mut hashed: Vec<Result<Hashed, Problem>> = Vec::new();
+        let mut next_error = None;
+        rayon::in_place_scope(|scope| {
+            let (current, out) = (&batch, &mut hashed);
+            scope.spawn(move |_| {
+                *out = current
+                    .par_iter()
+                    .map(|stored| hash_stored(format, stored))
+                    .collect();
+            });
+            if read_error.is_none() {
+                next_error = scan.next_batch(VERIFY_BATCH, &mut next).err();
+            }
+        });
         for (stored, hashed) in batch.iter().zip(hashed) {
             let Some(key) = stored.key else {
                 return broken(expected_index, Problem::ForeignKey);
@@ -272,7 +278,7 @@ pub fn verify_with_progress(
                     );
                 };
                 for (level, node, hash) in &completed {
-                    if ledger.node(*level, *node).ok() != Some(*hash) {
+                    if nodes.node(*level, *node).ok() != Some(*hash) {
                         return broken(
                             key,
                             Problem::TreeNode {
@@ -303,6 +309,8 @@ pub fn verify_with_progress(
                 e => Err(e),
             };
         }
+        batch = next;
+        read_error = next_error;
     }
     if expected_index < head.next_index {
         return broken(expected_index, Problem::Missing);

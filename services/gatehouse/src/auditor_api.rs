@@ -56,9 +56,8 @@ use gatehouse_bus::Bus;
 use gatehouse_events::envelope::{format_rfc3339, now_rfc3339};
 use gatehouse_events::{AuditAccessed, AuditAction, Envelope};
 use gatehouse_evidence::Ledger;
-use gatehouse_evidence::entry::{Entry, entry_hash};
+use gatehouse_evidence::entry::{Entry, LedgerFormat};
 use gatehouse_evidence::index::Field;
-use gatehouse_evidence::merkle::leaf_hash;
 use gatehouse_evidence::store::{LedgerError, Query as LedgerQuery};
 use gatehouse_proxy::authn::{Authenticator, AuthnError, AuthnOptions};
 use gatehouse_proxy::config::{ConnectionLimits, IssuerConfig, ServerTlsConfig};
@@ -919,6 +918,8 @@ struct EventAnswer {
     entry_hash: String,
     /// The entry's Merkle leaf hash (what the inclusion proof starts from).
     leaf_hash: String,
+    /// What a leaf is in this ledger (`schemas/ledger.md`): v2 leaves hash the entry hash.
+    ledger_format: Option<LedgerFormat>,
     /// The event; `null` once retention pruned it (the hashes above stay).
     event: Option<Box<RawValue>>,
     /// The event's bytes exactly as stored (standard base64), for recomputing the entry hash.
@@ -1005,6 +1006,7 @@ impl Inner {
                         previous_hash: hex::encode(t.previous_hash),
                         entry_hash: hex::encode(stored.stored_hash),
                         leaf_hash: hex::encode(t.leaf_hash),
+                        ledger_format: Some(ledger.format()),
                         event: None,
                         event_base64: None,
                         pruned_at: Some(t.pruned_at),
@@ -1014,7 +1016,7 @@ impl Inner {
                         let entry = Entry::decode(&stored.encoding).map_err(|source| {
                             ledger_error(LedgerError::Decode { index, source })
                         })?;
-                        event_answer(&entry, &stored.encoding)
+                        event_answer(&entry, &stored.encoding, ledger.format())
                     }
                 };
                 answer.size = size;
@@ -1034,15 +1036,17 @@ impl Inner {
 }
 
 /// An entry as stored; the tree fields are filled in by the caller.
-fn event_answer(entry: &Entry, encoding: &[u8]) -> EventAnswer {
+fn event_answer(entry: &Entry, encoding: &[u8], format: LedgerFormat) -> EventAnswer {
     use base64::Engine as _;
+    let (hash, leaf) = format.hashes(encoding);
     EventAnswer {
+        ledger_format: Some(format),
         index: entry.index,
         stream_sequence: entry.stream_sequence,
         received_at: entry.received_at,
         previous_hash: hex::encode(entry.previous_hash),
-        entry_hash: hex::encode(entry_hash(encoding)),
-        leaf_hash: hex::encode(leaf_hash(encoding)),
+        entry_hash: hex::encode(hash),
+        leaf_hash: hex::encode(leaf),
         event: Some(raw_event(&entry.event)),
         event_base64: Some(base64::engine::general_purpose::STANDARD.encode(&entry.event)),
         ..EventAnswer::default()

@@ -242,7 +242,8 @@ pub fn write_bundle(
              `checkpoints` for gatehouse evidence, or run `gatehouse checkpoint sign`"
         );
     };
-    let mut writer = BundleWriter::new(&note, signing.signer.clone()).with_context(|| {
+    let mut writer = BundleWriter::new(&note, signing.signer.clone(), ledger.format())
+        .with_context(|| {
         format!(
             "the latest checkpoint (size {size}) is not signed by the key given, whose verifier \
              key is {}; after a rotation, sign a checkpoint with the new key first (`gatehouse \
@@ -289,6 +290,7 @@ pub fn write_bundle(
     }
 
     let mut prover = ledger.prover(size)?;
+    let mut subtree = |start, size| prover.subtree(start, size).map_err(|e| e.to_string());
     let progress = bar(quiet, size, "export");
     // Requests (and sessions) chosen by the filters, by id: their later events follow them.
     let mut chosen: HashSet<String> = HashSet::new();
@@ -303,8 +305,7 @@ pub fn write_bundle(
             let at = tombstone.received_at;
             let in_time = from.is_none_or(|f| at >= nanos(f)) && to.is_none_or(|t| at < nanos(t));
             if !filtered && in_time {
-                let proof = prover.inclusion_proof(index)?;
-                writer.add_tombstone(index, &tombstone.leaf_hash, &proof)?;
+                writer.add_tombstone(index, &tombstone.leaf_hash, &mut subtree)?;
             }
             continue;
         }
@@ -323,12 +324,9 @@ pub fn write_bundle(
         if filtered && !matches(spec, &head, &mut chosen) {
             continue;
         }
-        let proof = prover.inclusion_proof(index)?;
-        writer.add_entry(&entry, &proof)?;
+        writer.add_entry(&entry, &mut subtree)?;
     }
     progress.finish_and_clear();
-    drop(prover);
-    drop(ledger);
 
     let mut filters = BTreeMap::new();
     for (name, value) in [
@@ -348,7 +346,7 @@ pub fn write_bundle(
         to: to.map(utc).transpose()?,
         created_at: gatehouse_events::envelope::now_rfc3339(),
     };
-    Ok(writer.finish(scope, out)?)
+    Ok(writer.finish(scope, &mut subtree, out)?)
 }
 
 fn utc(t: OffsetDateTime) -> anyhow::Result<String> {

@@ -19,7 +19,7 @@ use gatehouse_evidence::entry::{Entry, entry_hash};
 use gatehouse_evidence::index::Field;
 use gatehouse_evidence::store::{NewEntry, Query};
 use gatehouse_proof::checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
-use gatehouse_proof::merkle::{leaf_hash, verify_consistency, verify_inclusion};
+use gatehouse_proof::merkle::{leaf_of_entry_hash, verify_consistency, verify_inclusion};
 use gatehouse_proxy::http_client::{HttpsClient, client_tls, https_client};
 use gatehouse_sandbox::issuer::{Issuer, IssuerKeys};
 use http::StatusCode;
@@ -690,7 +690,10 @@ async fn an_event_comes_with_an_inclusion_proof_that_verifies_against_the_signed
         assert_eq!(entry.index, index);
         let encoding = entry.encode()?;
         assert_eq!(hex::encode(entry_hash(&encoding)), body["entry_hash"]);
-        assert_eq!(hex::encode(leaf_hash(&encoding)), body["leaf_hash"]);
+        // A new ledger is format v2: the leaf is over the entry hash.
+        assert_eq!(body["ledger_format"], "gatehouse.ledger.v2");
+        let leaf = leaf_of_entry_hash(&entry_hash(&encoding));
+        assert_eq!(hex::encode(leaf), body["leaf_hash"]);
         let proof: Vec<[u8; 32]> = body["inclusion"]
             .as_array()
             .expect("proof")
@@ -698,7 +701,7 @@ async fn an_event_comes_with_an_inclusion_proof_that_verifies_against_the_signed
             .map(hash32)
             .collect();
         assert!(verify_inclusion(
-            &leaf_hash(&encoding),
+            &leaf,
             index,
             checkpoint.size,
             &proof,

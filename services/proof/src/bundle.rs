@@ -5,14 +5,22 @@
 //! checkpoint            the signed checkpoint every proof is against
 //! consistency.json      optional: the checkpoint extends an older one (RFC 9162 proof)
 //! keys/checkpoint.vkey  its verifier key (a verifier given its own key checks it is the same)
+//! witnessed-checkpoint  optional: the witnesses' cosignatures
+//! manifest.json         filters, range, counts, ledger format, the BLAKE3 of every other file
+//! manifest.sig          a signed note over manifest.json's BLAKE3, by the checkpoint's key
+//! tombstones.jsonl      pruned entries: their leaf hash
+//! tree.jsonl            the subtrees that, with the leaves, rebuild the checkpoint's root
+//! entries.jsonl         one line per event: its entry fields
 //! events.jsonl          one event per line, the exact bytes the ledger stores
-//! proofs.jsonl          one line per event: its entry fields and inclusion proof
-//! tombstones.jsonl      pruned entries: their leaf hash and inclusion proof
 //! recordings/*.cast     asciicast v2 of the sessions in the bundle, rebuilt from their events
 //! INDEX.md              for people
-//! manifest.json         filters, range, counts, and the BLAKE3 of every other file
-//! manifest.sig          a signed note over manifest.json's BLAKE3, by the checkpoint's key
 //! ```
+//!
+//! The manifest comes before what it describes, so a verifier knows the ledger format (what a
+//! leaf is) before the events stream past, and checks them as they do: hashed in parallel
+//! batches, linked, and folded into the tree with the given subtrees (one node hash per leaf,
+//! not one inclusion proof per event). Format v1 (events, proofs with an inclusion proof per
+//! line, tombstones, recordings, INDEX.md, manifest last, unsigned) is still verified.
 //!
 //! The archive is one gzip member; a second, fixed-size member (the [`seal`]) carries the
 //! BLAKE3 of every byte before it.
@@ -33,8 +41,12 @@ use flate2::Compression;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
-use crate::entry::{Entry, EntryRef, Hash, entry_hash};
-use crate::merkle::{ProofChecker, verify_consistency, verify_inclusion};
+use crate::entry::{Entry, EntryRef, Hash, LedgerFormat};
+use crate::merkle::{
+    ProofChecker, RangeChecker, Subtree, subtrees_after, subtrees_between, verify_consistency,
+    verify_inclusion,
+};
+use rayon::prelude::*;
 use crate::recording::{self, SESSION_DATA, SESSION_STARTED};
 
 /// The format bundles are written in.
@@ -100,20 +112,26 @@ impl Rule {
     }
 }
 
-/// One line of `proofs.jsonl`: what, with the event's bytes, makes its ledger entry, and the
-/// entry's inclusion proof against the bundle's checkpoint.
+/// One line of `entries.jsonl`: what, with the event's bytes on the same line of
+/// `events.jsonl`, makes its ledger entry.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct ProofLine {
+pub struct EntryLine {
     pub index: u64,
     pub stream_sequence: u64,
     pub received_at: i64,
     /// Hex.
     pub previous_hash: String,
-    /// Hex; the verifier recomputes it.
-    pub entry_hash: String,
-    /// Hex hashes, leaf's sibling first (RFC 9162 PATH).
-    pub inclusion: Vec<String>,
+}
+
+/// One line of `tree.jsonl`: the hash of the subtree over leaves `start .. start + size`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SubtreeLine {
+    pub start: u64,
+    pub size: u64,
+    /// Hex.
+    pub hash: String,
 }
 
 /// One line of `tombstones.jsonl`: an entry whose payload retention pruned.
@@ -123,7 +141,15 @@ pub struct TombstoneLine {
     pub index: u64,
     /// Hex leaf hash (the payload is gone; the hash stays in the tree).
     pub leaf_hash: String,
-    pub inclusion: Vec<String>,
+}
+
+/// A line of a v1 bundle's `tombstones.jsonl`, which carried an inclusion proof.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TombstoneLineV1 {
+    index: u64,
+    leaf_hash: String,
+    inclusion: Vec<String>,
 }
 
 /// `consistency.json`: the bundle's checkpoint extends the tree of `old_size` entries whose
@@ -185,6 +211,10 @@ pub struct Manifest {
     pub contiguous: bool,
     pub range: Range,
     pub checkpoint: CheckpointRef,
+    /// What a leaf of the checkpoint's tree is (`schemas/ledger.md`); absent in v1 bundles,
+    /// whose ledgers were all format v1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger_format: Option<LedgerFormat>,
     pub counts: Counts,
     /// Every file but this one (and `manifest.sig`).
     pub files: BTreeMap<String, FileDigest>,
@@ -324,6 +354,12 @@ struct Sessions {
 
 impl Sessions {
     fn add(&mut self, event: &[u8]) {
+        // A session event's type holds `session.` unless spelled with JSON escapes; most events
+        // are neither, and need not be parsed.
+        if memchr::memmem::find(event, b"session.").is_none() && memchr::memchr(b'\\', event).is_none()
+        {
+            return;
+        }
         let Ok(head) = serde_json::from_slice::<EventHead<'_>>(event) else {
             return;
         };
@@ -364,14 +400,22 @@ impl Sessions {
 
 /// Builds a bundle: entries and files are staged in a temporary directory as they come; the
 /// recordings are made from the sessions' events as [`BundleWriter::add_entry`] sees them.
+///
+/// `subtree(start, size)` arguments give the hash of a subtree of the checkpoint's tree (from
+/// the ledger's stored nodes): the writer asks for those `tree.jsonl` needs between the leaves
+/// it is given, and rebuilds the root itself before it writes anything, so a bundle that would
+/// not verify is refused.
 pub struct BundleWriter {
     dir: tempfile::TempDir,
     note: String,
     checkpoint: Checkpoint,
     signer: NoteSigner,
+    format: LedgerFormat,
     events: Hashing<BufWriter<File>>,
-    proofs: Hashing<BufWriter<File>>,
+    entries: Hashing<BufWriter<File>>,
+    tree: Hashing<BufWriter<File>>,
     tombstones: Hashing<BufWriter<File>>,
+    range: RangeChecker,
     consistency: Option<Vec<u8>>,
     /// `witnessed-checkpoint`, when witnesses cosigned the checkpoint.
     witnessed: Option<Vec<u8>>,
@@ -389,10 +433,22 @@ impl std::fmt::Debug for BundleWriter {
     }
 }
 
+/// Gives the hash of the subtree over leaves `start .. start + size`.
+pub trait SubtreeSource {
+    fn subtree(&mut self, start: u64, size: u64) -> Result<Hash, String>;
+}
+
+impl<F: FnMut(u64, u64) -> Result<Hash, String>> SubtreeSource for F {
+    fn subtree(&mut self, start: u64, size: u64) -> Result<Hash, String> {
+        self(start, size)
+    }
+}
+
 impl BundleWriter {
-    /// A bundle against the signed checkpoint `note`, whose manifest `signer` signs: it must be
-    /// the key that signed the checkpoint, so an auditor needs one key for both.
-    pub fn new(note: &str, signer: NoteSigner) -> Result<Self, BundleError> {
+    /// A bundle against the signed checkpoint `note` of a ledger in `format`, whose manifest
+    /// `signer` signs: it must be the key that signed the checkpoint, so an auditor needs one
+    /// key for both.
+    pub fn new(note: &str, signer: NoteSigner, format: LedgerFormat) -> Result<Self, BundleError> {
         let checkpoint = signer.verifier().open(note).map_err(|e| {
             BundleError::Invalid(format!(
                 "the manifest is signed with the key that signed the checkpoint, and the \
@@ -410,12 +466,15 @@ impl BundleWriter {
         };
         Ok(Self {
             events: open("events.jsonl")?,
-            proofs: open("proofs.jsonl")?,
+            entries: open("entries.jsonl")?,
+            tree: open("tree.jsonl")?,
             tombstones: open("tombstones.jsonl")?,
+            range: RangeChecker::new(checkpoint.size),
             dir,
             note: note.to_owned(),
             checkpoint,
             signer,
+            format,
             consistency: None,
             witnessed: None,
             sessions: Sessions::default(),
@@ -464,41 +523,76 @@ impl BundleWriter {
         self.witnessed = Some(note.as_bytes().to_vec());
     }
 
-    /// Adds an entry (in increasing index order) with its inclusion proof.
-    pub fn add_entry(&mut self, entry: &Entry, inclusion: &[Hash]) -> Result<(), BundleError> {
-        if self.last.is_some_and(|last| entry.index <= last) {
+    /// Covers the tree up to `before` with given subtrees, then the leaf at `before`.
+    fn add_leaf(
+        &mut self,
+        index: u64,
+        leaf: Hash,
+        source: &mut impl SubtreeSource,
+    ) -> Result<(), BundleError> {
+        if index < self.range.next() || index >= self.checkpoint.size {
             return Err(BundleError::Invalid(format!(
-                "entry {} added after entry {:?}: entries go in increasing order",
-                entry.index, self.last
+                "entry {index} is out of order or beyond the checkpoint's {} entries: entries go \
+                 in increasing order",
+                self.checkpoint.size
             )));
         }
-        if entry.index >= self.checkpoint.size {
-            return Err(BundleError::Invalid(format!(
-                "entry {} is beyond the checkpoint's {} entries",
-                entry.index, self.checkpoint.size
-            )));
+        self.fill(subtrees_between(self.range.next(), index), source)?;
+        self.range
+            .push(index, 1, leaf)
+            .map_err(BundleError::Invalid)
+    }
+
+    fn fill(
+        &mut self,
+        subtrees: Vec<Subtree>,
+        source: &mut impl SubtreeSource,
+    ) -> Result<(), BundleError> {
+        for (start, size) in subtrees {
+            let hash = source
+                .subtree(start, size)
+                .map_err(|e| BundleError::Invalid(format!("subtree {start}+{size}: {e}")))?;
+            let line = SubtreeLine {
+                start,
+                size,
+                hash: faster_hex::hex_string(&hash),
+            };
+            serde_json::to_writer(&mut self.tree, &line).map_err(io::Error::other)?;
+            self.tree.write_all(b"\n")?;
+            self.range
+                .push(start, size, hash)
+                .map_err(BundleError::Invalid)?;
         }
+        Ok(())
+    }
+
+    /// Adds an entry (in increasing index order, merged with tombstones).
+    pub fn add_entry(
+        &mut self,
+        entry: &Entry,
+        source: &mut impl SubtreeSource,
+    ) -> Result<(), BundleError> {
         if entry.event.contains(&b'\n') {
             return Err(BundleError::Invalid(format!(
                 "entry {}'s event holds a raw newline and cannot be one line of events.jsonl",
                 entry.index
             )));
         }
-        let encoding = entry
-            .encode()
+        let (_, leaf) = entry
+            .as_ref()
+            .hashes(self.format)
             .map_err(|e| BundleError::Invalid(e.to_string()))?;
+        self.add_leaf(entry.index, leaf, source)?;
         self.events.write_all(&entry.event)?;
         self.events.write_all(b"\n")?;
-        let line = ProofLine {
+        let line = EntryLine {
             index: entry.index,
             stream_sequence: entry.stream_sequence,
             received_at: entry.received_at,
             previous_hash: faster_hex::hex_string(&entry.previous_hash),
-            entry_hash: faster_hex::hex_string(&entry_hash(&encoding)),
-            inclusion: hexs(inclusion),
         };
-        serde_json::to_writer(&mut self.proofs, &line).map_err(io::Error::other)?;
-        self.proofs.write_all(b"\n")?;
+        serde_json::to_writer(&mut self.entries, &line).map_err(io::Error::other)?;
+        self.entries.write_all(b"\n")?;
         self.sessions.add(&entry.event);
         self.counts.events += 1;
         self.first.get_or_insert(entry.index);
@@ -506,17 +600,17 @@ impl BundleWriter {
         Ok(())
     }
 
-    /// Adds a pruned entry: its leaf hash and inclusion proof.
+    /// Adds a pruned entry: its leaf hash (in increasing index order, merged with entries).
     pub fn add_tombstone(
         &mut self,
         index: u64,
         leaf: &Hash,
-        inclusion: &[Hash],
+        source: &mut impl SubtreeSource,
     ) -> Result<(), BundleError> {
+        self.add_leaf(index, *leaf, source)?;
         let line = TombstoneLine {
             index,
             leaf_hash: hex::encode(leaf),
-            inclusion: hexs(inclusion),
         };
         serde_json::to_writer(&mut self.tombstones, &line).map_err(io::Error::other)?;
         self.tombstones.write_all(b"\n")?;
@@ -528,9 +622,22 @@ impl BundleWriter {
         &self.counts
     }
 
-    /// Writes the archive to `out`, in the order of `schemas/bundle.md`, with the manifest and
-    /// its signature last, then the seal.
-    pub fn finish(self, scope: Scope, out: impl Write) -> Result<Manifest, BundleError> {
+    /// Writes the archive to `out`, in the order of `schemas/bundle.md`, then the seal.
+    pub fn finish(
+        mut self,
+        scope: Scope,
+        source: &mut impl SubtreeSource,
+        out: impl Write,
+    ) -> Result<Manifest, BundleError> {
+        self.fill(subtrees_after(self.range.next(), self.checkpoint.size), source)?;
+        if self.range.root() != Some(self.checkpoint.root) {
+            return Err(BundleError::Invalid(format!(
+                "the entries and subtrees given do not rebuild the checkpoint's root {} (tree of \
+                 {} entries): the ledger does not match its checkpoint",
+                hex::encode(self.checkpoint.root),
+                self.checkpoint.size
+            )));
+        }
         let Scope {
             filters,
             contiguous,
@@ -554,10 +661,13 @@ impl BundleWriter {
                 Source::Bytes(bytes),
             ));
         }
+        // The manifest and its signature go here, once every digest is known.
+        let manifest_at = files.len();
         for (name, file) in [
-            ("events.jsonl", self.events),
-            ("proofs.jsonl", self.proofs),
             ("tombstones.jsonl", self.tombstones),
+            ("tree.jsonl", self.tree),
+            ("entries.jsonl", self.entries),
+            ("events.jsonl", self.events),
         ] {
             let mut file = file;
             file.flush()?;
@@ -597,6 +707,7 @@ impl BundleWriter {
                 size: self.checkpoint.size,
                 root: hex::encode(self.checkpoint.root),
             },
+            ledger_format: Some(self.format),
             counts,
             files: files.iter().map(|(n, s)| (n.clone(), digest(s))).collect(),
         };
@@ -609,8 +720,14 @@ impl BundleWriter {
         let mut manifest_json = serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?;
         manifest_json.push(b'\n');
         let signature = self.signer.sign_note(&manifest_note_text(&manifest_json));
-        files.push(("manifest.json".into(), Source::Bytes(manifest_json)));
-        files.push(("manifest.sig".into(), Source::Bytes(signature.into_bytes())));
+        files.insert(
+            manifest_at,
+            ("manifest.sig".into(), Source::Bytes(signature.into_bytes())),
+        );
+        files.insert(
+            manifest_at,
+            ("manifest.json".into(), Source::Bytes(manifest_json)),
+        );
 
         let hashed = Hashing::new(out);
         let gz = flate2::GzBuilder::new()
@@ -646,28 +763,45 @@ enum Source {
     Staged(FileDigest),
 }
 
-/// The position of a member in a bundle (`schemas/bundle.md`, *The archive*); members of the
-/// same rank (recordings) go in byte order of their names.
-fn member_rank(name: &str) -> Option<u8> {
-    Some(match name {
-        "checkpoint" => 0,
-        "consistency.json" => 1,
-        "keys/checkpoint.vkey" => 2,
-        crate::cosignature::BUNDLE_MEMBER => 3,
-        "events.jsonl" => 4,
-        "proofs.jsonl" => 5,
-        "tombstones.jsonl" => 6,
-        "INDEX.md" => 8,
-        "manifest.json" => 9,
-        "manifest.sig" => 10,
-        _ => {
-            let id = name.strip_prefix("recordings/")?.strip_suffix(".cast")?;
-            if !recording::valid_session_id(id) {
-                return None;
-            }
-            7
+/// The position of a member in a bundle of `format` v2 or v1 (`schemas/bundle.md`, *The
+/// archive*); members of the same rank (recordings) go in byte order of their names.
+fn member_rank(name: &str, v2: bool) -> Option<u8> {
+    let fixed: &[&str] = if v2 {
+        &[
+            "checkpoint",
+            "consistency.json",
+            "keys/checkpoint.vkey",
+            crate::cosignature::BUNDLE_MEMBER,
+            "manifest.json",
+            "manifest.sig",
+            "tombstones.jsonl",
+            "tree.jsonl",
+            "entries.jsonl",
+            "events.jsonl",
+            "recordings/",
+            "INDEX.md",
+        ]
+    } else {
+        &[
+            "checkpoint",
+            "keys/checkpoint.vkey",
+            "events.jsonl",
+            "proofs.jsonl",
+            "tombstones.jsonl",
+            "recordings/",
+            "INDEX.md",
+            "manifest.json",
+        ]
+    };
+    let rank = |member: &str| fixed.iter().position(|m| *m == member).map(|r| r as u8);
+    match name.strip_prefix("recordings/") {
+        Some(rest) => {
+            let id = rest.strip_suffix(".cast")?;
+            recording::valid_session_id(id).then_some(())?;
+            rank("recordings/")
         }
-    })
+        None => rank(name),
+    }
 }
 
 fn append(
@@ -901,31 +1035,57 @@ pub fn verify_with(
         }
     }
 
-    // Rule 8.
-    let events = match streamed {
-        Some(events) => events,
-        None => {
-            let mut events = EventCheck::new(&checkpoint);
-            let open = |name: &str| File::open(dir.path().join(name));
-            match (open("events.jsonl"), open("proofs.jsonl")) {
-                (Ok(e), Ok(p)) => events.run(
-                    BufReader::with_capacity(READ_BUFFER, e),
-                    BufReader::with_capacity(READ_BUFFER, p),
-                    |n| {
-                        progress(Progress {
-                            read: total,
-                            events: n,
-                        })
-                    },
-                ),
-                _ => events.fail("events.jsonl or proofs.jsonl cannot be read".into()),
-            }
-            events
-        }
+    // Rules 8 and 9.
+    let open = |name: &str| {
+        File::open(dir.path().join(name)).map(|f| BufReader::with_capacity(READ_BUFFER, f))
     };
-    let pruned = check_tombstones(dir.path(), &manifest, &checkpoint, &mut failures);
-    events.finish(&manifest, &pruned, &mut failures);
-    check_recordings(dir.path(), &members, v2, &mut failures);
+    let mut on = |n| {
+        progress(Progress {
+            read: total,
+            events: n,
+        })
+    };
+    let sessions = if v2 {
+        let format = manifest.ledger_format.ok_or_else(|| {
+            one(Rule::Manifest.fail(format!("a {FORMAT} manifest names its ledger_format")))
+        })?;
+        let check = match streamed {
+            Some(Streamed::V2(check)) => check,
+            _ => {
+                let mut check = LeafCheck::new(dir.path(), &checkpoint, format)
+                    .map_err(|e| one(Rule::Events.fail(e)))?;
+                match (open("events.jsonl"), open("entries.jsonl")) {
+                    (Ok(e), Ok(p)) => check.run(e, p, &mut on),
+                    _ => check
+                        .sequence
+                        .fail("events.jsonl or entries.jsonl cannot be read".into()),
+                }
+                check
+            }
+        };
+        check.finish(&manifest, &mut failures)
+    } else {
+        if manifest.ledger_format.is_some() {
+            failures.push(Rule::Manifest.fail(format!(
+                "a {FORMAT_V1} manifest has no ledger_format (its ledgers were all v1)"
+            )));
+        }
+        let events = match streamed {
+            Some(Streamed::V1(events)) => events,
+            _ => {
+                let mut events = EventCheck::new(&checkpoint);
+                match (open("events.jsonl"), open("proofs.jsonl")) {
+                    (Ok(e), Ok(p)) => events.run(e, p, &mut on),
+                    _ => events.fail("events.jsonl or proofs.jsonl cannot be read".into()),
+                }
+                events
+            }
+        };
+        let pruned = check_tombstones(dir.path(), &manifest, &checkpoint, &mut failures);
+        events.finish(&manifest, &pruned, &mut failures);
+        sessions_on_disk(dir.path())
+    };
+    check_recordings(dir.path(), &members, sessions, v2, &mut failures);
     let extends = check_consistency(dir.path(), &members, &checkpoint, &mut failures);
     let trusted = options.trusted.and_then(|note| {
         check_trusted(
@@ -957,30 +1117,42 @@ const READ_BUFFER: usize = 256 * 1024;
 
 /// Rule 4: every member a bundle of this format must hold, none it may not, in order.
 fn check_members(members: &[String], v2: bool) -> Result<(), String> {
-    let mut required = vec![
-        "checkpoint",
-        "keys/checkpoint.vkey",
-        "events.jsonl",
-        "proofs.jsonl",
-        "tombstones.jsonl",
-        "INDEX.md",
-        "manifest.json",
-    ];
-    if v2 {
-        required.push("manifest.sig");
-    } else if let Some(name) = members.iter().find(|m| {
-        matches!(m.as_str(), "manifest.sig" | "consistency.json")
-            || m.as_str() == crate::cosignature::BUNDLE_MEMBER
-    }) {
-        return Err(format!("{name} is not a member of a {FORMAT_V1} bundle"));
+    let required: &[&str] = if v2 {
+        &[
+            "checkpoint",
+            "keys/checkpoint.vkey",
+            "manifest.json",
+            "manifest.sig",
+            "tombstones.jsonl",
+            "tree.jsonl",
+            "entries.jsonl",
+            "events.jsonl",
+            "INDEX.md",
+        ]
+    } else {
+        &[
+            "checkpoint",
+            "keys/checkpoint.vkey",
+            "events.jsonl",
+            "proofs.jsonl",
+            "tombstones.jsonl",
+            "INDEX.md",
+            "manifest.json",
+        ]
+    };
+    if let Some(name) = members
+        .iter()
+        .find(|m| member_rank(m, v2).is_none())
+    {
+        return Err(format!("{name} is not a member of a {} bundle", if v2 { FORMAT } else { FORMAT_V1 }));
     }
-    for name in required {
+    for &name in required {
         if !members.iter().any(|m| m == name) {
             return Err(format!("{name} is missing"));
         }
     }
     for pair in members.windows(2) {
-        let key = |name: &str| (member_rank(name), name.to_owned());
+        let key = |name: &str| (member_rank(name, v2), name.to_owned());
         if key(&pair[0]) >= key(&pair[1]) {
             return Err(format!(
                 "{} comes after {}: members go in the order of schemas/bundle.md",
@@ -1144,8 +1316,30 @@ struct Unpacked {
     members: Vec<String>,
     /// Every member's digest, `proofs.jsonl` included.
     digests: BTreeMap<String, FileDigest>,
-    /// The events, if they were checked while `proofs.jsonl` streamed past.
-    streamed: Option<EventCheck>,
+    /// The events, if they were checked as they streamed past.
+    streamed: Option<Streamed>,
+}
+
+/// Events checked while the archive streamed past: a v1 bundle's as `proofs.jsonl` did
+/// (against the unpacked `events.jsonl`), a v2 bundle's as `events.jsonl` did.
+enum Streamed {
+    V1(EventCheck),
+    V2(LeafCheck),
+}
+
+impl Streamed {
+    fn lines(&self) -> u64 {
+        match self {
+            Streamed::V1(c) => c.line,
+            Streamed::V2(c) => c.sequence.line,
+        }
+    }
+}
+
+/// A v2 bundle's manifest, already unpacked, and the ledger format it names.
+fn unpacked_v2_format(dir: &Path) -> Option<LedgerFormat> {
+    let manifest: Manifest = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()?;
+    (manifest.format == FORMAT).then_some(manifest.ledger_format?)
 }
 
 /// Rule 3 for one member's header: a ustar regular file, mode 0644, owned by 0:0, time 0, no
@@ -1228,22 +1422,34 @@ fn unpack(
     for entry in entries {
         let mut entry = entry.map_err(damaged)?;
         let name = member_name(entry.header()).map_err(|m| Rule::Tar.fail(m))?;
-        if member_rank(&name).is_none() {
+        if member_rank(&name, true).is_none() && member_rank(&name, false).is_none() {
             return Err(Rule::Members.fail(format!("{name} is not a member a bundle holds")));
         }
         if digests.contains_key(&name) {
             return Err(Rule::Members.fail(format!("{name} appears twice")));
         }
         expected += 512 + entry.size().div_ceil(512) * 512;
-        // `proofs.jsonl` after the checkpoint and `events.jsonl`: checked as it streams past.
-        let streaming = (name == "proofs.jsonl" && digests.contains_key("events.jsonl"))
+        // v1: `proofs.jsonl` after the checkpoint and `events.jsonl`, checked as it streams
+        // past; v2: `events.jsonl` after the manifest, the checkpoint and the files describing
+        // its entries, likewise.
+        let has = |names: &[&str]| names.iter().all(|n| digests.contains_key(*n));
+        let v1_streaming = (name == "proofs.jsonl" && has(&["events.jsonl"]))
             .then(|| {
                 let (checkpoint, _, _) = open_checkpoint(dir, key).ok()?;
                 Some((checkpoint, File::open(dir.join("events.jsonl")).ok()?))
             })
             .flatten();
-        let digest = match streaming {
-            Some((checkpoint, events)) => {
+        let v2_streaming = (name == "events.jsonl"
+            && has(&["manifest.json", "tombstones.jsonl", "tree.jsonl", "entries.jsonl"]))
+        .then(|| {
+            let format = unpacked_v2_format(dir)?;
+            let (checkpoint, _, _) = open_checkpoint(dir, key).ok()?;
+            let check = LeafCheck::new(dir, &checkpoint, format).ok()?;
+            Some((check, File::open(dir.join("entries.jsonl")).ok()?))
+        })
+        .flatten();
+        let digest = match (v1_streaming, v2_streaming) {
+            (Some((checkpoint, events)), _) => {
                 let mut proofs = Hashing::new(&mut entry);
                 let mut check = EventCheck::new(&checkpoint);
                 check.run(
@@ -1258,10 +1464,26 @@ fn unpack(
                 );
                 // Whatever the check left unread still counts for the digest.
                 io::copy(&mut proofs, &mut io::sink()).map_err(damaged)?;
-                streamed = Some(check);
+                streamed = Some(Streamed::V1(check));
                 proofs.digest()
             }
-            None => {
+            (None, Some((mut check, entries))) => {
+                let mut events = Hashing::new(&mut entry);
+                check.run(
+                    BufReader::with_capacity(READ_BUFFER, &mut events),
+                    BufReader::with_capacity(READ_BUFFER, entries),
+                    |events| {
+                        progress(Progress {
+                            read: read.get(),
+                            events,
+                        })
+                    },
+                );
+                io::copy(&mut events, &mut io::sink()).map_err(damaged)?;
+                streamed = Some(Streamed::V2(check));
+                events.digest()
+            }
+            (None, None) => {
                 let path: PathBuf = dir.join(&name);
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
@@ -1278,7 +1500,7 @@ fn unpack(
         digests.insert(name, digest);
         progress(Progress {
             read: read.get(),
-            events: streamed.as_ref().map_or(0, |c: &EventCheck| c.line),
+            events: streamed.as_ref().map_or(0, Streamed::lines),
         });
     }
     // After the members: zero blocks only, two of them, then the gzip member's end exactly
@@ -1307,7 +1529,7 @@ fn unpack(
     }
     progress(Progress {
         read: read.get(),
-        events: streamed.as_ref().map_or(0, |c| c.line),
+        events: streamed.as_ref().map_or(0, Streamed::lines),
     });
     Ok(Unpacked {
         members,
@@ -1316,12 +1538,11 @@ fn unpack(
     })
 }
 
-/// Rule 10: one recording per session whose `session.started` is in the bundle and whose id
-/// may name a file, none other; from v2, each one is exactly what its events make.
-fn check_recordings(dir: &Path, members: &[String], v2: bool, failures: &mut Vec<String>) {
+/// The sessions of a v1 bundle's unpacked `events.jsonl`.
+fn sessions_on_disk(dir: &Path) -> Sessions {
     let mut sessions = Sessions::default();
     let Ok(file) = File::open(dir.join("events.jsonl")) else {
-        return;
+        return sessions;
     };
     let mut reader = BufReader::with_capacity(READ_BUFFER, file);
     let mut line = Vec::new();
@@ -1332,6 +1553,18 @@ fn check_recordings(dir: &Path, members: &[String], v2: bool, failures: &mut Vec
         sessions.add(&line);
         line.clear();
     }
+    sessions
+}
+
+/// Rule 10: one recording per session whose `session.started` is in the bundle and whose id
+/// may name a file, none other; from v2, each one is exactly what its events make.
+fn check_recordings(
+    dir: &Path,
+    members: &[String],
+    sessions: Sessions,
+    v2: bool,
+    failures: &mut Vec<String>,
+) {
     let held: BTreeSet<&str> = members
         .iter()
         .filter_map(|m| m.strip_prefix("recordings/")?.strip_suffix(".cast"))
@@ -1606,7 +1839,7 @@ impl EventCheck {
             previous_hash,
             event,
         };
-        let Ok((hash, leaf)) = entry.hashes() else {
+        let Ok((hash, leaf)) = entry.hashes(LedgerFormat::V1) else {
             fail(self, "the event is too large for an entry".into());
             return;
         };
@@ -1631,30 +1864,38 @@ impl EventCheck {
                 ),
             );
         }
+        self.follow(proof.index, &previous_hash, hash);
+    }
+
+    /// The order and links of the entry on the current line: it must come after the one
+    /// before and, if next to it, link to it; skipped entries are noted for [`Self::finish`].
+    /// False when it is out of order.
+    fn follow(&mut self, index: u64, previous_hash: &Hash, hash: Hash) -> bool {
+        let line = self.line;
+        let mut in_order = true;
         if let Some((prev_index, prev_hash)) = self.previous {
-            if proof.index <= prev_index {
-                fail(
-                    self,
-                    format!(
-                        "entry {} repeats or comes after entry {prev_index}",
-                        proof.index
-                    ),
-                );
-            } else if proof.index == prev_index + 1 && previous_hash != prev_hash {
-                fail(
-                    self,
-                    format!("entry {} does not link to entry {prev_index}", proof.index),
-                );
-            } else if proof.index != prev_index + 1 {
+            if index <= prev_index {
+                self.failures.push(format!(
+                    "event on line {line}: entry {index} repeats or comes after entry {prev_index}"
+                ));
+                in_order = false;
+            } else if index == prev_index + 1 && *previous_hash != prev_hash {
+                self.failures.push(format!(
+                    "event on line {line}: entry {index} does not link to entry {prev_index}"
+                ));
+            } else if index != prev_index + 1 {
                 if self.holes.len() < HOLES_KEPT {
-                    self.holes.push((line, prev_index + 1, proof.index - 1));
+                    self.holes.push((line, prev_index + 1, index - 1));
                 } else {
                     self.more_holes += 1;
                 }
             }
         }
-        self.first.get_or_insert(proof.index);
-        self.previous = Some((proof.index, hash));
+        self.first.get_or_insert(index);
+        if in_order {
+            self.previous = Some((index, hash));
+        }
+        in_order
     }
 
     /// The per-line failures, then what the manifest promised and the lines did not keep.
@@ -1704,6 +1945,350 @@ impl EventCheck {
     }
 }
 
+/// Lines hashed in parallel at a time, while the next batch is read.
+const LEAF_BATCH: usize = 2048;
+
+/// A line of `entries.jsonl` as read.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryLineRef<'a> {
+    index: u64,
+    stream_sequence: u64,
+    received_at: i64,
+    #[serde(borrow)]
+    previous_hash: Cow<'a, str>,
+}
+
+/// What one line pair gives: index, previous hash, entry hash and leaf hash.
+type HashedLine = Result<(u64, Hash, Hash, Hash), String>;
+
+fn hash_line(format: LedgerFormat, event: &[u8], entry: &[u8]) -> HashedLine {
+    let line: EntryLineRef<'_> = serde_json::from_slice(entry)
+        .map_err(|e| format!("entries.jsonl line is malformed: {e}"))?;
+    let previous_hash = unhex(&line.previous_hash)
+        .ok_or("previous_hash in entries.jsonl is not 64 lower-case hex digits")?;
+    let entry = EntryRef {
+        index: line.index,
+        stream_sequence: line.stream_sequence,
+        received_at: line.received_at,
+        previous_hash,
+        event,
+    };
+    let (hash, leaf) = entry
+        .hashes(format)
+        .map_err(|_| "the event is too large for an entry".to_owned())?;
+    Ok((line.index, previous_hash, hash, leaf))
+}
+
+/// Rules 8 and 9 of format v2: every event with its `entries.jsonl` line makes an entry, the
+/// entries link where they are neighbours, and their leaves, the tombstones' leaves and the
+/// subtrees of `tree.jsonl` rebuild the checkpoint's root. Events are read as they stream past;
+/// each batch is hashed on every core while the next is read.
+struct LeafCheck {
+    format: LedgerFormat,
+    size: u64,
+    root: Hash,
+    sequence: EventCheck,
+    range: RangeChecker,
+    tree: BufReader<File>,
+    tree_lines: u64,
+    /// Set once the tree cannot be rebuilt (the failure is reported once).
+    tree_failed: bool,
+    tombstones: BufReader<File>,
+    tombstone_lines: u64,
+    next_tombstone: Option<(u64, Hash)>,
+    pruned: BTreeSet<u64>,
+    tombstone_failures: Vec<String>,
+    sessions: Sessions,
+}
+
+impl LeafCheck {
+    fn new(dir: &Path, checkpoint: &Checkpoint, format: LedgerFormat) -> Result<Self, String> {
+        let open = |name: &str| {
+            File::open(dir.join(name))
+                .map(|f| BufReader::with_capacity(READ_BUFFER, f))
+                .map_err(|e| format!("{name}: {e}"))
+        };
+        let mut check = Self {
+            format,
+            size: checkpoint.size,
+            root: checkpoint.root,
+            sequence: EventCheck::new(checkpoint),
+            range: RangeChecker::new(checkpoint.size),
+            tree: open("tree.jsonl")?,
+            tree_lines: 0,
+            tree_failed: false,
+            tombstones: open("tombstones.jsonl")?,
+            tombstone_lines: 0,
+            next_tombstone: None,
+            pruned: BTreeSet::new(),
+            tombstone_failures: Vec::new(),
+            sessions: Sessions::default(),
+        };
+        check.next_tombstone = check.read_tombstone();
+        Ok(check)
+    }
+
+    fn read_tombstone(&mut self) -> Option<(u64, Hash)> {
+        let mut line = Vec::new();
+        match self.tombstones.read_until(b'\n', &mut line) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(e) => {
+                self.tombstone_failures
+                    .push(format!("tombstones.jsonl cannot be read: {e}"));
+                return None;
+            }
+        }
+        self.tombstone_lines += 1;
+        let n = self.tombstone_lines;
+        let parsed = line
+            .strip_suffix(b"\n")
+            .and_then(|l| serde_json::from_slice::<TombstoneLine>(l).ok())
+            .and_then(|t| Some((t.index, unhex(&t.leaf_hash)?)));
+        let previous = self.pruned.last().copied();
+        match parsed {
+            Some((index, _)) if previous.is_some_and(|p| index <= p) => {
+                self.tombstone_failures.push(format!(
+                    "tombstones.jsonl line {n}: entry {index} does not come after entry {}",
+                    previous.unwrap_or_default()
+                ));
+                None
+            }
+            Some(t) => Some(t),
+            None => {
+                self.tombstone_failures.push(format!(
+                    "tombstones.jsonl line {n} is not {{\"index\", \"leaf_hash\"}} ending with \
+                     a newline"
+                ));
+                None
+            }
+        }
+    }
+
+    /// Folds the tombstones before `index` into the tree; one at `index` itself is refused.
+    fn tombstones_before(&mut self, index: u64) {
+        while let Some((t, leaf)) = self.next_tombstone.filter(|(t, _)| *t <= index) {
+            if t == index {
+                self.tombstone_failures.push(format!(
+                    "tombstones.jsonl line {}: entry {t} is pruned and also in events.jsonl",
+                    self.tombstone_lines
+                ));
+            } else {
+                self.leaf(t, leaf);
+            }
+            self.pruned.insert(t);
+            self.next_tombstone = self.read_tombstone();
+        }
+    }
+
+    fn tree_failure(&mut self, what: String) {
+        if !self.tree_failed {
+            self.tree_failed = true;
+            self.sequence.fail(what);
+        }
+    }
+
+    /// The next `tree.jsonl` line, which must give the subtree `start`, `size`.
+    fn given(&mut self, start: u64, size: u64) {
+        let mut line = Vec::new();
+        let read = self.tree.read_until(b'\n', &mut line);
+        self.tree_lines += 1;
+        let n = self.tree_lines;
+        let parsed = match read {
+            Ok(0) => {
+                return self.tree_failure(format!(
+                    "tree.jsonl ends before the subtree over entries {start} to {} (line {n})",
+                    start + size - 1
+                ));
+            }
+            Ok(_) => line
+                .strip_suffix(b"\n")
+                .and_then(|l| serde_json::from_slice::<SubtreeLine>(l).ok()),
+            Err(e) => return self.tree_failure(format!("tree.jsonl cannot be read: {e}")),
+        };
+        let Some(given) = parsed else {
+            return self.tree_failure(format!(
+                "tree.jsonl line {n} is not {{\"start\", \"size\", \"hash\"}} ending with a \
+                 newline"
+            ));
+        };
+        let hash = unhex(&given.hash);
+        match hash {
+            Some(hash) if (given.start, given.size) == (start, size) => {
+                if let Err(e) = self.range.push(start, size, hash) {
+                    self.tree_failure(e);
+                }
+            }
+            Some(_) => self.tree_failure(format!(
+                "tree.jsonl line {n} gives the subtree {}+{}, where the leaves before it need \
+                 {start}+{size}",
+                given.start, given.size
+            )),
+            None => self.tree_failure(format!(
+                "tree.jsonl line {n}: the hash is not 64 lower-case hex digits"
+            )),
+        }
+    }
+
+    fn leaf(&mut self, index: u64, leaf: Hash) {
+        if self.tree_failed {
+            return;
+        }
+        if index < self.range.next() || index >= self.size {
+            return self.tree_failure(format!(
+                "entry {index} is not in the checkpointed tree of {} entries after entry {}",
+                self.size,
+                self.range.next().wrapping_sub(1)
+            ));
+        }
+        for (start, size) in subtrees_between(self.range.next(), index) {
+            self.given(start, size);
+            if self.tree_failed {
+                return;
+            }
+        }
+        if let Err(e) = self.range.push(index, 1, leaf) {
+            self.tree_failure(e);
+        }
+    }
+
+    /// Reads up to [`LEAF_BATCH`] line pairs into `batch`; false when the files end
+    /// differently or cannot be read (the failure is recorded).
+    fn read_batch(
+        &mut self,
+        events: &mut impl BufRead,
+        entries: &mut impl BufRead,
+        batch: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> bool {
+        batch.clear();
+        while batch.len() < LEAF_BATCH {
+            let (mut event, mut entry) = (Vec::with_capacity(1024), Vec::with_capacity(160));
+            let lines = self.sequence.line + batch.len() as u64;
+            match (
+                events.read_until(b'\n', &mut event),
+                entries.read_until(b'\n', &mut entry),
+            ) {
+                (Ok(0), Ok(0)) => break,
+                (Ok(0), Ok(_)) | (Ok(_), Ok(0)) => {
+                    self.sequence.fail(format!(
+                        "events.jsonl and entries.jsonl differ in length after line {lines}"
+                    ));
+                    return false;
+                }
+                (Ok(_), Ok(_)) => {}
+                _ => {
+                    self.sequence
+                        .fail(format!("line {} cannot be read", lines + 1));
+                    return false;
+                }
+            }
+            if event.last() == Some(&b'\n') {
+                event.pop();
+            }
+            if entry.last() == Some(&b'\n') {
+                entry.pop();
+            }
+            batch.push((event, entry));
+        }
+        true
+    }
+
+    /// Checks `events` against `entries.jsonl` line by line, to the end of both.
+    fn run(&mut self, mut events: impl BufRead, mut entries: impl BufRead, mut on: impl FnMut(u64)) {
+        let format = self.format;
+        let mut current = Vec::with_capacity(LEAF_BATCH);
+        let mut more = self.read_batch(&mut events, &mut entries, &mut current);
+        while !current.is_empty() {
+            let mut next = Vec::with_capacity(LEAF_BATCH);
+            let mut hashed: Vec<HashedLine> = Vec::new();
+            rayon::in_place_scope(|scope| {
+                let batch = &current;
+                let out = &mut hashed;
+                scope.spawn(move |_| {
+                    *out = batch
+                        .par_iter()
+                        .map(|(event, entry)| hash_line(format, event, entry))
+                        .collect();
+                });
+                if more {
+                    more = self.read_batch(&mut events, &mut entries, &mut next);
+                }
+            });
+            for ((event, _), hashed) in current.iter().zip(hashed) {
+                self.line(event, hashed);
+            }
+            on(self.sequence.line);
+            current = next;
+        }
+        on(self.sequence.line);
+    }
+
+    fn line(&mut self, event: &[u8], hashed: HashedLine) {
+        self.sequence.line += 1;
+        let line = self.sequence.line;
+        let (index, previous_hash, hash, leaf) = match hashed {
+            Ok(h) => h,
+            Err(e) => {
+                self.sequence.fail(format!("event on line {line}: {e}"));
+                self.tree_failure(format!(
+                    "the tree cannot be rebuilt past line {line} of events.jsonl"
+                ));
+                return;
+            }
+        };
+        self.tombstones_before(index);
+        if self.sequence.follow(index, &previous_hash, hash) {
+            self.leaf(index, leaf);
+        } else {
+            self.tree_failed = true;
+        }
+        self.sessions.add(event);
+    }
+
+    /// Rule 8's tree and rule 9 once every event is read; then what [`EventCheck::finish`]
+    /// judges. Returns the sessions the events start.
+    fn finish(mut self, manifest: &Manifest, failures: &mut Vec<String>) -> Sessions {
+        self.tombstones_before(u64::MAX);
+        if !self.tree_failed {
+            for (start, size) in subtrees_after(self.range.next(), self.size) {
+                self.given(start, size);
+                if self.tree_failed {
+                    break;
+                }
+            }
+        }
+        if !self.tree_failed {
+            let mut rest = Vec::new();
+            if self.tree.read_until(b'\n', &mut rest).is_ok_and(|n| n > 0) {
+                self.tree_failure(format!(
+                    "tree.jsonl has more lines than the tree needs (line {})",
+                    self.tree_lines + 1
+                ));
+            } else if self.range.root() != Some(self.root) {
+                self.tree_failure(
+                    "the events' and tombstones' leaves with the subtrees of tree.jsonl do not \
+                     make the checkpoint's root: an entry was changed, added or removed"
+                        .into(),
+                );
+            }
+        }
+        if self.tombstone_lines != manifest.counts.tombstones {
+            self.tombstone_failures.push(format!(
+                "the bundle holds {} tombstones, the manifest says {}",
+                self.tombstone_lines, manifest.counts.tombstones
+            ));
+        }
+        failures.extend(
+            self.tombstone_failures
+                .iter()
+                .map(|f| Rule::Tombstones.fail(f)),
+        );
+        self.sequence.finish(manifest, &self.pruned, failures);
+        self.sessions
+    }
+}
+
 /// Rule 9; returns the indexes of the tombstones proven.
 fn check_tombstones(
     dir: &Path,
@@ -1726,7 +2311,7 @@ fn check_tombstones(
             return pruned;
         };
         count += 1;
-        let ok = serde_json::from_str::<TombstoneLine>(&line)
+        let ok = serde_json::from_str::<TombstoneLineV1>(&line)
             .ok()
             .and_then(|t| {
                 if previous.is_some_and(|p| t.index <= p) {

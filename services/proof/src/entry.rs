@@ -74,6 +74,31 @@ impl Entry {
 
     /// Decodes an encoding produced by [`Entry::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let e = EntryRef::decode(bytes)?;
+        Ok(Self {
+            index: e.index,
+            stream_sequence: e.stream_sequence,
+            received_at: e.received_at,
+            previous_hash: e.previous_hash,
+            event: e.event.to_vec(),
+        })
+    }
+}
+
+/// An entry whose event bytes are borrowed: what a verifier hashes without copying the event
+/// into an encoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryRef<'a> {
+    pub index: u64,
+    pub stream_sequence: u64,
+    pub received_at: i64,
+    pub previous_hash: Hash,
+    pub event: &'a [u8],
+}
+
+impl<'a> EntryRef<'a> {
+    /// Decodes an encoding, borrowing its event bytes.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
         if bytes.len() < HEADER_LEN {
             return Err(DecodeError::TooShort(bytes.len()));
         }
@@ -100,23 +125,10 @@ impl Entry {
             stream_sequence,
             received_at: received_at as i64,
             previous_hash: prev,
-            event: event.to_vec(),
+            event,
         })
     }
-}
 
-/// An entry whose event bytes are borrowed: what a verifier hashes without copying the event
-/// into an encoding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct EntryRef<'a> {
-    pub index: u64,
-    pub stream_sequence: u64,
-    pub received_at: i64,
-    pub previous_hash: Hash,
-    pub event: &'a [u8],
-}
-
-impl EntryRef<'_> {
     /// The encoding up to the event bytes.
     pub fn header(&self) -> Result<[u8; HEADER_LEN], EventTooLarge> {
         let len = u32::try_from(self.event.len()).map_err(|_| EventTooLarge(self.event.len()))?;
@@ -137,17 +149,70 @@ impl EntryRef<'_> {
         Ok(out)
     }
 
-    /// `entry_hash` and the Merkle leaf hash (`crate::merkle::leaf_hash`) of the encoding.
-    pub fn hashes(&self) -> Result<(Hash, Hash), EventTooLarge> {
+    /// `entry_hash` and the Merkle leaf hash of the encoding, as `format` defines the leaf.
+    pub fn hashes(&self, format: LedgerFormat) -> Result<(Hash, Hash), EventTooLarge> {
         let header = self.header()?;
         let mut entry = blake3::Hasher::new();
         entry.update(&header);
         entry.update(self.event);
-        let mut leaf = blake3::Hasher::new();
-        leaf.update(&[0x00]);
-        leaf.update(&header);
-        leaf.update(self.event);
-        Ok((*entry.finalize().as_bytes(), *leaf.finalize().as_bytes()))
+        let hash = *entry.finalize().as_bytes();
+        let leaf = match format {
+            LedgerFormat::V1 => {
+                let mut leaf = blake3::Hasher::new();
+                leaf.update(&[0x00]);
+                leaf.update(&header);
+                leaf.update(self.event);
+                *leaf.finalize().as_bytes()
+            }
+            LedgerFormat::V2 => crate::merkle::leaf_of_entry_hash(&hash),
+        };
+        Ok((hash, leaf))
+    }
+}
+
+/// The ledger format, which fixes what a Merkle leaf is (`schemas/ledger.md`, *Merkle tree*).
+/// Entries encode and hash the same in both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum LedgerFormat {
+    /// `leaf = BLAKE3(0x00 ‖ encoding)`: the entry's bytes are hashed twice.
+    #[serde(rename = "gatehouse.ledger.v1")]
+    V1,
+    /// `leaf = BLAKE3(0x00 ‖ entry_hash)`: the entry's bytes are hashed once.
+    #[serde(rename = "gatehouse.ledger.v2")]
+    V2,
+}
+
+impl LedgerFormat {
+    /// What new ledgers are written in.
+    pub const CURRENT: Self = Self::V2;
+
+    /// The marker stored in the ledger (`meta` `format`) and named in bundles and archives.
+    pub fn marker(self) -> &'static str {
+        match self {
+            Self::V1 => "gatehouse.ledger.v1",
+            Self::V2 => "gatehouse.ledger.v2",
+        }
+    }
+
+    pub fn from_marker(marker: &[u8]) -> Option<Self> {
+        [Self::V1, Self::V2]
+            .into_iter()
+            .find(|f| f.marker().as_bytes() == marker)
+    }
+
+    /// The leaf hash of an entry, from its encoding and its entry hash (whichever the format
+    /// uses; the other is not looked at).
+    pub fn leaf(self, encoding: &[u8], entry_hash: &Hash) -> Hash {
+        match self {
+            Self::V1 => crate::merkle::leaf_hash(encoding),
+            Self::V2 => crate::merkle::leaf_of_entry_hash(entry_hash),
+        }
+    }
+
+    /// Entry hash and leaf hash of an encoding.
+    pub fn hashes(self, encoding: &[u8]) -> (Hash, Hash) {
+        let hash = entry_hash(encoding);
+        (hash, self.leaf(encoding, &hash))
     }
 }
 
@@ -225,8 +290,12 @@ mod tests {
         let e = sample();
         let encoding = e.encode().unwrap();
         assert_eq!(
-            e.as_ref().hashes().unwrap(),
+            e.as_ref().hashes(LedgerFormat::V1).unwrap(),
             (entry_hash(&encoding), crate::merkle::leaf_hash(&encoding))
+        );
+        assert_eq!(
+            e.as_ref().hashes(LedgerFormat::V2).unwrap(),
+            LedgerFormat::V2.hashes(&encoding)
         );
     }
 

@@ -1,6 +1,7 @@
 //! The Merkle tree over the ledger's entries, in RFC 9162's shape with BLAKE3 as the hash.
 //!
-//! - leaf hash = `BLAKE3(0x00 ‖ entry encoding)`, node hash = `BLAKE3(0x01 ‖ left ‖ right)`;
+//! - leaf hash = `BLAKE3(0x00 ‖ entry encoding)` (ledger format v1) or `BLAKE3(0x00 ‖ entry
+//!   hash)` (v2), node hash = `BLAKE3(0x01 ‖ left ‖ right)`;
 //! - the tree of `n` leaves splits at the largest power of two below `n` (no duplicated odd
 //!   leaves); the empty tree's root is `BLAKE3("")`;
 //! - inclusion and consistency proofs are RFC 9162 §2.1.3 and §2.1.4, bottom-up.
@@ -24,6 +25,13 @@ pub fn leaf_hash(entry_encoding: &[u8]) -> Hash {
     hasher.update(&[0x00]);
     hasher.update(entry_encoding);
     *hasher.finalize().as_bytes()
+}
+
+/// The leaf of ledger format v2: `BLAKE3(0x00 ‖ entry_hash)`, one compression.
+pub fn leaf_of_entry_hash(entry_hash: &Hash) -> Hash {
+    let mut input = [0u8; 33];
+    input[1..].copy_from_slice(entry_hash);
+    *blake3::hash(&input).as_bytes()
 }
 
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
@@ -355,6 +363,126 @@ pub(crate) fn verify_consistency_with(
     snode == 0 && fr == *old_root && sr == *new_root
 }
 
+/// The hash of the subtree over leaves `start .. start + size` (an RFC 9162 subtree of a tree
+/// that holds them: perfect, or on its right edge).
+pub fn subtree_hash<S: NodeSource>(source: &mut S, start: u64, size: u64) -> Result<Hash, S::Error> {
+    Tree::new(source).hash(start, size)
+}
+
+/// A subtree by its first leaf and its number of leaves.
+pub type Subtree = (u64, u64);
+
+/// The subtrees a multiproof (`schemas/bundle.md`, *`tree.jsonl`*) gives between two leaves it
+/// proves, or from leaf 0 to the first (`after` = `None`): the largest aligned power-of-two
+/// blocks covering `from .. before`, left to right.
+pub fn subtrees_between(from: u64, before: u64) -> Vec<Subtree> {
+    let mut out = Vec::new();
+    let mut at = from;
+    while at < before {
+        let mut size = if at == 0 {
+            1u64 << 63
+        } else {
+            1u64 << at.trailing_zeros()
+        };
+        while size > before - at {
+            size >>= 1;
+        }
+        out.push((at, size));
+        at += size;
+    }
+    out
+}
+
+/// The subtrees a multiproof gives after the last leaf it proves: RFC 9162 subtrees of the tree
+/// of `size` leaves covering `from .. size`, left to right (the last may be on the right edge,
+/// not perfect).
+pub fn subtrees_after(from: u64, size: u64) -> Vec<Subtree> {
+    fn cover(start: u64, size: u64, from: u64, out: &mut Vec<Subtree>) {
+        if start >= from {
+            out.push((start, size));
+        } else if size > 1 {
+            let k = split(size);
+            if from < start + k {
+                cover(start, k, from, out);
+                out.push((start + k, size - k));
+            } else {
+                cover(start + k, size - k, from, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if from < size {
+        cover(0, size, from, &mut out);
+    }
+    out
+}
+
+/// Rebuilds a tree's root from the leaves a bundle proves, in increasing index order, and the
+/// subtrees that fill the rest ([`subtrees_between`], [`subtrees_after`]), so a contiguous run
+/// of `k` leaves costs `k` node hashes and O(log n) given ones, not `k` inclusion proofs.
+#[derive(Debug)]
+pub struct RangeChecker {
+    size: u64,
+    /// The first leaf not yet covered.
+    next: u64,
+    /// Covered subtrees, left to right; siblings are merged as soon as both are present.
+    stack: Vec<(u64, u64, Hash)>,
+}
+
+impl RangeChecker {
+    pub fn new(size: u64) -> Self {
+        Self {
+            size,
+            next: 0,
+            stack: Vec::with_capacity(64),
+        }
+    }
+
+    /// The first leaf not covered yet.
+    pub fn next(&self) -> u64 {
+        self.next
+    }
+
+    /// Covers the subtree at `start` of `size` leaves with `hash`; it must start where the
+    /// covered part ends and stay inside the tree.
+    pub fn push(&mut self, start: u64, size: u64, hash: Hash) -> Result<(), String> {
+        if start != self.next || size == 0 || size > self.size - start.min(self.size) {
+            return Err(format!(
+                "leaves {start}..{} do not continue the covered leaves 0..{} of a tree of {}",
+                start.saturating_add(size),
+                self.next,
+                self.size
+            ));
+        }
+        self.next = start + size;
+        let (mut start, mut size, mut hash) = (start, size, hash);
+        while let Some(&(ls, lsize, lh)) = self.stack.last() {
+            let merges = lsize == size && size.is_power_of_two() && ls.is_multiple_of(2 * size);
+            if !merges {
+                break;
+            }
+            self.stack.pop();
+            hash = node_hash(&lh, &hash);
+            start = ls;
+            size *= 2;
+        }
+        self.stack.push((start, size, hash));
+        Ok(())
+    }
+
+    /// The root, once the whole tree is covered.
+    pub fn root(&self) -> Option<Hash> {
+        if self.next != self.size {
+            return None;
+        }
+        let mut hashes = self.stack.iter().rev().map(|(_, _, h)| *h);
+        Some(match hashes.next() {
+            None => empty_root(),
+            Some(last) => hashes.fold(last, |right, left| node_hash(&left, &right)),
+        })
+    }
+}
+
 /// The perfect subtrees completed by appending the leaf `index` (whose hash is `leaf`): the
 /// leaf itself at level 0, then each parent it completes. `sibling(level, i)` gives stored
 /// nodes to the left.
@@ -390,6 +518,87 @@ mod tests {
                 node_hash(&mth(&leaves[..k]), &mth(&leaves[k..]))
             }
         }
+    }
+
+    /// The multiproof of a set of leaves, straight from its recursive definition
+    /// (`schemas/bundle.md`): a subtree with no proven leaf is given whole.
+    fn naive_multiproof(start: usize, leaves: &[Hash], proven: &[usize], out: &mut Vec<(u64, u64, Hash)>) {
+        let n = leaves.len();
+        if !proven.iter().any(|&i| i >= start && i < start + n) {
+            out.push((start as u64, n as u64, mth(leaves)));
+        } else if n > 1 {
+            let k = split(n as u64) as usize;
+            naive_multiproof(start, &leaves[..k], proven, out);
+            naive_multiproof(start + k, &leaves[k..], proven, out);
+        }
+    }
+
+    #[test]
+    fn range_checker_matches_the_recursive_multiproof() {
+        let leaves: Vec<Hash> = (0..40u32).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        for n in 0..=40usize {
+            let sets: Vec<Vec<usize>> = vec![
+                vec![],
+                (0..n).collect(),
+                (0..n).filter(|i| i % 3 == 1).collect(),
+                (0..n).filter(|i| i % 7 == 0 || i % 5 == 4).collect(),
+                (n / 2..n).collect(),
+                (0..n / 3).collect(),
+            ];
+            for proven in sets {
+                let mut expected = Vec::new();
+                if n > 0 {
+                    naive_multiproof(0, &leaves[..n], &proven, &mut expected);
+                }
+                // What the checker asks for, in order, is what the definition gives.
+                let mut asked = Vec::new();
+                let mut checker = RangeChecker::new(n as u64);
+                for &i in &proven {
+                    for (s, z) in subtrees_between(checker.next(), i as u64) {
+                        let h = expected.iter().find(|e| (e.0, e.1) == (s, z)).map(|e| e.2);
+                        asked.push((s, z, h.expect("a subtree the definition gives")));
+                        checker.push(s, z, h.unwrap()).unwrap();
+                    }
+                    checker.push(i as u64, 1, leaves[i]).unwrap();
+                }
+                for (s, z) in subtrees_after(checker.next(), n as u64) {
+                    let h = expected.iter().find(|e| (e.0, e.1) == (s, z)).map(|e| e.2);
+                    asked.push((s, z, h.expect("a subtree the definition gives")));
+                    checker.push(s, z, h.unwrap()).unwrap();
+                }
+                assert_eq!(asked, expected, "n {n} proven {proven:?}");
+                assert_eq!(checker.root(), Some(mth(&leaves[..n])), "n {n} proven {proven:?}");
+                // A changed leaf changes the root.
+                if let Some(&i) = proven.first() {
+                    let mut bad = RangeChecker::new(n as u64);
+                    for (s, z, h) in expected.iter().filter(|e| e.0 < i as u64) {
+                        bad.push(*s, *z, *h).unwrap();
+                    }
+                    bad.push(i as u64, 1, leaf_hash(b"other")).unwrap();
+                    for &j in proven.iter().skip(1) {
+                        for (s, z) in subtrees_between(bad.next(), j as u64) {
+                            let h = expected.iter().find(|e| (e.0, e.1) == (s, z)).unwrap().2;
+                            bad.push(s, z, h).unwrap();
+                        }
+                        bad.push(j as u64, 1, leaves[j]).unwrap();
+                    }
+                    for (s, z) in subtrees_after(bad.next(), n as u64) {
+                        let h = expected.iter().find(|e| (e.0, e.1) == (s, z)).unwrap().2;
+                        bad.push(s, z, h).unwrap();
+                    }
+                    assert_ne!(bad.root(), Some(mth(&leaves[..n])));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn range_checker_refuses_what_does_not_continue() {
+        let mut c = RangeChecker::new(4);
+        assert!(c.push(1, 1, [0; 32]).is_err());
+        c.push(0, 2, [0; 32]).unwrap();
+        assert!(c.push(2, 4, [0; 32]).is_err());
+        assert_eq!(c.root(), None);
     }
 
     fn naive_path(m: usize, leaves: &[Hash]) -> Vec<Hash> {

@@ -46,13 +46,14 @@ fn a_bundle_verifies_with_its_key_and_says_when_the_key_came_from_inside() {
         [
             "checkpoint",
             "keys/checkpoint.vkey",
-            "events.jsonl",
-            "proofs.jsonl",
-            "tombstones.jsonl",
-            "recordings/01SESSION.cast",
-            "INDEX.md",
             "manifest.json",
-            "manifest.sig"
+            "manifest.sig",
+            "tombstones.jsonl",
+            "tree.jsonl",
+            "entries.jsonl",
+            "events.jsonl",
+            "recordings/01SESSION.cast",
+            "INDEX.md"
         ]
     );
 }
@@ -105,9 +106,12 @@ fn a_contiguous_bundle_accounts_for_pruned_entries_with_tombstones() {
     let short = dir.path().join("short.tar.gz");
     std::fs::write(&short, pack(&members)).unwrap();
     let failures = verify(&short, Some(&key), |_| {}).unwrap_err();
-    assert_eq!(failures.len(), 1, "{failures:?}");
+    // The tree no longer rebuilds (leaf 8 is gone), and the promise of every entry is broken.
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    assert!(failures.iter().all(|f| f.starts_with("rule 8 (events)")));
+    assert!(failures[0].contains("tree.jsonl"), "{failures:?}");
     assert!(
-        failures[0].starts_with("rule 8 (events)") && failures[0].contains("entries 7 to 9"),
+        failures[1].contains("entries 7 to 9"),
         "{failures:?}"
     );
 }
@@ -133,25 +137,6 @@ fn every_single_flipped_byte_fails_verification() {
             );
         }
     }
-}
-
-/// A v1 bundle (no manifest signature, recordings made from the whole ledger) still verifies,
-/// saying what it cannot prove; v1 is held to the rules it was written to.
-#[test]
-fn a_v1_bundle_verifies_with_a_warning() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bundle.tar.gz");
-    write_bundle(&path, &Spec::new(9, 0..9));
-    let mut members = read_members(&std::fs::read(&path).unwrap());
-    members.retain(|m| m.name != "manifest.sig");
-    // v1 recordings came from the whole ledger: not rebuilt from the bundle's events.
-    member(&mut members, "recordings/01SESSION.cast").data = b"{\"version\":2}\n".to_vec();
-    resign(&mut members, &signer(), |m| m.format = FORMAT_V1.into());
-    let v1 = dir.path().join("v1.tar.gz");
-    std::fs::write(&v1, pack(&members)).unwrap();
-    let verified = verify(&v1, Some(&signer().verifier()), |_| {}).unwrap();
-    assert_eq!(verified.warnings, [V1_WARNING]);
-    assert_eq!(verified.manifest.format, FORMAT_V1);
 }
 
 /// Bundles the v1 exporter wrote from a real ledger (the fuzz fixtures) still verify, warning.

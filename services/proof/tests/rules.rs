@@ -19,7 +19,8 @@ fn good() -> Vec<Member> {
         &path,
         &Spec {
             since: Some(4),
-            ..Spec::new(9, 0..9)
+            // Entries 1 to 8 of 12: tree.jsonl gives leaf 0 and the subtrees after 8.
+            ..Spec::new(12, 1..9)
         },
     );
     read_members(&std::fs::read(&path).unwrap())
@@ -140,11 +141,24 @@ fn cases() -> Vec<Case> {
     cases.push(case(3, "a byte in the end blocks", sealed(gzip(&junk, 0))));
 
     // 4. Members: set, names, order.
-    cases.push(case(4, "events after proofs", changed(|m| m.swap(3, 4))));
+    cases.push(case(4, "events before entries", changed(|m| m.swap(7, 8))));
     cases.push(case(
         4,
-        "a recording before the tombstones",
-        changed(|m| m.swap(5, 6)),
+        "a recording before the events",
+        changed(|m| m.swap(8, 9)),
+    ));
+    cases.push(case(
+        4,
+        "the manifest last, as in v1",
+        changed(|m| {
+            let manifest = m.remove(3);
+            m.push(manifest);
+        }),
+    ));
+    cases.push(case(
+        4,
+        "a v1 proofs.jsonl",
+        changed(|m| m.insert(8, Member::new("proofs.jsonl", b"".to_vec()))),
     ));
     cases.push(case(
         4,
@@ -307,7 +321,7 @@ fn cases() -> Vec<Case> {
 
     // 8. Events and proofs.
     let drop_line = |members: &mut Vec<Member>, k: usize| {
-        for name in ["events.jsonl", "proofs.jsonl"] {
+        for name in ["events.jsonl", "entries.jsonl"] {
             let mut l = lines(&member(members, name).data);
             l.remove(k);
             member(members, name).data = l.concat();
@@ -315,7 +329,7 @@ fn cases() -> Vec<Case> {
     };
     let mut members = good();
     drop_line(&mut members, 6);
-    resign(&mut members, &signer(), |m| m.counts.events = 8);
+    resign(&mut members, &signer(), |m| m.counts.events = 7);
     cases.push(case(
         8,
         "an entry dropped from a contiguous bundle",
@@ -332,14 +346,58 @@ fn cases() -> Vec<Case> {
     ));
     cases.push(case(
         8,
-        "upper-case hex in a proof",
+        "upper-case hex in entries.jsonl",
         changed(|m| {
-            let mut l = lines(&member(m, "proofs.jsonl").data);
+            let mut l = lines(&member(m, "entries.jsonl").data);
             let text = String::from_utf8(l[1].clone()).unwrap();
             let hash = text.split('"').nth(9).unwrap().to_owned();
             l[1] = text.replace(&hash, &hash.to_uppercase()).into_bytes();
-            member(m, "proofs.jsonl").data = l.concat();
+            member(m, "entries.jsonl").data = l.concat();
         }),
+    ));
+    cases.push(case(
+        8,
+        "a subtree of tree.jsonl changed",
+        changed(|m| {
+            let tree = &mut member(m, "tree.jsonl").data;
+            let at = tree.len() - 3;
+            tree[at] = if tree[at] == b'0' { b'1' } else { b'0' };
+        }),
+    ));
+    cases.push(case(
+        8,
+        "a line of tree.jsonl removed",
+        changed(|m| {
+            let mut l = lines(&member(m, "tree.jsonl").data);
+            l.pop();
+            member(m, "tree.jsonl").data = l.concat();
+        }),
+    ));
+    cases.push(case(
+        8,
+        "a line added to tree.jsonl",
+        changed(|m| {
+            let mut l = lines(&member(m, "tree.jsonl").data);
+            l.push(l[0].clone());
+            member(m, "tree.jsonl").data = l.concat();
+        }),
+    ));
+    cases.push(case(
+        8,
+        "tree.jsonl names another subtree",
+        changed(|m| {
+            let mut l = lines(&member(m, "tree.jsonl").data);
+            l[0] = String::from_utf8(l[0].clone())
+                .unwrap()
+                .replace("\"size\":1,", "\"size\":2,")
+                .into_bytes();
+            member(m, "tree.jsonl").data = l.concat();
+        }),
+    ));
+    cases.push(case(
+        5,
+        "no ledger_format",
+        manifest_edited(|m| m.ledger_format = None),
     ));
     cases.push(case(
         8,
@@ -349,16 +407,24 @@ fn cases() -> Vec<Case> {
     cases.push(case(
         8,
         "range wrong",
-        manifest_edited(|m| m.range.first_index = Some(1)),
+        manifest_edited(|m| m.range.first_index = Some(2)),
     ));
 
     // 9. Tombstones.
     cases.push(case(
         9,
-        "a tombstone not in the tree",
+        "a tombstone for an entry the bundle holds",
+        changed(|m| {
+            let line = format!("{{\"index\":3,\"leaf_hash\":\"{}\"}}\n", "ab".repeat(32));
+            member(m, "tombstones.jsonl").data = line.into_bytes();
+        }),
+    ));
+    cases.push(case(
+        9,
+        "a v1 tombstone line (with an inclusion proof)",
         changed(|m| {
             let line = format!(
-                "{{\"index\":3,\"leaf_hash\":\"{}\",\"inclusion\":[]}}\n",
+                "{{\"index\":0,\"leaf_hash\":\"{}\",\"inclusion\":[]}}\n",
                 "ab".repeat(32)
             );
             member(m, "tombstones.jsonl").data = line.into_bytes();
@@ -382,7 +448,7 @@ fn cases() -> Vec<Case> {
     let mut members = good();
     let cast = member(&mut members, "recordings/01SESSION.cast").clone();
     members.insert(
-        7,
+        10,
         Member {
             name: "recordings/02OTHER.cast".into(),
             ..cast
@@ -417,7 +483,7 @@ fn cases() -> Vec<Case> {
         12,
         "trusted is newer",
         good_bundle.clone(),
-        checkpoint_note(10),
+        checkpoint_note(13),
     ));
     cases.push(trusted(
         12,
@@ -475,7 +541,7 @@ fn each_rule_has_a_bundle_that_fails_it_and_the_failure_names_the_rule() {
     .unwrap();
     assert_eq!(ok.trusted.map(|t| t.size), Some(4));
     assert_eq!(ok.extends.map(|e| e.0), Some(4));
-    let same = checkpoint_note(9);
+    let same = checkpoint_note(12);
     assert!(
         verify_with(
             &path,

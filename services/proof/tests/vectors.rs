@@ -149,13 +149,14 @@ fn a_complete_bundle() {
         size,
         root,
     });
-    let mut writer = BundleWriter::new(&note, signer.clone()).unwrap();
+    let mut writer = BundleWriter::new(&note, signer.clone(), common::FORMAT).unwrap();
     let old_root = merkle::root(&mut ledger, since).unwrap();
     let proof = merkle::consistency_proof(&mut ledger, since, size).unwrap();
     writer.add_consistency(since, &old_root, &proof).unwrap();
-    for entry in &entries {
-        let inclusion = merkle::inclusion_proof(&mut ledger, entry.index, size).unwrap();
-        writer.add_entry(entry, &inclusion).unwrap();
+    let first = v["first"].as_u64().unwrap() as usize;
+    let mut subtree = |s, z| merkle::subtree_hash(&mut ledger, s, z);
+    for entry in &entries[first..] {
+        writer.add_entry(entry, &mut subtree).unwrap();
     }
     let mut rust = Vec::new();
     writer
@@ -165,6 +166,7 @@ fn a_complete_bundle() {
                 created_at: text(&v["created_at"]).into(),
                 ..Scope::default()
             },
+            &mut subtree,
             &mut rust,
         )
         .unwrap();

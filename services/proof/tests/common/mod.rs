@@ -8,7 +8,7 @@ use std::path::Path;
 
 use gatehouse_proof::bundle::{BundleWriter, Manifest, SEAL_LEN, Scope, manifest_note_text, seal};
 use gatehouse_proof::checkpoint::{Checkpoint, NoteSigner};
-use gatehouse_proof::entry::{Entry, GENESIS_HASH, Hash, entry_hash};
+use gatehouse_proof::entry::{Entry, GENESIS_HASH, Hash, LedgerFormat, entry_hash};
 use gatehouse_proof::merkle::{self, NodeSource};
 
 pub const ORIGIN: &str = "gatehouse.example.com/ledger";
@@ -79,7 +79,7 @@ pub fn ledger_of(entries: Vec<Entry>) -> Ledger {
         let i = entry.index;
         let encoding = entry.encode().unwrap();
         let nodes = &ledger.nodes;
-        let done = merkle::completed_by(i, merkle::leaf_hash(&encoding), |l, j| {
+        let done = merkle::completed_by(i, leaf(&encoding), |l, j| {
             nodes.get(&(l, j)).copied().ok_or(())
         })
         .unwrap();
@@ -89,6 +89,13 @@ pub fn ledger_of(entries: Vec<Entry>) -> Ledger {
         ledger.entries.push(entry);
     }
     ledger
+}
+
+/// The test ledger is of the current format.
+pub const FORMAT: LedgerFormat = LedgerFormat::V2;
+
+pub fn leaf(encoding: &[u8]) -> Hash {
+    FORMAT.hashes(encoding).1
 }
 
 pub fn signer() -> NoteSigner {
@@ -138,20 +145,21 @@ impl Spec {
 pub fn write_bundle(path: &Path, spec: &Spec) -> Manifest {
     let n = spec.n;
     let mut ledger = ledger(n);
-    let mut writer = BundleWriter::new(&checkpoint_note(n), signer()).unwrap();
+    let mut writer = BundleWriter::new(&checkpoint_note(n), signer(), FORMAT).unwrap();
     if let Some(old) = spec.since {
         let old_root = merkle::root(&mut ledger, old).unwrap();
         let proof = merkle::consistency_proof(&mut ledger, old, n).unwrap();
         writer.add_consistency(old, &old_root, &proof).unwrap();
     }
+    let entries = ledger.entries.clone();
+    let mut subtree = |s, z| merkle::subtree_hash(&mut ledger, s, z);
     for i in spec.range.clone().filter(|i| !spec.sparse || i % 2 == 0) {
-        let proof = merkle::inclusion_proof(&mut ledger, i, n).unwrap();
-        let entry = &ledger.entries[i as usize];
+        let entry = &entries[i as usize];
         if spec.pruned.contains(&i) {
-            let leaf = merkle::leaf_hash(&entry.encode().unwrap());
-            writer.add_tombstone(i, &leaf, &proof).unwrap();
+            let leaf = leaf(&entry.encode().unwrap());
+            writer.add_tombstone(i, &leaf, &mut subtree).unwrap();
         } else {
-            writer.add_entry(entry, &proof).unwrap();
+            writer.add_entry(entry, &mut subtree).unwrap();
         }
     }
     let mut filters = BTreeMap::new();
@@ -165,7 +173,7 @@ pub fn write_bundle(path: &Path, spec: &Spec) -> Manifest {
         created_at: "2026-11-22T16:00:00Z".into(),
         ..Scope::default()
     };
-    writer.finish(scope, out).unwrap()
+    writer.finish(scope, &mut subtree, out).unwrap()
 }
 
 /// One member of a bundle's archive, header and all.
