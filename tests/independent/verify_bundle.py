@@ -27,12 +27,15 @@ from make import recording, subproof  # noqa: E402  (bundle.md's recordings; led
 HEADER = bytes.fromhex("1f8b08000000000000ff")
 SEAL_LEN = 112
 TAG = b"gatehouse.ledger.entry.v1\x00"
-ORDER = ["checkpoint", "consistency.json", "keys/checkpoint.vkey", "events.jsonl", "proofs.jsonl",
-         "tombstones.jsonl", "recordings/", "INDEX.md", "manifest.json", "manifest.sig"]
+ORDER_V1 = ["checkpoint", "keys/checkpoint.vkey", "events.jsonl", "proofs.jsonl",
+            "tombstones.jsonl", "recordings/", "INDEX.md", "manifest.json"]
+ORDER = ["checkpoint", "consistency.json", "keys/checkpoint.vkey", "witnessed-checkpoint",
+         "manifest.json", "manifest.sig", "tombstones.jsonl", "tree.jsonl", "entries.jsonl",
+         "events.jsonl", "recordings/", "INDEX.md"]
 
 
-def rank(name):
-    for i, prefix in enumerate(ORDER):
+def rank(name, order):
+    for i, prefix in enumerate(order):
         if name == prefix or (prefix.endswith("/") and name.startswith(prefix)):
             return i
     raise Failed(f"{name} is not a member a bundle holds")
@@ -53,8 +56,35 @@ def seal(digest_hex):
             + struct.pack("<II", zlib.crc32(text), 89))
 
 
-def leaf(encoding):
+def leaf(encoding, ledger_format):
+    """ledger.md: v1 leaves hash the whole encoding, v2 leaves the entry hash."""
+    if ledger_format == "gatehouse.ledger.v2":
+        return blake3.blake3(b"\x00" + blake3.blake3(encoding).digest()).digest()
+    check(ledger_format == "gatehouse.ledger.v1", f"unknown ledger format {ledger_format}")
     return blake3.blake3(b"\x00" + encoding).digest()
+
+
+def split(n):
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    return k
+
+
+def rebuild(start, size, leaves, given):
+    """bundle.md's tree.jsonl: the root of leaves start..start+size from the proven leaves and,
+    for a subtree holding none of them, the next given line, which must name it."""
+    if not any(start <= i < start + size for i in leaves):
+        check(given, f"tree.jsonl ends before the subtree {start}+{size}")
+        line = given.pop(0)
+        check((line["start"], line["size"]) == (start, size),
+              f"tree.jsonl gives {line['start']}+{line['size']}, not {start}+{size}")
+        check(len(line["hash"]) == 64 and line["hash"] == line["hash"].lower(), "upper-case hex")
+        return bytes.fromhex(line["hash"])
+    if size == 1:
+        return leaves[start]
+    k = split(size)
+    return node(rebuild(start, k, leaves, given), rebuild(start + k, size - k, leaves, given))
 
 
 def node(left, right):
@@ -152,11 +182,13 @@ def main(bundle_path, vkey_path):
             check(member.name not in files, f"{member.name} appears twice")
             files[member.name] = archive.extractfile(member).read()
             order.append(member.name)
-    check([(rank(n), n) for n in order] == sorted((rank(n), n) for n in order),
-          "the members are not in bundle.md's order")
     manifest = json.loads(files["manifest.json"])
     v2 = manifest["format"] == "gatehouse.bundle.v2"
     check(v2 or manifest["format"] == "gatehouse.bundle.v1", "unknown format")
+    members = ORDER if v2 else ORDER_V1
+    check([(rank(n, members), n) for n in order] == sorted((rank(n, members), n) for n in order),
+          "the members are not in bundle.md's order")
+    ledger_format = manifest["ledger_format"] if v2 else "gatehouse.ledger.v1"
     check(manifest["contiguous"] == (manifest["filters"] == {}), "contiguous is not 'no filters'")
     listed = manifest["files"]
     check(set(listed) == set(files) - {"manifest.json", "manifest.sig"}, "the manifest lists other files")
@@ -178,23 +210,37 @@ def main(bundle_path, vkey_path):
     events = files["events.jsonl"].split(b"\n")
     check(events[-1] == b"", "events.jsonl does not end with a newline")
     events = events[:-1] if files["events.jsonl"] else []
-    proofs = files["proofs.jsonl"].decode().splitlines()
+    proofs = files["entries.jsonl" if v2 else "proofs.jsonl"].decode().splitlines()
     check(len(events) == len(proofs) == manifest["counts"]["events"], "line counts differ")
-    pruned = set()
+    pruned, leaves = set(), {}
     for line in files["tombstones.jsonl"].decode().splitlines():
         t = json.loads(line)
-        check(verify_inclusion(bytes.fromhex(t["leaf_hash"]), t["index"], size,
-                               [bytes.fromhex(h) for h in t["inclusion"]], root), "a tombstone is not proven")
+        check(not pruned or t["index"] > max(pruned), "tombstones out of order")
+        if v2:
+            check(set(t) == {"index", "leaf_hash"}, "a tombstone line has other members")
+            leaves[t["index"]] = bytes.fromhex(t["leaf_hash"])
+        else:
+            check(verify_inclusion(bytes.fromhex(t["leaf_hash"]), t["index"], size,
+                                   [bytes.fromhex(h) for h in t["inclusion"]], root), "a tombstone is not proven")
         pruned.add(t["index"])
+    check(len(pruned) == manifest["counts"]["tombstones"], "counts.tombstones is wrong")
     previous = None
     for event, line in zip(events, proofs):
         p = json.loads(line)
         encoding = (TAG + struct.pack(">QQq", p["index"], p["stream_sequence"], p["received_at"])
                     + bytes.fromhex(p["previous_hash"]) + struct.pack(">I", len(event)) + event)
         entry_hash = blake3.blake3(encoding).digest()
-        check(entry_hash.hex() == p["entry_hash"], f"entry {p['index']} does not hash to its entry_hash")
-        check(verify_inclusion(leaf(encoding), p["index"], size, [bytes.fromhex(h) for h in p["inclusion"]], root),
-              f"entry {p['index']} is not proven in the checkpoint")
+        if v2:
+            check(set(p) == {"index", "stream_sequence", "received_at", "previous_hash"},
+                  "an entries.jsonl line has other members")
+            check(p["index"] not in leaves, f"entry {p['index']} is both an event and a tombstone")
+            check(p["index"] < size, f"entry {p['index']} is beyond the checkpoint")
+            leaves[p["index"]] = leaf(encoding, ledger_format)
+        else:
+            check(entry_hash.hex() == p["entry_hash"], f"entry {p['index']} does not hash to its entry_hash")
+            check(verify_inclusion(leaf(encoding, ledger_format), p["index"], size,
+                                   [bytes.fromhex(h) for h in p["inclusion"]], root),
+                  f"entry {p['index']} is not proven in the checkpoint")
         if previous is not None:
             check(p["index"] > previous[0], f"entry {p['index']} is out of order")
             if p["index"] == previous[0] + 1:
@@ -203,6 +249,11 @@ def main(bundle_path, vkey_path):
                 check(all(i in pruned for i in range(previous[0] + 1, p["index"])),
                       f"entries missing before {p['index']}, not all tombstones")
         previous = (p["index"], entry_hash)
+    if v2:
+        given = [json.loads(line) for line in files["tree.jsonl"].decode().splitlines()]
+        rebuilt = rebuild(0, size, leaves, given) if size else blake3.blake3(b"").digest()
+        check(not given, "tree.jsonl has lines the tree does not need")
+        check(rebuilt == root, "the leaves and tree.jsonl do not rebuild the checkpoint's root")
     started, data = {}, {}
     for event in events:
         try:

@@ -776,14 +776,12 @@ impl Ledger {
                 .map_err(self.db_error())?
                 .ok_or(LedgerError::MissingNode { level: 0, index })?;
             let stored = parse_stored(&index.to_be_bytes(), &value);
-            for (level, i, node) in
-                merkle::completed_by(index, self.leaf(&stored), |level, i| {
-                    match fresh.get(&(level, i)) {
-                        Some(node) => Ok(*node),
-                        None => self.node(level, i),
-                    }
-                })?
-            {
+            for (level, i, node) in merkle::completed_by(index, self.leaf(&stored), |level, i| {
+                match fresh.get(&(level, i)) {
+                    Some(node) => Ok(*node),
+                    None => self.node(level, i),
+                }
+            })? {
                 batch.put_cf(&tree_cf, node_key(level, i), node);
                 fresh.insert((level, i), node);
             }
@@ -1279,7 +1277,10 @@ impl Ledger {
         Ok(())
     }
 
-    fn check_or_write_format(&self, format_if_new: LedgerFormat) -> Result<LedgerFormat, LedgerError> {
+    fn check_or_write_format(
+        &self,
+        format_if_new: LedgerFormat,
+    ) -> Result<LedgerFormat, LedgerError> {
         let cf = self.cf(CF_META)?;
         let found = self.db.get_cf(&cf, KEY_FORMAT).map_err(self.db_error())?;
         match found {
@@ -1534,7 +1535,11 @@ pub struct EntryScan<'a> {
 
 impl EntryScan<'_> {
     /// Appends up to `max` entries to `out`; fewer at the end of the entries.
-    pub fn next_batch(&mut self, max: usize, out: &mut Vec<StoredEntry>) -> Result<(), LedgerError> {
+    pub fn next_batch(
+        &mut self,
+        max: usize,
+        out: &mut Vec<StoredEntry>,
+    ) -> Result<(), LedgerError> {
         for _ in 0..max {
             let (Some(key), Some(value)) = (self.iter.key(), self.iter.value()) else {
                 break;

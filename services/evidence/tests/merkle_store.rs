@@ -2,6 +2,7 @@
 //! ledger written before it, and its proofs checked against a tree computed from the entries.
 
 use gatehouse_evidence::Ledger;
+use gatehouse_evidence::entry::LedgerFormat;
 use gatehouse_evidence::merkle::{self, verify_consistency, verify_inclusion};
 use gatehouse_evidence::store::{CF_META, CF_TREE, NewEntry, ledger_dir};
 
@@ -15,12 +16,13 @@ fn batch(range: std::ops::Range<u64>) -> Vec<NewEntry> {
         .collect()
 }
 
-/// Leaf hashes recomputed from the stored entries.
+/// Leaf hashes recomputed from the stored entries, as the ledger's format defines them.
 fn leaves(ledger: &Ledger) -> Vec<merkle::Hash> {
+    let format = ledger.format();
     ledger
         .entries(0)
         .unwrap()
-        .map(|e| merkle::leaf_hash(&e.unwrap().encoding))
+        .map(|e| format.hashes(&e.unwrap().encoding).1)
         .collect()
 }
 
@@ -38,8 +40,18 @@ fn mth(leaves: &[merkle::Hash]) -> merkle::Hash {
 
 #[test]
 fn group_commits_keep_the_tree_and_proofs_hold_at_every_size() {
+    for format in [LedgerFormat::V1, LedgerFormat::V2] {
+        tree_of(format);
+    }
+}
+
+/// A ledger of `format` keeps its format, and its tree is of that format's leaves.
+fn tree_of(format: LedgerFormat) {
     let dir = tempfile::tempdir().unwrap();
+    drop(Ledger::open_as(dir.path(), format).unwrap());
+    // Reopened as the current format, it stays what it was created as.
     let mut ledger = Ledger::open(dir.path()).unwrap();
+    assert_eq!(ledger.format(), format);
     // Batches of uneven sizes, as group commit writes them.
     let mut next = 1;
     for size in [1u64, 2, 5, 1, 8, 13, 3] {
@@ -73,6 +85,11 @@ fn group_commits_keep_the_tree_and_proofs_hold_at_every_size() {
     }
     assert!(ledger.root(n + 1).is_err(), "no root beyond the tree");
     assert!(ledger.inclusion_proof(n, n).is_err());
+    // `ledger verify` walks a ledger of either format under that format's leaves.
+    let walked = gatehouse_evidence::verify::verify(&ledger)
+        .unwrap()
+        .unwrap();
+    assert_eq!(walked.merkle_root, Some(ledger.root(n).unwrap()));
 }
 
 #[test]

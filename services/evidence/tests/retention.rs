@@ -54,9 +54,10 @@ fn prune_keeps_hashes_and_holds_and_everything_still_verifies() {
         .issue_checkpoint(&signer, "gatehouse.test/ledger")
         .unwrap();
     let root = ledger.root(4).unwrap();
-    let leaf_1 = gatehouse_evidence::merkle::leaf_hash(
-        &ledger.entries(1).unwrap().next().unwrap().unwrap().encoding,
-    );
+    let leaf_1 = ledger
+        .format()
+        .hashes(&ledger.entries(1).unwrap().next().unwrap().unwrap().encoding)
+        .1;
 
     ledger
         .place_legal_hold(&LegalHold {

@@ -46,8 +46,8 @@ use crate::merkle::{
     ProofChecker, RangeChecker, Subtree, subtrees_after, subtrees_between, verify_consistency,
     verify_inclusion,
 };
-use rayon::prelude::*;
 use crate::recording::{self, SESSION_DATA, SESSION_STARTED};
+use rayon::prelude::*;
 
 /// The format bundles are written in.
 pub const FORMAT: &str = "gatehouse.bundle.v2";
@@ -356,7 +356,8 @@ impl Sessions {
     fn add(&mut self, event: &[u8]) {
         // A session event's type holds `session.` unless spelled with JSON escapes; most events
         // are neither, and need not be parsed.
-        if memchr::memmem::find(event, b"session.").is_none() && memchr::memchr(b'\\', event).is_none()
+        if memchr::memmem::find(event, b"session.").is_none()
+            && memchr::memchr(b'\\', event).is_none()
         {
             return;
         }
@@ -629,7 +630,10 @@ impl BundleWriter {
         source: &mut impl SubtreeSource,
         out: impl Write,
     ) -> Result<Manifest, BundleError> {
-        self.fill(subtrees_after(self.range.next(), self.checkpoint.size), source)?;
+        self.fill(
+            subtrees_after(self.range.next(), self.checkpoint.size),
+            source,
+        )?;
         if self.range.root() != Some(self.checkpoint.root) {
             return Err(BundleError::Invalid(format!(
                 "the entries and subtrees given do not rebuild the checkpoint's root {} (tree of \
@@ -1050,7 +1054,7 @@ pub fn verify_with(
             one(Rule::Manifest.fail(format!("a {FORMAT} manifest names its ledger_format")))
         })?;
         let check = match streamed {
-            Some(Streamed::V2(check)) => check,
+            Some(Streamed::V2(check)) => *check,
             _ => {
                 let mut check = LeafCheck::new(dir.path(), &checkpoint, format)
                     .map_err(|e| one(Rule::Events.fail(e)))?;
@@ -1071,7 +1075,7 @@ pub fn verify_with(
             )));
         }
         let events = match streamed {
-            Some(Streamed::V1(events)) => events,
+            Some(Streamed::V1(events)) => *events,
             _ => {
                 let mut events = EventCheck::new(&checkpoint);
                 match (open("events.jsonl"), open("proofs.jsonl")) {
@@ -1140,11 +1144,11 @@ fn check_members(members: &[String], v2: bool) -> Result<(), String> {
             "manifest.json",
         ]
     };
-    if let Some(name) = members
-        .iter()
-        .find(|m| member_rank(m, v2).is_none())
-    {
-        return Err(format!("{name} is not a member of a {} bundle", if v2 { FORMAT } else { FORMAT_V1 }));
+    if let Some(name) = members.iter().find(|m| member_rank(m, v2).is_none()) {
+        return Err(format!(
+            "{name} is not a member of a {} bundle",
+            if v2 { FORMAT } else { FORMAT_V1 }
+        ));
     }
     for &name in required {
         if !members.iter().any(|m| m == name) {
@@ -1323,8 +1327,8 @@ struct Unpacked {
 /// Events checked while the archive streamed past: a v1 bundle's as `proofs.jsonl` did
 /// (against the unpacked `events.jsonl`), a v2 bundle's as `events.jsonl` did.
 enum Streamed {
-    V1(EventCheck),
-    V2(LeafCheck),
+    V1(Box<EventCheck>),
+    V2(Box<LeafCheck>),
 }
 
 impl Streamed {
@@ -1338,7 +1342,8 @@ impl Streamed {
 
 /// A v2 bundle's manifest, already unpacked, and the ledger format it names.
 fn unpacked_v2_format(dir: &Path) -> Option<LedgerFormat> {
-    let manifest: Manifest = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()?;
+    let manifest: Manifest =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()?;
     (manifest.format == FORMAT).then_some(manifest.ledger_format?)
 }
 
@@ -1440,7 +1445,12 @@ fn unpack(
             })
             .flatten();
         let v2_streaming = (name == "events.jsonl"
-            && has(&["manifest.json", "tombstones.jsonl", "tree.jsonl", "entries.jsonl"]))
+            && has(&[
+                "manifest.json",
+                "tombstones.jsonl",
+                "tree.jsonl",
+                "entries.jsonl",
+            ]))
         .then(|| {
             let format = unpacked_v2_format(dir)?;
             let (checkpoint, _, _) = open_checkpoint(dir, key).ok()?;
@@ -1464,7 +1474,7 @@ fn unpack(
                 );
                 // Whatever the check left unread still counts for the digest.
                 io::copy(&mut proofs, &mut io::sink()).map_err(damaged)?;
-                streamed = Some(Streamed::V1(check));
+                streamed = Some(Streamed::V1(Box::new(check)));
                 proofs.digest()
             }
             (None, Some((mut check, entries))) => {
@@ -1480,7 +1490,7 @@ fn unpack(
                     },
                 );
                 io::copy(&mut events, &mut io::sink()).map_err(damaged)?;
-                streamed = Some(Streamed::V2(check));
+                streamed = Some(Streamed::V2(Box::new(check)));
                 events.digest()
             }
             (None, None) => {
@@ -2195,7 +2205,12 @@ impl LeafCheck {
     }
 
     /// Checks `events` against `entries.jsonl` line by line, to the end of both.
-    fn run(&mut self, mut events: impl BufRead, mut entries: impl BufRead, mut on: impl FnMut(u64)) {
+    fn run(
+        &mut self,
+        mut events: impl BufRead,
+        mut entries: impl BufRead,
+        mut on: impl FnMut(u64),
+    ) {
         let format = self.format;
         let mut current = Vec::with_capacity(LEAF_BATCH);
         let mut more = self.read_batch(&mut events, &mut entries, &mut current);

@@ -365,7 +365,11 @@ pub(crate) fn verify_consistency_with(
 
 /// The hash of the subtree over leaves `start .. start + size` (an RFC 9162 subtree of a tree
 /// that holds them: perfect, or on its right edge).
-pub fn subtree_hash<S: NodeSource>(source: &mut S, start: u64, size: u64) -> Result<Hash, S::Error> {
+pub fn subtree_hash<S: NodeSource>(
+    source: &mut S,
+    start: u64,
+    size: u64,
+) -> Result<Hash, S::Error> {
     Tree::new(source).hash(start, size)
 }
 
@@ -522,7 +526,12 @@ mod tests {
 
     /// The multiproof of a set of leaves, straight from its recursive definition
     /// (`schemas/bundle.md`): a subtree with no proven leaf is given whole.
-    fn naive_multiproof(start: usize, leaves: &[Hash], proven: &[usize], out: &mut Vec<(u64, u64, Hash)>) {
+    fn naive_multiproof(
+        start: usize,
+        leaves: &[Hash],
+        proven: &[usize],
+        out: &mut Vec<(u64, u64, Hash)>,
+    ) {
         let n = leaves.len();
         if !proven.iter().any(|&i| i >= start && i < start + n) {
             out.push((start as u64, n as u64, mth(leaves)));
@@ -567,7 +576,11 @@ mod tests {
                     checker.push(s, z, h.unwrap()).unwrap();
                 }
                 assert_eq!(asked, expected, "n {n} proven {proven:?}");
-                assert_eq!(checker.root(), Some(mth(&leaves[..n])), "n {n} proven {proven:?}");
+                assert_eq!(
+                    checker.root(),
+                    Some(mth(&leaves[..n])),
+                    "n {n} proven {proven:?}"
+                );
                 // A changed leaf changes the root.
                 if let Some(&i) = proven.first() {
                     let mut bad = RangeChecker::new(n as u64);

@@ -110,10 +110,7 @@ fn a_contiguous_bundle_accounts_for_pruned_entries_with_tombstones() {
     assert_eq!(failures.len(), 2, "{failures:?}");
     assert!(failures.iter().all(|f| f.starts_with("rule 8 (events)")));
     assert!(failures[0].contains("tree.jsonl"), "{failures:?}");
-    assert!(
-        failures[1].contains("entries 7 to 9"),
-        "{failures:?}"
-    );
+    assert!(failures[1].contains("entries 7 to 9"), "{failures:?}");
 }
 
 #[test]
