@@ -31,6 +31,8 @@ pub struct Verified {
     pub merkle_root: Option<Hash>,
     /// Entries whose payload retention pruned (their hashes verified, their events gone).
     pub pruned: u64,
+    /// The ledger's format, under whose leaf definition the tree was recomputed.
+    pub format: LedgerFormat,
 }
 
 /// The first thing wrong with the chain.
@@ -333,6 +335,7 @@ pub fn verify_with_progress(
         }
     });
     Ok(Ok(Verified {
+        format,
         entries: expected_index,
         head_hash: chain,
         last_sequence: head.last_sequence,

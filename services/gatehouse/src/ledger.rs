@@ -66,6 +66,7 @@ pub fn verify(data_dir: &Path, as_json: bool) -> anyhow::Result<VerifyOutcome> {
 fn print_ok(path: &str, v: &Verified) {
     println!("ledger verify: OK");
     println!("  ledger         {path}");
+    println!("  format         {}", v.format.marker());
     println!("  entries        {}", v.entries);
     println!("  head hash      {}", hex::encode(v.head_hash));
     println!("  last sequence  {}", v.last_sequence);
@@ -100,6 +101,7 @@ fn report_json(
         (Some(v), _) => json!({
             "ledger": path,
             "ok": true,
+            "format": v.format.marker(),
             "entries": v.entries,
             "head_hash": hex::encode(v.head_hash),
             "last_sequence": v.last_sequence,

@@ -356,9 +356,9 @@ impl Sessions {
     fn add(&mut self, event: &[u8]) {
         // A session event's type holds `session.` unless spelled with JSON escapes; most events
         // are neither, and need not be parsed.
-        if memchr::memmem::find(event, b"session.").is_none()
-            && memchr::memchr(b'\\', event).is_none()
-        {
+        static SESSION: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"session."));
+        if SESSION.find(event).is_none() && memchr::memchr(b'\\', event).is_none() {
             return;
         }
         let Ok(head) = serde_json::from_slice::<EventHead<'_>>(event) else {
@@ -1969,6 +1969,24 @@ struct EntryLineRef<'a> {
     previous_hash: Cow<'a, str>,
 }
 
+/// Line pairs read into one buffer, reused from batch to batch: (event, entry) byte ranges.
+#[derive(Default)]
+struct LineBatch {
+    bytes: Vec<u8>,
+    lines: Vec<((usize, usize), (usize, usize))>,
+}
+
+impl LineBatch {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.lines.clear();
+    }
+
+    fn slice(&self, (from, to): (usize, usize)) -> &[u8] {
+        &self.bytes[from..to]
+    }
+}
+
 /// What one line pair gives: index, previous hash, entry hash and leaf hash.
 type HashedLine = Result<(u64, Hash, Hash, Hash), String>;
 
@@ -2169,16 +2187,16 @@ impl LeafCheck {
         &mut self,
         events: &mut impl BufRead,
         entries: &mut impl BufRead,
-        batch: &mut Vec<(Vec<u8>, Vec<u8>)>,
+        batch: &mut LineBatch,
     ) -> bool {
         batch.clear();
-        while batch.len() < LEAF_BATCH {
-            let (mut event, mut entry) = (Vec::with_capacity(1024), Vec::with_capacity(160));
-            let lines = self.sequence.line + batch.len() as u64;
-            match (
-                events.read_until(b'\n', &mut event),
-                entries.read_until(b'\n', &mut entry),
-            ) {
+        while batch.lines.len() < LEAF_BATCH {
+            let lines = self.sequence.line + batch.lines.len() as u64;
+            let start = batch.bytes.len();
+            let read_event = events.read_until(b'\n', &mut batch.bytes);
+            let middle = batch.bytes.len();
+            let read_entry = entries.read_until(b'\n', &mut batch.bytes);
+            match (read_event, read_entry) {
                 (Ok(0), Ok(0)) => break,
                 (Ok(0), Ok(_)) | (Ok(_), Ok(0)) => {
                     self.sequence.fail(format!(
@@ -2193,13 +2211,16 @@ impl LeafCheck {
                     return false;
                 }
             }
-            if event.last() == Some(&b'\n') {
-                event.pop();
-            }
-            if entry.last() == Some(&b'\n') {
-                entry.pop();
-            }
-            batch.push((event, entry));
+            let end = batch.bytes.len();
+            let trim = |from: usize, to: usize| {
+                if to > from && batch.bytes[to - 1] == b'\n' {
+                    (from, to - 1)
+                } else {
+                    (from, to)
+                }
+            };
+            let line = (trim(start, middle), trim(middle, end));
+            batch.lines.push(line);
         }
         true
     }
@@ -2212,29 +2233,34 @@ impl LeafCheck {
         mut on: impl FnMut(u64),
     ) {
         let format = self.format;
-        let mut current = Vec::with_capacity(LEAF_BATCH);
+        let (mut current, mut next) = (LineBatch::default(), LineBatch::default());
+        let mut hashed: Vec<HashedLine> = Vec::with_capacity(LEAF_BATCH);
         let mut more = self.read_batch(&mut events, &mut entries, &mut current);
-        while !current.is_empty() {
-            let mut next = Vec::with_capacity(LEAF_BATCH);
-            let mut hashed: Vec<HashedLine> = Vec::new();
+        while !current.lines.is_empty() {
             rayon::in_place_scope(|scope| {
                 let batch = &current;
                 let out = &mut hashed;
                 scope.spawn(move |_| {
-                    *out = batch
+                    out.clear();
+                    batch
+                        .lines
                         .par_iter()
-                        .map(|(event, entry)| hash_line(format, event, entry))
-                        .collect();
+                        .map(|&(event, entry)| {
+                            hash_line(format, batch.slice(event), batch.slice(entry))
+                        })
+                        .collect_into_vec(out);
                 });
                 if more {
                     more = self.read_batch(&mut events, &mut entries, &mut next);
+                } else {
+                    next.clear();
                 }
             });
-            for ((event, _), hashed) in current.iter().zip(hashed) {
-                self.line(event, hashed);
+            for (&(event, _), hashed) in current.lines.iter().zip(hashed.drain(..)) {
+                self.line(current.slice(event), hashed);
             }
             on(self.sequence.line);
-            current = next;
+            std::mem::swap(&mut current, &mut next);
         }
         on(self.sequence.line);
     }

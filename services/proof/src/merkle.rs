@@ -845,6 +845,28 @@ mod tests {
             hex(&empty_root()),
             "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
         );
+        // Format v2: leaves over the entry hashes (ledger.md, computed with Python's blake3).
+        use crate::entry::LedgerFormat;
+        let v2: Vec<Hash> = [&a, &b, &c]
+            .iter()
+            .map(|e| LedgerFormat::V2.hashes(e).1)
+            .collect();
+        assert_eq!(
+            v2.iter().map(hex).collect::<Vec<_>>(),
+            [
+                "3a3b1269503fc688be1142349be8fa7ac22f06335044b3357dfefaae1ca921e6",
+                "6b2e059d9eb5e046f1db93a3f27f7bc8c5f59f7e4f62aca59b77e879d382f249",
+                "e2b13ef71737d163f8b31dabbe51303f0d748405067b188f095155997b1ca1b9",
+            ]
+        );
+        assert_eq!(
+            hex(&node_hash(&v2[0], &v2[1])),
+            "bbc3e66eff19dfcd5faadf66d5970e23d97f5b8be5d0a9c45619b74741bd7aa4"
+        );
+        assert_eq!(
+            hex(&mth(&v2)),
+            "f04a4ebb491852bf52ae7f8d1fa2ded9b516827e591445ac2df0af914d604baf"
+        );
     }
 
     #[test]

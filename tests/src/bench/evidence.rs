@@ -1,6 +1,6 @@
 //! Evidence throughput: ledger ingest (group commits, fsync each), bundle export, and bundle
-//! verification on one thread, and the ledger walk (`gatehouse ledger verify`) on one core
-//! and on every core, over events of about 1 KB shaped like `request.received`.
+//! verification and the ledger walk (`gatehouse ledger verify`) on one core and on every core
+//! (the best of three runs each), over events of about 1 KB shaped like `request.received`.
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,10 @@ fn event(n: u64) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Each verification is timed this many times and the fastest kept: on a shared VM the
+/// slower runs measure the neighbours, not the code.
+const VERIFY_RUNS: usize = 3;
+
 fn rate(n: f64, d: Duration) -> f64 {
     n / d.as_secs_f64().max(1e-9)
 }
@@ -43,10 +47,22 @@ fn rate(n: f64, d: Duration) -> f64 {
 /// Appends `events` events in group commits of `batch` to a new ledger in a temporary
 /// directory, signs a checkpoint, exports the whole ledger as a bundle and verifies it.
 pub fn measure(events: u64, batch: usize) -> Result<Throughput> {
+    measure_in(events, batch, None)
+}
+
+/// [`measure`], keeping what it wrote in `keep` (a new directory) if given.
+pub fn measure_in(events: u64, batch: usize, keep: Option<&std::path::Path>) -> Result<Throughput> {
     let batch = batch.max(1);
-    let dir = tempfile::tempdir()?;
+    let temporary = tempfile::tempdir()?;
+    let dir = match keep {
+        Some(path) => {
+            std::fs::create_dir(path)?;
+            path
+        }
+        None => temporary.path(),
+    };
     let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos())?;
-    let mut ledger = Ledger::open(dir.path())?;
+    let mut ledger = Ledger::open(dir)?;
     let batches: Vec<Vec<NewEntry>> = (0..events)
         .collect::<Vec<_>>()
         .chunks(batch)
@@ -69,18 +85,22 @@ pub fn measure(events: u64, batch: usize) -> Result<Throughput> {
     let ingest = started.elapsed();
     drop(batches);
     let signer = NoteSigner::from_seed("gatehouse.bench/ledger", [1; 32])?;
+    std::fs::write(
+        dir.join("checkpoint.vkey"),
+        format!("{}\n", signer.verifier().to_vkey()),
+    )?;
     ledger.issue_checkpoint(&signer, "gatehouse.bench/ledger")?;
     ledger.flush()?;
     drop(ledger);
 
-    let bundle = dir.path().join("bundle.tar.gz");
+    let bundle = dir.join("bundle.tar.gz");
     let started = Instant::now();
     let file = std::io::BufWriter::new(std::fs::File::create(&bundle)?);
     let signing = gatehouse::bundle_cmd::Signing {
         signer: &signer,
         since: None,
     };
-    write_bundle(dir.path(), &BundleSpec::default(), &signing, file, true)?;
+    write_bundle(dir, &BundleSpec::default(), &signing, file, true)?;
     let export = started.elapsed();
     let bundle_bytes = std::fs::metadata(&bundle)?.len();
 
@@ -91,36 +111,42 @@ pub fn measure(events: u64, batch: usize) -> Result<Throughput> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()?;
-        let started = Instant::now();
-        let verified = pool
-            .install(|| gatehouse_proof::bundle::verify(&bundle, Some(&key), |_| {}))
-            .map_err(|f| anyhow::anyhow!("the bundle does not verify: {f:?}"))?;
-        let elapsed = started.elapsed();
-        anyhow::ensure!(
-            verified.manifest.counts.events == events,
-            "the bundle holds {} events, not {events}",
-            verified.manifest.counts.events
-        );
-        bundle_verify.push(rate(events as f64, elapsed));
+        let mut best = Duration::MAX;
+        for _ in 0..VERIFY_RUNS {
+            let started = Instant::now();
+            let verified = pool
+                .install(|| gatehouse_proof::bundle::verify(&bundle, Some(&key), |_| {}))
+                .map_err(|f| anyhow::anyhow!("the bundle does not verify: {f:?}"))?;
+            best = best.min(started.elapsed());
+            anyhow::ensure!(
+                verified.manifest.counts.events == events,
+                "the bundle holds {} events, not {events}",
+                verified.manifest.counts.events
+            );
+        }
+        bundle_verify.push(rate(events as f64, best));
     }
 
     // The ledger walk, in a pool of one thread and in one of every core.
-    let ledger = Ledger::open_read_only(dir.path())?;
+    let ledger = Ledger::open_read_only(dir)?;
     let mut ledger_verify = Vec::new();
     for threads in [1, cores] {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()?;
-        let started = Instant::now();
-        let walked = pool.install(|| gatehouse_evidence::verify::verify(&ledger))?;
-        let elapsed = started.elapsed();
-        let walked = walked.map_err(|b| anyhow::anyhow!("the ledger does not verify: {b}"))?;
-        anyhow::ensure!(
-            walked.entries == events,
-            "the ledger walk saw {} entries",
-            walked.entries
-        );
-        ledger_verify.push(rate(events as f64, elapsed));
+        let mut best = Duration::MAX;
+        for _ in 0..VERIFY_RUNS {
+            let started = Instant::now();
+            let walked = pool.install(|| gatehouse_evidence::verify::verify(&ledger))?;
+            best = best.min(started.elapsed());
+            let walked = walked.map_err(|b| anyhow::anyhow!("the ledger does not verify: {b}"))?;
+            anyhow::ensure!(
+                walked.entries == events,
+                "the ledger walk saw {} entries",
+                walked.entries
+            );
+        }
+        ledger_verify.push(rate(events as f64, best));
     }
     Ok(Throughput {
         ledger_verify_events_per_s_one_core: ledger_verify[0],

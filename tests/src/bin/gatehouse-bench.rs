@@ -90,6 +90,10 @@ enum Command {
         events: u64,
         #[arg(long, default_value_t = 1_000)]
         batch: usize,
+        /// Keep the ledger (and `bundle.tar.gz`, `checkpoint.vkey`) in this new directory, to
+        /// profile `gatehouse ledger verify` and `gatehouse verify` on them.
+        #[arg(long)]
+        keep: Option<PathBuf>,
     },
     /// Sustained load while the evidence service is killed and restarted and nats-server is
     /// restarted; then checks that nothing was lost or doubled.
@@ -128,10 +132,15 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Evidence { events, batch } => {
-            let figures =
-                tokio::task::spawn_blocking(move || bench::evidence::measure(events, batch))
-                    .await??;
+        Command::Evidence {
+            events,
+            batch,
+            keep,
+        } => {
+            let figures = tokio::task::spawn_blocking(move || {
+                bench::evidence::measure_in(events, batch, keep.as_deref())
+            })
+            .await??;
             println!("{}", serde_json::to_string_pretty(&figures)?);
             Ok(ExitCode::SUCCESS)
         }
