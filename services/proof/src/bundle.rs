@@ -767,37 +767,48 @@ enum Source {
     Staged(FileDigest),
 }
 
-/// The position of a member in a bundle of `format` v2 or v1 (`schemas/bundle.md`, *The
-/// archive*); members of the same rank (recordings) go in byte order of their names.
-fn member_rank(name: &str, v2: bool) -> Option<u8> {
-    let fixed: &[&str] = if v2 {
+/// The members of a v2 (or v1) bundle in their order, each with whether it must be there;
+/// `recordings/` stands for every recording.
+fn members_of(v2: bool) -> &'static [(&'static str, bool)] {
+    if v2 {
         &[
-            "checkpoint",
-            "consistency.json",
-            "keys/checkpoint.vkey",
-            crate::cosignature::BUNDLE_MEMBER,
-            "manifest.json",
-            "manifest.sig",
-            "tombstones.jsonl",
-            "tree.jsonl",
-            "entries.jsonl",
-            "events.jsonl",
-            "recordings/",
-            "INDEX.md",
+            ("checkpoint", true),
+            ("consistency.json", false),
+            ("keys/checkpoint.vkey", true),
+            (crate::cosignature::BUNDLE_MEMBER, false),
+            ("manifest.json", true),
+            ("manifest.sig", true),
+            ("tombstones.jsonl", true),
+            ("tree.jsonl", true),
+            ("entries.jsonl", true),
+            ("events.jsonl", true),
+            ("recordings/", false),
+            ("INDEX.md", true),
         ]
     } else {
         &[
-            "checkpoint",
-            "keys/checkpoint.vkey",
-            "events.jsonl",
-            "proofs.jsonl",
-            "tombstones.jsonl",
-            "recordings/",
-            "INDEX.md",
-            "manifest.json",
+            ("checkpoint", true),
+            ("keys/checkpoint.vkey", true),
+            ("events.jsonl", true),
+            ("proofs.jsonl", true),
+            ("tombstones.jsonl", true),
+            ("recordings/", false),
+            ("INDEX.md", true),
+            ("manifest.json", true),
         ]
+    }
+}
+
+/// The position of a member in a bundle of `format` v2 or v1 (`schemas/bundle.md`, *The
+/// archive*); members of the same rank (recordings) go in byte order of their names.
+fn member_rank(name: &str, v2: bool) -> Option<u8> {
+    let fixed = members_of(v2);
+    let rank = |member: &str| {
+        fixed
+            .iter()
+            .position(|(m, _)| *m == member)
+            .map(|r| r as u8)
     };
-    let rank = |member: &str| fixed.iter().position(|m| *m == member).map(|r| r as u8);
     match name.strip_prefix("recordings/") {
         Some(rest) => {
             let id = rest.strip_suffix(".cast")?;
@@ -899,6 +910,15 @@ pub struct Progress {
     pub read: u64,
     /// Events whose proofs have been checked so far.
     pub events: u64,
+}
+
+impl Progress {
+    fn at(read: &Cell<u64>, events: u64) -> Self {
+        Self {
+            read: read.get(),
+            events,
+        }
+    }
 }
 
 /// What to verify a bundle against.
@@ -1121,36 +1141,17 @@ const READ_BUFFER: usize = 256 * 1024;
 
 /// Rule 4: every member a bundle of this format must hold, none it may not, in order.
 fn check_members(members: &[String], v2: bool) -> Result<(), String> {
-    let required: &[&str] = if v2 {
-        &[
-            "checkpoint",
-            "keys/checkpoint.vkey",
-            "manifest.json",
-            "manifest.sig",
-            "tombstones.jsonl",
-            "tree.jsonl",
-            "entries.jsonl",
-            "events.jsonl",
-            "INDEX.md",
-        ]
-    } else {
-        &[
-            "checkpoint",
-            "keys/checkpoint.vkey",
-            "events.jsonl",
-            "proofs.jsonl",
-            "tombstones.jsonl",
-            "INDEX.md",
-            "manifest.json",
-        ]
-    };
+    let required = members_of(v2)
+        .iter()
+        .filter(|(_, required)| *required)
+        .map(|(name, _)| *name);
     if let Some(name) = members.iter().find(|m| member_rank(m, v2).is_none()) {
         return Err(format!(
             "{name} is not a member of a {} bundle",
             if v2 { FORMAT } else { FORMAT_V1 }
         ));
     }
-    for &name in required {
+    for name in required {
         if !members.iter().any(|m| m == name) {
             return Err(format!("{name} is missing"));
         }
@@ -1465,12 +1466,7 @@ fn unpack(
                 check.run(
                     BufReader::with_capacity(READ_BUFFER, events),
                     BufReader::with_capacity(READ_BUFFER, &mut proofs),
-                    |events| {
-                        progress(Progress {
-                            read: read.get(),
-                            events,
-                        })
-                    },
+                    |events| progress(Progress::at(&read, events)),
                 );
                 // Whatever the check left unread still counts for the digest.
                 io::copy(&mut proofs, &mut io::sink()).map_err(damaged)?;
@@ -1482,12 +1478,7 @@ fn unpack(
                 check.run(
                     BufReader::with_capacity(READ_BUFFER, &mut events),
                     BufReader::with_capacity(READ_BUFFER, entries),
-                    |events| {
-                        progress(Progress {
-                            read: read.get(),
-                            events,
-                        })
-                    },
+                    |events| progress(Progress::at(&read, events)),
                 );
                 io::copy(&mut events, &mut io::sink()).map_err(damaged)?;
                 streamed = Some(Streamed::V2(Box::new(check)));

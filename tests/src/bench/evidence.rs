@@ -40,6 +40,25 @@ fn event(n: u64) -> Vec<u8> {
 /// slower runs measure the neighbours, not the code.
 const VERIFY_RUNS: usize = 3;
 
+/// Events per second of the fastest of [`VERIFY_RUNS`] runs of `verify` in a pool of
+/// `threads`; each run must have checked `events` events.
+fn best_rate(threads: usize, events: u64, verify: impl Fn() -> Result<u64> + Sync) -> Result<f64> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
+    let mut best = Duration::MAX;
+    for _ in 0..VERIFY_RUNS {
+        let started = Instant::now();
+        let seen = pool.install(&verify)?;
+        best = best.min(started.elapsed());
+        anyhow::ensure!(
+            seen == events,
+            "verification saw {seen} events, not {events}"
+        );
+    }
+    Ok(rate(events as f64, best))
+}
+
 fn rate(n: f64, d: Duration) -> f64 {
     n / d.as_secs_f64().max(1e-9)
 }
@@ -106,47 +125,23 @@ pub fn measure_in(events: u64, batch: usize, keep: Option<&std::path::Path>) -> 
 
     let key = signer.verifier();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut bundle_verify = Vec::new();
-    for threads in [1, cores] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()?;
-        let mut best = Duration::MAX;
-        for _ in 0..VERIFY_RUNS {
-            let started = Instant::now();
-            let verified = pool
-                .install(|| gatehouse_proof::bundle::verify(&bundle, Some(&key), |_| {}))
+    let mut bundle_verify = [0.0; 2];
+    for (slot, threads) in [1, cores].into_iter().enumerate() {
+        bundle_verify[slot] = best_rate(threads, events, || {
+            let verified = gatehouse_proof::bundle::verify(&bundle, Some(&key), |_| {})
                 .map_err(|f| anyhow::anyhow!("the bundle does not verify: {f:?}"))?;
-            best = best.min(started.elapsed());
-            anyhow::ensure!(
-                verified.manifest.counts.events == events,
-                "the bundle holds {} events, not {events}",
-                verified.manifest.counts.events
-            );
-        }
-        bundle_verify.push(rate(events as f64, best));
+            Ok(verified.manifest.counts.events)
+        })?;
     }
-
     // The ledger walk, in a pool of one thread and in one of every core.
     let ledger = Ledger::open_read_only(dir)?;
-    let mut ledger_verify = Vec::new();
-    for threads in [1, cores] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()?;
-        let mut best = Duration::MAX;
-        for _ in 0..VERIFY_RUNS {
-            let started = Instant::now();
-            let walked = pool.install(|| gatehouse_evidence::verify::verify(&ledger))?;
-            best = best.min(started.elapsed());
-            let walked = walked.map_err(|b| anyhow::anyhow!("the ledger does not verify: {b}"))?;
-            anyhow::ensure!(
-                walked.entries == events,
-                "the ledger walk saw {} entries",
-                walked.entries
-            );
-        }
-        ledger_verify.push(rate(events as f64, best));
+    let mut ledger_verify = [0.0; 2];
+    for (slot, threads) in [1, cores].into_iter().enumerate() {
+        ledger_verify[slot] = best_rate(threads, events, || {
+            let walked = gatehouse_evidence::verify::verify(&ledger)?
+                .map_err(|b| anyhow::anyhow!("the ledger does not verify: {b}"))?;
+            Ok(walked.entries)
+        })?;
     }
     Ok(Throughput {
         ledger_verify_events_per_s_one_core: ledger_verify[0],
