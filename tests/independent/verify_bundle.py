@@ -2,7 +2,8 @@
 """An independent verifier of Gatehouse evidence bundles, written from schemas/ledger.md and
 schemas/bundle.md alone (not from the Rust code), so the documents are tested as a contract.
 
-usage: verify_bundle.py BUNDLE VKEY_FILE        exit 0 if it verifies, 1 naming the failure
+usage: verify_bundle.py BUNDLE VKEY_FILE [--witness WVKEY ... --min-witnesses K]
+                                               exit 0 if it verifies, 1 naming the failure
 needs: blake3, cryptography; recordings are rebuilt with schemas/vectors/make.py's `recording`
 (also written from bundle.md alone)
 """
@@ -135,6 +136,48 @@ def open_note(note, vkey):
     raise Failed("the note is not signed by the given key")
 
 
+def parse_witness_vkey(text):
+    """bundle.md, Witnesses: <name>+<key id>+base64(0x04 ‖ public key)."""
+    name, key_id, key = text.strip().split("+", 2)
+    raw = base64.b64decode(key)
+    check(raw[0] == 4 and len(raw) == 33, f"witness key {name} is not a cosignature/v1 key")
+    computed = hashlib.sha256(name.encode() + b"\n" + raw).digest()[:4]
+    check(computed.hex() == key_id, f"witness key {name}'s id does not match it")
+    return name, computed, Ed25519PublicKey.from_public_bytes(raw[1:])
+
+
+def check_witnesses(note, vkey, origin, size, root, witnesses, needed):
+    """bundle.md, Witnesses: the witnessed checkpoint and K witnesses' cosignatures on it."""
+    name, _, public = vkey
+    witnessed_name = origin + "/rfc6962"
+    key_id = hashlib.sha256(witnessed_name.encode() + b"\n" + b"\x01" + public.public_bytes_raw()).digest()[:4]
+    text = open_note(note, (witnessed_name, key_id, public))
+    lines = text.split("\n")
+    check(len(lines) == 5 and lines[4] == "", "the witnessed checkpoint is not four lines")
+    check(lines[0] == witnessed_name, "the witnessed checkpoint is of another origin")
+    check(lines[1] == str(size), "the witnessed checkpoint is of another size")
+    check(lines[3] == "blake3-root " + base64.b64encode(root).decode(),
+          "the witnessed checkpoint names another BLAKE3 root")
+    signatures = note.partition("\n\n")[2].splitlines()
+    cosigned = set()
+    for wname, wid, wpublic in witnesses:
+        for line in signatures:
+            signer, _, blob = line[2:].partition(" ")
+            blob = base64.b64decode(blob)
+            if signer != wname or blob[:4] != wid or len(blob) != 4 + 8 + 64:
+                continue
+            timestamp = struct.unpack(">Q", blob[4:12])[0]
+            message = f"cosignature/v1\ntime {timestamp}\n".encode() + text.encode()
+            try:
+                wpublic.verify(blob[12:], message)
+                cosigned.add(wname)
+            except Exception:
+                pass
+    check(len(cosigned) >= needed,
+          f"{len(cosigned)} of the witness keys given cosigned the checkpoint, fewer than {needed}")
+    return sorted(cosigned)
+
+
 def open_checkpoint(note, vkey):
     origin, size, root = open_note(note, vkey).split("\n")[:3]
     check(str(int(size)) == size, "the tree size is not canonical decimal")
@@ -168,7 +211,7 @@ def verify_consistency(old, new, old_root, new_root, proof):
     return sn == 0 and fr == old_root and sr == new_root
 
 
-def main(bundle_path, vkey_path):
+def main(bundle_path, vkey_path, witness_paths=(), needed=0):
     data = open(bundle_path, "rb").read()
     check(len(data) > SEAL_LEN + 10, "too short")
     body, tail = data[:-SEAL_LEN], data[-SEAL_LEN:]
@@ -279,12 +322,28 @@ def main(bundle_path, vkey_path):
             check(verify_consistency(c["old_size"], size, bytes.fromhex(c["old_root"]), root,
                                      [bytes.fromhex(h) for h in c["proof"]]),
                   "the consistency proof does not verify")
-    print(f"OK: {len(events)} events proven against {origin} size {size}")
+    cosigned = []
+    if needed:
+        check("witnessed-checkpoint" in files, "no witnessed-checkpoint in the bundle")
+        witnesses = [parse_witness_vkey(open(w).read()) for w in witness_paths]
+        cosigned = check_witnesses(files["witnessed-checkpoint"].decode(), vkey, origin, size,
+                                   root, witnesses, needed)
+    print(f"OK: {len(events)} events proven against {origin} size {size}"
+          + (f", cosigned by {', '.join(cosigned)}" if cosigned else ""))
 
 
 if __name__ == "__main__":
     try:
-        main(sys.argv[1], sys.argv[2])
+        args, witness_paths, needed = sys.argv[3:], [], 0
+        while args:
+            flag, value, args = args[0], args[1], args[2:]
+            if flag == "--witness":
+                witness_paths.append(value)
+            elif flag == "--min-witnesses":
+                needed = int(value)
+            else:
+                raise Failed(f"unknown argument {flag}")
+        main(sys.argv[1], sys.argv[2], witness_paths, needed)
     except Exception as e:  # any failure, named
         print(f"FAILED: {e}", file=sys.stderr)
         sys.exit(1)

@@ -228,6 +228,17 @@ async fn litewitnesses_cosign_every_checkpoint_and_a_forked_one_raises_the_alarm
     let key = verifier.to_vkey();
     let ok = verify_witnessed(&bundle, &key, &[&w1.vkey, &w2.vkey], 2);
     assert_cosigned_by(&ok, &[&w1, &w2]);
+    // The independent verifier, written from schemas/ alone, agrees both ways.
+    let independent = verify_independently(&bundle, &key, &[&w1.vkey, &w2.vkey], 2);
+    assert!(
+        independent.status.success()
+            && text(&independent.stdout).contains("cosigned by witness.test/w1, witness.test/w2"),
+        "{}{}",
+        text(&independent.stdout),
+        text(&independent.stderr)
+    );
+    let short = verify_independently(&bundle, &key, &[&w1.vkey, &w2.vkey, &w3.vkey], 3);
+    assert_eq!(short.status.code(), Some(1), "{}", text(&short.stderr));
 
     // Three required, and the third witness given never cosigned: refused, naming it.
     let three = verify_witnessed(&bundle, &key, &[&w1.vkey, &w2.vkey, &w3.vkey], 3);

@@ -245,6 +245,38 @@ pub fn verify_witnessed(
     super::cli(&args)
 }
 
+/// [`verify_witnessed`] by the independent verifier (`tests/independent/verify_bundle.py`,
+/// written from `schemas/` alone), in the Python of `deploy/local/setup`.
+pub fn verify_independently(
+    bundle: &Path,
+    vkey: &str,
+    witnesses: &[&str],
+    min: usize,
+) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let venv = std::env::var_os("GATEHOUSE_VENV").map_or_else(
+        || Path::new(&std::env::var_os("HOME").unwrap()).join(".cache/gatehouse/venv"),
+        PathBuf::from,
+    );
+    let key_file = dir.path().join("checkpoint.vkey");
+    std::fs::write(&key_file, format!("{vkey}\n")).unwrap();
+    let mut command = std::process::Command::new(venv.join("bin/python"));
+    command
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/independent/verify_bundle.py"
+        ))
+        .arg(bundle)
+        .arg(&key_file);
+    for (n, w) in witnesses.iter().enumerate() {
+        let file = dir.path().join(format!("witness-{n}.vkey"));
+        std::fs::write(&file, format!("{w}\n")).unwrap();
+        command.arg("--witness").arg(file);
+    }
+    command.args(["--min-witnesses", &min.to_string()]);
+    command.output().unwrap()
+}
+
 /// Expects `verify_witnessed` to have passed, its report naming each witness as a cosigner.
 pub fn assert_cosigned_by(verified: &std::process::Output, witnesses: &[&Litewitness]) {
     let report = text(&verified.stdout);
