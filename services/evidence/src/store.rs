@@ -1250,10 +1250,10 @@ impl Ledger {
         }
     }
 
-    /// The leaf of a stored entry whose stored hash is its entry hash (checked by whoever
-    /// relies on it: verification, restore).
+    /// The leaf of a stored entry, from its bytes: never from the hash stored beside them, so
+    /// an entry changed in place and then pruned or built into the tree still shows.
     fn leaf(&self, stored: &StoredEntry) -> Hash {
-        self.format.leaf(&stored.encoding, &stored.stored_hash)
+        self.format.hashes(&stored.encoding).1
     }
 
     /// Makes an empty ledger one of `format` (a restore takes the archived ledger's).

@@ -154,3 +154,34 @@ fn a_hold_by_time_range_keeps_only_its_period() {
     assert!(ledger.entry(1).unwrap().is_some());
     assert!(verify(&ledger).unwrap().is_ok());
 }
+
+/// An event changed in place (its stored hash left as it was) and then pruned must not vanish
+/// into a tombstone that verifies: the tombstone's leaf comes from the bytes, not the hash
+/// stored beside them.
+#[test]
+fn an_entry_changed_before_pruning_still_fails_verification() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = NOW - 2_200 * DAY;
+    {
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        ledger
+            .append(&[received(1, old, "a"), received(2, old + 1, "a")], &[])
+            .unwrap();
+    }
+    {
+        let path = gatehouse_evidence::store::ledger_dir(dir.path());
+        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).unwrap();
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, cfs).unwrap();
+        let entries = db.cf_handle(gatehouse_evidence::store::CF_ENTRIES).unwrap();
+        let mut value = db.get_cf(&entries, 0u64.to_be_bytes()).unwrap().unwrap();
+        let at = value.len() - 10;
+        value[at] ^= 0x01;
+        db.put_cf(&entries, 0u64.to_be_bytes(), value).unwrap();
+    }
+    let mut ledger = Ledger::open(dir.path()).unwrap();
+    assert!(verify(&ledger).unwrap().is_err(), "changed in place");
+    let pruned = ledger.prune(NOW, 2_192).unwrap();
+    assert_eq!(pruned.pruned, 2, "{pruned:?}");
+    let broken = verify(&ledger).unwrap().unwrap_err();
+    assert_eq!(broken.index, 0, "{broken}");
+}
