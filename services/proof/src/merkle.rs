@@ -376,9 +376,9 @@ pub fn subtree_hash<S: NodeSource>(
 /// A subtree by its first leaf and its number of leaves.
 pub type Subtree = (u64, u64);
 
-/// The subtrees a multiproof (`schemas/bundle.md`, *`tree.jsonl`*) gives between two leaves it
-/// proves, or from leaf 0 to the first (`after` = `None`): the largest aligned power-of-two
-/// blocks covering `from .. before`, left to right.
+/// The subtrees `tree.jsonl` (`schemas/bundle.md`) gives between two leaves a bundle proves
+/// (`from` is one past the earlier, 0 before the first; `before` is the later): the largest
+/// aligned power-of-two blocks covering `from .. before`, left to right.
 pub fn subtrees_between(from: u64, before: u64) -> Vec<Subtree> {
     let mut out = Vec::new();
     let mut at = from;
