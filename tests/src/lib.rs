@@ -845,17 +845,22 @@ impl TestBed {
     pub async fn events(&self) -> Result<Vec<Event>> {
         // Reading takes a fresh consumer; just after a cluster node was lost, creating one
         // can time out while the cluster settles, so it is tried again until the deadline.
-        let started = std::time::Instant::now();
-        let all = loop {
+        let last_error = std::cell::RefCell::new(None);
+        let all = eventually("a read of the whole stream", DEADLINE, || async {
             match self.reader.read_all().await {
-                Ok(all) => break all,
-                Err(e) if started.elapsed() < DEADLINE => {
+                Ok(all) => Some(all),
+                Err(e) => {
                     tracing::warn!(error = %e, "reading the stream; trying again");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    *last_error.borrow_mut() = Some(e.to_string());
+                    None
                 }
-                Err(e) => return Err(e.into()),
             }
-        };
+        })
+        .await
+        .map_err(|timeout| match last_error.take() {
+            Some(e) => anyhow::anyhow!("{timeout}; the last read failed: {e}"),
+            None => timeout,
+        })?;
         all.into_iter()
             .map(|(sequence, bytes)| {
                 let value = serde_json::from_slice(&bytes)

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use gatehouse::nats_server::NatsServer;
 use gatehouse_evidence::Ledger;
-use gatehouse_proof::cosignature::witnessed_origin;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ORIGIN: &str = "gatehouse.test/ledger";
@@ -70,10 +69,7 @@ async fn cosignatures_are_archived_and_restored_with_the_ledger() {
     let nats_url = nats.url().to_owned();
     let (key_file, verifier) = checkpoint_key(dir.path());
     let vkey = verifier.to_vkey();
-    let log_vkey = verifier
-        .with_name(&witnessed_origin(ORIGIN))
-        .unwrap()
-        .to_vkey();
+    let log_vkey = log_vkey(&verifier, ORIGIN);
     let w1 = Litewitness::start(&bin, dir.path(), "w1", ORIGIN, &log_vkey).await;
     let w2 = Litewitness::start(&bin, dir.path(), "w2", ORIGIN, &log_vkey).await;
 
@@ -92,14 +88,13 @@ async fn cosignatures_are_archived_and_restored_with_the_ledger() {
     std::fs::write(
         &config,
         format!(
-            "data_dir: {:?}\nnats: {{url: {nats_url:?}}}\nreplica: evidence\n\
-             admin_listen: 127.0.0.1:0\n\
-             checkpoints: {{key_file: {:?}, every: 1h}}\n\
-             witnesses:\n  timeout: 10s\n  list:\n{}{}archive:\n{archive_section}",
-            data_dir.display().to_string(),
-            key_file.display().to_string(),
-            w1_slow,
-            w2.config_line(),
+            "{}archive:\n{archive_section}",
+            witnessed_evidence_config(
+                &data_dir,
+                &nats_url,
+                &key_file,
+                &format!("{w1_slow}{}", w2.config_line())
+            )
         ),
     )
     .unwrap();
@@ -171,13 +166,7 @@ async fn cosignatures_are_archived_and_restored_with_the_ledger() {
     // The ledger is lost; the archive brings it back, cosignatures included.
     evidence.terminate().await;
     std::fs::remove_dir_all(data_dir.join("ledger")).unwrap();
-    let out = restore(&config, &data_dir, &vkey);
-    assert!(
-        out.status.success(),
-        "restore failed:\n{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    restored(&config, &data_dir, &vkey);
     let restored = Ledger::open_read_only(&data_dir).unwrap();
     assert_eq!(
         restored.latest_checkpoint().unwrap().map(|(size, _)| size),
@@ -192,13 +181,6 @@ async fn cosignatures_are_archived_and_restored_with_the_ledger() {
 
     // A witness key that never cosigned does not count towards the two required.
     let short = verify_witnessed(&bundle, &vkey, &[&w1.vkey, STRANGER_WITNESS_VKEY], 2);
-    assert_eq!(short.status.code(), Some(1));
-    let why = text(&short.stderr);
-    assert!(
-        why.contains(
-            "1 of the 2 witness keys given cosigned the checkpoint, fewer than the 2 required"
-        ) && why.contains("witness.example/w1: no cosignature"),
-        "{why}"
-    );
+    assert_too_few_cosigners(&short, (1, 2, 2), "witness.example/w1");
     nats.stop().await;
 }

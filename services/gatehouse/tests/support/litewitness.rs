@@ -277,6 +277,53 @@ pub fn verify_independently(
     command.output().unwrap()
 }
 
+/// An evidence configuration with an hourly checkpoint key and `witness_list` (its `list:`
+/// lines), for the caller to extend.
+pub fn witnessed_evidence_config(
+    data_dir: &Path,
+    nats_url: &str,
+    key_file: &Path,
+    witness_list: &str,
+) -> String {
+    format!(
+        "data_dir: {:?}\nnats: {{url: {nats_url:?}}}\nreplica: evidence\n\
+         admin_listen: 127.0.0.1:0\n\
+         checkpoints: {{key_file: {:?}, every: 1h}}\n\
+         witnesses:\n  timeout: 10s\n  list:\n{witness_list}",
+        data_dir.display().to_string(),
+        key_file.display().to_string(),
+    )
+}
+
+/// What witnesses are told to trust: the checkpoint key under the witnessed origin.
+pub fn log_vkey(
+    checkpoint_key: &gatehouse_proof::checkpoint::NoteVerifier,
+    origin: &str,
+) -> String {
+    checkpoint_key
+        .with_name(&witnessed_origin(origin))
+        .unwrap()
+        .to_vkey()
+}
+
+/// Expects `verify_witnessed` to have refused: `cosigned` of the `given` keys cosigned, fewer
+/// than `needed`, and the refusal names `missing` as having no cosignature.
+pub fn assert_too_few_cosigners(
+    refused: &std::process::Output,
+    (cosigned, given, needed): (usize, usize, usize),
+    missing: &str,
+) {
+    assert_eq!(refused.status.code(), Some(1));
+    let why = text(&refused.stderr);
+    assert!(
+        why.contains(&format!(
+            "{cosigned} of the {given} witness keys given cosigned the checkpoint, fewer than \
+             the {needed} required"
+        )) && why.contains(&format!("{missing}: no cosignature")),
+        "{why}"
+    );
+}
+
 /// Expects `verify_witnessed` to have passed, its report naming each witness as a cosigner.
 pub fn assert_cosigned_by(verified: &std::process::Output, witnesses: &[&Litewitness]) {
     let report = text(&verified.stdout);

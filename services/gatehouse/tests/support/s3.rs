@@ -145,3 +145,15 @@ pub fn restore(config: &Path, data_dir: &Path, vkey: &str) -> std::process::Outp
         vkey,
     ])
 }
+
+/// [`restore`], which must succeed; its output.
+pub fn restored(config: &Path, data_dir: &Path, vkey: &str) -> std::process::Output {
+    let out = restore(config, data_dir, vkey);
+    assert!(
+        out.status.success(),
+        "restore failed:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
