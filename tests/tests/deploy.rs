@@ -868,7 +868,7 @@ fn the_configuration_it_carries_is_what_the_services_load() {
         let path = dir.path().join("evidence.yaml");
         std::fs::write(&path, text).unwrap();
         let (evidence, api) =
-            gatehouse::auditor_api::load_evidence_config(&path).map_err(|e| format!("{e:#}"))?;
+            gatehouse_evidence::api::load_evidence_config(&path).map_err(|e| format!("{e:#}"))?;
         evidence.validate()?;
         if let Some(api) = &api {
             api.validate()?;

@@ -198,6 +198,14 @@ async fn held_delete_released(bed: &TestBed, name: &str) -> anyhow::Result<Durat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_proxies_ride_out_node_losses_and_refuse_everything_without_a_quorum() -> Result {
+    // Every request refused while a leader is elected logs a line; thousands of them would bury
+    // the assertion that failed. The answers themselves are checked below.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(
+            |_| "warn,async_nats=error,gatehouse_bus=error,gatehouse_proxy::pipeline=off,gatehouse_proxy::record=off".into(),
+        ))
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir()?;
     let keys = NatsKeys::generate(&dir.path().join("nats-keys"))?;
     let env = gatehouse::nats_server::NatsRole::ALL
@@ -301,6 +309,7 @@ async fn two_proxies_ride_out_node_losses_and_refuse_everything_without_a_quorum
     // While the streams it led elect new leaders, requests are refused (503); then both
     // proxies forward again.
     let one_lost_recovery = both_forwarding(&answers, Instant::now(), proxies.len()).await;
+    println!("phase 1: forwarding again after {one_lost_recovery:?}");
     let one_lost_release = held_delete_released(&bed, "first").await?;
     tokio::time::sleep(PHASE).await;
     cluster.restart(first).await?;
@@ -311,6 +320,7 @@ async fn two_proxies_ride_out_node_losses_and_refuse_everything_without_a_quorum
     let t2 = Instant::now();
     cluster.kill(second).await?;
     let other_lost_recovery = both_forwarding(&answers, Instant::now(), proxies.len()).await;
+    println!("phase 2: forwarding again after {other_lost_recovery:?}");
     let other_lost_release = held_delete_released(&bed, "second").await?;
     tokio::time::sleep(PHASE).await;
     cluster.restart(second).await?;
@@ -328,6 +338,7 @@ async fn two_proxies_ride_out_node_losses_and_refuse_everything_without_a_quorum
     cluster.restart(third).await?;
     let restarted = Instant::now();
     let recovery = both_forwarding(&answers, restarted, proxies.len()).await;
+    println!("phase 3: forwarding again {recovery:?} after the quorum returned");
     tokio::time::sleep(PHASE).await;
     stop_load.cancel();
     load.await?;

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine;
-use gatehouse::replay::{self, ReplayOptions};
+use gatehouse_evidence::replay::{self, ReplayOptions};
 use gatehouse_tests::{BedOptions, DEADLINE, Event, TestBed, eventually};
 use gatehouse_up::Upstream;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};

@@ -20,8 +20,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use gatehouse_events::{Ballot, ChannelKind, GrantIssued, VoteVia};
-use gatehouse_proxy::authn::Authenticator;
+use gatehouse_authn::Authenticator;
+use gatehouse_events::{
+    Ballot, ChannelKind, GrantIssued, VoteVia, VoterAuthMethod, VoterAuthentication,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::channel::{HoldState, VoteCall, VoteReply};
@@ -215,8 +217,11 @@ fn checked_text(what: &str, text: Option<String>) -> Result<Option<String>, ApiE
     Ok(Some(text))
 }
 
-/// The caller's approver identity, or why not.
-async fn approver(api: &Api, headers: &HeaderMap) -> Result<String, ApiError> {
+/// The caller's approver identity and how it was authenticated, or why not.
+async fn approver(
+    api: &Api,
+    headers: &HeaderMap,
+) -> Result<(String, VoterAuthentication), ApiError> {
     let verified = api
         .authenticator
         .authenticate(headers, None)
@@ -236,7 +241,15 @@ async fn approver(api: &Api, headers: &HeaderMap) -> Result<String, ApiError> {
             ),
         ));
     }
-    Ok(verified.principal)
+    let authentication = VoterAuthentication {
+        method: VoterAuthMethod::Token,
+        issuer: Some(verified.issuer.clone()),
+        subject: Some(verified.subject.clone()),
+        auth_time: None,
+        amr: Vec::new(),
+        acr: None,
+    };
+    Ok((verified.principal, authentication))
 }
 
 async fn list(
@@ -284,7 +297,7 @@ async fn vote(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let principal = approver(&api, &headers).await?;
+    let (principal, authentication) = approver(&api, &headers).await?;
     let id = checked_id("an approval", &id)?;
     let body: VoteBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError(
@@ -301,6 +314,7 @@ async fn vote(
             via: VoteVia::Command,
             ballot: body.vote,
             comment: checked_text("comment", body.comment)?,
+            authentication,
         })
         .await;
     let hold = |approval_id: &str| {
@@ -364,7 +378,7 @@ async fn revoke(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<GrantIssued>, ApiError> {
-    let principal = approver(&api, &headers).await?;
+    let (principal, _) = approver(&api, &headers).await?;
     let id = checked_id("a grant", &id)?;
     let body: RevokeBody = if body.is_empty() {
         RevokeBody::default()

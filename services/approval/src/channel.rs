@@ -7,7 +7,7 @@
 //! itself: [`VoteSink::vote`] does, the same way for every platform.
 
 use futures::future::BoxFuture;
-use gatehouse_events::{Ballot, ChannelKind, VoteVia};
+use gatehouse_events::{Ballot, ChannelKind, VoteVia, VoterAuthMethod, VoterAuthentication};
 
 /// Everything an approver is shown about one hold, after the latest vote.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +38,10 @@ pub struct HoldView {
     /// The votes that currently count, in the order cast.
     pub votes: Vec<VoteLine>,
     pub state: HoldState,
+    /// The approver page for this hold, when the service knows its public address.
+    pub page_url: Option<String>,
+    /// The rule asks for a fresh sign-in: votes count only from the approver page.
+    pub step_up: bool,
 }
 
 impl HoldView {
@@ -111,6 +115,7 @@ pub fn via_name(via: VoteVia) -> &'static str {
         VoteVia::Button => "button",
         VoteVia::Reaction => "reaction",
         VoteVia::Command => "command",
+        VoteVia::Page => "approver page",
     }
 }
 
@@ -159,6 +164,20 @@ pub struct VoteCall {
     pub via: VoteVia,
     pub ballot: Ballot,
     pub comment: Option<String>,
+    /// How the voter was authenticated: recorded with the vote, and what step-up checks.
+    pub authentication: VoterAuthentication,
+}
+
+/// A chat platform's signed callback named the voter.
+pub fn by_chat() -> VoterAuthentication {
+    VoterAuthentication {
+        method: VoterAuthMethod::Chat,
+        issuer: None,
+        subject: None,
+        auth_time: None,
+        amr: Vec::new(),
+        acr: None,
+    }
 }
 
 /// What became of a vote.

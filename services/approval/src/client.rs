@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gatehouse_events::{Ballot, GrantIssued};
-use gatehouse_proxy::http_client::{HttpsClient, client_tls, https_client};
+use gatehouse_https::client::{HttpsClient, client_tls, https_client};
 use http_body_util::{BodyExt, Full, Limited};
 use serde::de::DeserializeOwned;
 

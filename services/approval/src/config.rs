@@ -19,8 +19,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use gatehouse_authn::config::IssuerConfig;
 use gatehouse_bus::BusConfig;
-use gatehouse_proxy::config::{ConnectionLimits, IssuerConfig, ServerTlsConfig};
+use gatehouse_https::config::ServerTlsConfig;
+use gatehouse_listener::ConnectionLimits;
 use serde::Deserialize;
 
 use crate::discord::DiscordConfig;
@@ -49,6 +51,10 @@ pub struct ApprovalConfig {
     /// Timeouts and connection limits of `admin_listen`.
     #[serde(default)]
     pub admin_connections: ConnectionLimits,
+    /// The service's external HTTPS address (`https://approvals.example.com`): chat messages
+    /// link each hold's approver page, `PUBLIC_URL/holds/<approval id>`.
+    #[serde(default)]
+    pub public_url: Option<String>,
     /// Names this replica in events (`gatehouse/approval/<replica>`); defaults to the host name.
     #[serde(default)]
     pub replica: Option<String>,

@@ -354,18 +354,31 @@ impl Rendered {
             };
             embed = embed.field(name, truncate(&value, FIELD_MAX), inline);
         }
+        let open = view.page_url.as_deref().map(|url| {
+            CreateButton::new_link(url).label(if view.step_up {
+                "Review and sign in to vote"
+            } else {
+                "Details"
+            })
+        });
         let components = if view.is_decided() {
             // An empty list removes the buttons on edit.
             vec![]
+        } else if view.step_up {
+            // Chat alone cannot vote on this hold: only the page, after a fresh sign-in.
+            open.map(|b| vec![CreateActionRow::Buttons(vec![b])])
+                .unwrap_or_default()
         } else {
-            vec![CreateActionRow::Buttons(vec![
+            let mut buttons = vec![
                 CreateButton::new(format!("{APPROVE_PREFIX}{}", view.approval_id))
                     .label("Approve")
                     .style(ButtonStyle::Success),
                 CreateButton::new(format!("{DENY_PREFIX}{}", view.approval_id))
                     .label("Deny")
                     .style(ButtonStyle::Danger),
-            ])]
+            ];
+            buttons.extend(open);
+            vec![CreateActionRow::Buttons(buttons)]
         };
         Self {
             content: truncate(&content, CONTENT_MAX),
@@ -620,6 +633,7 @@ async fn component(ep: Endpoint, interaction: Interaction) -> Response {
         via: VoteVia::Button,
         ballot,
         comment: None,
+        authentication: crate::channel::by_chat(),
     };
     // Counted in its own task: it completes even when the answer below has to go early.
     let votes = ep.votes.clone();

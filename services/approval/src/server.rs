@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
+use gatehouse_authn::{Authenticator, AuthnOptions};
 use gatehouse_bus::{Bus, GRANTS_MAX_AGE, grants_bucket};
-use gatehouse_proxy::authn::{Authenticator, AuthnOptions};
-use gatehouse_proxy::listener::prometheus_client::registry::Registry;
-use gatehouse_proxy::listener::{ConnectionLimits, ListenerMetrics, Options};
+use gatehouse_listener::prometheus_client::registry::Registry;
+use gatehouse_listener::{ConnectionLimits, ListenerMetrics, Options};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +26,7 @@ pub struct ApprovalServer {
     service: Arc<Service>,
     router: Router,
     listener: TcpListener,
-    tls: Option<gatehouse_proxy::server::RouterTls>,
+    tls: Option<gatehouse_https::server::RouterTls>,
     connections: ConnectionLimits,
     /// The admin port (`admin_listen`) and its limits.
     admin: Option<(TcpListener, ConnectionLimits)>,
@@ -106,18 +106,21 @@ impl ApprovalServer {
         .await
         .map_err(|e| format!("api.issuers: {e}"))?;
 
-        let service = Arc::new(Service::new(
-            bus,
-            gatehouse_events::envelope::source("approval", &replica),
-            store,
-            grants,
-            approvers,
-            channels.clone(),
-            crate::service::DecisionSettings {
-                max_grant_window: config.max_grant_window,
-                signing_key_file: config.signing_key_file.clone(),
-            },
-        ));
+        let service = Arc::new(
+            Service::new(
+                bus,
+                gatehouse_events::envelope::source("approval", &replica),
+                store,
+                grants,
+                approvers,
+                channels.clone(),
+                crate::service::DecisionSettings {
+                    max_grant_window: config.max_grant_window,
+                    signing_key_file: config.signing_key_file.clone(),
+                },
+            )
+            .with_public_url(config.public_url.clone()),
+        );
         let votes: Arc<dyn crate::channel::VoteSink> = Arc::new(Arc::clone(&service));
         let mut router = crate::api::routes(Arc::clone(&service), Arc::new(authenticator))
             .route("/healthz", get(|| async { "ok" }));
@@ -129,7 +132,7 @@ impl ApprovalServer {
             });
         }
         let tls = match &config.tls {
-            Some(files) => Some(gatehouse_proxy::server::RouterTls::load(
+            Some(files) => Some(gatehouse_https::server::RouterTls::load(
                 &files.cert_file,
                 &files.key_file,
             )?),
@@ -140,10 +143,10 @@ impl ApprovalServer {
                 None
             }
         };
-        let listener = gatehouse_proxy::server::bind(config.listen).await?;
+        let listener = gatehouse_https::server::bind(config.listen).await?;
         let admin = match config.admin_listen {
             Some(addr) => Some((
-                gatehouse_proxy::listener::bind(addr, "admin_listen").await?,
+                gatehouse_listener::bind(addr, "admin_listen").await?,
                 config.admin_connections.clone(),
             )),
             None => None,
@@ -195,15 +198,15 @@ impl ApprovalServer {
         tracing::info!(listen = %self.local_addr(), tls = self.tls.is_some(), "approval service serving");
         let admin = self.admin.map(|(listener, limits)| {
             let options = Options::new(limits, self.listeners.listener("admin"));
-            let router = gatehouse_proxy::listener::metrics::admin_router(self.registry.clone());
-            tokio::spawn(gatehouse_proxy::listener::serve_router(
+            let router = gatehouse_listener::metrics::admin_router(self.registry.clone());
+            tokio::spawn(gatehouse_listener::serve_router(
                 listener,
                 options,
                 router,
                 shutdown.clone(),
             ))
         });
-        gatehouse_proxy::server::serve_router(
+        gatehouse_https::server::serve_router(
             self.listener,
             self.tls,
             Options::new(self.connections, self.listeners.listener("approval")),

@@ -28,7 +28,8 @@ use gatehouse_bus::{Bus, DurableConsumer};
 use gatehouse_events::{
     ApprovalDecided, ApprovalOutcome, ApprovalPosted, ApprovalVote, Ballot, ChannelKind,
     CountedVote, DECISION_STATEMENT, DecisionStatement, Envelope, EventId, GRANT_STATEMENT,
-    GrantIssued, GrantRevoked, Payload, RequestHeld, RequestWithdrawn,
+    GrantIssued, GrantRevoked, Payload, RequestHeld, RequestWithdrawn, StepUp, VoterAuthMethod,
+    VoterAuthentication,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -104,6 +105,9 @@ pub struct Service {
     /// The key that signs decisions and grants, re-read for each so a rotation needs no
     /// restart.
     signing_key_file: PathBuf,
+    /// The service's external address (`https://approvals.example.com`): chat messages link
+    /// each hold's approver page under it.
+    public_url: Option<String>,
 }
 
 /// How decisions are made and sent.
@@ -158,7 +162,28 @@ impl Service {
             channels,
             max_grant_window: decisions.max_grant_window,
             signing_key_file: decisions.signing_key_file,
+            public_url: None,
         }
+    }
+
+    /// Links each hold's approver page under `url` in chat messages.
+    pub fn with_public_url(mut self, url: Option<String>) -> Self {
+        self.public_url = url.map(|u| u.trim_end_matches('/').to_owned());
+        self
+    }
+
+    /// The approver page of `approval_id`, when the public address is known.
+    pub fn page_url(&self, approval_id: &str) -> Option<String> {
+        self.public_url
+            .as_ref()
+            .map(|base| format!("{base}/holds/{approval_id}"))
+    }
+
+    /// A hold as approvers see it, with its page's address.
+    pub fn view(&self, record: &ApprovalRecord) -> HoldView {
+        let mut view = record.view();
+        view.page_url = self.page_url(&view.approval_id);
+        view
     }
 
     pub fn store(&self) -> &Store {
@@ -213,7 +238,7 @@ impl Service {
             if record.posts.iter().any(|p| p.channel == channel.kind()) {
                 continue;
             }
-            let view = record.view();
+            let view = self.view(&record);
             let posted = match post_with_retries(channel, &view).await {
                 Ok(posted) => posted,
                 Err(e) => {
@@ -320,10 +345,29 @@ impl Service {
                 .await;
             return Ok(VoteReply::Refused {
                 reason,
-                view: Some(Box::new(record.view())),
+                view: Some(Box::new(self.view(&record))),
             });
         };
         let now = SystemTime::now();
+        if let Some(step_up) = &record.held.step_up
+            && let Err(why) = stepped_up(step_up, &call.authentication, now)
+        {
+            let reason = match self.page_url(&call.approval_id) {
+                Some(page) => format!("{why}: vote on the approver page, {page}"),
+                None => format!("{why}: vote on the approver page"),
+            };
+            self.publish_vote(
+                &request_id,
+                call,
+                Some(voter.identity.clone()),
+                Some(reason.clone()),
+            )
+            .await;
+            return Ok(VoteReply::Refused {
+                reason,
+                view: Some(Box::new(self.view(&record))),
+            });
+        }
         let at = format_time(now);
         let mut step = Step::Repeat;
         let written = self
@@ -351,11 +395,11 @@ impl Service {
                 .await;
                 Ok(VoteReply::Refused {
                     reason,
-                    view: Some(Box::new(record.view())),
+                    view: Some(Box::new(self.view(&record))),
                 })
             }
             Step::Repeat => Ok(VoteReply::Counted {
-                view: record.view(),
+                view: self.view(&record),
                 repeat: true,
             }),
             Step::Counted { decided } => {
@@ -367,7 +411,7 @@ impl Service {
                 }
                 self.refresh(call.approval_id.clone());
                 Ok(VoteReply::Counted {
-                    view: record.view(),
+                    view: self.view(&record),
                     repeat: false,
                 })
             }
@@ -394,6 +438,7 @@ impl Service {
                 comment: call.comment.clone(),
                 counted: refusal.is_none(),
                 refusal,
+                authentication: Some(call.authentication.clone()),
             },
             None,
         )
@@ -487,7 +532,7 @@ impl Service {
             let Ok(Some((record, _))) = service.store.load(&approval_id).await else {
                 return;
             };
-            let view = record.view();
+            let view = service.view(&record);
             for post in &record.posts {
                 if let Some(channel) = service.channel(post.channel)
                     && let Err(e) = channel.update(post, &view).await
@@ -506,7 +551,7 @@ impl Service {
             let Ok(Some((record, Some(())))) = claimed else {
                 return;
             };
-            let view = record.view();
+            let view = service.view(&record);
             for post in &record.posts {
                 if let Some(channel) = service.channel(post.channel)
                     && let Err(e) = channel.announce(post, &view).await
@@ -987,5 +1032,104 @@ async fn consume(
                 tracing::warn!(consumer = name, error = %e, "ack failed");
             }
         }
+    }
+}
+
+/// Whether a vote's authentication meets a rule's step-up: an OIDC sign-in on the approver
+/// page, recent enough, with the methods and context class the rule asks for. The page checks
+/// this too; this is the check that decides, since every vote comes through here.
+pub fn stepped_up(
+    step_up: &StepUp,
+    auth: &VoterAuthentication,
+    now: SystemTime,
+) -> Result<(), String> {
+    if auth.method != VoterAuthMethod::SignIn {
+        return Err("this rule needs a fresh sign-in before a vote counts".into());
+    }
+    let signed_in = auth
+        .auth_time
+        .as_deref()
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .ok_or("the sign-in does not say when the credentials were entered")?;
+    let age = time::OffsetDateTime::from(now) - signed_in;
+    if age > time::Duration::seconds(step_up.max_age_s as i64 + 60)
+        || age < time::Duration::seconds(-60)
+    {
+        return Err(format!(
+            "this rule needs a sign-in at most {} s old",
+            step_up.max_age_s
+        ));
+    }
+    if let Some(missing) = step_up.amr.iter().find(|m| !auth.amr.contains(m)) {
+        return Err(format!("this rule needs a sign-in with {missing}"));
+    }
+    if !step_up.acr.is_empty() && !auth.acr.as_ref().is_some_and(|a| step_up.acr.contains(a)) {
+        return Err(format!(
+            "this rule needs a sign-in of class {}",
+            step_up.acr.join(" or ")
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signed_in(ago: Duration, amr: &[&str], acr: Option<&str>) -> VoterAuthentication {
+        let at = time::OffsetDateTime::now_utc() - ago;
+        VoterAuthentication {
+            method: VoterAuthMethod::SignIn,
+            issuer: Some("https://idp.example.com".into()),
+            subject: Some("carol@example.com".into()),
+            auth_time: Some(gatehouse_events::envelope::format_rfc3339(at)),
+            amr: amr.iter().map(|m| m.to_string()).collect(),
+            acr: acr.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn step_up_counts_only_a_recent_sign_in_with_what_the_rule_asks() {
+        let now = SystemTime::now();
+        let rule = StepUp {
+            max_age_s: 300,
+            amr: vec!["mfa".into()],
+            acr: vec!["urn:example:loa:3".into()],
+        };
+        let fresh = signed_in(
+            Duration::from_secs(10),
+            &["pwd", "mfa"],
+            Some("urn:example:loa:3"),
+        );
+        assert_eq!(stepped_up(&rule, &fresh, now), Ok(()));
+
+        let stale = signed_in(
+            Duration::from_secs(900),
+            &["pwd", "mfa"],
+            Some("urn:example:loa:3"),
+        );
+        assert!(
+            stepped_up(&rule, &stale, now)
+                .unwrap_err()
+                .contains("300 s")
+        );
+        let no_mfa = signed_in(Duration::from_secs(10), &["pwd"], Some("urn:example:loa:3"));
+        assert!(stepped_up(&rule, &no_mfa, now).unwrap_err().contains("mfa"));
+        let weak = signed_in(
+            Duration::from_secs(10),
+            &["pwd", "mfa"],
+            Some("urn:example:loa:1"),
+        );
+        assert!(stepped_up(&rule, &weak, now).unwrap_err().contains("class"));
+        let mut undated = fresh.clone();
+        undated.auth_time = None;
+        assert!(stepped_up(&rule, &undated, now).is_err());
+        // A chat click or an API token is never a step-up, however recent.
+        assert!(stepped_up(&rule, &crate::channel::by_chat(), now).is_err());
+        let mut token = fresh;
+        token.method = VoterAuthMethod::Token;
+        assert!(stepped_up(&rule, &token, now).is_err());
     }
 }

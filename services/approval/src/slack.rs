@@ -41,6 +41,8 @@ const DEFAULT_API_URL: &str = "https://slack.com/api/";
 /// Button action ids; the button's value is the approval id.
 pub const APPROVE_ACTION: &str = "gatehouse_approve";
 pub const DENY_ACTION: &str = "gatehouse_deny";
+/// A link button to the approver page: Slack still reports its click, which casts nothing.
+pub const OPEN_ACTION: &str = "gatehouse_open";
 /// Slack retries a callback not answered within three seconds; answer before that even if
 /// counting the vote takes longer (it then finishes in the background).
 const ANSWER_WITHIN: Duration = Duration::from_millis(2500);
@@ -363,6 +365,7 @@ fn via_words(line: &VoteLine) -> String {
         (VoteVia::Reaction, Ballot::Deny) => "reaction ❌".to_owned(),
         (VoteVia::Reaction, _) => "reaction ✅".to_owned(),
         (VoteVia::Command, _) => "command".to_owned(),
+        (VoteVia::Page, _) => "approver page".to_owned(),
     };
     match line.channel {
         ChannelKind::Slack => how,
@@ -459,7 +462,28 @@ fn render(view: &HoldView) -> SlackMessageContent {
     };
     blocks.push(section(format!("*Votes*\n{votes}")));
 
-    if !view.is_decided() {
+    let page = view
+        .page_url
+        .as_deref()
+        .and_then(|u| url::Url::parse(u).ok());
+    if !view.is_decided() && view.step_up {
+        // Chat alone cannot vote on this hold: the button opens the page, where the approver
+        // signs in again.
+        blocks.push(section(
+            "🔐 This rule needs a fresh sign-in: review and vote on the approver page.".into(),
+        ));
+        if let Some(page) = page {
+            let open = SlackBlockButtonElement::new("Review and sign in to vote".into())
+                .with_action_id(OPEN_ACTION.into())
+                .with_url(page)
+                .with_style(SlackBlockButtonStyle::Primary);
+            blocks.push(
+                SlackActionsBlock::new(vec![open.into()])
+                    .with_block_id("gatehouse_open".into())
+                    .into(),
+            );
+        }
+    } else if !view.is_decided() {
         let approve = SlackBlockButtonElement::new("Approve".into())
             .with_action_id(APPROVE_ACTION.into())
             .with_value(view.approval_id.clone())
@@ -468,8 +492,17 @@ fn render(view: &HoldView) -> SlackMessageContent {
             .with_action_id(DENY_ACTION.into())
             .with_value(view.approval_id.clone())
             .with_style(SlackBlockButtonStyle::Danger);
+        let mut buttons = vec![approve.into(), deny.into()];
+        if let Some(page) = page {
+            buttons.push(
+                SlackBlockButtonElement::new("Details".into())
+                    .with_action_id(OPEN_ACTION.into())
+                    .with_url(page)
+                    .into(),
+            );
+        }
         blocks.push(
-            SlackActionsBlock::new(vec![approve.into(), deny.into()])
+            SlackActionsBlock::new(buttons)
                 .with_block_id("gatehouse_vote".into())
                 .into(),
         );
@@ -613,6 +646,7 @@ async fn cast(shared: Shared, pending: Pending) {
         via: pending.via,
         ballot: pending.ballot,
         comment: None,
+        authentication: crate::channel::by_chat(),
     };
     match shared.votes.vote(call).await {
         VoteReply::Counted { repeat, .. } => {

@@ -199,6 +199,8 @@ impl ApprovalRecord {
                 })
                 .collect(),
             state,
+            page_url: None,
+            step_up: held.step_up.is_some(),
         }
     }
 }

@@ -664,14 +664,22 @@ pub fn card(view: &HoldView) -> Value {
              "isSubtle": true, "size": "Small", "wrap": true},
         ],
     });
-    if !view.is_decided() {
+    let open = view.page_url.as_deref().map(|url| {
+        json!({"type": "Action.OpenUrl", "title": if view.step_up { "Review and sign in to vote" } else { "Details" }, "url": url})
+    });
+    if !view.is_decided() && view.step_up {
+        // Chat alone cannot vote on this hold: only the page, after a fresh sign-in.
+        card["actions"] = json!(open.into_iter().collect::<Vec<_>>());
+    } else if !view.is_decided() {
         let data = json!({"approval_id": view.approval_id});
-        card["actions"] = json!([
-            {"type": "Action.Execute", "title": "Approve", "verb": "approve",
-             "data": data, "style": "positive"},
-            {"type": "Action.Execute", "title": "Deny", "verb": "deny",
-             "data": data, "style": "destructive"},
-        ]);
+        let mut actions = vec![
+            json!({"type": "Action.Execute", "title": "Approve", "verb": "approve",
+             "data": data, "style": "positive"}),
+            json!({"type": "Action.Execute", "title": "Deny", "verb": "deny",
+             "data": data, "style": "destructive"}),
+        ];
+        actions.extend(open);
+        card["actions"] = json!(actions);
     }
     card
 }
@@ -885,6 +893,7 @@ async fn messages(State(ep): State<Endpoint>, headers: HeaderMap, body: Bytes) -
             via: VoteVia::Button,
             ballot,
             comment: None,
+            authentication: crate::channel::by_chat(),
         })
         .await;
     match reply {

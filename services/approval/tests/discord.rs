@@ -101,6 +101,8 @@ fn pending() -> HoldView {
             approvals: 0,
             quorum: 2,
         },
+        page_url: None,
+        step_up: false,
     }
 }
 
@@ -344,6 +346,7 @@ async fn a_button_press_becomes_a_vote_and_updates_the_message() {
             via: VoteVia::Button,
             ballot: Ballot::Approve,
             comment: None,
+            authentication: gatehouse_approval::channel::by_chat(),
         }]
     );
 }

@@ -133,6 +133,8 @@ fn view(state: HoldState, votes: Vec<VoteLine>) -> HoldView {
         expires_at: "2026-11-22T10:15:00Z".to_owned(),
         votes,
         state,
+        page_url: None,
+        step_up: false,
     }
 }
 
@@ -432,6 +434,7 @@ async fn a_click_is_a_button_vote_by_that_user_on_that_approval() {
                 via: VoteVia::Button,
                 ballot: Ballot::Approve,
                 comment: None,
+                authentication: gatehouse_approval::channel::by_chat(),
             },
             VoteCall {
                 approval_id: APPROVAL.to_owned(),
@@ -440,6 +443,7 @@ async fn a_click_is_a_button_vote_by_that_user_on_that_approval() {
                 via: VoteVia::Button,
                 ballot: Ballot::Deny,
                 comment: None,
+                authentication: gatehouse_approval::channel::by_chat(),
             },
         ]
     );

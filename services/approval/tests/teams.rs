@@ -101,6 +101,8 @@ fn pending() -> HoldView {
             approvals: 1,
             quorum: 2,
         },
+        page_url: None,
+        step_up: false,
     }
 }
 
@@ -332,6 +334,7 @@ async fn an_invoke_becomes_a_vote_and_answers_with_the_refreshed_card() {
             via: VoteVia::Button,
             ballot: Ballot::Approve,
             comment: None,
+            authentication: gatehouse_approval::channel::by_chat(),
         }]
     );
 

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::Payload;
-use crate::request::{Identity, RequestInfo};
+use crate::request::{Identity, RecordedBody, RequestInfo};
 
 /// `request.held`: policy says the request needs approval; the proxy keeps it open.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -35,6 +35,28 @@ pub struct RequestHeld {
     /// read as `owner`, the default.
     #[serde(default)]
     pub four_eyes: FourEyes,
+    /// The rule asks each approver for a fresh sign-in before a vote counts; chat buttons and
+    /// reactions then only lead to the approver page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_up: Option<StepUp>,
+    /// The request body approvers are shown, masked as the record is (whatever the rule's
+    /// record level: approvers see what they approve).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<RecordedBody>,
+}
+
+/// What a step-up sign-in must show before a vote counts.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StepUp {
+    /// Most seconds between the approver entering their credentials and the vote.
+    pub max_age_s: u64,
+    /// Authentication methods (`amr`) the sign-in must include, all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+    /// Authentication context classes (`acr`) accepted, any one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acr: Vec<String>,
 }
 
 /// The four-eyes rule of an approval: people accountable for the identity may not approve its
@@ -106,6 +128,40 @@ pub enum VoteVia {
     Button,
     Reaction,
     Command,
+    /// The approver page's form, after signing in.
+    Page,
+}
+
+/// How the voter was authenticated.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum VoterAuthMethod {
+    /// A chat platform's signed callback named the chat user.
+    Chat,
+    /// A bearer token on the approval API.
+    Token,
+    /// An OIDC sign-in on the approver page.
+    SignIn,
+}
+
+/// How the voter was authenticated, as the vote was counted.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VoterAuthentication {
+    pub method: VoterAuthMethod,
+    /// The token's or sign-in's issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Its subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// RFC 3339 UTC: when the approver last entered their credentials at the issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acr: Option<String>,
 }
 
 /// What a voter did.
@@ -136,6 +192,9 @@ pub struct ApprovalVote {
     /// Whether the vote counts; a refused vote says why.
     pub counted: bool,
     pub refusal: Option<String>,
+    /// How the voter was authenticated. Absent in events from before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<VoterAuthentication>,
 }
 
 impl Payload for ApprovalVote {

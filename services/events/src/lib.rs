@@ -32,7 +32,7 @@ pub use approval::{
     ApprovalDecided, ApprovalOutcome, ApprovalPosted, ApprovalVote, Ballot, BusRefused,
     ChannelKind, CountedVote, DECISION_STATEMENT, DecisionStatement, FourEyes, GRANT_STATEMENT,
     GrantIssued, GrantRevoked, RefusalProblem, RefusedMessage, RequestHeld, RequestWithdrawn,
-    VoteVia,
+    StepUp, VoteVia, VoterAuthMethod, VoterAuthentication,
 };
 pub use audit::{AuditAccessed, AuditAction, LedgerGap, LedgerPruned, WitnessRefused};
 pub use envelope::{Envelope, EventId, Payload, SUBJECT_PREFIX};

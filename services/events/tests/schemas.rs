@@ -346,6 +346,12 @@ fn approval_events_validate_and_refuse_drift() {
             grant_window_s: Some(1800),
             reason: Some("hotfix for INC-42".into()),
             four_eyes: FourEyes::OwnerAndTeam,
+            step_up: Some(gatehouse_events::StepUp {
+                max_age_s: 300,
+                amr: vec!["mfa".into()],
+                acr: Vec::new(),
+            }),
+            content: None,
         },
     );
     set.validate(&held.to_bytes().unwrap()).unwrap();
@@ -382,6 +388,14 @@ fn approval_events_validate_and_refuse_drift() {
             comment: None,
             counted: false,
             refusal: Some("you cannot vote on your own request".into()),
+            authentication: Some(gatehouse_events::VoterAuthentication {
+                method: gatehouse_events::VoterAuthMethod::SignIn,
+                issuer: Some("https://idp.example.com".into()),
+                subject: Some("carol@example.com".into()),
+                auth_time: Some(at.clone()),
+                amr: vec!["pwd".into(), "mfa".into()],
+                acr: None,
+            }),
         },
     );
     set.validate(&refused.to_bytes().unwrap()).unwrap();

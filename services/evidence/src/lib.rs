@@ -13,16 +13,25 @@
 //!   ledger from them.
 //! - [`config`]: the service's YAML configuration.
 //! - [`witness`]: C2SP witnesses cosigning every checkpoint (`tlog-witness`).
+//! - [`api`]: the auditor API (search, proofs, checkpoints, replay, bundles, reports; every
+//!   call an acked `audit.accessed` event) and [`api::run_evidence`], the service's start-up.
+//! - [`export`]: evidence bundles written from the ledger.
+//! - [`replay`]: a recorded session as text or asciicast v2.
+//! - [`report`]: the access review for a period (JSON, CSV, printable HTML).
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod archive;
 pub mod config;
+pub mod export;
 /// Re-exported so the ledger's formats have one home ([`gatehouse_proof`]).
 pub use gatehouse_proof::{entry, merkle};
 pub mod index;
 pub mod ingest;
 pub mod lease;
 pub mod metrics;
+pub mod replay;
+pub mod report;
 pub mod retention;
 pub mod store;
 pub mod verify;

@@ -4,10 +4,7 @@
 //! - [`up_cmd`]: `gatehouse up` runs `gatehouse-up`, the development and demo stack, which is
 //!   a binary of its own so that this one links no test bed.
 //! - [`ledger`]: `gatehouse ledger verify`.
-//! - [`replay`]: `gatehouse replay`, a recorded session as text or asciicast v2.
 //! - [`report`]: `gatehouse report`, the access review for a period (JSON, CSV, printable HTML).
-//! - [`auditor_api`]: the auditor API of `gatehouse evidence` (search, proofs, checkpoints,
-//!   replay, bundles, reports; every call an `audit.accessed` event), and `run_evidence`.
 //! - [`approvals_cmd`]: `gatehouse approvals list|vote` and `gatehouse grants list|revoke`.
 //! - [`bundle_cmd`]: `gatehouse export` (an evidence bundle) and `gatehouse verify` (check one).
 //! - [`checkpoint_cmd`]: `gatehouse checkpoint keygen|sign|show`.
@@ -23,7 +20,6 @@
 #![forbid(unsafe_code)]
 
 pub mod approvals_cmd;
-pub mod auditor_api;
 pub mod bundle_cmd;
 pub mod checkpoint_cmd;
 pub mod kubeconfig;
@@ -32,7 +28,6 @@ pub mod logging;
 pub mod nats_cmd;
 pub mod nats_server;
 pub mod policy_cmd;
-pub mod replay;
 pub mod report;
 pub mod restore_cmd;
 pub mod retention_cmd;

@@ -196,7 +196,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Grants { command } => return gatehouse::approvals_cmd::grants(command).await,
         Command::Evidence { config } => {
-            gatehouse::auditor_api::run_evidence(&config, shutdown_on_signal()).await?;
+            gatehouse_evidence::api::run_evidence(&config, shutdown_on_signal()).await?;
         }
         Command::Up { args } => return gatehouse::up_cmd::exec_up(&args),
         Command::Replay {
@@ -205,15 +205,15 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             asciicast,
             input,
         } => {
-            let recording = gatehouse::replay::load(&data_dir, &session_id)?;
-            let options = gatehouse::replay::ReplayOptions { input };
+            let recording = gatehouse_evidence::replay::load(&data_dir, &session_id)?;
+            let options = gatehouse_evidence::replay::ReplayOptions { input };
             let complete = recording.missing.is_empty();
             match asciicast {
                 Some(path) => {
                     let file = std::fs::File::create(&path)
                         .with_context(|| format!("creating {}", path.display()))?;
                     let mut out = std::io::BufWriter::new(file);
-                    gatehouse::replay::asciicast(&recording, options, &mut out)?;
+                    gatehouse_evidence::replay::asciicast(&recording, options, &mut out)?;
                     eprintln!(
                         "wrote {} ({} chunks){}",
                         path.display(),
@@ -222,7 +222,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     );
                 }
                 None => {
-                    gatehouse::replay::print(&recording, options, &mut std::io::stdout().lock())?;
+                    gatehouse_evidence::replay::print(
+                        &recording,
+                        options,
+                        &mut std::io::stdout().lock(),
+                    )?;
                 }
             }
             if !complete {

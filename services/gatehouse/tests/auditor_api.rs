@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use gatehouse::auditor_api::{ACCESS_ID_HEADER, AUDIT_UNAVAILABLE, AuditorApi, AuditorApiConfig};
 use gatehouse::nats_server::NatsServer;
 use gatehouse_bus::{Bus, BusConfig};
 use gatehouse_evidence::Ledger;
+use gatehouse_evidence::api::{ACCESS_ID_HEADER, AUDIT_UNAVAILABLE, AuditorApi, AuditorApiConfig};
 use gatehouse_evidence::entry::{Entry, entry_hash};
 use gatehouse_evidence::index::Field;
 use gatehouse_evidence::store::{NewEntry, Query};

@@ -3,10 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use gatehouse::report::{
-    self, AccessReview, HoldOutcome, IdentityReview, ReportArgs, ReportFormat, parse_time,
-};
+use gatehouse::report::{ReportArgs, ReportFormat, run};
 use gatehouse_evidence::Ledger;
+use gatehouse_evidence::report::{self, AccessReview, HoldOutcome, IdentityReview, parse_time};
 use gatehouse_evidence::store::NewEntry;
 use gatehouse_proxy::policy::Policy;
 use serde_json::{Value, json};
@@ -989,7 +988,7 @@ fn the_command_reads_the_ledger_and_writes_each_format() {
     let json_out = dir.path().join("review.json");
     let mut json_args = args(&data, ReportFormat::Json, &json_out);
     json_args.policy = Some(policy_file.clone());
-    assert_eq!(report::run(json_args).unwrap(), ExitCode::SUCCESS);
+    assert_eq!(run(json_args).unwrap(), ExitCode::SUCCESS);
     let review: AccessReview =
         serde_json::from_str(&std::fs::read_to_string(&json_out).unwrap()).unwrap();
     assert_eq!(review.requests, 10);
@@ -1003,7 +1002,7 @@ fn the_command_reads_the_ledger_and_writes_each_format() {
 
     let csv_out = dir.path().join("review.csv");
     assert_eq!(
-        report::run(args(&data, ReportFormat::Csv, &csv_out)).unwrap(),
+        run(args(&data, ReportFormat::Csv, &csv_out)).unwrap(),
         ExitCode::SUCCESS
     );
     let csv = std::fs::read_to_string(&csv_out).unwrap();
@@ -1014,7 +1013,7 @@ fn the_command_reads_the_ledger_and_writes_each_format() {
 
     let html_out = dir.path().join("review.html");
     assert_eq!(
-        report::run(args(&data, ReportFormat::Html, &html_out)).unwrap(),
+        run(args(&data, ReportFormat::Html, &html_out)).unwrap(),
         ExitCode::SUCCESS
     );
     let html = std::fs::read_to_string(&html_out).unwrap();
@@ -1027,7 +1026,7 @@ fn the_command_exits_one_when_entries_cannot_be_read() {
     write_ledger(dir.path(), &events(), true);
     let out = dir.path().join("review.json");
     assert_eq!(
-        report::run(args(dir.path(), ReportFormat::Json, &out)).unwrap(),
+        run(args(dir.path(), ReportFormat::Json, &out)).unwrap(),
         ExitCode::from(1)
     );
     let review: AccessReview =
@@ -1046,14 +1045,14 @@ fn bad_input_is_refused_naming_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("review.json");
 
-    let missing = report::run(args(&dir.path().join("nothing"), ReportFormat::Json, &out))
+    let missing = run(args(&dir.path().join("nothing"), ReportFormat::Json, &out))
         .unwrap_err()
         .to_string();
     assert!(missing.contains("--data-dir"), "{missing}");
     assert!(
         format!(
             "{:#}",
-            report::run(args(&dir.path().join("nothing"), ReportFormat::Json, &out)).unwrap_err()
+            run(args(&dir.path().join("nothing"), ReportFormat::Json, &out)).unwrap_err()
         )
         .contains("no ledger")
     );
@@ -1067,12 +1066,12 @@ fn bad_input_is_refused_naming_what_is_wrong() {
     .unwrap();
     let mut with_bad_policy = args(dir.path(), ReportFormat::Json, &out);
     with_bad_policy.policy = Some(bad_policy);
-    let e = format!("{:#}", report::run(with_bad_policy).unwrap_err());
+    let e = format!("{:#}", run(with_bad_policy).unwrap_err());
     assert!(e.contains("--policy") && e.contains("gett"), "{e}");
 
     let mut backwards = args(dir.path(), ReportFormat::Json, &out);
     std::mem::swap(&mut backwards.from, &mut backwards.to);
-    let e = report::run(backwards).unwrap_err().to_string();
+    let e = run(backwards).unwrap_err().to_string();
     assert!(e.contains("--from") && e.contains("--to"), "{e}");
     assert!(!out.exists(), "nothing written on bad input");
 

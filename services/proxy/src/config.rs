@@ -4,12 +4,13 @@
 //! environment variable named by `upstream.token_env`), the NATS token from
 //! `GATEHOUSE_NATS_TOKEN`.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use gatehouse_authn::config::{ClaimMapping, ClaimPreset, IssuerConfig, TokenCacheConfig};
 use gatehouse_bus::BusConfig;
+pub use gatehouse_https::config::{CertGroups, CertPrincipal, ClientCertMapping, ServerTlsConfig};
 pub use gatehouse_listener::ConnectionLimits;
 use serde::Deserialize;
 
@@ -57,89 +58,6 @@ pub struct ProxyConfig {
     /// `request-response`; longer bodies are cut, with the digest of the whole kept.
     #[serde(default = "default_record_body_limit")]
     pub record_body_limit: usize,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerTlsConfig {
-    /// PEM certificate chain presented to clients.
-    pub cert_file: PathBuf,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub key_file: PathBuf,
-    /// PEM CA bundle for client certificates (mTLS). When set, the server asks every client for
-    /// a certificate (without requiring one); a certificate that verifies against this bundle
-    /// authenticates a request that carries no `Authorization` header.
-    #[serde(default)]
-    pub client_ca_file: Option<PathBuf>,
-    /// How a client certificate becomes a principal and groups.
-    #[serde(default)]
-    pub client_certs: ClientCertMapping,
-}
-
-/// How a verified client certificate becomes a principal and groups.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct ClientCertMapping {
-    /// Where the principal comes from: `common-name` (the subject CN, as Kubernetes does),
-    /// `uri-san` (the first URI subject alternative name, e.g. a SPIFFE id) or `dns-san` (the
-    /// first DNS subject alternative name).
-    #[serde(default)]
-    pub principal: CertPrincipal,
-    /// Prepended to the principal, e.g. `x509:`.
-    #[serde(default)]
-    pub principal_prefix: String,
-    /// Which subject attributes become groups: `organization` (O, as Kubernetes does) and/or
-    /// `organizational-unit` (OU). `system:` groups are dropped, as for tokens.
-    #[serde(default = "default_cert_groups")]
-    pub groups: Vec<CertGroups>,
-    /// Prepended to every group from the certificate.
-    #[serde(default)]
-    pub groups_prefix: String,
-}
-
-impl Default for ClientCertMapping {
-    fn default() -> Self {
-        Self {
-            principal: CertPrincipal::default(),
-            principal_prefix: String::new(),
-            groups: default_cert_groups(),
-            groups_prefix: String::new(),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum CertPrincipal {
-    #[default]
-    CommonName,
-    UriSan,
-    DnsSan,
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum CertGroups {
-    Organization,
-    OrganizationalUnit,
-}
-
-/// The cache of verified tokens: a token seen again skips its signature check until it
-/// expires (with the same leeway as an uncached check).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenCacheConfig {
-    /// Most tokens kept; 0 turns the cache off.
-    #[serde(default = "default_token_cache_entries")]
-    pub max_entries: usize,
-}
-
-impl Default for TokenCacheConfig {
-    fn default() -> Self {
-        Self {
-            max_entries: default_token_cache_entries(),
-        }
-    }
 }
 
 /// The API server and the proxy's own credential for it, given one of three ways:
@@ -264,84 +182,6 @@ impl UpstreamConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IssuerConfig {
-    /// The exact `iss` of accepted tokens. Keys come from its OIDC discovery document unless
-    /// `jwks_file` is set.
-    pub issuer: String,
-    /// A static JWKS file to use instead of discovery (re-read on the refresh schedule and when
-    /// an unknown `kid` shows up).
-    #[serde(default)]
-    pub jwks_file: Option<PathBuf>,
-    /// CA bundle for the issuer's HTTPS endpoints, if not publicly trusted.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Accepted `aud` values; a token must name at least one.
-    pub audiences: Vec<String>,
-    /// Accepted signature algorithms. HMAC and `none` are never accepted.
-    #[serde(default = "default_algorithms")]
-    pub algorithms: Vec<String>,
-    /// Clock skew tolerated on `exp` and `nbf`.
-    #[serde(default = "default_leeway", with = "humantime_serde")]
-    pub leeway: Duration,
-    /// How often the keys are reloaded (±10% jitter), so a key the issuer removed stops
-    /// verifying without a restart. At least 10s.
-    #[serde(default = "default_refresh_interval", with = "humantime_serde")]
-    pub refresh_interval: Duration,
-    #[serde(default)]
-    pub claims: ClaimMapping,
-}
-
-/// How a verified token's claims become a principal, groups and attributes.
-///
-/// A `preset` fills in every field for a well-known issuer; any field set here overrides the
-/// preset's. Claim references name a top-level claim; if no top-level claim has that exact
-/// name, a reference with `/` is a path into nested objects (`kubernetes.io/namespace`). A
-/// value with `{…}` is a template instead: `"{repository}@{environment|ref}"` puts claims
-/// together, `|` taking the first of several claims that is present.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClaimMapping {
-    /// `generic` (default: `sub`, `groups`), `kubernetes` (projected service-account tokens)
-    /// or `github-actions` (GitHub Actions OIDC tokens).
-    #[serde(default)]
-    pub preset: ClaimPreset,
-    /// The claim naming the principal, or a template over claims.
-    #[serde(default)]
-    pub principal: Option<String>,
-    /// Prepended to the principal, e.g. `github:` to keep issuers' names apart.
-    #[serde(default)]
-    pub principal_prefix: Option<String>,
-    /// The claim holding groups (an array of strings, or one string); absent claim = no groups;
-    /// `""` = none. Groups named `system:…` are Kubernetes' own and are never taken from a
-    /// token: they would be impersonated upstream (`system:masters` is cluster-admin).
-    #[serde(default)]
-    pub groups: Option<String>,
-    /// Prepended to every group from the token, e.g. `github:`, so an issuer's group names
-    /// cannot collide with the cluster's.
-    #[serde(default)]
-    pub groups_prefix: Option<String>,
-    /// Templates that each add one group when their claims are present (replaces the
-    /// preset's list).
-    #[serde(default)]
-    pub derived_groups: Option<Vec<String>>,
-    /// Extra claims kept with the identity, name → claim or template (added to the preset's;
-    /// an empty value removes one of the preset's).
-    #[serde(default)]
-    pub attributes: BTreeMap<String, String>,
-}
-
-/// A ready-made [`ClaimMapping`] for a kind of issuer.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum ClaimPreset {
-    #[default]
-    Generic,
-    Kubernetes,
-    GithubActions,
-}
-
 fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9090))
 }
@@ -354,21 +194,6 @@ fn default_max_request_body() -> usize {
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
-fn default_algorithms() -> Vec<String> {
-    vec!["RS256".into(), "ES256".into(), "EdDSA".into()]
-}
-fn default_leeway() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_refresh_interval() -> Duration {
-    Duration::from_secs(300)
-}
-fn default_token_cache_entries() -> usize {
-    10_000
-}
-fn default_cert_groups() -> Vec<CertGroups> {
-    vec![CertGroups::Organization]
-}
 
 /// Least and most time between scheduled key reloads: often enough for rotation, rarely
 /// enough not to load an issuer.
@@ -376,6 +201,19 @@ const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 const MAX_REFRESH_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
 impl ProxyConfig {
+    /// The authenticator's options this configuration asks for.
+    pub fn authn_options(&self) -> gatehouse_authn::AuthnOptions {
+        gatehouse_authn::AuthnOptions {
+            cache_capacity: self.token_cache.max_entries,
+            client_certs: self
+                .tls
+                .client_ca_file
+                .is_some()
+                .then(|| self.tls.client_certs.clone()),
+            ..Default::default()
+        }
+    }
+
     /// The `source` replica name.
     pub fn replica_name(&self) -> String {
         self.replica.clone().unwrap_or_else(|| {

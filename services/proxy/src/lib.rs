@@ -25,21 +25,15 @@
 
 pub mod admin;
 pub mod approvals;
-pub mod authn;
 pub mod body;
 pub mod config;
 pub mod forward;
-pub mod http_client;
 pub mod identity;
-pub mod mask;
 pub mod metrics;
 pub mod pipeline;
-pub mod policy;
 pub mod record;
-pub mod request_info;
 pub mod rescue;
 pub mod server;
-pub mod serving_cert;
 pub mod session;
 pub mod upstream_config;
 
@@ -52,9 +46,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::ProxyConfig;
+pub use gatehouse_authn as authn;
+pub use gatehouse_https::{client as http_client, serving_cert};
 /// The guarded listener every service serves on, re-exported so the approval service and the
 /// `gatehouse` binary use the same one.
 pub use gatehouse_listener as listener;
+pub use gatehouse_policy::{mask, policy, request_info};
 pub use metrics::Metrics;
 
 /// How long `/readyz` may wait for the API server's own `/readyz`.
@@ -122,10 +119,9 @@ impl Proxy {
         let tls = server::server_tls(serving_cert.clone(), config.tls.client_ca_file.as_deref())
             .map_err(ProxyError::Startup)?;
         let upstream = forward::Upstream::new(&config.upstream).map_err(ProxyError::Startup)?;
-        let authenticator =
-            authn::Authenticator::new(&config.issuers, authn::AuthnOptions::from_config(&config))
-                .await
-                .map_err(ProxyError::Config)?;
+        let authenticator = authn::Authenticator::new(&config.issuers, config.authn_options())
+            .await
+            .map_err(ProxyError::Config)?;
         let replica = config.replica_name();
         let bus = Bus::connect(&config.nats, &format!("gatehouse-proxy-{replica}")).await?;
         bus.ensure_stream(&config.nats.stream).await?;
@@ -287,9 +283,10 @@ impl Proxy {
         let pipeline = self.pipeline.clone();
         let background = CancellationToken::new();
         let admin = tokio::spawn(self.admin.serve(shutdown.clone(), background.clone()));
+        let metrics = self.metrics.clone();
         let cert_watch = tokio::spawn(self.serving_cert.watch(
             serving_cert::POLL_INTERVAL,
-            self.metrics.clone(),
+            move |ok| metrics.tls_reloads(ok),
             background.clone(),
         ));
         // Reloads swap the policy for new requests; requests in flight keep theirs.

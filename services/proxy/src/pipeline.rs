@@ -225,6 +225,10 @@ impl Pipeline {
             .filter(|b| !b.is_empty())
             .map(|b| BodyDigest::of(b));
         let content = self.request_content(&ctx, &seen);
+        let shown_to_approvers = match &admission {
+            Ok(Admission::Held(_)) => self.masked_request_body(&ctx, &seen),
+            _ => None,
+        };
         if let Some(profile) = seen.profile.as_deref().filter(|p| p.has_patterns()) {
             ctx.recorded_query = ctx.query.as_deref().map(|q| mask_query(profile, q));
         }
@@ -242,7 +246,10 @@ impl Pipeline {
         };
         let admitted = match admission {
             Ok(Admission::Allowed(admitted)) => admitted,
-            Ok(Admission::Held(held)) => match self.hold(&ctx, held, &parts.headers).await {
+            Ok(Admission::Held(held)) => match self
+                .hold(&ctx, held, &parts.headers, shown_to_approvers)
+                .await
+            {
                 Ok(admitted) => admitted,
                 Err(rejection) => return self.refuse(&ctx, rejection).await,
             },
@@ -439,6 +446,7 @@ impl Pipeline {
         ctx: &RequestContext,
         held: Held,
         headers: &HeaderMap,
+        content: Option<RecordedBody>,
     ) -> Result<Admitted, Rejection> {
         let Held {
             hold,
@@ -466,6 +474,7 @@ impl Pipeline {
                 &approval_id,
                 expires_at,
                 stated_reason(headers),
+                content,
             )
             .await
             .map_err(Rejection::NatsUnavailable)?;
@@ -551,6 +560,12 @@ impl Pipeline {
         if seen.record == RecordLevel::Metadata {
             return None;
         }
+        self.masked_request_body(ctx, seen)
+    }
+
+    /// The request body masked as the record masks it, whatever the record level: what
+    /// approvers of a held request are shown.
+    fn masked_request_body(&self, ctx: &RequestContext, seen: &Seen) -> Option<RecordedBody> {
         let body = seen.body.as_ref().filter(|b| !b.is_empty())?;
         let content_type = seen.content_type.as_deref();
         let target = MaskTarget::new(ctx.info.resource.clone(), ctx.info.api_group.clone());

@@ -167,6 +167,7 @@ impl Recorder {
         approval_id: &str,
         expires_at: std::time::SystemTime,
         reason: Option<String>,
+        content: Option<RecordedBody>,
     ) -> Result<(), PublishError> {
         let event = Envelope::new(
             &self.source,
@@ -185,6 +186,8 @@ impl Recorder {
                 grant_window_s: hold.grant_window().map(|w| w.as_secs()),
                 reason,
                 four_eyes: hold.four_eyes(),
+                step_up: hold.step_up().cloned(),
+                content,
             },
         );
         let started = Instant::now();

@@ -340,7 +340,7 @@ impl Stack {
         )?;
         let evidence_stop = CancellationToken::new();
         let (evidence_config, api_config) =
-            gatehouse::auditor_api::load_evidence_config(&evidence_file)?;
+            gatehouse_evidence::api::load_evidence_config(&evidence_file)?;
         let evidence = Arc::new(Evidence::open(evidence_config.clone()).await?);
         let evidence_admin_addr = evidence.admin_addr();
         let auditor_api = match api_config {
@@ -348,7 +348,7 @@ impl Stack {
                 let bus =
                     gatehouse_bus::Bus::connect(&evidence_config.nats, "gatehouse-evidence-api")
                         .await?;
-                let server = gatehouse::auditor_api::AuditorApi::start(
+                let server = gatehouse_evidence::api::AuditorApi::start(
                     &api,
                     evidence_config.data_dir.clone(),
                     bus,

@@ -120,6 +120,32 @@ pub(crate) struct ApprovalSpec {
     /// `owner` (default), `owner-and-team` or `off`.
     #[serde(default)]
     pub four_eyes: Option<gatehouse_events::FourEyes>,
+    /// `true`, or `{max_age: 5m, amr: [...], acr: [...]}`: a vote counts only after a fresh
+    /// sign-in on the approver page.
+    #[serde(default)]
+    pub step_up: Option<StepUpSpec>,
+}
+
+/// An approval's step-up: `true` (the defaults) or its settings.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub(crate) enum StepUpSpec {
+    On(bool),
+    With(StepUpSettings),
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StepUpSettings {
+    /// humantime; how long ago the approver may have entered their credentials.
+    #[serde(default)]
+    pub max_age: Option<String>,
+    /// Authentication methods the sign-in must include (`amr`), all of them.
+    #[serde(default)]
+    pub amr: Vec<String>,
+    /// Accepted authentication context classes (`acr`), any one.
+    #[serde(default)]
+    pub acr: Vec<String>,
 }
 
 /// One entry of a `commands:` guardrail; the given conditions must all hold.

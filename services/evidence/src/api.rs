@@ -52,17 +52,14 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
+use gatehouse_authn::config::IssuerConfig;
+use gatehouse_authn::{Authenticator, AuthnError, AuthnOptions};
 use gatehouse_bus::Bus;
 use gatehouse_events::envelope::{format_rfc3339, now_rfc3339};
 use gatehouse_events::{AuditAccessed, AuditAction, Envelope};
-use gatehouse_evidence::Ledger;
-use gatehouse_evidence::entry::{Entry, LedgerFormat};
-use gatehouse_evidence::index::Field;
-use gatehouse_evidence::store::{LedgerError, Query as LedgerQuery};
-use gatehouse_proxy::authn::{Authenticator, AuthnError, AuthnOptions};
-use gatehouse_proxy::config::{ConnectionLimits, IssuerConfig, ServerTlsConfig};
-use gatehouse_proxy::listener::{ListenerMetrics, Observer, Options};
-use gatehouse_proxy::policy::Policy;
+use gatehouse_https::config::ServerTlsConfig;
+use gatehouse_listener::{ConnectionLimits, ListenerMetrics, Observer, Options};
+use gatehouse_policy::policy::Policy;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
@@ -71,9 +68,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::bundle_cmd::BundleSpec;
+use crate::Ledger;
+use crate::entry::{Entry, LedgerFormat};
+use crate::export::BundleSpec;
+use crate::index::Field;
 use crate::replay::ReplayOptions;
 use crate::report::{self, ReviewBuilder};
+use crate::store::{LedgerError, Query as LedgerQuery};
 
 /// The response header naming the call's `audit.accessed` event.
 pub const ACCESS_ID_HEADER: &str = "gatehouse-access-id";
@@ -162,7 +163,7 @@ pub struct AuditorApi {
     router: Router,
     inner: Arc<Inner>,
     listener: TcpListener,
-    tls: Option<gatehouse_proxy::server::RouterTls>,
+    tls: Option<gatehouse_https::server::RouterTls>,
     connections: ConnectionLimits,
     observer: Observer,
     shutdown: CancellationToken,
@@ -204,7 +205,7 @@ impl AuditorApi {
         let scratch = data_dir.join(SCRATCH_DIR);
         prepare_scratch(&scratch)?;
         let tls = match &config.tls {
-            Some(files) => Some(gatehouse_proxy::server::RouterTls::load(
+            Some(files) => Some(gatehouse_https::server::RouterTls::load(
                 &files.cert_file,
                 &files.key_file,
             )?),
@@ -215,7 +216,7 @@ impl AuditorApi {
                 None
             }
         };
-        let listener = gatehouse_proxy::server::bind(config.listen).await?;
+        let listener = gatehouse_https::server::bind(config.listen).await?;
         let inner = Arc::new(Inner {
             data_dir,
             scratch,
@@ -254,7 +255,7 @@ impl AuditorApi {
     }
 
     /// The evidence service's checkpoint key, if its configuration has `checkpoints:`.
-    pub fn with_evidence_config(self, evidence: &gatehouse_evidence::EvidenceConfig) -> Self {
+    pub fn with_evidence_config(self, evidence: &crate::EvidenceConfig) -> Self {
         match &evidence.checkpoints {
             Some(c) => self.with_checkpoint_key(c.key_file.clone()),
             None => self,
@@ -276,7 +277,7 @@ impl AuditorApi {
     pub async fn run(self) {
         let shutdown = self.shutdown.clone();
         tracing::info!(listen = %self.local_addr(), tls = self.tls.is_some(), "auditor API serving");
-        gatehouse_proxy::server::serve_router(
+        gatehouse_https::server::serve_router(
             self.listener,
             self.tls,
             Options::new(self.connections, self.observer),
@@ -1337,7 +1338,7 @@ impl Inner {
                         "the ledger has no signed checkpoint yet, so nothing can be proven",
                     ));
                 }
-                let signer = gatehouse_evidence::load_signer(&key_file)
+                let signer = crate::load_signer(&key_file)
                     .map_err(|e| ApiError::internal("the checkpoint key could not be read", e))?;
                 // `since`: the size of a checkpoint the auditor holds; the bundle proves its own
                 // checkpoint extends the one stored at that size (the auditor compares roots).
@@ -1403,8 +1404,8 @@ fn write_partial(
         .open(partial)
         .map_err(|e| ApiError::internal("the bundle could not be written", e))?;
     let mut out = BufWriter::new(file);
-    let signing = crate::bundle_cmd::Signing { signer, since };
-    let manifest = crate::bundle_cmd::write_bundle(data_dir, spec, &signing, &mut out, true)
+    let signing = crate::export::Signing { signer, since };
+    let manifest = crate::export::write_bundle(data_dir, spec, &signing, &mut out, &mut |_, _| {})
         .map_err(|e| ApiError::internal("the bundle could not be written", format!("{e:#}")))?;
     out.flush()
         .map_err(|e| ApiError::internal("the bundle could not be written", e))?;
@@ -1541,7 +1542,7 @@ impl Inner {
 /// its `api:` section, if any.
 pub fn load_evidence_config(
     path: &std::path::Path,
-) -> anyhow::Result<(gatehouse_evidence::EvidenceConfig, Option<AuditorApiConfig>)> {
+) -> anyhow::Result<(crate::EvidenceConfig, Option<AuditorApiConfig>)> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("reading configuration {}: {e}", path.display()))?;
     let mut document: yaml_serde::Value = yaml_serde::from_str(&text)
@@ -1570,14 +1571,14 @@ pub async fn run_evidence(
 ) -> anyhow::Result<()> {
     let (evidence, api) = load_evidence_config(path)?;
     let Some(api) = api else {
-        return Ok(gatehouse_evidence::run(evidence, shutdown).await?);
+        return Ok(crate::run(evidence, shutdown).await?);
     };
     api.validate().map_err(anyhow::Error::msg)?;
     let replica = evidence.replica_name();
     let bus = gatehouse_bus::Bus::connect(&evidence.nats, "gatehouse-evidence-api").await?;
     bus.ensure_stream(&evidence.nats.stream).await?;
     // The ledger first: the API reads what the service opened (and built indexes for).
-    let service = gatehouse_evidence::Evidence::open(evidence.clone()).await?;
+    let service = crate::Evidence::open(evidence.clone()).await?;
     let server = AuditorApi::start(
         &api,
         evidence.data_dir.clone(),

@@ -11,7 +11,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::{AuthnError, Verified, printable};
-use crate::config::{CertGroups, CertPrincipal, ClientCertMapping};
+use gatehouse_https::config::{CertGroups, CertPrincipal, ClientCertMapping};
 
 const SYSTEM_PREFIX: &str = "system:";
 

@@ -26,6 +26,8 @@ pub struct Approval {
     pub grant_window: Option<Duration>,
     /// Who besides the requester may not approve.
     pub four_eyes: gatehouse_events::FourEyes,
+    /// A fresh sign-in each vote needs, if any.
+    pub step_up: Option<gatehouse_events::StepUp>,
 }
 
 /// A rule, compiled.

@@ -246,6 +246,38 @@ fn approval_defaults() {
     assert_eq!(a.quorum, 1);
     assert_eq!(a.hold_timeout, compile::DEFAULT_HOLD_TIMEOUT);
     assert_eq!(a.grant_window, None);
+    assert_eq!(a.step_up, None);
+}
+
+#[test]
+fn step_up_is_on_with_defaults_or_its_settings_and_bounded() {
+    let rule = |step_up: &str| {
+        format!(
+            "rules:\n  - id: a\n    action: approve\n    verbs: [delete]\n    resources: [pods]\n    approval:\n      approver_groups: [sre]\n      step_up: {step_up}\n"
+        )
+    };
+    let on = load(&rule("true"));
+    let step_up = on.rules()[0].approval().unwrap().step_up.clone().unwrap();
+    assert_eq!(
+        step_up.max_age_s,
+        compile::DEFAULT_STEP_UP_MAX_AGE.as_secs()
+    );
+    assert!(step_up.amr.is_empty() && step_up.acr.is_empty());
+
+    let off = load(&rule("false"));
+    assert_eq!(off.rules()[0].approval().unwrap().step_up, None);
+
+    let with = load(&rule(
+        "{max_age: 2m, amr: [mfa], acr: [\"urn:example:loa:3\"]}",
+    ));
+    let step_up = with.rules()[0].approval().unwrap().step_up.clone().unwrap();
+    assert_eq!(step_up.max_age_s, 120);
+    assert_eq!(step_up.amr, vec!["mfa".to_owned()]);
+    assert_eq!(step_up.acr, vec!["urn:example:loa:3".to_owned()]);
+
+    // A "fresh" sign-in of a day is refused, as is a setting nobody knows.
+    assert!(Policy::from_yaml(&rule("{max_age: 24h}")).is_err());
+    assert!(Policy::from_yaml(&rule("{max_age: 2m, mfa: true}")).is_err());
 }
 
 fn exec(p: &Policy, id: &Identity, command: &[&str]) -> Result<String, Denial> {

@@ -23,8 +23,6 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
-
 /// How often the files are looked at.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -109,11 +107,12 @@ impl ServingCert {
         }
     }
 
-    /// Looks at the files every `every` until `stop`, logging and counting each change.
+    /// Looks at the files every `every` until `stop`, logging each change and telling
+    /// `on_reload` whether it was taken (`true`) or refused (`false`), for the caller's metrics.
     pub async fn watch(
         self: Arc<Self>,
         every: Duration,
-        metrics: Metrics,
+        on_reload: impl Fn(bool) + Send + Sync + 'static,
         stop: CancellationToken,
     ) {
         let mut ticker = tokio::time::interval(every);
@@ -134,7 +133,7 @@ impl ServingCert {
                 Reload::Unchanged => unreadable = false,
                 Reload::Reloaded => {
                     unreadable = false;
-                    metrics.tls_reloads(true);
+                    on_reload(true);
                     tracing::info!(
                         cert_file = %self.cert_file.display(),
                         fingerprint = %self.fingerprint(),
@@ -147,7 +146,7 @@ impl ServingCert {
                         continue;
                     }
                     unreadable = missing;
-                    metrics.tls_reloads(false);
+                    on_reload(false);
                     tracing::error!(
                         error = %error,
                         "the serving certificate files changed but do not make a valid pair; \
@@ -385,11 +384,16 @@ mod tests {
         std::os::unix::fs::symlink("..data/tls.key", dir.path().join("tls.key")).unwrap();
         let serving =
             ServingCert::load(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).unwrap();
-        let metrics = Metrics::new();
+        let reloads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let stop = CancellationToken::new();
+        let counter = reloads.clone();
         let watcher = tokio::spawn(serving.clone().watch(
             Duration::from_millis(20),
-            metrics.clone(),
+            move |ok| {
+                if ok {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            },
             stop.clone(),
         ));
 
@@ -399,9 +403,10 @@ mod tests {
         std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
 
         let want = leaf_der(&second.0);
-        let counted = "gatehouse_proxy_tls_reloads_total{result=\"success\"} 1\n";
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while serving.current().cert[0] != want || !metrics.render().unwrap().contains(counted) {
+        while serving.current().cert[0] != want
+            || reloads.load(std::sync::atomic::Ordering::SeqCst) != 1
+        {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the new certificate was not picked up and counted"

@@ -1,4 +1,4 @@
-//! Authentication: who is calling.
+//! Authentication: who is calling, for the proxy, the approval service and the evidence service.
 //!
 //! A request authenticates with `Authorization: Bearer <JWT>` from a trusted issuer or, when
 //! `tls.client_ca_file` is set, with a client certificate verified during the TLS handshake.
@@ -18,11 +18,15 @@
 //! - [`claims`]: claims → principal, groups, attributes (presets, templates).
 //! - [`client_cert`]: mTLS client certificate → principal and groups.
 //!
+//! - [`config`]: trusted issuers, claim mappings and the token cache, as configured.
+//!
 //! Errors never carry the token or any part of it.
+#![forbid(unsafe_code)]
 
 mod cache;
 mod claims;
 mod client_cert;
+pub mod config;
 mod issuer;
 mod keys;
 
@@ -42,9 +46,10 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 pub use cache::CacheStats;
 pub use claims::{ClaimRules, Template};
 
-use crate::config::{ClientCertMapping, IssuerConfig, ProxyConfig};
-use crate::http_client;
+use crate::config::IssuerConfig;
 use cache::{Entry, VerifiedCache};
+use gatehouse_https::client as http_client;
+use gatehouse_https::config::ClientCertMapping;
 use issuer::{KeySource, TrustedIssuer};
 
 /// The least time between two key reloads of one issuer triggered by unknown `kid`s, so a
@@ -141,21 +146,6 @@ impl Default for AuthnOptions {
             client_certs: None,
             shutdown: None,
             unknown_key_refresh_gap: UNKNOWN_KEY_REFRESH_GAP,
-        }
-    }
-}
-
-impl AuthnOptions {
-    /// The options a proxy configuration asks for.
-    pub fn from_config(config: &ProxyConfig) -> Self {
-        Self {
-            cache_capacity: config.token_cache.max_entries,
-            client_certs: config
-                .tls
-                .client_ca_file
-                .is_some()
-                .then(|| config.tls.client_certs.clone()),
-            ..Self::default()
         }
     }
 }

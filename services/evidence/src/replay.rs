@@ -10,13 +10,13 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
+use crate::Ledger;
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use gatehouse_events::{
     Envelope, RequestReceived, SessionChannel, SessionData, SessionEnded, SessionStarted,
     envelope::Payload,
 };
-use gatehouse_evidence::Ledger;
 use gatehouse_proof::recording::take_utf8;
 use serde::Deserialize;
 use serde_json::json;
@@ -56,7 +56,7 @@ pub fn load(data_dir: &Path, session_id: &str) -> Result<Recording> {
     let received_type = RequestReceived::event_type();
     for stored in ledger.entries(0)? {
         let stored = stored?;
-        let Ok(entry) = gatehouse_evidence::entry::Entry::decode(&stored.encoding) else {
+        let Ok(entry) = crate::entry::Entry::decode(&stored.encoding) else {
             continue;
         };
         let Ok(head) = serde_json::from_slice::<Head>(&entry.event) else {

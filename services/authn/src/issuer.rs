@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::cache::VerifiedCache;
 use super::claims::ClaimRules;
 use super::keys::{KeyFingerprint, KeySet, PreparedKey};
-use crate::http_client::{self, HttpsClient};
+use gatehouse_https::client::{self as http_client, HttpsClient};
 
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 const FETCH_LIMIT: usize = 1024 * 1024;

@@ -192,6 +192,10 @@ impl Hold {
         self.approval.four_eyes
     }
 
+    pub fn step_up(&self) -> Option<&gatehouse_events::StepUp> {
+        self.approval.step_up.as_ref()
+    }
+
     pub fn record(&self) -> RecordLevel {
         self.record
     }

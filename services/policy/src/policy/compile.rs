@@ -9,7 +9,7 @@ use std::time::Duration;
 use gatehouse_events::RecordLevel;
 
 use super::Policy;
-use super::file::{Action, ApprovalSpec, BodySpec, CommandSpec, PolicyFile, RuleSpec};
+use super::file::{Action, ApprovalSpec, BodySpec, CommandSpec, PolicyFile, RuleSpec, StepUpSpec};
 use super::guard::{
     BodyCondition, BodyGuard, CommandEntry, CommandGuard, compile_regex, parse_body_path,
 };
@@ -21,6 +21,10 @@ use super::rule::{Approval, Rule};
 pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// Nobody waits a day for an answer: a longer hold is refused.
 pub const MAX_HOLD_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+/// How old an approver's sign-in may be under `step_up: true`.
+pub const DEFAULT_STEP_UP_MAX_AGE: Duration = Duration::from_secs(5 * 60);
+/// A "fresh" sign-in older than an hour is not fresh.
+pub const MAX_STEP_UP_MAX_AGE: Duration = Duration::from_secs(60 * 60);
 /// An approval may open a grant of at most a week.
 pub const MAX_GRANT_WINDOW: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
@@ -489,12 +493,38 @@ fn compile_approval(
             problems,
         )
     });
+    let step_up = match &approval.step_up {
+        None | Some(StepUpSpec::On(false)) => None,
+        Some(StepUpSpec::On(true)) => Some(gatehouse_events::StepUp {
+            max_age_s: DEFAULT_STEP_UP_MAX_AGE.as_secs(),
+            amr: Vec::new(),
+            acr: Vec::new(),
+        }),
+        Some(StepUpSpec::With(settings)) => {
+            let max_age = match &settings.max_age {
+                Some(t) => duration(
+                    t,
+                    here.clone().key("step_up").key("max_age"),
+                    MAX_STEP_UP_MAX_AGE,
+                    problems,
+                )
+                .unwrap_or(DEFAULT_STEP_UP_MAX_AGE),
+                None => DEFAULT_STEP_UP_MAX_AGE,
+            };
+            Some(gatehouse_events::StepUp {
+                max_age_s: max_age.as_secs(),
+                amr: settings.amr.clone(),
+                acr: settings.acr.clone(),
+            })
+        }
+    };
     Some(Approval {
         approver_groups: approval.approver_groups.clone().into(),
         quorum,
         hold_timeout,
         grant_window,
         four_eyes: approval.four_eyes.unwrap_or_default(),
+        step_up,
     })
 }
 
