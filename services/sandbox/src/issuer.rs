@@ -1,4 +1,20 @@
-//! A local OIDC issuer: discovery + JWKS over plain HTTP on loopback, ES256 tokens.
+//! A local OIDC issuer: discovery + JWKS over plain HTTP on loopback, ES256 tokens, and
+//! browser sign-in (authorization code flow with PKCE) for registered clients and demo users.
+//!
+//! ```no_run
+//! # async fn demo(listener: tokio::net::TcpListener) -> Result<(), Box<dyn std::error::Error>> {
+//! use gatehouse_sandbox::issuer::{DemoUser, Issuer, IssuerKeys, OidcClient};
+//! let issuer = Issuer::builder(IssuerKeys::generate()?)
+//!     .client(OidcClient::public("console", ["https://127.0.0.1:8443/signin/callback"]))
+//!     .user(DemoUser::new("alice@example.com", "password").groups(["sre"]))
+//!     .start(listener)
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+mod provider;
+
+pub use provider::{ACR_MFA, ACR_PASSWORD, DemoUser, OidcClient, totp_code};
 
 use std::fs;
 use std::path::Path;
@@ -134,6 +150,7 @@ pub struct Issuer {
     /// The published keys; the first one signs. Shared with the JWKS endpoint so a rotation
     /// shows up there at once.
     keys: Arc<std::sync::RwLock<Vec<IssuerKeys>>>,
+    provider: Arc<provider::Provider>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -144,22 +161,38 @@ impl std::fmt::Debug for Issuer {
     }
 }
 
-impl Issuer {
-    pub async fn start(
-        keys: IssuerKeys,
-        listener: tokio::net::TcpListener,
-    ) -> Result<Self, IssuerError> {
+/// What an issuer starts with: its key, registered clients and demo users.
+#[derive(Debug)]
+pub struct IssuerBuilder {
+    keys: IssuerKeys,
+    clients: Vec<OidcClient>,
+    users: Vec<DemoUser>,
+}
+
+impl IssuerBuilder {
+    /// Registers a client for browser sign-in (see [`OidcClient`]).
+    pub fn client(mut self, client: OidcClient) -> Self {
+        self.clients.push(client);
+        self
+    }
+
+    /// Adds a user who can sign in with a password (see [`DemoUser`]).
+    pub fn user(mut self, user: DemoUser) -> Self {
+        self.users.push(user);
+        self
+    }
+
+    pub async fn start(self, listener: tokio::net::TcpListener) -> Result<Issuer, IssuerError> {
         let addr = listener.local_addr()?;
         let url = format!("http://{addr}");
-        let discovery = Arc::new(json!({
-            "issuer": url,
-            "jwks_uri": format!("{url}/jwks.json"),
-            "response_types_supported": ["id_token"],
-            "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": ["ES256"],
-            "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "groups"],
-        }));
-        let keys = Arc::new(std::sync::RwLock::new(vec![keys]));
+        let keys = Arc::new(std::sync::RwLock::new(vec![self.keys]));
+        let provider = Arc::new(provider::Provider::new(
+            url.clone(),
+            keys.clone(),
+            self.clients,
+            self.users,
+        ));
+        let discovery = Arc::new(provider.discovery());
         let published = keys.clone();
         let app = Router::new()
             .route(
@@ -180,7 +213,8 @@ impl Issuer {
                         .collect();
                     async move { Json(json!({ "keys": all })) }
                 }),
-            );
+            )
+            .merge(provider::routes(provider.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, app)
@@ -192,12 +226,47 @@ impl Issuer {
                 tracing::warn!(error = %e, "issuer server stopped with an error");
             }
         });
-        Ok(Self {
+        Ok(Issuer {
             url,
             keys,
+            provider,
             stop: Some(stop),
             task: Some(task),
         })
+    }
+}
+
+impl Issuer {
+    /// An issuer with no clients or users: it mints tokens and serves discovery and JWKS.
+    pub async fn start(
+        keys: IssuerKeys,
+        listener: tokio::net::TcpListener,
+    ) -> Result<Self, IssuerError> {
+        Self::builder(keys).start(listener).await
+    }
+
+    pub fn builder(keys: IssuerKeys) -> IssuerBuilder {
+        IssuerBuilder {
+            keys,
+            clients: Vec::new(),
+            users: Vec::new(),
+        }
+    }
+
+    /// Registers (or replaces) a client while running, e.g. once a service's port is known.
+    pub fn register_client(&self, client: OidcClient) {
+        self.provider.register_client(client);
+    }
+
+    /// Adds (or replaces) a demo user while running.
+    pub fn add_user(&self, user: DemoUser) {
+        self.provider.add_user(user);
+    }
+
+    /// Moves every browser's last password entry `by` into the past, so tests of `max_age`
+    /// and step-up need not wait for the clock.
+    pub fn backdate_sign_ins(&self, by: Duration) {
+        self.provider.backdate_sign_ins(by);
     }
 
     /// Exactly the `iss` it mints.

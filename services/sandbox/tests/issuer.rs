@@ -48,7 +48,7 @@ async fn discovery_and_jwks_are_served_and_consistent() {
     assert_eq!(discovery["jwks_uri"], format!("{}/jwks.json", issuer.url()));
     assert_eq!(
         discovery["response_types_supported"],
-        serde_json::json!(["id_token"])
+        serde_json::json!(["code"])
     );
     assert_eq!(
         discovery["subject_types_supported"],
