@@ -16,6 +16,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
+use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -24,6 +25,8 @@ use gatehouse_authn::Authenticator;
 use gatehouse_events::{
     Ballot, ChannelKind, GrantIssued, VoteVia, VoterAuthMethod, VoterAuthentication,
 };
+use gatehouse_events::{BodyEncoding, RecordedBody};
+use gatehouse_signin::{Session, SignIn};
 use serde::{Deserialize, Serialize};
 
 use crate::channel::{HoldState, VoteCall, VoteReply};
@@ -34,9 +37,15 @@ use crate::store::ApprovalRecord;
 struct Api {
     service: Arc<Service>,
     authenticator: Arc<Authenticator>,
+    /// The approver page's sign-in: its session cookie authenticates calls without a token.
+    signin: Option<Arc<SignIn>>,
 }
 
-pub fn routes(service: Arc<Service>, authenticator: Arc<Authenticator>) -> Router {
+pub fn routes(
+    service: Arc<Service>,
+    authenticator: Arc<Authenticator>,
+    signin: Option<Arc<SignIn>>,
+) -> Router {
     Router::new()
         .route("/v1/approvals", get(list))
         .route("/v1/approvals/{id}", get(show))
@@ -46,6 +55,7 @@ pub fn routes(service: Arc<Service>, authenticator: Arc<Authenticator>) -> Route
         .with_state(Api {
             service,
             authenticator,
+            signin,
         })
 }
 
@@ -71,6 +81,93 @@ pub struct HoldSummary {
     pub votes: Vec<VoteSummary>,
     pub decided_at: Option<String>,
     pub grant_id: Option<String>,
+    /// The identity's purpose, from the registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    #[serde(default)]
+    pub api_group: String,
+    #[serde(default)]
+    pub subresource: String,
+    /// The request body, masked as the record is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<HoldBody>,
+    /// The rule asks for a fresh sign-in before a vote counts: at most this many seconds old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_up_max_age: Option<u64>,
+    /// The caller's own sign-in is not enough for this hold's step-up: sign in again.
+    #[serde(default)]
+    pub step_up_required: bool,
+    /// What the caller may do with the hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub viewer: Option<Viewer>,
+}
+
+/// A held request's body as approvers see it.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct HoldBody {
+    pub content_type: String,
+    /// Something in it was masked.
+    pub masked: bool,
+    /// The body, when it is JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+    /// Otherwise its text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Why it is not shown, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omitted: Option<String>,
+}
+
+impl HoldBody {
+    fn of(body: &RecordedBody) -> Self {
+        let content_type = body
+            .content_type
+            .clone()
+            .unwrap_or_else(|| "application/octet-stream".into());
+        let masked = body.data.contains(gatehouse_events::MASKED_TEXT);
+        let mut shown = Self {
+            content_type,
+            masked,
+            value: None,
+            text: None,
+            omitted: None,
+        };
+        match body.encoding {
+            BodyEncoding::Omitted => {
+                shown.omitted = Some(
+                    "it needed masking and is in a form that cannot be masked (only its digest \
+                     is kept)"
+                        .into(),
+                );
+            }
+            BodyEncoding::Base64 => shown.omitted = Some("it is binary".into()),
+            BodyEncoding::Text if body.truncated => {
+                shown.text = Some(body.data.clone());
+                shown.omitted = Some(format!(
+                    "only its first {} of {} bytes are kept",
+                    body.data.len(),
+                    body.whole.bytes
+                ));
+            }
+            BodyEncoding::Text => match serde_json::from_str(&body.data) {
+                Ok(value) => shown.value = Some(value),
+                Err(_) => shown.text = Some(body.data.clone()),
+            },
+        }
+        shown
+    }
+}
+
+/// The caller's standing on a hold.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct Viewer {
+    pub principal: String,
+    pub can_vote: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cannot_vote_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_vote: Option<Ballot>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -90,6 +187,9 @@ pub struct VoteResult {
     pub repeat: bool,
     pub refusal: Option<String>,
     pub hold: Option<HoldSummary>,
+    /// The vote needs a fresh sign-in: the page sends the approver through one.
+    #[serde(default)]
+    pub step_up_required: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,6 +252,13 @@ impl From<&ApprovalRecord> for HoldSummary {
                 .collect(),
             decided_at,
             grant_id: record.grant.as_ref().map(|g| g.grant_id.clone()),
+            purpose: view.purpose,
+            api_group: record.held.request.api_group.clone(),
+            subresource: record.held.request.subresource.clone(),
+            body: record.held.content.as_ref().map(HoldBody::of),
+            step_up_max_age: record.held.step_up.as_ref().map(|s| s.max_age_s),
+            step_up_required: false,
+            viewer: None,
         }
     }
 }
@@ -217,39 +324,142 @@ fn checked_text(what: &str, text: Option<String>) -> Result<Option<String>, ApiE
     Ok(Some(text))
 }
 
-/// The caller's approver identity and how it was authenticated, or why not.
-async fn approver(
-    api: &Api,
-    headers: &HeaderMap,
-) -> Result<(String, VoterAuthentication), ApiError> {
-    let verified = api
-        .authenticator
-        .authenticate(headers, None)
-        .await
-        .map_err(|e| ApiError(StatusCode::UNAUTHORIZED, e.to_string()))?;
+/// Who is calling: a bearer token's principal, or the approver page's signed-in session.
+struct Caller {
+    principal: String,
+    authentication: VoterAuthentication,
+    session: Option<Session>,
+}
+
+/// The caller's approver identity and how it was authenticated, or why not. A call with an
+/// `Authorization` header is judged by its token alone; without one, by the approver page's
+/// session cookie, from this site only.
+async fn approver(api: &Api, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let caller = match api
+        .signin
+        .as_ref()
+        .filter(|_| !headers.contains_key(AUTHORIZATION))
+    {
+        Some(signin) => {
+            let session = signin.session(headers).ok_or_else(|| {
+                ApiError(
+                    StatusCode::UNAUTHORIZED,
+                    "sign in to see or vote on holds".into(),
+                )
+            })?;
+            if let Some(site) = headers.get("sec-fetch-site")
+                && !matches!(site.to_str(), Ok("same-origin" | "none"))
+            {
+                return Err(ApiError(
+                    StatusCode::FORBIDDEN,
+                    "the approver page's session is good for this site's pages only".into(),
+                ));
+            }
+            let authentication = session_authentication(&session);
+            Caller {
+                principal: session.subject().to_owned(),
+                authentication,
+                session: Some(session),
+            }
+        }
+        None => {
+            let verified = api
+                .authenticator
+                .authenticate(headers, None)
+                .await
+                .map_err(|e| ApiError(StatusCode::UNAUTHORIZED, e.to_string()))?;
+            Caller {
+                authentication: VoterAuthentication {
+                    method: VoterAuthMethod::Token,
+                    issuer: Some(verified.issuer.clone()),
+                    subject: Some(verified.subject.clone()),
+                    auth_time: None,
+                    amr: Vec::new(),
+                    acr: None,
+                },
+                principal: verified.principal,
+                session: None,
+            }
+        }
+    };
     if api
         .service
         .approvers()
-        .voter(ChannelKind::Api, &verified.principal)
+        .voter(ChannelKind::Api, &caller.principal)
         .is_none()
     {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
             format!(
                 "{} is not in the approver registry, so it cannot see or vote on holds",
-                verified.principal
+                caller.principal
             ),
         ));
     }
-    let authentication = VoterAuthentication {
-        method: VoterAuthMethod::Token,
-        issuer: Some(verified.issuer.clone()),
-        subject: Some(verified.subject.clone()),
-        auth_time: None,
-        amr: Vec::new(),
-        acr: None,
+    Ok(caller)
+}
+
+/// How a page sign-in authenticated its approver, as the vote records it.
+pub fn session_authentication(session: &Session) -> VoterAuthentication {
+    VoterAuthentication {
+        method: VoterAuthMethod::SignIn,
+        issuer: Some(session.issuer().to_owned()),
+        subject: Some(session.subject().to_owned()),
+        auth_time: Some(gatehouse_events::envelope::format_rfc3339(
+            session.auth_time(),
+        )),
+        amr: session.amr().to_vec(),
+        acr: session.acr().map(str::to_owned),
+    }
+}
+
+/// The caller's standing on `record`, and whether their sign-in is too old for its step-up.
+fn viewer(api: &Api, caller: &Caller, record: &ApprovalRecord) -> (Viewer, bool) {
+    let step_up_required = record.held.step_up.as_ref().is_some_and(|step_up| {
+        crate::service::stepped_up(
+            step_up,
+            &caller.authentication,
+            std::time::SystemTime::now(),
+        )
+        .is_err()
+    });
+    let own_vote = record
+        .votes
+        .iter()
+        .rev()
+        .find(|v| v.approver == caller.principal)
+        .map(|v| v.vote);
+    let cannot_vote_reason = if !record.is_open() {
+        Some("the hold is decided".to_owned())
+    } else if record.held.identity.principal == caller.principal {
+        Some("nobody may vote on their own request".to_owned())
+    } else if !api
+        .service
+        .approvers()
+        .voter(ChannelKind::Api, &caller.principal)
+        .is_some_and(|v| {
+            v.groups
+                .iter()
+                .any(|g| record.held.approver_groups.contains(g))
+        })
+    {
+        Some(format!(
+            "{} is not in the approver groups of this hold ({})",
+            caller.principal,
+            record.held.approver_groups.join(", ")
+        ))
+    } else {
+        None
     };
-    Ok((verified.principal, authentication))
+    (
+        Viewer {
+            principal: caller.principal.clone(),
+            can_vote: cannot_vote_reason.is_none(),
+            cannot_vote_reason,
+            own_vote,
+        },
+        step_up_required,
+    )
 }
 
 async fn list(
@@ -283,10 +493,16 @@ async fn show(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<HoldSummary>, ApiError> {
-    approver(&api, &headers).await?;
+    let caller = approver(&api, &headers).await?;
     let id = checked_id("an approval", &id)?;
     match api.service.store().load(&id).await.map_err(unavailable)? {
-        Some((record, _)) => Ok(Json(HoldSummary::from(&record))),
+        Some((record, _)) => {
+            let mut hold = HoldSummary::from(&record);
+            let (viewer, step_up_required) = viewer(&api, &caller, &record);
+            hold.viewer = Some(viewer);
+            hold.step_up_required = step_up_required;
+            Ok(Json(hold))
+        }
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("no approval {id}"))),
     }
 }
@@ -297,7 +513,13 @@ async fn vote(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let (principal, authentication) = approver(&api, &headers).await?;
+    let caller = approver(&api, &headers).await?;
+    if let (Some(signin), Some(session)) = (&api.signin, &caller.session) {
+        let token = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+        signin
+            .check_csrf(session, &headers, token)
+            .map_err(|e| ApiError(StatusCode::FORBIDDEN, e.to_string()))?;
+    }
     let id = checked_id("an approval", &id)?;
     let body: VoteBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError(
@@ -310,23 +532,28 @@ async fn vote(
         .count(VoteCall {
             approval_id: id,
             channel: ChannelKind::Api,
-            chat_user_id: principal,
-            via: VoteVia::Command,
+            chat_user_id: caller.principal.clone(),
+            via: if caller.session.is_some() {
+                VoteVia::Page
+            } else {
+                VoteVia::Command
+            },
             ballot: body.vote,
             comment: checked_text("comment", body.comment)?,
-            authentication,
+            authentication: caller.authentication.clone(),
         })
         .await;
     let hold = |approval_id: &str| {
         let store = api.service.store().clone();
         let approval_id = approval_id.to_owned();
+        let (api, caller) = (&api, &caller);
         async move {
-            store
-                .load(&approval_id)
-                .await
-                .ok()
-                .flatten()
-                .map(|(r, _)| HoldSummary::from(&r))
+            let (record, _) = store.load(&approval_id).await.ok().flatten()?;
+            let mut hold = HoldSummary::from(&record);
+            let (viewer, step_up_required) = viewer(api, caller, &record);
+            hold.viewer = Some(viewer);
+            hold.step_up_required = step_up_required;
+            Some(hold)
         }
     };
     Ok(match reply {
@@ -337,6 +564,7 @@ async fn vote(
                 repeat,
                 refusal: None,
                 hold,
+                step_up_required: false,
             })
             .into_response()
         }
@@ -350,6 +578,7 @@ async fn vote(
             } else {
                 StatusCode::NOT_FOUND
             };
+            let step_up_required = hold.as_ref().is_some_and(|h| h.step_up_required);
             (
                 status,
                 Json(VoteResult {
@@ -357,6 +586,7 @@ async fn vote(
                     repeat: false,
                     refusal: Some(reason),
                     hold,
+                    step_up_required,
                 }),
             )
                 .into_response()
@@ -378,7 +608,7 @@ async fn revoke(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<GrantIssued>, ApiError> {
-    let (principal, _) = approver(&api, &headers).await?;
+    let principal = approver(&api, &headers).await?.principal;
     let id = checked_id("a grant", &id)?;
     let body: RevokeBody = if body.is_empty() {
         RevokeBody::default()

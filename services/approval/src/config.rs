@@ -55,6 +55,11 @@ pub struct ApprovalConfig {
     /// link each hold's approver page, `PUBLIC_URL/holds/<approval id>`.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// The approver page (`/holds/<approval id>`): approvers sign in with the OIDC
+    /// authorization code flow (PKCE) against this client. Without it there is no page, and a
+    /// rule with `step_up` can never be approved.
+    #[serde(default)]
+    pub page: Option<PageConfig>,
     /// Names this replica in events (`gatehouse/approval/<replica>`); defaults to the host name.
     #[serde(default)]
     pub replica: Option<String>,
@@ -169,4 +174,11 @@ mod tests {
                 .starts_with("admin_connections.http2.max_concurrent_streams")
         );
     }
+}
+
+/// The approver page's sign-in.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageConfig {
+    pub signin: gatehouse_signin::SignInConfig,
 }

@@ -27,6 +27,7 @@ pub mod channel;
 pub mod client;
 pub mod config;
 pub mod discord;
+pub mod page;
 pub mod server;
 pub mod service;
 pub mod slack;

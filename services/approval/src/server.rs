@@ -122,8 +122,23 @@ impl ApprovalServer {
             .with_public_url(config.public_url.clone()),
         );
         let votes: Arc<dyn crate::channel::VoteSink> = Arc::new(Arc::clone(&service));
-        let mut router = crate::api::routes(Arc::clone(&service), Arc::new(authenticator))
-            .route("/healthz", get(|| async { "ok" }));
+        let signin = match &config.page {
+            Some(page) => Some(Arc::new(
+                gatehouse_signin::SignIn::new(page.signin.clone())
+                    .await
+                    .map_err(|e| format!("page.signin: {e}"))?,
+            )),
+            None => None,
+        };
+        let mut router = crate::api::routes(
+            Arc::clone(&service),
+            Arc::new(authenticator),
+            signin.clone(),
+        )
+        .route("/healthz", get(|| async { "ok" }));
+        if let Some(signin) = signin {
+            router = router.merge(crate::page::routes(Arc::clone(&service), signin));
+        }
         for channel in channels {
             router = router.merge(match channel {
                 Channel::Slack(c) => crate::slack::routes(c, Arc::clone(&votes)),

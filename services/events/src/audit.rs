@@ -18,6 +18,8 @@ pub enum AuditAction {
     Replay,
     Bundle,
     Report,
+    /// A page of the auditor console.
+    Console,
 }
 
 /// `audit.accessed`; its `subject` is the access's own id.

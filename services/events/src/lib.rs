@@ -28,6 +28,9 @@ pub mod request;
 pub mod schema;
 pub mod session;
 
+/// What a masked value reads as, in recorded bodies and in responses.
+pub const MASKED_TEXT: &str = "gatehouse:masked";
+
 pub use approval::{
     ApprovalDecided, ApprovalOutcome, ApprovalPosted, ApprovalVote, Ballot, BusRefused,
     ChannelKind, CountedVote, DECISION_STATEMENT, DecisionStatement, FourEyes, GRANT_STATEMENT,

@@ -49,7 +49,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use gatehouse_authn::config::IssuerConfig;
@@ -122,6 +122,18 @@ pub struct AuditorApiConfig {
     /// Timeouts and connection limits of `listen` (see [`ConnectionLimits`]).
     #[serde(default)]
     pub connections: ConnectionLimits,
+    /// The auditor console at `/console/`: auditors sign in with the OIDC authorization code
+    /// flow (PKCE) against this client, and the session cookie then authenticates the API
+    /// calls the console makes. Without it only bearer tokens are accepted.
+    #[serde(default)]
+    pub console: Option<ConsoleConfig>,
+}
+
+/// The auditor console's sign-in.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    pub signin: gatehouse_signin::SignInConfig,
 }
 
 impl AuditorApiConfig {
@@ -202,6 +214,14 @@ impl AuditorApi {
         )
         .await
         .map_err(|e| format!("api.issuers: {e}"))?;
+        let signin = match &config.console {
+            Some(console) => Some(Arc::new(
+                gatehouse_signin::SignIn::new(console.signin.clone())
+                    .await
+                    .map_err(|e| format!("api.console.signin: {e}"))?,
+            )),
+            None => None,
+        };
         let scratch = data_dir.join(SCRATCH_DIR);
         prepare_scratch(&scratch)?;
         let tls = match &config.tls {
@@ -227,6 +247,7 @@ impl AuditorApi {
             policy: config.policy.clone(),
             ledger_jobs: Arc::new(Semaphore::new(LEDGER_JOBS)),
             checkpoint_key: std::sync::OnceLock::new(),
+            signin,
         });
         Ok(Self {
             router: routes(inner.clone()),
@@ -326,9 +347,21 @@ struct Inner {
     ledger_jobs: Arc<Semaphore>,
     /// The checkpoint key file, read at each bundle to sign its manifest.
     checkpoint_key: std::sync::OnceLock<PathBuf>,
+    /// The console's sign-in; its session cookie authenticates API calls too.
+    signin: Option<Arc<gatehouse_signin::SignIn>>,
 }
 
 fn routes(inner: Arc<Inner>) -> Router {
+    let console = match &inner.signin {
+        Some(signin) => Router::new()
+            .route("/console", get(|| async { Redirect::to("/console/") }))
+            .route("/console/", get(console_page))
+            .route("/console/{*page}", get(console_page))
+            .with_state(inner.clone())
+            .merge(signin.routes())
+            .merge(gatehouse_web::assets_router()),
+        None => Router::new(),
+    };
     Router::new()
         .route("/v1/events", get(search))
         .route("/v1/events/{index}", get(event))
@@ -343,6 +376,83 @@ fn routes(inner: Arc<Inner>) -> Router {
             ApiError::new(StatusCode::NOT_FOUND, "no such auditor API path").into_response()
         })
         .with_state(inner)
+        .merge(console)
+}
+
+/// A console page: signed-out visitors are sent to sign in; a signed-in visitor who is not
+/// an auditor gets a page that says so. Every view, refused ones included, is an acked
+/// `audit.accessed` event before anything is answered, as API calls are.
+async fn console_page(State(inner): State<Arc<Inner>>, headers: HeaderMap, uri: Uri) -> Response {
+    let Some(signin) = inner.signin.clone() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let here = uri
+        .path_and_query()
+        .map_or("/console/", |p| p.as_str())
+        .to_owned();
+    let Some(session) = signin.session(&headers) else {
+        return Redirect::to(&signin.signin_url(&here)).into_response();
+    };
+    let access_id = ulid::Ulid::new().to_string();
+    let auditor = session.subject().to_owned();
+    let allowed = session
+        .groups()
+        .iter()
+        .any(|g| inner.auditor_groups.contains(g));
+    let status = if allowed { 200 } else { 403 };
+    let mut parameters = BTreeMap::new();
+    parameters.insert("page".to_owned(), clip(uri.path()));
+    let event = Envelope::new(
+        &inner.source,
+        &access_id,
+        AuditAccessed {
+            access_id: access_id.clone(),
+            auditor: auditor.clone(),
+            action: AuditAction::Console,
+            parameters,
+            status,
+            events: None,
+        },
+    );
+    if let Err(e) = inner.bus.publish(&event).await {
+        tracing::error!(alarm = "audit_unrecorded", %access_id, %auditor, error = %e, "console page refused: its audit.accessed event was not acked");
+        return gatehouse_web::refusal_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The audit trail is unavailable",
+            "Every page view is recorded before it is shown, and the record could not be made \
+             just now. Nothing was shown; try again shortly.",
+        );
+    }
+    let mut response = if allowed {
+        gatehouse_web::console_response(&gatehouse_web::Bootstrap {
+            user: Some(gatehouse_web::SignedInUser {
+                principal: auditor.clone(),
+                name: session.name().map(str::to_owned),
+            }),
+            csrf_token: Some(session.csrf_token().to_owned()),
+            api_base: Some(String::new()),
+            page_base: Some("/console/".into()),
+            signin_path: Some("/signin".into()),
+            checkpoint_vkey: inner.checkpoint_vkey(),
+            ..Default::default()
+        })
+    } else {
+        gatehouse_web::refusal_page(
+            StatusCode::FORBIDDEN,
+            "Not an auditor",
+            &format!(
+                "You are signed in as {auditor}, who is not in an auditor group ({}), so the \
+                 evidence is not shown. Your visit has been recorded.",
+                inner.auditor_groups.join(", ")
+            ),
+        )
+    };
+    if let Ok(value) = HeaderValue::from_str(&access_id) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(ACCESS_ID_HEADER), value);
+    }
+    response
 }
 
 // ----- the audited call -----
@@ -551,8 +661,36 @@ impl Inner {
         response
     }
 
-    /// The caller's principal, or who they are (as far as known) and why not.
+    /// The caller's principal, or who they are (as far as known) and why not. A bearer token
+    /// when the call carries one; otherwise the console's session cookie, from this site only.
     async fn authorize(&self, headers: &HeaderMap) -> Result<String, (String, ApiError)> {
+        if !headers.contains_key(header::AUTHORIZATION)
+            && let Some(session) = self.signin.as_ref().and_then(|s| s.session(headers))
+        {
+            let principal = session.subject().to_owned();
+            if let Some(site) = headers.get("sec-fetch-site")
+                && !matches!(site.to_str(), Ok("same-origin" | "none"))
+            {
+                return Err((
+                    principal,
+                    ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "the console's session is good for this site's pages only",
+                    ),
+                ));
+            }
+            if !session
+                .groups()
+                .iter()
+                .any(|g| self.auditor_groups.contains(g))
+            {
+                let message = format!(
+                    "{principal} is not in an auditor group, so it cannot read the evidence"
+                );
+                return Err((principal, ApiError::new(StatusCode::FORBIDDEN, message)));
+            }
+            return Ok(principal);
+        }
         let verified = self
             .authenticator
             .authenticate(headers, None)
@@ -583,6 +721,13 @@ impl Inner {
             ));
         }
         Ok(verified.principal)
+    }
+
+    /// The checkpoint verifier key, for the console to check signatures with.
+    fn checkpoint_vkey(&self) -> Option<String> {
+        let key_file = self.checkpoint_key.get()?;
+        let signer = crate::load_signer(key_file).ok()?;
+        Some(signer.verifier().to_vkey())
     }
 
     /// Runs ledger work on a blocking thread, at most [`LEDGER_JOBS`] at once.

@@ -473,8 +473,10 @@ impl Pipeline {
                 &hold,
                 &approval_id,
                 expires_at,
-                stated_reason(headers),
-                content,
+                crate::record::ShownToApprovers {
+                    reason: stated_reason(headers),
+                    content,
+                },
             )
             .await
             .map_err(Rejection::NatsUnavailable)?;

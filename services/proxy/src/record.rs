@@ -166,9 +166,9 @@ impl Recorder {
         hold: &crate::policy::Hold,
         approval_id: &str,
         expires_at: std::time::SystemTime,
-        reason: Option<String>,
-        content: Option<RecordedBody>,
+        shown: ShownToApprovers,
     ) -> Result<(), PublishError> {
+        let ShownToApprovers { reason, content } = shown;
         let event = Envelope::new(
             &self.source,
             &ctx.id,
@@ -342,4 +342,13 @@ impl Recorder {
             }
         });
     }
+}
+
+/// What approvers of a held request see besides the request itself.
+#[derive(Debug, Default)]
+pub struct ShownToApprovers {
+    /// The caller's stated reason (`X-Gatehouse-Reason`).
+    pub reason: Option<String>,
+    /// The request body, masked as the record is.
+    pub content: Option<RecordedBody>,
 }

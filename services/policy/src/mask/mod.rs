@@ -85,7 +85,7 @@ pub use lines::LineMasker;
 pub use profile::{MaskSet, Profile};
 
 /// What a masked text value becomes.
-pub const MASKED_TEXT: &str = "gatehouse:masked";
+pub const MASKED_TEXT: &str = gatehouse_events::MASKED_TEXT;
 /// What a masked base64 value becomes: `base64("gatehouse:masked")`.
 pub const MASKED_BASE64: &str = "Z2F0ZWhvdXNlOm1hc2tlZA==";
 /// The annotation `kubectl apply` keeps the whole applied object in.
