@@ -853,7 +853,11 @@ async fn authorize_form(
         acr: acr.to_owned(),
         expires: t + BROWSER_SESSION_TTL.as_secs(),
     };
-    lock(&p.browsers).insert(browser.to_owned(), session.clone());
+    {
+        let mut browsers = lock(&p.browsers);
+        browsers.retain(|_, s| s.expires > t);
+        browsers.insert(browser.to_owned(), session.clone());
+    }
     let code = p.issue_code(&pending, &session);
     tracing::info!(subject = %user.subject, client = %pending.client_id, "demo issuer: signed in");
     p.redirect_code(&pending, &code)
