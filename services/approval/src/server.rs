@@ -52,6 +52,16 @@ impl ApprovalServer {
         config: &ApprovalConfig,
         shutdown: CancellationToken,
     ) -> Result<Self, String> {
+        Self::start_on(config, None, shutdown).await
+    }
+
+    /// [`Self::start`] on a listener bound already (instead of `listen`): a caller that must
+    /// know the port first, to name it in the sign-in's callback address, binds it.
+    pub async fn start_on(
+        config: &ApprovalConfig,
+        listener: Option<TcpListener>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, String> {
         config.validate()?;
         let replica = config.replica_name();
         let bus = Bus::connect(&config.nats, &format!("gatehouse-approval-{replica}"))
@@ -158,7 +168,10 @@ impl ApprovalServer {
                 None
             }
         };
-        let listener = gatehouse_https::server::bind(config.listen).await?;
+        let listener = match listener {
+            Some(listener) => listener,
+            None => gatehouse_https::server::bind(config.listen).await?,
+        };
         let admin = match config.admin_listen {
             Some(addr) => Some((
                 gatehouse_listener::bind(addr, "admin_listen").await?,

@@ -201,6 +201,19 @@ impl AuditorApi {
         replica: &str,
         shutdown: CancellationToken,
     ) -> Result<Self, String> {
+        Self::start_on(config, None, data_dir, bus, replica, shutdown).await
+    }
+
+    /// [`Self::start`] on a listener bound already (instead of `listen`): a caller that must
+    /// know the port first, to name it in the console's sign-in callback, binds it.
+    pub async fn start_on(
+        config: &AuditorApiConfig,
+        listener: Option<TcpListener>,
+        data_dir: PathBuf,
+        bus: Bus,
+        replica: &str,
+        shutdown: CancellationToken,
+    ) -> Result<Self, String> {
         config.validate()?;
         if let Some(path) = &config.policy {
             load_policy(path)?;
@@ -236,7 +249,10 @@ impl AuditorApi {
                 None
             }
         };
-        let listener = gatehouse_https::server::bind(config.listen).await?;
+        let listener = match listener {
+            Some(listener) => listener,
+            None => gatehouse_https::server::bind(config.listen).await?,
+        };
         let inner = Arc::new(Inner {
             data_dir,
             scratch,

@@ -16,6 +16,22 @@ type HmacSha256 = Hmac<Sha256>;
 
 pub(crate) const FLOW_COOKIE: &str = "__Host-gatehouse-signin";
 pub(crate) const SESSION_COOKIE: &str = "__Host-gatehouse-session";
+
+/// `prefix-clientid`, the client id kept to the characters a cookie name may hold.
+pub(crate) fn name(prefix: &str, client_id: &str) -> String {
+    let id: String = client_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    format!("{prefix}-{id}")
+}
 /// Browsers keep cookies up to 4096 bytes, name and attributes included.
 pub(crate) const MAX_VALUE: usize = 3800;
 

@@ -94,6 +94,11 @@ pub struct SignIn {
     scopes: Vec<String>,
     groups_claim: String,
     session_ttl: Duration,
+    /// The session and flow cookies' names, with the client id in them: cookies do not keep
+    /// ports apart, so two services on one host (the console and the approver page) must not
+    /// overwrite each other's.
+    session_cookie: String,
+    flow_cookie: String,
     keys: cookie::Keys,
     authorization_endpoint: String,
     token_endpoint: String,
@@ -255,6 +260,8 @@ impl SignIn {
             .await
             .map_err(SignInError::Discovery)?;
         tracing::info!(issuer = %config.issuer, host = ?issuer_uri.host(), client_id = %config.client_id, "sign-in: issuer discovered");
+        let session_cookie = cookie::name(cookie::SESSION_COOKIE, &config.client_id);
+        let flow_cookie = cookie::name(cookie::FLOW_COOKIE, &config.client_id);
         Ok(Self {
             issuer: config.issuer,
             client_id: config.client_id,
@@ -262,6 +269,8 @@ impl SignIn {
             redirect_url: config.redirect_url,
             origin,
             signin_path,
+            session_cookie,
+            flow_cookie,
             scopes: config.scopes,
             groups_claim: config.groups_claim,
             session_ttl: config.session_ttl,
@@ -300,7 +309,7 @@ impl SignIn {
     /// The session of this request, if its cookie is valid, unexpired and from this issuer.
     pub fn session(&self, headers: &HeaderMap) -> Option<Session> {
         let now = now();
-        cookie::values(headers, cookie::SESSION_COOKIE)
+        cookie::values(headers, &self.session_cookie)
             .filter_map(|v| self.keys.open_session::<session::SessionData>(v))
             .find(|d| d.exp > now && d.iat <= now + LEEWAY && d.iss == self.issuer)
             .map(|data| Session {

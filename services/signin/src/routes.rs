@@ -278,7 +278,7 @@ async fn start(State(signin): State<Arc<SignIn>>, RawQuery(query): RawQuery) -> 
     response.headers_mut().append(
         header::SET_COOKIE,
         cookie::set(
-            cookie::FLOW_COOKIE,
+            &signin.flow_cookie,
             &signin.keys.seal_flow(&flow),
             FLOW_TTL as u64,
         ),
@@ -302,7 +302,7 @@ async fn callback(
     };
     response
         .headers_mut()
-        .append(header::SET_COOKIE, cookie::clear(cookie::FLOW_COOKIE));
+        .append(header::SET_COOKIE, cookie::clear(&signin.flow_cookie));
     response
 }
 
@@ -317,7 +317,7 @@ async fn complete(signin: &SignIn, headers: &HeaderMap, query: Option<&str>) -> 
     };
     let get = |k: &str| params.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let now = now();
-    let Some(flow) = cookie::values(headers, cookie::FLOW_COOKIE)
+    let Some(flow) = cookie::values(headers, &signin.flow_cookie)
         .filter_map(|v| signin.keys.open_flow::<Flow>(v))
         .find(|f| f.exp > now)
     else {
@@ -400,7 +400,7 @@ async fn complete(signin: &SignIn, headers: &HeaderMap, query: Option<&str>) -> 
     }
     tracing::info!(subject = %data.sub, session = %data.sid, amr = ?data.amr, acr = ?data.acr, "signed in");
     Ok((
-        cookie::set(cookie::SESSION_COOKIE, &sealed, ttl as u64),
+        cookie::set(&signin.session_cookie, &sealed, ttl as u64),
         flow.return_to.clone(),
     ))
 }
@@ -424,7 +424,7 @@ async fn signout(State(signin): State<Arc<SignIn>>, headers: HeaderMap, body: By
     let mut response = see_other(return_to);
     response
         .headers_mut()
-        .append(header::SET_COOKIE, cookie::clear(cookie::SESSION_COOKIE));
+        .append(header::SET_COOKIE, cookie::clear(&signin.session_cookie));
     response
 }
 

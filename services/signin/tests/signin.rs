@@ -24,8 +24,9 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
 const CLIENT: &str = "console";
-const SESSION: &str = "__Host-gatehouse-session";
-const FLOW: &str = "__Host-gatehouse-signin";
+// The cookies carry the client id: two services on one host keep their sessions apart.
+const SESSION: &str = "__Host-gatehouse-session-console";
+const FLOW: &str = "__Host-gatehouse-signin-console";
 const TOTP_SECRET: &[u8] = b"an authenticator secret";
 
 struct Reply {

@@ -45,6 +45,70 @@ pub const AUDITOR: &str = "auditor@example.com";
 /// The demo approvers' identities (each gets a token in `tokens/`).
 pub const APPROVERS: [&str; 3] = ["alice@example.com", "bob@example.com", "carol@example.com"];
 
+/// The sign-in clients of the auditor console and the approver page at the demo issuer.
+pub const CONSOLE_CLIENT: &str = "gatehouse-console";
+pub const APPROVAL_CLIENT: &str = "gatehouse-approvals";
+
+/// Under the issuer's directory: the demo people's passwords, made on first start.
+pub const PASSWORDS_FILE: &str = "passwords.yaml";
+
+/// Someone who signs in to the console or the approver page.
+#[derive(Debug, Clone)]
+pub struct Person {
+    pub email: String,
+    pub name: String,
+    pub password: String,
+    /// Groups in their ID token: the console admits `auditors`. (Approvers are who the
+    /// approver registry names, whatever their token's groups.)
+    pub groups: Vec<String>,
+}
+
+/// The demo people: the approvers, the auditor, and Dave, who is neither (to see the
+/// refusals). Passwords are read from `passwords` or, the first time, made and written there.
+pub fn people(passwords: &std::path::Path) -> anyhow::Result<Vec<Person>> {
+    use anyhow::Context as _;
+    let list: [(&str, &str, &[&str]); 5] = [
+        ("alice@example.com", "Alice", &["sre", "platform-leads"]),
+        ("bob@example.com", "Bob", &["sre", "platform-leads"]),
+        ("carol@example.com", "Carol", &["security"]),
+        (AUDITOR, "Audrey the auditor", &["auditors"]),
+        ("dave@example.com", "Dave", &[]),
+    ];
+    let mut known: std::collections::BTreeMap<String, String> =
+        match std::fs::read_to_string(passwords) {
+            Ok(text) => yaml_serde::from_str(&text)
+                .with_context(|| format!("reading {}", passwords.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", passwords.display())),
+        };
+    let mut changed = false;
+    for (email, _, _) in &list {
+        known.entry((*email).to_owned()).or_insert_with(|| {
+            changed = true;
+            use rand::distr::{Alphanumeric, SampleString as _};
+            Alphanumeric.sample_string(&mut rand::rng(), 16)
+        });
+    }
+    if changed {
+        let mut text = String::from(
+            "# Demo sign-in passwords for the console and the approver page (made by gatehouse up)\n",
+        );
+        for (email, password) in &known {
+            text.push_str(&format!("{email}: {password}\n"));
+        }
+        gatehouse::kubeconfig::write_private(passwords, &text)?;
+    }
+    Ok(list
+        .iter()
+        .map(|(email, name, groups)| Person {
+            email: (*email).to_owned(),
+            name: (*name).to_owned(),
+            password: known[*email].clone(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        })
+        .collect())
+}
+
 /// The demo policy, kept in `deploy/demo/policy.yaml` so the proxy's benches measure the same
 /// rules.
 pub const POLICY_YAML: &str = include_str!("../../../deploy/demo/policy.yaml");
@@ -58,7 +122,7 @@ mod tests {
         let registry = gatehouse_proxy::identity::Registry::from_yaml(IDENTITIES_YAML).unwrap();
         assert_eq!(registry.len(), 3);
         let policy = gatehouse_proxy::policy::Policy::from_yaml(POLICY_YAML).unwrap();
-        assert_eq!(policy.rules().len(), 12);
+        assert_eq!(policy.rules().len(), 13);
         let findings = gatehouse_proxy::policy::lint(&policy);
         let codes: Vec<(&str, Option<&str>)> = findings
             .iter()

@@ -39,7 +39,7 @@ use gatehouse::load_yaml;
 use gatehouse::nats_server::{NatsKeys, NatsRole, NatsServer};
 use gatehouse_evidence::{Evidence, EvidenceError};
 use gatehouse_proxy::{Proxy, ProxyConfig};
-use gatehouse_sandbox::issuer::{Issuer, IssuerKeys};
+use gatehouse_sandbox::issuer::{DemoUser, Issuer, IssuerKeys, OidcClient};
 use gatehouse_sandbox::pki::{LocalCa, server_tls_config};
 use gatehouse_sandbox::rbac::RbacConfig;
 use gatehouse_sandbox::{Sandbox, SandboxConfig};
@@ -214,13 +214,41 @@ impl Stack {
         };
 
         let keys = IssuerKeys::load_or_generate(&dir.join("issuer"))?;
-        let issuer = Issuer::start(
-            keys,
-            TcpListener::bind("127.0.0.1:0")
-                .await
-                .context("binding the issuer")?,
-        )
-        .await?;
+        // The people who sign in to the console and the approver page, with passwords made
+        // once per data directory (`issuer/passwords.yaml`, readable by its owner only).
+        let mut issuer = Issuer::builder(keys);
+        for person in demo::people(&dir.join("issuer").join(demo::PASSWORDS_FILE))? {
+            issuer = issuer.user(
+                DemoUser::new(person.email, person.password)
+                    .name(person.name)
+                    .groups(person.groups),
+            );
+        }
+        let issuer = issuer
+            .start(
+                TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .context("binding the issuer")?,
+            )
+            .await?;
+        // The console's and the approver page's listeners are bound first: their sign-in
+        // callbacks name the ports.
+        let auditor_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the auditor API")?;
+        let approval_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the approval service")?;
+        let auditor_origin = format!("http://{}", auditor_listener.local_addr()?);
+        let approval_origin = format!("http://{}", approval_listener.local_addr()?);
+        issuer.register_client(OidcClient::public(
+            demo::CONSOLE_CLIENT,
+            [format!("{auditor_origin}/signin/callback")],
+        ));
+        issuer.register_client(OidcClient::public(
+            demo::APPROVAL_CLIENT,
+            [format!("{approval_origin}/signin/callback")],
+        ));
         // A second issuer shaped like GitHub Actions' (its tokens carry `repository`, `ref`,
         // `environment`, …), so the demo shows several issuers and claim presets at once.
         let ci_issuer = Issuer::start(
@@ -292,7 +320,11 @@ impl Stack {
                  signing_key_file: {approval_key}\n\
                  bucket_replicas: {replicas}\n\
                  api:\n  issuers:\n    - issuer: {issuer}\n      audiences: [{AUDIENCE}]\n\
+                 public_url: {approval_origin}\n\
+                 page:\n  signin:\n    issuer: {issuer}\n    client_id: {approval_client}\n\
+                 \x20   redirect_url: {approval_origin}/signin/callback\n\
                  {approval_channels}",
+                approval_client = demo::APPROVAL_CLIENT,
                 approval = approval_file.display(),
                 approvers = yaml_str(&approvers_file),
                 approval_key = yaml_str(&approval_key),
@@ -328,7 +360,10 @@ impl Stack {
                  {admin_connections}\
                  api:\n  listen: \"127.0.0.1:0\"\n  auditor_groups: [auditors]\n\
                  \x20 issuers:\n    - issuer: {issuer}\n      audiences: [{AUDIENCE}]\n\
+                 \x20 console:\n    signin:\n      issuer: {issuer}\n      client_id: {console_client}\n\
+                 \x20     redirect_url: {auditor_origin}/signin/callback\n\
                  {api_connections}",
+                console_client = demo::CONSOLE_CLIENT,
                 evidence = evidence_file.display(),
                 data = yaml_str(&dir),
                 key = yaml_str(&checkpoint_key),
@@ -348,8 +383,9 @@ impl Stack {
                 let bus =
                     gatehouse_bus::Bus::connect(&evidence_config.nats, "gatehouse-evidence-api")
                         .await?;
-                let server = gatehouse_evidence::api::AuditorApi::start(
+                let server = gatehouse_evidence::api::AuditorApi::start_on(
                     &api,
+                    Some(auditor_listener),
                     evidence_config.data_dir.clone(),
                     bus,
                     "up",
@@ -377,10 +413,13 @@ impl Stack {
         });
 
         let approval_stop = CancellationToken::new();
-        let approval_server =
-            gatehouse_approval::ApprovalServer::start(&approval_config, approval_stop.clone())
-                .await
-                .map_err(|e| anyhow::anyhow!("approval service: {e}"))?;
+        let approval_server = gatehouse_approval::ApprovalServer::start_on(
+            &approval_config,
+            Some(approval_listener),
+            approval_stop.clone(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("approval service: {e}"))?;
         let approval_addr = approval_server.local_addr();
         let approval_admin_addr = approval_server.admin_addr();
         let approval = approval_server.service().clone();
