@@ -63,6 +63,7 @@ export interface Hold {
   owner: string | null;
   team: string | null;
   verb: string;
+  /** `group/resource[/subresource]`, or `resource` for the core group. */
   resource: string;
   namespace: string;
   name: string;

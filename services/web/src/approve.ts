@@ -61,7 +61,8 @@ function countdown(hold: Hold, form: HTMLFormElement | null): HTMLElement {
 }
 
 function resourceLine(hold: Hold): string {
-  const resource = [hold.resource, hold.subresource].filter(Boolean).join("/") + (hold.api_group ? `.${hold.api_group}` : "");
+  // `resource` is already `group/resource[/subresource]`, as the chat messages show it.
+  const resource = hold.resource;
   const object = [hold.namespace, hold.name].filter(Boolean).join("/");
   return `${hold.verb} ${resource}${object ? ` ${object}` : ""}`;
 }
@@ -141,7 +142,7 @@ function show(hold: Hold, notice: HTMLElement | null = null): void {
       ["Purpose", hold.purpose ?? ""],
       ["Reason given", hold.reason ?? h("em", {}, "none given")],
       ["Verb", hold.verb],
-      ["Resource", [hold.resource, hold.subresource].filter(Boolean).join("/") + (hold.api_group ? ` (${hold.api_group})` : "")],
+      ["Resource", hold.resource],
       ["Namespace", hold.namespace],
       ["Name", hold.name],
       ["Rule", hold.rule],

@@ -228,6 +228,7 @@ pub fn page(title: &str, body_html: &str) -> String {
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
          <meta name=\"referrer\" content=\"no-referrer\">\n\
          <meta name=\"color-scheme\" content=\"light dark\">\n\
+         <link rel=\"icon\" href=\"data:,\">\n\
          <title>{title} · Gatehouse</title>\n\
          <link rel=\"stylesheet\" href=\"{css}\">\n</head>\n<body>\n\
          <header class=\"top\"><span class=\"brand\">Gatehouse</span></header>\n\

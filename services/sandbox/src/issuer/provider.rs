@@ -495,6 +495,24 @@ pub(crate) fn html_escape(text: &str) -> String {
 }
 
 fn html(status: StatusCode, title: &str, body: &str) -> Response {
+    html_posting_to(status, title, body, None)
+}
+
+/// [`html`] for a page whose form's answer redirects to `redirect_uri`: CSP `form-action`
+/// covers the redirects after a submission too, so the client's origin must be allowed.
+fn html_posting_to(
+    status: StatusCode,
+    title: &str,
+    body: &str,
+    redirect_uri: Option<&str>,
+) -> Response {
+    let form_action = match redirect_uri.and_then(origin_of) {
+        Some(origin) => format!("'self' {origin}"),
+        None => "'self'".to_owned(),
+    };
+    let csp = format!(
+        "default-src 'none'; style-src 'unsafe-inline'; form-action {form_action}; frame-ancestors 'none'"
+    );
     let page = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -519,9 +537,8 @@ fn html(status: StatusCode, title: &str, body: &str) -> Response {
             ),
             (
                 header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static(
-                    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
-                ),
+                HeaderValue::from_str(&csp)
+                    .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'")),
             ),
         ],
         page,
@@ -554,6 +571,8 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 struct LoginForm<'a> {
     rid: &'a str,
     client_id: &'a str,
+    /// Where a successful sign-in redirects (for the page's `form-action`).
+    redirect_uri: &'a str,
     username: &'a str,
     otp: bool,
     error: Option<&'a str>,
@@ -605,7 +624,13 @@ fn login_page(status: StatusCode, form: &LoginForm<'_>) -> Response {
         rid = html_escape(form.rid),
         username = html_escape(form.username),
     );
-    html(status, "Sign in", &body)
+    html_posting_to(status, "Sign in", &body, Some(form.redirect_uri))
+}
+
+/// `scheme://host[:port]` of a URL.
+fn origin_of(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    Some(format!("{}://{}", uri.scheme_str()?, uri.authority()?))
 }
 
 /// A response that also (re)sets the browser cookie.
@@ -761,6 +786,7 @@ async fn authorize(
         .map(|u| u.username)
         .unwrap_or_default();
     let rid = random_token();
+    let pending_redirect = pending.redirect_uri.clone();
     {
         let mut all = lock(&p.pending);
         all.retain(|_, r| r.expires > t);
@@ -771,6 +797,7 @@ async fn authorize(
         &LoginForm {
             rid: &rid,
             client_id,
+            redirect_uri: &pending_redirect,
             username: &username,
             otp: wants_mfa,
             error: None,
@@ -821,6 +848,7 @@ async fn authorize_form(
         }
         let wants_otp = pending.wants_mfa;
         let client_id = pending.client_id.clone();
+        let redirect_uri = pending.redirect_uri.clone();
         drop(all);
         let message = if wants_otp {
             "The email, password or one-time code is not right. Try again."
@@ -832,6 +860,7 @@ async fn authorize_form(
             &LoginForm {
                 rid,
                 client_id: &client_id,
+                redirect_uri: &redirect_uri,
                 username,
                 otp: wants_otp,
                 error: Some(message),
