@@ -806,6 +806,11 @@ fn print_guide(options: &UpOptions, stack: &Stack, kubectl: Option<&Path>) {
          \x20 {invocation} grants list --data-dir {data} --as bob@example.com   # that kind of delete now passes for 15 min\n\
          \x20 Approvers (alice, bob: sre; carol: security) are in {approvers}; alice owns ci-deployer,\n\
          \x20 so she may deny its requests but not approve them (four eyes)\n\n\
+         In a browser (sign in as auditor@example.com, bob@example.com, … with the passwords in\n\
+         {passwords}):\n\
+         \x20 {console}/console/      the auditor console: search, proofs checked in the browser, replay, bundles\n\
+         \x20 kubectl delete deployment payments -n prod &   # held; only a fresh sign-in on its page counts (step-up):\n\
+         \x20 {approval}/holds/APPROVAL_ID   the approver page (chat messages link to it)\n\n\
          Policy: {policy} (reloaded when saved)  Identities: {identities} (edit, then restart)\n\
          Stop with Ctrl-C, then check the evidence and replay a session (its id is in the proxy log):\n\
          \x20 {invocation} ledger verify --data-dir {data}\n\
@@ -816,6 +821,11 @@ fn print_guide(options: &UpOptions, stack: &Stack, kubectl: Option<&Path>) {
         policy = dir.join("config/policy.yaml").display(),
         identities = dir.join("config/identities.yaml").display(),
         approvers = dir.join("config/approvers.yaml").display(),
+        passwords = dir.join("issuer").join(demo::PASSWORDS_FILE).display(),
+        console = std::fs::read_to_string(dir.join("auditor.url"))
+            .map(|u| u.trim().to_owned())
+            .unwrap_or_default(),
+        approval = stack.approval_url(),
         invocation = options.invocation,
         data = options.data_dir.display(),
     ));
