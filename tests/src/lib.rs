@@ -1055,7 +1055,9 @@ impl TestBed {
 /// The apiserver's own audit log and the ledger tell the same story: every request the
 /// apiserver saw from the proxy's identity is a `request.forwarded` in the ledger under the same
 /// id (the proxy sends its request id as `Audit-ID`), for the same impersonated user, verb and
-/// resource; and every `request.forwarded` is in the audit log.
+/// resource; and every `request.forwarded` is in the audit log. The only other requests are the
+/// previews of held writes: a read and a dry run (`dryRun=All`) under the held request's id with
+/// a suffix, as its impersonated caller, for a `request.held` that carries the change.
 pub fn cross_check_audit(
     events: &[Event],
     audit: &[gatehouse_controlplane::AuditEvent],
@@ -1083,6 +1085,34 @@ pub fn cross_check_audit(
         .filter(|e| !own(e))
     {
         let id = entry.audit_id.as_str();
+        if let Some(held_id) = id
+            .strip_suffix(gatehouse_proxy::forward::PREVIEW_READ_AUDIT_SUFFIX)
+            .or_else(|| id.strip_suffix(gatehouse_proxy::forward::PREVIEW_DRY_RUN_AUDIT_SUFFIX))
+        {
+            let held = events
+                .iter()
+                .find(|e| e.name() == "request.held" && e.subject() == held_id)
+                .ok_or_else(|| anyhow!("a preview ({id}) of a request that was not held"))?;
+            anyhow::ensure!(
+                held.data().get("change").is_some_and(|c| !c.is_null()),
+                "a preview ({id}) the held request does not show"
+            );
+            let impersonated = entry
+                .impersonated_user
+                .as_ref()
+                .map(|u| u.username.as_str());
+            anyhow::ensure!(
+                impersonated == held.data()["identity"]["principal"].as_str(),
+                "the preview {id} was not made as the held request's caller ({impersonated:?})"
+            );
+            anyhow::ensure!(
+                entry.verb == "get" || entry.request_uri.contains("dryRun=All"),
+                "the preview {id} ({} {}) was neither a read nor a dry run",
+                entry.verb,
+                entry.request_uri
+            );
+            continue;
+        }
         if !forwarded.contains(id) {
             bail!(
                 "the apiserver served {} {} from the proxy (audit id {id}) that the ledger does \

@@ -153,6 +153,35 @@ async fn deployments_roll_out_scale_and_roll_back() -> Result {
         (hold.rule.as_str(), hold.resource.as_str()),
         ("deployer-scale-prod", "apps/deployments/scale")
     );
+    // Approvers see the change as the API server previews it (a dry run, as `kubectl diff`
+    // asks), which changed nothing yet.
+    let change = hold
+        .change
+        .as_ref()
+        .expect("a scale is previewed for its approvers");
+    assert_eq!(change.note, None, "{change:?}");
+    let replicas_in =
+        |side: &Option<serde_json::Value>| side.as_ref().map(|o| o["spec"]["replicas"].clone());
+    assert_eq!(replicas_in(&change.current), Some(serde_json::json!(2)));
+    assert_eq!(replicas_in(&change.proposed), Some(serde_json::json!(3)));
+    let before = bed
+        .admin_kubectl(
+            &[
+                "get",
+                "deployment",
+                "payments",
+                "-n",
+                "prod",
+                "-o",
+                "jsonpath={.spec.replicas}",
+            ],
+            None,
+        )
+        .await?;
+    assert_eq!(
+        before.stdout, "2",
+        "the preview's dry run changed the object"
+    );
     bob.vote(&hold.approval_id, Ballot::Approve, Some("peak traffic"))
         .await?;
     let out = scale.wait_with_output().await?;

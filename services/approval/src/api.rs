@@ -91,6 +91,9 @@ pub struct HoldSummary {
     /// The request body, masked as the record is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<HoldBody>,
+    /// For an update or patch: the object before and after (the API server's dry run), masked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<ObjectChange>,
     /// The rule asks for a fresh sign-in before a vote counts: at most this many seconds old.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_up_max_age: Option<u64>,
@@ -157,6 +160,19 @@ impl HoldBody {
         }
         shown
     }
+}
+
+/// A held write's object before and after, as the approver page diffs them.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct ObjectChange {
+    pub current: Option<serde_json::Value>,
+    pub proposed: Option<serde_json::Value>,
+    /// The patch's content type, for a patch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch_type: Option<String>,
+    pub read_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// The caller's standing on a hold.
@@ -256,6 +272,15 @@ impl From<&ApprovalRecord> for HoldSummary {
             api_group: record.held.request.api_group.clone(),
             subresource: record.held.request.subresource.clone(),
             body: record.held.content.as_ref().map(HoldBody::of),
+            change: record.held.change.as_ref().map(|c| ObjectChange {
+                current: c.current.clone(),
+                proposed: c.proposed.clone(),
+                patch_type: (record.held.request.verb == "patch")
+                    .then(|| record.held.content.as_ref()?.content_type.clone())
+                    .flatten(),
+                read_at: c.read_at.clone(),
+                note: c.note.clone(),
+            }),
             step_up_max_age: record.held.step_up.as_ref().map(|s| s.max_age_s),
             step_up_required: false,
             viewer: None,

@@ -11,7 +11,7 @@ use crate::envelope::Payload;
 use crate::request::{Identity, RecordedBody, RequestInfo};
 
 /// `request.held`: policy says the request needs approval; the proxy keeps it open.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RequestHeld {
     pub request_id: String,
@@ -43,6 +43,27 @@ pub struct RequestHeld {
     /// record level: approvers see what they approve).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<RecordedBody>,
+    /// For an `update` or `patch`: the object before and after, as the API server previewed
+    /// it, masked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<ChangePreview>,
+}
+
+/// The object a held write changes, before and after, masked as responses are. `proposed` is
+/// the API server's own answer to the same write with `dryRun=All` (as `kubectl diff` asks), so
+/// defaults, strategic merges and admission are as they would be.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePreview {
+    /// The object as it is, or `None` when it could not be read (see `note`).
+    pub current: Option<serde_json::Value>,
+    /// The object as it would be, or `None` when the dry run failed (see `note`).
+    pub proposed: Option<serde_json::Value>,
+    /// RFC 3339 UTC: when it was read. The object may change before the decision.
+    pub read_at: String,
+    /// Why a side is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// What a step-up sign-in must show before a vote counts.

@@ -33,9 +33,9 @@ pub const MASKED_TEXT: &str = "gatehouse:masked";
 
 pub use approval::{
     ApprovalDecided, ApprovalOutcome, ApprovalPosted, ApprovalVote, Ballot, BusRefused,
-    ChannelKind, CountedVote, DECISION_STATEMENT, DecisionStatement, FourEyes, GRANT_STATEMENT,
-    GrantIssued, GrantRevoked, RefusalProblem, RefusedMessage, RequestHeld, RequestWithdrawn,
-    StepUp, VoteVia, VoterAuthMethod, VoterAuthentication,
+    ChangePreview, ChannelKind, CountedVote, DECISION_STATEMENT, DecisionStatement, FourEyes,
+    GRANT_STATEMENT, GrantIssued, GrantRevoked, RefusalProblem, RefusedMessage, RequestHeld,
+    RequestWithdrawn, StepUp, VoteVia, VoterAuthMethod, VoterAuthentication,
 };
 pub use audit::{AuditAccessed, AuditAction, LedgerGap, LedgerPruned, WitnessRefused};
 pub use envelope::{Envelope, EventId, Payload, SUBJECT_PREFIX};

@@ -352,6 +352,12 @@ fn approval_events_validate_and_refuse_drift() {
                 acr: Vec::new(),
             }),
             content: None,
+            change: Some(gatehouse_events::ChangePreview {
+                current: Some(serde_json::json!({"spec": {"replicas": 2}})),
+                proposed: Some(serde_json::json!({"spec": {"replicas": 5}})),
+                read_at: at.clone(),
+                note: None,
+            }),
         },
     );
     set.validate(&held.to_bytes().unwrap()).unwrap();

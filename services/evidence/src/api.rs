@@ -1255,6 +1255,24 @@ pub struct SignedCheckpoint {
     pub size: u64,
     /// The signed note, exactly as stored.
     pub note: String,
+    /// The witnessed checkpoint of the same size (the SHA-256 tree witnesses check) with the
+    /// witnesses' cosignatures, when witnesses are configured and have cosigned it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witnessed: Option<String>,
+}
+
+/// `/v1/checkpoints`: the signed checkpoints of sizes above `after`, oldest first, at most
+/// `limit`, each with its witnessed checkpoint and cosignatures when there are some.
+pub fn checkpoint_history(
+    ledger: &Ledger,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<CheckpointPage, LedgerError> {
+    let mut page = checkpoint_page(ledger.checkpoints()?, after, limit);
+    for checkpoint in &mut page.checkpoints {
+        checkpoint.witnessed = crate::witness::witnessed_checkpoint(ledger, checkpoint.size)?;
+    }
+    Ok(page)
 }
 
 /// The checkpoints of sizes above `after`, oldest first, at most `limit` of them.
@@ -1266,7 +1284,11 @@ pub fn checkpoint_page(
     let mut checkpoints: Vec<SignedCheckpoint> = all
         .into_iter()
         .filter(|(size, _)| after.is_none_or(|a| *size > a))
-        .map(|(size, note)| SignedCheckpoint { size, note })
+        .map(|(size, note)| SignedCheckpoint {
+            size,
+            note,
+            witnessed: None,
+        })
         .take(limit + 1)
         .collect();
     let next_after = (checkpoints.len() > limit).then(|| {
@@ -1321,10 +1343,12 @@ impl Inner {
                 "limit must be 1 to {MAX_LIMIT}"
             )));
         }
-        let all = self
-            .ledger_job(|dir| open_ledger(dir)?.checkpoints().map_err(ledger_error))
+        let page = self
+            .ledger_job(move |dir| {
+                checkpoint_history(&open_ledger(dir)?, after, limit).map_err(ledger_error)
+            })
             .await?;
-        json_answer(&checkpoint_page(all, after, limit), None)
+        json_answer(&page, None)
     }
 
     async fn consistency(self: Arc<Self>, call: Call) -> Result<Answer, ApiError> {

@@ -115,6 +115,23 @@ async fn litewitnesses_cosign_every_checkpoint_and_a_forked_one_raises_the_alarm
     let first = checkpoint_now(&evidence).await;
     assert!(first >= 20);
     assert_eq!(cosigners(&data_dir, first, &[&w1, &w2, &w3]), ["w1", "w2"]);
+    // The auditor API's checkpoint history carries the cosigned checkpoint beside the log's.
+    let history = gatehouse_evidence::api::checkpoint_history(
+        &Ledger::open_read_only(&data_dir).unwrap(),
+        None,
+        100,
+    )
+    .unwrap();
+    let listed = history
+        .checkpoints
+        .iter()
+        .find(|c| c.size == first)
+        .expect("the first checkpoint is listed");
+    let witnessed = listed
+        .witnessed
+        .as_deref()
+        .expect("with its witnessed checkpoint");
+    assert!(w1.verifier().verify(witnessed).unwrap().is_some());
 
     // More events: the next checkpoint is cosigned with a consistency proof from the first,
     // which litewitness checks.

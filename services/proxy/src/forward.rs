@@ -320,6 +320,128 @@ impl Upstream {
     }
 }
 
+/// What a held write would change, for its approvers.
+#[derive(Debug)]
+pub struct Preview {
+    /// The object as it is now, as the caller may read it.
+    pub current: Result<serde_json::Value, String>,
+    /// The object as the API server says it would be after the write (a dry run).
+    pub proposed: Result<serde_json::Value, String>,
+}
+
+/// One side of a [`Preview`], before it is taken apart.
+#[derive(Debug)]
+struct PreviewPart(Result<serde_json::Value, String>);
+
+/// The `Audit-ID`s of a held write's preview: its request id with these suffixes, so the API
+/// server's audit log joins them to the request's `request.held`.
+pub const PREVIEW_READ_AUDIT_SUFFIX: &str = ".preview-read";
+pub const PREVIEW_DRY_RUN_AUDIT_SUFFIX: &str = ".preview-dry-run";
+
+/// Largest object a preview reads: bigger ones are named, not shown.
+const PREVIEW_LIMIT: usize = 1024 * 1024;
+
+impl Upstream {
+    /// For the approvers of a held write (`update`, `patch`): the object as it is, and as the
+    /// API server says it would be after the write, asked as `kubectl diff` asks (the same
+    /// request with `dryRun=All`, which persists nothing), both as `identity` (impersonated, so
+    /// the cluster's RBAC applies). Only a recorded, held request can be previewed; its
+    /// `Audit-ID`s are the request id with [`PREVIEW_READ_AUDIT_SUFFIX`] and
+    /// [`PREVIEW_DRY_RUN_AUDIT_SUFFIX`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn preview(
+        &self,
+        _held: &crate::policy::Hold,
+        recorded: &Acked,
+        identity: &Identity,
+        info: &RequestInfo,
+        query: Option<&str>,
+        method: &http::Method,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Preview {
+        let path = format!("{}{}{}", self.origin, self.base_path, info.path);
+        let read = self
+            .preview_call(
+                http::Method::GET,
+                path.clone(),
+                None,
+                Bytes::new(),
+                identity,
+                &format!("{}{PREVIEW_READ_AUDIT_SUFFIX}", recorded.request_id()),
+            )
+            .await;
+        let dry_query = match query.filter(|q| !q.is_empty()) {
+            Some(q) => format!("{q}&dryRun=All"),
+            None => "dryRun=All".to_owned(),
+        };
+        let dry = self
+            .preview_call(
+                method.clone(),
+                format!("{path}?{dry_query}"),
+                content_type,
+                body,
+                identity,
+                &format!("{}{PREVIEW_DRY_RUN_AUDIT_SUFFIX}", recorded.request_id()),
+            )
+            .await;
+        Preview {
+            current: read.0,
+            proposed: dry.0,
+        }
+    }
+
+    async fn preview_call(
+        &self,
+        method: http::Method,
+        uri: String,
+        content_type: Option<&str>,
+        body: Bytes,
+        identity: &Identity,
+        audit_id: &str,
+    ) -> PreviewPart {
+        let call = async {
+            let mut request = Request::builder()
+                .method(method)
+                .uri(uri)
+                .header(header::ACCEPT, "application/json")
+                .body(Full::new(body))
+                .map_err(|e| format!("the preview could not be built: {e}"))?;
+            if let Some(content_type) = content_type
+                && let Ok(value) = HeaderValue::from_str(content_type)
+            {
+                request.headers_mut().insert(header::CONTENT_TYPE, value);
+            }
+            let authorization = self.token.header().map_err(|e| e.to_string())?;
+            prepare_headers(request.headers_mut(), authorization, identity, audit_id)
+                .map_err(|e| e.to_string())?;
+            let response = self.client.request(request).await.map_err(|e| {
+                format!(
+                    "the API server could not be reached: {}",
+                    describe_client_error(&e)
+                )
+            })?;
+            let status = response.status();
+            let body = http_body_util::Limited::new(response.into_body(), PREVIEW_LIMIT)
+                .collect()
+                .await
+                .map_err(|_| format!("the object is larger than {} KiB", PREVIEW_LIMIT / 1024))?
+                .to_bytes();
+            let value: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|_| "the API server's answer is not JSON".to_owned())?;
+            if !status.is_success() {
+                let message = value["message"].as_str().unwrap_or("no message");
+                return Err(format!(
+                    "the API server answered {}: {message}",
+                    status.as_u16()
+                ));
+            }
+            Ok(value)
+        };
+        PreviewPart(call.await)
+    }
+}
+
 impl Upstream {
     /// Sends a permitted, recorded upgrade request (exec, attach, port-forward) upstream as
     /// `identity` over HTTP/1.1, keeping `Connection: Upgrade` and `Upgrade` so the API server

@@ -19,8 +19,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use gatehouse_events::{
-    ApprovalOutcome, Ballot, BodyDigest, Decision as RecordedDecision, DecisionAction, GrantIssued,
-    Identity, RecordLevel, RecordedBody, RequestInfo, ResponseOutcome, SessionEnd, Source,
+    ApprovalOutcome, Ballot, BodyDigest, ChangePreview, Decision as RecordedDecision,
+    DecisionAction, GrantIssued, Identity, RecordLevel, RecordedBody, RequestInfo, ResponseOutcome,
+    SessionEnd, Source,
 };
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Limited};
@@ -164,6 +165,8 @@ const REASON_LIMIT: usize = 500;
 /// How long past a hold's expiry the proxy still waits for the approval service's decision
 /// (which says `expired` itself) before deciding so on its own.
 const EXPIRY_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// The most a held write's preview (read and dry run) may delay asking its approvers.
+const PREVIEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Pipeline {
     /// Handles one request end to end. Never fails: every refusal is a `Status` response.
@@ -247,7 +250,7 @@ impl Pipeline {
         let admitted = match admission {
             Ok(Admission::Allowed(admitted)) => admitted,
             Ok(Admission::Held(held)) => match self
-                .hold(&ctx, held, &parts.headers, shown_to_approvers)
+                .hold(&ctx, held, &parts, &acked, shown_to_approvers)
                 .await
             {
                 Ok(admitted) => admitted,
@@ -445,9 +448,12 @@ impl Pipeline {
         &self,
         ctx: &RequestContext,
         held: Held,
-        headers: &HeaderMap,
+        parts: &http::request::Parts,
+        acked: &Acked,
         content: Option<RecordedBody>,
     ) -> Result<Admitted, Rejection> {
+        let headers = &parts.headers;
+        let change = self.change_preview(ctx, &held, acked, parts).await;
         let Held {
             hold,
             identity,
@@ -476,6 +482,7 @@ impl Pipeline {
                 crate::record::ShownToApprovers {
                     reason: stated_reason(headers),
                     content,
+                    change,
                 },
             )
             .await
@@ -606,6 +613,81 @@ impl Pipeline {
             BodyDigest::of(body),
             self.record_body_limit,
         ))
+    }
+
+    /// For a held `update` or `patch` of one object: the object before and after, as the API
+    /// server previews it (see [`crate::forward::Upstream::preview`]), masked as responses are,
+    /// without `metadata.managedFields` (bookkeeping, not the change). Bounded in time: a slow
+    /// API server delays the hold by at most [`PREVIEW_TIMEOUT`], and approvers then see why
+    /// the change is not shown.
+    async fn change_preview(
+        &self,
+        ctx: &RequestContext,
+        held: &Held,
+        acked: &Acked,
+        parts: &http::request::Parts,
+    ) -> Option<ChangePreview> {
+        let Held {
+            hold,
+            identity,
+            body,
+            profile,
+        } = held;
+        if !matches!(ctx.info.verb.as_str(), "update" | "patch") || ctx.info.name.is_empty() {
+            return None;
+        }
+        let read_at = gatehouse_events::envelope::now_rfc3339();
+        let preview = tokio::time::timeout(
+            PREVIEW_TIMEOUT,
+            self.upstream.preview(
+                hold,
+                acked,
+                identity,
+                &ctx.info,
+                ctx.query.as_deref(),
+                &parts.method,
+                header_text(&parts.headers, http::header::CONTENT_TYPE.as_str()).as_deref(),
+                body.clone(),
+            ),
+        )
+        .await;
+        let Ok(preview) = preview else {
+            return Some(ChangePreview {
+                read_at,
+                note: Some(format!(
+                    "the API server did not answer the preview within {} s",
+                    PREVIEW_TIMEOUT.as_secs()
+                )),
+                ..ChangePreview::default()
+            });
+        };
+        let target = MaskTarget::new(ctx.info.resource.clone(), ctx.info.api_group.clone());
+        let shown = |side: Result<serde_json::Value, String>| match side {
+            Ok(mut value) => {
+                if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+                    meta.remove("managedFields");
+                }
+                mask::mask_value(profile.as_deref(), &target, &mut value);
+                (Some(value), None)
+            }
+            Err(why) => (None, Some(why)),
+        };
+        let (current, current_note) = shown(preview.current);
+        let (proposed, proposed_note) = shown(preview.proposed);
+        let note = match (current_note, proposed_note) {
+            (None, None) => None,
+            (Some(c), None) => Some(format!("the object could not be read: {c}")),
+            (None, Some(p)) => Some(format!("the change could not be previewed: {p}")),
+            (Some(c), Some(p)) => Some(format!(
+                "the object could not be read ({c}) nor the change previewed ({p})"
+            )),
+        };
+        Some(ChangePreview {
+            current,
+            proposed,
+            read_at,
+            note,
+        })
     }
 
     /// Streams the API server's response back — masked if policy says so — recording

@@ -168,7 +168,11 @@ impl Recorder {
         expires_at: std::time::SystemTime,
         shown: ShownToApprovers,
     ) -> Result<(), PublishError> {
-        let ShownToApprovers { reason, content } = shown;
+        let ShownToApprovers {
+            reason,
+            content,
+            change,
+        } = shown;
         let event = Envelope::new(
             &self.source,
             &ctx.id,
@@ -188,6 +192,7 @@ impl Recorder {
                 four_eyes: hold.four_eyes(),
                 step_up: hold.step_up().cloned(),
                 content,
+                change,
             },
         );
         let started = Instant::now();
@@ -351,4 +356,6 @@ pub struct ShownToApprovers {
     pub reason: Option<String>,
     /// The request body, masked as the record is.
     pub content: Option<RecordedBody>,
+    /// For a write of one object: before and after.
+    pub change: Option<gatehouse_events::ChangePreview>,
 }

@@ -635,7 +635,7 @@ function renderReview(r: AccessReview): HTMLElement {
 
 // ----- checkpoints -----
 
-interface CheckpointPage { checkpoints: { size: number; note: string }[]; next_after: number | null }
+interface CheckpointPage { checkpoints: { size: number; note: string; witnessed?: string | null }[]; next_after: number | null }
 
 async function checkpointsView(): Promise<void> {
   const q = params();
@@ -669,7 +669,9 @@ async function checkpointsView(): Promise<void> {
           check === null ? "Signature not checked (no verifier key)." : check.ok ? `✓ Signed by ${key!.name}.` : `✗ ${check.reason}`,
           ` Root ${bytesToHex(cp.root)}.`,
         );
-        const others = otherSignatures(c.note, key, witnesses);
+        // Witnesses cosign the witnessed checkpoint (the same leaves in a SHA-256 tree), kept
+        // beside the ledger's own; older evidence services send none.
+        const others = otherSignatures(c.witnessed ?? c.note, key, witnesses);
         if (others.length) {
           extra = h("div", {}, h("h3", {}, "Other signatures (witness cosignatures)"),
             table(`Cosignatures of the checkpoint of ${c.size}`, ["Name", "Key id", "Time", "Checked"],
@@ -687,6 +689,8 @@ async function checkpointsView(): Promise<void> {
         h("h2", {}, `Size ${c.size}`),
         status,
         copyable(c.note, `The signed checkpoint of ${c.size} entries`),
+        c.witnessed ? h("details", {}, h("summary", {}, "The witnessed checkpoint (cosigned by witnesses)"),
+          copyable(c.witnessed, `The witnessed checkpoint of ${c.size} entries`)) : null,
         h("p", {}, save, " ", link("Bundle proving it extends this", href("search")), ` (use “size ${c.size}” on the search page)`),
         extra,
       );
