@@ -3,6 +3,7 @@
 //! ledger; votes through the approval service's API here, through chat platforms in
 //! `chat.rs`.
 
+use base64::Engine as _;
 use gatehouse_events::Ballot;
 use gatehouse_tests::{BedOptions, DEADLINE, Event, TestBed, eventually};
 
@@ -819,5 +820,86 @@ async fn the_approval_key_rotates_without_a_restart_and_a_retired_key_stops_coun
         finished.events.iter().all(|e| e.name() != "bus.refused"),
         "nothing genuine was refused"
     );
+    Ok(())
+}
+
+/// A policy that holds changes to Secrets in `apps` (the demo lets CI change them freely).
+fn policy_holding_secret_patches() -> (String, String) {
+    let text = gatehouse_up::demo::POLICY_YAML.replace(
+        "rules:\n",
+        "rules:\n\
+         \x20 - id: secret-changes-held\n\
+         \x20   action: approve\n\
+         \x20   identities: [ci-deployer]\n\
+         \x20   verbs: [patch, update]\n\
+         \x20   resources: [secrets]\n\
+         \x20   namespaces: [apps]\n\
+         \x20   approval:\n\
+         \x20     approver_groups: [sre]\n\
+         \x20     hold_timeout: 10m\n\n",
+    );
+    assert_ne!(text, gatehouse_up::demo::POLICY_YAML);
+    ("policy.yaml".into(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_secret_change_is_previewed_masked_and_nothing_of_it_reaches_the_ledger() -> Result {
+    let bed = TestBed::start_with(BedOptions {
+        config_files: vec![policy_holding_secret_patches()],
+        ..BedOptions::default()
+    })
+    .await?;
+    // The new value is as secret as the old one (`s3cr3t-demo-password`, from the demo cluster).
+    let patch = r#"{"stringData":{"password":"n3w-s3cr3t-value"}}"#;
+    let kubectl = bed.kubectl_spawn(
+        "ci-deployer",
+        &[
+            "patch",
+            "secret",
+            "db-credentials",
+            "-n",
+            "apps",
+            "-p",
+            patch,
+        ],
+    )?;
+    let bob = bed.approvals_as("bob@example.com")?;
+    let hold = pending_hold(&bob).await?;
+    let change = hold.change.as_ref().expect("the patch is previewed");
+    assert_eq!(change.note, None, "{change:?}");
+    let masked = serde_json::json!(gatehouse_proxy::mask::MASKED_BASE64);
+    for (side, object) in [("current", &change.current), ("proposed", &change.proposed)] {
+        let object = object
+            .as_ref()
+            .unwrap_or_else(|| panic!("no {side} object"));
+        assert_eq!(object["kind"], "Secret", "{side}: {object}");
+        assert_eq!(object["data"]["password"], masked, "{side}: {object}");
+        assert!(
+            object["metadata"].get("managedFields").is_none(),
+            "{side}: {object}"
+        );
+    }
+    let vote = bob.vote(&hold.approval_id, Ballot::Approve, None).await?;
+    assert!(vote.counted, "{vote:?}");
+    let out = tokio::time::timeout(DEADLINE, kubectl.wait_with_output()).await??;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Neither the old value nor the new one is anywhere in the ledger, in any encoding.
+    let finished = bed.finish().await?;
+    let base64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    for secret in ["s3cr3t-demo-password", "n3w-s3cr3t-value"] {
+        for event in &finished.events {
+            let text = event.value.to_string();
+            assert!(
+                !text.contains(secret) && !text.contains(&base64(secret)),
+                "{} carries {secret}",
+                event.name()
+            );
+        }
+    }
     Ok(())
 }

@@ -651,3 +651,23 @@ async fn config_errors_name_the_problem_not_the_secret() {
     .unwrap_err();
     assert!(err.contains("bot_token_file"), "{err}");
 }
+
+#[tokio::test]
+async fn the_page_is_linked_and_a_step_up_hold_offers_only_the_link() {
+    let s = setup(Sink::replying(vec![])).await;
+    let page = format!("https://approvals.example.com/holds/{APPROVAL}");
+    let mut step_up = pending();
+    step_up.page_url = Some(page.clone());
+    step_up.step_up = true;
+    s.channel.post(&step_up).await.unwrap();
+    let call = s.fake.wait_for(WAIT, |c| c.method == "POST").await.unwrap();
+    let buttons = call.body["components"][0]["components"]
+        .as_array()
+        .unwrap()
+        .clone();
+    // A vote on a step-up hold counts only from the page: one link button (style 5), no votes.
+    assert_eq!(buttons.len(), 1, "{buttons:?}");
+    assert_eq!(buttons[0]["style"], 5, "Link");
+    assert_eq!(buttons[0]["url"], page.as_str());
+    assert!(buttons[0].get("custom_id").is_none());
+}

@@ -616,3 +616,41 @@ async fn auth_failures_never_show_the_secret() {
     .unwrap_err();
     assert!(err.contains("app_password_file"), "{err}");
 }
+
+#[tokio::test]
+async fn the_page_is_linked_and_a_step_up_hold_offers_only_the_link() {
+    let s = setup(Sink::replying(vec![])).await;
+    let page = format!("https://approvals.example.com/holds/{APPROVAL}");
+    let mut linked = pending();
+    linked.page_url = Some(page.clone());
+    s.channel.post(&linked).await.unwrap();
+    let mut step_up = linked.clone();
+    step_up.step_up = true;
+    s.channel.post(&step_up).await.unwrap();
+
+    // Each post returned once the fake had the activity.
+    let posts: Vec<Value> = s
+        .fake
+        .activities()
+        .iter()
+        .filter(|a| a.method == "POST" && a.target.is_none())
+        .map(|a| a.card().unwrap().clone())
+        .collect();
+    assert_eq!(posts.len(), 2);
+    let kinds = |card: &Value| -> Vec<String> {
+        card["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["type"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    assert_eq!(
+        kinds(&posts[0]),
+        ["Action.Execute", "Action.Execute", "Action.OpenUrl"]
+    );
+    assert_eq!(posts[0]["actions"][2]["url"], page.as_str());
+    // A vote on a step-up hold counts only from the page: no button here votes.
+    assert_eq!(kinds(&posts[1]), ["Action.OpenUrl"]);
+    assert_eq!(posts[1]["actions"][0]["url"], page.as_str());
+}
