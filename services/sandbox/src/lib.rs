@@ -13,6 +13,7 @@
 //!   bind a sandbox to loopback only.
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod chat;
 pub mod issuer;
 pub mod kube;

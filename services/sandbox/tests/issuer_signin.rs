@@ -1,20 +1,15 @@
 //! The demo issuer as an OpenID Provider: the authorization code flow with PKCE over real HTTP
 //! on loopback, driven by a small cookie-keeping client.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use bytes::Bytes;
+use gatehouse_sandbox::browser::{Browser, Reply};
 use gatehouse_sandbox::issuer::{
     ACR_MFA, ACR_PASSWORD, DemoUser, Issuer, IssuerKeys, OidcClient, totp_code,
 };
-use http::{HeaderMap, Method, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::{StatusCode, header};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
@@ -27,123 +22,13 @@ const REDIRECT: &str = "https://console.example/signin/callback";
 const OTHER_REDIRECT: &str = "https://evil.example/signin/callback";
 const TOTP_SECRET: &[u8] = b"12345678901234567890";
 
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Reply {
-    fn location(&self) -> &str {
-        self.headers
-            .get(header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_else(|| panic!("no Location: {} {}", self.status, self.body))
-    }
-
-    /// The query parameters of the redirect.
-    fn redirect_params(&self) -> HashMap<String, String> {
-        let location = self.location();
-        let query = location.split_once('?').map(|(_, q)| q).unwrap_or_default();
-        form_urlencoded::parse(query.as_bytes())
-            .into_owned()
-            .collect()
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
-
-    /// The hidden request id of the sign-in form.
-    fn rid(&self) -> String {
-        let start = self
-            .body
-            .find("name=\"rid\" value=\"")
-            .unwrap_or_else(|| panic!("no sign-in form: {}", self.body))
-            + "name=\"rid\" value=\"".len();
-        let end = start + self.body[start..].find('"').expect("closing quote");
-        self.body[start..end].to_owned()
-    }
-}
-
-/// A browser: keeps cookies, follows nothing by itself.
-struct Browser {
-    client: Client<HttpConnector, Full<Bytes>>,
-    cookies: HashMap<String, String>,
-}
-
-impl Browser {
-    fn new() -> Self {
-        Self {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            cookies: HashMap::new(),
-        }
-    }
-
-    async fn send(
-        &mut self,
-        method: Method,
-        url: &str,
-        form: Option<&[(&str, &str)]>,
-        basic: Option<(&str, &str)>,
-    ) -> Reply {
-        let mut request = http::Request::builder().method(method).uri(url);
-        if !self.cookies.is_empty() {
-            let cookie: Vec<String> = self
-                .cookies
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            request = request.header(header::COOKIE, cookie.join("; "));
-        }
-        if let Some((id, secret)) = basic {
-            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            let pair = format!("{}:{}", enc(id), enc(secret));
-            request = request.header(
-                header::AUTHORIZATION,
-                format!("Basic {}", STANDARD.encode(pair)),
-            );
-        }
-        let body = match form {
-            Some(pairs) => {
-                request = request.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
-                form_urlencoded::Serializer::new(String::new())
-                    .extend_pairs(pairs)
-                    .finish()
-            }
-            None => String::new(),
-        };
-        let request = request.body(Full::new(Bytes::from(body))).expect("request");
-        let response = tokio::time::timeout(Duration::from_secs(10), self.client.request(request))
-            .await
-            .expect("answer in time")
-            .expect("response");
-        let (parts, body) = response.into_parts();
-        for value in parts.headers.get_all(header::SET_COOKIE) {
-            let value = value.to_str().expect("ascii cookie");
-            let (pair, attributes) = value.split_once(';').unwrap_or((value, ""));
-            let (name, val) = pair.split_once('=').expect("name=value");
-            if attributes.contains("Max-Age=0") {
-                self.cookies.remove(name);
-            } else {
-                self.cookies.insert(name.to_owned(), val.to_owned());
-            }
-        }
-        let body = body.collect().await.expect("body").to_bytes();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
-    }
-
-    async fn get(&mut self, url: &str) -> Reply {
-        self.send(Method::GET, url, None, None).await
-    }
-
-    async fn post(&mut self, url: &str, form: &[(&str, &str)]) -> Reply {
-        self.send(Method::POST, url, Some(form), None).await
-    }
+/// `Authorization: Basic` for a client, its id and secret form-encoded first (RFC 6749 §2.3.1).
+fn basic(id: &str, secret: &str) -> String {
+    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    format!(
+        "Basic {}",
+        STANDARD.encode(format!("{}:{}", enc(id), enc(secret)))
+    )
 }
 
 struct Pkce {
@@ -233,7 +118,7 @@ async fn redeem(
     ];
     if client == CONFIDENTIAL {
         browser
-            .send(Method::POST, &url, Some(&form), Some((client, SECRET)))
+            .post_with(&url, &form, &[("authorization", &basic(client, SECRET))])
             .await
     } else {
         form.push(("client_id", client));
@@ -330,7 +215,7 @@ async fn signs_in_with_pkce_end_to_end() {
         let done = sign_in(&mut browser, &issuer, &url, "password").await;
         assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
         assert!(done.location().starts_with(&format!("{REDIRECT}?")));
-        let params = done.redirect_params();
+        let params = done.query();
         assert_eq!(params["state"], "state-1");
         assert_eq!(params["iss"], issuer.url());
         let tokens = redeem(
@@ -379,7 +264,7 @@ async fn pkce_mismatch_is_refused_and_spends_the_code() {
         "password",
     )
     .await;
-    let code = done.redirect_params()["code"].clone();
+    let code = done.query()["code"].clone();
     let other = self::pkce();
     let refused = redeem(
         &mut browser,
@@ -419,7 +304,7 @@ async fn a_code_is_single_use() {
         "password",
     )
     .await;
-    let code = done.redirect_params()["code"].clone();
+    let code = done.query()["code"].clone();
     let first = redeem(
         &mut browser,
         &issuer,
@@ -470,7 +355,7 @@ async fn missing_or_plain_pkce_is_refused_by_redirect() {
             reply.body
         );
         assert!(reply.location().starts_with(REDIRECT));
-        let params = reply.redirect_params();
+        let params = reply.query();
         assert_eq!(params["error"], "invalid_request", "{extra:?}");
         assert_eq!(params["state"], "state-1");
         assert!(!params.contains_key("code"));
@@ -478,7 +363,7 @@ async fn missing_or_plain_pkce_is_refused_by_redirect() {
     let no_openid =
         authorize_url(&issuer, PUBLIC, &p, &[]).replace("scope=openid+profile", "scope=profile");
     let reply = browser.get(&no_openid).await;
-    assert_eq!(reply.redirect_params()["error"], "invalid_scope");
+    assert_eq!(reply.query()["error"], "invalid_scope");
     issuer.shutdown().await;
 }
 
@@ -507,7 +392,7 @@ async fn unknown_clients_and_redirect_uris_get_a_page_not_a_redirect() {
         "password",
     )
     .await;
-    let code = done.redirect_params()["code"].clone();
+    let code = done.query()["code"].clone();
     let refused = redeem(
         &mut browser,
         &issuer,
@@ -535,7 +420,7 @@ async fn confidential_clients_must_authenticate() {
         "password",
     )
     .await;
-    let code = done.redirect_params()["code"].clone();
+    let code = done.query()["code"].clone();
     let form = [
         ("grant_type", "authorization_code"),
         ("code", code.as_str()),
@@ -543,11 +428,10 @@ async fn confidential_clients_must_authenticate() {
         ("redirect_uri", REDIRECT),
     ];
     let wrong = browser
-        .send(
-            Method::POST,
+        .post_with(
             &url,
-            Some(&form),
-            Some((CONFIDENTIAL, "guess")),
+            &form,
+            &[("authorization", &basic(CONFIDENTIAL, "guess"))],
         )
         .await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
@@ -560,11 +444,10 @@ async fn confidential_clients_must_authenticate() {
     assert_eq!(none.json()["error"], "invalid_client");
     // Failed client authentication does not spend the code.
     let ok = browser
-        .send(
-            Method::POST,
+        .post_with(
             &url,
-            Some(&form),
-            Some((CONFIDENTIAL, SECRET)),
+            &form,
+            &[("authorization", &basic(CONFIDENTIAL, SECRET))],
         )
         .await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
@@ -628,7 +511,7 @@ async fn wrong_password_shows_the_form_again_without_naming_the_cause() {
         )
         .await;
     assert_eq!(ok.status, StatusCode::SEE_OTHER);
-    assert!(ok.redirect_params().contains_key("code"));
+    assert!(ok.query().contains_key("code"));
     issuer.shutdown().await;
 }
 
@@ -658,7 +541,7 @@ async fn the_form_answers_only_the_browser_that_opened_it() {
 
 async fn code_claims(browser: &mut Browser, issuer: &Issuer, reply: &Reply, pkce: &Pkce) -> Value {
     assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
-    let code = reply.redirect_params()["code"].clone();
+    let code = reply.query()["code"].clone();
     let tokens = redeem(browser, issuer, PUBLIC, &code, &pkce.verifier, REDIRECT).await;
     assert_eq!(tokens.status, StatusCode::OK, "{}", tokens.body);
     verify_id_token(issuer, tokens.json()["id_token"].as_str().unwrap(), PUBLIC).await
@@ -708,7 +591,7 @@ async fn a_second_sign_in_is_silent_unless_prompt_login() {
             &[("prompt", "none")],
         ))
         .await;
-    assert_eq!(reply.redirect_params()["error"], "login_required");
+    assert_eq!(reply.query()["error"], "login_required");
     issuer.shutdown().await;
 }
 

@@ -11,16 +11,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use bytes::Bytes;
+use gatehouse_sandbox::browser::{Browser, Reply};
 use gatehouse_sandbox::issuer::{
     ACR_MFA, ACR_PASSWORD, DemoUser, Issuer, IssuerKeys, OidcClient, totp_code,
 };
 use gatehouse_signin::{Session, SignIn, SignInConfig, SignInError, StepUp};
-use http::{HeaderMap, Method, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::{HeaderMap, StatusCode, header};
 use serde_json::{Value, json};
 
 const CLIENT: &str = "console";
@@ -28,130 +24,6 @@ const CLIENT: &str = "console";
 const SESSION: &str = "__Host-gatehouse-session-console";
 const FLOW: &str = "__Host-gatehouse-signin-console";
 const TOTP_SECRET: &[u8] = b"an authenticator secret";
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Reply {
-    fn location(&self) -> &str {
-        self.headers
-            .get(header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_else(|| panic!("no Location: {} {}", self.status, self.body))
-    }
-
-    fn query(&self) -> HashMap<String, String> {
-        let query = self
-            .location()
-            .split_once('?')
-            .map(|(_, q)| q)
-            .unwrap_or("");
-        form_urlencoded::parse(query.as_bytes())
-            .into_owned()
-            .collect()
-    }
-
-    fn set_cookies(&self) -> Vec<&str> {
-        self.headers
-            .get_all(header::SET_COOKIE)
-            .iter()
-            .map(|v| v.to_str().unwrap())
-            .collect()
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
-
-    fn rid(&self) -> String {
-        let marker = "name=\"rid\" value=\"";
-        let start = self
-            .body
-            .find(marker)
-            .unwrap_or_else(|| panic!("no sign-in form: {}", self.body))
-            + marker.len();
-        let end = start + self.body[start..].find('"').unwrap();
-        self.body[start..end].to_owned()
-    }
-}
-
-/// A browser: one cookie jar for every loopback port (as browsers do: cookies ignore ports).
-struct Browser {
-    client: Client<HttpConnector, Full<Bytes>>,
-    cookies: HashMap<String, String>,
-}
-
-impl Browser {
-    fn new() -> Self {
-        Self {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            cookies: HashMap::new(),
-        }
-    }
-
-    async fn send(
-        &mut self,
-        method: Method,
-        url: &str,
-        form: Option<&[(&str, &str)]>,
-        extra: &[(&str, &str)],
-    ) -> Reply {
-        let mut request = http::Request::builder().method(method).uri(url);
-        if !self.cookies.is_empty() {
-            let jar: Vec<String> = self
-                .cookies
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            request = request.header(header::COOKIE, jar.join("; "));
-        }
-        for (k, v) in extra {
-            request = request.header(*k, *v);
-        }
-        let body = match form {
-            Some(pairs) => {
-                request = request.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
-                form_urlencoded::Serializer::new(String::new())
-                    .extend_pairs(pairs)
-                    .finish()
-            }
-            None => String::new(),
-        };
-        let request = request.body(Full::new(Bytes::from(body))).unwrap();
-        let response = tokio::time::timeout(Duration::from_secs(10), self.client.request(request))
-            .await
-            .expect("answer in time")
-            .expect("response");
-        let (parts, body) = response.into_parts();
-        for value in parts.headers.get_all(header::SET_COOKIE) {
-            let value = value.to_str().unwrap();
-            let (pair, attributes) = value.split_once(';').unwrap_or((value, ""));
-            let (name, val) = pair.split_once('=').unwrap();
-            if attributes.contains("Max-Age=0") {
-                self.cookies.remove(name);
-            } else {
-                self.cookies.insert(name.to_owned(), val.to_owned());
-            }
-        }
-        let body = body.collect().await.unwrap().to_bytes();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
-    }
-
-    async fn get(&mut self, url: &str) -> Reply {
-        self.send(Method::GET, url, None, &[]).await
-    }
-
-    async fn post(&mut self, url: &str, form: &[(&str, &str)], extra: &[(&str, &str)]) -> Reply {
-        self.send(Method::POST, url, Some(form), extra).await
-    }
-}
 
 struct Rp {
     url: String,
@@ -293,7 +165,7 @@ async fn sign_in_as(
                 form.push(("otp", &otp));
             }
             let posted = browser
-                .post(&format!("{}/authorize", issuer.url()), &form, &[])
+                .post(&format!("{}/authorize", issuer.url()), &form)
                 .await;
             assert_eq!(posted.status, StatusCode::SEE_OTHER, "{}", posted.body);
             next = posted.location().to_owned();
@@ -333,7 +205,7 @@ async fn signs_in_as_alice_and_reads_the_session() {
         assert_eq!(first.status, StatusCode::SEE_OTHER);
         assert_eq!(first.location(), "/signin?return_to=%2Fme%3Ftab%3D1");
         // A POST is not redirected.
-        let post = browser.post(&rp.at("/action"), &[], &[]).await;
+        let post = browser.post(&rp.at("/action"), &[]).await;
         assert_eq!(post.status, StatusCode::UNAUTHORIZED);
 
         // /signin: the flow cookie and the authorization request.
@@ -464,7 +336,6 @@ async fn code_for(browser: &mut Browser, rp: &Rp, issuer: &Issuer) -> String {
                 ("username", "alice@example.com"),
                 ("password", "password"),
             ],
-            &[],
         )
         .await;
     assert_eq!(posted.status, StatusCode::SEE_OTHER);
@@ -551,7 +422,6 @@ async fn open_redirects_are_refused() {
         .post(
             &rp.at("/signout"),
             &[("return_to", "https://evil.example/")],
-            &[],
         )
         .await;
     assert_eq!(reply.location(), "/");
@@ -740,7 +610,7 @@ async fn csrf_checks_refuse_missing_wrong_and_cross_site_requests() {
         ),
     ];
     for (form, headers, why) in cases {
-        let reply = browser.post(&url, &form, &headers).await;
+        let reply = browser.post_with(&url, &form, &headers).await;
         assert_eq!(reply.status, StatusCode::FORBIDDEN, "{form:?} {headers:?}");
         assert!(reply.body.contains(why), "{why:?}: {}", reply.body);
     }
@@ -749,7 +619,7 @@ async fn csrf_checks_refuse_missing_wrong_and_cross_site_requests() {
         vec![("sec-fetch-site", "none")],
         vec![],
     ] {
-        let reply = browser.post(&url, &[("csrf", &token)], &headers).await;
+        let reply = browser.post_with(&url, &[("csrf", &token)], &headers).await;
         assert_eq!(reply.status, StatusCode::OK, "{headers:?}: {}", reply.body);
         assert_eq!(reply.body, "done");
     }
@@ -765,11 +635,11 @@ async fn sign_out_needs_the_csrf_token_and_ends_the_session() {
         .as_str()
         .unwrap()
         .to_owned();
-    let refused = browser.post(&rp.at("/signout"), &[], &[]).await;
+    let refused = browser.post(&rp.at("/signout"), &[]).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     assert_eq!(browser.get(&rp.at("/me")).await.status, StatusCode::OK);
     let out = browser
-        .post(
+        .post_with(
             &rp.at("/signout"),
             &[("csrf", &token), ("return_to", "/bye")],
             &[("sec-fetch-site", "same-origin")],
