@@ -101,6 +101,12 @@ async fn sign_in(browser: &mut Browser, issuer: &Issuer, url: &str, password: &s
         .await
 }
 
+/// Alice signs in for the public client; the code it gets back.
+async fn alice_code(browser: &mut Browser, issuer: &Issuer, pkce: &Pkce) -> String {
+    let url = authorize_url(issuer, PUBLIC, pkce, &[]);
+    sign_in(browser, issuer, &url, "password").await.query()["code"].clone()
+}
+
 async fn redeem(
     browser: &mut Browser,
     issuer: &Issuer,
@@ -257,14 +263,7 @@ async fn pkce_mismatch_is_refused_and_spends_the_code() {
     let issuer = start().await;
     let mut browser = Browser::new();
     let pkce = pkce();
-    let done = sign_in(
-        &mut browser,
-        &issuer,
-        &authorize_url(&issuer, PUBLIC, &pkce, &[]),
-        "password",
-    )
-    .await;
-    let code = done.query()["code"].clone();
+    let code = alice_code(&mut browser, &issuer, &pkce).await;
     let other = self::pkce();
     let refused = redeem(
         &mut browser,
@@ -297,14 +296,7 @@ async fn a_code_is_single_use() {
     let issuer = start().await;
     let mut browser = Browser::new();
     let pkce = pkce();
-    let done = sign_in(
-        &mut browser,
-        &issuer,
-        &authorize_url(&issuer, PUBLIC, &pkce, &[]),
-        "password",
-    )
-    .await;
-    let code = done.query()["code"].clone();
+    let code = alice_code(&mut browser, &issuer, &pkce).await;
     let first = redeem(
         &mut browser,
         &issuer,
@@ -385,14 +377,7 @@ async fn unknown_clients_and_redirect_uris_get_a_page_not_a_redirect() {
         assert!(reply.body.contains("role=\"alert\""), "{}", reply.body);
     }
     // At the token endpoint, a redirect_uri other than the request's is refused.
-    let done = sign_in(
-        &mut browser,
-        &issuer,
-        &authorize_url(&issuer, PUBLIC, &p, &[]),
-        "password",
-    )
-    .await;
-    let code = done.query()["code"].clone();
+    let code = alice_code(&mut browser, &issuer, &p).await;
     let refused = redeem(
         &mut browser,
         &issuer,
