@@ -4,7 +4,8 @@
 //!
 //! - The auditor signs in (authorization code flow with PKCE at the demo issuer), searches,
 //!   opens an event and sees its proof verified in the browser, replays a session, and
-//!   downloads a bundle, which `gatehouse verify` accepts here.
+//!   downloads a bundle, which `gatehouse verify` and the independent verifier
+//!   (`tests/independent/verify_bundle.py`) accept here.
 //! - A held delete of a Deployment in prod (a `step_up` rule) is posted to Slack with a link,
 //!   not buttons. Bob, signed in at the issuer an hour ago, opens the link: the page says his
 //!   sign-in is too old; he signs in again (the issuer asks for his password), approves, and
@@ -196,7 +197,7 @@ async fn auditors_and_approvers_use_their_pages_in_chromium() -> Result {
     anyhow::ensure!(bundle.is_file(), "the console saved no bundle");
     let vkey = stack.dir.join("checkpoint").join("checkpoint.vkey");
     let code = verify(VerifyArgs {
-        bundle,
+        bundle: bundle.clone(),
         key: Some(vkey.display().to_string()),
         trusted: None,
         trusted_key: None,
@@ -206,6 +207,18 @@ async fn auditors_and_approvers_use_their_pages_in_chromium() -> Result {
         min_witnesses: 0,
     })?;
     assert_eq!(code, std::process::ExitCode::SUCCESS);
+    // And so does the verifier written from schemas/ledger.md and schemas/bundle.md alone.
+    let independent = std::process::Command::new(gatehouse_tests::python()?)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("independent/verify_bundle.py"))
+        .arg(&bundle)
+        .arg(&vkey)
+        .output()?;
+    assert!(
+        independent.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&independent.stdout),
+        String::from_utf8_lossy(&independent.stderr)
+    );
 
     let finished = bed.finish().await?;
     // Bob's vote counted from the page, after a fresh sign-in; the stale one did not.

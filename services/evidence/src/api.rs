@@ -10,7 +10,14 @@
 //!   auditor_groups: [auditors]
 //!   policy: /etc/gatehouse/policy.yaml    # optional: the report's unused grants
 //!   connections: {header_read_timeout: 10s, idle_timeout: 120s}   # optional; defaults shown
+//!   console:                              # optional: the auditor console at /console/
+//!     signin: {issuer: https://idp.example.com, client_id: gatehouse-console,
+//!              redirect_url: https://evidence.example.com/signin/callback}
 //! ```
+//!
+//! With `console:`, auditors sign in in a browser (OIDC authorization code flow with PKCE,
+//! `gatehouse-signin`); the session cookie then authenticates the console's calls to this API
+//! (from this site only), and every console page view is an `audit.accessed` event too.
 //!
 //! | method | path | answer |
 //! |---|---|---|
