@@ -122,20 +122,38 @@ fn count(answers: &[Answer], status: u16) -> usize {
     answers.iter().filter(|a| a.status == status).count()
 }
 
-/// Waits until each proxy has answered a request with 200 that started after `since`.
-async fn both_forwarding(answers: &Mutex<Vec<Answer>>, since: Instant, proxies: usize) -> Duration {
+/// Waits (at most 60 s) until each proxy has given an answer `wanted` to a request that started
+/// after `since`; returns how long after `since` that was.
+async fn each_proxy(
+    answers: &Mutex<Vec<Answer>>,
+    since: Instant,
+    proxies: usize,
+    wanted: impl Fn(&Answer) -> bool,
+) -> Duration {
     let deadline = since + Duration::from_secs(60);
     loop {
-        let forwarding: BTreeSet<usize> = answers_between(answers, since, Instant::now())
+        let done: BTreeSet<usize> = answers_between(answers, since, Instant::now())
             .iter()
-            .filter(|a| a.status == 200)
+            .filter(|a| wanted(a))
             .map(|a| a.proxy)
             .collect();
-        if forwarding.len() == proxies || Instant::now() > deadline {
+        if done.len() == proxies || Instant::now() > deadline {
             return since.elapsed();
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until each proxy has answered a request with 200 that started after `since`.
+async fn both_forwarding(answers: &Mutex<Vec<Answer>>, since: Instant, proxies: usize) -> Duration {
+    each_proxy(answers, since, proxies, |a| a.status == 200).await
+}
+
+/// Waits until each proxy has answered, whatever the status, a request that started after
+/// `since`: without a quorum each refusal may wait out the publish timeout first, so a fixed
+/// phase can end before any request started in it is answered.
+async fn each_answered(answers: &Mutex<Vec<Answer>>, since: Instant, proxies: usize) {
+    each_proxy(answers, since, proxies, |_| true).await;
 }
 
 /// The demo policy without a grant window, so every delete in `prod` is held (an approval
@@ -333,6 +351,7 @@ async fn two_proxies_ride_out_node_losses_and_refuse_everything_without_a_quorum
     cluster.kill(third).await?;
     let quorum_lost = Instant::now();
     tokio::time::sleep(PHASE).await;
+    each_answered(&answers, quorum_lost, proxies.len()).await;
     let restarting = Instant::now();
     cluster.restart(second).await?;
     cluster.restart(third).await?;
