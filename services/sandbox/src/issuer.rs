@@ -5,7 +5,7 @@
 //! # async fn demo(listener: tokio::net::TcpListener) -> Result<(), Box<dyn std::error::Error>> {
 //! use gatehouse_sandbox::issuer::{DemoUser, Issuer, IssuerKeys, OidcClient};
 //! let issuer = Issuer::builder(IssuerKeys::generate()?)
-//!     .client(OidcClient::public("console", ["https://127.0.0.1:8443/signin/callback"]))
+//!     .client(OidcClient::public("console", ["https://console.example.com/signin/callback"]))
 //!     .user(DemoUser::new("alice@example.com", "password").groups(["sre"]))
 //!     .start(listener)
 //!     .await?;
