@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod conformance;
 pub mod nats_cluster;
 pub mod tamper;
 

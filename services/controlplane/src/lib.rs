@@ -545,6 +545,12 @@ impl ControlPlane {
         &self.files.admin_kubeconfig
     }
 
+    /// The API server's own log, where it prints the audit events its audit log could not take
+    /// ([`audit::read_unwritten`]).
+    pub fn apiserver_log(&self) -> PathBuf {
+        self.log("kube-apiserver")
+    }
+
     /// The apiserver's audit log (JSON lines, `audit.k8s.io/v1` events).
     pub fn audit_log(&self) -> &Path {
         &self.files.audit_log

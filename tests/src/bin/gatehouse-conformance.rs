@@ -1,0 +1,529 @@
+//! `gatehouse-conformance`: runs Kubernetes' e2e suite (a focus of it) against the local control
+//! plane twice, directly as its admin and through Gatehouse as the e2e identity, compares the
+//! two, checks the evidence the Gatehouse run left, and writes `results.md` and `results.json`.
+//! `tests/conformance/run` builds `e2e.test` and this binary and calls it.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use gatehouse_evidence::{Ledger, verify};
+use gatehouse_tests::conformance::{self, Comparison, PRINCIPAL};
+use gatehouse_up::{Stack, StackOptions};
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gatehouse-conformance",
+    about = "Kubernetes conformance tests directly and through Gatehouse"
+)]
+struct Cli {
+    /// The e2e.test binary, built from the control plane's release.
+    #[arg(long)]
+    e2e: PathBuf,
+    /// The Kubernetes release both were built from (for the results).
+    #[arg(long)]
+    release: String,
+    /// The Gatehouse commit under test (for the results).
+    #[arg(long, default_value = "")]
+    commit: String,
+    /// Working directory (cleared first): the stack, the control plane, the ginkgo reports.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Where results.md and results.json go.
+    #[arg(long)]
+    out: PathBuf,
+    /// Ginkgo's focus (a regular expression over test names).
+    #[arg(long)]
+    focus: String,
+    /// Ginkgo's skip.
+    #[arg(long, default_value = "")]
+    skip: String,
+    /// Ginkgo's time limit for each run.
+    #[arg(long, default_value = "2h")]
+    timeout: String,
+    /// Run nothing: compare the reports and check the evidence a finished run left in `dir`.
+    #[arg(long)]
+    report_only: bool,
+}
+
+fn main() -> ExitCode {
+    gatehouse_tests::init_logging();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gatehouse-conformance: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("gatehouse-conformance: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// One run of the suite.
+struct Run {
+    outcomes: std::collections::BTreeMap<String, conformance::Outcome>,
+    seconds: f64,
+    exit: Option<i32>,
+}
+
+async fn run(cli: Cli) -> Result<bool> {
+    if !cli.report_only {
+        run_both(&cli).await?;
+    }
+    report(&cli)
+}
+
+/// Starts the stack, runs the suite directly and through Gatehouse, and stops the stack (so the
+/// ledger has every event and the API server's logs are complete).
+async fn run_both(cli: &Cli) -> Result<()> {
+    let dir = &cli.dir;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    let config = dir.join("stack").join("config");
+    std::fs::create_dir_all(&config)?;
+    std::fs::write(config.join("identities.yaml"), conformance::IDENTITIES_YAML)?;
+    std::fs::write(config.join("policy.yaml"), conformance::POLICY_YAML)?;
+
+    eprintln!("conformance: starting the control plane and Gatehouse in front of it");
+    let options = StackOptions {
+        seed_demo: false,
+        // The chunking test waits for its continue token to expire, which takes the API
+        // server's compaction interval (5 minutes by default) and up to twice that.
+        etcd_compaction_interval: Some(std::time::Duration::from_secs(60)),
+        ..StackOptions::default()
+    };
+    let stack = Stack::start(&dir.join("stack"), &options).await?;
+    let plane = stack
+        .cluster
+        .control_plane()
+        .context("the stack runs no local control plane")?;
+    plane.apply(conformance::RBAC_YAML).await?;
+    plane
+        .wait_for_access(
+            PRINCIPAL,
+            "create",
+            "customresourcedefinitions.apiextensions.k8s.io",
+            None,
+        )
+        .await?;
+    let admin = dir.join("cluster-admin.kubeconfig");
+    let admin_text = stack
+        .cluster
+        .admin_kubeconfig(&stack.ca_pem, "default")
+        .context("no admin credential for the control plane")?;
+    gatehouse::kubeconfig::write_private(&admin, &admin_text)?;
+    let through = stack.demo_kubeconfig(PRINCIPAL, "default")?;
+
+    let runs = async {
+        run_suite(cli, "direct", &admin).await?;
+        run_suite(cli, "gatehouse", &through).await
+    }
+    .await;
+    eprintln!("conformance: stopping the stack");
+    stack.stop().await?;
+    runs
+}
+
+/// Compares the two runs' reports, checks the evidence, and writes the results.
+fn report(cli: &Cli) -> Result<bool> {
+    let dir = &cli.dir;
+    let direct = read_run(dir, "direct")?;
+    let gatehouse = read_run(dir, "gatehouse")?;
+    let proxy_user = format!(
+        "system:serviceaccount:{}:{}",
+        gatehouse_controlplane::PROXY_NAMESPACE,
+        gatehouse_controlplane::PROXY_SERVICE_ACCOUNT
+    );
+    // Where the stack keeps the control plane, and the control plane its audit log and logs.
+    let plane = dir.join("stack").join("controlplane");
+    let evidence = check_evidence(
+        &dir.join("stack"),
+        &plane.join("audit.log"),
+        &plane.join("logs").join("kube-apiserver.log"),
+        &proxy_user,
+    )?;
+    let comparison = conformance::compare(&direct.outcomes, &gatehouse.outcomes);
+
+    let results = json!({
+        "release": cli.release,
+        "commit": cli.commit,
+        "focus": cli.focus,
+        "skip": cli.skip,
+        "direct": run_json(&direct),
+        "gatehouse": run_json(&gatehouse),
+        "comparison": comparison,
+        "evidence": evidence,
+    });
+    std::fs::create_dir_all(&cli.out)?;
+    std::fs::write(
+        cli.out.join("results.json"),
+        serde_json::to_string_pretty(&results)? + "\n",
+    )?;
+    std::fs::write(
+        cli.out.join("results.md"),
+        markdown(cli, &direct, &gatehouse, &comparison, &evidence),
+    )?;
+    eprintln!(
+        "conformance: {} of {} pass through Gatehouse, {} pass directly; evidence {}; results in {}",
+        comparison.passed_both,
+        comparison.passed_directly,
+        comparison.passed_directly,
+        if evidence["holds"] == true {
+            "holds"
+        } else {
+            "DOES NOT HOLD"
+        },
+        cli.out.display()
+    );
+    Ok(comparison.only_directly.is_empty() && evidence["holds"] == true)
+}
+
+fn read_run(dir: &Path, name: &str) -> Result<Run> {
+    let report = dir.join(name).join("ginkgo.json");
+    let bytes = std::fs::read(&report).with_context(|| {
+        format!(
+            "the {name} run wrote no report {}; see {}",
+            report.display(),
+            dir.join(name).join("e2e.log").display()
+        )
+    })?;
+    let meta: Value = serde_json::from_slice(&std::fs::read(dir.join(name).join("run.json"))?)?;
+    Ok(Run {
+        outcomes: conformance::read_report(&bytes)?,
+        seconds: meta["seconds"].as_f64().unwrap_or_default(),
+        exit: meta["exit"].as_i64().map(|c| c as i32),
+    })
+}
+
+async fn run_suite(cli: &Cli, name: &str, kubeconfig: &Path) -> Result<()> {
+    let dir = cli.dir.join(name);
+    std::fs::create_dir_all(&dir)?;
+    let report = dir.join("ginkgo.json");
+    let log = dir.join("e2e.log");
+    eprintln!(
+        "conformance: running the suite {} (log: {})",
+        if name == "direct" {
+            "directly against the API server"
+        } else {
+            "through Gatehouse"
+        },
+        log.display()
+    );
+    let started = Instant::now();
+    let status = tokio::process::Command::new(&cli.e2e)
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .arg("--provider=skeleton")
+        .arg(format!("--report-dir={}", dir.display()))
+        .arg(format!("--ginkgo.focus={}", cli.focus))
+        .arg(format!("--ginkgo.skip={}", cli.skip))
+        .arg(format!("--ginkgo.json-report={}", report.display()))
+        .arg(format!("--ginkgo.timeout={}", cli.timeout))
+        .arg("--ginkgo.no-color")
+        .arg("--ginkgo.v")
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(dir.join("e2e.stderr"))?)
+        .kill_on_drop(true)
+        .status()
+        .await
+        .with_context(|| format!("running {}", cli.e2e.display()))?;
+    let seconds = started.elapsed().as_secs_f64();
+    std::fs::write(
+        dir.join("run.json"),
+        json!({"seconds": seconds, "exit": status.code()}).to_string(),
+    )?;
+    let run = read_run(&cli.dir, name)?;
+    eprintln!(
+        "conformance: {name}: {} passed of {} run in {:.0} s ({status})",
+        run.outcomes.values().filter(|o| o.passed()).count(),
+        run.outcomes.values().filter(|o| o.ran()).count(),
+        seconds
+    );
+    Ok(())
+}
+
+fn run_json(run: &Run) -> Value {
+    json!({
+        "seconds": run.seconds,
+        "exit": run.exit,
+        "ran": run.outcomes.values().filter(|o| o.ran()).count(),
+        "passed": run.outcomes.values().filter(|o| o.passed()).count(),
+        "tests": run.outcomes,
+    })
+}
+
+/// After the Gatehouse run: the ledger verifies, holds a `request.received` for every request
+/// the API server audited from the proxy (and no more), and no Secret value the suite sent or
+/// read appears in any event.
+fn check_evidence(
+    stack_dir: &Path,
+    audit_log: &Path,
+    apiserver_log: &Path,
+    proxy_user: &str,
+) -> Result<Value> {
+    let ledger = Ledger::open_read_only(stack_dir).context("opening the ledger")?;
+    let verified = match verify::verify(&ledger)? {
+        Ok(v) => v,
+        Err(broken) => return Ok(json!({"holds": false, "ledger_verify": broken.to_string()})),
+    };
+    let mut events = Vec::with_capacity(verified.entries as usize);
+    let mut counts = std::collections::BTreeMap::<String, u64>::new();
+    let mut received = std::collections::BTreeSet::new();
+    let mut forwarded = std::collections::BTreeSet::new();
+    let mut scan = ledger.scan_entries(0)?;
+    let mut batch = Vec::new();
+    loop {
+        batch.clear();
+        scan.next_batch(4096, &mut batch)?;
+        if batch.is_empty() {
+            break;
+        }
+        for stored in &batch {
+            let entry = gatehouse_proof::entry::EntryRef::decode(&stored.encoding)?;
+            let value: Value = serde_json::from_slice(entry.event)?;
+            let kind = value["type"].as_str().unwrap_or_default().to_owned();
+            let subject = value["subject"].as_str().unwrap_or_default().to_owned();
+            match kind.as_str() {
+                "dev.gatehouse.request.received.v1" => {
+                    received.insert(subject);
+                }
+                "dev.gatehouse.request.forwarded.v1" => {
+                    forwarded.insert(subject);
+                }
+                _ => {}
+            }
+            *counts.entry(kind).or_default() += 1;
+            events.push(entry.event.to_vec());
+        }
+    }
+    let audit = gatehouse_controlplane::audit::read(audit_log)?;
+    let own = |id: &str| {
+        id.starts_with(gatehouse_proxy::forward::CREDENTIAL_CHECK_AUDIT_PREFIX)
+            || id.ends_with(gatehouse_proxy::forward::PREVIEW_READ_AUDIT_SUFFIX)
+            || id.ends_with(gatehouse_proxy::forward::PREVIEW_DRY_RUN_AUDIT_SUFFIX)
+    };
+    // What the audit log could not take, the apiserver printed to its own log.
+    let unwritten = gatehouse_controlplane::audit::read_unwritten(apiserver_log)?;
+    let unwritten: std::collections::BTreeSet<&str> = unwritten
+        .iter()
+        .filter(|e| e.user == proxy_user && !own(&e.audit_id))
+        .map(|e| e.audit_id.as_str())
+        .collect();
+    let audited: std::collections::BTreeSet<&str> = audit
+        .iter()
+        .filter(|e| e.user.username == proxy_user && !own(&e.audit_id))
+        .map(|e| e.audit_id.as_str())
+        .chain(unwritten.iter().copied())
+        .collect();
+    let not_audited: Vec<&String> = received
+        .iter()
+        .filter(|id| !audited.contains(id.as_str()))
+        .collect();
+    let not_received: Vec<&&str> = audited
+        .iter()
+        .filter(|id| !received.contains(**id))
+        .collect();
+    let secrets = conformance::secret_values(&audit, proxy_user);
+    let mut leaked = Vec::new();
+    for value in &secrets {
+        if let Some(at) = conformance::first_holding(&events, value) {
+            leaked.push(json!({"value_len": value.len(), "event_index": at}));
+        }
+    }
+    let holds = not_audited.is_empty() && not_received.is_empty() && leaked.is_empty();
+    Ok(json!({
+        "holds": holds,
+        "ledger_verify": format!("{} entries verified, root {}", verified.entries,
+            verified.merkle_root.map(hex_root).unwrap_or_default()),
+        "events_by_type": counts,
+        "request_received": received.len(),
+        "request_forwarded": forwarded.len(),
+        "apiserver_requests_from_proxy": audited.len(),
+        "apiserver_requests_only_in_its_log": unwritten.len(),
+        "received_not_audited": not_audited.iter().take(20).collect::<Vec<_>>(),
+        "audited_not_received": not_audited_sample(&not_received),
+        "secret_values_checked": secrets.len(),
+        "secret_values_in_ledger": leaked,
+    }))
+}
+
+fn not_audited_sample(ids: &[&&str]) -> Vec<String> {
+    ids.iter().take(20).map(|id| (**id).to_owned()).collect()
+}
+
+fn hex_root(root: [u8; 32]) -> String {
+    root.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn markdown(
+    cli: &Cli,
+    direct: &Run,
+    gatehouse: &Run,
+    comparison: &Comparison,
+    evidence: &Value,
+) -> String {
+    let mut md = String::new();
+    let mut line = |s: String| {
+        md.push_str(&s);
+        md.push('\n');
+    };
+    line("# Kubernetes conformance through Gatehouse".into());
+    line(String::new());
+    line(format!(
+        "Written by `tests/conformance/run`. Kubernetes {} (`e2e.test` and the control plane \
+         built from the same module), Gatehouse commit `{}`.",
+        cli.release, cli.commit
+    ));
+    line(String::new());
+    line(format!("- focus: `{}`", cli.focus));
+    line(format!("- skip: `{}`", cli.skip));
+    line(format!(
+        "- **{} of {} pass through Gatehouse; {} pass directly** ({} ran directly).",
+        comparison.passed_both,
+        comparison.passed_directly,
+        comparison.passed_directly,
+        comparison.ran_directly
+    ));
+    line(format!(
+        "- direct run: {:.0} s, {} passed; through Gatehouse: {:.0} s, {} passed.",
+        direct.seconds,
+        direct.outcomes.values().filter(|o| o.passed()).count(),
+        gatehouse.seconds,
+        gatehouse.outcomes.values().filter(|o| o.passed()).count(),
+    ));
+    line(String::new());
+    line("## Passed directly, not through Gatehouse".into());
+    line(String::new());
+    if comparison.only_directly.is_empty() {
+        line("None.".into());
+    } else {
+        line("| test | through Gatehouse | reason |".into());
+        line("|---|---|---|".into());
+        for d in &comparison.only_directly {
+            let g = d.gatehouse.as_ref();
+            line(format!(
+                "| {} | {} | {}{} |",
+                cell(&d.test),
+                g.map(|o| o.state.as_str()).unwrap_or("not run"),
+                cell(g.and_then(|o| o.failure.as_deref()).unwrap_or("")),
+                d.by_design
+                    .map(|why| format!(" — by design: {}", cell(why)))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    line(String::new());
+    line("## Failed in both runs".into());
+    line(String::new());
+    line(
+        "Directly against the API server too: the local control plane's nodes are kwok's, which \
+          run no containers, so a test that needs a pod to serve (a webhook, an aggregated API \
+          server) cannot pass there."
+            .into(),
+    );
+    line(String::new());
+    if comparison.failed_both.is_empty() {
+        line("None.".into());
+    } else {
+        line("| test | direct reason |".into());
+        line("|---|---|".into());
+        for d in &comparison.failed_both {
+            line(format!(
+                "| {} | {} |",
+                cell(&d.test),
+                cell(d.direct.failure.as_deref().unwrap_or(&d.direct.state))
+            ));
+        }
+    }
+    if !comparison.only_through_gatehouse.is_empty() {
+        line(String::new());
+        line("## Passed through Gatehouse, not directly".into());
+        line(String::new());
+        for d in &comparison.only_through_gatehouse {
+            line(format!(
+                "- {} (directly: {})",
+                d.test,
+                cell(d.direct.failure.as_deref().unwrap_or(&d.direct.state))
+            ));
+        }
+    }
+    line(String::new());
+    line("## Evidence after the run".into());
+    line(String::new());
+    line(format!(
+        "- `ledger verify`: {}",
+        evidence["ledger_verify"].as_str().unwrap_or("")
+    ));
+    line(format!(
+        "- `request.received` in the ledger: {}; requests the API server's audit log shows from \
+         the proxy: {}; in one and not the other: {} and {}",
+        evidence["request_received"],
+        evidence["apiserver_requests_from_proxy"],
+        evidence["received_not_audited"]
+            .as_array()
+            .map_or(0, Vec::len),
+        evidence["audited_not_received"]
+            .as_array()
+            .map_or(0, Vec::len),
+    ));
+    if evidence["apiserver_requests_only_in_its_log"].as_u64() > Some(0) {
+        line(format!(
+            "  - of the API server's, {} are not in its audit log but in its own log: its audit \
+             backend could not encode them (`Error in audit plugin 'log' … MarshalJSON for type \
+             *runtime.Unknown`, server-side applies of custom resources with YAML bodies, directly \
+             as well) and printed them as `AUDIT:` lines instead",
+            evidence["apiserver_requests_only_in_its_log"]
+        ));
+    }
+    line(format!(
+        "- Secret values the suite sent or read through Gatehouse (from the audit log's bodies): \
+         {}; found in the ledger, in any form (plain, JSON-escaped, base64): {}",
+        evidence["secret_values_checked"],
+        evidence["secret_values_in_ledger"]
+            .as_array()
+            .map_or(0, Vec::len)
+    ));
+    line(format!("- events by type: {}", evidence["events_by_type"]));
+    line(format!(
+        "- evidence holds: **{}**",
+        if evidence["holds"] == true {
+            "yes"
+        } else {
+            "no"
+        }
+    ));
+    line(String::new());
+    line("## Every test".into());
+    line(String::new());
+    line("| test | direct | s | through Gatehouse | s |".into());
+    line("|---|---|---|---|---|".into());
+    for (test, d) in direct.outcomes.iter().filter(|(_, o)| o.ran()) {
+        let g = gatehouse.outcomes.get(test);
+        line(format!(
+            "| {} | {} | {:.1} | {} | {:.1} |",
+            cell(test),
+            d.state,
+            d.seconds,
+            g.map_or("not run", |o| o.state.as_str()),
+            g.map_or(0.0, |o| o.seconds)
+        ));
+    }
+    md
+}
+
+/// Text for a Markdown table cell.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace('\n', " ")
+}
