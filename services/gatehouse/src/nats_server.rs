@@ -255,6 +255,11 @@ impl NatsServer {
     }
 
     /// `nats://127.0.0.1:PORT`.
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }

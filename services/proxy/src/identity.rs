@@ -92,6 +92,11 @@ impl Registry {
         })
     }
 
+    /// The principals listed exactly (not as globs), in no particular order.
+    pub fn principals(&self) -> impl Iterator<Item = &str> {
+        self.by_principal.keys().map(String::as_str)
+    }
+
     /// Entries, exact and glob.
     pub fn len(&self) -> usize {
         self.by_principal.len() + self.globs.len()

@@ -679,6 +679,19 @@ pub async fn run(options: UpOptions, shutdown: CancellationToken) -> Result<()> 
     for identity in IDENTITIES {
         stack.demo_kubeconfig(identity.principal, identity.namespace)?;
     }
+    // Principals added to the registry get a kubeconfig too (tests/conformance's e2e identity,
+    // for one); those whose names are no file name (`github:org/repo@env`) do not.
+    let registry = std::fs::read_to_string(stack.dir.join("config").join("identities.yaml"))?;
+    let registry = gatehouse_proxy::identity::Registry::from_yaml(&registry)
+        .map_err(|e| anyhow::anyhow!("config/identities.yaml: {e}"))?;
+    for principal in registry.principals() {
+        let plain_name = principal
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if plain_name && !IDENTITIES.iter().any(|i| i.principal == principal) {
+            stack.demo_kubeconfig(principal, "default")?;
+        }
+    }
     let admin_kubeconfig = stack
         .dir
         .join("kubeconfigs")

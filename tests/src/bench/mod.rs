@@ -12,6 +12,7 @@
 //! Every comparison runs in alternation (direct, nginx, Gatehouse, then again) and reports the
 //! median of the rounds, so a noisy neighbour on a shared machine moves all three alike.
 
+pub mod cpu;
 pub mod evidence;
 pub mod load;
 pub mod report;
@@ -165,18 +166,44 @@ async fn alternate<T>(
     sent: &mut Sent,
     figure: impl Fn(&Outcome) -> T,
 ) -> Result<Vec<BTreeMap<String, T>>> {
+    let (out, _) = alternate_with_cpu(targets, plan, rounds, what, sent, figure, &[]).await?;
+    Ok(out)
+}
+
+/// [`alternate`], also taking each part's CPU time per request of every run: the median over
+/// the rounds, by target.
+async fn alternate_with_cpu<T>(
+    targets: &[&Target],
+    plan: &Plan,
+    rounds: usize,
+    what: &str,
+    sent: &mut Sent,
+    figure: impl Fn(&Outcome) -> T,
+    parts: &[cpu::Part],
+) -> Result<(Vec<BTreeMap<String, T>>, BTreeMap<String, cpu::PerRequest>)> {
     let mut out = Vec::with_capacity(rounds);
+    let mut cpu_runs: BTreeMap<String, Vec<cpu::PerRequest>> = BTreeMap::new();
     for round in 1..=rounds {
         let mut this = BTreeMap::new();
         for target in targets {
             eprintln!("round {round}/{rounds}: {} {what}", target.name);
             let counting = (target.name == "gatehouse").then_some(&mut *sent);
+            let before = cpu::sample(parts);
             let outcome = measured(target, plan, counting).await?;
+            let after = cpu::sample(parts);
+            cpu_runs
+                .entry(target.name.clone())
+                .or_default()
+                .push(cpu::PerRequest::between(&before, &after, outcome.answered));
             this.insert(target.name.clone(), figure(&outcome));
         }
         out.push(this);
     }
-    Ok(out)
+    let cpu = cpu_runs
+        .into_iter()
+        .map(|(name, runs)| (name, cpu::PerRequest::median(&runs)))
+        .collect();
+    Ok((out, cpu))
 }
 
 /// Each target's percentiles, the median of the rounds.
@@ -318,12 +345,17 @@ pub struct Figures {
 /// What [`measure`] takes with the stack up.
 #[derive(Debug, Serialize)]
 pub struct ProxyFigures {
+    /// At the fixed rate.
     pub latency_rounds: Vec<BTreeMap<String, Percentiles>>,
     /// Medians over rounds of each target's percentiles.
     pub latency: BTreeMap<String, Percentiles>,
     /// Medians over rounds of (target − direct) in the same round.
     pub added_nginx: Percentiles,
     pub added_gatehouse: Percentiles,
+    /// CPU microseconds per request by part, at the fixed rate, by path.
+    pub cpu_per_request: BTreeMap<String, cpu::PerRequest>,
+    /// The same at fractions of nginx's saturation measured in the run.
+    pub fractions: Vec<LatencyFigures>,
     pub saturation_rounds: Vec<BTreeMap<String, f64>>,
     pub saturation_rps: BTreeMap<String, f64>,
     /// Median over rounds of Gatehouse ÷ nginx.
@@ -332,6 +364,60 @@ pub struct ProxyFigures {
     pub list: ListFigures,
     pub list_small: ListFigures,
     pub holds: usize,
+}
+
+/// Latency and CPU per request of the small GET at one rate, direct, through nginx and (below
+/// its saturation) through Gatehouse.
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyFigures {
+    pub rate: f64,
+    /// Set when the rate is a fraction of nginx's saturation in the same run.
+    pub fraction_of_nginx_saturation: Option<f64>,
+    pub rounds: Vec<BTreeMap<String, Percentiles>>,
+    /// Medians over rounds of each path's percentiles.
+    pub latency: BTreeMap<String, Percentiles>,
+    /// Medians over rounds of (path − direct) in the same round; nginx, and gatehouse when it
+    /// ran.
+    pub added: BTreeMap<String, Percentiles>,
+    /// CPU microseconds per request by part, by path.
+    pub cpu: BTreeMap<String, cpu::PerRequest>,
+}
+
+impl LatencyFigures {
+    fn of(
+        rate: f64,
+        rounds: Vec<BTreeMap<String, Percentiles>>,
+        cpu: BTreeMap<String, cpu::PerRequest>,
+    ) -> Self {
+        let names: Vec<String> = rounds
+            .first()
+            .map(|r| r.keys().cloned().collect())
+            .unwrap_or_default();
+        let added = names
+            .iter()
+            .filter(|n| *n != "direct")
+            .map(|name| {
+                let of: Vec<Percentiles> =
+                    rounds.iter().map(|r| r[name].minus(r["direct"])).collect();
+                (name.clone(), median_of(&of))
+            })
+            .collect();
+        let latency = names
+            .iter()
+            .map(|name| {
+                let of: Vec<Percentiles> = rounds.iter().map(|r| r[name]).collect();
+                (name.clone(), median_of(&of))
+            })
+            .collect();
+        Self {
+            rate,
+            fraction_of_nginx_saturation: None,
+            rounds,
+            latency,
+            added,
+            cpu,
+        }
+    }
 }
 
 /// A whole run: start, measure, stop, account, and measure the ledger alone.
@@ -394,45 +480,15 @@ async fn measure(stack: &mut Stack, options: &Options) -> Result<(ProxyFigures, 
         "gatehouse: GET {SMALL_GET} answered {status}"
     );
 
-    // Added latency at a fixed rate.
-    let plan = Plan {
+    // Saturation, closed loop: first, since the latencies at fractions of nginx's are set by it.
+    let closed = Plan {
         method: http::Method::GET,
         path: SMALL_GET.to_owned(),
-        connections: options.connections,
-        rate: Some(options.rate),
+        connections: options.saturation_connections,
+        rate: None,
         warmup,
         duration,
         record: false,
-    };
-    let what = format!(
-        "GET at {} rps on {} connections",
-        options.rate, options.connections
-    );
-    let targets = [&stack.direct, &stack.nginx_target, &stack.gatehouse_reader];
-    let latency_rounds = alternate(
-        &targets,
-        &plan,
-        options.rounds,
-        &what,
-        &mut sent,
-        Percentiles::of,
-    )
-    .await?;
-    let added = |name: &str| {
-        let of: Vec<Percentiles> = latency_rounds
-            .iter()
-            .map(|r| r[name].minus(r["direct"]))
-            .collect();
-        median_of(&of)
-    };
-    let (added_nginx, added_gatehouse) = (added("nginx"), added("gatehouse"));
-    let latency = medians(&latency_rounds, &["direct", "nginx", "gatehouse"]);
-
-    // Saturation, closed loop.
-    let plan = Plan {
-        rate: None,
-        connections: options.saturation_connections,
-        ..plan
     };
     let what = format!(
         "saturation on {} connections",
@@ -441,7 +497,7 @@ async fn measure(stack: &mut Stack, options: &Options) -> Result<(ProxyFigures, 
     let targets = [&stack.nginx_target, &stack.gatehouse_reader];
     let saturation_rounds = alternate(
         &targets,
-        &plan,
+        &closed,
         options.rounds,
         &what,
         &mut sent,
@@ -452,13 +508,34 @@ async fn measure(stack: &mut Stack, options: &Options) -> Result<(ProxyFigures, 
         .iter()
         .map(|r| r["gatehouse"] / r["nginx"])
         .collect();
-    let saturation_rps = ["nginx", "gatehouse"]
+    let saturation_rps: BTreeMap<String, f64> = ["nginx", "gatehouse"]
         .into_iter()
         .map(|name| {
             let v: Vec<f64> = saturation_rounds.iter().map(|r| r[name]).collect();
             (name.to_owned(), median(&v))
         })
         .collect();
+
+    // Added latency and CPU per request at a fixed rate, and at fractions of nginx's saturation.
+    let parts = stack.cpu_parts();
+    let at = |rate, with_gatehouse| LatencyRun {
+        rate,
+        with_gatehouse,
+        closed: &closed,
+        parts: &parts,
+    };
+    let fixed = latency_at(stack, options, at(options.rate, true), &mut sent).await?;
+    let mut fractions = Vec::new();
+    for fraction in [0.1, 0.5] {
+        let rate = fraction * saturation_rps["nginx"];
+        // An open loop past Gatehouse's own saturation only measures a growing queue, and
+        // its timeouts would end the run.
+        let within = rate < 0.9 * saturation_rps["gatehouse"];
+        let mut figures = latency_at(stack, options, at(rate, within), &mut sent).await?;
+        figures.fraction_of_nginx_saturation = Some(fraction);
+        fractions.push(figures);
+    }
+    let plan = closed;
 
     // Pod lists, masked by Gatehouse: all of them, and the first 750 (about 1.7 MB).
     let list = pod_list(stack, options, &plan, POD_LIST, &mut sent).await?;
@@ -473,10 +550,12 @@ async fn measure(stack: &mut Stack, options: &Options) -> Result<(ProxyFigures, 
 
     Ok((
         ProxyFigures {
-            latency_rounds,
-            latency,
-            added_nginx,
-            added_gatehouse,
+            latency_rounds: fixed.rounds.clone(),
+            latency: fixed.latency.clone(),
+            added_nginx: fixed.added["nginx"],
+            added_gatehouse: fixed.added["gatehouse"],
+            cpu_per_request: fixed.cpu.clone(),
+            fractions,
             saturation_rounds,
             saturation_rps,
             saturation_ratio: median(&ratios),
@@ -486,6 +565,46 @@ async fn measure(stack: &mut Stack, options: &Options) -> Result<(ProxyFigures, 
         },
         sent,
     ))
+}
+
+/// One latency comparison: at `rate`, on the measured connections, with CPU by part.
+struct LatencyRun<'a> {
+    rate: f64,
+    with_gatehouse: bool,
+    closed: &'a Plan,
+    parts: &'a [cpu::Part],
+}
+
+async fn latency_at(
+    stack: &Stack,
+    options: &Options,
+    run: LatencyRun<'_>,
+    sent: &mut Sent,
+) -> Result<LatencyFigures> {
+    let plan = Plan {
+        rate: Some(run.rate),
+        connections: options.connections,
+        ..run.closed.clone()
+    };
+    let what = format!(
+        "GET at {:.0} rps on {} connections",
+        run.rate, options.connections
+    );
+    let mut targets = vec![&stack.direct, &stack.nginx_target];
+    if run.with_gatehouse {
+        targets.push(&stack.gatehouse_reader);
+    }
+    let (rounds, cpu) = alternate_with_cpu(
+        &targets,
+        &plan,
+        options.rounds,
+        &what,
+        sent,
+        Percentiles::of,
+        run.parts,
+    )
+    .await?;
+    Ok(LatencyFigures::of(run.rate, rounds, cpu))
 }
 
 /// A masked pod list against the same list direct.

@@ -152,6 +152,9 @@ pub struct Stack {
     pub nats: NatsServer,
     /// `gatehouse up`.
     up: Option<Child>,
+    /// `gatehouse proxy`, in a process of its own, with up's configuration: what the runs
+    /// measure, so its CPU time is its own (up's own proxy stands idle).
+    proxy: Option<Child>,
     nginx: Option<Child>,
     pub tls: Arc<rustls::ClientConfig>,
     /// The API server, with its admin token.
@@ -213,6 +216,7 @@ impl Stack {
         let admin = read_kubeconfig(&admin_file)?;
         let reader = read_kubeconfig(&kubeconfigs.join("readonly-bot.kubeconfig"))?;
         let deployer = read_kubeconfig(&kubeconfigs.join("ci-deployer.kubeconfig"))?;
+        let (proxy, proxy_addr) = start_proxy(&dir, &up_dir).await?;
         let target =
             |name: &str, addr: SocketAddr, token: &str, tls: &Arc<rustls::ClientConfig>| Target {
                 name: name.to_owned(),
@@ -222,8 +226,8 @@ impl Stack {
                 tls: tls.clone(),
             };
         let direct = target("direct", admin.addr, &admin.token, &upstream_tls);
-        let gatehouse_reader = target("gatehouse", reader.addr, &reader.token, &tls);
-        let gatehouse_deployer = target("gatehouse", deployer.addr, &deployer.token, &tls);
+        let gatehouse_reader = target("gatehouse", proxy_addr, &reader.token, &tls);
+        let gatehouse_deployer = target("gatehouse", proxy_addr, &deployer.token, &tls);
         let approval_url = std::fs::read_to_string(up_dir.join("approval.url"))?
             .trim()
             .to_owned();
@@ -236,6 +240,7 @@ impl Stack {
             upstream,
             nats,
             up: Some(up),
+            proxy: Some(proxy),
             nginx: Some(nginx),
             tls,
             direct,
@@ -260,10 +265,38 @@ impl Stack {
             .to_owned())
     }
 
-    /// Stops `gatehouse up` (it drains the proxy and lets the ledger catch up) and nginx.
+    /// The processes on the request path, for CPU time by part: the load generator (this
+    /// process), the proxy, nats-server, `gatehouse up` (the evidence service, with the
+    /// approval service, the issuers and, on the sandbox, the API server), the control plane
+    /// `up` started, and nginx with its workers.
+    pub fn cpu_parts(&self) -> Vec<super::cpu::Part> {
+        use super::cpu::Part;
+        let mut parts = vec![Part::process("load generator", std::process::id())];
+        let pid = |child: &Option<Child>| child.as_ref().and_then(Child::id);
+        if let Some(pid) = pid(&self.proxy) {
+            parts.push(Part::process("proxy", pid));
+        }
+        if let Some(pid) = self.nats.pid() {
+            parts.push(Part::process("nats-server", pid));
+        }
+        if let Some(pid) = pid(&self.up) {
+            parts.push(Part::process("evidence", pid));
+            parts.push(Part::below("upstream", pid));
+        }
+        if let Some(pid) = pid(&self.nginx) {
+            parts.push(Part::tree("nginx", pid));
+        }
+        parts
+    }
+
+    /// Stops the proxy, `gatehouse up` (it drains its own and lets the ledger catch up) and
+    /// nginx.
     pub async fn stop_gatehouse(&mut self) {
         if let Some(mut nginx) = self.nginx.take() {
             terminate(&mut nginx, Duration::from_secs(10)).await;
+        }
+        if let Some(mut proxy) = self.proxy.take() {
+            terminate(&mut proxy, Duration::from_secs(30)).await;
         }
         if let Some(mut up) = self.up.take() {
             terminate(&mut up, Duration::from_secs(90)).await;
@@ -279,6 +312,51 @@ impl Stack {
 /// nginx from the system's packages, as a TLS reverse proxy to `upstream` with keep-alive
 /// connections upstream, verifying the API server's certificate against `upstream_ca`; it
 /// serves the same certificate as the Gatehouse proxy.
+/// Starts `gatehouse proxy` with the configuration `gatehouse up` wrote (as replica `bench`, so
+/// its decisions consumer is its own) and returns it with the address it listens on.
+async fn start_proxy(dir: &Path, up_dir: &Path) -> Result<(Child, SocketAddr)> {
+    let config = std::fs::read_to_string(up_dir.join("config").join("proxy.yaml"))?;
+    let config: String = config
+        .lines()
+        .map(|line| {
+            if line.starts_with("replica:") {
+                "replica: bench".to_owned()
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let file = dir.join("proxy.yaml");
+    std::fs::write(&file, config + "\n")?;
+    let log_file = dir.join("gatehouse-proxy.log");
+    let log = std::fs::File::create(&log_file)?;
+    let child = Command::new(sibling_binary("gatehouse")?)
+        .args(["proxy", "--config"])
+        .arg(&file)
+        .env("GATEHOUSE_LOG", "info")
+        .env("GATEHOUSE_LOG_FORMAT", "json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting gatehouse proxy")?;
+    let mut addr = None;
+    wait_until("the proxy to be ready", Duration::from_secs(60), || {
+        addr = std::fs::read_to_string(&log_file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|v| v["message"] == "proxy ready" || v["msg"] == "proxy ready")
+            .and_then(|v| v["listen"].as_str().and_then(|a| a.parse().ok()));
+        addr.is_some()
+    })
+    .await
+    .with_context(|| format!("see {}", log_file.display()))?;
+    Ok((child, addr.context("the proxy's address")?))
+}
+
 async fn start_nginx(
     dir: &Path,
     up_dir: &Path,
