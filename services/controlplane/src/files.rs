@@ -109,6 +109,11 @@ pub struct Files {
 }
 
 impl Files {
+    /// Where the apiserver writes its audit log in a control plane's directory.
+    pub fn audit_log_in(dir: &Path) -> PathBuf {
+        dir.join("audit.log")
+    }
+
     pub fn write(dir: &Path, ports: &Ports) -> Result<Self, ControlPlaneError> {
         let pki = dir.join("pki");
         let ca = LocalCa::load_or_generate(&pki, "Gatehouse local control plane CA")
@@ -145,7 +150,7 @@ impl Files {
             scheduler_kubeconfig: dir.join("kube-scheduler.kubeconfig"),
             kwok_kubeconfig: dir.join("kwok.kubeconfig"),
             audit_policy: dir.join("audit-policy.yaml"),
-            audit_log: dir.join("audit.log"),
+            audit_log: Self::audit_log_in(dir),
             kwok_config: dir.join("kwok.yaml"),
             exec_dir: dir.join("exec"),
             container_log: dir.join("containers.log"),

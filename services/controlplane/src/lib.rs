@@ -501,7 +501,11 @@ impl ControlPlane {
     }
 
     fn log(&self, name: &str) -> PathBuf {
-        self.dir.join("logs").join(format!("{name}.log"))
+        Self::log_in(&self.dir, name)
+    }
+
+    fn log_in(dir: &Path, name: &str) -> PathBuf {
+        dir.join("logs").join(format!("{name}.log"))
     }
 
     fn admin_client(&self) -> Result<HttpsClient<Full<Bytes>>, ControlPlaneError> {
@@ -545,10 +549,15 @@ impl ControlPlane {
         &self.files.admin_kubeconfig
     }
 
-    /// The API server's own log, where it prints the audit events its audit log could not take
-    /// ([`audit::read_unwritten`]).
-    pub fn apiserver_log(&self) -> PathBuf {
-        self.log("kube-apiserver")
+    /// The API server's own log in a control plane's directory (running or stopped): where it
+    /// prints the audit events its audit log could not take ([`audit::read_unwritten`]).
+    pub fn apiserver_log_in(dir: &Path) -> PathBuf {
+        Self::log_in(dir, "kube-apiserver")
+    }
+
+    /// The apiserver's audit log in a control plane's directory (running or stopped).
+    pub fn audit_log_in(dir: &Path) -> PathBuf {
+        files::Files::audit_log_in(dir)
     }
 
     /// The apiserver's audit log (JSON lines, `audit.k8s.io/v1` events).

@@ -254,12 +254,12 @@ impl NatsServer {
         self.store_dir.join("nats-server.log")
     }
 
-    /// `nats://127.0.0.1:PORT`.
     /// The server's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(Child::id)
     }
 
+    /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> &str {
         &self.url
     }
