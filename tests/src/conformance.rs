@@ -189,46 +189,46 @@ pub fn compare(
 /// for requests `user` made: what the suite put into Secrets through Gatehouse, and what the
 /// API server answered with.
 pub fn secret_values(audit: &[AuditEvent], user: &str) -> BTreeSet<Vec<u8>> {
-    let mut values = BTreeSet::new();
     let b64 = base64::engine::general_purpose::STANDARD;
-    let mut collect = |object: &Value| {
-        let items = match object["items"].as_array() {
-            Some(items) => items.iter().collect(),
-            None => vec![object],
+    let mut values = BTreeSet::new();
+    for item in audited_objects(audit, user).filter(|i| i["kind"] == "Secret") {
+        let strings = |field: &str| {
+            item[field]
+                .as_object()
+                .into_iter()
+                .flat_map(|m| m.values())
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
         };
-        for item in items {
-            if item["kind"] != "Secret" {
-                continue;
-            }
-            for value in item["data"]
-                .as_object()
+        values.extend(
+            strings("data")
                 .into_iter()
-                .flat_map(|m| m.values())
-            {
-                if let Some(bytes) = value.as_str().and_then(|v| b64.decode(v).ok()) {
-                    values.insert(bytes);
-                }
-            }
-            for value in item["stringData"]
-                .as_object()
+                .filter_map(|v| b64.decode(v).ok()),
+        );
+        values.extend(
+            strings("stringData")
                 .into_iter()
-                .flat_map(|m| m.values())
-            {
-                if let Some(text) = value.as_str() {
-                    values.insert(text.as_bytes().to_vec());
-                }
-            }
-        }
-    };
-    for event in audit.iter().filter(|e| e.user.username == user) {
-        for object in [&event.request_object, &event.response_object]
-            .into_iter()
-            .flatten()
-        {
-            collect(object);
-        }
+                .map(|v| v.as_bytes().to_vec()),
+        );
     }
     values
+}
+
+/// Every object in the request and response bodies the API server audited for `user`'s
+/// requests, a list's items one by one.
+fn audited_objects<'a>(audit: &'a [AuditEvent], user: &'a str) -> impl Iterator<Item = &'a Value> {
+    audit
+        .iter()
+        .filter(move |e| e.user.username == user)
+        .flat_map(|e| {
+            [&e.request_object, &e.response_object]
+                .into_iter()
+                .flatten()
+        })
+        .flat_map(|object| match object["items"].as_array() {
+            Some(items) => items.iter().collect::<Vec<_>>(),
+            None => vec![object],
+        })
 }
 
 /// The forms a Secret value could take in an event: as it is, base64 (padded and not), and each
@@ -290,19 +290,8 @@ pub fn plain_values(audit: &[AuditEvent], user: &str) -> BTreeSet<Vec<u8>> {
         }
     }
     let mut values = BTreeSet::new();
-    for event in audit.iter().filter(|e| e.user.username == user) {
-        for object in [&event.request_object, &event.response_object]
-            .into_iter()
-            .flatten()
-        {
-            let items = match object["items"].as_array() {
-                Some(items) => items.iter().collect(),
-                None => vec![object],
-            };
-            for item in items.into_iter().filter(|i| i["kind"] != "Secret") {
-                walk(item, &mut values);
-            }
-        }
+    for item in audited_objects(audit, user).filter(|i| i["kind"] != "Secret") {
+        walk(item, &mut values);
     }
     values
 }

@@ -402,13 +402,10 @@ impl LatencyFigures {
                 (name.clone(), median_of(&of))
             })
             .collect();
-        let latency = names
-            .iter()
-            .map(|name| {
-                let of: Vec<Percentiles> = rounds.iter().map(|r| r[name]).collect();
-                (name.clone(), median_of(&of))
-            })
-            .collect();
+        let latency = medians(
+            &rounds,
+            &names.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
         Self {
             rate,
             fraction_of_nginx_saturation: None,
